@@ -1,0 +1,622 @@
+//! The embedded catalog: one redb file, no server. The default for `overseer demo` and
+//! single-machine use.
+//!
+//! Every [`Catalog::commit`] is one redb write transaction (one fsync: group commit for the
+//! whole batch). Tables, keyed so that each query is one ordered range scan:
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `updates` | (source, position) | the index entry |
+//! | `record_idx` | (model, record id, event time, source, position) | () |
+//! | `time_idx` | (event time, source, position) | () |
+//! | `masters` | (model, record id) | master document |
+//! | `refs` | (model, ref name, ref value, record id) | () |
+//! | `sources` | source | progress |
+//! | `segments` | seq | state (pending / committed / published) |
+//! | `meta` | name | u64 (the segment sequence) |
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+
+use super::Catalog;
+use crate::update::{
+    CatalogDump, CommitBatch, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc, op_from_u8,
+};
+use crate::{Error, Result};
+
+type Str = &'static str;
+const UPDATES: TableDefinition<(Str, Str), &[u8]> = TableDefinition::new("updates");
+const RECORD_IDX: TableDefinition<(Str, Str, i64, Str, Str), ()> =
+    TableDefinition::new("record_idx");
+const TIME_IDX: TableDefinition<(i64, Str, Str), ()> = TableDefinition::new("time_idx");
+const MASTERS: TableDefinition<(Str, Str), &[u8]> = TableDefinition::new("masters");
+const REFS: TableDefinition<(Str, Str, Str, Str), ()> = TableDefinition::new("refs");
+const SOURCES: TableDefinition<Str, &[u8]> = TableDefinition::new("sources");
+const SEGMENTS: TableDefinition<u64, u8> = TableDefinition::new("segments");
+const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
+
+const NEXT_SEQ: &str = "next_segment_seq";
+const PENDING: u8 = 1;
+const COMMITTED: u8 = 2;
+const PUBLISHED: u8 = 3;
+
+/// Catalog in a local redb file.
+#[derive(Clone)]
+pub struct EmbeddedCatalog {
+    db: Arc<Database>,
+    path: String,
+}
+
+impl std::fmt::Debug for EmbeddedCatalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EmbeddedCatalog({})", self.path)
+    }
+}
+
+fn db_err(e: impl std::fmt::Display) -> Error {
+    Error::catalog(e)
+}
+
+impl EmbeddedCatalog {
+    /// Opens or creates the catalog file at `path` (and its parent directory).
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+        }
+        let db = Database::create(path).map_err(|e| {
+            Error::catalog(format!("cannot open embedded catalog {}: {e}", path.display()))
+        })?;
+        // Create every table once so readers never meet a missing one.
+        let tx = db.begin_write().map_err(db_err)?;
+        {
+            tx.open_table(UPDATES).map_err(db_err)?;
+            tx.open_table(RECORD_IDX).map_err(db_err)?;
+            tx.open_table(TIME_IDX).map_err(db_err)?;
+            tx.open_table(MASTERS).map_err(db_err)?;
+            tx.open_table(REFS).map_err(db_err)?;
+            tx.open_table(SOURCES).map_err(db_err)?;
+            tx.open_table(SEGMENTS).map_err(db_err)?;
+            tx.open_table(META).map_err(db_err)?;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(EmbeddedCatalog {
+            db: Arc::new(db),
+            path: path.display().to_string(),
+        })
+    }
+
+    /// Runs blocking redb work off the async executor.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| Error::catalog(format!("catalog task failed: {e}")))?
+    }
+}
+
+// ---- compact value encoding (length-prefixed strings, little-endian integers) ----
+
+#[derive(Default)]
+struct Enc(Vec<u8>);
+
+impl Enc {
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+    fn i64(&mut self, v: i64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_le_bytes());
+        self
+    }
+}
+
+struct Dec<'a>(&'a [u8]);
+
+impl<'a> Dec<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.0.len() < n {
+            return Err(Error::corrupt("embedded catalog", "truncated value"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn i64(&mut self) -> Result<i64> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn str(&mut self) -> Result<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec())
+            .map_err(|_| Error::corrupt("embedded catalog", "invalid utf-8"))
+    }
+}
+
+/// Value of `updates`: everything of the entry but its key (source, position).
+fn encode_entry(e: &IndexEntry) -> Vec<u8> {
+    let mut w = Enc::default();
+    w.str(&e.model)
+        .str(&e.record_id)
+        .u32(e.op as u32)
+        .i64(e.event_time_us)
+        .i64(e.ingest_time_us)
+        .u64(e.loc.segment_seq)
+        .u32(e.loc.offset)
+        .u32(e.loc.len)
+        .u32(e.refs.len() as u32);
+    for (n, v) in &e.refs {
+        w.str(n).str(v);
+    }
+    w.0
+}
+
+fn decode_entry(source: &str, position: &str, bytes: &[u8]) -> Result<IndexEntry> {
+    let mut r = Dec(bytes);
+    let model = r.str()?;
+    let record_id = r.str()?;
+    let op = op_from_u8(r.u32()? as u8);
+    let event_time_us = r.i64()?;
+    let ingest_time_us = r.i64()?;
+    let loc = UpdateLoc {
+        segment_seq: r.u64()?,
+        offset: r.u32()?,
+        len: r.u32()?,
+    };
+    let n = r.u32()? as usize;
+    let mut refs = Vec::with_capacity(n);
+    for _ in 0..n {
+        refs.push((r.str()?, r.str()?));
+    }
+    Ok(IndexEntry {
+        source: source.to_owned(),
+        position: position.to_owned(),
+        model,
+        record_id,
+        op,
+        event_time_us,
+        ingest_time_us,
+        loc,
+        refs,
+    })
+}
+
+fn encode_master(m: &MasterDoc) -> Vec<u8> {
+    let mut w = Enc::default();
+    w.u64(m.updates)
+        .i64(m.first_event_us)
+        .i64(m.last_event_us)
+        .u32(m.refs.len() as u32);
+    for (n, v) in &m.refs {
+        w.str(n).str(v);
+    }
+    w.0
+}
+
+fn decode_master(model: &str, id: &str, bytes: &[u8]) -> Result<MasterDoc> {
+    let mut r = Dec(bytes);
+    let updates = r.u64()?;
+    let first_event_us = r.i64()?;
+    let last_event_us = r.i64()?;
+    let n = r.u32()? as usize;
+    let mut refs = BTreeSet::new();
+    for _ in 0..n {
+        refs.insert((r.str()?, r.str()?));
+    }
+    Ok(MasterDoc {
+        model: model.to_owned(),
+        record_id: id.to_owned(),
+        refs,
+        updates,
+        first_event_us,
+        last_event_us,
+    })
+}
+
+fn encode_state(s: &SourceState) -> Vec<u8> {
+    let mut w = Enc::default();
+    w.str(&s.checkpoint)
+        .i64(s.watermark_us)
+        .i64(s.last_event_us)
+        .i64(s.updated_us);
+    w.0
+}
+
+fn decode_state(source: &str, bytes: &[u8]) -> Result<SourceState> {
+    let mut r = Dec(bytes);
+    Ok(SourceState {
+        source: source.to_owned(),
+        checkpoint: r.str()?,
+        watermark_us: r.i64()?,
+        last_event_us: r.i64()?,
+        updated_us: r.i64()?,
+    })
+}
+
+fn segments_in_state(db: &Database, state: u8) -> Result<Vec<u64>> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let t = tx.open_table(SEGMENTS).map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in t.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        if v.value() == state {
+            out.push(k.value());
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Catalog for EmbeddedCatalog {
+    async fn reserve_segment(&self) -> Result<u64> {
+        self.blocking(|db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let seq;
+            {
+                let mut meta = tx.open_table(META).map_err(db_err)?;
+                seq = meta.get(NEXT_SEQ).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
+                meta.insert(NEXT_SEQ, seq + 1).map_err(db_err)?;
+                tx.open_table(SEGMENTS)
+                    .map_err(db_err)?
+                    .insert(seq, PENDING)
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(seq)
+        })
+        .await
+    }
+
+    async fn pending_segments(&self) -> Result<Vec<u64>> {
+        self.blocking(|db| segments_in_state(db, PENDING)).await
+    }
+
+    async fn abandon_segment(&self, seq: u64) -> Result<()> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(SEGMENTS).map_err(db_err)?;
+                let state = t.get(seq).map_err(db_err)?.map(|v| v.value());
+                if state == Some(PENDING) {
+                    t.remove(seq).map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn filter_new(&self, ids: &[(&str, &str)]) -> Result<Vec<bool>> {
+        let ids: Vec<(String, String)> = ids
+            .iter()
+            .map(|(s, p)| ((*s).to_owned(), (*p).to_owned()))
+            .collect();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(UPDATES).map_err(db_err)?;
+            ids.iter()
+                .map(|(s, p)| Ok(t.get((s.as_str(), p.as_str())).map_err(db_err)?.is_none()))
+                .collect()
+        })
+        .await
+    }
+
+    async fn commit(&self, batch: CommitBatch) -> Result<Vec<bool>> {
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let mut fresh = Vec::with_capacity(batch.entries.len());
+            {
+                let mut updates = tx.open_table(UPDATES).map_err(db_err)?;
+                let mut record_idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+                let mut time_idx = tx.open_table(TIME_IDX).map_err(db_err)?;
+                let mut masters = tx.open_table(MASTERS).map_err(db_err)?;
+                let mut refs = tx.open_table(REFS).map_err(db_err)?;
+                for e in &batch.entries {
+                    let key = (e.source.as_str(), e.position.as_str());
+                    if updates.get(key).map_err(db_err)?.is_some() {
+                        fresh.push(false);
+                        continue;
+                    }
+                    fresh.push(true);
+                    updates.insert(key, encode_entry(e).as_slice()).map_err(db_err)?;
+                    record_idx
+                        .insert(
+                            (
+                                e.model.as_str(),
+                                e.record_id.as_str(),
+                                e.event_time_us,
+                                e.source.as_str(),
+                                e.position.as_str(),
+                            ),
+                            (),
+                        )
+                        .map_err(db_err)?;
+                    time_idx
+                        .insert((e.event_time_us, e.source.as_str(), e.position.as_str()), ())
+                        .map_err(db_err)?;
+                    let mkey = (e.model.as_str(), e.record_id.as_str());
+                    let mut master = match masters.get(mkey).map_err(db_err)? {
+                        Some(v) => decode_master(&e.model, &e.record_id, v.value())?,
+                        None => MasterDoc {
+                            model: e.model.clone(),
+                            record_id: e.record_id.clone(),
+                            ..Default::default()
+                        },
+                    };
+                    master.absorb(e);
+                    masters
+                        .insert(mkey, encode_master(&master).as_slice())
+                        .map_err(db_err)?;
+                    for (n, v) in &e.refs {
+                        refs.insert(
+                            (e.model.as_str(), n.as_str(), v.as_str(), e.record_id.as_str()),
+                            (),
+                        )
+                        .map_err(db_err)?;
+                    }
+                }
+                let mut sources = tx.open_table(SOURCES).map_err(db_err)?;
+                for p in &batch.progress {
+                    let mut st = match sources.get(p.source.as_str()).map_err(db_err)? {
+                        Some(v) => decode_state(&p.source, v.value())?,
+                        None => SourceState {
+                            source: p.source.clone(),
+                            ..Default::default()
+                        },
+                    };
+                    st.checkpoint = p.checkpoint.clone();
+                    st.watermark_us = st.watermark_us.max(p.watermark_us);
+                    st.last_event_us = st.last_event_us.max(p.last_event_us);
+                    st.updated_us = st.updated_us.max(batch.now_us);
+                    sources
+                        .insert(p.source.as_str(), encode_state(&st).as_slice())
+                        .map_err(db_err)?;
+                }
+                if let Some(seq) = batch.segment_seq {
+                    let mut segs = tx.open_table(SEGMENTS).map_err(db_err)?;
+                    if batch.entries.is_empty() {
+                        segs.remove(seq).map_err(db_err)?;
+                    } else {
+                        segs.insert(seq, COMMITTED).map_err(db_err)?;
+                    }
+                    let mut meta = tx.open_table(META).map_err(db_err)?;
+                    let next = meta.get(NEXT_SEQ).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
+                    if seq >= next {
+                        meta.insert(NEXT_SEQ, seq + 1).map_err(db_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(fresh)
+        })
+        .await
+    }
+
+    async fn unpublished_segments(&self) -> Result<Vec<u64>> {
+        self.blocking(|db| segments_in_state(db, COMMITTED)).await
+    }
+
+    async fn mark_published(&self, seqs: &[u64]) -> Result<()> {
+        let seqs = seqs.to_vec();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(SEGMENTS).map_err(db_err)?;
+                for s in seqs {
+                    let st = t.get(s).map_err(db_err)?.map(|v| v.value());
+                    if st == Some(COMMITTED) {
+                        t.insert(s, PUBLISHED).map_err(db_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn committed_segments_after(&self, after: u64, limit: usize) -> Result<Vec<u64>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(SEGMENTS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.range(after.saturating_add(1)..).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                if v.value() != PENDING {
+                    out.push(k.value());
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record_updates(
+        &self,
+        model: &str,
+        record_id: &str,
+        up_to_us: Micros,
+    ) -> Result<Vec<IndexEntry>> {
+        let (model, record_id) = (model.to_owned(), record_id.to_owned());
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+            let updates = tx.open_table(UPDATES).map_err(db_err)?;
+            let start = (model.as_str(), record_id.as_str(), i64::MIN, "", "");
+            let mut out = Vec::new();
+            for row in idx.range(start..).map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let (m, id, t, s, p) = k.value();
+                if m != model || id != record_id || t > up_to_us {
+                    break;
+                }
+                let v = updates
+                    .get((s, p))
+                    .map_err(db_err)?
+                    .ok_or_else(|| Error::corrupt("embedded catalog", "index row without update"))?;
+                out.push(decode_entry(s, p, v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>> {
+        let (model, record_id) = (model.to_owned(), record_id.to_owned());
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(MASTERS).map_err(db_err)?;
+            t.get((model.as_str(), record_id.as_str()))
+                .map_err(db_err)?
+                .map(|v| decode_master(&model, &record_id, v.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn records_by_ref(&self, model: &str, name: &str, value: &str) -> Result<Vec<String>> {
+        let (model, name, value) = (model.to_owned(), name.to_owned(), value.to_owned());
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(REFS).map_err(db_err)?;
+            let start = (model.as_str(), name.as_str(), value.as_str(), "");
+            let mut out = Vec::new();
+            for row in t.range(start..).map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let (m, n, v, id) = k.value();
+                if m != model || n != name || v != value {
+                    break;
+                }
+                out.push(id.to_owned());
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn updates_in_window(
+        &self,
+        from_us: Micros,
+        to_us: Micros,
+        after: Option<(Micros, String, String)>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let idx = tx.open_table(TIME_IDX).map_err(db_err)?;
+            let updates = tx.open_table(UPDATES).map_err(db_err)?;
+            let mut out = Vec::new();
+            let start = match &after {
+                Some((t, s, p)) if *t >= from_us => (*t, s.as_str(), p.as_str()),
+                _ => (from_us, "", ""),
+            };
+            for row in idx.range(start..).map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let (t, s, p) = k.value();
+                if t > to_us || out.len() >= limit {
+                    break;
+                }
+                if let Some((at, asrc, apos)) = &after
+                    && (t, s, p) <= (*at, asrc.as_str(), apos.as_str())
+                {
+                    continue;
+                }
+                let v = updates
+                    .get((s, p))
+                    .map_err(db_err)?
+                    .ok_or_else(|| Error::corrupt("embedded catalog", "time row without update"))?;
+                out.push(decode_entry(s, p, v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn source_states(&self) -> Result<Vec<SourceState>> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(SOURCES).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                out.push(decode_state(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn heartbeat(&self, source: &str, watermark_us: Micros, now_us: Micros) -> Result<()> {
+        let source = source.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(SOURCES).map_err(db_err)?;
+                let mut st = match t.get(source.as_str()).map_err(db_err)? {
+                    Some(v) => decode_state(&source, v.value())?,
+                    None => SourceState {
+                        source: source.clone(),
+                        ..Default::default()
+                    },
+                };
+                st.watermark_us = st.watermark_us.max(watermark_us);
+                st.updated_us = st.updated_us.max(now_us);
+                t.insert(source.as_str(), encode_state(&st).as_slice())
+                    .map_err(db_err)?;
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn dump(&self) -> Result<CatalogDump> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let mut dump = CatalogDump::default();
+            for row in tx.open_table(UPDATES).map_err(db_err)?.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let (s, p) = k.value();
+                dump.entries.push(decode_entry(s, p, v.value())?);
+            }
+            for row in tx.open_table(MASTERS).map_err(db_err)?.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let (m, id) = k.value();
+                dump.masters.push(decode_master(m, id, v.value())?);
+            }
+            for row in tx.open_table(REFS).map_err(db_err)?.iter().map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let (m, n, v, id) = k.value();
+                dump.refs.push((m.to_owned(), n.to_owned(), v.to_owned(), id.to_owned()));
+            }
+            Ok(dump)
+        })
+        .await
+    }
+
+    fn describe(&self) -> String {
+        format!("embedded catalog {}", self.path)
+    }
+}

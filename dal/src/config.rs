@@ -1,0 +1,180 @@
+//! Configuration of the storage backends (the `[store]`, `[catalog]` and `[bus]` tables of
+//! the TOML config) and the functions that open them. Secrets never appear here: S3
+//! credentials come from the standard AWS environment variables, the catalog's connection
+//! string from the environment variable the config names.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::bus::{DynBus, memory::MemoryBus};
+use crate::catalog::DynCatalog;
+use crate::store::{DynStore, local::LocalStore, memory::MemoryStore};
+use crate::{Error, Result};
+
+/// `[store]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// A local directory (the embedded default).
+    Local { path: PathBuf },
+    /// Process memory; nothing survives.
+    Memory,
+    /// S3 or an S3-compatible server.
+    S3(S3Config),
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig::Local {
+            path: PathBuf::from("overseer-data/objects"),
+        }
+    }
+}
+
+/// S3 settings. Credentials: `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (or any source of
+/// the default AWS chain), never the config file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Key prefix inside the bucket (e.g. `overseer/prod`); empty for the bucket root.
+    #[serde(default)]
+    pub prefix: String,
+    /// Custom endpoint (MinIO, garage); the AWS default when absent.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Path-style addressing (`http://host/bucket/key`), needed by most local servers.
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+/// `[catalog]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CatalogConfig {
+    /// A local redb file; no server.
+    Embedded { path: PathBuf },
+    /// PostgreSQL.
+    Postgres(PgCatalogConfig),
+}
+
+impl Default for CatalogConfig {
+    fn default() -> Self {
+        CatalogConfig::Embedded {
+            path: PathBuf::from("overseer-data/catalog.redb"),
+        }
+    }
+}
+
+/// PostgreSQL catalog settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PgCatalogConfig {
+    /// Name of the environment variable holding the connection string
+    /// (`host=... user=... password=...` or a `postgres://` URL).
+    #[serde(default = "default_catalog_url_env")]
+    pub url_env: String,
+    /// Schema holding the catalog's tables (created by the migrations).
+    #[serde(default = "default_schema")]
+    pub schema: String,
+}
+
+fn default_catalog_url_env() -> String {
+    "OVERSEER_CATALOG_URL".into()
+}
+
+fn default_schema() -> String {
+    "overseer".into()
+}
+
+/// `[bus]`
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BusConfig {
+    /// In-process channels (the embedded default).
+    Memory {
+        #[serde(default = "default_bus_capacity")]
+        capacity: usize,
+    },
+    /// A Kafka events topic.
+    Kafka(KafkaBusConfig),
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig::Memory {
+            capacity: default_bus_capacity(),
+        }
+    }
+}
+
+fn default_bus_capacity() -> usize {
+    65_536
+}
+
+/// Kafka events-topic settings.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaBusConfig {
+    /// `host:port,...`
+    pub brokers: String,
+    #[serde(default = "default_events_topic")]
+    pub topic: String,
+    /// Partitions to create the topic with when it does not exist.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+}
+
+fn default_events_topic() -> String {
+    "overseer.events".into()
+}
+
+fn default_partitions() -> i32 {
+    4
+}
+
+/// Opens the configured object store.
+pub async fn open_store(cfg: &StoreConfig) -> Result<DynStore> {
+    Ok(match cfg {
+        StoreConfig::Local { path } => Arc::new(LocalStore::open(path)?),
+        StoreConfig::Memory => Arc::new(MemoryStore::new()),
+        StoreConfig::S3(s3) => Arc::new(crate::store::s3::S3Store::connect(s3).await?),
+    })
+}
+
+/// Opens the configured catalog (running migrations for PostgreSQL).
+pub async fn open_catalog(cfg: &CatalogConfig) -> Result<DynCatalog> {
+    Ok(match cfg {
+        CatalogConfig::Embedded { path } => {
+            Arc::new(crate::catalog::embedded::EmbeddedCatalog::open(path)?)
+        }
+        CatalogConfig::Postgres(pg) => {
+            let url = std::env::var(&pg.url_env).map_err(|_| {
+                Error::invalid(
+                    "catalog.url_env",
+                    format!(
+                        "environment variable {} (the catalog's connection string) is not set",
+                        pg.url_env
+                    ),
+                )
+            })?;
+            Arc::new(crate::catalog::postgres::PgCatalog::connect(&url, &pg.schema).await?)
+        }
+    })
+}
+
+/// Opens the configured bus.
+pub async fn open_bus(cfg: &BusConfig) -> Result<DynBus> {
+    Ok(match cfg {
+        BusConfig::Memory { capacity } => Arc::new(MemoryBus::new(*capacity)),
+        BusConfig::Kafka(k) => Arc::new(crate::bus::kafka::KafkaBus::connect(k).await?),
+    })
+}

@@ -1,0 +1,375 @@
+//! One test suite per seam, run by every backend's tests (the in-memory and embedded ones
+//! in this crate, S3, PostgreSQL and Kafka against real local servers). A backend that
+//! passes behaves like the others as far as the engine can tell.
+//!
+//! The suites panic with a message naming the broken expectation; they are plain async
+//! functions so integration tests can call them after starting their servers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+use crate::bus::Bus;
+use crate::catalog::DynCatalog;
+use crate::store::{ObjectStore, PutOutcome, list_all};
+use crate::update::{CommitBatch, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification};
+use crate::Result;
+
+/// Runs the object store suite under key prefix `ns` (unique per run for shared buckets).
+/// `create_only_honoured`: whether the backend detects existing keys (garage does not).
+pub async fn object_store_suite(store: &dyn ObjectStore, ns: &str, create_only_honoured: bool) {
+    let k = |s: &str| format!("{ns}/{s}");
+    // create, read back
+    let a = Bytes::from_static(b"hello segment");
+    assert_eq!(
+        store.put_create(&k("seg/a"), a.clone()).await.unwrap(),
+        PutOutcome::Created,
+        "first put of a key creates it"
+    );
+    assert_eq!(store.get(&k("seg/a")).await.unwrap(), Some(a.clone()));
+    // create-only (a backend that ignores the condition overwrites, so only test it where
+    // it is honoured: the rest of the suite relies on seg/a keeping its bytes)
+    if create_only_honoured {
+        let again = store
+            .put_create(&k("seg/a"), Bytes::from_static(b"different"))
+            .await
+            .unwrap();
+        assert_eq!(again, PutOutcome::AlreadyExists, "an existing key is not overwritten");
+        assert_eq!(store.get(&k("seg/a")).await.unwrap(), Some(a.clone()));
+    }
+    // identical rewrite is harmless everywhere
+    store.put_create(&k("seg/b"), a.clone()).await.unwrap();
+    store.put_create(&k("seg/b"), a.clone()).await.unwrap();
+    assert_eq!(store.get(&k("seg/b")).await.unwrap(), Some(a.clone()));
+    // missing
+    assert_eq!(store.get(&k("seg/missing")).await.unwrap(), None);
+    assert!(store.get_range(&k("seg/missing"), 0, 1).await.is_err());
+    // ranges
+    assert_eq!(&store.get_range(&k("seg/a"), 6, 7).await.unwrap()[..], b"segment");
+    assert_eq!(&store.get_range(&k("seg/a"), 0, 5).await.unwrap()[..], b"hello");
+    assert!(
+        store.get_range(&k("seg/a"), 10, 10).await.is_err(),
+        "a range past the end is an error"
+    );
+    // a larger object
+    let big = Bytes::from((0..300_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
+    store.put_create(&k("big"), big.clone()).await.unwrap();
+    assert_eq!(store.get(&k("big")).await.unwrap().unwrap(), big);
+    assert_eq!(
+        store.get_range(&k("big"), 123_456, 1000).await.unwrap(),
+        big.slice(123_456..124_456)
+    );
+    // keys with unusual but valid characters
+    let odd = k("odd/%2F ü/名前");
+    store.put_create(&odd, Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(store.get(&odd).await.unwrap().unwrap(), Bytes::from_static(b"x"));
+    // invalid keys
+    for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
+        assert!(store.put_create(bad, a.clone()).await.is_err(), "key {bad:?} must be refused");
+    }
+    // listing: order, prefix boundaries, start_after, limit
+    for i in [3, 1, 10, 2] {
+        store
+            .put_create(&k(&format!("list/{i:03}")), Bytes::from(vec![i as u8]))
+            .await
+            .unwrap();
+    }
+    store
+        .put_create(&k("listx/000"), Bytes::from_static(b"n"))
+        .await
+        .unwrap();
+    let all = store.list(&k("list/"), None, 100).await.unwrap();
+    assert_eq!(
+        all,
+        vec![k("list/001"), k("list/002"), k("list/003"), k("list/010")],
+        "list is sorted and bounded by its prefix"
+    );
+    let page = store.list(&k("list/"), Some(&k("list/001")), 2).await.unwrap();
+    assert_eq!(page, vec![k("list/002"), k("list/003")]);
+    let partial = store.list(&k("list/00"), None, 100).await.unwrap();
+    assert_eq!(partial.len(), 3, "a prefix may end inside a key component");
+    assert_eq!(list_all(store, &k("list")).await.unwrap().len(), 5);
+    assert!(store.list(&k("nothing/"), None, 10).await.unwrap().is_empty());
+}
+
+/// Opens (or reopens) the catalog under test; the suite drops its handle before reopening.
+pub type OpenCatalog = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<DynCatalog>> + Send>> + Send + Sync>;
+
+fn entry(source: &str, pos: &str, model: &str, id: &str, t: i64, seq: u64, refs: &[(&str, &str)]) -> IndexEntry {
+    IndexEntry {
+        source: source.into(),
+        position: pos.into(),
+        model: model.into(),
+        record_id: id.into(),
+        op: if t % 3 == 0 { Op::Create } else { Op::Update },
+        event_time_us: t,
+        ingest_time_us: t + 5,
+        loc: UpdateLoc {
+            segment_seq: seq,
+            offset: (t as u32) * 10,
+            len: 7,
+        },
+        refs: refs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+    }
+}
+
+fn progress(source: &str, cp: &str, wm: i64) -> Progress {
+    Progress {
+        source: source.into(),
+        checkpoint: cp.into(),
+        watermark_us: wm,
+        last_event_us: wm,
+    }
+}
+
+/// Ids a hostile or careless upstream may send; all valid, all must round-trip.
+pub fn hostile_ids() -> Vec<String> {
+    vec![
+        "plain".into(),
+        "../../etc/passwd".into(),
+        "a/b/c".into(),
+        "..".into(),
+        "名前/ünïcödé 🚀".into(),
+        "with\0nul".into(),
+        "quote'\"; DROP TABLE x; --".into(),
+        "%2F%00".into(),
+        "x".repeat(1024),
+        String::new(),
+    ]
+}
+
+/// Runs the catalog suite on a fresh, empty catalog.
+pub async fn catalog_suite(open: OpenCatalog) {
+    let cat = open().await.expect("open catalog");
+    // segment ledger
+    let s1 = cat.reserve_segment().await.unwrap();
+    let s2 = cat.reserve_segment().await.unwrap();
+    let s3 = cat.reserve_segment().await.unwrap();
+    assert!(s1 < s2 && s2 < s3, "sequences increase");
+    assert_eq!(cat.pending_segments().await.unwrap(), vec![s1, s2, s3]);
+    cat.abandon_segment(s3).await.unwrap();
+    assert_eq!(cat.pending_segments().await.unwrap(), vec![s1, s2]);
+
+    // first batch
+    let b1 = vec![
+        entry("pg", "0000000A/00000001", "payments.transfers", "t1", 100, s1, &[("account_id", "acc1")]),
+        entry("pg", "0000000A/00000002", "payments.transfers", "t2", 100, s1, &[]),
+        entry("kafka", "ledger/0/00000000000000000001", "ledger.entries", "e1", 105, s1, &[("transfer_id", "t1")]),
+        entry("kafka", "ledger/0/00000000000000000002", "ledger.entries", "e2", 106, s1, &[("transfer_id", "t1"), ("account_id", "acc1")]),
+    ];
+    let ids: Vec<(&str, &str)> = b1.iter().map(|e| (e.source.as_str(), e.position.as_str())).collect();
+    assert_eq!(cat.filter_new(&ids).await.unwrap(), vec![true; 4]);
+    let new = cat
+        .commit(CommitBatch {
+            segment_seq: Some(s1),
+            entries: b1.clone(),
+            progress: vec![progress("pg", "A/2", 100), progress("kafka", "0:2", 106)],
+            quarantined: 1,
+            now_us: 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(new, vec![true; 4]);
+    assert_eq!(cat.filter_new(&ids).await.unwrap(), vec![false; 4]);
+    assert_eq!(cat.pending_segments().await.unwrap(), vec![s2]);
+    assert_eq!(cat.unpublished_segments().await.unwrap(), vec![s1]);
+
+    // redelivery: same identities in a later segment are not indexed again
+    let mut dup = b1[0].clone();
+    dup.loc.segment_seq = s2;
+    let mut later = entry("pg", "0000000B/00000001", "payments.transfers", "t1", 200, s2, &[("account_id", "acc2")]);
+    later.op = Op::Update;
+    let tie_a = entry("a-src", "1", "payments.transfers", "t1", 200, s2, &[]);
+    let new = cat
+        .commit(CommitBatch {
+            segment_seq: Some(s2),
+            entries: vec![dup, later.clone(), tie_a.clone()],
+            progress: vec![progress("pg", "B/1", 200), progress("kafka", "0:1", 50)],
+            quarantined: 0,
+            now_us: 2000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(new, vec![false, true, true], "the first commit of an identity wins");
+
+    // time travel: order by (time, source, position), bounded by up_to inclusive
+    let h = cat.record_updates("payments.transfers", "t1", i64::MAX).await.unwrap();
+    let order: Vec<_> = h.iter().map(|e| (e.event_time_us, e.source.as_str())).collect();
+    assert_eq!(order, vec![(100, "pg"), (200, "a-src"), (200, "pg")]);
+    assert_eq!(h[0], b1[0], "stored entry reads back identical (location of the first commit)");
+    assert_eq!(cat.record_updates("payments.transfers", "t1", 199).await.unwrap().len(), 1);
+    assert_eq!(cat.record_updates("payments.transfers", "t1", 200).await.unwrap().len(), 3);
+    assert!(cat.record_updates("payments.transfers", "t1", 99).await.unwrap().is_empty());
+    assert!(cat.record_updates("payments.transfers", "nope", i64::MAX).await.unwrap().is_empty());
+    assert!(
+        cat.record_updates("ledger.entries", "t1", i64::MAX).await.unwrap().is_empty(),
+        "models are separate namespaces"
+    );
+
+    // master documents and the reference index
+    let m = cat.master("payments.transfers", "t1").await.unwrap().unwrap();
+    assert_eq!(m.updates, 3);
+    assert_eq!((m.first_event_us, m.last_event_us), (100, 200));
+    assert_eq!(
+        m.refs,
+        BTreeSet::from([("account_id".into(), "acc1".into()), ("account_id".into(), "acc2".into())])
+    );
+    assert!(cat.master("payments.transfers", "zzz").await.unwrap().is_none());
+    assert_eq!(
+        cat.records_by_ref("ledger.entries", "transfer_id", "t1").await.unwrap(),
+        vec!["e1".to_string(), "e2".to_string()]
+    );
+    assert_eq!(
+        cat.records_by_ref("payments.transfers", "account_id", "acc1").await.unwrap(),
+        vec!["t1".to_string()]
+    );
+    assert!(cat.records_by_ref("ledger.entries", "transfer_id", "t9").await.unwrap().is_empty());
+
+    // windows, paged
+    let w = cat.updates_in_window(100, 150, None, 100).await.unwrap();
+    assert_eq!(w.len(), 4);
+    let p1 = cat.updates_in_window(0, i64::MAX, None, 3).await.unwrap();
+    let last = p1.last().unwrap();
+    let cursor = (last.event_time_us, last.source.clone(), last.position.clone());
+    let p2 = cat.updates_in_window(0, i64::MAX, Some(cursor), 100).await.unwrap();
+    let times: Vec<_> = p1.iter().chain(&p2).map(|e| e.event_time_us).collect();
+    assert_eq!(times, vec![100, 100, 105, 106, 200, 200]);
+
+    // progress is monotone per source
+    let states: HashMap<_, _> = cat
+        .source_states()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.source.clone(), s))
+        .collect();
+    assert_eq!(states["pg"].checkpoint, "B/1");
+    assert_eq!(states["pg"].watermark_us, 200);
+    assert_eq!(states["kafka"].watermark_us, 106, "an older watermark never moves it back");
+    cat.heartbeat("pg", 5000, 6000).await.unwrap();
+    cat.heartbeat("pg", 4000, 6001).await.unwrap();
+    let pg = cat.source_states().await.unwrap().into_iter().find(|s| s.source == "pg").unwrap();
+    assert_eq!((pg.watermark_us, pg.checkpoint.as_str()), (5000, "B/1"));
+
+    // publication ledger and the committed-segment cursor
+    assert_eq!(cat.unpublished_segments().await.unwrap(), vec![s1, s2]);
+    cat.mark_published(&[s1]).await.unwrap();
+    assert_eq!(cat.unpublished_segments().await.unwrap(), vec![s2]);
+    assert_eq!(cat.committed_segments_after(0, 10).await.unwrap(), vec![s1, s2]);
+    assert_eq!(cat.committed_segments_after(s1, 10).await.unwrap(), vec![s2]);
+
+    // a batch without a segment still moves progress
+    cat.commit(CommitBatch {
+        segment_seq: None,
+        entries: vec![],
+        progress: vec![progress("file", "1234", 300)],
+        quarantined: 3,
+        now_us: 3000,
+    })
+    .await
+    .unwrap();
+
+    // a reservation released by an empty batch is neither pending nor committed
+    let empty = cat.reserve_segment().await.unwrap();
+    cat.commit(CommitBatch { segment_seq: Some(empty), quarantined: 2, ..Default::default() })
+        .await
+        .unwrap();
+    assert!(!cat.pending_segments().await.unwrap().contains(&empty));
+    assert!(!cat.committed_segments_after(0, 100).await.unwrap().contains(&empty));
+
+    // hostile ids are just data
+    let s4 = cat.reserve_segment().await.unwrap();
+    let hostile: Vec<_> = hostile_ids()
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let mut e = entry("h", &format!("{i:04}"), "odd/../model", &id, 400 + i as i64, s4, &[("ref", &id)]);
+            e.record_id = id;
+            e
+        })
+        .collect();
+    cat.commit(CommitBatch {
+        segment_seq: Some(s4),
+        entries: hostile.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    for e in &hostile {
+        let h = cat.record_updates("odd/../model", &e.record_id, i64::MAX).await.unwrap();
+        assert_eq!(h, vec![e.clone()], "id {:?} round-trips alone", e.record_id);
+        assert_eq!(
+            cat.records_by_ref("odd/../model", "ref", &e.record_id).await.unwrap(),
+            vec![e.record_id.clone()]
+        );
+    }
+
+    let dump = cat.dump().await.unwrap();
+    assert_eq!(dump.entries.len(), 4 + 2 + hostile.len());
+    assert!(dump.entries.windows(2).all(|w| (&w[0].source, &w[0].position) < (&w[1].source, &w[1].position)));
+    assert!(dump.masters.windows(2).all(|w| (&w[0].model, &w[0].record_id) < (&w[1].model, &w[1].record_id)));
+
+    // everything survives a reopen
+    drop(cat);
+    let cat = open().await.expect("reopen catalog");
+    assert_eq!(cat.dump().await.unwrap(), dump, "the catalog survives a restart");
+    assert!(cat.pending_segments().await.unwrap().is_empty());
+    let s5 = cat.reserve_segment().await.unwrap();
+    assert!(s5 > s4, "sequences are not reused after a restart");
+    assert_eq!(cat.pending_segments().await.unwrap(), vec![s5]);
+    assert_eq!(cat.unpublished_segments().await.unwrap(), vec![s2, s4]);
+    // reindex commits segments it did not reserve: the sequence moves past them
+    cat.commit(CommitBatch {
+        segment_seq: Some(s5 + 100),
+        entries: vec![entry("r", "1", "m", "x", 1, s5 + 100, &[])],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(cat.reserve_segment().await.unwrap() > s5 + 100, "sequence passes committed segments");
+    assert_eq!(cat.pending_segments().await.unwrap().len(), 2, "s5 and the new one stay pending");
+    let names: Vec<_> = cat.source_states().await.unwrap().into_iter().map(|s| s.source).collect();
+    assert_eq!(names, vec!["file", "kafka", "pg"], "progress is kept per reporting source, by name");
+}
+
+/// Runs the bus suite: `group` must be a fresh consumer group name for this bus.
+pub async fn bus_suite(bus: &dyn Bus, group: &str) {
+    let mut sub = bus.subscribe(group).await.unwrap();
+    let mut other = bus.subscribe(&format!("{group}-other")).await.unwrap();
+    let notes: Vec<UpdateNotification> = (0..200)
+        .map(|i| UpdateNotification {
+            model: "m".into(),
+            record_id: format!("r{}", i % 7),
+            source: "s".into(),
+            position: format!("{i:06}"),
+            event_time_us: i,
+            segment_seq: 1,
+            ..Default::default()
+        })
+        .collect();
+    bus.publish(&notes[..150]).await.unwrap();
+    bus.publish(&notes[150..]).await.unwrap();
+    for s in [&mut sub, &mut other] {
+        let mut got = Vec::new();
+        while got.len() < notes.len() {
+            let batch = tokio::time::timeout(std::time::Duration::from_secs(30), s.recv(64))
+                .await
+                .expect("notifications arrive within 30 s")
+                .unwrap();
+            got.extend(batch);
+        }
+        assert_eq!(got.len(), notes.len(), "each group sees every notification once");
+        // per record, publication order is kept
+        let mut per: HashMap<String, Vec<i64>> = HashMap::new();
+        for d in &got {
+            per.entry(d.note.record_id.clone()).or_default().push(d.note.event_time_us);
+        }
+        for (r, times) in per {
+            assert!(times.windows(2).all(|w| w[0] < w[1]), "order kept for {r}");
+        }
+        let tags: Vec<_> = got.iter().map(|d| d.tag.clone()).collect();
+        s.commit(&tags).await.unwrap();
+    }
+}

@@ -1,0 +1,27 @@
+//! The storage seams of overseer and (later) its semantic layer.
+//!
+//! - [`update`]: update identity, index entries, master documents.
+//! - [`segment`]: the immutable segment object format (many updates per object).
+//! - [`keys`]: object key layout and the encoding that keeps arbitrary strings in their prefix.
+//! - [`store`]: the [`ObjectStore`] trait; local directory, memory and S3 backends.
+//! - [`catalog`]: the [`Catalog`] trait (the index of the object store); embedded and
+//!   PostgreSQL backends.
+//! - [`bus`]: the [`Bus`] trait for update notifications; in-process and Kafka backends.
+//! - [`conformance`]: the one test suite every backend of each trait passes.
+//! - [`config`]: serde configuration of the three backends.
+
+pub mod bus;
+pub mod catalog;
+pub mod config;
+pub mod conformance;
+pub mod error;
+pub mod keys;
+pub mod segment;
+pub mod store;
+pub mod testkit;
+pub mod update;
+
+pub use bus::Bus;
+pub use catalog::Catalog;
+pub use error::{Error, Result};
+pub use store::ObjectStore;

@@ -1,0 +1,184 @@
+//! Local-directory object store: the embedded default.
+//!
+//! A key `a/b/c` is the file `ROOT/a/b/c` (keys are validated so none can leave ROOT).
+//! A put writes a temporary file beside the target, fsyncs it, then links it into place
+//! with a no-clobber rename: the object appears whole or not at all, an existing object is
+//! never replaced (that is [`PutOutcome::AlreadyExists`]), and the parent directory is
+//! fsynced so the name survives a crash.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{ObjectStore, PutOutcome};
+use crate::keys::validate_key;
+use crate::{Error, Result};
+
+/// Temporary files start with this and are never listed.
+const TMP_PREFIX: &str = ".tmp-";
+
+/// Object store over a directory.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    root: PathBuf,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) the store rooted at `root`.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root).map_err(|e| Error::io(root.display(), e))?;
+        Ok(LocalStore { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+fn not_found(key: &str) -> Error {
+    Error::Store {
+        message: format!("no object {key:?}"),
+        transient: false,
+    }
+}
+
+fn put_blocking(path: &Path, bytes: &[u8]) -> Result<PutOutcome> {
+    let parent = path.parent().expect("a key has a parent under root");
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
+    if path.exists() {
+        return Ok(PutOutcome::AlreadyExists);
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(TMP_PREFIX)
+        .tempfile_in(parent)
+        .map_err(|e| Error::io(parent.display(), e))?;
+    tmp.write_all(bytes)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| Error::io(tmp.path().display(), e))?;
+    match tmp.persist_noclobber(path) {
+        Ok(_) => {}
+        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Ok(PutOutcome::AlreadyExists);
+        }
+        Err(e) => return Err(Error::io(path.display(), e.error)),
+    }
+    std::fs::File::open(parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(parent.display(), e))?;
+    Ok(PutOutcome::Created)
+}
+
+fn list_blocking(root: &Path, prefix: &str) -> Result<Vec<String>> {
+    // Start the walk at the deepest directory the prefix fully names.
+    let dir_part = match prefix.rfind('/') {
+        Some(i) => &prefix[..i],
+        None => "",
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![(root.join(dir_part), dir_part.to_owned())];
+    while let Some((dir, rel)) = stack.pop() {
+        let rd = match std::fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(dir.display(), e)),
+        };
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::io(dir.display(), e))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(TMP_PREFIX) {
+                continue;
+            }
+            let key = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let ft = ent.file_type().map_err(|e| Error::io(dir.display(), e))?;
+            if ft.is_dir() {
+                if key.starts_with(prefix) || prefix.starts_with(&format!("{key}/")) {
+                    stack.push((ent.path(), key));
+                }
+            } else if key.starts_with(prefix) {
+                out.push(key);
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+#[async_trait]
+impl ObjectStore for LocalStore {
+    async fn put_create(&self, key: &str, bytes: Bytes) -> Result<PutOutcome> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || put_blocking(&path, &bytes))
+            .await
+            .map_err(|e| Error::io("put task", std::io::Error::other(e)))?
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(v) => Ok(Some(Bytes::from(v))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path.display(), e)),
+        }
+    }
+
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes> {
+        let path = self.path(key)?;
+        let key = key.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(&key)),
+                Err(e) => return Err(Error::io(path.display(), e)),
+            };
+            let size = f.metadata().map_err(|e| Error::io(path.display(), e))?.len();
+            if start.checked_add(len).is_none_or(|end| end > size) {
+                return Err(Error::Store {
+                    message: format!("range {start}+{len} past the end of {key:?} ({size})"),
+                    transient: false,
+                });
+            }
+            let mut buf = vec![0; len as usize];
+            f.seek(SeekFrom::Start(start))
+                .and_then(|_| f.read_exact(&mut buf))
+                .map_err(|e| Error::io(path.display(), e))?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(|e| Error::io("read task", std::io::Error::other(e)))?
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_owned();
+        let keys = tokio::task::spawn_blocking(move || list_blocking(&root, &prefix))
+            .await
+            .map_err(|e| Error::io("list task", std::io::Error::other(e)))??;
+        Ok(keys
+            .into_iter()
+            .filter(|k| start_after.is_none_or(|a| k.as_str() > a))
+            .take(limit)
+            .collect())
+    }
+
+    fn describe(&self) -> String {
+        format!("local directory {}", self.root.display())
+    }
+}

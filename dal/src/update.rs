@@ -1,0 +1,169 @@
+//! What the catalog knows about each update, and the documents derived from updates.
+//!
+//! An update's identity is `(source, position)`: indexing is keyed on it, so a redelivered
+//! event (same source, same position) never creates a second history entry.
+
+use std::collections::BTreeSet;
+
+pub use overseer_protos::storage::{
+    Op, Reference, SegmentFooter, SourceCheckpoint, UpdateNotification, UpdateRecord,
+};
+
+/// Microseconds since the Unix epoch.
+pub type Micros = i64;
+
+/// Where an update's bytes live: a segment object and the byte range of its record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UpdateLoc {
+    pub segment_seq: u64,
+    pub offset: u32,
+    pub len: u32,
+}
+
+/// One row of the per-record update index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub source: String,
+    pub position: String,
+    pub model: String,
+    pub record_id: String,
+    pub op: Op,
+    /// Source commit time: what time travel orders and filters by.
+    pub event_time_us: Micros,
+    /// When ingestion received the event; kept for time-to-detect.
+    pub ingest_time_us: Micros,
+    pub loc: UpdateLoc,
+    /// References extracted from this update (name, value); folded into the master document.
+    pub refs: Vec<(String, String)>,
+}
+
+impl IndexEntry {
+    /// Builds the entry for a record stored at `loc`.
+    pub fn from_record(rec: &UpdateRecord, loc: UpdateLoc) -> Self {
+        IndexEntry {
+            source: rec.source.clone(),
+            position: rec.position.clone(),
+            model: rec.model.clone(),
+            record_id: rec.record_id.clone(),
+            op: rec.op(),
+            event_time_us: rec.event_time_us,
+            ingest_time_us: rec.ingest_time_us,
+            loc,
+            refs: rec
+                .refs
+                .iter()
+                .map(|r| (r.name.clone(), r.value.clone()))
+                .collect(),
+        }
+    }
+
+    /// The notification published once this entry is durable and indexed.
+    pub fn notification(&self) -> UpdateNotification {
+        UpdateNotification {
+            model: self.model.clone(),
+            record_id: self.record_id.clone(),
+            source: self.source.clone(),
+            position: self.position.clone(),
+            op: self.op as i32,
+            event_time_us: self.event_time_us,
+            segment_seq: self.loc.segment_seq,
+            offset: self.loc.offset,
+            length: self.loc.len,
+            ingest_time_us: self.ingest_time_us,
+        }
+    }
+
+    /// Time-travel order: commit time, ties broken by source then source position.
+    pub fn order_key(&self) -> (Micros, &str, &str) {
+        (self.event_time_us, &self.source, &self.position)
+    }
+}
+
+/// The master document of a record: every reference ever seen in its updates.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct MasterDoc {
+    pub model: String,
+    pub record_id: String,
+    pub refs: BTreeSet<(String, String)>,
+    /// Number of indexed updates of the record.
+    pub updates: u64,
+    pub first_event_us: Micros,
+    pub last_event_us: Micros,
+}
+
+impl MasterDoc {
+    /// Folds one more update into the document.
+    pub fn absorb(&mut self, e: &IndexEntry) {
+        if self.updates == 0 {
+            self.first_event_us = e.event_time_us;
+            self.last_event_us = e.event_time_us;
+        } else {
+            self.first_event_us = self.first_event_us.min(e.event_time_us);
+            self.last_event_us = self.last_event_us.max(e.event_time_us);
+        }
+        self.updates += 1;
+        self.refs.extend(e.refs.iter().cloned());
+    }
+}
+
+/// Progress and freshness of one source.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct SourceState {
+    pub source: String,
+    /// Source-specific resume point (file byte offset, LSN, ...); informational for sources
+    /// that keep their own (Kafka group offsets, replication slot).
+    pub checkpoint: String,
+    /// The time up to which the source is known complete.
+    pub watermark_us: Micros,
+    /// Commit time of the newest event ingested from the source.
+    pub last_event_us: Micros,
+    /// Wall-clock time of the last commit or heartbeat.
+    pub updated_us: Micros,
+}
+
+/// Progress of one source reported with a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub source: String,
+    pub checkpoint: String,
+    pub watermark_us: Micros,
+    pub last_event_us: Micros,
+}
+
+/// Everything one durable batch adds to the catalog, applied atomically.
+#[derive(Clone, Debug, Default)]
+pub struct CommitBatch {
+    /// The segment holding `entries`; `None` for a batch with nothing to store
+    /// (only quarantined or already-indexed events), which still moves progress.
+    pub segment_seq: Option<u64>,
+    pub entries: Vec<IndexEntry>,
+    pub progress: Vec<Progress>,
+    /// Events of the batch sent to the dead-letter location.
+    pub quarantined: u64,
+    pub now_us: Micros,
+}
+
+/// The whole logical content of a catalog's index, in a canonical order, for comparing a
+/// live catalog with a `reindex` of the object store.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CatalogDump {
+    /// Sorted by (source, position).
+    pub entries: Vec<IndexEntry>,
+    /// Sorted by (model, record_id).
+    pub masters: Vec<MasterDoc>,
+    /// (model, ref name, ref value, record id), sorted.
+    pub refs: Vec<(String, String, String, String)>,
+}
+
+/// Wall-clock now in microseconds.
+pub fn now_us() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as Micros)
+        .unwrap_or(0)
+}
+
+/// Op from its stored byte; unknown values map to `Unspecified`.
+pub fn op_from_u8(v: u8) -> Op {
+    Op::try_from(v as i32).unwrap_or(Op::Unspecified)
+}

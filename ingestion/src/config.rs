@@ -1,0 +1,383 @@
+//! The configuration file (TOML). Defaults live here and only here; cross-field rules are
+//! checked by [`Config::validate`] with errors naming the offending key. Secrets are never
+//! in the file: connection strings come from environment variables the file names.
+//!
+//! ```toml
+//! [store]                      # local | memory | s3
+//! kind = "local"
+//! path = "overseer-data/objects"
+//!
+//! [catalog]                    # embedded | postgres
+//! kind = "embedded"
+//! path = "overseer-data/catalog.redb"
+//!
+//! [ingest]
+//! batch_max_events = 4096
+//! batch_max_ms = 20
+//!
+//! [[models]]
+//! name = "ledger.entries"
+//! id_field = "_id"
+//! references = { transfer_id = "transfer_id" }
+//!
+//! [[sources]]
+//! name = "ledger"
+//! format = "mongo-change-stream"
+//! [sources.file]
+//! path = "ledger.jsonl"
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
+
+use crate::{Error, Result};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub catalog: CatalogConfig,
+    #[serde(default)]
+    pub bus: BusConfig,
+    #[serde(default)]
+    pub ingest: IngestSettings,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+}
+
+/// `[ingest]`: batching and limits shared by every source.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// A batch (one segment) closes at this many events...
+    pub batch_max_events: usize,
+    /// ...or this long after its first event, whichever comes first.
+    pub batch_max_ms: u64,
+    /// Events larger than this are quarantined as oversized.
+    pub max_event_bytes: usize,
+    /// Capacity of each source's channel into the pipeline (backpressure beyond it).
+    pub queue_capacity: usize,
+    /// How often idle sources report their watermark.
+    pub heartbeat_ms: u64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            batch_max_events: 4096,
+            batch_max_ms: 20,
+            max_event_bytes: 1 << 20,
+            queue_capacity: 16_384,
+            heartbeat_ms: 1000,
+        }
+    }
+}
+
+/// `[[models]]`: how to find a record's id and references in its events.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `namespace.name`, e.g. `payments.transfers` (Postgres schema.table, Mongo db.collection).
+    pub name: String,
+    /// Field (dotted path) holding the record id in the record's document or row.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// Reference name → field (dotted path); the values become the master document's
+    /// references and feed the reference index used for joins.
+    #[serde(default)]
+    pub references: BTreeMap<String, String>,
+}
+
+fn default_id_field() -> String {
+    "id".into()
+}
+
+/// Input formats a consumer can read.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// PostgreSQL logical replication, pgoutput plugin (only from a `postgres` source).
+    Pgoutput,
+    /// Debezium PostgreSQL connector envelope (JSON, with or without schema/payload).
+    DebeziumPostgres,
+    /// Debezium MongoDB connector envelope (JSON; documents as extended-JSON strings).
+    DebeziumMongo,
+    /// Native MongoDB change-stream events as (relaxed or canonical) extended JSON.
+    MongoChangeStream,
+    /// Native MongoDB change-stream events as raw BSON documents.
+    MongoChangeStreamBson,
+    /// Protobuf messages described by a configured descriptor set.
+    Protobuf,
+}
+
+impl Format {
+    /// The name used in configs and stored in update records.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Pgoutput => "pgoutput",
+            Format::DebeziumPostgres => "debezium-postgres",
+            Format::DebeziumMongo => "debezium-mongo",
+            Format::MongoChangeStream => "mongo-change-stream",
+            Format::MongoChangeStreamBson => "mongo-change-stream-bson",
+            Format::Protobuf => "protobuf",
+        }
+    }
+
+    /// Inverse of [`Format::name`].
+    pub fn from_name(s: &str) -> Option<Format> {
+        [
+            Format::Pgoutput,
+            Format::DebeziumPostgres,
+            Format::DebeziumMongo,
+            Format::MongoChangeStream,
+            Format::MongoChangeStreamBson,
+            Format::Protobuf,
+        ]
+        .into_iter()
+        .find(|f| f.name() == s)
+    }
+}
+
+/// `[[sources]]`: one input, tied to one consumer (format). Exactly one of `file`,
+/// `kafka`, `postgres` is set.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Unique; part of every update's identity, so never rename a live source.
+    pub name: String,
+    pub format: Format,
+    /// Model of every event of this source; when absent it comes from the event
+    /// (Debezium `source.schema/table` or `db/collection`, Mongo `ns`, pgoutput relation).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Overrides `[ingest].max_event_bytes` for this source.
+    #[serde(default)]
+    pub max_event_bytes: Option<usize>,
+    #[serde(default)]
+    pub file: Option<FileSourceConfig>,
+    #[serde(default)]
+    pub kafka: Option<KafkaSourceConfig>,
+    #[serde(default)]
+    pub postgres: Option<PgSourceConfig>,
+    /// Descriptor of `format = "protobuf"` events.
+    #[serde(default)]
+    pub protobuf: Option<ProtobufFormatConfig>,
+}
+
+/// A JSONL (one event per line) or BSON (concatenated documents) file.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    pub path: PathBuf,
+    /// Keep reading as the file grows (otherwise stop at its end).
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// Kafka topics read through a consumer group.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// `host:port,...`
+    pub brokers: String,
+    pub topics: Vec<String>,
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Where a group with no committed offset starts: `earliest` or `latest`.
+    #[serde(default = "default_offset_reset")]
+    pub auto_offset_reset: String,
+    /// Extra librdkafka properties (no secrets: use the environment for SASL passwords).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "overseer-ingest".into()
+}
+
+fn default_offset_reset() -> String {
+    "earliest".into()
+}
+
+/// PostgreSQL logical replication (pgoutput).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PgSourceConfig {
+    /// Environment variable holding the connection string (`host=.. port=.. user=..
+    /// password=.. dbname=..` or a URL). The password never lives in this file.
+    pub url_env: String,
+    /// Replication slot name.
+    pub slot: String,
+    /// Publication name.
+    pub publication: String,
+    /// Create the slot and the publication when they do not exist.
+    #[serde(default)]
+    pub create: bool,
+    /// Tables (`schema.table`) the publication covers when created; empty = all tables.
+    #[serde(default)]
+    pub tables: Vec<String>,
+    /// Status/heartbeat interval.
+    #[serde(default = "default_status_ms")]
+    pub status_interval_ms: u64,
+}
+
+fn default_status_ms() -> u64 {
+    1000
+}
+
+/// How to read `format = "protobuf"` events.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ProtobufFormatConfig {
+    /// A serialized `FileDescriptorSet` (`protoc --descriptor_set_out` / protox).
+    pub descriptor_set: PathBuf,
+    /// Full message name, e.g. `payments.v1.TransferEvent`.
+    pub message: String,
+    /// Field (dotted path) with the event's commit time (a `google.protobuf.Timestamp`, or
+    /// an integer of epoch milliseconds).
+    pub time_field: String,
+    /// Field with the operation (`c/u/d`, `create/update/delete`, or an enum with such
+    /// names); every event is an update of the full record when absent.
+    #[serde(default)]
+    pub op_field: Option<String>,
+    /// Field holding the record itself (the sub-message ids and references are read from);
+    /// the whole message when absent.
+    #[serde(default)]
+    pub record_field: Option<String>,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+        let cfg: Config = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Cross-field rules.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        let ing = &self.ingest;
+        if ing.batch_max_events == 0 || ing.queue_capacity == 0 || ing.max_event_bytes == 0 {
+            return bad("ingest.batch_max_events, queue_capacity and max_event_bytes must be > 0".into());
+        }
+        let mut models = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            if m.name.is_empty() || !models.insert(m.name.as_str()) {
+                return bad(format!("models[{i}].name {:?} is empty or repeated", m.name));
+            }
+            if m.id_field.is_empty() {
+                return bad(format!("models[{i}].id_field is empty"));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let at = format!("sources[{i}] ({:?})", s.name);
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                return bad(format!("{at}: name is empty or repeated"));
+            }
+            let kinds = [s.file.is_some(), s.kafka.is_some(), s.postgres.is_some()];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                return bad(format!("{at}: set exactly one of [sources.file], [sources.kafka], [sources.postgres]"));
+            }
+            if (s.format == Format::Pgoutput) != s.postgres.is_some() {
+                return bad(format!("{at}: format \"pgoutput\" goes with [sources.postgres] and only with it"));
+            }
+            if (s.format == Format::Protobuf) != s.protobuf.is_some() {
+                return bad(format!("{at}: format \"protobuf\" needs [sources.protobuf] (and only it uses it)"));
+            }
+            if s.format == Format::Protobuf && s.model.is_none() {
+                return bad(format!("{at}: format \"protobuf\" needs `model`"));
+            }
+            if let Some(m) = &s.model
+                && !models.contains(m.as_str())
+            {
+                return bad(format!("{at}: model {m:?} is not in [[models]]"));
+            }
+            if let Some(k) = &s.kafka {
+                if k.topics.is_empty() {
+                    return bad(format!("{at}: kafka.topics is empty"));
+                }
+                if !matches!(k.auto_offset_reset.as_str(), "earliest" | "latest") {
+                    return bad(format!("{at}: kafka.auto_offset_reset must be \"earliest\" or \"latest\""));
+                }
+                if let Some(key) = k.properties.keys().find(|k| k.contains("password") || k.contains("secret")) {
+                    return bad(format!("{at}: kafka.properties.{key}: secrets come from the environment, not the config file"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The model named `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        let c: Config = toml::from_str(s).map_err(|e| Error::Config(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn defaults_are_the_embedded_setup() {
+        let c = parse("").unwrap();
+        assert!(matches!(c.store, StoreConfig::Local { .. }));
+        assert!(matches!(c.catalog, CatalogConfig::Embedded { .. }));
+        assert_eq!(c.ingest, IngestSettings::default());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("[ingest]\nbatch_max_event = 3").unwrap_err().to_string();
+        assert!(e.contains("batch_max_event"), "{e}");
+        let e = parse(
+            "[[models]]\nname='m'\n[[sources]]\nname='s'\nformat='debezium-postgres'\nmodel='x'\n[sources.file]\npath='f'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("model \"x\" is not in [[models]]"), "{e}");
+        let e = parse("[[sources]]\nname='s'\nformat='pgoutput'\n[sources.file]\npath='f'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("pgoutput"), "{e}");
+        let e = parse("[[sources]]\nname='s'\nformat='json'\n[sources.file]\npath='f'")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `json`"), "{e}");
+    }
+
+    #[test]
+    fn example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for ent in std::fs::read_dir(&dir).unwrap() {
+            let p = ent.unwrap().path();
+            if p.extension().is_some_and(|e| e == "toml") {
+                Config::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
+        }
+        assert!(n > 0, "examples/ has configs");
+    }
+}

@@ -1,0 +1,803 @@
+//! Debezium change-event envelopes, PostgreSQL ([`DebeziumPostgres`]) and MongoDB
+//! ([`DebeziumMongo`]) connectors, as written by Kafka Connect's JSON converter with or
+//! without the `{schema, payload}` wrapper.
+//!
+//! Both read:
+//! - **op**: `c` create, `r` snapshot read (a create: the record's first sight), `u` update,
+//!   `d` delete. Truncates (`t`), logical messages (`m`), tombstones (null value, the Kafka
+//!   compaction marker after a delete) and anything else are rejected with the reason.
+//! - **event time**: the source's commit time: `source.ts_us` (or `ts_ns`, or `ts_ms`);
+//!   the envelope's own `ts_*` (when the connector processed the event) only if `source`
+//!   has none, then the source's commit time if it knows one.
+//! - **id and references** from the record's document, with the model's `id_field` and
+//!   `references`; fields missing from it are taken from the Kafka key (the primary key for
+//!   PostgreSQL, the document's `_id` for MongoDB), so deletes without a row image still
+//!   have an id.
+//!
+//! PostgreSQL: the document is `after` (`before` for deletes); the model is
+//! `source.schema` + "." + `source.table`.
+//!
+//! MongoDB: `after`, `before`, `patch`, `filter` and `updateDescription.updatedFields` are
+//! JSON *strings* of extended JSON. The document is `after` (`before` for deletes), overlaid
+//! by the fields an update wrote (`updateDescription.updatedFields` from change-stream
+//! connectors, `patch` — `$set`, a `$v: 2` diff, or a whole replacement — from oplog ones),
+//! then any `_id` still missing from `before`, `filter`, or the key's `id` (a string of
+//! extended JSON). The model is `source.db` + "." + `source.collection`.
+//!
+//! Checks run in this order: tombstone, JSON, envelope, op, model, event time, document,
+//! id.
+
+use serde_json::{Map, Value};
+
+use overseer_dal::update::{Micros, Op};
+
+use super::mongo::{describe, json_reject, ms_to_us, normalize_uuids, parse_json};
+use super::{Consumer, Decoded, Models, Reject};
+use crate::config::Format;
+use crate::source::SourceEvent;
+
+/// The Debezium PostgreSQL connector's envelope.
+#[derive(Debug)]
+pub struct DebeziumPostgres {
+    models: Models,
+}
+
+impl DebeziumPostgres {
+    pub fn new(models: Models) -> Self {
+        DebeziumPostgres { models }
+    }
+}
+
+impl Consumer for DebeziumPostgres {
+    fn format(&self) -> Format {
+        Format::DebeziumPostgres
+    }
+
+    fn decode(&self, ev: &SourceEvent) -> Result<Decoded, Reject> {
+        let env = Envelope::read(ev)?;
+        let source = env.source()?;
+        let model_name = match (str_field(source, "schema"), str_field(source, "table")) {
+            (Some(s), Some(t)) if !t.is_empty() => Some(format!("{s}.{t}")),
+            _ => None,
+        };
+        let model = self.models.resolve(model_name.as_deref())?;
+        let event_time_us = env.time(ev.commit_time_us)?;
+
+        let image = if env.op == Op::Delete {
+            "before"
+        } else {
+            "after"
+        };
+        let mut doc = match env.payload.get(image) {
+            Some(Value::Object(row)) => row.clone(),
+            None | Some(Value::Null) if env.op == Op::Delete => Map::new(),
+            None | Some(Value::Null) => {
+                return Err(Reject::new(format!(
+                    "no row image: `{image}` is missing or null in an op {:?} event",
+                    env.op_code
+                )));
+            }
+            Some(other) => {
+                return Err(Reject::new(format!(
+                    "`{image}` is not a row (found {})",
+                    describe(other)
+                )));
+            }
+        };
+        let key = KeyDoc::read(ev.key.as_deref());
+        if let KeyDoc::Doc(k) = &key {
+            for (f, v) in k {
+                if !has(&doc, f) {
+                    doc.insert(f.clone(), v.clone());
+                }
+            }
+        }
+        let (record_id, refs) = id_and_refs(model, &Value::Object(doc), &key)?;
+        Ok(Decoded {
+            model: model.name.clone(),
+            record_id,
+            op: env.op,
+            event_time_us,
+            refs,
+        })
+    }
+}
+
+/// The Debezium MongoDB connector's envelope.
+#[derive(Debug)]
+pub struct DebeziumMongo {
+    models: Models,
+}
+
+impl DebeziumMongo {
+    pub fn new(models: Models) -> Self {
+        DebeziumMongo { models }
+    }
+}
+
+impl Consumer for DebeziumMongo {
+    fn format(&self) -> Format {
+        Format::DebeziumMongo
+    }
+
+    fn decode(&self, ev: &SourceEvent) -> Result<Decoded, Reject> {
+        let env = Envelope::read(ev)?;
+        let source = env.source()?;
+        let model_name = match (str_field(source, "db"), str_field(source, "collection")) {
+            (Some(db), Some(c)) if !c.is_empty() => Some(format!("{db}.{c}")),
+            _ => None,
+        };
+        let model = self.models.resolve(model_name.as_deref())?;
+        let event_time_us = env.time(ev.commit_time_us)?;
+
+        let p = &env.payload;
+        let after = ext_json_doc(p, "after")?;
+        let before = ext_json_doc(p, "before")?;
+        let filter = ext_json_doc(p, "filter")?;
+        let mut doc = match (env.op, &after, &before) {
+            (Op::Delete, _, Some(b)) => b.clone(),
+            (Op::Delete, _, None) => Map::new(),
+            (_, Some(a), _) => a.clone(),
+            (_, None, _) => Map::new(),
+        };
+        if env.op == Op::Update {
+            if let Some(patch) = ext_json_doc(p, "patch")? {
+                doc.extend(patch_fields(patch));
+            }
+            match p.get("updateDescription") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(ud)) => {
+                    if let Some(fields) = ext_json_doc(ud, "updatedFields")
+                        .map_err(|r| Reject::new(format!("updateDescription.{}", r.0)))?
+                    {
+                        doc.extend(fields);
+                    }
+                }
+                Some(other) => {
+                    return Err(Reject::new(format!(
+                        "updateDescription is not a document (found {})",
+                        describe(other)
+                    )));
+                }
+            }
+        }
+        if !has(&doc, "_id") {
+            let id = [&before, &filter]
+                .into_iter()
+                .flatten()
+                .find_map(|d| d.get("_id").filter(|v| !v.is_null()).cloned());
+            if let Some(id) = id {
+                doc.insert("_id".into(), id);
+            }
+        }
+        let key = KeyDoc::read(ev.key.as_deref());
+        if let (false, KeyDoc::Doc(k)) = (has(&doc, "_id"), &key)
+            && let Some(id) = k.get("id").and_then(mongo_key_id)
+        {
+            doc.insert("_id".into(), id);
+        }
+        let mut doc = Value::Object(doc);
+        normalize_uuids(&mut doc);
+        let (record_id, refs) = id_and_refs(model, &doc, &key)?;
+        Ok(Decoded {
+            model: model.name.clone(),
+            record_id,
+            op: env.op,
+            event_time_us,
+            refs,
+        })
+    }
+}
+
+/// The payload of a Debezium event and its op.
+struct Envelope {
+    payload: Map<String, Value>,
+    op: Op,
+    /// The op letter as sent, for reject reasons.
+    op_code: String,
+}
+
+impl Envelope {
+    fn read(ev: &SourceEvent) -> Result<Envelope, Reject> {
+        if ev.raw.iter().all(u8::is_ascii_whitespace) {
+            return Err(Reject::new(
+                "tombstone (empty value): Kafka's compaction marker after a delete, not a change",
+            ));
+        }
+        let v = parse_json(&ev.raw)?;
+        let mut payload = match v {
+            Value::Object(m) => m,
+            Value::Null => {
+                return Err(Reject::new(
+                    "tombstone (null value): Kafka's compaction marker after a delete, not a change",
+                ));
+            }
+            other => {
+                return Err(Reject::new(format!(
+                    "not a Debezium envelope: the event is not a JSON object (found {})",
+                    describe(&other)
+                )));
+            }
+        };
+        // `{schema, payload}` from the JSON converter with schemas enabled.
+        if !payload.contains_key("op") && payload.contains_key("payload") {
+            payload = match payload.remove("payload") {
+                Some(Value::Object(m)) => m,
+                Some(Value::Null) | None => {
+                    return Err(Reject::new(
+                        "tombstone (null payload): Kafka's compaction marker after a delete, not a change",
+                    ));
+                }
+                Some(other) => {
+                    return Err(Reject::new(format!(
+                        "not a Debezium envelope: `payload` is not a JSON object (found {})",
+                        describe(&other)
+                    )));
+                }
+            };
+        }
+        let op_code = match payload.get("op") {
+            Some(Value::String(s)) => s.clone(),
+            None | Some(Value::Null) => {
+                return Err(Reject::new("not a Debezium envelope: no `op`"));
+            }
+            Some(other) => {
+                return Err(Reject::new(format!(
+                    "`op` is not a string (found {})",
+                    describe(other)
+                )));
+            }
+        };
+        let op = match op_code.as_str() {
+            "c" | "r" => Op::Create,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "t" => {
+                return Err(Reject::new(
+                    "truncate event (op \"t\"): it empties a whole table, not a change to one record",
+                ));
+            }
+            "m" => {
+                return Err(Reject::new(
+                    "logical decoding message (op \"m\"): not a change to a record",
+                ));
+            }
+            other => return Err(Reject::new(format!("unknown op {other:?}"))),
+        };
+        Ok(Envelope {
+            payload,
+            op,
+            op_code,
+        })
+    }
+
+    /// `source`, which every Debezium change event has.
+    fn source(&self) -> Result<&Map<String, Value>, Reject> {
+        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
+        match self.payload.get("source") {
+            Some(Value::Object(s)) => Ok(s),
+            // Without `source` the model must be fixed and the time comes from `ts_ms`.
+            None | Some(Value::Null) => Ok(EMPTY.get_or_init(Map::new)),
+            Some(other) => Err(Reject::new(format!(
+                "`source` is not a JSON object (found {})",
+                describe(other)
+            ))),
+        }
+    }
+
+    /// The source's commit time, in microseconds.
+    fn time(&self, fallback: Option<Micros>) -> Result<Micros, Reject> {
+        let source = self.source()?;
+        for (obj, at) in [(source, "source."), (&self.payload, "")] {
+            if let Some(us) = int_field(obj, "ts_us", at)? {
+                return Ok(us);
+            }
+            if let Some(ns) = int_field(obj, "ts_ns", at)? {
+                return Ok(ns / 1000);
+            }
+            if let Some(ms) = int_field(obj, "ts_ms", at)? {
+                return ms_to_us(ms).ok_or_else(|| {
+                    Reject::new(format!("no event time: {at}ts_ms {ms} is out of range"))
+                });
+            }
+        }
+        fallback
+            .ok_or_else(|| Reject::new("no event time: neither source.ts_ms nor ts_ms is present"))
+    }
+}
+
+/// An integer field; `Ok(None)` if absent or null.
+fn int_field(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<i64>, Reject> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+            Reject::new(format!(
+                "no event time: {at}{key} is not an integer (found {})",
+                describe(v)
+            ))
+        }),
+    }
+}
+
+/// Whether `doc` has a non-null `field`.
+fn has(doc: &Map<String, Value>, field: &str) -> bool {
+    doc.get(field).is_some_and(|v| !v.is_null())
+}
+
+fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    obj.get(key).and_then(Value::as_str)
+}
+
+/// What the Kafka key offers for the id.
+enum KeyDoc {
+    None,
+    /// The key's payload (the wrapper removed).
+    Doc(Map<String, Value>),
+    /// Why the key could not be used, for the reject reason.
+    Unusable(String),
+}
+
+impl KeyDoc {
+    fn read(key: Option<&[u8]>) -> KeyDoc {
+        let Some(key) = key.filter(|k| !k.is_empty()) else {
+            return KeyDoc::None;
+        };
+        match serde_json::from_slice::<Value>(key) {
+            Ok(Value::Object(mut m)) => {
+                if m.contains_key("schema") && m.contains_key("payload") {
+                    match m.remove("payload") {
+                        Some(Value::Object(p)) => KeyDoc::Doc(p),
+                        _ => {
+                            KeyDoc::Unusable("the Kafka key's payload is not a JSON object".into())
+                        }
+                    }
+                } else {
+                    KeyDoc::Doc(m)
+                }
+            }
+            Ok(other) => KeyDoc::Unusable(format!(
+                "the Kafka key is not a JSON object (found {})",
+                describe(&other)
+            )),
+            Err(e) => KeyDoc::Unusable(format!("the Kafka key is not JSON: {e}")),
+        }
+    }
+}
+
+/// [`Models::id_and_refs`], with the reject saying what the key offered.
+fn id_and_refs(
+    model: &crate::config::ModelConfig,
+    doc: &Value,
+    key: &KeyDoc,
+) -> Result<(String, Vec<(String, String)>), Reject> {
+    Models::id_and_refs(model, doc).map_err(|r| {
+        let key = match key {
+            KeyDoc::None => "there is no Kafka key".to_string(),
+            KeyDoc::Doc(_) => "the Kafka key does not have it either".to_string(),
+            KeyDoc::Unusable(why) => why.clone(),
+        };
+        Reject::new(format!("{} in the record, and {key}", r.0))
+    })
+}
+
+/// The key's `id`: a string holding the `_id` as extended JSON (`"1004"`, `"\"abc\""`,
+/// `"{\"$oid\": \"...\"}"`), read back into the `_id` value it stands for.
+fn mongo_key_id(v: &Value) -> Option<Value> {
+    match v {
+        Value::String(s) => match serde_json::from_str::<Value>(s) {
+            Ok(parsed) if !parsed.is_null() => Some(parsed),
+            // Not JSON: the string is the id itself.
+            _ => Some(Value::String(s.clone())),
+        },
+        Value::Null => None,
+        other => Some(other.clone()),
+    }
+}
+
+/// A field holding a document as a string of extended JSON (or, from some converters, as a
+/// JSON object already); `Ok(None)` if absent or null.
+fn ext_json_doc(obj: &Map<String, Value>, key: &str) -> Result<Option<Map<String, Value>>, Reject> {
+    let parsed = match obj.get(key) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+            .map_err(|e| json_reject(&format!("`{key}` is not valid extended JSON"), &e))?,
+        Some(Value::Object(m)) => return Ok(Some(m.clone())),
+        Some(other) => {
+            return Err(Reject::new(format!(
+                "`{key}` is not a string of extended JSON (found {})",
+                describe(other)
+            )));
+        }
+    };
+    match parsed {
+        Value::Object(m) => Ok(Some(m)),
+        Value::Null => Ok(None),
+        other => Err(Reject::new(format!(
+            "`{key}` does not hold a document (found {})",
+            describe(&other)
+        ))),
+    }
+}
+
+/// The fields an oplog `patch` writes: its `$set`, the updates and inserts of a `$v: 2`
+/// diff, or the whole document when it is a replacement (no operators).
+fn patch_fields(patch: Map<String, Value>) -> Map<String, Value> {
+    if !patch.keys().any(|k| k.starts_with('$')) {
+        return patch;
+    }
+    let mut out = Map::new();
+    if let Some(Value::Object(set)) = patch.get("$set") {
+        out.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(Value::Object(diff)) = patch.get("diff") {
+        for part in ["u", "i"] {
+            if let Some(Value::Object(m)) = diff.get(part) {
+                out.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use bytes::Bytes;
+    use serde_json::json;
+
+    fn models() -> Models {
+        Models::new(
+            &[
+                ModelConfig {
+                    name: "public.customers".into(),
+                    id_field: "id".into(),
+                    references: [("email".to_string(), "email".to_string())].into(),
+                },
+                ModelConfig {
+                    name: "payments.transfers".into(),
+                    id_field: "id".into(),
+                    references: [("account_id".to_string(), "account_id".to_string())].into(),
+                },
+                ModelConfig {
+                    name: "inventory.customers".into(),
+                    id_field: "_id".into(),
+                    references: [("email".to_string(), "email".to_string())].into(),
+                },
+            ],
+            None,
+        )
+    }
+
+    fn event(raw: impl Into<Bytes>, key: Option<&str>) -> SourceEvent {
+        SourceEvent {
+            raw: raw.into(),
+            key: key.map(|k| Bytes::from(k.to_owned())),
+            context: None,
+            position: "0".into(),
+            commit_time_us: None,
+            ack: None,
+            checkpoint: None,
+        }
+    }
+
+    fn pg(v: &Value, key: Option<&str>) -> Result<Decoded, Reject> {
+        DebeziumPostgres::new(models()).decode(&event(v.to_string(), key))
+    }
+
+    fn mongo(v: &Value, key: Option<&str>) -> Result<Decoded, Reject> {
+        DebeziumMongo::new(models()).decode(&event(v.to_string(), key))
+    }
+
+    fn reason(r: Result<Decoded, Reject>) -> String {
+        r.expect_err("should be rejected").0
+    }
+
+    /// The documentation's PostgreSQL `source` block.
+    fn pg_source(ts_us: i64) -> Value {
+        json!({"version": "2.7.0.Final", "connector": "postgresql", "name": "PostgreSQL_server",
+            "ts_ms": ts_us / 1000, "ts_us": ts_us, "ts_ns": ts_us * 1000, "snapshot": false,
+            "db": "postgres", "sequence": "[\"24023119\",\"24023128\"]", "schema": "public",
+            "table": "customers", "txId": 555, "lsn": 24023128, "xmin": null})
+    }
+
+    /// The create event of the Debezium PostgreSQL documentation, schema included.
+    #[test]
+    fn pg_documentation_create_with_schema() {
+        let v = json!({
+            "schema": {"type": "struct", "fields": [
+                {"type": "struct", "fields": [{"type": "int32", "optional": false, "field": "id"}],
+                 "optional": true, "name": "PostgreSQL_server.inventory.customers.Value", "field": "before"}
+            ], "optional": false, "name": "PostgreSQL_server.inventory.customers.Envelope"},
+            "payload": {
+                "before": null,
+                "after": {"id": 1, "first_name": "Anne", "last_name": "Kretchmar", "email": "annek@noanswer.org"},
+                "source": pg_source(1559033904863123_i64),
+                "op": "c", "ts_ms": 1559033904863_i64, "ts_us": 1559033904863841_i64, "ts_ns": 1559033904863841257_i64
+            }
+        });
+        let d = pg(&v, None).unwrap();
+        assert_eq!(
+            d,
+            Decoded {
+                model: "public.customers".into(),
+                record_id: "1".into(),
+                op: Op::Create,
+                // source.ts_us (commit), not the envelope's ts_us (processing).
+                event_time_us: 1559033904863123_i64,
+                refs: vec![("email".into(), "annek@noanswer.org".into())],
+            }
+        );
+    }
+
+    #[test]
+    fn pg_update_delete_snapshot_without_wrapper() {
+        let mut v = json!({"before": {"id": 1},
+            "after": {"id": 1, "first_name": "Anne Marie", "last_name": "Kretchmar", "email": "annek@noanswer.org"},
+            "source": pg_source(1559033904863769_i64), "op": "u", "ts_ms": 1465584025523_i64});
+        let d = pg(&v, None).unwrap();
+        assert_eq!(
+            (d.op, d.record_id.as_str(), d.event_time_us),
+            (Op::Update, "1", 1559033904863769_i64)
+        );
+
+        v["op"] = json!("r");
+        assert_eq!(pg(&v, None).unwrap().op, Op::Create);
+
+        let del = json!({"before": {"id": 1}, "after": null, "source": pg_source(1559033904863852_i64),
+            "op": "d", "ts_ms": 1465581902461_i64});
+        let d = pg(&del, None).unwrap();
+        assert_eq!(
+            (d.op, d.record_id.as_str(), d.refs.len()),
+            (Op::Delete, "1", 0)
+        );
+    }
+
+    #[test]
+    fn pg_time_precedence() {
+        let mut src = pg_source(1_000_000_123);
+        src.as_object_mut().unwrap().remove("ts_us");
+        let v = json!({"after": {"id": 1}, "source": src, "op": "c", "ts_ms": 5});
+        assert_eq!(pg(&v, None).unwrap().event_time_us, 1_000_000_123); // ts_ns / 1000
+        let mut src = pg_source(0);
+        let s = src.as_object_mut().unwrap();
+        s.remove("ts_us");
+        s.remove("ts_ns");
+        s.insert("ts_ms".into(), json!(1559033904863_i64));
+        let v = json!({"after": {"id": 1}, "source": src, "op": "c", "ts_ms": 5});
+        assert_eq!(pg(&v, None).unwrap().event_time_us, 1559033904863000_i64);
+        // The envelope's ts_ms only when source has no time at all.
+        let v = json!({"after": {"id": 1}, "source": {"schema": "public", "table": "customers"},
+            "op": "c", "ts_ms": 7});
+        assert_eq!(pg(&v, None).unwrap().event_time_us, 7000);
+        let v = json!({"after": {"id": 1}, "source": {"schema": "public", "table": "customers"}, "op": "c"});
+        assert_eq!(
+            reason(pg(&v, None)),
+            "no event time: neither source.ts_ms nor ts_ms is present"
+        );
+        let v = json!({"after": {"id": 1}, "source": {"schema": "public", "table": "customers", "ts_ms": "soon"}, "op": "c"});
+        assert_eq!(
+            reason(pg(&v, None)),
+            "no event time: source.ts_ms is not an integer (found a string)"
+        );
+    }
+
+    #[test]
+    fn pg_id_from_the_kafka_key() {
+        // REPLICA IDENTITY NOTHING-like delete: no before image; the key has the primary key.
+        let del = json!({"before": null, "after": null, "source": pg_source(1), "op": "d"});
+        let key = r#"{"schema": {"type": "struct", "fields": [{"type": "int32", "optional": false, "field": "id"}], "optional": false, "name": "PostgreSQL_server.public.customers.Key"}, "payload": {"id": 1}}"#;
+        assert_eq!(pg(&del, Some(key)).unwrap().record_id, "1");
+        assert_eq!(pg(&del, Some(r#"{"id": "t-9"}"#)).unwrap().record_id, "t-9");
+        assert_eq!(
+            reason(pg(&del, None)),
+            "no record id: field \"id\" missing, null or not a scalar in the record, and there is no Kafka key"
+        );
+        assert_eq!(
+            reason(pg(&del, Some(r#"{"other": 1}"#))),
+            "no record id: field \"id\" missing, null or not a scalar in the record, and the Kafka key does not have it either"
+        );
+        assert!(reason(pg(&del, Some("{nope"))).ends_with(
+            "in the record, and the Kafka key is not JSON: key must be a string at line 1 column 2"
+        ));
+        // A null column counts as missing.
+        let del = json!({"before": {"id": null}, "after": null, "source": pg_source(1), "op": "d"});
+        assert_eq!(pg(&del, Some(r#"{"id": 5}"#)).unwrap().record_id, "5");
+        // The row's own id wins over the key's.
+        let c = json!({"after": {"id": 2}, "source": pg_source(1), "op": "c"});
+        assert_eq!(pg(&c, Some(r#"{"id": 1}"#)).unwrap().record_id, "2");
+    }
+
+    #[test]
+    fn pg_rejects() {
+        let src = pg_source(1);
+        let d = DebeziumPostgres::new(models());
+        assert_eq!(
+            reason(d.decode(&event("", None))),
+            "tombstone (empty value): Kafka's compaction marker after a delete, not a change"
+        );
+        assert!(reason(d.decode(&event("null", None))).starts_with("tombstone (null value)"));
+        assert!(
+            reason(pg(&json!({"schema": {}, "payload": null}), None))
+                .starts_with("tombstone (null payload)")
+        );
+        assert_eq!(
+            reason(d.decode(&event("{\"op\": c}", None))),
+            "invalid JSON at line 1 column 8: expected value"
+        );
+        let truncate = json!({"schema": {}, "payload": {"source": src, "op": "t", "ts_ms": 1}});
+        assert!(reason(pg(&truncate, None)).starts_with("truncate event (op \"t\")"));
+        let msg =
+            json!({"source": src, "op": "m", "message": {"prefix": "foo", "content": "Ymfy"}});
+        assert!(reason(pg(&msg, None)).starts_with("logical decoding message (op \"m\")"));
+        assert_eq!(
+            reason(pg(
+                &json!({"after": {"id": 1}, "source": src, "op": "x"}),
+                None
+            )),
+            "unknown op \"x\""
+        );
+        assert_eq!(
+            reason(pg(
+                &json!({"after": {"id": 1}, "source": src, "op": 1}),
+                None
+            )),
+            "`op` is not a string (found number 1)"
+        );
+        assert_eq!(
+            reason(pg(&json!({"after": {"id": 1}}), None)),
+            "not a Debezium envelope: no `op`"
+        );
+        assert_eq!(
+            reason(pg(&json!({"after": null, "source": src, "op": "u"}), None)),
+            "no row image: `after` is missing or null in an op \"u\" event"
+        );
+        let mut other = src.clone();
+        other["table"] = json!("nope");
+        assert_eq!(
+            reason(pg(
+                &json!({"after": {"id": 1}, "source": other, "op": "c"}),
+                None
+            )),
+            "model \"public.nope\" is not configured in [[models]]"
+        );
+    }
+
+    fn mongo_source() -> Value {
+        json!({"version": "2.7.0.Final", "connector": "mongodb", "name": "fulfillment",
+            "ts_ms": 1558965508000_i64, "snapshot": false, "db": "inventory", "rs": "rs0",
+            "collection": "customers", "ord": 31, "h": 1546547425148721999_i64})
+    }
+
+    /// The create event of the Debezium MongoDB documentation.
+    #[test]
+    fn mongo_documentation_create() {
+        let v = json!({"schema": {"type": "struct", "fields": [], "optional": false,
+                "name": "dbserver1.inventory.customers.Envelope"},
+            "payload": {
+                "after": "{\"_id\" : {\"$numberLong\" : \"1004\"},\"first_name\" : \"Anne\",\"last_name\" : \"Kretchmar\",\"email\" : \"annek@noanswer.org\"}",
+                "source": mongo_source(), "op": "c", "ts_ms": 1558965515240_i64}});
+        let d = mongo(&v, None).unwrap();
+        assert_eq!(
+            d,
+            Decoded {
+                model: "inventory.customers".into(),
+                record_id: "1004".into(),
+                op: Op::Create,
+                event_time_us: 1558965508000000_i64,
+                refs: vec![("email".into(), "annek@noanswer.org".into())],
+            }
+        );
+    }
+
+    /// Change-stream capture mode: `updateDescription.updatedFields` is a string.
+    #[test]
+    fn mongo_documentation_update_and_delete() {
+        let upd = json!({"op": "u", "ts_ms": 1465491461815_i64,
+            "before": "{\"_id\": {\"$numberLong\": \"1004\"},\"first_name\": \"unknown\",\"email\": \"annek@noanswer.org\"}",
+            "after": "{\"_id\": {\"$numberLong\": \"1004\"},\"first_name\": \"Anne Marie\",\"email\": \"annek@noanswer.org\"}",
+            "updateDescription": {"removedFields": null, "updatedFields": "{\"email\": \"anne@new.org\"}", "truncatedArrays": null},
+            "source": mongo_source()});
+        let d = mongo(&upd, None).unwrap();
+        assert_eq!((d.op, d.record_id.as_str()), (Op::Update, "1004"));
+        // The fields this change wrote win over the looked-up `after`.
+        assert_eq!(d.refs, vec![("email".into(), "anne@new.org".into())]);
+
+        // Default capture mode: no after; the id comes from the key.
+        let upd = json!({"op": "u", "updateDescription": {"removedFields": ["x"],
+            "updatedFields": "{\"email\": \"b@c.d\"}"}, "source": mongo_source()});
+        let key = r#"{"schema": {"type": "struct", "name": "fulfillment.inventory.customers.Key", "optional": false, "fields": [{"field": "id", "type": "string", "optional": false}]}, "payload": {"id": "1004"}}"#;
+        let d = mongo(&upd, Some(key)).unwrap();
+        assert_eq!((d.record_id.as_str(), d.refs.len()), ("1004", 1));
+        assert!(reason(mongo(&upd, None)).starts_with("no record id"));
+
+        let del = json!({"op": "d", "ts_ms": 1465495462115_i64,
+            "before": "{\"_id\": {\"$numberLong\": \"1004\"},\"first_name\": \"Anne Marie\",\"email\": \"annek@noanswer.org\"}",
+            "source": mongo_source()});
+        let d = mongo(&del, None).unwrap();
+        assert_eq!(
+            (d.op, d.record_id.as_str(), d.refs.len()),
+            (Op::Delete, "1004", 1)
+        );
+    }
+
+    /// Oplog capture mode (older connectors): `patch` and `filter` strings.
+    #[test]
+    fn mongo_legacy_patch_and_filter() {
+        let upd = json!({"op": "u", "patch": "{\"$set\" : {\"email\" : \"x@y.z\"}}",
+            "filter": "{\"_id\" : {\"$oid\" : \"596e275826f08b2730779e1f\"}}", "source": mongo_source()});
+        let d = mongo(&upd, None).unwrap();
+        assert_eq!(d.record_id, "596e275826f08b2730779e1f");
+        assert_eq!(d.refs, vec![("email".into(), "x@y.z".into())]);
+        let upd = json!({"op": "u", "patch": "{\"$v\": 2, \"diff\": {\"u\": {\"email\": \"d@i.ff\"}}}",
+            "filter": "{\"_id\" : 7}", "source": mongo_source()});
+        assert_eq!(
+            mongo(&upd, None).unwrap().refs,
+            vec![("email".into(), "d@i.ff".into())]
+        );
+        let del = json!({"op": "d", "filter": "{\"_id\" : \"abc\"}", "source": mongo_source()});
+        assert_eq!(mongo(&del, None).unwrap().record_id, "abc");
+    }
+
+    /// Key ids are extended JSON in a string: `"1234"`, `"\"1234\""`, `{"$oid": ..}`, UUIDs.
+    #[test]
+    fn mongo_key_ids() {
+        let del = json!({"op": "d", "source": mongo_source()});
+        for (key_id, want) in [
+            ("1234", "1234"),
+            ("\"1234\"", "1234"),
+            (
+                "{\"$oid\" : \"596e275826f08b2730779e1f\"}",
+                "596e275826f08b2730779e1f",
+            ),
+            (
+                "{\"$binary\" : \"ASNFZ4mrze8BI0VniavN7w==\", \"$type\" : \"04\"}",
+                "01234567-89ab-cdef-0123-456789abcdef",
+            ),
+            ("not json", "not json"),
+        ] {
+            let key = json!({"id": key_id}).to_string();
+            assert_eq!(mongo(&del, Some(&key)).unwrap().record_id, want, "{key_id}");
+        }
+        let key = json!({"id": "{\"hi\" : \"kafka\"}"}).to_string();
+        assert!(reason(mongo(&del, Some(&key))).starts_with("no record id"));
+    }
+
+    #[test]
+    fn mongo_rejects() {
+        let v = json!({"op": "c", "after": "{\"_id\": 1", "source": mongo_source()});
+        assert_eq!(
+            reason(mongo(&v, None)),
+            "`after` is not valid extended JSON at line 1 column 9: EOF while parsing an object"
+        );
+        let v = json!({"op": "c", "after": 5, "source": mongo_source()});
+        assert_eq!(
+            reason(mongo(&v, None)),
+            "`after` is not a string of extended JSON (found number 5)"
+        );
+        let v = json!({"op": "c", "after": "[1]", "source": mongo_source()});
+        assert_eq!(
+            reason(mongo(&v, None)),
+            "`after` does not hold a document (found an array)"
+        );
+        let v = json!({"op": "u", "updateDescription": {"updatedFields": "{"}, "source": mongo_source()});
+        assert!(
+            reason(mongo(&v, None))
+                .starts_with("updateDescription.`updatedFields` is not valid extended JSON")
+        );
+        let v = json!({"op": "t", "source": mongo_source()});
+        assert!(reason(mongo(&v, None)).starts_with("truncate event"));
+    }
+
+    #[test]
+    fn never_panics_on_truncations() {
+        let v = json!({"schema": {}, "payload": {"before": null, "after": {"id": 1, "email": "a"},
+            "source": pg_source(5), "op": "c"}})
+        .to_string();
+        for n in 0..v.len() {
+            let _ =
+                DebeziumPostgres::new(models()).decode(&event(v[..n].to_owned(), Some(&v[..n])));
+            let _ = DebeziumMongo::new(models()).decode(&event(v[..n].to_owned(), Some(&v[..n])));
+        }
+    }
+}

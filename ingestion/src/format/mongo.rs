@@ -1,0 +1,818 @@
+//! Native MongoDB change-stream events, as extended JSON ([`ChangeStreamJson`]) or raw BSON
+//! ([`ChangeStreamBson`]). The BSON reader converts the document to extended JSON and both
+//! share one reading of the event ([`decode_change_event`]), so the two formats can never
+//! disagree about an event.
+//!
+//! What is read from an event:
+//! - **op**: `operationType` insert → create, update → update, replace → replace, delete →
+//!   delete; other change-stream events (drop, rename, invalidate, ...) are not record
+//!   changes and are rejected. Without `operationType` (hand-written events such as the
+//!   Overseer post's Toy example) the op is inferred: `updateDescription` → update,
+//!   `fullDocument` alone → create.
+//! - **model**: `ns.db` + "." + `ns.coll` (unless the source has a fixed model).
+//! - **event time**: `wallTime` (a `$date`, millisecond precision) when present, else
+//!   `clusterTime` (a `$timestamp`, or a plain number of seconds), else the source's commit
+//!   time if it knows one.
+//! - **id and references**: read with the model's `id_field` / `references` from the
+//!   record's document: `fullDocument` (`fullDocumentBeforeChange` for deletes), overlaid by
+//!   `updateDescription.updatedFields` (the fields this very change wrote), overlaid by
+//!   `documentKey` (authoritative for `_id` and shard keys). Without `documentKey`, a
+//!   top-level `_id` that is a plain id (not a resume token such as `{"_data": ..}`) stands
+//!   for the document's `_id`.
+//!
+//! Checks run in this order, so the reason of a bad event is predictable: bytes (JSON/BSON),
+//! shape (a document), op, model, event time, field types, id.
+//!
+//! The helpers for extended JSON (`$binary` UUIDs, `$date`) are shared with the Debezium
+//! MongoDB reader.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use bson::RawDocument;
+use bson::raw::{RawArray, RawBsonRef};
+use bson::spec::BinarySubtype;
+use serde_json::{Map, Value, json};
+
+use overseer_dal::update::{Micros, Op};
+
+use super::{Consumer, Decoded, Models, Reject, scalar_to_string};
+use crate::config::Format;
+use crate::source::SourceEvent;
+
+/// Change-stream events as (relaxed or canonical) extended JSON, one per event.
+#[derive(Debug)]
+pub struct ChangeStreamJson {
+    models: Models,
+}
+
+impl ChangeStreamJson {
+    pub fn new(models: Models) -> Self {
+        ChangeStreamJson { models }
+    }
+}
+
+impl Consumer for ChangeStreamJson {
+    fn format(&self) -> Format {
+        Format::MongoChangeStream
+    }
+
+    fn decode(&self, ev: &SourceEvent) -> Result<Decoded, Reject> {
+        if ev.raw.iter().all(u8::is_ascii_whitespace) {
+            return Err(Reject::new("empty event"));
+        }
+        let v = parse_json(&ev.raw)?;
+        decode_change_event(&self.models, &v, ev.commit_time_us)
+    }
+}
+
+/// Change-stream events as raw BSON documents, one per event.
+#[derive(Debug)]
+pub struct ChangeStreamBson {
+    models: Models,
+}
+
+impl ChangeStreamBson {
+    pub fn new(models: Models) -> Self {
+        ChangeStreamBson { models }
+    }
+}
+
+impl Consumer for ChangeStreamBson {
+    fn format(&self) -> Format {
+        Format::MongoChangeStreamBson
+    }
+
+    fn decode(&self, ev: &SourceEvent) -> Result<Decoded, Reject> {
+        let v = bson_to_extjson(&ev.raw).map_err(|e| Reject::new(format!("invalid BSON: {e}")))?;
+        decode_change_event(&self.models, &v, ev.commit_time_us)
+    }
+}
+
+/// Reads one change-stream event (extended JSON) into an update's metadata.
+pub(super) fn decode_change_event(
+    models: &Models,
+    ev: &Value,
+    fallback_time_us: Option<Micros>,
+) -> Result<Decoded, Reject> {
+    let obj = ev.as_object().ok_or_else(|| {
+        Reject::new(format!(
+            "change event is not a JSON object (found {})",
+            describe(ev)
+        ))
+    })?;
+    let op = change_op(obj)?;
+
+    let model = match namespace(obj) {
+        Ok(name) => models.resolve(name.as_deref())?,
+        // A malformed `ns` only matters when the model has to come from it.
+        Err(why) => models.resolve(None).map_err(|_| Reject::new(why))?,
+    };
+
+    let event_time_us = match change_time(obj)? {
+        Some(t) => t,
+        None => fallback_time_us.ok_or_else(|| {
+            Reject::new("no event time: neither wallTime nor clusterTime is present")
+        })?,
+    };
+
+    let mut doc = Map::new();
+    let base_field = if op == Op::Delete {
+        "fullDocumentBeforeChange"
+    } else {
+        "fullDocument"
+    };
+    if let Some(base) = optional_doc(obj, base_field)? {
+        doc.extend(base.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(ud) = optional_doc(obj, "updateDescription")? {
+        match ud.get("updatedFields") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(fields)) => {
+                doc.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())))
+            }
+            Some(other) => {
+                return Err(Reject::new(format!(
+                    "updateDescription.updatedFields is not a document (found {})",
+                    describe(other)
+                )));
+            }
+        }
+    }
+    match optional_doc(obj, "documentKey")? {
+        Some(key) => doc.extend(key.iter().map(|(k, v)| (k.clone(), v.clone()))),
+        None => {
+            // The Toy example of the Overseer post: `_id` is the document's id. A real change
+            // stream's `_id` is its resume token (`{"_data": ..}`), never taken for an id.
+            let has_id = doc.get("_id").is_some_and(|v| !v.is_null());
+            if let (false, Some(id)) = (
+                has_id,
+                obj.get("_id").filter(|v| scalar_to_string(v).is_some()),
+            ) {
+                doc.insert("_id".into(), id.clone());
+            }
+        }
+    }
+    let mut doc = Value::Object(doc);
+    normalize_uuids(&mut doc);
+    let (record_id, refs) = Models::id_and_refs(model, &doc)?;
+    Ok(Decoded {
+        model: model.name.clone(),
+        record_id,
+        op,
+        event_time_us,
+        refs,
+    })
+}
+
+/// The op of a change event, inferred for hand-written events with no `operationType`.
+fn change_op(obj: &Map<String, Value>) -> Result<Op, Reject> {
+    match obj.get("operationType") {
+        Some(Value::String(t)) => match t.as_str() {
+            "insert" => Ok(Op::Create),
+            "update" => Ok(Op::Update),
+            "replace" => Ok(Op::Replace),
+            "delete" => Ok(Op::Delete),
+            "drop"
+            | "rename"
+            | "dropDatabase"
+            | "invalidate"
+            | "create"
+            | "createIndexes"
+            | "dropIndexes"
+            | "modify"
+            | "shardCollection"
+            | "refineCollectionShardKey"
+            | "reshardCollection" => Err(Reject::new(format!(
+                "unsupported operationType {t:?}: not a change to one document"
+            ))),
+            _ => Err(Reject::new(format!("unknown operationType {t:?}"))),
+        },
+        Some(Value::Null) | None => {
+            let has = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
+            if has("updateDescription") {
+                Ok(Op::Update)
+            } else if has("fullDocument") {
+                Ok(Op::Create)
+            } else {
+                Err(Reject::new(
+                    "no operationType, and neither fullDocument nor updateDescription to infer it from",
+                ))
+            }
+        }
+        Some(other) => Err(Reject::new(format!(
+            "operationType is not a string (found {})",
+            describe(other)
+        ))),
+    }
+}
+
+/// `ns.db` + "." + `ns.coll`; `Ok(None)` when the event has no `ns`, `Err(reason)` when its
+/// `ns` is malformed.
+fn namespace(obj: &Map<String, Value>) -> Result<Option<String>, String> {
+    let ns = match obj.get("ns") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(ns)) => ns,
+        Some(other) => return Err(format!("ns is not a document (found {})", describe(other))),
+    };
+    match (ns.get("db"), ns.get("coll")) {
+        (Some(Value::String(db)), Some(Value::String(coll))) => Ok(Some(format!("{db}.{coll}"))),
+        _ => Err("ns.db or ns.coll is missing or not a string".into()),
+    }
+}
+
+/// `wallTime` if present, else `clusterTime`; `Ok(None)` when the event has neither.
+fn change_time(obj: &Map<String, Value>) -> Result<Option<Micros>, Reject> {
+    if let Some(w) = obj.get("wallTime").filter(|v| !v.is_null()) {
+        return date_us(w)
+            .map(Some)
+            .map_err(|e| Reject::new(format!("no event time: wallTime {w} {e}")));
+    }
+    if let Some(c) = obj.get("clusterTime").filter(|v| !v.is_null()) {
+        return cluster_time_us(c)
+            .map(Some)
+            .map_err(|e| Reject::new(format!("no event time: clusterTime {c} {e}")));
+    }
+    Ok(None)
+}
+
+/// An extended-JSON `$date` (relaxed ISO-8601 string, canonical `{"$numberLong": ms}`, or the
+/// legacy plain number of milliseconds) in microseconds since the epoch.
+pub(super) fn date_us(v: &Value) -> Result<Micros, String> {
+    match v.get("$date") {
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|d| d.timestamp_micros())
+            .map_err(|e| format!("is not a valid ISO-8601 date: {e}")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(ms_to_us)
+            .ok_or_else(|| "is not an integer number of milliseconds in range".into()),
+        Some(Value::Object(m)) => match m.get("$numberLong") {
+            Some(Value::String(s)) => s
+                .parse::<i64>()
+                .ok()
+                .and_then(ms_to_us)
+                .ok_or_else(|| "is not an integer number of milliseconds in range".into()),
+            _ => Err("is not a $date".into()),
+        },
+        _ => Err("is not a $date".into()),
+    }
+}
+
+/// A `$timestamp` (`{"$timestamp": {"t": secs, "i": n}}`) or a plain number of seconds, in
+/// microseconds since the epoch. The increment orders events within a second; it is not
+/// time, so it is not added.
+fn cluster_time_us(v: &Value) -> Result<Micros, String> {
+    let secs = match v {
+        Value::Number(n) => n.as_i64(),
+        _ => v
+            .get("$timestamp")
+            .and_then(|t| t.get("t"))
+            .and_then(Value::as_i64),
+    };
+    secs.and_then(|s| s.checked_mul(1_000_000))
+        .ok_or_else(|| "is neither a $timestamp nor a number of seconds".into())
+}
+
+/// Milliseconds to microseconds, `None` on overflow.
+pub(super) fn ms_to_us(ms: i64) -> Option<Micros> {
+    ms.checked_mul(1000)
+}
+
+/// The document under `key`, `None` if absent or null, a reject if it is something else.
+fn optional_doc<'a>(
+    obj: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a Map<String, Value>>, Reject> {
+    match obj.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(other) => Err(Reject::new(format!(
+            "{key} is not a document (found {})",
+            describe(other)
+        ))),
+    }
+}
+
+/// Parses one event as JSON; the reject names the position and the problem.
+pub(super) fn parse_json(raw: &[u8]) -> Result<Value, Reject> {
+    serde_json::from_slice(raw).map_err(|e| json_reject("invalid JSON", &e))
+}
+
+/// `"{what} at line L column C: problem"` for a serde_json error.
+pub(super) fn json_reject(what: &str, e: &serde_json::Error) -> Reject {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let problem = msg.strip_suffix(&suffix).unwrap_or(&msg);
+    Reject::new(format!(
+        "{what} at line {} column {}: {problem}",
+        e.line(),
+        e.column()
+    ))
+}
+
+/// What a JSON value is, for reject reasons ("a string", "number 42", ...).
+pub(super) fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "a document".into(),
+    }
+}
+
+/// Rewrites UUID binaries (`$binary` subtype 4, in the v2 or legacy form) to `{"$uuid":
+/// "8-4-4-4-12"}`, the form ids and references read as text.
+pub(super) fn normalize_uuids(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(u) = uuid_of_binary(m) {
+                *v = json!({ "$uuid": u });
+                return;
+            }
+            m.values_mut().for_each(normalize_uuids);
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize_uuids),
+        _ => {}
+    }
+}
+
+fn uuid_of_binary(m: &Map<String, Value>) -> Option<String> {
+    let (b64, subtype) = match m.get("$binary")? {
+        Value::Object(b) if m.len() == 1 => {
+            (b.get("base64")?.as_str()?, b.get("subType")?.as_str()?)
+        }
+        Value::String(s) if m.len() == 2 => (s.as_str(), m.get("$type")?.as_str()?),
+        _ => return None,
+    };
+    if u8::from_str_radix(subtype, 16).ok()? != 4 {
+        return None;
+    }
+    let bytes: [u8; 16] = BASE64.decode(b64).ok()?.try_into().ok()?;
+    Some(uuid_text(&bytes))
+}
+
+fn uuid_text(b: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, byte) in b.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{byte:02x}"));
+    }
+    s
+}
+
+/// Nesting beyond this is refused rather than recursed into (serde_json stops at 128 too).
+const MAX_BSON_DEPTH: usize = 100;
+
+/// One raw BSON document as relaxed extended JSON (dates in the canonical `$numberLong`
+/// form, UUIDs as `$uuid`). Written here rather than taken from the `bson` crate, whose
+/// conversion needs a feature the workspace does not enable, and recursing with a depth
+/// bound so no input can exhaust the stack.
+pub(super) fn bson_to_extjson(raw: &[u8]) -> Result<Value, String> {
+    let doc = RawDocument::from_bytes(raw).map_err(|e| e.to_string())?;
+    raw_doc_to_json(doc, 0)
+}
+
+fn raw_doc_to_json(doc: &RawDocument, depth: usize) -> Result<Value, String> {
+    if depth > MAX_BSON_DEPTH {
+        return Err(format!(
+            "documents nested deeper than {MAX_BSON_DEPTH} levels"
+        ));
+    }
+    let mut m = Map::new();
+    for el in doc {
+        let (k, v) = el.map_err(|e| e.to_string())?;
+        m.insert(k.as_str().to_owned(), raw_value_to_json(v, depth + 1)?);
+    }
+    Ok(Value::Object(m))
+}
+
+fn raw_array_to_json(arr: &RawArray, depth: usize) -> Result<Value, String> {
+    if depth > MAX_BSON_DEPTH {
+        return Err(format!(
+            "documents nested deeper than {MAX_BSON_DEPTH} levels"
+        ));
+    }
+    arr.into_iter()
+        .map(|el| {
+            el.map_err(|e| e.to_string())
+                .and_then(|v| raw_value_to_json(v, depth + 1))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
+}
+
+fn raw_value_to_json(v: RawBsonRef<'_>, depth: usize) -> Result<Value, String> {
+    Ok(match v {
+        RawBsonRef::Double(f) => match serde_json::Number::from_f64(f) {
+            Some(n) => Value::Number(n),
+            None => {
+                let s = if f.is_nan() {
+                    "NaN"
+                } else if f > 0.0 {
+                    "Infinity"
+                } else {
+                    "-Infinity"
+                };
+                json!({ "$numberDouble": s })
+            }
+        },
+        RawBsonRef::String(s) => Value::String(s.to_owned()),
+        RawBsonRef::Array(a) => raw_array_to_json(a, depth)?,
+        RawBsonRef::Document(d) => raw_doc_to_json(d, depth)?,
+        RawBsonRef::Boolean(b) => Value::Bool(b),
+        RawBsonRef::Null => Value::Null,
+        RawBsonRef::RegularExpression(r) => json!({
+            "$regularExpression": { "pattern": r.pattern.as_str(), "options": r.options.as_str() }
+        }),
+        RawBsonRef::JavaScriptCode(c) => json!({ "$code": c }),
+        RawBsonRef::JavaScriptCodeWithScope(c) => json!({
+            "$code": c.code,
+            "$scope": raw_doc_to_json(c.scope, depth)?,
+        }),
+        RawBsonRef::Int32(i) => Value::from(i),
+        RawBsonRef::Int64(i) => Value::from(i),
+        RawBsonRef::Timestamp(t) => json!({ "$timestamp": { "t": t.time, "i": t.increment } }),
+        RawBsonRef::Binary(b) => match (b.subtype, <[u8; 16]>::try_from(b.bytes)) {
+            (BinarySubtype::Uuid, Ok(u)) => json!({ "$uuid": uuid_text(&u) }),
+            _ => json!({
+                "$binary": {
+                    "base64": BASE64.encode(b.bytes),
+                    "subType": format!("{:02x}", u8::from(b.subtype)),
+                }
+            }),
+        },
+        RawBsonRef::ObjectId(o) => json!({ "$oid": o.to_hex() }),
+        RawBsonRef::DateTime(d) => {
+            json!({ "$date": { "$numberLong": d.timestamp_millis().to_string() } })
+        }
+        RawBsonRef::Symbol(s) => json!({ "$symbol": s }),
+        RawBsonRef::Decimal128(d) => json!({ "$numberDecimal": d.to_string() }),
+        RawBsonRef::Undefined => json!({ "$undefined": true }),
+        RawBsonRef::MaxKey => json!({ "$maxKey": 1 }),
+        RawBsonRef::MinKey => json!({ "$minKey": 1 }),
+        // Deprecated; its parts are not public in the bson crate, and no id or reference is
+        // ever a DBPointer.
+        RawBsonRef::DbPointer(_) => json!({ "$dbPointer": null }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ModelConfig;
+    use bson::{Bson, doc, oid::ObjectId, spec::BinarySubtype};
+    use bytes::Bytes;
+
+    fn models(fixed: Option<&str>) -> Models {
+        Models::new(
+            &[
+                ModelConfig {
+                    name: "ledger.entries".into(),
+                    id_field: "_id".into(),
+                    references: [("transfer_id".to_string(), "transfer_id".to_string())].into(),
+                },
+                ModelConfig {
+                    name: "test.toys".into(),
+                    id_field: "_id".into(),
+                    references: [("kind".to_string(), "type".to_string())].into(),
+                },
+            ],
+            fixed.map(str::to_owned),
+        )
+    }
+
+    fn event(raw: impl Into<Bytes>) -> SourceEvent {
+        SourceEvent {
+            raw: raw.into(),
+            key: None,
+            context: None,
+            position: "0".into(),
+            commit_time_us: None,
+            ack: None,
+            checkpoint: None,
+        }
+    }
+
+    fn json_decode(fixed: Option<&str>, v: &Value) -> Result<Decoded, Reject> {
+        ChangeStreamJson::new(models(fixed)).decode(&event(v.to_string()))
+    }
+
+    fn reason(r: Result<Decoded, Reject>) -> String {
+        r.expect_err("should be rejected").0
+    }
+
+    #[test]
+    fn relaxed_insert_with_wall_time() {
+        let v = json!({
+            "_id": {"_data": "8265E1F1C0000000012B022C0100296E5A1004"},
+            "operationType": "insert",
+            "clusterTime": {"$timestamp": {"t": 1709294400, "i": 1}},
+            "wallTime": {"$date": "2024-03-01T12:00:00.123Z"},
+            "ns": {"db": "ledger", "coll": "entries"},
+            "documentKey": {"_id": {"$oid": "65e1f1c0a1b2c3d4e5f60001"}},
+            "fullDocument": {"_id": {"$oid": "65e1f1c0a1b2c3d4e5f60001"}, "transfer_id": "t-1001",
+                "amount_minor": 50000000, "decimals": 8}
+        });
+        let d = json_decode(None, &v).unwrap();
+        assert_eq!(
+            d,
+            Decoded {
+                model: "ledger.entries".into(),
+                record_id: "65e1f1c0a1b2c3d4e5f60001".into(),
+                op: Op::Create,
+                event_time_us: 1_709_294_400_123_000,
+                refs: vec![("transfer_id".into(), "t-1001".into())],
+            }
+        );
+    }
+
+    #[test]
+    fn canonical_update_refs_from_updated_fields_and_cluster_time() {
+        let v = json!({
+            "_id": {"_data": "82"},
+            "operationType": "update",
+            "clusterTime": {"$timestamp": {"t": {"$numberLong": "x"}, "i": 1}},
+            "wallTime": {"$date": {"$numberLong": "1709294401500"}},
+            "ns": {"db": "ledger", "coll": "entries"},
+            "documentKey": {"_id": {"$oid": "65e1f1c0a1b2c3d4e5f60002"}},
+            "updateDescription": {"updatedFields": {"transfer_id": "t-1002",
+                "amount_minor": {"$numberLong": "7"}}, "removedFields": []}
+        });
+        let d = json_decode(None, &v).unwrap();
+        assert_eq!(d.op, Op::Update);
+        assert_eq!(d.event_time_us, 1_709_294_401_500_000);
+        assert_eq!(d.record_id, "65e1f1c0a1b2c3d4e5f60002");
+        assert_eq!(d.refs, vec![("transfer_id".into(), "t-1002".into())]);
+
+        // Only clusterTime: second precision.
+        let mut v2 = v.clone();
+        v2.as_object_mut().unwrap().remove("wallTime");
+        v2["clusterTime"] = json!({"$timestamp": {"t": 1709294402, "i": 3}});
+        assert_eq!(
+            json_decode(None, &v2).unwrap().event_time_us,
+            1_709_294_402_000_000
+        );
+    }
+
+    #[test]
+    fn replace_and_delete() {
+        let v = json!({"operationType": "replace", "ns": {"db": "ledger", "coll": "entries"},
+            "clusterTime": 1709294403, "documentKey": {"_id": "e-3"},
+            "fullDocument": {"_id": "e-3", "transfer_id": {"$oid": "65e1f1c0a1b2c3d4e5f6ffff"}}});
+        let d = json_decode(None, &v).unwrap();
+        assert_eq!((d.op, d.record_id.as_str()), (Op::Replace, "e-3"));
+        assert_eq!(
+            d.refs,
+            vec![("transfer_id".into(), "65e1f1c0a1b2c3d4e5f6ffff".into())]
+        );
+
+        let v = json!({"operationType": "delete", "ns": {"db": "ledger", "coll": "entries"},
+            "clusterTime": 1709294404, "documentKey": {"_id": "e-3"}});
+        let d = json_decode(None, &v).unwrap();
+        assert_eq!(
+            (d.op, d.record_id.as_str(), d.refs.len()),
+            (Op::Delete, "e-3", 0)
+        );
+
+        // With a pre-image, a delete still knows its references.
+        let v = json!({"operationType": "delete", "ns": {"db": "ledger", "coll": "entries"},
+            "clusterTime": 1709294404, "documentKey": {"_id": "e-3"},
+            "fullDocumentBeforeChange": {"_id": "e-3", "transfer_id": "t-9"}});
+        assert_eq!(
+            json_decode(None, &v).unwrap().refs,
+            vec![("transfer_id".into(), "t-9".into())]
+        );
+    }
+
+    /// The Toy pair from the Overseer post: no operationType, no documentKey, no ns, and
+    /// clusterTime as a plain number of seconds.
+    #[test]
+    fn overseer_toy_example() {
+        let first = json!({"_id": 1, "fullDocument": {"type": "watergun", "color": "blue"},
+            "clusterTime": 1658224073});
+        let second = json!({"_id": 1, "updateDescription": {"updatedFields": {"type": "balloon"}},
+            "clusterTime": 1658224074});
+        let a = json_decode(Some("test.toys"), &first).unwrap();
+        let b = json_decode(Some("test.toys"), &second).unwrap();
+        assert_eq!(
+            a,
+            Decoded {
+                model: "test.toys".into(),
+                record_id: "1".into(),
+                op: Op::Create,
+                event_time_us: 1_658_224_073_000_000,
+                refs: vec![("kind".into(), "watergun".into())],
+            }
+        );
+        assert_eq!((b.op, b.record_id.as_str()), (Op::Update, "1"));
+        assert_eq!(b.event_time_us, 1_658_224_074_000_000);
+        assert_eq!(b.refs, vec![("kind".into(), "balloon".into())]);
+        // Without a fixed model the event names none.
+        assert!(reason(json_decode(None, &first)).contains("no `model` configured"));
+        // A resume token is never an id.
+        let tok =
+            json!({"_id": {"_data": "8262D6"}, "fullDocument": {"type": "x"}, "clusterTime": 1});
+        assert!(reason(json_decode(Some("test.toys"), &tok)).starts_with("no record id"));
+    }
+
+    #[test]
+    fn rejects_say_why() {
+        let ns = json!({"db": "ledger", "coll": "entries"});
+        let base = |op: Value| {
+            json!({"operationType": op, "ns": ns, "clusterTime": 1,
+            "documentKey": {"_id": "e"}})
+        };
+        assert_eq!(
+            reason(json_decode(None, &base(json!("drop")))),
+            "unsupported operationType \"drop\": not a change to one document"
+        );
+        assert_eq!(
+            reason(json_decode(None, &base(json!("x")))),
+            "unknown operationType \"x\""
+        );
+        assert_eq!(
+            reason(json_decode(None, &base(json!(42)))),
+            "operationType is not a string (found number 42)"
+        );
+        let m = ChangeStreamJson::new(models(None));
+        assert_eq!(
+            reason(m.decode(&event(r#"{"operationType": insert}"#))),
+            "invalid JSON at line 1 column 19: expected value"
+        );
+        assert_eq!(
+            reason(m.decode(&event(r#"{"operationType": "insert""#))),
+            "invalid JSON at line 1 column 26: EOF while parsing an object"
+        );
+        assert_eq!(reason(m.decode(&event("  "))), "empty event");
+        assert_eq!(
+            reason(m.decode(&event("[1]"))),
+            "change event is not a JSON object (found an array)"
+        );
+        let mut v = base(json!("insert"));
+        v.as_object_mut().unwrap().remove("clusterTime");
+        assert_eq!(
+            reason(json_decode(None, &v)),
+            "no event time: neither wallTime nor clusterTime is present"
+        );
+        v["wallTime"] = json!({"$date": "yesterday"});
+        assert!(reason(json_decode(None, &v)).starts_with(
+            "no event time: wallTime {\"$date\":\"yesterday\"} is not a valid ISO-8601 date"
+        ));
+        let mut v = base(json!("insert"));
+        v["fullDocument"] = json!("oops");
+        assert_eq!(
+            reason(json_decode(None, &v)),
+            "fullDocument is not a document (found a string)"
+        );
+        let mut v = base(json!("update"));
+        v["updateDescription"] = json!({"updatedFields": [1]});
+        assert_eq!(
+            reason(json_decode(None, &v)),
+            "updateDescription.updatedFields is not a document (found an array)"
+        );
+        let mut v = base(json!("insert"));
+        v["documentKey"] = json!({"_id": [1, 2]});
+        assert_eq!(
+            reason(json_decode(None, &v)),
+            "no record id: field \"_id\" missing, null or not a scalar"
+        );
+        let mut v = base(json!("insert"));
+        v["ns"] = json!({"db": "other", "coll": "things"});
+        assert_eq!(
+            reason(json_decode(None, &v)),
+            "model \"other.things\" is not configured in [[models]]"
+        );
+        v["ns"] = json!("ledger.entries");
+        assert_eq!(
+            reason(json_decode(None, &v)),
+            "ns is not a document (found a string)"
+        );
+        // ...which does not matter when the source fixes the model.
+        assert!(json_decode(Some("ledger.entries"), &v).is_ok());
+    }
+
+    #[test]
+    fn source_commit_time_is_the_fallback() {
+        let v = json!({"operationType": "insert", "ns": {"db": "ledger", "coll": "entries"},
+            "documentKey": {"_id": "e"}});
+        let mut ev = event(v.to_string());
+        ev.commit_time_us = Some(42);
+        let d = ChangeStreamJson::new(models(None)).decode(&ev).unwrap();
+        assert_eq!(d.event_time_us, 42);
+    }
+
+    #[test]
+    fn uuid_ids_read_as_text() {
+        // v2 and legacy `$binary` forms of subtype 4.
+        let u = "ASNFZ4mrze8BI0VniavN7w==";
+        for id in [
+            json!({"$binary": {"base64": u, "subType": "04"}}),
+            json!({"$binary": u, "$type": "04"}),
+        ] {
+            let v = json!({"operationType": "delete", "ns": {"db": "ledger", "coll": "entries"},
+                "clusterTime": 1, "documentKey": {"_id": id}});
+            assert_eq!(
+                json_decode(None, &v).unwrap().record_id,
+                "01234567-89ab-cdef-0123-456789abcdef"
+            );
+        }
+    }
+
+    fn bson_bytes(d: &bson::Document) -> Vec<u8> {
+        let mut out = Vec::new();
+        d.to_writer(&mut out).unwrap();
+        out
+    }
+
+    /// A change event built as the server sends it, as raw BSON.
+    #[test]
+    fn bson_change_stream_event() {
+        let oid = ObjectId::parse_str("65e1f1c0a1b2c3d4e5f60001").unwrap();
+        let d = doc! {
+            "_id": {"_data": "8265E1F1C0000000012B022C0100296E5A1004"},
+            "operationType": "insert",
+            "clusterTime": Bson::Timestamp(bson::Timestamp { time: 1709294400, increment: 1 }),
+            "wallTime": bson::DateTime::from_millis(1_709_294_400_123),
+            "ns": {"db": "ledger", "coll": "entries"},
+            "documentKey": {"_id": oid},
+            "fullDocument": {
+                "_id": oid,
+                "transfer_id": "t-1001",
+                "amount_minor": 50_000_000_i64,
+                "decimals": 8_i32,
+                "price": bson::Decimal128::from_bytes([0; 16]),
+                "raw": bson::Binary { subtype: BinarySubtype::Generic, bytes: vec![1, 2] },
+                "tags": ["a", 1.5, Bson::Null],
+            },
+        };
+        let consumer = ChangeStreamBson::new(models(None));
+        assert_eq!(consumer.format(), Format::MongoChangeStreamBson);
+        let got = consumer.decode(&event(bson_bytes(&d))).unwrap();
+        assert_eq!(
+            got,
+            Decoded {
+                model: "ledger.entries".into(),
+                record_id: "65e1f1c0a1b2c3d4e5f60001".into(),
+                op: Op::Create,
+                event_time_us: 1_709_294_400_123_000,
+                refs: vec![("transfer_id".into(), "t-1001".into())],
+            }
+        );
+        // Same event as extended JSON: same reading.
+        let ext = bson_to_extjson(&bson_bytes(&d)).unwrap();
+        assert_eq!(
+            ext["wallTime"],
+            json!({"$date": {"$numberLong": "1709294400123"}})
+        );
+        assert_eq!(
+            ext["fullDocument"]["raw"],
+            json!({"$binary": {"base64": "AQI=", "subType": "00"}})
+        );
+        assert_eq!(json_decode(None, &ext).unwrap(), got);
+
+        // UUID ids.
+        let u = bson::Binary {
+            subtype: BinarySubtype::Uuid,
+            bytes: (0u8..16).collect(),
+        };
+        let d = doc! {"operationType": "delete", "ns": {"db": "ledger", "coll": "entries"},
+        "clusterTime": Bson::Timestamp(bson::Timestamp { time: 5, increment: 0 }),
+        "documentKey": {"_id": u}};
+        let got = consumer.decode(&event(bson_bytes(&d))).unwrap();
+        assert_eq!(got.record_id, "00010203-0405-0607-0809-0a0b0c0d0e0f");
+        assert_eq!(got.event_time_us, 5_000_000);
+    }
+
+    #[test]
+    fn invalid_bson_is_rejected_never_panics() {
+        let consumer = ChangeStreamBson::new(models(None));
+        let good = bson_bytes(
+            &doc! {"operationType": "delete", "ns": {"db": "ledger", "coll": "entries"},
+            "clusterTime": 1_i64, "documentKey": {"_id": "e"}, "x": {"y": [1, {"z": "w"}]}},
+        );
+        assert!(consumer.decode(&event(good.clone())).is_ok());
+        let r = reason(consumer.decode(&event(&b"{\"json\": 1}"[..])));
+        assert!(r.starts_with("invalid BSON: "), "{r}");
+        assert!(reason(consumer.decode(&event(Bytes::new()))).starts_with("invalid BSON: "));
+        // Every truncation and every single-byte corruption: a reject or a decode, no panic.
+        for n in 0..good.len() {
+            let _ = consumer.decode(&event(good[..n].to_vec()));
+            for b in [0x00, 0x01, 0x03, 0x7f, 0xff] {
+                let mut bad = good.clone();
+                bad[n] = b;
+                let _ = consumer.decode(&event(bad));
+            }
+        }
+        // Deep nesting is refused, not recursed into.
+        let mut d = doc! {"leaf": 1};
+        for _ in 0..150 {
+            d = doc! {"n": d};
+        }
+        let r = reason(consumer.decode(&event(bson_bytes(&d))));
+        assert!(r.contains("nested deeper than"), "{r}");
+    }
+}

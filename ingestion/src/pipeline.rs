@@ -1,0 +1,495 @@
+//! The durable batch pipeline: from a source's events to acknowledged history.
+//!
+//! ```text
+//!  source ─► channel (bounded) ─► batch (N events or T ms)
+//!      decode (consumer)   bad ─► dead-letter object        ┐
+//!      dedupe (catalog)                                      │ one reserved seq
+//!      segment object PUT (create-only)                      ┘
+//!      catalog commit: index, masters, refs, progress   ── one transaction
+//!      publish notifications ─► mark published
+//!      acknowledge upstream (Acks ─► Kafka offsets / LSN / file checkpoint)
+//! ```
+//!
+//! # Progress tracking (when a source may be acknowledged)
+//! An ack token is handed back to the source only after the batch that carried it is in the
+//! object store *and* committed in the catalog. A crash before that point loses nothing:
+//! the source redelivers, and indexing is idempotent on `(source, position)` (duplicates are
+//! filtered before the PUT, so a redelivered batch writes nothing new). A crash between the
+//! PUT and the commit leaves a *pending* segment, and one between the commit and the
+//! publication an *unpublished* one; [`Ingestor::recover`] finishes both before any source
+//! starts, so no update is missing from the index and no notification is lost.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use overseer_dal::bus::DynBus;
+use overseer_dal::catalog::DynCatalog;
+use overseer_dal::keys::{deadletter_key, segment_key};
+use overseer_dal::segment::{SegmentBuilder, decode_segment};
+use overseer_dal::store::{DynStore, PutOutcome};
+use overseer_dal::update::{
+    CommitBatch, IndexEntry, Progress, Reference, SourceCheckpoint, UpdateRecord, now_us,
+};
+
+use crate::config::{Config, IngestSettings, SourceConfig};
+use crate::deadletter::{self, DeadLetter};
+use crate::format::Consumer;
+use crate::source::{Acks, Source, SourceContext, SourceEvent, SourceMsg};
+use crate::telemetry::{BatchCommitted, EventQuarantined, RETRIES};
+use crate::{Error, Result};
+
+/// Longest record id or reference value accepted. Ids are arbitrary strings, but catalog
+/// indexes have key size limits (PostgreSQL's B-tree takes about 2.7 kB per key, and the
+/// reference index holds a value and an id together).
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// The three storage seams, opened from config.
+#[derive(Clone)]
+pub struct Storage {
+    pub store: DynStore,
+    pub catalog: DynCatalog,
+    pub bus: DynBus,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("store", &self.store.describe())
+            .field("catalog", &self.catalog.describe())
+            .field("bus", &self.bus.describe())
+            .finish()
+    }
+}
+
+impl Storage {
+    /// Opens the backends the config names.
+    pub async fn open(cfg: &Config) -> Result<Storage> {
+        Ok(Storage {
+            store: overseer_dal::config::open_store(&cfg.store).await?,
+            catalog: overseer_dal::config::open_catalog(&cfg.catalog).await?,
+            bus: overseer_dal::config::open_bus(&cfg.bus).await?,
+        })
+    }
+}
+
+/// What recovery found and finished.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Pending segments whose object existed and were indexed.
+    pub indexed: usize,
+    /// Pending reservations with no object, released.
+    pub abandoned: usize,
+    /// Committed segments whose notifications were (re)published.
+    pub republished: usize,
+}
+
+/// Totals of one source's run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceReport {
+    pub events: u64,
+    pub updates: u64,
+    pub duplicates: u64,
+    pub quarantined: u64,
+    pub segments: u64,
+    pub bytes: u64,
+}
+
+/// Retries a storage operation on transient errors with capped exponential backoff.
+async fn retry<T, F, Fut>(what: &'static str, mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = overseer_dal::Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if e.is_transient() && attempt < 10 => {
+                attempt += 1;
+                metrics::counter!(RETRIES, "op" => what).increment(1);
+                tracing::warn!(op = what, attempt, error = %e, "transient storage error; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Runs sources into storage.
+#[derive(Clone, Debug)]
+pub struct Ingestor {
+    storage: Storage,
+    settings: IngestSettings,
+}
+
+impl Ingestor {
+    pub fn new(storage: Storage, settings: IngestSettings) -> Self {
+        Ingestor { storage, settings }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Finishes what a crash interrupted: indexes pending segments whose object exists,
+    /// releases the others, and publishes committed segments not yet announced.
+    pub async fn recover(&self) -> Result<Recovery> {
+        let (store, catalog, bus) = (&self.storage.store, &self.storage.catalog, &self.storage.bus);
+        let mut rec = Recovery::default();
+        for seq in catalog.pending_segments().await? {
+            let key = segment_key(seq);
+            match retry("get", || store.get(&key)).await? {
+                Some(bytes) => {
+                    let seg = decode_segment(&bytes, &key)?;
+                    let batch = batch_from_segment(&seg);
+                    retry("commit", || catalog.commit(batch.clone())).await?;
+                    rec.indexed += 1;
+                }
+                None => {
+                    catalog.abandon_segment(seq).await?;
+                    rec.abandoned += 1;
+                }
+            }
+        }
+        for seq in catalog.unpublished_segments().await? {
+            let key = segment_key(seq);
+            let bytes = retry("get", || store.get(&key)).await?.ok_or_else(|| {
+                overseer_dal::Error::Corrupt {
+                    what: key.clone(),
+                    message: "committed segment missing from the object store".into(),
+                }
+            })?;
+            let seg = decode_segment(&bytes, &key)?;
+            let notes: Vec<_> = seg
+                .records
+                .iter()
+                .map(|(loc, r)| IndexEntry::from_record(r, *loc).notification())
+                .collect();
+            retry("publish", || bus.publish(&notes)).await?;
+            catalog.mark_published(&[seq]).await?;
+            rec.republished += 1;
+        }
+        if rec != Recovery::default() {
+            tracing::info!(?rec, "recovered interrupted batches");
+        }
+        Ok(rec)
+    }
+
+    /// Runs one source until it ends (or `shutdown`), committing its events in batches.
+    /// Returns when the source has stopped and everything it sent is durable.
+    pub async fn run_source(
+        &self,
+        cfg: &SourceConfig,
+        consumer: Arc<dyn Consumer>,
+        source: Box<dyn Source>,
+        shutdown: CancellationToken,
+    ) -> Result<SourceReport> {
+        let (tx, rx) = mpsc::channel(self.settings.queue_capacity);
+        let acks = Acks::new();
+        let resume = self
+            .storage
+            .catalog
+            .source_states()
+            .await?
+            .into_iter()
+            .find(|s| s.source == cfg.name);
+        let ctx = SourceContext {
+            name: cfg.name.clone(),
+            tx,
+            acks: acks.clone(),
+            shutdown: shutdown.clone(),
+            resume,
+            heartbeat: Duration::from_millis(self.settings.heartbeat_ms),
+        };
+        let source_task = tokio::spawn(source.run(ctx));
+        let batcher = Batcher {
+            storage: &self.storage,
+            source: &cfg.name,
+            consumer,
+            max_event_bytes: cfg.max_event_bytes.unwrap_or(self.settings.max_event_bytes),
+            acks,
+        };
+        let result = batcher.drain(rx, &self.settings).await;
+        if result.is_err() {
+            // Storage failed: stop the source; nothing unacknowledged is lost.
+            shutdown.cancel();
+        }
+        let source_result = source_task
+            .await
+            .map_err(|e| Error::source(&cfg.name, format!("source task failed: {e}"), false))?;
+        let report = result?;
+        source_result?;
+        Ok(report)
+    }
+}
+
+/// Rebuilds the commit a segment stands for (recovery and reindex).
+pub(crate) fn batch_from_segment(seg: &overseer_dal::segment::Segment) -> CommitBatch {
+    CommitBatch {
+        segment_seq: Some(seg.footer.seq),
+        entries: seg
+            .records
+            .iter()
+            .map(|(loc, r)| IndexEntry::from_record(r, *loc))
+            .collect(),
+        progress: seg
+            .footer
+            .checkpoints
+            .iter()
+            .map(|c| Progress {
+                source: c.source.clone(),
+                checkpoint: c.checkpoint.clone(),
+                watermark_us: c.watermark_us,
+                last_event_us: c.watermark_us,
+            })
+            .collect(),
+        quarantined: 0,
+        now_us: now_us(),
+    }
+}
+
+struct Batcher<'a> {
+    storage: &'a Storage,
+    source: &'a str,
+    consumer: Arc<dyn Consumer>,
+    max_event_bytes: usize,
+    acks: Arc<Acks>,
+}
+
+impl Batcher<'_> {
+    async fn drain(&self, mut rx: mpsc::Receiver<SourceMsg>, s: &IngestSettings) -> Result<SourceReport> {
+        let mut report = SourceReport::default();
+        let max = s.batch_max_events;
+        let linger = Duration::from_millis(s.batch_max_ms);
+        let mut msgs: Vec<SourceMsg> = Vec::with_capacity(max);
+        loop {
+            // Wait for the first message of a batch, then fill until full or lingered.
+            if rx.recv_many(&mut msgs, max).await == 0 {
+                return Ok(report);
+            }
+            let started = Instant::now();
+            let deadline = tokio::time::Instant::now() + linger;
+            while msgs.len() < max {
+                let room = max - msgs.len();
+                match tokio::time::timeout_at(deadline, rx.recv_many(&mut msgs, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            let mut events = Vec::with_capacity(msgs.len());
+            let mut heartbeat = None;
+            for m in msgs.drain(..) {
+                match m {
+                    SourceMsg::Event(e) => events.push(e),
+                    SourceMsg::Heartbeat { watermark_us } => {
+                        heartbeat = heartbeat.max(Some(watermark_us));
+                    }
+                }
+            }
+            if !events.is_empty() {
+                self.commit_batch(events, started, &mut report).await?;
+            }
+            if let Some(wm) = heartbeat {
+                let cat = &self.storage.catalog;
+                retry("heartbeat", || cat.heartbeat(self.source, wm, now_us())).await?;
+                metrics::gauge!(crate::telemetry::WATERMARK, "source" => self.source.to_owned())
+                    .set(wm as f64 / 1e6);
+            }
+        }
+    }
+
+    async fn commit_batch(
+        &self,
+        events: Vec<SourceEvent>,
+        started: Instant,
+        report: &mut SourceReport,
+    ) -> Result<()> {
+        let (store, catalog, bus) = (&self.storage.store, &self.storage.catalog, &self.storage.bus);
+        let received_us = now_us();
+        report.events += events.len() as u64;
+
+        // 1. decode; quarantine what cannot be read
+        let mut records: Vec<UpdateRecord> = Vec::with_capacity(events.len());
+        let mut dead: Vec<DeadLetter> = Vec::new();
+        let mut tokens = Vec::new();
+        let mut checkpoint = None;
+        for mut ev in events {
+            if let Some(t) = ev.ack.take() {
+                tokens.push(t);
+            }
+            if let Some(c) = ev.checkpoint.take() {
+                checkpoint = Some(c);
+            }
+            let verdict = if ev.raw.len() > self.max_event_bytes {
+                Err(format!(
+                    "oversized event: {} bytes exceeds the limit of {} bytes",
+                    ev.raw.len(),
+                    self.max_event_bytes
+                ))
+            } else {
+                self.consumer.decode(&ev).map_err(|r| r.0)
+            };
+            let verdict = verdict.and_then(|d| {
+                let long = std::iter::once(&d.record_id)
+                    .chain(d.refs.iter().map(|(_, v)| v))
+                    .find(|v| v.len() > MAX_KEY_BYTES);
+                match long {
+                    Some(v) => Err(format!(
+                        "record id or reference value of {} bytes exceeds the limit of {MAX_KEY_BYTES} bytes",
+                        v.len()
+                    )),
+                    None => Ok(d),
+                }
+            });
+            match verdict {
+                Ok(d) => records.push(UpdateRecord {
+                    source: self.source.to_owned(),
+                    position: ev.position,
+                    model: d.model,
+                    record_id: d.record_id,
+                    op: d.op as i32,
+                    event_time_us: d.event_time_us,
+                    format: self.consumer.format().name().to_owned(),
+                    refs: d
+                        .refs
+                        .into_iter()
+                        .map(|(name, value)| Reference { name, value })
+                        .collect(),
+                    raw: ev.raw,
+                    key: ev.key.unwrap_or_default(),
+                    context: ev.context.unwrap_or_default(),
+                    ingest_time_us: received_us,
+                }),
+                Err(reason) => {
+                    EventQuarantined { source: self.source, position: &ev.position, reason: &reason }.emit();
+                    dead.push(DeadLetter::new(
+                        self.source,
+                        &ev.position,
+                        reason,
+                        &ev.raw,
+                        ev.key.as_deref(),
+                        received_us,
+                    ));
+                }
+            }
+        }
+
+        // 2. drop what is already indexed (redelivery), within the batch and in the catalog
+        let before = records.len();
+        let mut seen = HashSet::with_capacity(records.len());
+        records.retain(|r| seen.insert(r.position.clone()));
+        if !records.is_empty() {
+            let ids: Vec<(&str, &str)> = records.iter().map(|r| (self.source, r.position.as_str())).collect();
+            let fresh = retry("filter", || catalog.filter_new(&ids)).await?;
+            let mut it = fresh.into_iter();
+            records.retain(|_| it.next().unwrap_or(true));
+        }
+        let duplicates = before - records.len();
+
+        let watermark_us = records.iter().map(|r| r.event_time_us).max().unwrap_or(0);
+        let progress: Vec<Progress> = checkpoint
+            .map(|c| Progress {
+                source: self.source.to_owned(),
+                checkpoint: c,
+                watermark_us,
+                last_event_us: watermark_us,
+            })
+            .into_iter()
+            .collect();
+
+        // 3. one reserved sequence names this batch's objects
+        let mut bytes_written = 0usize;
+        let mut batch = CommitBatch {
+            segment_seq: None,
+            entries: Vec::with_capacity(records.len()),
+            progress,
+            quarantined: dead.len() as u64,
+            now_us: received_us,
+        };
+        if !records.is_empty() || !dead.is_empty() {
+            let seq = retry("reserve", || catalog.reserve_segment()).await?;
+            batch.segment_seq = Some(seq);
+            if !dead.is_empty() {
+                let key = deadletter_key(seq);
+                let body = deadletter::encode(&dead);
+                retry("put", || store.put_create(&key, body.clone())).await?;
+            }
+            if !records.is_empty() {
+                let size: usize = records.iter().map(|r| r.raw.len() + 128).sum();
+                let mut seg = SegmentBuilder::new(seq, size);
+                for r in &records {
+                    let loc = seg.push(r);
+                    batch.entries.push(IndexEntry::from_record(r, loc));
+                }
+                let footer = batch
+                    .progress
+                    .iter()
+                    .map(|p| SourceCheckpoint {
+                        source: p.source.clone(),
+                        checkpoint: p.checkpoint.clone(),
+                        watermark_us: p.watermark_us,
+                    })
+                    .collect();
+                let body: Bytes = seg.finish(footer);
+                bytes_written = body.len();
+                let key = segment_key(seq);
+                let outcome = retry("put", || store.put_create(&key, body.clone())).await?;
+                if outcome == PutOutcome::AlreadyExists {
+                    return Err(Error::Storage(overseer_dal::Error::Corrupt {
+                        what: key,
+                        message: "a segment with this freshly reserved sequence already exists: \
+                                  is another catalog writing to the same object store?"
+                            .into(),
+                    }));
+                }
+            }
+        }
+
+        // 4. index atomically, 5. announce, 6. acknowledge
+        let seq = batch.segment_seq;
+        let fresh = retry("commit", || catalog.commit(batch.clone())).await?;
+        let notes: Vec<_> = batch
+            .entries
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, f)| **f)
+            .map(|(e, _)| e.notification())
+            .collect();
+        if let (Some(seq), false) = (seq, batch.entries.is_empty()) {
+            if !notes.is_empty() {
+                retry("publish", || bus.publish(&notes)).await?;
+            }
+            let seqs = [seq];
+            retry("mark_published", || catalog.mark_published(&seqs)).await?;
+        }
+        self.acks.ack(tokens);
+
+        let updates = notes.len();
+        report.updates += updates as u64;
+        report.duplicates += (duplicates + batch.entries.len() - updates) as u64;
+        report.quarantined += dead.len() as u64;
+        if updates > 0 {
+            report.segments += 1;
+            report.bytes += bytes_written as u64;
+        }
+        BatchCommitted {
+            source: self.source,
+            segment_seq: seq,
+            updates,
+            duplicates,
+            quarantined: dead.len(),
+            bytes: bytes_written,
+            elapsed: started.elapsed(),
+            watermark_us,
+        }
+        .emit();
+        Ok(())
+    }
+}

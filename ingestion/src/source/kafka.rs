@@ -1,0 +1,618 @@
+//! The Kafka source: topics read through a consumer group, at-least-once.
+//!
+//! ```text
+//!  topic t, partition p ──> consumer of t ──> SourceEvent, ack (t, p, o+1) ──> ctx.tx
+//!                           (group G)                                            │
+//!                                            pipeline: segment PUT, catalog commit
+//!                                                                                │
+//!  G's committed offsets ◄── commit ◄── store_offsets(t, p, o+1) ◄── ctx.acks ◄──┘
+//!                              ├ auto, every 1 s (stored offsets only)
+//!                              ├ sync, when partitions are revoked
+//!                              └ sync, on shutdown
+//! ```
+//!
+//! # Progress tracking
+//!
+//! The group's committed offsets are this source's only resume point (`ctx.resume` is
+//! informational): a restart, or another instance taking a partition over, starts from
+//! them. An offset may be committed only past events that are durable in the object store
+//! *and* indexed in the catalog, which is exactly what [`Acks`] reports. Hence:
+//!
+//! - `enable.auto.offset.store=false`: librdkafka never stores an offset by itself (rust-
+//!   rdkafka's `examples/at_least_once.rs`). This source stores `next_offset` of an
+//!   [`AckToken::Kafka`] only when the pipeline reports it, and never moves a stored
+//!   offset backwards.
+//! - Committing is librdkafka's auto-commit of *stored* offsets (every second unless
+//!   `auto.commit.interval.ms` says otherwise), plus a synchronous commit of what is
+//!   acknowledged when partitions are revoked (before another member can fetch from the
+//!   committed offset) and on shutdown.
+//! - What was delivered but not acknowledged when a partition is revoked, or when the
+//!   process stops or crashes, is delivered again: at-least-once, made harmless by the
+//!   idempotent indexing of `(source, position)`.
+//!
+//! Positions are `topic/ppppp/oooooooooooooooooooo` (partition and offset zero-padded), so
+//! they sort in offset order within a partition.
+//!
+//! # Freshness
+//!
+//! With `enable.partition.eof`, librdkafka reports when a partition's end is reached. When
+//! every partition assigned to this instance has reported its end since its last message,
+//! and nothing arrived for `ctx.heartbeat`, the source is caught up and sends
+//! [`SourceMsg::Heartbeat`] with the current time, once per heartbeat interval. An
+//! end-of-partition report names the partition but not the topic, which is why there is
+//! one consumer (one group member) per topic: each report is then unambiguous.
+//!
+//! A message without a payload (a tombstone) is passed on with empty `raw`: the consumer
+//! quarantines it with its reason, and its offset is acknowledged like any other.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use overseer_dal::update::now_us;
+
+use super::{AckToken, Acks, Source, SourceContext, SourceEvent, SourceMsg};
+use crate::config::KafkaSourceConfig;
+use crate::{Error, Result};
+
+/// librdkafka properties this source sets itself; `properties` may not override them
+/// (each has its own config key, or at-least-once depends on it).
+const RESERVED: &[(&str, &str)] = &[
+    ("bootstrap.servers", "brokers"),
+    ("group.id", "group"),
+    ("auto.offset.reset", "auto_offset_reset"),
+    (
+        "enable.auto.offset.store",
+        "offsets are stored only once durable",
+    ),
+    ("enable.auto.commit", "stored offsets are auto-committed"),
+    ("enable.partition.eof", "it drives heartbeats"),
+];
+
+/// Consumer errors repeat (an unknown topic is reported at every metadata refresh): one
+/// warning per consumer per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// Reads Kafka topics in a consumer group; see the module comment.
+#[derive(Debug)]
+pub struct KafkaSource {
+    cfg: KafkaSourceConfig,
+}
+
+impl KafkaSource {
+    /// Checks the configuration (including every librdkafka property) without connecting.
+    pub fn new(cfg: KafkaSourceConfig) -> Result<Self> {
+        if cfg.brokers.trim().is_empty() {
+            return Err(Error::Config("kafka.brokers is empty".into()));
+        }
+        if cfg.topics.is_empty() || cfg.topics.iter().any(|t| t.is_empty()) {
+            return Err(Error::Config(
+                "kafka.topics is empty or has an empty name".into(),
+            ));
+        }
+        if cfg.group.is_empty() {
+            return Err(Error::Config("kafka.group is empty".into()));
+        }
+        for (key, why) in RESERVED {
+            if cfg.properties.contains_key(*key) {
+                return Err(Error::Config(format!(
+                    "kafka.properties.{key} cannot be set: the source sets it ({why})"
+                )));
+            }
+        }
+        let src = KafkaSource { cfg };
+        src.client_config("check")
+            .create_native_config()
+            .map_err(|e| Error::Config(format!("kafka.properties: {e}")))?;
+        Ok(src)
+    }
+
+    /// The consumers' configuration: defaults, then `properties`, then what this source
+    /// relies on.
+    fn client_config(&self, source_name: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("client.id", format!("overseer-{source_name}"))
+            .set("auto.commit.interval.ms", "1000");
+        for (k, v) in &self.cfg.properties {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.cfg.brokers)
+            .set("group.id", &self.cfg.group)
+            .set("auto.offset.reset", &self.cfg.auto_offset_reset)
+            .set("enable.auto.offset.store", "false")
+            .set("enable.auto.commit", "true")
+            .set("enable.partition.eof", "true");
+        c
+    }
+}
+
+type TopicConsumer = StreamConsumer<TopicContext>;
+
+/// What a topic's consumer shares with librdkafka's callbacks (run during `poll`, on the
+/// task that reads).
+struct TopicContext {
+    source: String,
+    topic: String,
+    acks: Arc<Acks>,
+    /// Highest offset stored per partition: an acknowledgement older than it (a redelivery
+    /// after a rebalance) must not move the committed offset back.
+    stored: Mutex<HashMap<i32, i64>>,
+    /// Bumped at every rebalance: end-of-partition marks of an older assignment no longer
+    /// say anything.
+    generation: AtomicU64,
+    /// Whether the last rebalance event was an assignment (possibly empty): false before
+    /// the group is first joined and between a revocation and the next assignment, when
+    /// this consumer's share of its topic is unknown.
+    settled: AtomicBool,
+}
+
+impl TopicContext {
+    /// Stores `next_offset` for `partition` unless a later offset is already stored.
+    fn store<C: Consumer<TopicContext>>(&self, consumer: &C, partition: i32, next_offset: i64) {
+        let mut stored = self.stored.lock().expect("stored offsets lock");
+        if stored.get(&partition).is_some_and(|s| *s >= next_offset) {
+            return;
+        }
+        let mut tpl = TopicPartitionList::new();
+        let res = tpl
+            .add_partition_offset(&self.topic, partition, Offset::Offset(next_offset))
+            .and_then(|()| consumer.store_offsets(&tpl));
+        match res {
+            Ok(()) => {
+                stored.insert(partition, next_offset);
+            }
+            // Revoked since delivery: its new owner starts from the committed offset and
+            // delivers those events again.
+            Err(e) => tracing::debug!(
+                source = %self.source, topic = %self.topic, partition, next_offset, error = %e,
+                "acknowledged offset not stored: partition no longer assigned"
+            ),
+        }
+    }
+
+    /// Commits the stored offsets now and waits for the answer.
+    fn commit_now<C: Consumer<TopicContext>>(&self, consumer: &C, why: &str) {
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) => {
+                tracing::debug!(source = %self.source, topic = %self.topic, why, "offsets committed")
+            }
+            Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(
+                source = %self.source, topic = %self.topic, why, error = %e,
+                "committing offsets failed; uncommitted events will be delivered again"
+            ),
+        }
+    }
+}
+
+impl ClientContext for TopicContext {}
+
+impl ConsumerContext for TopicContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Last chance to commit for these partitions: store what is durable (other
+            // topics' acknowledgements go back for their own consumers), commit, wait. This
+            // runs inside `poll` on the reading task and blocks its thread for one commit
+            // round trip; rebalances are rare enough for that. (librdkafka's auto-commit
+            // would also commit stored offsets here; this makes it explicit and synchronous.)
+            let (mine, others): (Vec<_>, Vec<_>) =
+                self.acks.take().into_iter().partition(
+                    |t| matches!(t, AckToken::Kafka { topic, .. } if *topic == self.topic),
+                );
+            self.acks.ack(others);
+            for t in mine {
+                if let AckToken::Kafka {
+                    partition,
+                    next_offset,
+                    ..
+                } = t
+                {
+                    self.store(consumer, partition, next_offset);
+                }
+            }
+            self.commit_now(consumer, "partitions revoked");
+            tracing::info!(
+                source = %self.source, topic = %self.topic,
+                partitions = ?partitions(tpl), "partitions revoked"
+            );
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.settled
+            .store(matches!(rebalance, Rebalance::Assign(_)), Ordering::SeqCst);
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(
+                source = %self.source, topic = %self.topic,
+                partitions = ?partitions(tpl), "partitions assigned"
+            ),
+            Rebalance::Revoke(_) => {
+                self.stored.lock().expect("stored offsets lock").clear();
+            }
+            Rebalance::Error(e) => tracing::warn!(
+                source = %self.source, topic = %self.topic, error = %e, "rebalance failed"
+            ),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(e) => tracing::warn!(
+                source = %self.source, topic = %self.topic, error = %e,
+                "auto-commit failed; retried at the next interval"
+            ),
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// Stores acknowledged offsets, each on the consumer of its topic.
+fn store_acks(consumers: &[Arc<TopicConsumer>], tokens: Vec<AckToken>) {
+    let by_topic: HashMap<&str, &Arc<TopicConsumer>> = consumers
+        .iter()
+        .map(|c| (c.context().topic.as_str(), c))
+        .collect();
+    for t in tokens {
+        match t {
+            AckToken::Kafka {
+                topic,
+                partition,
+                next_offset,
+            } => match by_topic.get(topic.as_str()) {
+                Some(c) => c.context().store(c.as_ref(), partition, next_offset),
+                None => {
+                    tracing::warn!(%topic, "acknowledgement for a topic this source does not read")
+                }
+            },
+            other => tracing::warn!(?other, "non-Kafka acknowledgement given to a Kafka source"),
+        }
+    }
+}
+
+/// The event of one message.
+fn to_event(m: &BorrowedMessage<'_>) -> SourceEvent {
+    let topic = m.topic().to_owned();
+    let (partition, offset) = (m.partition(), m.offset());
+    let position = format!("{topic}/{partition:05}/{offset:020}");
+    SourceEvent {
+        raw: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
+        key: m.key().map(Bytes::copy_from_slice),
+        context: None,
+        position: position.clone(),
+        commit_time_us: None,
+        ack: Some(AckToken::Kafka {
+            topic,
+            partition,
+            next_offset: offset + 1,
+        }),
+        checkpoint: Some(position),
+    }
+}
+
+/// How a send into the pipeline ended.
+enum Sent {
+    Yes,
+    /// Shutdown, or the pipeline is gone: stop reading.
+    Stop,
+}
+
+/// Sends into the bounded pipeline channel (waiting is the backpressure), storing
+/// acknowledgements meanwhile so a full channel never holds commits back.
+async fn send(ctx: &SourceContext, consumers: &[Arc<TopicConsumer>], msg: SourceMsg) -> Sent {
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Sent::Stop,
+            _ = ctx.acks.notified() => store_acks(consumers, ctx.acks.take()),
+            permit = ctx.tx.reserve() => return match permit {
+                Ok(p) => {
+                    p.send(msg);
+                    Sent::Yes
+                }
+                Err(_) => Sent::Stop,
+            },
+        }
+    }
+}
+
+/// Reads until shutdown (or the pipeline goes away).
+async fn read(consumers: &[Arc<TopicConsumer>], ctx: &SourceContext) -> Result<()> {
+    let mut streams = futures::stream::select_all(
+        consumers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.stream().map(move |r| (i, r))),
+    );
+    let heartbeat = ctx.heartbeat.max(Duration::from_millis(10));
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // (consumer, partition) that reported their end since their last message.
+    let mut at_end: HashSet<(usize, i32)> = HashSet::new();
+    // The rebalance generation `at_end` was collected in, per consumer.
+    let mut generations = vec![0u64; consumers.len()];
+    let mut last_message = Instant::now();
+    let mut last_warning: BTreeMap<usize, Instant> = BTreeMap::new();
+    let forget_old = |i: usize, at_end: &mut HashSet<(usize, i32)>, generations: &mut [u64]| {
+        let g = consumers[i].context().generation.load(Ordering::SeqCst);
+        if g != generations[i] {
+            at_end.retain(|(c, _)| *c != i);
+            generations[i] = g;
+        }
+    };
+    loop {
+        let (i, item) = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            _ = ctx.acks.notified() => {
+                store_acks(consumers, ctx.acks.take());
+                continue;
+            }
+            _ = tick.tick() => {
+                for i in 0..consumers.len() {
+                    forget_old(i, &mut at_end, &mut generations);
+                }
+                if last_message.elapsed() >= heartbeat && caught_up(consumers, &at_end) {
+                    let hb = SourceMsg::Heartbeat { watermark_us: now_us() };
+                    if let Sent::Stop = send(ctx, consumers, hb).await {
+                        return Ok(());
+                    }
+                }
+                continue;
+            }
+            item = streams.next() => item.expect("kafka message streams never end"),
+        };
+        forget_old(i, &mut at_end, &mut generations);
+        let event = match item {
+            Ok(m) => {
+                at_end.remove(&(i, m.partition()));
+                last_message = Instant::now();
+                to_event(&m)
+            }
+            Err(KafkaError::PartitionEOF(p)) => {
+                at_end.insert((i, p));
+                continue;
+            }
+            Err(e @ KafkaError::MessageConsumptionFatal(_)) => {
+                return Err(Error::source(&ctx.name, e, false));
+            }
+            Err(e) => {
+                // librdkafka retries by itself (broker down, coordinator moving, topic not
+                // created yet): report and go on.
+                let now = Instant::now();
+                if last_warning
+                    .get(&i)
+                    .is_none_or(|t| now.duration_since(*t) >= WARN_EVERY)
+                {
+                    last_warning.insert(i, now);
+                    tracing::warn!(
+                        source = %ctx.name, topic = %consumers[i].context().topic, error = %e,
+                        "kafka consumer error"
+                    );
+                }
+                continue;
+            }
+        };
+        if let Sent::Stop = send(ctx, consumers, SourceMsg::Event(event)).await {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether every partition assigned to this instance has reported its end since its last
+/// message. False while any topic's consumer has no settled assignment (before joining the
+/// group, mid-rebalance: its topic may have a backlog nobody reads yet), and while nothing
+/// at all is assigned (then this instance knows nothing).
+fn caught_up(consumers: &[Arc<TopicConsumer>], at_end: &HashSet<(usize, i32)>) -> bool {
+    let mut assigned = 0;
+    for (i, c) in consumers.iter().enumerate() {
+        if !c.context().settled.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Ok(tpl) = c.assignment() else {
+            return false;
+        };
+        for e in tpl.elements() {
+            assigned += 1;
+            if !at_end.contains(&(i, e.partition())) {
+                return false;
+            }
+        }
+    }
+    assigned > 0
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
+        let config = self.client_config(&ctx.name);
+        let mut consumers = Vec::with_capacity(self.cfg.topics.len());
+        for topic in &self.cfg.topics {
+            let context = TopicContext {
+                source: ctx.name.clone(),
+                topic: topic.clone(),
+                acks: ctx.acks.clone(),
+                stored: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                settled: AtomicBool::new(false),
+            };
+            let consumer: TopicConsumer = config.create_with_context(context).map_err(|e| {
+                Error::source(&ctx.name, format!("creating a consumer: {e}"), false)
+            })?;
+            consumer.subscribe(&[topic]).map_err(|e| {
+                Error::source(&ctx.name, format!("subscribing to {topic}: {e}"), false)
+            })?;
+            consumers.push(Arc::new(consumer));
+        }
+        tracing::info!(
+            source = %ctx.name, topics = ?self.cfg.topics, group = %self.cfg.group,
+            "kafka source started"
+        );
+        let result = read(&consumers, &ctx).await;
+        // Store what is durable by now, commit it, and leave the group. All of it blocks
+        // (commit round trip, leave-group), hence the blocking thread.
+        let acks = ctx.acks.clone();
+        let closed = tokio::task::spawn_blocking(move || {
+            store_acks(&consumers, acks.take());
+            for c in &consumers {
+                c.context().commit_now(c.as_ref(), "shutdown");
+            }
+            drop(consumers);
+        })
+        .await;
+        if let Err(e) = closed {
+            tracing::warn!(source = %ctx.name, error = %e, "closing the kafka consumers failed");
+        }
+        tracing::info!(source = %ctx.name, "kafka source stopped");
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> KafkaSourceConfig {
+        KafkaSourceConfig {
+            brokers: "127.0.0.1:9".into(),
+            topics: vec!["t".into()],
+            group: "g".into(),
+            auto_offset_reset: "earliest".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn reserved_and_unknown_properties_are_refused() {
+        let mut c = cfg();
+        c.properties
+            .insert("enable.auto.offset.store".into(), "true".into());
+        let e = KafkaSource::new(c).unwrap_err().to_string();
+        assert!(
+            e.contains("kafka.properties.enable.auto.offset.store"),
+            "{e}"
+        );
+        let mut c = cfg();
+        c.properties.insert("no.such.property".into(), "1".into());
+        let e = KafkaSource::new(c).unwrap_err().to_string();
+        assert!(e.contains("no.such.property"), "{e}");
+        let mut c = cfg();
+        c.properties
+            .insert("session.timeout.ms".into(), "10000".into());
+        KafkaSource::new(c).unwrap();
+    }
+
+    /// Two topics through librdkafka's mock cluster (fast, no broker process; the real
+    /// broker tests are in `tests/kafka_source.rs`): one consumer per topic, each event
+    /// acknowledged on its own topic's consumer, heartbeats once both are caught up.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_topics_through_the_mock_cluster() {
+        use rdkafka::mocking::MockCluster;
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+
+        let cluster = MockCluster::new(1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        for t in ["a", "b"] {
+            cluster.create_topic(t, 2, 1).unwrap();
+        }
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()
+            .unwrap();
+        for i in 0..20 {
+            let topic = if i % 2 == 0 { "a" } else { "b" };
+            let payload = format!("{i}");
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(topic)
+                        .partition(i / 2 % 2)
+                        .payload(&payload),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+        let mut c = cfg();
+        c.brokers = brokers.clone();
+        c.topics = vec!["a".into(), "b".into()];
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let acks = Acks::new();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let ctx = SourceContext {
+            name: "mock".into(),
+            tx,
+            acks: acks.clone(),
+            shutdown: shutdown.clone(),
+            resume: None,
+            heartbeat: Duration::from_millis(100),
+        };
+        let task = tokio::spawn(Box::new(KafkaSource::new(c).unwrap()).run(ctx));
+        let mut last: BTreeMap<(String, i32), AckToken> = BTreeMap::new();
+        let mut events = 0;
+        while events < 20 {
+            match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+                Ok(Some(SourceMsg::Event(e))) => {
+                    events += 1;
+                    let Some(AckToken::Kafka {
+                        topic, partition, ..
+                    }) = e.ack.clone()
+                    else {
+                        panic!("kafka token")
+                    };
+                    last.insert((topic, partition), e.ack.unwrap());
+                }
+                Ok(Some(SourceMsg::Heartbeat { .. })) => panic!("heartbeat before caught up"),
+                other => panic!("no event: {other:?}"),
+            }
+        }
+        assert_eq!(last.len(), 4, "two partitions of two topics");
+        acks.ack(last.into_values());
+        let hb = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await;
+        assert!(
+            matches!(hb, Ok(Some(SourceMsg::Heartbeat { .. }))),
+            "{hb:?}"
+        );
+        shutdown.cancel();
+        while rx.recv().await.is_some() {}
+        task.await.unwrap().unwrap();
+
+        let committed = tokio::task::spawn_blocking(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", "g")
+                .create()
+                .unwrap();
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_range("a", 0, 1);
+            tpl.add_partition_range("b", 0, 1);
+            c.committed_offsets(tpl, Duration::from_secs(10))
+                .unwrap()
+                .to_topic_map()
+        })
+        .await
+        .unwrap();
+        assert_eq!(committed.len(), 4);
+        assert!(
+            committed.values().all(|o| *o == Offset::Offset(5)),
+            "{committed:?}"
+        );
+        drop(cluster);
+    }
+}

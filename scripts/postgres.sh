@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# PostgreSQL 15 for tests: `postgres.sh start DIR` runs a throwaway cluster with logical WAL
+# on 127.0.0.1 and a free port, state in DIR; prints PG_PORT, PG_HOST and PG_URL.
+# `postgres.sh stop DIR` stops it. Runs as root by delegating to the postgres user
+# (initdb and the server refuse root).
+source "$(dirname "$0")/lib.sh"
+
+BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+cmd=${1:-}; dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 start|stop DIR"
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+case "$cmd" in
+start)
+  [ -x "$BIN/initdb" ] || die "PostgreSQL 15 is not installed ($BIN/initdb missing): run scripts/install-test-deps.sh"
+  mkdir -p "$dir"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; chmod 700 "$dir"; fi
+  as_pg "$BIN/initdb" -D "$dir/data" -A trust -U postgres --no-sync >"$dir/initdb.log" 2>&1 \
+    || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
+  port=$(free_port)
+  as_pg "$BIN/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/server.log" \
+    -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c wal_level=logical \
+        -c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off \
+        -c wal_sender_timeout=10s -c max_connections=200" start >"$dir/pg_ctl.log" 2>&1 \
+    || { cat "$dir/pg_ctl.log" "$dir/server.log" >&2; die "postgres did not start"; }
+  echo "PG_PORT=$port"
+  echo "PG_HOST=127.0.0.1"
+  echo "PG_URL=host=127.0.0.1 port=$port user=postgres dbname=postgres"
+  ;;
+stop)
+  [ -d "$dir/data" ] || exit 0
+  as_pg "$BIN/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+  ;;
+*) die "usage: $0 start|stop DIR" ;;
+esac
