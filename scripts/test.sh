@@ -7,4 +7,4 @@ export PATH="$HOME/.cargo/bin:$PATH"
 bash scripts/install-test-deps.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
-cargo test --workspace
+cargo test --workspace --no-fail-fast

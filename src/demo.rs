@@ -49,13 +49,14 @@ fn generate(dir: &Path, transfers: u64, seed: u64) -> Result<(u64, u64, u64, u64
             ("u", row("pending"), row("completed"), t_ms + 150),
         ] {
             let ev = serde_json::json!({"payload": {"op": op, "before": before, "after": after,
-                "source": {"schema": "payments", "table": "transfers", "ts_ms": at, "lsn": i},
+                "source": {"schema": "payments", "table": "transfers", "ts_ms": at,
+                    "lsn": 2 * i + u64::from(op == "u")},
                 "ts_ms": at + 3}});
             let line = ev.to_string();
             writeln!(tf, "{line}")?;
             nt += 1;
             if next() % 500 == 0 {
-                writeln!(tf, "{line}")?; // redelivered
+                writeln!(tf, "{line}")?; // redelivered: same change, same LSN, new position
                 dup += 1;
             }
         }

@@ -3,10 +3,12 @@
 //! at random points. After a final clean run, every change is in the history exactly once,
 //! nothing is missing, and the catalog equals a `reindex` of the object store.
 //!
-//! Servers: PostgreSQL 15 (source and catalog, one throwaway cluster) and the tansu broker,
-//! both started by the project's scripts; the test fails with the reason if they cannot be.
+//! Every part is real: PostgreSQL 15 (the WAL source and the catalog, one throwaway
+//! cluster), the tansu broker (the CDC topic and the events topic) and the garage S3 server
+//! (the object store), all started by the project's scripts; the test fails with the reason
+//! if they cannot be.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,19 +21,31 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use overseer_dal::Catalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::catalog::postgres::PgCatalog;
-use overseer_dal::store::local::LocalStore;
+use overseer_dal::bus::Bus;
+use overseer_dal::bus::kafka::KafkaBus;
+use overseer_dal::config::{KafkaBusConfig, S3Config};
+use overseer_dal::store::s3::S3Store;
 use overseer_dal::testkit::{Server, unique_name};
 
 const PG_CHANGES: usize = 50_000;
 const KAFKA_CHANGES: usize = 50_000;
 const KILLS: usize = 6;
 
-fn config(dir: &std::path::Path, schema: &str, brokers: &str) -> String {
+fn config(s3: &Server, prefix: &str, schema: &str, brokers: &str) -> String {
     format!(
         r#"
 [store]
-kind = "local"
-path = "{d}/objects"
+kind = "s3"
+bucket = "{bucket}"
+prefix = "{prefix}"
+endpoint = "{endpoint}"
+region = "{region}"
+path_style = true
+
+[bus]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "overseer.events"
 
 [catalog]
 kind = "postgres"
@@ -72,8 +86,20 @@ topics = ["ledger"]
 group = "crash-ingest"
 properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 "#,
-        d = dir.display()
+        bucket = s3.var("S3_BUCKET"),
+        endpoint = s3.var("S3_ENDPOINT"),
+        region = s3.var("S3_REGION"),
     )
+}
+
+fn s3_config(s3: &Server, prefix: &str) -> S3Config {
+    S3Config {
+        bucket: s3.var("S3_BUCKET").into(),
+        prefix: prefix.into(),
+        endpoint: Some(s3.var("S3_ENDPOINT").into()),
+        region: s3.var("S3_REGION").into(),
+        path_style: true,
+    }
 }
 
 struct Ingest {
@@ -81,14 +107,19 @@ struct Ingest {
 }
 
 impl Ingest {
-    fn start(cfg: &std::path::Path, url: &str, log: &std::path::Path) -> Ingest {
+    fn start(cfg: &std::path::Path, url: &str, s3: &Server, log: &std::path::Path) -> Ingest {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_overseer"))
             .args(["ingest", "--config"])
             .arg(cfg)
             .env("CRASH_CATALOG_URL", url)
             .env("CRASH_SOURCE_URL", url)
-            .env("RUST_LOG", "warn,overseer_ingestion=info")
+            .env("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID"))
+            .env("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY"))
+            .env(
+                "RUST_LOG",
+                std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn,overseer_ingestion=info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -163,6 +194,9 @@ async fn write_kafka(brokers: String) -> HashMap<String, usize> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("linger.ms", "5")
+        // One record per batch: tansu 0.6 loses the rest of a record batch when a group
+        // resumes from an offset inside it (real Kafka does not); see the issue notes.
+        .set("batch.num.messages", "1")
         .create()
         .unwrap();
     let mut per_id: HashMap<String, usize> = HashMap::new();
@@ -199,6 +233,8 @@ async fn write_kafka(brokers: String) -> HashMap<String, usize> {
 async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     let pg = Server::start("postgres");
     let kafka = Server::start("tansu");
+    let s3 = Server::start("garage");
+    let prefix = unique_name("crash");
     let url = pg.var("PG_URL").to_owned();
     let brokers = kafka.var("KAFKA_BROKERS").to_owned();
     let dir = tempfile::tempdir().unwrap();
@@ -210,8 +246,15 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
         .batch_execute(
             "CREATE SCHEMA payments;
              CREATE TABLE payments.transfers (id text PRIMARY KEY, account_id text, asset text,
-                 amount numeric, status text, updated_at timestamptz);",
+                 amount numeric, status text, updated_at timestamptz);
+             CREATE PUBLICATION crash_pub FOR TABLE payments.transfers;",
         )
+        .await
+        .unwrap();
+    // The slot must exist before the first change: WAL written before a slot is created is
+    // not decoded for it. (The source finds both and uses them.)
+    client
+        .batch_execute("SELECT pg_create_logical_replication_slot('crash_slot', 'pgoutput')")
         .await
         .unwrap();
     let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
@@ -221,8 +264,9 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
         .unwrap();
 
     let cfg_path = dir.path().join("overseer.toml");
-    std::fs::write(&cfg_path, config(dir.path(), &schema, &brokers)).unwrap();
-    let log = dir.path().join("ingest.log");
+    std::fs::write(&cfg_path, config(&s3, &prefix, &schema, &brokers)).unwrap();
+    // Outside the temp dir so it survives a failure for inspection.
+    let log = std::env::temp_dir().join(format!("overseer-crash-{}.log", std::process::id()));
 
     // Stream both sources while killing the ingester at random points.
     let stop = Arc::new(AtomicBool::new(false));
@@ -230,7 +274,7 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     let kafka_writer = tokio::spawn(write_kafka(brokers.clone()));
     let mut rng = 12345u64;
     for k in 0..KILLS {
-        let ing = Ingest::start(&cfg_path, &url, &log);
+        let ing = Ingest::start(&cfg_path, &url, &s3, &log);
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1);
         let ms = 700 + (rng >> 33) % 2500;
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -240,10 +284,14 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     let pg_expected = pg_writer.await.unwrap();
     let kafka_expected = kafka_writer.await.unwrap();
 
-    // A last run catches up; then stop it politely.
-    let mut ing = Ingest::start(&cfg_path, &url, &log);
+    // A last run catches up; then stop it politely. It starts after the killed members'
+    // sessions (6 s) have expired: tansu 0.6 drops dead members only when a member joins,
+    // so a member joining earlier shares the partitions with the dead (which real Kafka
+    // reassigns once their sessions expire). See the issue notes.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut ing = Ingest::start(&cfg_path, &url, &s3, &log);
     let cat = PgCatalog::connect(&url, &schema).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(150);
     loop {
         let c = count_by_source(&cat).await;
         let (p, k) = (c.get("payments-wal").copied().unwrap_or(0), c.get("ledger-kafka").copied().unwrap_or(0));
@@ -251,10 +299,7 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
             break;
         }
         if Instant::now() > deadline || ing.child.try_wait().unwrap().is_some() {
-            panic!(
-                "not caught up: {p}/{PG_CHANGES} postgres, {k}/{KAFKA_CHANGES} kafka\n{}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            panic!("not caught up: {p}/{PG_CHANGES} postgres, {k}/{KAFKA_CHANGES} kafka; log: {}", log.display());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -277,8 +322,37 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     assert_eq!(dump.entries.len(), PG_CHANGES + KAFKA_CHANGES, "nothing extra");
     assert!(cat.pending_segments().await.unwrap().is_empty());
 
+    // Every update was announced on the events topic (at least once, across the crashes).
+    let bus = KafkaBus::connect(&KafkaBusConfig {
+        brokers: brokers.clone(),
+        topic: "overseer.events".into(),
+        partitions: 4,
+    })
+    .await
+    .unwrap();
+    let mut sub = bus.subscribe("crash-check").await.unwrap();
+    let mut announced = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while announced.len() < PG_CHANGES + KAFKA_CHANGES && Instant::now() < deadline {
+        if let Ok(batch) = tokio::time::timeout(Duration::from_secs(5), sub.recv(10_000)).await {
+            for d in batch.unwrap() {
+                announced.insert((d.note.source, d.note.position));
+            }
+        }
+    }
+    assert_eq!(announced.len(), PG_CHANGES + KAFKA_CHANGES, "every update was notified");
+
     // The catalog equals a reindex of the object store alone.
-    let store = LocalStore::open(dir.path().join("objects")).unwrap();
+    let creds = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
+        aws_sdk_s3::config::Credentials::new(
+            s3.var("AWS_ACCESS_KEY_ID"),
+            s3.var("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "crash-test",
+        ),
+    );
+    let store = S3Store::connect_with(&s3_config(&s3, &prefix), creds).await.unwrap();
     let fresh = EmbeddedCatalog::open(dir.path().join("reindexed.redb")).unwrap();
     overseer_ingestion::reindex::reindex(&store, &fresh).await.unwrap();
     let re = fresh.dump().await.unwrap();

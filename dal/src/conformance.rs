@@ -334,7 +334,8 @@ pub async fn catalog_suite(open: OpenCatalog) {
     assert_eq!(names, vec!["file", "kafka", "pg"], "progress is kept per reporting source, by name");
 }
 
-/// Runs the bus suite: `group` must be a fresh consumer group name for this bus.
+/// Runs the bus suite: `group` must be a fresh consumer group name for this bus, which must
+/// buffer at least 200 notifications per group (they are published before any is read).
 pub async fn bus_suite(bus: &dyn Bus, group: &str) {
     let mut sub = bus.subscribe(group).await.unwrap();
     let mut other = bus.subscribe(&format!("{group}-other")).await.unwrap();

@@ -40,7 +40,7 @@ pub fn encode_component(s: &str) -> String {
         }
     }
     if out.is_empty() {
-        out.push_str("%");
+        out.push('%');
     }
     out
 }

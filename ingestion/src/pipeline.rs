@@ -351,7 +351,7 @@ impl Batcher<'_> {
             match verdict {
                 Ok(d) => records.push(UpdateRecord {
                     source: self.source.to_owned(),
-                    position: ev.position,
+                    position: d.event_id.unwrap_or(ev.position),
                     model: d.model,
                     record_id: d.record_id,
                     op: d.op as i32,

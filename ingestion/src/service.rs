@@ -22,17 +22,15 @@ pub async fn run(
     if cfg.sources.is_empty() {
         return Err(Error::Config("no [[sources]] configured".into()));
     }
-    if once {
-        if let Some(s) = cfg
-            .sources
-            .iter()
-            .find(|s| s.file.as_ref().is_none_or(|f| f.follow))
-        {
-            return Err(Error::Config(format!(
-                "--once drains file sources; source {:?} is not a file without `follow`",
-                s.name
-            )));
-        }
+    if let Some(s) = cfg
+        .sources
+        .iter()
+        .find(|s| once && s.file.as_ref().is_none_or(|f| f.follow))
+    {
+        return Err(Error::Config(format!(
+            "--once drains file sources; source {:?} is not a file without `follow`",
+            s.name
+        )));
     }
     let ingestor = Ingestor::new(storage, cfg.ingest.clone());
     ingestor.recover().await?;

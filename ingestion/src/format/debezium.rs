@@ -93,12 +93,18 @@ impl Consumer for DebeziumPostgres {
             }
         }
         let (record_id, refs) = id_and_refs(model, &Value::Object(doc), &key)?;
+        // The LSN names a change uniquely except in a snapshot (every `r` shares one), so
+        // the op, model and id are part of the identity.
+        let event_id = env.source_field("lsn").map(|lsn| {
+            format!("dbz-pg:{lsn:0>20}:{}:{}:{record_id}", env.op_code, model.name)
+        });
         Ok(Decoded {
             model: model.name.clone(),
             record_id,
             op: env.op,
             event_time_us,
             refs,
+            event_id,
         })
     }
 }
@@ -179,12 +185,22 @@ impl Consumer for DebeziumMongo {
         let mut doc = Value::Object(doc);
         normalize_uuids(&mut doc);
         let (record_id, refs) = id_and_refs(model, &doc, &key)?;
+        // An oplog entry is (cluster time, ordinal); snapshot reads share them, hence the
+        // op, model and id.
+        let event_id = match (env.source_field("ts_ms"), env.source_field("ord")) {
+            (Some(ts), Some(ord)) => Some(format!(
+                "dbz-mongo:{ts:0>20}:{ord:0>10}:{}:{}:{record_id}",
+                env.op_code, model.name
+            )),
+            _ => None,
+        };
         Ok(Decoded {
             model: model.name.clone(),
             record_id,
             op: env.op,
             event_time_us,
             refs,
+            event_id,
         })
     }
 }
@@ -198,6 +214,15 @@ struct Envelope {
 }
 
 impl Envelope {
+    /// `source.NAME` as text when it is a number or a string.
+    fn source_field(&self, name: &str) -> Option<String> {
+        match self.payload.get("source")?.get(name)? {
+            Value::Number(n) => Some(n.to_string()),
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     fn read(ev: &SourceEvent) -> Result<Envelope, Reject> {
         if ev.raw.iter().all(u8::is_ascii_whitespace) {
             return Err(Reject::new(
@@ -526,6 +551,7 @@ mod tests {
                 // source.ts_us (commit), not the envelope's ts_us (processing).
                 event_time_us: 1559033904863123_i64,
                 refs: vec![("email".into(), "annek@noanswer.org".into())],
+                event_id: Some("dbz-pg:00000000000024023128:c:public.customers:1".into()),
             }
         );
     }
@@ -686,6 +712,7 @@ mod tests {
                 op: Op::Create,
                 event_time_us: 1558965508000000_i64,
                 refs: vec![("email".into(), "annek@noanswer.org".into())],
+                event_id: Some("dbz-mongo:00000001558965508000:0000000031:c:inventory.customers:1004".into()),
             }
         );
     }

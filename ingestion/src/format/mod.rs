@@ -34,6 +34,12 @@ pub struct Decoded {
     pub event_time_us: Micros,
     /// (reference name, value), as configured for the model.
     pub refs: Vec<(String, String)>,
+    /// The change's identity in the upstream database when the event carries one
+    /// (Debezium's `source.lsn` / `source.ord`, a MongoDB resume token). It becomes the
+    /// update's position, so a change re-emitted at a new transport offset — a Debezium
+    /// connector restart, a producer retry — is recognised as the same update. `None`: the
+    /// transport position (Kafka offset, WAL position, file offset) is the identity.
+    pub event_id: Option<String>,
 }
 
 /// Why an event was quarantined.

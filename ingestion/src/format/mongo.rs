@@ -155,12 +155,19 @@ pub(super) fn decode_change_event(
     let mut doc = Value::Object(doc);
     normalize_uuids(&mut doc);
     let (record_id, refs) = Models::id_and_refs(model, &doc)?;
+    // The resume token names the change uniquely within the deployment.
+    let event_id = obj
+        .get("_id")
+        .and_then(|t| t.get("_data"))
+        .and_then(Value::as_str)
+        .map(|t| format!("rt:{t}"));
     Ok(Decoded {
         model: model.name.clone(),
         record_id,
         op,
         event_time_us,
         refs,
+        event_id,
     })
 }
 
@@ -526,6 +533,7 @@ mod tests {
                 op: Op::Create,
                 event_time_us: 1_709_294_400_123_000,
                 refs: vec![("transfer_id".into(), "t-1001".into())],
+                event_id: Some("rt:8265E1F1C0000000012B022C0100296E5A1004".into()),
             }
         );
     }
@@ -606,6 +614,7 @@ mod tests {
                 op: Op::Create,
                 event_time_us: 1_658_224_073_000_000,
                 refs: vec![("kind".into(), "watergun".into())],
+                event_id: None,
             }
         );
         assert_eq!((b.op, b.record_id.as_str()), (Op::Update, "1"));
@@ -760,6 +769,7 @@ mod tests {
                 op: Op::Create,
                 event_time_us: 1_709_294_400_123_000,
                 refs: vec![("transfer_id".into(), "t-1001".into())],
+                event_id: Some("rt:8265E1F1C0000000012B022C0100296E5A1004".into()),
             }
         );
         // Same event as extended JSON: same reading.

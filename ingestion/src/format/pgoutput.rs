@@ -426,6 +426,8 @@ impl Consumer for PgoutputConsumer {
             op: change.op.op(),
             event_time_us,
             refs,
+            // The transport position (WAL position, Kafka offset) is the identity.
+            event_id: None,
         })
     }
 }

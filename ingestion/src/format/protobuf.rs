@@ -202,6 +202,8 @@ impl Consumer for ProtobufConsumer {
             op,
             event_time_us,
             refs,
+            // The transport position (WAL position, Kafka offset) is the identity.
+            event_id: None,
         })
     }
 }
@@ -441,6 +443,7 @@ mod tests {
                 op: Op::Create,
                 event_time_us: 1_709_294_400_000_123,
                 refs: vec![("account".into(), "acc-1".into())],
+                event_id: None,
             }
         );
         // Op unset → update; enum names are matched by their last word.
