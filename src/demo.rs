@@ -20,7 +20,9 @@ use overseer_ingestion::pipeline::Storage;
 
 /// Writes the demo's events; returns (transfer events, ledger events, malformed, duplicates).
 fn generate(dir: &Path, transfers: u64, seed: u64) -> Result<(u64, u64, u64, u64)> {
-    let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut rng = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = move || {
         rng ^= rng << 13;
         rng ^= rng >> 7;
@@ -60,7 +62,10 @@ fn generate(dir: &Path, transfers: u64, seed: u64) -> Result<(u64, u64, u64, u64
                 dup += 1;
             }
         }
-        for (k, (dir_, acc)) in [("debit", acct.as_str()), ("credit", "house")].iter().enumerate() {
+        for (k, (dir_, acc)) in [("debit", acct.as_str()), ("credit", "house")]
+            .iter()
+            .enumerate()
+        {
             let ev = serde_json::json!({
                 "_id": {"_data": format!("{i:08}{k}")},
                 "operationType": "insert",
@@ -75,7 +80,10 @@ fn generate(dir: &Path, transfers: u64, seed: u64) -> Result<(u64, u64, u64, u64
             nl += 1;
         }
         if next() % 1000 == 0 {
-            writeln!(lf, "{{\"operationType\": \"insert\", \"fullDocument\": {{\"transfer_id\": \"{id}\"")?;
+            writeln!(
+                lf,
+                "{{\"operationType\": \"insert\", \"fullDocument\": {{\"transfer_id\": \"{id}\""
+            )?;
             bad += 1;
         }
     }
@@ -113,8 +121,12 @@ path = "{l}"
         l = dir.join("ledger.jsonl").display()
     );
     let mut cfg: Config = toml::from_str(&text)?;
-    cfg.store = StoreConfig::Local { path: dir.join("objects") };
-    cfg.catalog = CatalogConfig::Embedded { path: dir.join("catalog.redb") };
+    cfg.store = StoreConfig::Local {
+        path: dir.join("objects"),
+    };
+    cfg.catalog = CatalogConfig::Embedded {
+        path: dir.join("catalog.redb"),
+    };
     cfg.bus = BusConfig::default();
     cfg.validate()?;
     Ok(cfg)
@@ -132,7 +144,10 @@ pub(crate) async fn run(dir: Option<PathBuf>, transfers: u64, seed: u64) -> Resu
             tmp.path().to_path_buf()
         }
     };
-    println!("overseer demo — payments on the embedded default (data in {})", dir.display());
+    println!(
+        "overseer demo — payments on the embedded default (data in {})",
+        dir.display()
+    );
     let (nt, nl, bad, dup) = generate(&dir, transfers, seed)?;
     println!(
         "generated {transfers} transfers: {nt} Debezium PostgreSQL events, {nl} MongoDB change-stream events, \
@@ -143,7 +158,8 @@ pub(crate) async fn run(dir: Option<PathBuf>, transfers: u64, seed: u64) -> Resu
     let storage = Storage::open(&cfg).await?;
     let started = Instant::now();
     let reports =
-        overseer_ingestion::service::run(&cfg, storage.clone(), true, CancellationToken::new()).await?;
+        overseer_ingestion::service::run(&cfg, storage.clone(), true, CancellationToken::new())
+            .await?;
     let secs = started.elapsed().as_secs_f64();
     let (mut events, mut updates, mut dups, mut quarantined, mut segments) = (0, 0, 0, 0, 0);
     for r in reports.values() {
@@ -159,22 +175,42 @@ pub(crate) async fn run(dir: Option<PathBuf>, transfers: u64, seed: u64) -> Resu
         events as f64 / secs,
         updates as f64 / segments.max(1) as f64
     );
-    ensure!(updates == nt + nl, "every good event is in the history exactly once");
-    ensure!(dups == dup && quarantined == bad, "duplicates ignored, malformed events quarantined");
+    ensure!(
+        updates == nt + nl,
+        "every good event is in the history exactly once"
+    );
+    ensure!(
+        dups == dup && quarantined == bad,
+        "duplicates ignored, malformed events quarantined"
+    );
 
     let cat = &storage.catalog;
     let t = "t00000042";
     println!("\nhistory of payments.transfers/{t}:");
-    for e in cat.record_updates("payments.transfers", t, i64::MAX).await? {
+    for e in cat
+        .record_updates("payments.transfers", t, i64::MAX)
+        .await?
+    {
         let time = chrono::DateTime::from_timestamp_micros(e.event_time_us).unwrap_or_default();
-        println!("  {}  {:<10} {}@{}", time.format("%H:%M:%S%.3f"), e.op.as_str_name(), e.source, e.position);
+        println!(
+            "  {}  {:<10} {}@{}",
+            time.format("%H:%M:%S%.3f"),
+            e.op.as_str_name(),
+            e.source,
+            e.position
+        );
     }
-    let entries = cat.records_by_ref("ledger.entries", "transfer_id", t).await?;
+    let entries = cat
+        .records_by_ref("ledger.entries", "transfer_id", t)
+        .await?;
     println!("ledger entries referencing it (reference index): {entries:?}");
 
     let letters = overseer_ingestion::deadletter::list_all(&*storage.store).await?;
     if let Some(l) = letters.first() {
-        println!("first quarantined event: {}@{}: {}", l.source, l.position, l.reason);
+        println!(
+            "first quarantined event: {}@{}: {}",
+            l.source, l.position, l.reason
+        );
     }
 
     let fresh: Arc<EmbeddedCatalog> = Arc::new(EmbeddedCatalog::open(dir.join("reindexed.redb"))?);
@@ -184,7 +220,11 @@ pub(crate) async fn run(dir: Option<PathBuf>, transfers: u64, seed: u64) -> Resu
         "\nreindex from the object store alone: {} segments, {} updates — {}",
         rep.segments,
         rep.updates,
-        if same { "identical to the live catalog" } else { "DIFFERS from the live catalog" }
+        if same {
+            "identical to the live catalog"
+        } else {
+            "DIFFERS from the live catalog"
+        }
     );
     ensure!(same, "reindex must rebuild the same catalog");
     Ok(())

@@ -68,7 +68,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(cli))
 }
 
@@ -111,7 +113,10 @@ async fn run(cli: Cli) -> Result<()> {
             let catalog = overseer_dal::config::open_catalog(&cfg.catalog).await?;
             let entries = catalog.record_updates(&model, &id, i64::MAX).await?;
             if entries.is_empty() && catalog.master(&model, &id).await?.is_none() {
-                bail!("no record {id:?} of model {model:?} in {}", catalog.describe());
+                bail!(
+                    "no record {id:?} of model {model:?} in {}",
+                    catalog.describe()
+                );
             }
             for e in entries {
                 let time = chrono::DateTime::from_timestamp_micros(e.event_time_us)
@@ -136,10 +141,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Reindex { config } => {
             let cfg = Config::load(&config)?;
             let storage = Storage::open(&cfg).await?;
-            let report =
-                overseer_ingestion::reindex::reindex(&*storage.store, &*storage.catalog)
-                    .await
-                    .context("reindex")?;
+            let report = overseer_ingestion::reindex::reindex(&*storage.store, &*storage.catalog)
+                .await
+                .context("reindex")?;
             eprintln!(
                 "reindexed {} segments: {} updates ({} duplicates ignored, {} foreign keys skipped)",
                 report.segments, report.updates, report.duplicates, report.foreign

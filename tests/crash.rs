@@ -19,10 +19,10 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use overseer_dal::Catalog;
-use overseer_dal::catalog::embedded::EmbeddedCatalog;
-use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::bus::Bus;
 use overseer_dal::bus::kafka::KafkaBus;
+use overseer_dal::catalog::embedded::EmbeddedCatalog;
+use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::config::{KafkaBusConfig, S3Config};
 use overseer_dal::store::s3::S3Store;
 use overseer_dal::testkit::{Server, unique_name};
@@ -108,7 +108,11 @@ struct Ingest {
 
 impl Ingest {
     fn start(cfg: &std::path::Path, url: &str, s3: &Server, log: &std::path::Path) -> Ingest {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_overseer"))
             .args(["ingest", "--config"])
             .arg(cfg)
@@ -118,7 +122,8 @@ impl Ingest {
             .env("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY"))
             .env(
                 "RUST_LOG",
-                std::env::var("CRASH_RUST_LOG").unwrap_or_else(|_| "warn,overseer_ingestion=info".into()),
+                std::env::var("CRASH_RUST_LOG")
+                    .unwrap_or_else(|_| "warn,overseer_ingestion=info".into()),
             )
             .stdout(Stdio::null())
             .stderr(log)
@@ -151,7 +156,9 @@ async fn count_by_source(cat: &PgCatalog) -> HashMap<String, usize> {
 /// Writes PG_CHANGES row changes (inserts then updates, transactions of 1..=100 rows) at a
 /// steady pace so the kills land mid-stream.
 async fn write_postgres(url: String, stop: Arc<AtomicBool>) -> HashMap<String, usize> {
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let mut per_id: HashMap<String, usize> = HashMap::new();
     let mut written = 0;
@@ -177,7 +184,9 @@ async fn write_postgres(url: String, stop: Arc<AtomicBool>) -> HashMap<String, u
                 *per_id.entry(format!("t{i}")).or_default() += 1;
             } else {
                 let j = i - records;
-                sql.push_str(&format!("UPDATE payments.transfers SET status = 'completed' WHERE id = 't{j}';"));
+                sql.push_str(&format!(
+                    "UPDATE payments.transfers SET status = 'completed' WHERE id = 't{j}';"
+                ));
                 *per_id.entry(format!("t{j}")).or_default() += 1;
             }
         }
@@ -217,10 +226,13 @@ async fn write_kafka(brokers: String) -> HashMap<String, usize> {
             .to_string();
             let p = producer.clone();
             futs.push(async move {
-                p.send(FutureRecord::to("ledger").key(&id).payload(&ev), Duration::from_secs(30))
-                    .await
-                    .map_err(|(e, _)| e)
-                    .unwrap();
+                p.send(
+                    FutureRecord::to("ledger").key(&id).payload(&ev),
+                    Duration::from_secs(30),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .unwrap();
             });
         }
         futures::future::join_all(futs).await;
@@ -240,7 +252,9 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let schema = unique_name("crash");
 
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
     tokio::spawn(conn);
     client
         .batch_execute(
@@ -257,9 +271,15 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
         .batch_execute("SELECT pg_create_logical_replication_slot('crash_slot', 'pgoutput')")
         .await
         .unwrap();
-    let admin: AdminClient<_> = ClientConfig::new().set("bootstrap.servers", &brokers).create().unwrap();
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
     admin
-        .create_topics(&[NewTopic::new("ledger", 4, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new("ledger", 4, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
         .await
         .unwrap();
 
@@ -294,16 +314,26 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     let deadline = Instant::now() + Duration::from_secs(150);
     loop {
         let c = count_by_source(&cat).await;
-        let (p, k) = (c.get("payments-wal").copied().unwrap_or(0), c.get("ledger-kafka").copied().unwrap_or(0));
+        let (p, k) = (
+            c.get("payments-wal").copied().unwrap_or(0),
+            c.get("ledger-kafka").copied().unwrap_or(0),
+        );
         if p >= PG_CHANGES && k >= KAFKA_CHANGES {
             break;
         }
         if Instant::now() > deadline || ing.child.try_wait().unwrap().is_some() {
-            panic!("not caught up: {p}/{PG_CHANGES} postgres, {k}/{KAFKA_CHANGES} kafka; log: {}", log.display());
+            panic!(
+                "not caught up: {p}/{PG_CHANGES} postgres, {k}/{KAFKA_CHANGES} kafka; log: {}",
+                log.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    Command::new("kill").arg("-TERM").arg(ing.child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(ing.child.id().to_string())
+        .status()
+        .unwrap();
     let status = ing.child.wait().unwrap();
     assert!(status.success(), "clean shutdown on SIGTERM: {status}");
 
@@ -311,15 +341,28 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     let dump = cat.dump().await.unwrap();
     let mut got: HashMap<(String, String), usize> = HashMap::new();
     for e in &dump.entries {
-        *got.entry((e.source.clone(), e.record_id.clone())).or_default() += 1;
+        *got.entry((e.source.clone(), e.record_id.clone()))
+            .or_default() += 1;
     }
     for (id, n) in &pg_expected {
-        assert_eq!(got.get(&("payments-wal".into(), id.clone())), Some(n), "postgres record {id}");
+        assert_eq!(
+            got.get(&("payments-wal".into(), id.clone())),
+            Some(n),
+            "postgres record {id}"
+        );
     }
     for (id, n) in &kafka_expected {
-        assert_eq!(got.get(&("ledger-kafka".into(), id.clone())), Some(n), "kafka record {id}");
+        assert_eq!(
+            got.get(&("ledger-kafka".into(), id.clone())),
+            Some(n),
+            "kafka record {id}"
+        );
     }
-    assert_eq!(dump.entries.len(), PG_CHANGES + KAFKA_CHANGES, "nothing extra");
+    assert_eq!(
+        dump.entries.len(),
+        PG_CHANGES + KAFKA_CHANGES,
+        "nothing extra"
+    );
     assert!(cat.pending_segments().await.unwrap().is_empty());
 
     // Every update was announced on the events topic (at least once, across the crashes).
@@ -340,7 +383,11 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
             }
         }
     }
-    assert_eq!(announced.len(), PG_CHANGES + KAFKA_CHANGES, "every update was notified");
+    assert_eq!(
+        announced.len(),
+        PG_CHANGES + KAFKA_CHANGES,
+        "every update was notified"
+    );
 
     // The catalog equals a reindex of the object store alone.
     let creds = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
@@ -352,12 +399,24 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
             "crash-test",
         ),
     );
-    let store = S3Store::connect_with(&s3_config(&s3, &prefix), creds).await.unwrap();
+    let store = S3Store::connect_with(&s3_config(&s3, &prefix), creds)
+        .await
+        .unwrap();
     let fresh = EmbeddedCatalog::open(dir.path().join("reindexed.redb")).unwrap();
-    overseer_ingestion::reindex::reindex(&store, &fresh).await.unwrap();
+    overseer_ingestion::reindex::reindex(&store, &fresh)
+        .await
+        .unwrap();
     let re = fresh.dump().await.unwrap();
     assert_eq!(re.entries.len(), dump.entries.len());
     assert!(re == dump, "reindex differs from the live catalog");
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    eprintln!("ingest log tail:\n{}", log_text.lines().rev().take(10).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "ingest log tail:\n{}",
+        log_text
+            .lines()
+            .rev()
+            .take(10)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

@@ -16,7 +16,10 @@ use overseer_ingestion::pipeline::{Ingestor, Storage};
 
 const EVENTS: usize = 50_000;
 
-fn pipeline_once(rt: &tokio::runtime::Runtime, events: &[overseer_ingestion::source::SourceEvent]) -> Duration {
+fn pipeline_once(
+    rt: &tokio::runtime::Runtime,
+    events: &[overseer_ingestion::source::SourceEvent],
+) -> Duration {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ledger_config(dir.path());
     rt.block_on(async {
@@ -25,7 +28,10 @@ fn pipeline_once(rt: &tokio::runtime::Runtime, events: &[overseer_ingestion::sou
         let consumer = overseer_ingestion::format::build(&cfg.sources[0], &cfg).unwrap();
         let src = Box::new(MemorySource(events.to_vec()));
         let t = Instant::now();
-        let r = ing.run_source(&cfg.sources[0], consumer, src, CancellationToken::new()).await.unwrap();
+        let r = ing
+            .run_source(&cfg.sources[0], consumer, src, CancellationToken::new())
+            .await
+            .unwrap();
         let el = t.elapsed();
         assert_eq!(r.updates as usize, events.len());
         el
@@ -47,7 +53,10 @@ fn raw_write_once(events: &[overseer_ingestion::source::SourceEvent], batch: usi
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let events = ledger_events(EVENTS);
     let batch = overseer_ingestion::config::IngestSettings::default().batch_max_events;
     let mut g = c.benchmark_group("ingest_local");

@@ -11,11 +11,11 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
+use crate::Result;
 use crate::bus::Bus;
 use crate::catalog::DynCatalog;
 use crate::store::{ObjectStore, PutOutcome, list_all};
 use crate::update::{CommitBatch, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification};
-use crate::Result;
 
 /// Runs the object store suite under key prefix `ns` (unique per run for shared buckets).
 /// `create_only_honoured`: whether the backend detects existing keys (garage does not).
@@ -36,7 +36,11 @@ pub async fn object_store_suite(store: &dyn ObjectStore, ns: &str, create_only_h
             .put_create(&k("seg/a"), Bytes::from_static(b"different"))
             .await
             .unwrap();
-        assert_eq!(again, PutOutcome::AlreadyExists, "an existing key is not overwritten");
+        assert_eq!(
+            again,
+            PutOutcome::AlreadyExists,
+            "an existing key is not overwritten"
+        );
         assert_eq!(store.get(&k("seg/a")).await.unwrap(), Some(a.clone()));
     }
     // identical rewrite is harmless everywhere
@@ -47,8 +51,14 @@ pub async fn object_store_suite(store: &dyn ObjectStore, ns: &str, create_only_h
     assert_eq!(store.get(&k("seg/missing")).await.unwrap(), None);
     assert!(store.get_range(&k("seg/missing"), 0, 1).await.is_err());
     // ranges
-    assert_eq!(&store.get_range(&k("seg/a"), 6, 7).await.unwrap()[..], b"segment");
-    assert_eq!(&store.get_range(&k("seg/a"), 0, 5).await.unwrap()[..], b"hello");
+    assert_eq!(
+        &store.get_range(&k("seg/a"), 6, 7).await.unwrap()[..],
+        b"segment"
+    );
+    assert_eq!(
+        &store.get_range(&k("seg/a"), 0, 5).await.unwrap()[..],
+        b"hello"
+    );
     assert!(
         store.get_range(&k("seg/a"), 10, 10).await.is_err(),
         "a range past the end is an error"
@@ -63,11 +73,20 @@ pub async fn object_store_suite(store: &dyn ObjectStore, ns: &str, create_only_h
     );
     // keys with unusual but valid characters
     let odd = k("odd/%2F ü/名前");
-    store.put_create(&odd, Bytes::from_static(b"x")).await.unwrap();
-    assert_eq!(store.get(&odd).await.unwrap().unwrap(), Bytes::from_static(b"x"));
+    store
+        .put_create(&odd, Bytes::from_static(b"x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get(&odd).await.unwrap().unwrap(),
+        Bytes::from_static(b"x")
+    );
     // invalid keys
     for bad in ["", "/abs", "a/../b", "a//b", "./a"] {
-        assert!(store.put_create(bad, a.clone()).await.is_err(), "key {bad:?} must be refused");
+        assert!(
+            store.put_create(bad, a.clone()).await.is_err(),
+            "key {bad:?} must be refused"
+        );
     }
     // listing: order, prefix boundaries, start_after, limit
     for i in [3, 1, 10, 2] {
@@ -86,18 +105,36 @@ pub async fn object_store_suite(store: &dyn ObjectStore, ns: &str, create_only_h
         vec![k("list/001"), k("list/002"), k("list/003"), k("list/010")],
         "list is sorted and bounded by its prefix"
     );
-    let page = store.list(&k("list/"), Some(&k("list/001")), 2).await.unwrap();
+    let page = store
+        .list(&k("list/"), Some(&k("list/001")), 2)
+        .await
+        .unwrap();
     assert_eq!(page, vec![k("list/002"), k("list/003")]);
     let partial = store.list(&k("list/00"), None, 100).await.unwrap();
     assert_eq!(partial.len(), 3, "a prefix may end inside a key component");
     assert_eq!(list_all(store, &k("list")).await.unwrap().len(), 5);
-    assert!(store.list(&k("nothing/"), None, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .list(&k("nothing/"), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// Opens (or reopens) the catalog under test; the suite drops its handle before reopening.
-pub type OpenCatalog = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<DynCatalog>> + Send>> + Send + Sync>;
+pub type OpenCatalog =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<DynCatalog>> + Send>> + Send + Sync>;
 
-fn entry(source: &str, pos: &str, model: &str, id: &str, t: i64, seq: u64, refs: &[(&str, &str)]) -> IndexEntry {
+fn entry(
+    source: &str,
+    pos: &str,
+    model: &str,
+    id: &str,
+    t: i64,
+    seq: u64,
+    refs: &[(&str, &str)],
+) -> IndexEntry {
     IndexEntry {
         source: source.into(),
         position: pos.into(),
@@ -111,7 +148,10 @@ fn entry(source: &str, pos: &str, model: &str, id: &str, t: i64, seq: u64, refs:
             offset: (t as u32) * 10,
             len: 7,
         },
-        refs: refs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+        refs: refs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
     }
 }
 
@@ -154,12 +194,47 @@ pub async fn catalog_suite(open: OpenCatalog) {
 
     // first batch
     let b1 = vec![
-        entry("pg", "0000000A/00000001", "payments.transfers", "t1", 100, s1, &[("account_id", "acc1")]),
-        entry("pg", "0000000A/00000002", "payments.transfers", "t2", 100, s1, &[]),
-        entry("kafka", "ledger/0/00000000000000000001", "ledger.entries", "e1", 105, s1, &[("transfer_id", "t1")]),
-        entry("kafka", "ledger/0/00000000000000000002", "ledger.entries", "e2", 106, s1, &[("transfer_id", "t1"), ("account_id", "acc1")]),
+        entry(
+            "pg",
+            "0000000A/00000001",
+            "payments.transfers",
+            "t1",
+            100,
+            s1,
+            &[("account_id", "acc1")],
+        ),
+        entry(
+            "pg",
+            "0000000A/00000002",
+            "payments.transfers",
+            "t2",
+            100,
+            s1,
+            &[],
+        ),
+        entry(
+            "kafka",
+            "ledger/0/00000000000000000001",
+            "ledger.entries",
+            "e1",
+            105,
+            s1,
+            &[("transfer_id", "t1")],
+        ),
+        entry(
+            "kafka",
+            "ledger/0/00000000000000000002",
+            "ledger.entries",
+            "e2",
+            106,
+            s1,
+            &[("transfer_id", "t1"), ("account_id", "acc1")],
+        ),
     ];
-    let ids: Vec<(&str, &str)> = b1.iter().map(|e| (e.source.as_str(), e.position.as_str())).collect();
+    let ids: Vec<(&str, &str)> = b1
+        .iter()
+        .map(|e| (e.source.as_str(), e.position.as_str()))
+        .collect();
     assert_eq!(cat.filter_new(&ids).await.unwrap(), vec![true; 4]);
     let new = cat
         .commit(CommitBatch {
@@ -179,7 +254,15 @@ pub async fn catalog_suite(open: OpenCatalog) {
     // redelivery: same identities in a later segment are not indexed again
     let mut dup = b1[0].clone();
     dup.loc.segment_seq = s2;
-    let mut later = entry("pg", "0000000B/00000001", "payments.transfers", "t1", 200, s2, &[("account_id", "acc2")]);
+    let mut later = entry(
+        "pg",
+        "0000000B/00000001",
+        "payments.transfers",
+        "t1",
+        200,
+        s2,
+        &[("account_id", "acc2")],
+    );
     later.op = Op::Update;
     let tie_a = entry("a-src", "1", "payments.transfers", "t1", 200, s2, &[]);
     let new = cat
@@ -192,48 +275,114 @@ pub async fn catalog_suite(open: OpenCatalog) {
         })
         .await
         .unwrap();
-    assert_eq!(new, vec![false, true, true], "the first commit of an identity wins");
+    assert_eq!(
+        new,
+        vec![false, true, true],
+        "the first commit of an identity wins"
+    );
 
     // time travel: order by (time, source, position), bounded by up_to inclusive
-    let h = cat.record_updates("payments.transfers", "t1", i64::MAX).await.unwrap();
-    let order: Vec<_> = h.iter().map(|e| (e.event_time_us, e.source.as_str())).collect();
+    let h = cat
+        .record_updates("payments.transfers", "t1", i64::MAX)
+        .await
+        .unwrap();
+    let order: Vec<_> = h
+        .iter()
+        .map(|e| (e.event_time_us, e.source.as_str()))
+        .collect();
     assert_eq!(order, vec![(100, "pg"), (200, "a-src"), (200, "pg")]);
-    assert_eq!(h[0], b1[0], "stored entry reads back identical (location of the first commit)");
-    assert_eq!(cat.record_updates("payments.transfers", "t1", 199).await.unwrap().len(), 1);
-    assert_eq!(cat.record_updates("payments.transfers", "t1", 200).await.unwrap().len(), 3);
-    assert!(cat.record_updates("payments.transfers", "t1", 99).await.unwrap().is_empty());
-    assert!(cat.record_updates("payments.transfers", "nope", i64::MAX).await.unwrap().is_empty());
+    assert_eq!(
+        h[0], b1[0],
+        "stored entry reads back identical (location of the first commit)"
+    );
+    assert_eq!(
+        cat.record_updates("payments.transfers", "t1", 199)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        cat.record_updates("payments.transfers", "t1", 200)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
     assert!(
-        cat.record_updates("ledger.entries", "t1", i64::MAX).await.unwrap().is_empty(),
+        cat.record_updates("payments.transfers", "t1", 99)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        cat.record_updates("payments.transfers", "nope", i64::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        cat.record_updates("ledger.entries", "t1", i64::MAX)
+            .await
+            .unwrap()
+            .is_empty(),
         "models are separate namespaces"
     );
 
     // master documents and the reference index
-    let m = cat.master("payments.transfers", "t1").await.unwrap().unwrap();
+    let m = cat
+        .master("payments.transfers", "t1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(m.updates, 3);
     assert_eq!((m.first_event_us, m.last_event_us), (100, 200));
     assert_eq!(
         m.refs,
-        BTreeSet::from([("account_id".into(), "acc1".into()), ("account_id".into(), "acc2".into())])
+        BTreeSet::from([
+            ("account_id".into(), "acc1".into()),
+            ("account_id".into(), "acc2".into())
+        ])
     );
-    assert!(cat.master("payments.transfers", "zzz").await.unwrap().is_none());
+    assert!(
+        cat.master("payments.transfers", "zzz")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
-        cat.records_by_ref("ledger.entries", "transfer_id", "t1").await.unwrap(),
+        cat.records_by_ref("ledger.entries", "transfer_id", "t1")
+            .await
+            .unwrap(),
         vec!["e1".to_string(), "e2".to_string()]
     );
     assert_eq!(
-        cat.records_by_ref("payments.transfers", "account_id", "acc1").await.unwrap(),
+        cat.records_by_ref("payments.transfers", "account_id", "acc1")
+            .await
+            .unwrap(),
         vec!["t1".to_string()]
     );
-    assert!(cat.records_by_ref("ledger.entries", "transfer_id", "t9").await.unwrap().is_empty());
+    assert!(
+        cat.records_by_ref("ledger.entries", "transfer_id", "t9")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     // windows, paged
     let w = cat.updates_in_window(100, 150, None, 100).await.unwrap();
     assert_eq!(w.len(), 4);
     let p1 = cat.updates_in_window(0, i64::MAX, None, 3).await.unwrap();
     let last = p1.last().unwrap();
-    let cursor = (last.event_time_us, last.source.clone(), last.position.clone());
-    let p2 = cat.updates_in_window(0, i64::MAX, Some(cursor), 100).await.unwrap();
+    let cursor = (
+        last.event_time_us,
+        last.source.clone(),
+        last.position.clone(),
+    );
+    let p2 = cat
+        .updates_in_window(0, i64::MAX, Some(cursor), 100)
+        .await
+        .unwrap();
     let times: Vec<_> = p1.iter().chain(&p2).map(|e| e.event_time_us).collect();
     assert_eq!(times, vec![100, 100, 105, 106, 200, 200]);
 
@@ -247,18 +396,33 @@ pub async fn catalog_suite(open: OpenCatalog) {
         .collect();
     assert_eq!(states["pg"].checkpoint, "B/1");
     assert_eq!(states["pg"].watermark_us, 200);
-    assert_eq!(states["kafka"].watermark_us, 106, "an older watermark never moves it back");
+    assert_eq!(
+        states["kafka"].watermark_us, 106,
+        "an older watermark never moves it back"
+    );
     cat.heartbeat("pg", 5000, 6000).await.unwrap();
     cat.heartbeat("pg", 4000, 6001).await.unwrap();
-    let pg = cat.source_states().await.unwrap().into_iter().find(|s| s.source == "pg").unwrap();
+    let pg = cat
+        .source_states()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.source == "pg")
+        .unwrap();
     assert_eq!((pg.watermark_us, pg.checkpoint.as_str()), (5000, "B/1"));
 
     // publication ledger and the committed-segment cursor
     assert_eq!(cat.unpublished_segments().await.unwrap(), vec![s1, s2]);
     cat.mark_published(&[s1]).await.unwrap();
     assert_eq!(cat.unpublished_segments().await.unwrap(), vec![s2]);
-    assert_eq!(cat.committed_segments_after(0, 10).await.unwrap(), vec![s1, s2]);
-    assert_eq!(cat.committed_segments_after(s1, 10).await.unwrap(), vec![s2]);
+    assert_eq!(
+        cat.committed_segments_after(0, 10).await.unwrap(),
+        vec![s1, s2]
+    );
+    assert_eq!(
+        cat.committed_segments_after(s1, 10).await.unwrap(),
+        vec![s2]
+    );
 
     // a batch without a segment still moves progress
     cat.commit(CommitBatch {
@@ -273,11 +437,20 @@ pub async fn catalog_suite(open: OpenCatalog) {
 
     // a reservation released by an empty batch is neither pending nor committed
     let empty = cat.reserve_segment().await.unwrap();
-    cat.commit(CommitBatch { segment_seq: Some(empty), quarantined: 2, ..Default::default() })
-        .await
-        .unwrap();
+    cat.commit(CommitBatch {
+        segment_seq: Some(empty),
+        quarantined: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     assert!(!cat.pending_segments().await.unwrap().contains(&empty));
-    assert!(!cat.committed_segments_after(0, 100).await.unwrap().contains(&empty));
+    assert!(
+        !cat.committed_segments_after(0, 100)
+            .await
+            .unwrap()
+            .contains(&empty)
+    );
 
     // hostile ids are just data
     let s4 = cat.reserve_segment().await.unwrap();
@@ -285,7 +458,15 @@ pub async fn catalog_suite(open: OpenCatalog) {
         .into_iter()
         .enumerate()
         .map(|(i, id)| {
-            let mut e = entry("h", &format!("{i:04}"), "odd/../model", &id, 400 + i as i64, s4, &[("ref", &id)]);
+            let mut e = entry(
+                "h",
+                &format!("{i:04}"),
+                "odd/../model",
+                &id,
+                400 + i as i64,
+                s4,
+                &[("ref", &id)],
+            );
             e.record_id = id;
             e
         })
@@ -298,23 +479,40 @@ pub async fn catalog_suite(open: OpenCatalog) {
     .await
     .unwrap();
     for e in &hostile {
-        let h = cat.record_updates("odd/../model", &e.record_id, i64::MAX).await.unwrap();
+        let h = cat
+            .record_updates("odd/../model", &e.record_id, i64::MAX)
+            .await
+            .unwrap();
         assert_eq!(h, vec![e.clone()], "id {:?} round-trips alone", e.record_id);
         assert_eq!(
-            cat.records_by_ref("odd/../model", "ref", &e.record_id).await.unwrap(),
+            cat.records_by_ref("odd/../model", "ref", &e.record_id)
+                .await
+                .unwrap(),
             vec![e.record_id.clone()]
         );
     }
 
     let dump = cat.dump().await.unwrap();
     assert_eq!(dump.entries.len(), 4 + 2 + hostile.len());
-    assert!(dump.entries.windows(2).all(|w| (&w[0].source, &w[0].position) < (&w[1].source, &w[1].position)));
-    assert!(dump.masters.windows(2).all(|w| (&w[0].model, &w[0].record_id) < (&w[1].model, &w[1].record_id)));
+    assert!(
+        dump.entries
+            .windows(2)
+            .all(|w| (&w[0].source, &w[0].position) < (&w[1].source, &w[1].position))
+    );
+    assert!(
+        dump.masters
+            .windows(2)
+            .all(|w| (&w[0].model, &w[0].record_id) < (&w[1].model, &w[1].record_id))
+    );
 
     // everything survives a reopen
     drop(cat);
     let cat = open().await.expect("reopen catalog");
-    assert_eq!(cat.dump().await.unwrap(), dump, "the catalog survives a restart");
+    assert_eq!(
+        cat.dump().await.unwrap(),
+        dump,
+        "the catalog survives a restart"
+    );
     assert!(cat.pending_segments().await.unwrap().is_empty());
     let s5 = cat.reserve_segment().await.unwrap();
     assert!(s5 > s4, "sequences are not reused after a restart");
@@ -328,10 +526,27 @@ pub async fn catalog_suite(open: OpenCatalog) {
     })
     .await
     .unwrap();
-    assert!(cat.reserve_segment().await.unwrap() > s5 + 100, "sequence passes committed segments");
-    assert_eq!(cat.pending_segments().await.unwrap().len(), 2, "s5 and the new one stay pending");
-    let names: Vec<_> = cat.source_states().await.unwrap().into_iter().map(|s| s.source).collect();
-    assert_eq!(names, vec!["file", "kafka", "pg"], "progress is kept per reporting source, by name");
+    assert!(
+        cat.reserve_segment().await.unwrap() > s5 + 100,
+        "sequence passes committed segments"
+    );
+    assert_eq!(
+        cat.pending_segments().await.unwrap().len(),
+        2,
+        "s5 and the new one stay pending"
+    );
+    let names: Vec<_> = cat
+        .source_states()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.source)
+        .collect();
+    assert_eq!(
+        names,
+        vec!["file", "kafka", "pg"],
+        "progress is kept per reporting source, by name"
+    );
 }
 
 /// Runs the bus suite: `group` must be a fresh consumer group name for this bus, which must
@@ -361,11 +576,17 @@ pub async fn bus_suite(bus: &dyn Bus, group: &str) {
                 .unwrap();
             got.extend(batch);
         }
-        assert_eq!(got.len(), notes.len(), "each group sees every notification once");
+        assert_eq!(
+            got.len(),
+            notes.len(),
+            "each group sees every notification once"
+        );
         // per record, publication order is kept
         let mut per: HashMap<String, Vec<i64>> = HashMap::new();
         for d in &got {
-            per.entry(d.note.record_id.clone()).or_default().push(d.note.event_time_us);
+            per.entry(d.note.record_id.clone())
+                .or_default()
+                .push(d.note.event_time_us);
         }
         for (r, times) in per {
             assert!(times.windows(2).all(|w| w[0] < w[1]), "order kept for {r}");

@@ -73,7 +73,9 @@ pub fn validate_key(key: &str) -> crate::Result<()> {
         || key.starts_with('/')
         || key.contains('\0')
         || key.contains('\\')
-        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         return Err(crate::Error::invalid("object key", format!("{key:?}")));
     }

@@ -93,7 +93,8 @@ pub fn decode_segment(bytes: &[u8], what: &str) -> Result<Segment> {
         return Err(corrupt("not a segment (bad magic or too short)"));
     }
     let flen_at = bytes.len() - 8 - 4;
-    let flen = u32::from_le_bytes(bytes[flen_at..flen_at + 4].try_into().expect("4 bytes")) as usize;
+    let flen =
+        u32::from_le_bytes(bytes[flen_at..flen_at + 4].try_into().expect("4 bytes")) as usize;
     if flen > flen_at - HEAD.len() {
         return Err(corrupt("footer length out of range"));
     }
@@ -110,7 +111,8 @@ pub fn decode_segment(bytes: &[u8], what: &str) -> Result<Segment> {
         let mut cursor = &bytes[pos..body_end];
         let before = cursor.len();
         let len = prost::encoding::decode_varint(&mut cursor)
-            .map_err(|e| corrupt(&format!("record length at {pos}: {e}")))? as usize;
+            .map_err(|e| corrupt(&format!("record length at {pos}: {e}")))?
+            as usize;
         let offset = pos + (before - cursor.len());
         if offset + len > body_end {
             return Err(corrupt(&format!("record at {pos} overruns the body")));

@@ -7,9 +7,9 @@ use overseer_dal::bus::memory::MemoryBus;
 use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::conformance;
+use overseer_dal::store::ObjectStore;
 use overseer_dal::store::local::LocalStore;
 use overseer_dal::store::memory::MemoryStore;
-use overseer_dal::store::ObjectStore;
 
 #[tokio::test]
 async fn memory_store_conforms() {
@@ -50,7 +50,9 @@ async fn local_store_writes_are_create_only_under_concurrency() {
     for i in 0..16u8 {
         let s = store.clone();
         tasks.push(tokio::spawn(async move {
-            s.put_create("race/key", bytes::Bytes::from(vec![i; 4096])).await.unwrap()
+            s.put_create("race/key", bytes::Bytes::from(vec![i; 4096]))
+                .await
+                .unwrap()
         }));
     }
     let mut created = 0;
@@ -61,7 +63,10 @@ async fn local_store_writes_are_create_only_under_concurrency() {
     }
     assert_eq!(created, 1, "exactly one writer wins");
     let got = store.get("race/key").await.unwrap().unwrap();
-    assert!(got.iter().all(|b| *b == got[0]), "the object is one writer's bytes, whole");
+    assert!(
+        got.iter().all(|b| *b == got[0]),
+        "the object is one writer's bytes, whole"
+    );
 }
 
 #[tokio::test]

@@ -262,8 +262,8 @@ impl Config {
             path: path.display().to_string(),
             source: e,
         })?;
-        let cfg: Config = toml::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let cfg: Config =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -273,12 +273,17 @@ impl Config {
         let bad = |m: String| Err(Error::Config(m));
         let ing = &self.ingest;
         if ing.batch_max_events == 0 || ing.queue_capacity == 0 || ing.max_event_bytes == 0 {
-            return bad("ingest.batch_max_events, queue_capacity and max_event_bytes must be > 0".into());
+            return bad(
+                "ingest.batch_max_events, queue_capacity and max_event_bytes must be > 0".into(),
+            );
         }
         let mut models = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             if m.name.is_empty() || !models.insert(m.name.as_str()) {
-                return bad(format!("models[{i}].name {:?} is empty or repeated", m.name));
+                return bad(format!(
+                    "models[{i}].name {:?} is empty or repeated",
+                    m.name
+                ));
             }
             if m.id_field.is_empty() {
                 return bad(format!("models[{i}].id_field is empty"));
@@ -292,13 +297,19 @@ impl Config {
             }
             let kinds = [s.file.is_some(), s.kafka.is_some(), s.postgres.is_some()];
             if kinds.iter().filter(|k| **k).count() != 1 {
-                return bad(format!("{at}: set exactly one of [sources.file], [sources.kafka], [sources.postgres]"));
+                return bad(format!(
+                    "{at}: set exactly one of [sources.file], [sources.kafka], [sources.postgres]"
+                ));
             }
             if (s.format == Format::Pgoutput) != s.postgres.is_some() {
-                return bad(format!("{at}: format \"pgoutput\" goes with [sources.postgres] and only with it"));
+                return bad(format!(
+                    "{at}: format \"pgoutput\" goes with [sources.postgres] and only with it"
+                ));
             }
             if (s.format == Format::Protobuf) != s.protobuf.is_some() {
-                return bad(format!("{at}: format \"protobuf\" needs [sources.protobuf] (and only it uses it)"));
+                return bad(format!(
+                    "{at}: format \"protobuf\" needs [sources.protobuf] (and only it uses it)"
+                ));
             }
             if s.format == Format::Protobuf && s.model.is_none() {
                 return bad(format!("{at}: format \"protobuf\" needs `model`"));
@@ -313,10 +324,18 @@ impl Config {
                     return bad(format!("{at}: kafka.topics is empty"));
                 }
                 if !matches!(k.auto_offset_reset.as_str(), "earliest" | "latest") {
-                    return bad(format!("{at}: kafka.auto_offset_reset must be \"earliest\" or \"latest\""));
+                    return bad(format!(
+                        "{at}: kafka.auto_offset_reset must be \"earliest\" or \"latest\""
+                    ));
                 }
-                if let Some(key) = k.properties.keys().find(|k| k.contains("password") || k.contains("secret")) {
-                    return bad(format!("{at}: kafka.properties.{key}: secrets come from the environment, not the config file"));
+                if let Some(key) = k
+                    .properties
+                    .keys()
+                    .find(|k| k.contains("password") || k.contains("secret"))
+                {
+                    return bad(format!(
+                        "{at}: kafka.properties.{key}: secrets come from the environment, not the config file"
+                    ));
                 }
             }
         }
@@ -349,7 +368,9 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = parse("[ingest]\nbatch_max_event = 3").unwrap_err().to_string();
+        let e = parse("[ingest]\nbatch_max_event = 3")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("batch_max_event"), "{e}");
         let e = parse(
             "[[models]]\nname='m'\n[[sources]]\nname='s'\nformat='debezium-postgres'\nmodel='x'\n[sources.file]\npath='f'",

@@ -141,7 +141,11 @@ impl Ingestor {
     /// Finishes what a crash interrupted: indexes pending segments whose object exists,
     /// releases the others, and publishes committed segments not yet announced.
     pub async fn recover(&self) -> Result<Recovery> {
-        let (store, catalog, bus) = (&self.storage.store, &self.storage.catalog, &self.storage.bus);
+        let (store, catalog, bus) = (
+            &self.storage.store,
+            &self.storage.catalog,
+            &self.storage.bus,
+        );
         let mut rec = Recovery::default();
         for seq in catalog.pending_segments().await? {
             let key = segment_key(seq);
@@ -264,7 +268,11 @@ struct Batcher<'a> {
 }
 
 impl Batcher<'_> {
-    async fn drain(&self, mut rx: mpsc::Receiver<SourceMsg>, s: &IngestSettings) -> Result<SourceReport> {
+    async fn drain(
+        &self,
+        mut rx: mpsc::Receiver<SourceMsg>,
+        s: &IngestSettings,
+    ) -> Result<SourceReport> {
         let mut report = SourceReport::default();
         let max = s.batch_max_events;
         let linger = Duration::from_millis(s.batch_max_ms);
@@ -311,7 +319,11 @@ impl Batcher<'_> {
         started: Instant,
         report: &mut SourceReport,
     ) -> Result<()> {
-        let (store, catalog, bus) = (&self.storage.store, &self.storage.catalog, &self.storage.bus);
+        let (store, catalog, bus) = (
+            &self.storage.store,
+            &self.storage.catalog,
+            &self.storage.bus,
+        );
         let received_us = now_us();
         report.events += events.len() as u64;
 
@@ -368,7 +380,12 @@ impl Batcher<'_> {
                     ingest_time_us: received_us,
                 }),
                 Err(reason) => {
-                    EventQuarantined { source: self.source, position: &ev.position, reason: &reason }.emit();
+                    EventQuarantined {
+                        source: self.source,
+                        position: &ev.position,
+                        reason: &reason,
+                    }
+                    .emit();
                     dead.push(DeadLetter::new(
                         self.source,
                         &ev.position,
@@ -386,7 +403,10 @@ impl Batcher<'_> {
         let mut seen = HashSet::with_capacity(records.len());
         records.retain(|r| seen.insert(r.position.clone()));
         if !records.is_empty() {
-            let ids: Vec<(&str, &str)> = records.iter().map(|r| (self.source, r.position.as_str())).collect();
+            let ids: Vec<(&str, &str)> = records
+                .iter()
+                .map(|r| (self.source, r.position.as_str()))
+                .collect();
             let fresh = retry("filter", || catalog.filter_new(&ids)).await?;
             let mut it = fresh.into_iter();
             records.retain(|_| it.next().unwrap_or(true));

@@ -49,10 +49,13 @@ pub async fn reindex(store: &dyn ObjectStore, catalog: &dyn Catalog) -> Result<R
     // Sequence order, whatever order the store listed them in.
     seqs.sort_unstable();
     for (seq, key) in seqs {
-        let bytes = store.get(&key).await?.ok_or_else(|| overseer_dal::Error::Corrupt {
-            what: key.clone(),
-            message: "listed but not readable".into(),
-        })?;
+        let bytes = store
+            .get(&key)
+            .await?
+            .ok_or_else(|| overseer_dal::Error::Corrupt {
+                what: key.clone(),
+                message: "listed but not readable".into(),
+            })?;
         let seg = decode_segment(&bytes, &key)?;
         if seg.footer.seq != seq {
             return Err(overseer_dal::Error::Corrupt {

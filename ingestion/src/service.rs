@@ -47,7 +47,8 @@ pub async fn run(
     let mut reports = BTreeMap::new();
     let mut first_err = None;
     while let Some(joined) = set.join_next().await {
-        let (name, r) = joined.map_err(|e| Error::source("?", format!("task failed: {e}"), false))?;
+        let (name, r) =
+            joined.map_err(|e| Error::source("?", format!("task failed: {e}"), false))?;
         match r {
             Ok(rep) => {
                 tracing::info!(source = %name, ?rep, "source finished");

@@ -53,7 +53,8 @@ impl BatchCommitted<'_> {
             metrics::counter!(SEGMENTS, "source" => src.clone()).increment(1);
             metrics::counter!(SEGMENT_BYTES, "source" => src.clone()).increment(self.bytes as u64);
         }
-        metrics::histogram!(BATCH_SECONDS, "source" => src.clone()).record(self.elapsed.as_secs_f64());
+        metrics::histogram!(BATCH_SECONDS, "source" => src.clone())
+            .record(self.elapsed.as_secs_f64());
         metrics::gauge!(WATERMARK, "source" => src).set(self.watermark_us as f64 / 1e6);
     }
 }

@@ -159,10 +159,19 @@ fn fixture_events_carry_unique_upstream_identities() {
         let c = consumer(source);
         let ids: Vec<String> = fixture_events(fixture)
             .iter()
-            .map(|ev| c.decode(ev).unwrap().event_id.unwrap_or_else(|| panic!("{fixture}: no identity")))
+            .map(|ev| {
+                c.decode(ev)
+                    .unwrap()
+                    .event_id
+                    .unwrap_or_else(|| panic!("{fixture}: no identity"))
+            })
             .collect();
         let unique: std::collections::HashSet<_> = ids.iter().collect();
-        assert_eq!(unique.len(), ids.len(), "{fixture}: identities are unique: {ids:?}");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "{fixture}: identities are unique: {ids:?}"
+        );
     }
 }
 
@@ -340,7 +349,11 @@ fn mongo_change_stream_as_bson() {
         .enumerate()
         .map(|(i, d)| c.decode(&bson_event(d, i)).expect("BSON event decodes"))
         .collect();
-    assert_eq!(got[0].event_id.as_deref(), Some("rt:82A"), "the resume token is the identity");
+    assert_eq!(
+        got[0].event_id.as_deref(),
+        Some("rt:82A"),
+        "the resume token is the identity"
+    );
     let got: Vec<Decoded> = got.into_iter().map(stripped).collect();
     assert_eq!(got, change_stream_expected());
 

@@ -58,7 +58,7 @@ path = "{f}"
 
 fn insert_event(id: &str, transfer: &str, t_secs: i64) -> String {
     serde_json::json!({
-        "_id": {"_data": format!("tok-{id}")},
+        "_id": {"_data": format!("tok-{id}-{t_secs}")},
         "operationType": "insert",
         "ns": {"db": "ledger", "coll": "entries"},
         "documentKey": {"_id": id},
@@ -81,7 +81,9 @@ fn write_lines(path: &Path, lines: &[String], append: bool) {
     }
 }
 
-async fn ingest_once(cfg: &Config) -> std::collections::BTreeMap<String, overseer_ingestion::pipeline::SourceReport> {
+async fn ingest_once(
+    cfg: &Config,
+) -> std::collections::BTreeMap<String, overseer_ingestion::pipeline::SourceReport> {
     let storage = Storage::open(cfg).await.unwrap();
     overseer_ingestion::service::run(cfg, storage, true, CancellationToken::new())
         .await
@@ -92,7 +94,9 @@ async fn ingest_once(cfg: &Config) -> std::collections::BTreeMap<String, oversee
 async fn file_ingest_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ledger.jsonl");
-    let first: Vec<_> = (0..250).map(|i| insert_event(&format!("e{i}"), "t1", 1000 + i)).collect();
+    let first: Vec<_> = (0..250)
+        .map(|i| insert_event(&format!("e{i}"), "t1", 1000 + i))
+        .collect();
     write_lines(&file, &first, false);
     let cfg = config(dir.path(), &file, "");
     let r = ingest_once(&cfg).await;
@@ -100,19 +104,37 @@ async fn file_ingest_resumes_from_its_checkpoint() {
     assert!(r["ledger"].segments >= 3, "batches of at most 100 events");
 
     // more events arrive; a restart reads only those
-    let more: Vec<_> = (250..300).map(|i| insert_event(&format!("e{i}"), "t2", 1000 + i)).collect();
+    let more: Vec<_> = (250..300)
+        .map(|i| insert_event(&format!("e{i}"), "t2", 1000 + i))
+        .collect();
     write_lines(&file, &more, true);
     let r = ingest_once(&cfg).await;
-    assert_eq!((r["ledger"].events, r["ledger"].updates), (50, 50), "resumed after the checkpoint");
+    assert_eq!(
+        (r["ledger"].events, r["ledger"].updates),
+        (50, 50),
+        "resumed after the checkpoint"
+    );
 
     let cat = EmbeddedCatalog::open(dir.path().join("catalog.redb")).unwrap();
-    let h = cat.record_updates("ledger.entries", "e7", i64::MAX).await.unwrap();
+    let h = cat
+        .record_updates("ledger.entries", "e7", i64::MAX)
+        .await
+        .unwrap();
     assert_eq!(h.len(), 1);
     assert_eq!(h[0].event_time_us, 1007 * 1_000_000);
     assert_eq!(h[0].op, Op::Create);
-    assert_eq!(cat.records_by_ref("ledger.entries", "transfer_id", "t2").await.unwrap().len(), 50);
+    assert_eq!(
+        cat.records_by_ref("ledger.entries", "transfer_id", "t2")
+            .await
+            .unwrap()
+            .len(),
+        50
+    );
     let state = &cat.source_states().await.unwrap()[0];
-    assert_eq!(state.checkpoint, std::fs::metadata(&file).unwrap().len().to_string());
+    assert_eq!(
+        state.checkpoint,
+        std::fs::metadata(&file).unwrap().len().to_string()
+    );
 }
 
 /// A source that sends a fixed list of events, `times` times over (redelivery).
@@ -136,7 +158,11 @@ impl Source for Replaying {
 fn events(n: usize) -> Vec<SourceEvent> {
     (0..n)
         .map(|i| SourceEvent {
-            raw: Bytes::from(insert_event(&format!("r{i}"), &format!("t{}", i % 10), 5000 + i as i64)),
+            raw: Bytes::from(insert_event(
+                &format!("r{i}"),
+                &format!("t{}", i % 10),
+                5000 + i as i64,
+            )),
             key: None,
             context: None,
             position: format!("{i:08}"),
@@ -158,18 +184,43 @@ async fn redelivery_changes_nothing() {
     let mut sub = storage.bus.subscribe("test").await.unwrap();
 
     // the same 300 events delivered three times over, in one run
-    let src = Box::new(Replaying { events: events(300), times: 3 });
-    let r = ing.run_source(&cfg.sources[0], consumer.clone(), src, CancellationToken::new()).await.unwrap();
+    let src = Box::new(Replaying {
+        events: events(300),
+        times: 3,
+    });
+    let r = ing
+        .run_source(
+            &cfg.sources[0],
+            consumer.clone(),
+            src,
+            CancellationToken::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!((r.events, r.updates, r.duplicates), (900, 300, 600));
     let dump = storage.catalog.dump().await.unwrap();
     let objects = list_all(&*storage.store, "").await.unwrap();
 
     // and again in a later run: nothing changes, not even the object store
-    let src = Box::new(Replaying { events: events(300), times: 1 });
-    let r = ing.run_source(&cfg.sources[0], consumer, src, CancellationToken::new()).await.unwrap();
+    let src = Box::new(Replaying {
+        events: events(300),
+        times: 1,
+    });
+    let r = ing
+        .run_source(&cfg.sources[0], consumer, src, CancellationToken::new())
+        .await
+        .unwrap();
     assert_eq!((r.updates, r.duplicates, r.segments), (0, 300, 0));
-    assert_eq!(storage.catalog.dump().await.unwrap(), dump, "the index is unchanged");
-    assert_eq!(list_all(&*storage.store, "").await.unwrap(), objects, "no object was written");
+    assert_eq!(
+        storage.catalog.dump().await.unwrap(),
+        dump,
+        "the index is unchanged"
+    );
+    assert_eq!(
+        list_all(&*storage.store, "").await.unwrap(),
+        objects,
+        "no object was written"
+    );
 
     // exactly one notification per update
     let mut got = 0;
@@ -177,7 +228,11 @@ async fn redelivery_changes_nothing() {
         got += sub.recv(1000).await.unwrap().len();
     }
     assert_eq!(got, 300);
-    assert!(tokio::time::timeout(std::time::Duration::from_millis(100), sub.recv(10)).await.is_err());
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), sub.recv(10))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -204,21 +259,36 @@ async fn malformed_events_are_quarantined_and_hostile_ids_stored_safely() {
     write_lines(&file, &lines, false);
     let cfg = config(dir.path(), &file, "");
     let r = ingest_once(&cfg).await;
-    assert_eq!((r["ledger"].updates, r["ledger"].quarantined), (good, bad.len() as u64));
+    assert_eq!(
+        (r["ledger"].updates, r["ledger"].quarantined),
+        (good, bad.len() as u64)
+    );
 
     let storage = Storage::open(&cfg).await.unwrap();
     for id in &hostile {
-        let h = storage.catalog.record_updates("ledger.entries", id, i64::MAX).await.unwrap();
+        let h = storage
+            .catalog
+            .record_updates("ledger.entries", id, i64::MAX)
+            .await
+            .unwrap();
         assert_eq!(h.len(), 1, "hostile id {id:?} is stored and found");
     }
     // every object key stays under its prefix
     for key in list_all(&*storage.store, "").await.unwrap() {
-        assert!(key.starts_with("segments/") || key.starts_with("deadletter/"), "{key}");
+        assert!(
+            key.starts_with("segments/") || key.starts_with("deadletter/"),
+            "{key}"
+        );
     }
-    let letters = overseer_ingestion::deadletter::list_all(&*storage.store).await.unwrap();
+    let letters = overseer_ingestion::deadletter::list_all(&*storage.store)
+        .await
+        .unwrap();
     assert_eq!(letters.len(), bad.len());
     let reasons: Vec<_> = letters.iter().map(|l| l.reason.as_str()).collect();
-    assert!(reasons.iter().any(|r| r.contains("oversized")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("oversized")),
+        "{reasons:?}"
+    );
     for (l, b) in letters.iter().zip(&bad) {
         assert_eq!(l.source, "ledger");
         assert_eq!(l.raw(), b.as_bytes(), "the raw event is kept as received");
@@ -246,7 +316,11 @@ async fn recovery_finishes_interrupted_batches() {
     let store = Arc::new(LocalStore::open(dir.path().join("objects")).unwrap());
     let catalog = Arc::new(EmbeddedCatalog::open(dir.path().join("c.redb")).unwrap());
     let bus = Arc::new(MemoryBus::new(1000));
-    let storage = Storage { store: store.clone(), catalog: catalog.clone(), bus: bus.clone() };
+    let storage = Storage {
+        store: store.clone(),
+        catalog: catalog.clone(),
+        bus: bus.clone(),
+    };
 
     // crash after the PUT, before the commit: a pending segment with an object
     let s1 = catalog.reserve_segment().await.unwrap();
@@ -254,7 +328,10 @@ async fn recovery_finishes_interrupted_batches() {
     for i in 0..10 {
         b.push(&record(i, "src"));
     }
-    store.put_create(&segment_key(s1), b.finish(vec![])).await.unwrap();
+    store
+        .put_create(&segment_key(s1), b.finish(vec![]))
+        .await
+        .unwrap();
     // crash after reserving, before the PUT: a pending segment without an object
     let s2 = catalog.reserve_segment().await.unwrap();
 
@@ -265,17 +342,26 @@ async fn recovery_finishes_interrupted_batches() {
     assert!(catalog.pending_segments().await.unwrap().is_empty());
     assert!(catalog.unpublished_segments().await.unwrap().is_empty());
     assert_eq!(catalog.dump().await.unwrap().entries.len(), 10);
-    assert_eq!(sub.recv(100).await.unwrap().len(), 10, "notifications are not lost");
+    assert_eq!(
+        sub.recv(100).await.unwrap().len(),
+        10,
+        "notifications are not lost"
+    );
     // recovering again finds nothing to do
     assert_eq!(ing.recover().await.unwrap(), Default::default());
-    assert!(catalog.reserve_segment().await.unwrap() > s2, "no sequence is reused");
+    assert!(
+        catalog.reserve_segment().await.unwrap() > s2,
+        "no sequence is reused"
+    );
 }
 
 #[tokio::test]
 async fn reindex_rebuilds_the_same_catalog() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ledger.jsonl");
-    let lines: Vec<_> = (0..1000).map(|i| insert_event(&format!("e{}", i % 300), &format!("t{}", i % 37), i)).collect();
+    let lines: Vec<_> = (0..1000)
+        .map(|i| insert_event(&format!("e{}", i % 300), &format!("t{}", i % 37), i))
+        .collect();
     write_lines(&file, &lines, false);
     let cfg = config(dir.path(), &file, "");
     ingest_once(&cfg).await;
@@ -286,21 +372,93 @@ async fn reindex_rebuilds_the_same_catalog() {
     let live_dump = storage.catalog.dump().await.unwrap();
     let dup_seq = storage.catalog.reserve_segment().await.unwrap();
     let orig = &live_dump.entries[0];
-    let bytes = storage.store.get(&segment_key(orig.loc.segment_seq)).await.unwrap().unwrap();
+    let bytes = storage
+        .store
+        .get(&segment_key(orig.loc.segment_seq))
+        .await
+        .unwrap()
+        .unwrap();
     let seg = overseer_dal::segment::decode_segment(&bytes, "s").unwrap();
     let mut b = SegmentBuilder::new(dup_seq, 0);
     b.push(&seg.records.iter().find(|(l, _)| *l == orig.loc).unwrap().1);
-    storage.store.put_create(&segment_key(dup_seq), b.finish(vec![])).await.unwrap();
-    Ingestor::new(storage.clone(), Default::default()).recover().await.unwrap();
+    storage
+        .store
+        .put_create(&segment_key(dup_seq), b.finish(vec![]))
+        .await
+        .unwrap();
+    Ingestor::new(storage.clone(), Default::default())
+        .recover()
+        .await
+        .unwrap();
     let live_dump = storage.catalog.dump().await.unwrap();
 
     let fresh = EmbeddedCatalog::open(dir.path().join("re.redb")).unwrap();
-    let rep = overseer_ingestion::reindex::reindex(&*storage.store, &fresh).await.unwrap();
+    let rep = overseer_ingestion::reindex::reindex(&*storage.store, &fresh)
+        .await
+        .unwrap();
     assert_eq!(rep.updates, 1000);
     assert_eq!(rep.duplicates, 1);
-    assert_eq!(fresh.dump().await.unwrap(), live_dump, "reindex equals the live catalog");
+    assert_eq!(
+        fresh.dump().await.unwrap(),
+        live_dump,
+        "reindex equals the live catalog"
+    );
     let states = fresh.source_states().await.unwrap();
-    assert_eq!(states[0].checkpoint, storage.catalog.source_states().await.unwrap()[0].checkpoint);
+    assert_eq!(
+        states[0].checkpoint,
+        storage.catalog.source_states().await.unwrap()[0].checkpoint
+    );
     // reindex refuses a catalog that is not empty
-    assert!(overseer_ingestion::reindex::reindex(&*storage.store, &fresh).await.is_err());
+    assert!(
+        overseer_ingestion::reindex::reindex(&*storage.store, &fresh)
+            .await
+            .is_err()
+    );
+}
+
+/// The shipped malformed corpus (ingestion/tests/fixtures/malformed.jsonl, each line's
+/// reason listed in the fixtures README) interleaved with the good change-stream fixture:
+/// every bad line is quarantined, every good one ingested, nothing stops.
+#[tokio::test]
+async fn the_malformed_corpus_is_quarantined_between_good_events() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let read = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(fixtures.join(name))
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    let (good, bad) = (read("mongo_change_stream.jsonl"), read("malformed.jsonl"));
+    let mut lines = Vec::new();
+    for (i, b) in bad.iter().enumerate() {
+        if let Some(g) = good.get(i) {
+            lines.push(g.clone());
+        }
+        lines.push(b.clone());
+    }
+    lines.extend(good.iter().skip(bad.len()).cloned());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("mixed.jsonl");
+    write_lines(&file, &lines, false);
+    let cfg = config(dir.path(), &file, "");
+    let r = ingest_once(&cfg).await;
+    assert_eq!(r["ledger"].updates, good.len() as u64);
+    assert_eq!(r["ledger"].quarantined, bad.len() as u64);
+    let storage = Storage::open(&cfg).await.unwrap();
+    let letters = overseer_ingestion::deadletter::list_all(&*storage.store)
+        .await
+        .unwrap();
+    let raws: Vec<Vec<u8>> = letters.iter().map(|l| l.raw()).collect();
+    for b in &bad {
+        assert!(
+            raws.contains(&b.as_bytes().to_vec()),
+            "kept as received: {b}"
+        );
+    }
+    assert!(
+        letters
+            .iter()
+            .all(|l| !l.reason.is_empty() && l.source == "ledger")
+    );
 }

@@ -69,7 +69,10 @@ impl EmbeddedCatalog {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
         }
         let db = Database::create(path).map_err(|e| {
-            Error::catalog(format!("cannot open embedded catalog {}: {e}", path.display()))
+            Error::catalog(format!(
+                "cannot open embedded catalog {}: {e}",
+                path.display()
+            ))
         })?;
         // Create every table once so readers never meet a missing one.
         let tx = db.begin_write().map_err(db_err)?;
@@ -275,7 +278,11 @@ impl Catalog for EmbeddedCatalog {
             let seq;
             {
                 let mut meta = tx.open_table(META).map_err(db_err)?;
-                seq = meta.get(NEXT_SEQ).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
+                seq = meta
+                    .get(NEXT_SEQ)
+                    .map_err(db_err)?
+                    .map(|v| v.value())
+                    .unwrap_or(1);
                 meta.insert(NEXT_SEQ, seq + 1).map_err(db_err)?;
                 tx.open_table(SEGMENTS)
                     .map_err(db_err)?
@@ -339,7 +346,9 @@ impl Catalog for EmbeddedCatalog {
                         continue;
                     }
                     fresh.push(true);
-                    updates.insert(key, encode_entry(e).as_slice()).map_err(db_err)?;
+                    updates
+                        .insert(key, encode_entry(e).as_slice())
+                        .map_err(db_err)?;
                     record_idx
                         .insert(
                             (
@@ -353,7 +362,10 @@ impl Catalog for EmbeddedCatalog {
                         )
                         .map_err(db_err)?;
                     time_idx
-                        .insert((e.event_time_us, e.source.as_str(), e.position.as_str()), ())
+                        .insert(
+                            (e.event_time_us, e.source.as_str(), e.position.as_str()),
+                            (),
+                        )
                         .map_err(db_err)?;
                     let mkey = (e.model.as_str(), e.record_id.as_str());
                     let mut master = match masters.get(mkey).map_err(db_err)? {
@@ -370,7 +382,12 @@ impl Catalog for EmbeddedCatalog {
                         .map_err(db_err)?;
                     for (n, v) in &e.refs {
                         refs.insert(
-                            (e.model.as_str(), n.as_str(), v.as_str(), e.record_id.as_str()),
+                            (
+                                e.model.as_str(),
+                                n.as_str(),
+                                v.as_str(),
+                                e.record_id.as_str(),
+                            ),
                             (),
                         )
                         .map_err(db_err)?;
@@ -401,7 +418,11 @@ impl Catalog for EmbeddedCatalog {
                         segs.insert(seq, COMMITTED).map_err(db_err)?;
                     }
                     let mut meta = tx.open_table(META).map_err(db_err)?;
-                    let next = meta.get(NEXT_SEQ).map_err(db_err)?.map(|v| v.value()).unwrap_or(1);
+                    let next = meta
+                        .get(NEXT_SEQ)
+                        .map_err(db_err)?
+                        .map(|v| v.value())
+                        .unwrap_or(1);
                     if seq >= next {
                         meta.insert(NEXT_SEQ, seq + 1).map_err(db_err)?;
                     }
@@ -473,10 +494,9 @@ impl Catalog for EmbeddedCatalog {
                 if m != model || id != record_id || t > up_to_us {
                     break;
                 }
-                let v = updates
-                    .get((s, p))
-                    .map_err(db_err)?
-                    .ok_or_else(|| Error::corrupt("embedded catalog", "index row without update"))?;
+                let v = updates.get((s, p)).map_err(db_err)?.ok_or_else(|| {
+                    Error::corrupt("embedded catalog", "index row without update")
+                })?;
                 out.push(decode_entry(s, p, v.value())?);
             }
             Ok(out)
@@ -596,20 +616,36 @@ impl Catalog for EmbeddedCatalog {
         self.blocking(|db| {
             let tx = db.begin_read().map_err(db_err)?;
             let mut dump = CatalogDump::default();
-            for row in tx.open_table(UPDATES).map_err(db_err)?.iter().map_err(db_err)? {
+            for row in tx
+                .open_table(UPDATES)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
                 let (k, v) = row.map_err(db_err)?;
                 let (s, p) = k.value();
                 dump.entries.push(decode_entry(s, p, v.value())?);
             }
-            for row in tx.open_table(MASTERS).map_err(db_err)?.iter().map_err(db_err)? {
+            for row in tx
+                .open_table(MASTERS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
                 let (k, v) = row.map_err(db_err)?;
                 let (m, id) = k.value();
                 dump.masters.push(decode_master(m, id, v.value())?);
             }
-            for row in tx.open_table(REFS).map_err(db_err)?.iter().map_err(db_err)? {
+            for row in tx
+                .open_table(REFS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
                 let (k, _) = row.map_err(db_err)?;
                 let (m, n, v, id) = k.value();
-                dump.refs.push((m.to_owned(), n.to_owned(), v.to_owned(), id.to_owned()));
+                dump.refs
+                    .push((m.to_owned(), n.to_owned(), v.to_owned(), id.to_owned()));
             }
             Ok(dump)
         })

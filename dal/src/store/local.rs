@@ -143,7 +143,10 @@ impl ObjectStore for LocalStore {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(&key)),
                 Err(e) => return Err(Error::io(path.display(), e)),
             };
-            let size = f.metadata().map_err(|e| Error::io(path.display(), e))?.len();
+            let size = f
+                .metadata()
+                .map_err(|e| Error::io(path.display(), e))?
+                .len();
             if start.checked_add(len).is_none_or(|end| end > size) {
                 return Err(Error::Store {
                     message: format!("range {start}+{len} past the end of {key:?} ({size})"),

@@ -48,7 +48,10 @@ impl ObjectStore for MemoryStore {
         match end {
             Some(end) => Ok(obj.slice(start as usize..end as usize)),
             None => Err(Error::Store {
-                message: format!("range {start}+{len} past the end of {key:?} ({})", obj.len()),
+                message: format!(
+                    "range {start}+{len} past the end of {key:?} ({})",
+                    obj.len()
+                ),
                 transient: false,
             }),
         }

@@ -44,8 +44,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Keys beginning with `prefix`, in lexicographic (byte) order, strictly after
     /// `start_after` if given, at most `limit` of them.
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: usize)
-    -> Result<Vec<String>>;
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>>;
 
     /// A short human description (backend and location) for logs.
     fn describe(&self) -> String;
@@ -56,7 +60,9 @@ pub async fn list_all(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<Strin
     const PAGE: usize = 1000;
     let mut out: Vec<String> = Vec::new();
     loop {
-        let page = store.list(prefix, out.last().map(String::as_str), PAGE).await?;
+        let page = store
+            .list(prefix, out.last().map(String::as_str), PAGE)
+            .await?;
         let done = page.len() < PAGE;
         out.extend(page);
         if done {

@@ -96,7 +96,10 @@ impl Consumer for DebeziumPostgres {
         // The LSN names a change uniquely except in a snapshot (every `r` shares one), so
         // the op, model and id are part of the identity.
         let event_id = env.source_field("lsn").map(|lsn| {
-            format!("dbz-pg:{lsn:0>20}:{}:{}:{record_id}", env.op_code, model.name)
+            format!(
+                "dbz-pg:{lsn:0>20}:{}:{}:{record_id}",
+                env.op_code, model.name
+            )
         });
         Ok(Decoded {
             model: model.name.clone(),
@@ -712,7 +715,9 @@ mod tests {
                 op: Op::Create,
                 event_time_us: 1558965508000000_i64,
                 refs: vec![("email".into(), "annek@noanswer.org".into())],
-                event_id: Some("dbz-mongo:00000001558965508000:0000000031:c:inventory.customers:1004".into()),
+                event_id: Some(
+                    "dbz-mongo:00000001558965508000:0000000031:c:inventory.customers:1004".into()
+                ),
             }
         );
     }

@@ -150,9 +150,10 @@ pub fn scalar_to_string(v: &Value) -> Option<String> {
         Value::Object(m) if m.len() == 1 => {
             let (k, inner) = m.iter().next()?;
             match (k.as_str(), inner) {
-                ("$oid" | "$numberLong" | "$numberInt" | "$numberDecimal" | "$uuid", Value::String(s)) => {
-                    Some(s.clone())
-                }
+                (
+                    "$oid" | "$numberLong" | "$numberInt" | "$numberDecimal" | "$uuid",
+                    Value::String(s),
+                ) => Some(s.clone()),
                 _ => None,
             }
         }
@@ -171,7 +172,10 @@ pub fn build(src: &SourceConfig, cfg: &Config) -> Result<Arc<dyn Consumer>> {
         Format::MongoChangeStreamBson => Arc::new(mongo::ChangeStreamBson::new(models)),
         Format::Protobuf => {
             let p = src.protobuf.as_ref().ok_or_else(|| {
-                Error::Config(format!("sources {:?}: [sources.protobuf] missing", src.name))
+                Error::Config(format!(
+                    "sources {:?}: [sources.protobuf] missing",
+                    src.name
+                ))
             })?;
             Arc::new(protobuf::ProtobufConsumer::new(models, p)?)
         }

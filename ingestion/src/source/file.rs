@@ -37,7 +37,11 @@ impl FileSource {
 
 /// One framed event read from the file.
 enum Frame {
-    Event { start: u64, end: u64, bytes: Vec<u8> },
+    Event {
+        start: u64,
+        end: u64,
+        bytes: Vec<u8>,
+    },
     /// Nothing more for now (end of file).
     Eof,
 }
@@ -64,7 +68,11 @@ fn next_jsonl(r: &mut impl BufRead, at: &mut u64, follow: bool) -> std::io::Resu
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        return Ok(Frame::Event { start, end: *at, bytes: line });
+        return Ok(Frame::Event {
+            start,
+            end: *at,
+            bytes: line,
+        });
     }
 }
 
@@ -81,13 +89,21 @@ fn next_bson(r: &mut impl BufRead, at: &mut u64) -> std::io::Result<Frame> {
         let mut rest = Vec::new();
         r.take(MAX_BSON_DOC as u64).read_to_end(&mut rest)?;
         *at += rest.len() as u64;
-        return Ok(Frame::Event { start, end: *at, bytes: rest });
+        return Ok(Frame::Event {
+            start,
+            end: *at,
+            bytes: rest,
+        });
     }
     let mut doc = vec![0; len];
     match r.read_exact(&mut doc) {
         Ok(()) => {
             *at += len as u64;
-            Ok(Frame::Event { start, end: *at, bytes: doc })
+            Ok(Frame::Event {
+                start,
+                end: *at,
+                bytes: doc,
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Frame::Eof),
         Err(e) => Err(e),
@@ -104,7 +120,11 @@ impl Source for FileSource {
         };
         let mut offset: u64 = match &ctx.resume {
             Some(s) if !s.checkpoint.is_empty() => s.checkpoint.parse().map_err(|_| {
-                Error::source(&ctx.name, format!("stored checkpoint {:?} is not a byte offset", s.checkpoint), false)
+                Error::source(
+                    &ctx.name,
+                    format!("stored checkpoint {:?} is not a byte offset", s.checkpoint),
+                    false,
+                )
             })?,
             _ => 0,
         };
@@ -142,7 +162,9 @@ impl Source for FileSource {
                 }
                 Frame::Eof if !self.cfg.follow => return Ok(()),
                 Frame::Eof => {
-                    let hb = SourceMsg::Heartbeat { watermark_us: overseer_dal::update::now_us() };
+                    let hb = SourceMsg::Heartbeat {
+                        watermark_us: overseer_dal::update::now_us(),
+                    };
                     if ctx.tx.send(hb).await.is_err() {
                         return Ok(());
                     }

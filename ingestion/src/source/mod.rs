@@ -48,7 +48,9 @@ pub struct SourceEvent {
 pub enum SourceMsg {
     Event(SourceEvent),
     /// The source is known complete up to this time (an idle or caught-up source).
-    Heartbeat { watermark_us: Micros },
+    Heartbeat {
+        watermark_us: Micros,
+    },
 }
 
 /// An upstream acknowledgement, cumulative within its key (a Kafka partition, the LSN, ...).
