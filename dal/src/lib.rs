@@ -9,13 +9,17 @@
 //! - [`bus`]: the [`Bus`] trait for update notifications; in-process and Kafka backends.
 //! - [`conformance`]: the one test suite every backend of each trait passes.
 //! - [`config`]: serde configuration of the three backends.
+//! - [`pgoutput`]: the parser of PostgreSQL logical-replication (pgoutput) row changes.
+//! - [`builder`]: aggregation, the stateless folds of a record's updates into its state.
 
+pub mod builder;
 pub mod bus;
 pub mod catalog;
 pub mod config;
 pub mod conformance;
 pub mod error;
 pub mod keys;
+pub mod pgoutput;
 pub mod segment;
 pub mod store;
 pub mod testkit;

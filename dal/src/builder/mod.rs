@@ -1,0 +1,254 @@
+//! Aggregation: the builders that fold a record's updates into its state.
+//!
+//! A builder is a stateless fold. Given the update records of one record, already in
+//! time-travel order ([`IndexEntry::order_key`](crate::update::IndexEntry::order_key)) and
+//! cut at the time of interest, [`fold`] replays them, each according to its own `format`,
+//! and returns the record's document as of the last one: `Some(fields)`, or `None` when the
+//! record does not exist after it (deleted, or never created). Nothing is cached or stored,
+//! so fixing a builder needs no backfill: the raw events are the truth.
+//!
+//! The state is a JSON object whatever the format, so one record's history may mix formats
+//! (a table moved from WAL to Debezium keeps one history). Values keep their types:
+//! extended-JSON values (`{"$numberLong": "1004"}`, `$numberDecimal`, `$date`, `$oid`) stay
+//! as they are, and numbers are never turned into floats on the way.
+//!
+//! One file per family:
+//! - [`mongo`]: native MongoDB change streams, extended JSON (`mongo-change-stream`) and
+//!   raw BSON (`mongo-change-stream-bson`, converted to the same extended JSON first).
+//! - [`debezium`]: Debezium envelopes, PostgreSQL (`debezium-postgres`, row images) and
+//!   MongoDB (`debezium-mongo`).
+//! - [`pgoutput`]: PostgreSQL logical replication row images (`pgoutput`), typed by column.
+//! - [`path`]: MongoDB dotted field paths (`a.b.2.c`), shared by both MongoDB families.
+//!
+//! `protobuf` records are not built yet ([`BuildError::Unsupported`]): reading them needs
+//! the source's message descriptor, which the update record does not carry.
+//!
+//! # Primary-key changes
+//!
+//! A row whose primary key changes is, for the engine, one record ending and another
+//! beginning. pgoutput sends it as one `U` message with an old tuple (`K`: the old key
+//! columns, or `O`: the whole old row) whose key columns differ from the new tuple's;
+//! Debezium PostgreSQL sends `d` + `c` by default, but an `u` whose `before` carries another
+//! id means the same thing. The builders detect it as: the update has an old image, some
+//! key column (pgoutput: the Relation's key flags; Debezium: the fields of the Kafka key,
+//! else every column) holds the record's own `record_id` in the old image and something
+//! else in the new one. Folded as the OLD id's record, such an update ends it (`None`);
+//! folded as any other record (the new id), its new image is the state. So the same stored
+//! update can be indexed under both ids and each fold reads it right.
+
+use serde_json::{Map, Value};
+
+use crate::update::UpdateRecord;
+
+pub mod debezium;
+pub mod mongo;
+pub mod path;
+pub mod pgoutput;
+
+/// A record's state: its fields, as a JSON object.
+pub type State = Map<String, Value>;
+
+/// Format names, as the update records carry them (`UpdateRecord::format`).
+pub mod formats {
+    pub const PGOUTPUT: &str = "pgoutput";
+    pub const DEBEZIUM_POSTGRES: &str = "debezium-postgres";
+    pub const DEBEZIUM_MONGO: &str = "debezium-mongo";
+    pub const MONGO_CHANGE_STREAM: &str = "mongo-change-stream";
+    pub const MONGO_CHANGE_STREAM_BSON: &str = "mongo-change-stream-bson";
+    pub const PROTOBUF: &str = "protobuf";
+}
+
+/// The identity of an update, `(source, position)`, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpdateRef {
+    pub source: String,
+    pub position: String,
+}
+
+impl UpdateRef {
+    pub fn of(rec: &UpdateRecord) -> Self {
+        UpdateRef {
+            source: rec.source.clone(),
+            position: rec.position.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for UpdateRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.source, self.position)
+    }
+}
+
+/// Why a record's state could not be built. Always definite: the same updates fail the
+/// same way, so retrying is pointless; the update named is the one to look at.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// The update cannot be read, or cannot be applied to the state before it.
+    #[error("cannot build from update {update} (format {format}): {reason}")]
+    Invalid {
+        update: UpdateRef,
+        format: String,
+        reason: String,
+    },
+    /// The update's format has no builder (yet, or at all).
+    #[error("cannot build from update {update}: {reason}")]
+    Unsupported {
+        update: UpdateRef,
+        format: String,
+        reason: String,
+    },
+}
+
+impl BuildError {
+    /// The update that could not be built from.
+    pub fn update(&self) -> &UpdateRef {
+        match self {
+            BuildError::Invalid { update, .. } | BuildError::Unsupported { update, .. } => update,
+        }
+    }
+
+    /// Why, without the update's identity.
+    pub fn reason(&self) -> &str {
+        match self {
+            BuildError::Invalid { reason, .. } | BuildError::Unsupported { reason, .. } => reason,
+        }
+    }
+}
+
+/// Folds a record's updates (in time-travel order) into its state after the last one;
+/// `None` if the record does not exist then.
+pub fn fold(records: &[UpdateRecord]) -> Result<Option<State>, BuildError> {
+    records.iter().try_fold(None, apply)
+}
+
+/// Applies one update to the state before it (`None`: the record does not exist).
+pub fn apply(state: Option<State>, rec: &UpdateRecord) -> Result<Option<State>, BuildError> {
+    let invalid = |reason: String| BuildError::Invalid {
+        update: UpdateRef::of(rec),
+        format: rec.format.clone(),
+        reason,
+    };
+    match rec.format.as_str() {
+        formats::MONGO_CHANGE_STREAM => mongo::apply_json(state, &rec.raw).map_err(invalid),
+        formats::MONGO_CHANGE_STREAM_BSON => mongo::apply_bson(state, &rec.raw).map_err(invalid),
+        formats::DEBEZIUM_MONGO => debezium::apply_mongo(state, &rec.raw).map_err(invalid),
+        formats::DEBEZIUM_POSTGRES => debezium::apply_postgres(state, rec).map_err(invalid),
+        formats::PGOUTPUT => pgoutput::apply(state, rec).map_err(invalid),
+        formats::PROTOBUF => Err(BuildError::Unsupported {
+            update: UpdateRef::of(rec),
+            format: rec.format.clone(),
+            reason: "format \"protobuf\" has no builder yet: reading it needs the source's \
+                     message descriptor, which the update record does not carry"
+                .into(),
+        }),
+        other => Err(BuildError::Unsupported {
+            update: UpdateRef::of(rec),
+            format: rec.format.clone(),
+            reason: format!("unknown format {other:?}"),
+        }),
+    }
+}
+
+/// What a JSON value is, for error reasons ("a string", "number 42", ...).
+pub(crate) fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("boolean {b}"),
+        Value::Number(n) => format!("number {n}"),
+        Value::String(_) => "a string".into(),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "a document".into(),
+    }
+}
+
+/// Parses one event as JSON, the reason naming the position and the problem.
+pub(crate) fn parse_json(raw: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(raw).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+/// A scalar as text, the way ids are compared: strings as they are, numbers and booleans
+/// in their JSON form, and the one-key extended-JSON scalars (`$oid`, `$numberLong`, ...).
+pub(crate) fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Object(m) if m.len() == 1 => match m.iter().next() {
+            Some((k, Value::String(s))) if k.starts_with('$') => Some(s.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(format: &str, raw: &[u8]) -> UpdateRecord {
+        UpdateRecord {
+            source: "src".into(),
+            position: "42".into(),
+            format: format.into(),
+            raw: bytes::Bytes::copy_from_slice(raw),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn empty_history_is_no_record() {
+        assert_eq!(fold(&[]), Ok(None));
+    }
+
+    #[test]
+    fn unsupported_and_invalid_name_the_update() {
+        let e = fold(&[rec("protobuf", b"\x08\x01")]).unwrap_err();
+        assert!(matches!(e, BuildError::Unsupported { .. }), "{e}");
+        assert_eq!(e.update().to_string(), "src@42");
+        assert!(e.to_string().contains("protobuf"), "{e}");
+
+        let e = fold(&[rec("csv", b"a,b")]).unwrap_err();
+        assert!(e.reason().contains("unknown format \"csv\""), "{e}");
+
+        let e = fold(&[rec("mongo-change-stream", b"{oops")]).unwrap_err();
+        assert!(matches!(e, BuildError::Invalid { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "cannot build from update src@42 (format mongo-change-stream): invalid JSON"
+            ),
+            "{e}"
+        );
+    }
+
+    /// Garbage of every format is an error or a state, never a panic.
+    #[test]
+    fn never_panics() {
+        let inputs: [&[u8]; 8] = [
+            b"",
+            b"null",
+            b"[]",
+            b"{}",
+            b"{\"op\":\"u\",\"after\":\"[1]\"}",
+            b"{\"operationType\":\"update\",\"updateDescription\":{\"updatedFields\":{\"a.99999999999\":1}}}",
+            b"\x05\x00\x00\x00\x00",
+            b"U\x00\x00\x00\x01",
+        ];
+        for f in [
+            formats::PGOUTPUT,
+            formats::DEBEZIUM_POSTGRES,
+            formats::DEBEZIUM_MONGO,
+            formats::MONGO_CHANGE_STREAM,
+            formats::MONGO_CHANGE_STREAM_BSON,
+            formats::PROTOBUF,
+        ] {
+            for raw in inputs {
+                let _ = fold(&[rec(f, raw)]);
+                let mut base = State::new();
+                base.insert("a".into(), Value::from(1));
+                let _ = apply(Some(base), &rec(f, raw));
+            }
+        }
+    }
+}
