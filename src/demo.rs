@@ -195,7 +195,7 @@ pub(crate) async fn run(dir: Option<PathBuf>, transfers: u64, seed: u64) -> Resu
         println!(
             "  {}  {:<10} {}@{}",
             time.format("%H:%M:%S%.3f"),
-            e.op.as_str_name(),
+            e.op.as_str_name().trim_start_matches("OP_").to_lowercase(),
             e.source,
             e.position
         );

@@ -320,8 +320,13 @@ impl Config {
                 return bad(format!("{at}: model {m:?} is not in [[models]]"));
             }
             if let Some(k) = &s.kafka {
-                if k.topics.is_empty() {
-                    return bad(format!("{at}: kafka.topics is empty"));
+                if k.topics.len() != 1 {
+                    // Several topics of one source are read by one group member per topic;
+                    // against tansu 0.6 such a group sometimes hands one topic's partitions
+                    // to the other member. Until that is understood, one topic per source.
+                    return bad(format!(
+                        "{at}: kafka.topics must name exactly one topic (configure one [[sources]] per topic)"
+                    ));
                 }
                 if !matches!(k.auto_offset_reset.as_str(), "earliest" | "latest") {
                     return bad(format!(

@@ -89,15 +89,11 @@ fn start(brokers: &str, topic: &str, group: &str) -> Running {
 }
 
 fn start_with(brokers: &str, topic: &str, group: &str, props: &[(&str, &str)]) -> Running {
-    start_topics(brokers, &[topic], group, props)
-}
-
-fn start_topics(brokers: &str, topics: &[&str], group: &str, props: &[(&str, &str)]) -> Running {
     let mut properties = BTreeMap::from([("session.timeout.ms".into(), "10000".into())]);
     properties.extend(props.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let cfg = KafkaSourceConfig {
         brokers: brokers.to_owned(),
-        topics: topics.iter().map(|t| t.to_string()).collect(),
+        topics: vec![topic.to_owned()],
         group: group.to_owned(),
         auto_offset_reset: "earliest".into(),
         properties,
@@ -431,43 +427,4 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
     assert!(c.values().all(|o| *o == Offset::Offset(half)), "{c:?}");
     a.stop().await;
     b.stop().await;
-}
-
-/// One source reading two topics (one group member per topic): every event of both arrives,
-/// heartbeats wait until both are caught up, and acknowledgements are committed per topic.
-#[tokio::test(flavor = "multi_thread")]
-async fn two_topics_in_one_source() {
-    let tansu = Server::start("tansu");
-    let brokers = tansu.var("KAFKA_BROKERS");
-    let (a, b) = (unique_name("cdc_a"), unique_name("cdc_b"));
-    let group = unique_name("ingest");
-    create_topic(brokers, &a).await;
-    create_topic(brokers, &b).await;
-    produce(brokers, &a, 100).await;
-    produce(brokers, &b, 60).await;
-
-    let mut run = start_topics(brokers, &[&a, &b], &group, &[]);
-    let got = run.events_until(|g| g.len() >= 160).await;
-    let from = |t: &str| {
-        got.iter()
-            .filter(|e| matches!(&e.ack, Some(AckToken::Kafka { topic, .. }) if topic == t))
-            .count()
-    };
-    assert_eq!((from(&a), from(&b)), (100, 60));
-    run.heartbeat().await;
-    run.acks.ack(got.iter().filter_map(|e| e.ack.clone()));
-    run.stop().await;
-    let (ca, cb) = (
-        committed(brokers, &a, &group).await,
-        committed(brokers, &b, &group).await,
-    );
-    let total = |c: &BTreeMap<i32, Offset>| {
-        c.values()
-            .map(|o| match o {
-                Offset::Offset(n) => *n,
-                _ => 0,
-            })
-            .sum::<i64>()
-    };
-    assert_eq!((total(&ca), total(&cb)), (100, 60), "{ca:?} {cb:?}");
 }
