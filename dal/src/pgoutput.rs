@@ -400,36 +400,40 @@ impl<'a> Reader<'a> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Encodes pgoutput messages the way the walsender does: for tests, fixtures and tools
+/// that need real pgoutput bytes without a server.
+pub mod encode {
+    use super::Cell;
 
-    /// Builds pgoutput messages the way the walsender does.
-    #[derive(Default)]
-    struct Msg(Vec<u8>);
+    /// A message under construction; the bytes are in `.0`.
+    #[derive(Clone, Debug, Default)]
+    pub struct Msg(pub Vec<u8>);
 
     impl Msg {
-        fn new(tag: u8) -> Self {
+        /// A message starting with its tag byte (`b'R'`, `b'I'`, `b'U'`, `b'D'`, ...).
+        pub fn new(tag: u8) -> Self {
             Msg(vec![tag])
         }
-        fn u8(mut self, v: u8) -> Self {
+        pub fn u8(mut self, v: u8) -> Self {
             self.0.push(v);
             self
         }
-        fn u16(mut self, v: u16) -> Self {
+        pub fn u16(mut self, v: u16) -> Self {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn u32(mut self, v: u32) -> Self {
+        pub fn u32(mut self, v: u32) -> Self {
             self.0.extend_from_slice(&v.to_be_bytes());
             self
         }
-        fn s(mut self, v: &str) -> Self {
+        /// A NUL-terminated string.
+        pub fn s(mut self, v: &str) -> Self {
             self.0.extend_from_slice(v.as_bytes());
             self.0.push(0);
             self
         }
-        fn tuple(mut self, cells: &[Cell]) -> Self {
+        /// Tuple data: the column count, then each cell (`n`, `u`, or `t` + length + text).
+        pub fn tuple(mut self, cells: &[Cell]) -> Self {
             self = self.u16(cells.len() as u16);
             for c in cells {
                 self = match c {
@@ -445,6 +449,12 @@ mod tests {
             self
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::encode::Msg;
+    use super::*;
 
     const REL: u32 = 16_390;
 

@@ -78,49 +78,8 @@ mod tests {
     use super::*;
     use crate::config::ModelConfig;
     use bytes::Bytes;
+    use overseer_dal::pgoutput::encode::Msg;
     use overseer_dal::update::Op;
-
-    /// Builds pgoutput messages the way the walsender does.
-    #[derive(Default)]
-    struct Msg(Vec<u8>);
-
-    impl Msg {
-        fn new(tag: u8) -> Self {
-            Msg(vec![tag])
-        }
-        fn u8(mut self, v: u8) -> Self {
-            self.0.push(v);
-            self
-        }
-        fn u16(mut self, v: u16) -> Self {
-            self.0.extend_from_slice(&v.to_be_bytes());
-            self
-        }
-        fn u32(mut self, v: u32) -> Self {
-            self.0.extend_from_slice(&v.to_be_bytes());
-            self
-        }
-        fn s(mut self, v: &str) -> Self {
-            self.0.extend_from_slice(v.as_bytes());
-            self.0.push(0);
-            self
-        }
-        fn tuple(mut self, cells: &[Cell]) -> Self {
-            self = self.u16(cells.len() as u16);
-            for c in cells {
-                self = match c {
-                    Cell::Null => self.u8(b'n'),
-                    Cell::UnchangedToast => self.u8(b'u'),
-                    Cell::Text(t) => {
-                        let mut m = self.u8(b't').u32(t.len() as u32);
-                        m.0.extend_from_slice(t.as_bytes());
-                        m
-                    }
-                };
-            }
-            self
-        }
-    }
 
     const REL: u32 = 16_390;
 
