@@ -28,9 +28,6 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bson::RawDocument;
-use bson::raw::{RawArray, RawBsonRef};
-use bson::spec::BinarySubtype;
 use serde_json::{Map, Value, json};
 
 use overseer_dal::update::{Micros, Op};
@@ -265,16 +262,21 @@ pub(super) fn date_us(v: &Value) -> Result<Micros, String> {
     }
 }
 
-/// A `$timestamp` (`{"$timestamp": {"t": secs, "i": n}}`) or a plain number of seconds, in
-/// microseconds since the epoch. The increment orders events within a second; it is not
-/// time, so it is not added.
+/// A `$timestamp` (`{"$timestamp": {"t": secs, "i": n}}`) or a number of seconds (plain,
+/// or canonical `{"$numberLong": ".."}`), in microseconds since the epoch. The increment
+/// orders events within a second; it is not time, so it is not added.
 fn cluster_time_us(v: &Value) -> Result<Micros, String> {
     let secs = match v {
         Value::Number(n) => n.as_i64(),
         _ => v
             .get("$timestamp")
             .and_then(|t| t.get("t"))
-            .and_then(Value::as_i64),
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                v.get("$numberLong")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+            }),
     };
     secs.and_then(|s| s.checked_mul(1_000_000))
         .ok_or_else(|| "is neither a $timestamp nor a number of seconds".into())
@@ -371,101 +373,9 @@ fn uuid_text(b: &[u8; 16]) -> String {
     s
 }
 
-/// Nesting beyond this is refused rather than recursed into (serde_json stops at 128 too).
-const MAX_BSON_DEPTH: usize = 100;
-
-/// One raw BSON document as relaxed extended JSON (dates in the canonical `$numberLong`
-/// form, UUIDs as `$uuid`). Written here rather than taken from the `bson` crate, whose
-/// conversion needs a feature the workspace does not enable, and recursing with a depth
-/// bound so no input can exhaust the stack.
-pub(super) fn bson_to_extjson(raw: &[u8]) -> Result<Value, String> {
-    let doc = RawDocument::from_bytes(raw).map_err(|e| e.to_string())?;
-    raw_doc_to_json(doc, 0)
-}
-
-fn raw_doc_to_json(doc: &RawDocument, depth: usize) -> Result<Value, String> {
-    if depth > MAX_BSON_DEPTH {
-        return Err(format!(
-            "documents nested deeper than {MAX_BSON_DEPTH} levels"
-        ));
-    }
-    let mut m = Map::new();
-    for el in doc {
-        let (k, v) = el.map_err(|e| e.to_string())?;
-        m.insert(k.as_str().to_owned(), raw_value_to_json(v, depth + 1)?);
-    }
-    Ok(Value::Object(m))
-}
-
-fn raw_array_to_json(arr: &RawArray, depth: usize) -> Result<Value, String> {
-    if depth > MAX_BSON_DEPTH {
-        return Err(format!(
-            "documents nested deeper than {MAX_BSON_DEPTH} levels"
-        ));
-    }
-    arr.into_iter()
-        .map(|el| {
-            el.map_err(|e| e.to_string())
-                .and_then(|v| raw_value_to_json(v, depth + 1))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Value::Array)
-}
-
-fn raw_value_to_json(v: RawBsonRef<'_>, depth: usize) -> Result<Value, String> {
-    Ok(match v {
-        RawBsonRef::Double(f) => match serde_json::Number::from_f64(f) {
-            Some(n) => Value::Number(n),
-            None => {
-                let s = if f.is_nan() {
-                    "NaN"
-                } else if f > 0.0 {
-                    "Infinity"
-                } else {
-                    "-Infinity"
-                };
-                json!({ "$numberDouble": s })
-            }
-        },
-        RawBsonRef::String(s) => Value::String(s.to_owned()),
-        RawBsonRef::Array(a) => raw_array_to_json(a, depth)?,
-        RawBsonRef::Document(d) => raw_doc_to_json(d, depth)?,
-        RawBsonRef::Boolean(b) => Value::Bool(b),
-        RawBsonRef::Null => Value::Null,
-        RawBsonRef::RegularExpression(r) => json!({
-            "$regularExpression": { "pattern": r.pattern.as_str(), "options": r.options.as_str() }
-        }),
-        RawBsonRef::JavaScriptCode(c) => json!({ "$code": c }),
-        RawBsonRef::JavaScriptCodeWithScope(c) => json!({
-            "$code": c.code,
-            "$scope": raw_doc_to_json(c.scope, depth)?,
-        }),
-        RawBsonRef::Int32(i) => Value::from(i),
-        RawBsonRef::Int64(i) => Value::from(i),
-        RawBsonRef::Timestamp(t) => json!({ "$timestamp": { "t": t.time, "i": t.increment } }),
-        RawBsonRef::Binary(b) => match (b.subtype, <[u8; 16]>::try_from(b.bytes)) {
-            (BinarySubtype::Uuid, Ok(u)) => json!({ "$uuid": uuid_text(&u) }),
-            _ => json!({
-                "$binary": {
-                    "base64": BASE64.encode(b.bytes),
-                    "subType": format!("{:02x}", u8::from(b.subtype)),
-                }
-            }),
-        },
-        RawBsonRef::ObjectId(o) => json!({ "$oid": o.to_hex() }),
-        RawBsonRef::DateTime(d) => {
-            json!({ "$date": { "$numberLong": d.timestamp_millis().to_string() } })
-        }
-        RawBsonRef::Symbol(s) => json!({ "$symbol": s }),
-        RawBsonRef::Decimal128(d) => json!({ "$numberDecimal": d.to_string() }),
-        RawBsonRef::Undefined => json!({ "$undefined": true }),
-        RawBsonRef::MaxKey => json!({ "$maxKey": 1 }),
-        RawBsonRef::MinKey => json!({ "$minKey": 1 }),
-        // Deprecated; its parts are not public in the bson crate, and no id or reference is
-        // ever a DBPointer.
-        RawBsonRef::DbPointer(_) => json!({ "$dbPointer": null }),
-    })
-}
+/// Raw BSON as extended JSON: the data access layer's converter, so ingestion and the
+/// builders read a BSON event the same way (int64 as `$numberLong`, UUIDs as `$uuid`).
+pub(super) use overseer_dal::builder::mongo::bson_to_extjson;
 
 #[cfg(test)]
 mod tests {
