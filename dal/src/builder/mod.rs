@@ -152,7 +152,7 @@ pub fn apply(state: Option<State>, rec: &UpdateRecord) -> Result<Option<State>, 
 }
 
 /// What a JSON value is, for error reasons ("a string", "number 42", ...).
-pub(crate) fn describe(v: &Value) -> String {
+pub fn describe(v: &Value) -> String {
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("boolean {b}"),

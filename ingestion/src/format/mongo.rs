@@ -319,17 +319,8 @@ pub(super) fn json_reject(what: &str, e: &serde_json::Error) -> Reject {
     ))
 }
 
-/// What a JSON value is, for reject reasons ("a string", "number 42", ...).
-pub(super) fn describe(v: &Value) -> String {
-    match v {
-        Value::Null => "null".into(),
-        Value::Bool(b) => format!("boolean {b}"),
-        Value::Number(n) => format!("number {n}"),
-        Value::String(_) => "a string".into(),
-        Value::Array(_) => "an array".into(),
-        Value::Object(_) => "a document".into(),
-    }
-}
+/// What a JSON value is, for reject reasons (shared with the DAL's builders).
+pub(super) use overseer_dal::builder::describe;
 
 /// Rewrites UUID binaries (`$binary` subtype 4, in the v2 or legacy form) to `{"$uuid":
 /// "8-4-4-4-12"}`, the form ids and references read as text.

@@ -81,64 +81,7 @@ mod tests {
     use overseer_dal::pgoutput::encode::Msg;
     use overseer_dal::update::Op;
 
-    const REL: u32 = 16_390;
-
-    fn relation() -> Vec<u8> {
-        let cols = [
-            (1, "id", 25),
-            (0, "account_id", 25),
-            (0, "amount", 1700),
-            (0, "memo", 25),
-        ];
-        let mut m = Msg::new(b'R')
-            .u32(REL)
-            .s("payments")
-            .s("transfers")
-            .u8(b'd')
-            .u16(cols.len() as u16);
-        for (flags, name, oid) in cols {
-            m = m.u8(flags).s(name).u32(oid).u32(u32::MAX);
-        }
-        m.0
-    }
-
-    fn t(s: &str) -> Cell {
-        Cell::Text(s.into())
-    }
-
-    fn insert() -> Vec<u8> {
-        Msg::new(b'I')
-            .u32(REL)
-            .u8(b'N')
-            .tuple(&[t("t1"), t("acct-1"), t("12.50"), Cell::Null])
-            .0
-    }
-
-    fn update_toast() -> Vec<u8> {
-        Msg::new(b'U')
-            .u32(REL)
-            .u8(b'N')
-            .tuple(&[t("t1"), t("acct-1"), t("13.00"), Cell::UnchangedToast])
-            .0
-    }
-
-    fn update_key_change() -> Vec<u8> {
-        Msg::new(b'U')
-            .u32(REL)
-            .u8(b'K')
-            .tuple(&[t("t0"), Cell::Null, Cell::Null, Cell::Null])
-            .u8(b'N')
-            .tuple(&[t("t1"), t("acct-1"), t("13.00"), t("m")])
-            .0
-    }
-
-    fn delete() -> Vec<u8> {
-        Msg::new(b'D')
-            .u32(REL)
-            .u8(b'K')
-            .tuple(&[t("t1"), Cell::Null, Cell::Null, Cell::Null])
-            .0
-    }
+    use overseer_dal::pgoutput::encode::sample::*;
 
     fn consumer(fixed: Option<&str>) -> PgoutputConsumer {
         let models = vec![
