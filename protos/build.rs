@@ -7,13 +7,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    let fds = protox::compile(protos, ["proto"])?;
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_imports(true);
+    for p in protos {
+        compiler.open_file(p)?;
+    }
+    // Encoded by protox itself: it keeps custom options (`(overseer.views.v1.model)`, ...),
+    // which a round trip through prost_types' FileDescriptorSet would drop, and the DAL
+    // reads views from them.
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(
         out.join("descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )?;
-    // `bytes` fields as `bytes::Bytes`: raw events move from source to segment without copies.
-    prost_build::Config::new().bytes(["."]).compile_fds(fds)?;
+    prost_build::Config::new()
+        .bytes(["."])
+        // `prost::Name` for every message: the DAL finds a typed view's descriptor by name.
+        .enable_type_names()
+        .compile_fds(compiler.file_descriptor_set())?;
     Ok(())
 }

@@ -19,6 +19,13 @@ pub enum Error {
     /// A caller passed something invalid (bad key, bad config).
     #[error("invalid {what}: {message}")]
     Invalid { what: String, message: String },
+    /// A record's updates could not be folded into its state (a definite problem with a
+    /// stored update, named in the error).
+    #[error(transparent)]
+    Build(#[from] crate::builder::BuildError),
+    /// A record's state does not fit its view message, or a view is unknown or ill-defined.
+    #[error("view {view}: {message}")]
+    View { view: String, message: String },
     #[error("i/o on {path}: {source}")]
     Io {
         path: String,
@@ -41,7 +48,10 @@ impl Error {
                 source.kind(),
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
             ),
-            Error::Corrupt { .. } | Error::Invalid { .. } => false,
+            Error::Corrupt { .. }
+            | Error::Invalid { .. }
+            | Error::Build(_)
+            | Error::View { .. } => false,
         }
     }
 
@@ -62,6 +72,13 @@ impl Error {
     pub(crate) fn invalid(what: impl Into<String>, message: impl std::fmt::Display) -> Self {
         Error::Invalid {
             what: what.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn view(view: impl Into<String>, message: impl std::fmt::Display) -> Self {
+        Error::View {
+            view: view.into(),
             message: message.to_string(),
         }
     }

@@ -11,21 +11,28 @@
 //! - [`config`]: serde configuration of the three backends.
 //! - [`pgoutput`]: the parser of PostgreSQL logical-replication (pgoutput) row changes.
 //! - [`builder`]: aggregation, the stateless folds of a record's updates into its state.
+//! - [`view`]: view messages (by descriptor) and their registry.
+//! - [`reader`]: the [`Dal`]: time travel, aggregation and (joined) views as of a time.
+//! - [`cache`]: the DAL's byte-bounded read cache of decoded update records.
 
 pub mod builder;
 pub mod bus;
+pub mod cache;
 pub mod catalog;
 pub mod config;
 pub mod conformance;
 pub mod error;
 pub mod keys;
 pub mod pgoutput;
+pub mod reader;
 pub mod segment;
 pub mod store;
 pub mod testkit;
 pub mod update;
+pub mod view;
 
 pub use bus::Bus;
 pub use catalog::Catalog;
+pub use reader::{Dal, Viewed};
 pub use error::{Error, Result};
 pub use store::ObjectStore;

@@ -2,15 +2,16 @@
 //! (`format::build` from a parsed config): the fixture files under `tests/fixtures/`
 //! (Debezium PostgreSQL and MongoDB envelopes, a native change stream in extended JSON),
 //! the same change stream as raw BSON, the Overseer post's Toy example, a protobuf outbox
-//! message, and the malformed corpus whose expected reasons are listed in
-//! `tests/fixtures/README.md`.
+//! message (also folded into record states through `format::builders`), and the malformed
+//! corpus whose expected reasons are listed in `tests/fixtures/README.md`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bson::{Bson, doc, oid::ObjectId};
 use bytes::Bytes;
-use overseer_dal::update::Op;
+use overseer_dal::builder::{BuildError, Builders, State};
+use overseer_dal::update::{Op, Reference, UpdateRecord};
 use overseer_ingestion::config::{Config, Format};
 use overseer_ingestion::format::{self, Consumer, Decoded};
 use overseer_ingestion::source::SourceEvent;
@@ -520,4 +521,271 @@ fn protobuf_through_build() {
     }
     let e = format::build(&bad, &cfg).unwrap_err().to_string();
     assert!(e.contains("[sources.protobuf] descriptor_set"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Protobuf events, from the consumer to the record's state (`format::builders`).
+
+/// `CONFIG` plus two protobuf sources over tests/fixtures/transfer_event.proto: an outbox
+/// of `TransferEvent`s (the record in `transfer`), and bare `Transfer` rows (the whole
+/// message is the record, the op in its `op` string).
+fn protobuf_config(ds: &Path) -> Config {
+    let toml = format!(
+        "{CONFIG}
+[[sources]]
+name = \"outbox\"
+format = \"protobuf\"
+model = \"payments.transfers\"
+[sources.file]
+path = \"outbox.bin\"
+[sources.protobuf]
+descriptor_set = {ds:?}
+message = \"payments.v1.TransferEvent\"
+time_field = \"committed_at\"
+op_field = \"kind\"
+record_field = \"transfer\"
+
+[[sources]]
+name = \"transfer-rows\"
+format = \"protobuf\"
+model = \"payments.transfers\"
+[sources.file]
+path = \"rows.bin\"
+[sources.protobuf]
+descriptor_set = {ds:?}
+message = \"payments.v1.Transfer\"
+time_field = \"updated_at_ms\"
+op_field = \"op\"
+",
+        ds = ds.display().to_string()
+    );
+    let cfg: Config = toml::from_str(&toml).unwrap();
+    cfg.validate().unwrap();
+    cfg
+}
+
+/// Compiles transfer_event.proto into a descriptor set file in `dir`.
+fn protobuf_descriptor_set(dir: &Path) -> (PathBuf, prost_reflect::DescriptorPool) {
+    use prost_reflect::prost::Message as _;
+    let fds = protox::compile(["transfer_event.proto"], [fixture("")]).unwrap();
+    let ds = dir.join("payments.binpb");
+    std::fs::write(&ds, fds.encode_to_vec()).unwrap();
+    let pool = prost_reflect::DescriptorPool::decode(fds.encode_to_vec().as_slice()).unwrap();
+    (ds, pool)
+}
+
+/// Stores protobuf events (given as proto3 JSON of `message`) of `source` the way the
+/// pipeline does: each accepted by the source's consumer, its raw bytes kept as received.
+fn protobuf_records(
+    cfg: &Config,
+    pool: &prost_reflect::DescriptorPool,
+    source: &str,
+    message: &str,
+    events: &[&str],
+) -> Vec<UpdateRecord> {
+    use prost_reflect::prost::Message as _;
+    let src = cfg.sources.iter().find(|s| s.name == source).unwrap();
+    let c = format::build(src, cfg).unwrap();
+    let desc = pool.get_message_by_name(message).unwrap();
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, json)| {
+            let mut de = serde_json::Deserializer::from_str(json);
+            let raw = prost_reflect::DynamicMessage::deserialize(desc.clone(), &mut de)
+                .unwrap()
+                .encode_to_vec();
+            let ev = event(raw, i + 1);
+            let d = c
+                .decode(&ev)
+                .unwrap_or_else(|r| panic!("{source} event {}: rejected: {r}", i + 1));
+            UpdateRecord {
+                source: source.into(),
+                position: d.event_id.unwrap_or(ev.position),
+                model: d.model,
+                record_id: d.record_id,
+                op: d.op as i32,
+                event_time_us: d.event_time_us,
+                format: c.format().name().into(),
+                refs: d
+                    .refs
+                    .into_iter()
+                    .map(|(name, value)| Reference { name, value })
+                    .collect(),
+                raw: ev.raw,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn state(v: serde_json::Value) -> Option<State> {
+    match v {
+        serde_json::Value::Object(m) => Some(m),
+        other => panic!("not a document: {other}"),
+    }
+}
+
+/// The states after each of a record's updates.
+fn states(b: &Builders, records: &[UpdateRecord]) -> Vec<Option<State>> {
+    (1..=records.len())
+        .map(|n| b.fold(&records[..n]).unwrap())
+        .collect()
+}
+
+#[test]
+fn protobuf_events_fold_into_their_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, pool) = protobuf_descriptor_set(dir.path());
+    let cfg = protobuf_config(&ds);
+    let b = format::builders(&cfg).unwrap();
+    assert!(b.protobuf("outbox").is_some() && b.protobuf("transfer-rows").is_some());
+    assert!(b.protobuf("transfers-debezium").is_none());
+
+    // The outbox: the record is the `transfer` sub-message; each event a full image.
+    let recs = protobuf_records(
+        &cfg,
+        &pool,
+        "outbox",
+        "payments.v1.TransferEvent",
+        &[
+            r#"{"committedAt": "2024-03-01T12:00:00Z", "kind": "CHANGE_KIND_CREATE",
+                "transfer": {"id": "t-1001", "accountId": "acc-1", "asset": "BTC", "amount": "0.5",
+                             "updatedAtMs": "1709294400000"},
+                "meta": {"ts": "2024-03-01T12:00:00Z"}}"#,
+            r#"{"committedAt": "2024-03-01T12:00:01Z", "kind": "CHANGE_KIND_UPDATE",
+                "transfer": {"id": "t-1001", "accountId": "acc-2", "status": "completed"}}"#,
+            r#"{"committedAt": "2024-03-01T12:00:02Z", "kind": "CHANGE_KIND_DELETE",
+                "transfer": {"id": "t-1001"}}"#,
+            r#"{"committedAt": "2024-03-01T12:00:03Z",
+                "transfer": {"id": "t-1001", "amount": "1"}}"#,
+        ],
+    );
+    let ops: Vec<Op> = recs.iter().map(|r| r.op()).collect();
+    assert_eq!(ops, [Op::Create, Op::Update, Op::Delete, Op::Update]);
+    assert!(recs.iter().all(|r| r.record_id == "t-1001"));
+    assert_eq!(
+        states(&b, &recs),
+        [
+            // .proto field names; the int64 a number, not a string; the envelope left out.
+            state(
+                serde_json::json!({"id": "t-1001", "account_id": "acc-1", "asset": "BTC",
+                "amount": "0.5", "updated_at_ms": 1_709_294_400_000_i64})
+            ),
+            // Replaced, not merged: asset, amount and updated_at_ms are gone.
+            state(
+                serde_json::json!({"id": "t-1001", "account_id": "acc-2", "status": "completed"})
+            ),
+            // A delete ends the record...
+            None,
+            // ...and a later image (no op: an update of the full record) begins it again.
+            state(serde_json::json!({"id": "t-1001", "amount": "1"})),
+        ]
+    );
+    // The references indexed are read from the record the state is built from.
+    assert_eq!(
+        recs[1].refs,
+        [Reference {
+            name: "account_id".into(),
+            value: "acc-2".into()
+        }]
+    );
+
+    // Bare rows: the whole message is the record, its op field included.
+    let recs = protobuf_records(
+        &cfg,
+        &pool,
+        "transfer-rows",
+        "payments.v1.Transfer",
+        &[
+            r#"{"id": "t-7", "accountId": "acc-9", "updatedAtMs": "1709294400123", "op": "c"}"#,
+            r#"{"id": "t-7", "accountId": "acc-9", "updatedAtMs": "9007199254740993", "op": "u",
+                "status": "settled"}"#,
+            r#"{"id": "t-7", "updatedAtMs": "9007199254740994", "op": "d"}"#,
+        ],
+    );
+    assert_eq!(
+        states(&b, &recs),
+        [
+            state(serde_json::json!({"id": "t-7", "account_id": "acc-9",
+                "updated_at_ms": 1_709_294_400_123_i64, "op": "c"})),
+            // Beyond 2^53: still exact.
+            state(serde_json::json!({"id": "t-7", "account_id": "acc-9",
+                "updated_at_ms": 9_007_199_254_740_993_i64, "op": "u", "status": "settled"})),
+            None,
+        ]
+    );
+    assert_eq!(recs[1].event_time_us, 9_007_199_254_740_993_000);
+}
+
+#[test]
+fn protobuf_without_a_builder_is_unsupported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, pool) = protobuf_descriptor_set(dir.path());
+    let cfg = protobuf_config(&ds);
+    let recs = protobuf_records(
+        &cfg,
+        &pool,
+        "outbox",
+        "payments.v1.TransferEvent",
+        &[r#"{"committedAt": "2024-03-01T12:00:00Z", "transfer": {"id": "t-1"}}"#],
+    );
+    // A config without the outbox: its updates have no descriptor to be read with.
+    let without = format::builders(&config()).unwrap();
+    assert!(without.protobuf("outbox").is_none());
+    for e in [
+        without.fold(&recs).unwrap_err(),
+        overseer_dal::builder::fold(&recs).unwrap_err(),
+    ] {
+        assert!(matches!(e, BuildError::Unsupported { .. }), "{e}");
+        assert_eq!(e.update().to_string(), "outbox@00000001");
+        assert!(
+            e.reason()
+                .starts_with("source \"outbox\" has no protobuf descriptor configured"),
+            "{e}"
+        );
+    }
+    // With it, the same update builds.
+    let with = format::builders(&cfg).unwrap();
+    assert_eq!(
+        with.fold(&recs),
+        Ok(state(serde_json::json!({"id": "t-1"})))
+    );
+}
+
+#[test]
+fn protobuf_builder_errors_name_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ds, _) = protobuf_descriptor_set(dir.path());
+    let err = |edit: &dyn Fn(&mut overseer_ingestion::config::ProtobufFormatConfig)| {
+        let mut cfg = protobuf_config(&ds);
+        let src = cfg.sources.iter_mut().find(|s| s.name == "outbox").unwrap();
+        edit(src.protobuf.as_mut().unwrap());
+        format::builders(&cfg).unwrap_err().to_string()
+    };
+    let e = err(&|p| p.descriptor_set = dir.path().join("missing.binpb"));
+    assert!(
+        e.starts_with("config: sources \"outbox\": [sources.protobuf] descriptor_set ")
+            && e.contains("cannot read it"),
+        "{e}"
+    );
+    let e = err(&|p| p.message = "payments.v1.Nope".into());
+    assert!(
+        e.starts_with(
+            "config: sources \"outbox\": [sources.protobuf] message \"payments.v1.Nope\" is not in the descriptor set"
+        ),
+        "{e}"
+    );
+    let e = err(&|p| p.record_field = Some("meta.nope".into()));
+    assert!(
+        e.starts_with(
+            "config: sources \"outbox\": [sources.protobuf] record_field \"meta.nope\": message payments.v1.Meta has no field \"nope\""
+        ),
+        "{e}"
+    );
+    let e = err(&|p| p.record_field = Some("committed_at.seconds".into()));
+    assert!(
+        e.contains("record_field \"committed_at.seconds\": must be a (singular) message"),
+        "{e}"
+    );
 }

@@ -2,8 +2,8 @@
 //!
 //! A builder is a stateless fold. Given the update records of one record, already in
 //! time-travel order ([`IndexEntry::order_key`](crate::update::IndexEntry::order_key)) and
-//! cut at the time of interest, [`fold`] replays them, each according to its own `format`,
-//! and returns the record's document as of the last one: `Some(fields)`, or `None` when the
+//! cut at the time of interest, [`Builders::fold`] replays them, each according to its own
+//! `format`, and returns the record's document as of the last one: `Some(fields)`, or `None` when the
 //! record does not exist after it (deleted, or never created). Nothing is cached or stored,
 //! so fixing a builder needs no backfill: the raw events are the truth.
 //!
@@ -18,10 +18,15 @@
 //! - [`debezium`]: Debezium envelopes, PostgreSQL (`debezium-postgres`, row images) and
 //!   MongoDB (`debezium-mongo`).
 //! - [`pgoutput`]: PostgreSQL logical replication row images (`pgoutput`), typed by column.
+//! - [`protobuf`]: protobuf messages (`protobuf`), read through the source's descriptor.
 //! - [`path`]: MongoDB dotted field paths (`a.b.2.c`), shared by both MongoDB families.
 //!
-//! `protobuf` records are not built yet ([`BuildError::Unsupported`]): reading them needs
-//! the source's message descriptor, which the update record does not carry.
+//! Every format but `protobuf` is read from the update record alone. A protobuf event needs
+//! its source's message descriptor, which the record does not carry, so the folds are
+//! methods of [`Builders`], which holds a [`ProtobufBuilder`] per protobuf source (the
+//! ingestion crate makes it from the same config its consumers use). The free [`fold`] and
+//! [`apply`] are those of an empty [`Builders`]: a protobuf update through them is
+//! [`BuildError::Unsupported`].
 //!
 //! # Primary-key changes
 //!
@@ -36,6 +41,9 @@
 //! folded as any other record (the new id), its new image is the state. So the same stored
 //! update can be indexed under both ids and each fold reads it right.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use serde_json::{Map, Value};
 
 use crate::update::UpdateRecord;
@@ -44,6 +52,9 @@ pub mod debezium;
 pub mod mongo;
 pub mod path;
 pub mod pgoutput;
+pub mod protobuf;
+
+pub use protobuf::ProtobufBuilder;
 
 /// A record's state: its fields, as a JSON object.
 pub type State = Map<String, Value>;
@@ -59,7 +70,7 @@ pub mod formats {
 }
 
 /// The identity of an update, `(source, position)`, for error messages.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UpdateRef {
     pub source: String,
     pub position: String,
@@ -117,38 +128,94 @@ impl BuildError {
     }
 }
 
-/// Folds a record's updates (in time-travel order) into its state after the last one;
-/// `None` if the record does not exist then.
-pub fn fold(records: &[UpdateRecord]) -> Result<Option<State>, BuildError> {
-    records.iter().try_fold(None, apply)
+/// The builders of every format, with what some formats need per source: a
+/// [`ProtobufBuilder`] for each protobuf source. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Builders {
+    /// By source name: a protobuf update is read with its own source's descriptor, since
+    /// the update record names the source but not the message type.
+    protobuf: HashMap<String, Arc<ProtobufBuilder>>,
 }
 
-/// Applies one update to the state before it (`None`: the record does not exist).
-pub fn apply(state: Option<State>, rec: &UpdateRecord) -> Result<Option<State>, BuildError> {
-    let invalid = |reason: String| BuildError::Invalid {
-        update: UpdateRef::of(rec),
-        format: rec.format.clone(),
-        reason,
-    };
-    match rec.format.as_str() {
-        formats::MONGO_CHANGE_STREAM => mongo::apply_json(state, &rec.raw).map_err(invalid),
-        formats::MONGO_CHANGE_STREAM_BSON => mongo::apply_bson(state, &rec.raw).map_err(invalid),
-        formats::DEBEZIUM_MONGO => debezium::apply_mongo(state, &rec.raw).map_err(invalid),
-        formats::DEBEZIUM_POSTGRES => debezium::apply_postgres(state, rec).map_err(invalid),
-        formats::PGOUTPUT => pgoutput::apply(state, rec).map_err(invalid),
-        formats::PROTOBUF => Err(BuildError::Unsupported {
-            update: UpdateRef::of(rec),
-            format: rec.format.clone(),
-            reason: "format \"protobuf\" has no builder yet: reading it needs the source's \
-                     message descriptor, which the update record does not carry"
-                .into(),
-        }),
-        other => Err(BuildError::Unsupported {
-            update: UpdateRef::of(rec),
-            format: rec.format.clone(),
-            reason: format!("unknown format {other:?}"),
-        }),
+impl Builders {
+    /// Builders of the formats that need nothing per source.
+    pub fn new() -> Self {
+        Builders::default()
     }
+
+    /// Adds (or replaces) the protobuf builder of `source`.
+    pub fn with_protobuf(mut self, source: impl Into<String>, b: ProtobufBuilder) -> Self {
+        self.protobuf.insert(source.into(), Arc::new(b));
+        self
+    }
+
+    /// The protobuf builder of `source`, if one is registered.
+    pub fn protobuf(&self, source: &str) -> Option<&ProtobufBuilder> {
+        self.protobuf.get(source).map(|b| b.as_ref())
+    }
+
+    /// Folds a record's updates (in time-travel order) into its state after the last one;
+    /// `None` if the record does not exist then.
+    pub fn fold<'a, I>(&self, records: I) -> Result<Option<State>, BuildError>
+    where
+        I: IntoIterator<Item = &'a UpdateRecord>,
+    {
+        records
+            .into_iter()
+            .try_fold(None, |state, rec| self.apply(state, rec))
+    }
+
+    /// Applies one update to the state before it (`None`: the record does not exist).
+    pub fn apply(
+        &self,
+        state: Option<State>,
+        rec: &UpdateRecord,
+    ) -> Result<Option<State>, BuildError> {
+        let invalid = |reason: String| BuildError::Invalid {
+            update: UpdateRef::of(rec),
+            format: rec.format.clone(),
+            reason,
+        };
+        match rec.format.as_str() {
+            formats::MONGO_CHANGE_STREAM => mongo::apply_json(state, &rec.raw).map_err(invalid),
+            formats::MONGO_CHANGE_STREAM_BSON => {
+                mongo::apply_bson(state, &rec.raw).map_err(invalid)
+            }
+            formats::DEBEZIUM_MONGO => debezium::apply_mongo(state, &rec.raw).map_err(invalid),
+            formats::DEBEZIUM_POSTGRES => debezium::apply_postgres(state, rec).map_err(invalid),
+            formats::PGOUTPUT => pgoutput::apply(state, rec).map_err(invalid),
+            formats::PROTOBUF => match self.protobuf(&rec.source) {
+                Some(b) => b.apply(state, rec).map_err(invalid),
+                None => Err(BuildError::Unsupported {
+                    update: UpdateRef::of(rec),
+                    format: rec.format.clone(),
+                    reason: format!(
+                        "source {:?} has no protobuf descriptor configured: format \"protobuf\" \
+                         is read with its source's message descriptor, which the update record \
+                         does not carry",
+                        rec.source
+                    ),
+                }),
+            },
+            other => Err(BuildError::Unsupported {
+                update: UpdateRef::of(rec),
+                format: rec.format.clone(),
+                reason: format!("unknown format {other:?}"),
+            }),
+        }
+    }
+}
+
+/// [`Builders::fold`] with no protobuf builder: a protobuf update is
+/// [`BuildError::Unsupported`].
+pub fn fold(records: &[UpdateRecord]) -> Result<Option<State>, BuildError> {
+    Builders::default().fold(records)
+}
+
+/// [`Builders::apply`] with no protobuf builder: a protobuf update is
+/// [`BuildError::Unsupported`].
+pub fn apply(state: Option<State>, rec: &UpdateRecord) -> Result<Option<State>, BuildError> {
+    Builders::default().apply(state, rec)
 }
 
 /// What a JSON value is, for error reasons ("a string", "number 42", ...).
@@ -207,7 +274,16 @@ mod tests {
         let e = fold(&[rec("protobuf", b"\x08\x01")]).unwrap_err();
         assert!(matches!(e, BuildError::Unsupported { .. }), "{e}");
         assert_eq!(e.update().to_string(), "src@42");
-        assert!(e.to_string().contains("protobuf"), "{e}");
+        assert!(
+            e.reason()
+                .starts_with("source \"src\" has no protobuf descriptor configured"),
+            "{e}"
+        );
+        // A builder registered for another source does not read this one's events.
+        let other = ProtobufBuilder::new(protobuf::tests::pool(), "test.v1.Account", None).unwrap();
+        let b = Builders::new().with_protobuf("elsewhere", other);
+        let e = b.fold(&[rec("protobuf", b"\x08\x01")]).unwrap_err();
+        assert!(matches!(e, BuildError::Unsupported { .. }), "{e}");
 
         let e = fold(&[rec("csv", b"a,b")]).unwrap_err();
         assert!(e.reason().contains("unknown format \"csv\""), "{e}");
@@ -217,6 +293,41 @@ mod tests {
         assert!(
             e.to_string().starts_with(
                 "cannot build from update src@42 (format mongo-change-stream): invalid JSON"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn protobuf_dispatches_by_source() {
+        use prost_reflect::prost::Message as _;
+
+        let b = ProtobufBuilder::new(protobuf::tests::pool(), "test.v1.Account", None).unwrap();
+        let mut msg = prost_reflect::DynamicMessage::new(b.message().clone());
+        msg.set_field_by_name("id", prost_reflect::Value::String("a-1".into()));
+        msg.set_field_by_name("balance", prost_reflect::Value::I64(-5));
+        let builders = Builders::new().with_protobuf("src", b);
+        let mut create = rec("protobuf", &msg.encode_to_vec());
+        create.op = crate::update::Op::Create as i32;
+        let mut delete = create.clone();
+        delete.op = crate::update::Op::Delete as i32;
+        let want: State = serde_json::from_str(r#"{"id": "a-1", "balance": -5}"#).unwrap();
+        assert_eq!(builders.fold([&create]), Ok(Some(want.clone())));
+        assert_eq!(builders.apply(None, &create), Ok(Some(want)));
+        assert_eq!(builders.fold(&[create.clone(), delete]), Ok(None));
+        // Other formats are read as without builders.
+        let mongo = rec(
+            formats::MONGO_CHANGE_STREAM,
+            br#"{"operationType":"insert","fullDocument":{"_id":"x"}}"#,
+        );
+        assert_eq!(builders.fold([&mongo]), fold(std::slice::from_ref(&mongo)));
+        // A bad event of a registered source is invalid, naming the update.
+        create.raw = bytes::Bytes::from_static(b"\x12\xff");
+        let e = builders.fold([&create]).unwrap_err();
+        assert!(matches!(e, BuildError::Invalid { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "cannot build from update src@42 (format protobuf): invalid protobuf: not a test.v1.Account"
             ),
             "{e}"
         );
@@ -235,6 +346,13 @@ mod tests {
             b"\x05\x00\x00\x00\x00",
             b"U\x00\x00\x00\x01",
         ];
+        let account = ProtobufBuilder::new(protobuf::tests::pool(), "test.v1.Account", None);
+        let event = ProtobufBuilder::new(protobuf::tests::pool(), "test.v1.Event", Some("account"));
+        let all = [
+            Builders::new(),
+            Builders::new().with_protobuf("src", account.unwrap()),
+            Builders::new().with_protobuf("src", event.unwrap()),
+        ];
         for f in [
             formats::PGOUTPUT,
             formats::DEBEZIUM_POSTGRES,
@@ -247,7 +365,11 @@ mod tests {
                 let _ = fold(&[rec(f, raw)]);
                 let mut base = State::new();
                 base.insert("a".into(), Value::from(1));
-                let _ = apply(Some(base), &rec(f, raw));
+                let _ = apply(Some(base.clone()), &rec(f, raw));
+                for b in &all {
+                    let _ = b.fold([&rec(f, raw)]);
+                    let _ = b.apply(Some(base.clone()), &rec(f, raw));
+                }
             }
         }
     }

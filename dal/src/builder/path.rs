@@ -182,6 +182,21 @@ pub fn unset(doc: &mut Map<String, Value>, parts: &[String]) {
     }
 }
 
+/// The value at a dotted path (`a.b.2.c`: fields of documents, indexes of arrays), if
+/// there is one. Read-only lookups (views, joins) use it.
+pub fn get<'a>(doc: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    let mut parts = path.split('.');
+    let mut cur = doc.get(parts.next()?)?;
+    for p in parts {
+        cur = match cur {
+            Value::Object(m) => m.get(p)?,
+            Value::Array(a) => a.get(p.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
 /// The value at `parts`, mutably, if there is one.
 pub fn get_mut<'a>(doc: &'a mut Map<String, Value>, parts: &[String]) -> Option<&'a mut Value> {
     let [first, rest @ ..] = parts else {

@@ -5,7 +5,8 @@
 //!
 //! - [`debezium`]: Debezium PostgreSQL and MongoDB envelopes.
 //! - [`mongo`]: native MongoDB change-stream events, extended JSON and raw BSON.
-//! - [`protobuf`]: protobuf messages read through a configured descriptor.
+//! - [`protobuf`]: protobuf messages read through a configured descriptor; also
+//!   [`builders`], the state builders the dal needs per protobuf source.
 //! - [`pgoutput`]: row changes from PostgreSQL logical replication.
 
 use std::collections::HashMap;
@@ -23,6 +24,8 @@ pub mod debezium;
 pub mod mongo;
 pub mod pgoutput;
 pub mod protobuf;
+
+pub use protobuf::builders;
 
 /// The metadata a consumer reads out of one event.
 #[derive(Clone, Debug, PartialEq, Eq)]

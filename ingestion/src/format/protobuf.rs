@@ -19,19 +19,22 @@
 //! Field paths are resolved against the descriptor once, when the consumer is built: a
 //! path that names no field, or a field of the wrong type, is a configuration error naming
 //! the key, not a stream of quarantined events.
+//!
+//! Decoding, the record field and its JSON are those of the dal's
+//! [`ProtobufBuilder`](overseer_dal::builder::ProtobufBuilder), which folds the stored
+//! events into the record's state: one implementation, so the id and references indexed
+//! for an event are read from exactly the record the state is built from. [`builders`]
+//! makes that builder for every protobuf source of a config.
 
-use std::borrow::Cow;
-
-use prost_reflect::{
-    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, SerializeOptions,
-    Value as PValue,
-};
+use prost_reflect::{DescriptorPool, FieldDescriptor, Kind, Value as PValue};
 use serde_json::Value;
 
+use overseer_dal::builder::protobuf::{FieldPath, kind_name, lookup};
+use overseer_dal::builder::{Builders, ProtobufBuilder};
 use overseer_dal::update::{Micros, Op};
 
 use super::{Consumer, Decoded, Models, Reject};
-use crate::config::{Format, ProtobufFormatConfig};
+use crate::config::{Config, Format, ProtobufFormatConfig};
 use crate::source::SourceEvent;
 use crate::{Error, Result};
 
@@ -39,66 +42,23 @@ use crate::{Error, Result};
 #[derive(Debug)]
 pub struct ProtobufConsumer {
     models: Models,
-    message: MessageDescriptor,
+    /// The message type and `record_field`, resolved; decodes events and reads their record.
+    record: ProtobufBuilder,
     /// `time_field`, resolved.
     time: FieldPath,
     /// `op_field`, resolved.
     op: Option<FieldPath>,
-    /// `record_field`, resolved; the whole message when `None`.
-    record: Option<FieldPath>,
-}
-
-/// A dotted field path resolved against the descriptor.
-#[derive(Debug)]
-struct FieldPath {
-    /// Every field of the path, outermost first; never empty.
-    fields: Vec<FieldDescriptor>,
-    /// The last of them.
-    leaf: FieldDescriptor,
-}
-
-impl FieldPath {
-    fn name(&self) -> String {
-        self.fields
-            .iter()
-            .map(|f| f.name())
-            .collect::<Vec<_>>()
-            .join(".")
-    }
 }
 
 impl ProtobufConsumer {
     /// Loads the descriptor set and resolves the configured fields; any problem is an
     /// [`Error::Config`] naming the `[sources.protobuf]` key at fault.
     pub fn new(models: Models, cfg: &ProtobufFormatConfig) -> Result<Self> {
-        let path = cfg.descriptor_set.display();
-        let bytes = std::fs::read(&cfg.descriptor_set).map_err(|e| {
-            Error::Config(format!(
-                "[sources.protobuf] descriptor_set {path}: cannot read it: {e}"
-            ))
-        })?;
-        let pool = DescriptorPool::decode(bytes.as_slice()).map_err(|e| {
-            Error::Config(format!(
-                "[sources.protobuf] descriptor_set {path}: not a valid FileDescriptorSet: {e}"
-            ))
-        })?;
-        let message = pool.get_message_by_name(&cfg.message).ok_or_else(|| {
-            let mut known: Vec<String> = pool
-                .all_messages()
-                .filter(|m| !m.full_name().starts_with("google.protobuf."))
-                .map(|m| m.full_name().to_owned())
-                .take(20)
-                .collect();
-            known.sort();
-            Error::Config(format!(
-                "[sources.protobuf] message {:?} is not in descriptor_set {path} (it has: {})",
-                cfg.message,
-                known.join(", ")
-            ))
-        })?;
+        let record = builder(cfg)?;
+        let message = record.message();
 
-        let time = resolve(&message, "time_field", &cfg.time_field)?;
-        let last = &time.leaf;
+        let time = resolve(message, "time_field", &cfg.time_field)?;
+        let last = time.leaf();
         let time_ok = !last.is_list()
             && match last.kind() {
                 Kind::Message(m) => m.full_name() == "google.protobuf.Timestamp",
@@ -116,8 +76,8 @@ impl ProtobufConsumer {
         let op = match &cfg.op_field {
             None => None,
             Some(p) => {
-                let f = resolve(&message, "op_field", p)?;
-                let last = &f.leaf;
+                let f = resolve(message, "op_field", p)?;
+                let last = f.leaf();
                 if last.is_list() || !matches!(last.kind(), Kind::String | Kind::Enum(_)) {
                     return Err(Error::Config(format!(
                         "[sources.protobuf] op_field {p:?}: must be a string or an enum, not {}",
@@ -128,29 +88,50 @@ impl ProtobufConsumer {
             }
         };
 
-        let record = match &cfg.record_field {
-            None => None,
-            Some(p) => {
-                let f = resolve(&message, "record_field", p)?;
-                let last = &f.leaf;
-                if last.is_list() || last.is_map() || !matches!(last.kind(), Kind::Message(_)) {
-                    return Err(Error::Config(format!(
-                        "[sources.protobuf] record_field {p:?}: must be a (singular) message, not {}",
-                        kind_name(last)
-                    )));
-                }
-                Some(f)
-            }
-        };
-
         Ok(ProtobufConsumer {
             models,
-            message,
+            record,
             time,
             op,
-            record,
         })
     }
+}
+
+/// The state builder of one `[sources.protobuf]`: loads the descriptor set and resolves
+/// `message` and `record_field`; any problem is an [`Error::Config`] naming the key.
+pub fn builder(cfg: &ProtobufFormatConfig) -> Result<ProtobufBuilder> {
+    let path = cfg.descriptor_set.display();
+    let bytes = std::fs::read(&cfg.descriptor_set).map_err(|e| {
+        Error::Config(format!(
+            "[sources.protobuf] descriptor_set {path}: cannot read it: {e}"
+        ))
+    })?;
+    let pool = DescriptorPool::decode(bytes.as_slice()).map_err(|e| {
+        Error::Config(format!(
+            "[sources.protobuf] descriptor_set {path}: not a valid FileDescriptorSet: {e}"
+        ))
+    })?;
+    ProtobufBuilder::new(pool, &cfg.message, cfg.record_field.as_deref())
+        .map_err(|e| Error::Config(format!("[sources.protobuf] {e} (descriptor_set {path})")))
+}
+
+/// The state builders for `cfg`'s sources: a [`ProtobufBuilder`] for every `format =
+/// "protobuf"` source, from its `[sources.protobuf]`. An error names the source and the key.
+pub fn builders(cfg: &Config) -> Result<Builders> {
+    let mut out = Builders::new();
+    for src in cfg.sources.iter().filter(|s| s.format == Format::Protobuf) {
+        let at = |m: String| Error::Config(format!("sources {:?}: {m}", src.name));
+        let p = src
+            .protobuf
+            .as_ref()
+            .ok_or_else(|| at("[sources.protobuf] missing".into()))?;
+        let b = builder(p).map_err(|e| match e {
+            Error::Config(m) => at(m),
+            other => other,
+        })?;
+        out = out.with_protobuf(src.name.clone(), b);
+    }
+    Ok(out)
 }
 
 impl Consumer for ProtobufConsumer {
@@ -159,15 +140,10 @@ impl Consumer for ProtobufConsumer {
     }
 
     fn decode(&self, ev: &SourceEvent) -> std::result::Result<Decoded, Reject> {
-        let msg = DynamicMessage::decode(self.message.clone(), ev.raw.as_ref()).map_err(|e| {
-            Reject::new(format!(
-                "invalid protobuf: not a {}: {e}",
-                self.message.full_name()
-            ))
-        })?;
+        let msg = self.record.decode(ev.raw.as_ref()).map_err(Reject)?;
         let model = self.models.resolve(None)?;
 
-        let event_time_us = match lookup(&msg, &self.time.fields) {
+        let event_time_us = match lookup(&msg, self.time.fields()) {
             Some(v) => time_us(&v)
                 .map_err(|e| Reject::new(format!("no event time: {} {e}", self.time.name())))?,
             None => ev.commit_time_us.ok_or_else(|| {
@@ -177,24 +153,13 @@ impl Consumer for ProtobufConsumer {
 
         let op = match &self.op {
             None => Op::Update,
-            Some(path) => match lookup(&msg, &path.fields) {
+            Some(path) => match lookup(&msg, path.fields()) {
                 None => Op::Update,
-                Some(v) => op_of(&v, &path.leaf)?,
+                Some(v) => op_of(&v, path.leaf())?,
             },
         };
 
-        let record_json = match &self.record {
-            None => to_json(&msg)?,
-            Some(path) => match lookup(&msg, &path.fields).as_deref() {
-                Some(PValue::Message(m)) => to_json(m)?,
-                _ => {
-                    return Err(Reject::new(format!(
-                        "record field {} is not set",
-                        path.name()
-                    )));
-                }
-            },
-        };
+        let record_json = Value::Object(self.record.record_image(&msg).map_err(Reject)?);
         let (record_id, refs) = Models::id_and_refs(model, &record_json)?;
         Ok(Decoded {
             model: model.name.clone(),
@@ -208,55 +173,10 @@ impl Consumer for ProtobufConsumer {
     }
 }
 
-/// Resolves a dotted field path against `message`: every step but the last must be a
-/// singular message field.
-fn resolve(message: &MessageDescriptor, key: &str, path: &str) -> Result<FieldPath> {
-    let mut out = Vec::new();
-    let mut cur = message.clone();
-    let parts: Vec<&str> = path.split('.').collect();
-    for (i, part) in parts.iter().enumerate() {
-        let f = cur.get_field_by_name(part).ok_or_else(|| {
-            Error::Config(format!(
-                "[sources.protobuf] {key} {path:?}: message {} has no field {part:?}",
-                cur.full_name()
-            ))
-        })?;
-        if i + 1 < parts.len() {
-            match f.kind() {
-                Kind::Message(m) if !f.is_list() && !f.is_map() => cur = m,
-                _ => {
-                    return Err(Error::Config(format!(
-                        "[sources.protobuf] {key} {path:?}: {part:?} is not a singular message, \
-                         so it has no fields"
-                    )));
-                }
-            }
-        }
-        out.push(f);
-    }
-    let leaf = out
-        .last()
-        .cloned()
-        .ok_or_else(|| Error::Config(format!("[sources.protobuf] {key} is empty")))?;
-    Ok(FieldPath { fields: out, leaf })
-}
-
-/// The value at `path`, `None` when it or any message on the way is unset (for proto3
-/// scalars without presence: when it holds its default).
-fn lookup<'a>(msg: &'a DynamicMessage, path: &[FieldDescriptor]) -> Option<Cow<'a, PValue>> {
-    let (first, rest) = path.split_first()?;
-    if !msg.has_field(first) {
-        return None;
-    }
-    let v = msg.get_field(first);
-    if rest.is_empty() {
-        return Some(v);
-    }
-    match v {
-        Cow::Borrowed(PValue::Message(m)) => lookup(m, rest),
-        Cow::Owned(PValue::Message(m)) => lookup(&m, rest).map(|c| Cow::Owned(c.into_owned())),
-        _ => None,
-    }
+/// Resolves the dotted field path of `[sources.protobuf]` `key` against `message`.
+fn resolve(message: &prost_reflect::MessageDescriptor, key: &str, path: &str) -> Result<FieldPath> {
+    overseer_dal::builder::protobuf::resolve(message, path)
+        .map_err(|e| Error::Config(format!("[sources.protobuf] {key} {path:?}: {e}")))
 }
 
 fn is_integer(k: &Kind) -> bool {
@@ -273,21 +193,6 @@ fn is_integer(k: &Kind) -> bool {
             | Kind::Sfixed32
             | Kind::Sfixed64
     )
-}
-
-fn kind_name(f: &FieldDescriptor) -> String {
-    let k = match f.kind() {
-        Kind::Message(m) => m.full_name().to_owned(),
-        Kind::Enum(e) => format!("enum {}", e.full_name()),
-        k => format!("{k:?}").to_lowercase(),
-    };
-    if f.is_map() {
-        format!("a map ({k})")
-    } else if f.is_list() {
-        format!("repeated {k}")
-    } else {
-        k
-    }
 }
 
 /// A time field's value in microseconds since the epoch.
@@ -356,19 +261,13 @@ fn op_named(name: &str) -> Option<Op> {
     word(&lower).or_else(|| lower.rsplit_once('_').and_then(|(_, w)| word(w)))
 }
 
-/// A message as JSON, with the .proto's field names.
-fn to_json(m: &DynamicMessage) -> std::result::Result<Value, Reject> {
-    let opts = SerializeOptions::new().use_proto_field_name(true);
-    m.serialize_with_options(serde_json::value::Serializer, &opts)
-        .map_err(|e| Reject::new(format!("record cannot be read as JSON: {e}")))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::ModelConfig;
     use bytes::Bytes;
     use prost_reflect::prost::Message as _;
+    use prost_reflect::{DynamicMessage, MessageDescriptor};
     use std::path::{Path, PathBuf};
 
     fn fixtures() -> PathBuf {
@@ -430,7 +329,7 @@ mod tests {
         let c = ProtobufConsumer::new(models(), &cfg(&ds)).unwrap();
         assert_eq!(c.format(), Format::Protobuf);
         let raw = encode(
-            &c.message,
+            c.record.message(),
             r#"{"committedAt": "2024-03-01T12:00:00.000123Z", "kind": "CHANGE_KIND_CREATE",
                 "transfer": {"id": "t-1001", "accountId": "acc-1", "asset": "BTC", "amount": "0.5"}}"#,
         );
@@ -448,12 +347,12 @@ mod tests {
         );
         // Op unset → update; enum names are matched by their last word.
         let raw = encode(
-            &c.message,
+            c.record.message(),
             r#"{"committedAt": "2024-03-01T12:00:01Z", "transfer": {"id": "t-1"}}"#,
         );
         assert_eq!(c.decode(&event(raw)).unwrap().op, Op::Update);
         let raw = encode(
-            &c.message,
+            c.record.message(),
             r#"{"committedAt": "2024-03-01T12:00:01Z", "kind": "CHANGE_KIND_DELETE", "transfer": {"id": "t-1"}}"#,
         );
         assert_eq!(c.decode(&event(raw)).unwrap().op, Op::Delete);
@@ -479,7 +378,7 @@ mod tests {
             ("replace", Op::Replace),
         ] {
             let raw = encode(
-                &c.message,
+                c.record.message(),
                 &format!(
                     r#"{{"id": "t-7", "accountId": "acc-9", "updatedAtMs": "1709294400123", "op": "{op}"}}"#
                 ),
@@ -492,12 +391,12 @@ mod tests {
             assert_eq!(d.refs, vec![("account".into(), "acc-9".into())]);
         }
         let raw = encode(
-            &c.message,
+            c.record.message(),
             r#"{"id": "t-7", "updatedAtMs": "1", "op": "x"}"#,
         );
         assert_eq!(c.decode(&event(raw)).unwrap_err().0, "unknown op \"x\"");
         // An empty id is unset in proto3: no record id.
-        let raw = encode(&c.message, r#"{"updatedAtMs": "1"}"#);
+        let raw = encode(c.record.message(), r#"{"updatedAtMs": "1"}"#);
         assert!(
             c.decode(&event(raw))
                 .unwrap_err()
@@ -516,18 +415,21 @@ mod tests {
             r.starts_with("invalid protobuf: not a payments.v1.TransferEvent: "),
             "{r}"
         );
-        let raw = encode(&c.message, r#"{"transfer": {"id": "t-1"}}"#);
+        let raw = encode(c.record.message(), r#"{"transfer": {"id": "t-1"}}"#);
         assert_eq!(
             c.decode(&event(raw)).unwrap_err().0,
             "no event time: committed_at is not set"
         );
-        let raw = encode(&c.message, r#"{"committedAt": "2024-03-01T12:00:01Z"}"#);
+        let raw = encode(
+            c.record.message(),
+            r#"{"committedAt": "2024-03-01T12:00:01Z"}"#,
+        );
         assert_eq!(
             c.decode(&event(raw)).unwrap_err().0,
             "record field transfer is not set"
         );
         let raw = encode(
-            &c.message,
+            c.record.message(),
             r#"{"committedAt": "2024-03-01T12:00:01Z", "kind": 9, "transfer": {"id": "t-1"}}"#,
         );
         assert_eq!(
@@ -536,7 +438,7 @@ mod tests {
         );
         // Arbitrary bytes never panic.
         let good = encode(
-            &c.message,
+            c.record.message(),
             r#"{"committedAt": "2024-03-01T12:00:01Z", "kind": 1, "transfer": {"id": "t-1", "accountId": "a"}}"#,
         );
         for n in 0..good.len() {
@@ -576,11 +478,15 @@ mod tests {
         });
         assert!(
             m.starts_with(
-                "[sources.protobuf] message \"payments.v1.Nope\" is not in descriptor_set"
+                "[sources.protobuf] message \"payments.v1.Nope\" is not in the descriptor set"
             ),
             "{m}"
         );
         assert!(m.contains("payments.v1.TransferEvent"), "{m}");
+        assert!(
+            m.ends_with(&format!("(descriptor_set {})", ds.display())),
+            "{m}"
+        );
         let m = err(ProtobufFormatConfig {
             time_field: "committed".into(),
             ..cfg(&ds)

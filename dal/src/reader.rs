@@ -1,0 +1,403 @@
+//! The data access layer proper: time travel, aggregation and views over the history.
+//!
+//! ```text
+//!  view::<TransferWithLedger>(id, T)
+//!    ├─ record(payments.transfers, id, T)   catalog: index entries ≤ T ─┐
+//!    │                                      cache / ranged GETs ────────┤ fold (builders)
+//!    ├─ records_by_ref(ledger.entries, transfer_id = id)                │
+//!    │    └─ record(ledger.entries, e, T) for each, kept if it exists   │
+//!    │       at T and still references id at T                         │
+//!    └─ lookup(payments.assets, transfer.asset, T)                      │
+//!  → DynamicMessage (descriptor-driven mapping) → typed prost message ──┘
+//! ```
+//!
+//! - **Time travel** ([`Dal::history`]): the updates of a record with commit time ≤ T, in
+//!   commit order, ties broken by source then source position (the catalog's order). Bytes
+//!   come from the [`ReadCache`] or from ranged reads of the segment objects; reads of one
+//!   segment that lie close together are coalesced into one request, and requests to
+//!   different segments run concurrently (bounded).
+//! - **Aggregation** ([`Dal::record`]): the [`Builders`] fold the updates into the state.
+//! - **Views** ([`Dal::view_dynamic`], [`Dal::view`]): the state mapped into the view's
+//!   message by [`crate::view::map`]; joined views add related records, each as of the same
+//!   T. Every view carries its *evidence*: the identities of the updates it was built from.
+//!
+//! Nothing here writes: a DAL can be shared by any number of readers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use prost_reflect::{DynamicMessage, Value as PValue};
+
+use crate::builder::{Builders, State, UpdateRef};
+use crate::cache::{CacheStats, DEFAULT_CACHE_BYTES, ReadCache};
+use crate::catalog::DynCatalog;
+use crate::keys::segment_key;
+use crate::segment::decode_record;
+use crate::store::DynStore;
+use crate::update::{IndexEntry, Micros, Op, UpdateLoc, UpdateRecord};
+use crate::view::map::record_to_message;
+use crate::view::registry::{ViewDef, ViewKind, Views};
+use crate::{Error, Result};
+
+/// Reads of one segment closer than this are fetched as one range (the bytes between are
+/// read and dropped): one request instead of several.
+const COALESCE_GAP: u64 = 64 << 10;
+/// Concurrent object-store requests per history read, and concurrent member records per
+/// joined view.
+const FETCH_CONCURRENCY: usize = 16;
+
+/// One update of a record's history: its index entry and the stored record.
+#[derive(Clone, Debug)]
+pub struct Update {
+    pub entry: IndexEntry,
+    pub record: Arc<UpdateRecord>,
+}
+
+/// A record as of a time.
+#[derive(Clone, Debug)]
+pub struct RecordAt {
+    pub model: String,
+    pub record_id: String,
+    pub as_of_us: Micros,
+    /// Its state at `as_of_us`; `None` if it did not exist then (not yet created, or
+    /// deleted).
+    pub state: Option<State>,
+    /// Its updates up to `as_of_us`, in time-travel order.
+    pub history: Vec<IndexEntry>,
+    /// References as of `as_of_us` (name → value): each the value carried by the latest
+    /// update that carried that name since the record was last created.
+    pub refs: BTreeMap<String, String>,
+}
+
+impl RecordAt {
+    /// The updates the state was built from.
+    pub fn evidence(&self) -> impl Iterator<Item = UpdateRef> + '_ {
+        self.history.iter().map(|e| UpdateRef {
+            source: e.source.clone(),
+            position: e.position.clone(),
+        })
+    }
+}
+
+/// A view as of a time, with the updates it was built from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Viewed<T> {
+    pub view: T,
+    pub as_of_us: Micros,
+    /// Every update (of the subject and of the related records included) the view reflects,
+    /// sorted and unique.
+    pub evidence: Vec<UpdateRef>,
+}
+
+/// The data access layer: time travel, builders and views over a catalog and a store.
+#[derive(Clone)]
+pub struct Dal {
+    catalog: DynCatalog,
+    store: DynStore,
+    cache: Arc<ReadCache>,
+    builders: Builders,
+    views: Arc<Views>,
+}
+
+impl std::fmt::Debug for Dal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dal")
+            .field("catalog", &self.catalog.describe())
+            .field("store", &self.store.describe())
+            .field("cache", &self.cache)
+            .finish()
+    }
+}
+
+impl Dal {
+    /// A DAL with the built-in views, no protobuf builders and a 64 MiB read cache.
+    pub fn new(catalog: DynCatalog, store: DynStore) -> Self {
+        Dal {
+            catalog,
+            store,
+            cache: Arc::new(ReadCache::new(DEFAULT_CACHE_BYTES)),
+            builders: Builders::default(),
+            views: Arc::new(Views::builtin()),
+        }
+    }
+
+    /// Replaces the read cache with an empty one of `bytes` (0 disables caching).
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.cache = Arc::new(ReadCache::new(bytes));
+        self
+    }
+
+    pub fn with_builders(mut self, builders: Builders) -> Self {
+        self.builders = builders;
+        self
+    }
+
+    pub fn with_views(mut self, views: Views) -> Self {
+        self.views = Arc::new(views);
+        self
+    }
+
+    pub fn catalog(&self) -> &DynCatalog {
+        &self.catalog
+    }
+
+    pub fn store(&self) -> &DynStore {
+        &self.store
+    }
+
+    pub fn views(&self) -> &Views {
+        &self.views
+    }
+
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// Time travel: the updates of a record with commit time ≤ `as_of_us`, in commit order
+    /// (ties broken by source, then source position).
+    pub async fn history(
+        &self,
+        model: &str,
+        record_id: &str,
+        as_of_us: Micros,
+    ) -> Result<Vec<Update>> {
+        let entries = self
+            .catalog
+            .record_updates(model, record_id, as_of_us)
+            .await?;
+        let records = self.fetch(&entries).await?;
+        Ok(entries
+            .into_iter()
+            .zip(records)
+            .map(|(entry, record)| Update { entry, record })
+            .collect())
+    }
+
+    /// A record's state as of `as_of_us`.
+    pub async fn record(&self, model: &str, record_id: &str, as_of_us: Micros) -> Result<RecordAt> {
+        let history = self.history(model, record_id, as_of_us).await?;
+        let state = self.builders.fold(history.iter().map(|u| &*u.record))?;
+        let mut refs = BTreeMap::new();
+        for u in &history {
+            match u.entry.op {
+                Op::Create | Op::Delete => refs.clear(),
+                _ => {}
+            }
+            if u.entry.op != Op::Delete {
+                refs.extend(u.entry.refs.iter().cloned());
+            }
+        }
+        Ok(RecordAt {
+            model: model.to_owned(),
+            record_id: record_id.to_owned(),
+            as_of_us,
+            state,
+            history: history.into_iter().map(|u| u.entry).collect(),
+            refs,
+        })
+    }
+
+    /// A view (by definition) of the record `subject_id` as of `as_of_us`, as a dynamic
+    /// message; `None` if the subject did not exist then.
+    pub async fn view_dynamic(
+        &self,
+        def: &ViewDef,
+        subject_id: &str,
+        as_of_us: Micros,
+    ) -> Result<Option<Viewed<DynamicMessage>>> {
+        let mut evidence = BTreeSet::new();
+        let subject = self
+            .record(def.subject_model(), subject_id, as_of_us)
+            .await?;
+        let Some(state) = &subject.state else {
+            return Ok(None);
+        };
+        evidence.extend(subject.evidence());
+        let view_err = |e: crate::view::map::MapError| {
+            Error::view(def.name(), format!("record {subject_id:?}: {e}"))
+        };
+        let msg = match &def.kind {
+            ViewKind::Record { .. } => {
+                record_to_message(&def.message, subject_id, state).map_err(view_err)?
+            }
+            ViewKind::Joined(j) => {
+                let mut out = DynamicMessage::new(def.message.clone());
+                let subject_msg = record_to_message(&message_of(&j.subject), subject_id, state)
+                    .map_err(view_err)?;
+                out.set_field(&j.subject, PValue::Message(subject_msg));
+
+                for join in &j.joins {
+                    let ids = self
+                        .catalog
+                        .records_by_ref(&join.model, &join.reference, subject_id)
+                        .await?;
+                    let members: Vec<RecordAt> = futures::stream::iter(ids)
+                        .map(|id| {
+                            let model = join.model.clone();
+                            async move { self.record(&model, &id, as_of_us).await }
+                        })
+                        .buffered(FETCH_CONCURRENCY)
+                        .try_collect()
+                        .await?;
+                    let target = message_of(&join.field);
+                    let mut list = Vec::new();
+                    for m in members {
+                        let still_refers =
+                            m.refs.get(&join.reference).map(String::as_str) == Some(subject_id);
+                        let Some(st) = m.state.as_ref().filter(|_| still_refers) else {
+                            continue;
+                        };
+                        let msg = record_to_message(&target, &m.record_id, st).map_err(|e| {
+                            Error::view(
+                                def.name(),
+                                format!("{} record {:?}: {e}", join.model, m.record_id),
+                            )
+                        })?;
+                        list.push(PValue::Message(msg));
+                        evidence.extend(m.evidence());
+                    }
+                    out.set_field(&join.field, PValue::List(list));
+                }
+
+                for lookup in &j.lookups {
+                    let Some(id) = crate::builder::path::get(state, &lookup.path)
+                        .and_then(crate::builder::scalar_text)
+                    else {
+                        continue;
+                    };
+                    let m = self.record(&lookup.model, &id, as_of_us).await?;
+                    let Some(st) = &m.state else { continue };
+                    let msg =
+                        record_to_message(&message_of(&lookup.field), &id, st).map_err(|e| {
+                            Error::view(def.name(), format!("{} record {id:?}: {e}", lookup.model))
+                        })?;
+                    out.set_field(&lookup.field, PValue::Message(msg));
+                    evidence.extend(m.evidence());
+                }
+                out
+            }
+        };
+        Ok(Some(Viewed {
+            view: msg,
+            as_of_us,
+            evidence: evidence.into_iter().collect(),
+        }))
+    }
+
+    /// A typed view of the record `subject_id` as of `as_of_us`; `None` if the subject did
+    /// not exist then. The view is found by the message's full name.
+    pub async fn view<T>(&self, subject_id: &str, as_of_us: Micros) -> Result<Option<Viewed<T>>>
+    where
+        T: prost::Message + prost::Name + Default,
+    {
+        let def = self.views.get(&T::full_name())?;
+        let Some(v) = self.view_dynamic(&def, subject_id, as_of_us).await? else {
+            return Ok(None);
+        };
+        let view = v
+            .view
+            .transcode_to::<T>()
+            .map_err(|e| Error::view(def.name(), format!("transcoding to the Rust type: {e}")))?;
+        Ok(Some(Viewed {
+            view,
+            as_of_us: v.as_of_us,
+            evidence: v.evidence,
+        }))
+    }
+
+    /// The stored records of `entries`, in the same order: from the cache, else by ranged
+    /// reads (coalesced per segment, concurrent across segments).
+    pub async fn fetch(&self, entries: &[IndexEntry]) -> Result<Vec<Arc<UpdateRecord>>> {
+        let mut out: Vec<Option<Arc<UpdateRecord>>> = Vec::with_capacity(entries.len());
+        // Misses by segment: (offset, len, index in `out`).
+        let mut misses: BTreeMap<u64, Vec<(UpdateLoc, usize)>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let hit = self.cache.get(&e.loc);
+            if hit.is_none() {
+                misses
+                    .entry(e.loc.segment_seq)
+                    .or_default()
+                    .push((e.loc, i));
+            }
+            out.push(hit);
+        }
+        if !misses.is_empty() {
+            let mut reads = Vec::new();
+            for (seq, mut locs) in misses {
+                locs.sort_unstable_by_key(|(l, _)| l.offset);
+                let mut run: Vec<(UpdateLoc, usize)> = Vec::new();
+                for (loc, i) in locs {
+                    if let Some((last, _)) = run.last() {
+                        let end = u64::from(last.offset) + u64::from(last.len);
+                        if u64::from(loc.offset) > end + COALESCE_GAP {
+                            reads.push((seq, std::mem::take(&mut run)));
+                        }
+                    }
+                    run.push((loc, i));
+                }
+                reads.push((seq, run));
+            }
+            let fetched: Vec<Vec<(usize, Arc<UpdateRecord>)>> = futures::stream::iter(reads)
+                .map(|(seq, run)| self.read_run(seq, run))
+                .buffer_unordered(FETCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for (i, rec) in fetched.into_iter().flatten() {
+                out[i] = Some(rec);
+            }
+        }
+        entries
+            .iter()
+            .zip(out)
+            .map(|(e, rec)| {
+                let rec = rec.expect("every miss was read");
+                if rec.source != e.source || rec.position != e.position {
+                    return Err(Error::corrupt(
+                        format!("segment {} at {}", e.loc.segment_seq, e.loc.offset),
+                        format!(
+                            "the catalog indexes {}@{} there, the segment holds {}@{}",
+                            e.source, e.position, rec.source, rec.position
+                        ),
+                    ));
+                }
+                Ok(rec)
+            })
+            .collect()
+    }
+
+    /// Reads one run of nearby records of a segment with one ranged GET.
+    async fn read_run(
+        &self,
+        seq: u64,
+        run: Vec<(UpdateLoc, usize)>,
+    ) -> Result<Vec<(usize, Arc<UpdateRecord>)>> {
+        let start = u64::from(run[0].0.offset);
+        let end = run
+            .iter()
+            .map(|(l, _)| u64::from(l.offset) + u64::from(l.len))
+            .max()
+            .unwrap_or(start);
+        let key = segment_key(seq);
+        let bytes = self.store.get_range(&key, start, end - start).await?;
+        run.into_iter()
+            .map(|(loc, i)| {
+                let from = (u64::from(loc.offset) - start) as usize;
+                let slice = bytes
+                    .get(from..from + loc.len as usize)
+                    .ok_or_else(|| Error::corrupt(&key, "short ranged read"))?;
+                let rec = Arc::new(decode_record(slice, &loc)?);
+                self.cache.insert(loc, rec.clone());
+                Ok((i, rec))
+            })
+            .collect()
+    }
+}
+
+/// The message type of a (message-typed) view field; the registry checked it is one.
+fn message_of(f: &prost_reflect::FieldDescriptor) -> prost_reflect::MessageDescriptor {
+    match f.kind() {
+        prost_reflect::Kind::Message(m) => m,
+        _ => unreachable!("the view registry admits only message-typed fields"),
+    }
+}

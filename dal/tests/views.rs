@@ -1,0 +1,692 @@
+//! The DAL over a real local store and embedded catalog: time travel at the boundaries,
+//! record and joined views as of a time (joins whose members change over time), evidence,
+//! the read cache, and a property test of views against a reference model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use overseer_dal::builder::UpdateRef;
+use overseer_dal::catalog::DynCatalog;
+use overseer_dal::catalog::embedded::EmbeddedCatalog;
+use overseer_dal::keys::segment_key;
+use overseer_dal::segment::SegmentBuilder;
+use overseer_dal::store::local::LocalStore;
+use overseer_dal::store::{DynStore, ObjectStore, PutOutcome};
+use overseer_dal::update::{CommitBatch, IndexEntry, Micros, Op, Reference, UpdateRecord};
+use overseer_dal::{Dal, Error};
+use overseer_protos::views::{
+    Asset, Direction, LedgerEntry, Toy, Transfer, TransferStatus, TransferWithLedger,
+};
+
+/// An object store that counts ranged reads (to see the cache and coalescing work).
+#[derive(Debug)]
+struct Counting {
+    inner: LocalStore,
+    ranged: AtomicU64,
+}
+
+#[async_trait]
+impl ObjectStore for Counting {
+    async fn put_create(&self, key: &str, bytes: Bytes) -> overseer_dal::Result<PutOutcome> {
+        self.inner.put_create(key, bytes).await
+    }
+    async fn get(&self, key: &str) -> overseer_dal::Result<Option<Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> overseer_dal::Result<Bytes> {
+        self.ranged.fetch_add(1, Ordering::Relaxed);
+        self.inner.get_range(key, start, len).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> overseer_dal::Result<Vec<String>> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+    fn describe(&self) -> String {
+        "counting".into()
+    }
+}
+
+/// A store, a catalog and a writer that appends segments the way ingestion does.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    store: Arc<Counting>,
+    catalog: DynCatalog,
+    next_pos: u64,
+}
+
+/// One change to write: a MongoDB change-stream event, by default.
+struct Change {
+    model: &'static str,
+    id: String,
+    op: Op,
+    time_us: Micros,
+    raw: Value,
+    format: &'static str,
+    refs: Vec<(&'static str, String)>,
+}
+
+fn mongo(model: &'static str, id: &str, time_us: Micros, ev: Value) -> Change {
+    let op = match ev["operationType"].as_str() {
+        Some("insert") => Op::Create,
+        Some("delete") => Op::Delete,
+        Some("replace") => Op::Replace,
+        _ => Op::Update,
+    };
+    // Ingestion extracts references from whatever document the event carries.
+    let doc = ev
+        .get("fullDocument")
+        .or_else(|| ev.pointer("/updateDescription/updatedFields"));
+    let refs = doc
+        .and_then(|d| d.get("transfer_id"))
+        .and_then(Value::as_str)
+        .map(|t| vec![("transfer_id", t.to_owned())])
+        .unwrap_or_default();
+    Change {
+        model,
+        id: id.into(),
+        op,
+        time_us,
+        raw: ev,
+        format: "mongo-change-stream",
+        refs,
+    }
+}
+
+fn insert(model: &'static str, id: &str, t: Micros, doc: Value) -> Change {
+    mongo(
+        model,
+        id,
+        t,
+        json!({"operationType": "insert", "documentKey": {"_id": id}, "fullDocument": doc}),
+    )
+}
+
+fn update(model: &'static str, id: &str, t: Micros, set: Value) -> Change {
+    mongo(
+        model,
+        id,
+        t,
+        json!({"operationType": "update", "documentKey": {"_id": id},
+               "updateDescription": {"updatedFields": set, "removedFields": []}}),
+    )
+}
+
+fn delete(model: &'static str, id: &str, t: Micros) -> Change {
+    mongo(
+        model,
+        id,
+        t,
+        json!({"operationType": "delete", "documentKey": {"_id": id}}),
+    )
+}
+
+/// A Debezium PostgreSQL row change of `payments.transfers` / `payments.assets`.
+fn row(model: &'static str, id: &str, t: Micros, op: &str, after: Value) -> Change {
+    Change {
+        model,
+        id: id.into(),
+        op: match op {
+            "c" | "r" => Op::Create,
+            "d" => Op::Delete,
+            _ => Op::Update,
+        },
+        time_us: t,
+        raw: json!({"op": op, "before": null, "after": after, "ts_ms": t / 1000}),
+        format: "debezium-postgres",
+        refs: vec![],
+    }
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Counting {
+            inner: LocalStore::open(dir.path().join("store")).unwrap(),
+            ranged: AtomicU64::new(0),
+        });
+        let catalog: DynCatalog =
+            Arc::new(EmbeddedCatalog::open(dir.path().join("catalog.redb")).unwrap());
+        Fixture {
+            _dir: dir,
+            store,
+            catalog,
+            next_pos: 0,
+        }
+    }
+
+    fn dal(&self) -> Dal {
+        let store: DynStore = self.store.clone();
+        Dal::new(self.catalog.clone(), store)
+    }
+
+    fn ranged_reads(&self) -> u64 {
+        self.store.ranged.load(Ordering::Relaxed)
+    }
+
+    /// Writes the changes as one segment and indexes them, as ingestion would.
+    async fn write(&mut self, changes: Vec<Change>) {
+        let seq = self.catalog.reserve_segment().await.unwrap();
+        let mut seg = SegmentBuilder::new(seq, 0);
+        let mut entries = Vec::new();
+        for c in changes {
+            self.next_pos += 1;
+            let rec = UpdateRecord {
+                source: "src".into(),
+                position: format!("{:012}", self.next_pos),
+                model: c.model.into(),
+                record_id: c.id.clone(),
+                op: c.op as i32,
+                event_time_us: c.time_us,
+                format: c.format.into(),
+                refs: c
+                    .refs
+                    .iter()
+                    .map(|(n, v)| Reference {
+                        name: (*n).into(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                raw: serde_json::to_vec(&c.raw).unwrap().into(),
+                ingest_time_us: c.time_us,
+                ..Default::default()
+            };
+            let loc = seg.push(&rec);
+            entries.push(IndexEntry::from_record(&rec, loc));
+        }
+        let bytes = seg.finish(vec![]);
+        self.store
+            .put_create(&segment_key(seq), bytes)
+            .await
+            .unwrap();
+        self.catalog
+            .commit(CommitBatch {
+                segment_seq: Some(seq),
+                entries,
+                progress: vec![],
+                quarantined: 0,
+                now_us: 0,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+fn toy(id: &str, ty: &str, color: &str) -> Toy {
+    Toy {
+        id: id.into(),
+        r#type: ty.into(),
+        color: color.into(),
+    }
+}
+
+/// The Overseer post's example, and the as-of boundaries: before creation, exactly at an
+/// update's time, between updates, after deletion.
+#[tokio::test]
+async fn toy_as_of_boundaries() {
+    let mut f = Fixture::new();
+    f.write(vec![insert(
+        "toys",
+        "t1",
+        1_000,
+        json!({"_id": "t1", "type": "watergun", "color": "blue"}),
+    )])
+    .await;
+    f.write(vec![update(
+        "toys",
+        "t1",
+        2_000,
+        json!({"type": "balloon"}),
+    )])
+    .await;
+    f.write(vec![delete("toys", "t1", 3_000)]).await;
+    let dal = f.dal();
+
+    let at = |t| {
+        let dal = dal.clone();
+        async move { dal.view::<Toy>("t1", t).await.unwrap().map(|v| v.view) }
+    };
+    assert_eq!(at(999).await, None, "before creation");
+    assert_eq!(
+        at(1_000).await,
+        Some(toy("t1", "watergun", "blue")),
+        "exactly at creation"
+    );
+    assert_eq!(at(1_999).await, Some(toy("t1", "watergun", "blue")));
+    assert_eq!(
+        at(2_000).await,
+        Some(toy("t1", "balloon", "blue")),
+        "exactly at the update"
+    );
+    assert_eq!(at(2_999).await, Some(toy("t1", "balloon", "blue")));
+    assert_eq!(at(3_000).await, None, "exactly at deletion");
+    assert_eq!(at(i64::MAX).await, None, "after deletion");
+
+    let v = dal.view::<Toy>("t1", 2_500).await.unwrap().unwrap();
+    assert_eq!(v.as_of_us, 2_500);
+    assert_eq!(
+        v.evidence,
+        [1, 2].map(|p| UpdateRef {
+            source: "src".into(),
+            position: format!("{p:012}")
+        })
+    );
+
+    let r = dal.record("toys", "t1", i64::MAX).await.unwrap();
+    assert!(r.state.is_none());
+    assert_eq!(r.history.len(), 3);
+    let h = dal.history("toys", "t1", 2_000).await.unwrap();
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[1].record.event_time_us, 2_000);
+
+    assert!(
+        dal.view::<Toy>("no-such-toy", i64::MAX)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Updates committed at the same instant are ordered by source position.
+#[tokio::test]
+async fn ties_break_by_position() {
+    let mut f = Fixture::new();
+    f.write(vec![
+        insert("toys", "t", 5, json!({"type": "a", "color": "red"})),
+        update("toys", "t", 5, json!({"type": "b"})),
+        update("toys", "t", 5, json!({"type": "c"})),
+    ])
+    .await;
+    let v = f.dal().view::<Toy>("t", 5).await.unwrap().unwrap();
+    assert_eq!(v.view, toy("t", "c", "red"));
+}
+
+fn transfer_row(id: &str, amount: &str, status: &str) -> Value {
+    json!({"id": id, "account_id": "acct-1", "asset": "USD", "amount": amount,
+           "status": status, "updated_at": "2024-01-02T03:04:05Z"})
+}
+
+fn entry_doc(id: &str, transfer: &str, direction: &str, minor: i64) -> Value {
+    json!({"_id": id, "transfer_id": transfer, "account_id": "acct-1", "asset": "USD",
+           "direction": direction, "amount_minor": {"$numberLong": minor.to_string()},
+           "decimals": 2})
+}
+
+/// A joined view whose members change over time: entries appear, move to another
+/// transfer, and are deleted; the asset lookup follows the transfer's asset.
+#[tokio::test]
+async fn joins_follow_members_over_time() {
+    let mut f = Fixture::new();
+    f.write(vec![
+        row(
+            "payments.assets",
+            "USD",
+            10,
+            "r",
+            json!({"symbol": "USD", "decimals": 2}),
+        ),
+        row(
+            "payments.transfers",
+            "T1",
+            100,
+            "c",
+            transfer_row("T1", "12.50", "pending"),
+        ),
+        row(
+            "payments.transfers",
+            "T2",
+            100,
+            "c",
+            transfer_row("T2", "1.00", "pending"),
+        ),
+    ])
+    .await;
+    f.write(vec![insert(
+        "ledger.entries",
+        "e1",
+        200,
+        entry_doc("e1", "T1", "debit", 1250),
+    )])
+    .await;
+    f.write(vec![
+        insert(
+            "ledger.entries",
+            "e2",
+            300,
+            entry_doc("e2", "T1", "credit", 1250),
+        ),
+        row(
+            "payments.transfers",
+            "T1",
+            300,
+            "u",
+            transfer_row("T1", "12.50", "completed"),
+        ),
+    ])
+    .await;
+    // e2 moves to T2 at 400; e1 is deleted at 500; the asset's decimals change at 600.
+    f.write(vec![update(
+        "ledger.entries",
+        "e2",
+        400,
+        json!({"transfer_id": "T2"}),
+    )])
+    .await;
+    f.write(vec![delete("ledger.entries", "e1", 500)]).await;
+    f.write(vec![row(
+        "payments.assets",
+        "USD",
+        600,
+        "u",
+        json!({"symbol": "USD", "decimals": 4}),
+    )])
+    .await;
+    let dal = f.dal();
+
+    let at = |t| {
+        let dal = dal.clone();
+        async move {
+            dal.view::<TransferWithLedger>("T1", t)
+                .await
+                .unwrap()
+                .map(|v| v.view)
+        }
+    };
+    let ids = |v: &TransferWithLedger| v.entries.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+
+    assert!(at(99).await.is_none(), "the subject did not exist yet");
+    let v = at(100).await.unwrap();
+    assert_eq!(ids(&v), Vec::<String>::new());
+    assert_eq!(
+        v.transfer.as_ref().unwrap().status(),
+        TransferStatus::Pending
+    );
+    assert_eq!(
+        v.asset,
+        Some(Asset {
+            symbol: "USD".into(),
+            decimals: 2
+        })
+    );
+
+    assert_eq!(ids(&at(200).await.unwrap()), ["e1"]);
+    let v = at(300).await.unwrap();
+    assert_eq!(ids(&v), ["e1", "e2"]);
+    assert_eq!(
+        v.transfer.as_ref().unwrap().status(),
+        TransferStatus::Completed
+    );
+    assert_eq!(
+        v.entries[1],
+        LedgerEntry {
+            id: "e2".into(),
+            transfer_id: "T1".into(),
+            account_id: "acct-1".into(),
+            asset: "USD".into(),
+            direction: Direction::Credit as i32,
+            amount_minor: 1250,
+            decimals: 2,
+        }
+    );
+    assert_eq!(ids(&at(400).await.unwrap()), ["e1"], "e2 moved to T2");
+    assert_eq!(
+        ids(&at(500).await.unwrap()),
+        Vec::<String>::new(),
+        "e1 deleted"
+    );
+    assert_eq!(at(600).await.unwrap().asset.unwrap().decimals, 4);
+
+    let t2 = dal
+        .view::<TransferWithLedger>("T2", 400)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ids(&t2.view), ["e2"]);
+    // Evidence: T2's creation, the asset's creation, e2's insert and move.
+    assert_eq!(t2.evidence.len(), 4, "{:?}", t2.evidence);
+
+    let t = dal.view::<Transfer>("T1", 300).await.unwrap().unwrap().view;
+    assert_eq!(t.amount, "12.50");
+    assert_eq!(t.updated_at.unwrap().seconds, 1_704_164_645);
+}
+
+/// A state that does not fit its view is an error naming the view, record and field.
+#[tokio::test]
+async fn unfit_state_is_a_clear_error() {
+    let mut f = Fixture::new();
+    f.write(vec![insert(
+        "ledger.entries",
+        "bad",
+        1,
+        json!({"_id": "bad", "amount_minor": "12.5"}),
+    )])
+    .await;
+    let e = f.dal().view::<LedgerEntry>("bad", 1).await.unwrap_err();
+    assert!(matches!(e, Error::View { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("LedgerEntry") && msg.contains("\"bad\"") && msg.contains("amount_minor"),
+        "{msg}"
+    );
+}
+
+/// Warm reads come from the cache; cold reads of nearby records are coalesced.
+#[tokio::test]
+async fn cache_and_coalescing() {
+    let mut f = Fixture::new();
+    let mut changes = vec![insert("toys", "x", 0, json!({"type": "t0", "color": "c"}))];
+    for i in 1..1000 {
+        changes.push(update("toys", "x", i, json!({"type": format!("t{i}")})));
+        if changes.len() == 250 {
+            f.write(std::mem::take(&mut changes)).await;
+        }
+    }
+    f.write(changes).await;
+
+    let dal = f.dal();
+    let v = dal.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
+    assert_eq!(v.view.r#type, "t999");
+    assert_eq!(v.evidence.len(), 1000);
+    let cold = f.ranged_reads();
+    assert!(
+        cold <= 4,
+        "1000 adjacent updates in 4 segments took {cold} reads"
+    );
+    dal.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
+    assert_eq!(f.ranged_reads(), cold, "a warm view reads nothing");
+    let s = dal.cache_stats();
+    assert_eq!((s.hits, s.misses), (1000, 1000));
+
+    // A cache too small for the history still gives the right answer.
+    let tiny = f.dal().with_cache_bytes(10_000);
+    let v = tiny.view::<Toy>("x", 500).await.unwrap().unwrap();
+    assert_eq!(v.view.r#type, "t500");
+    assert!(tiny.cache_stats().bytes <= 10_000);
+}
+
+// ---- Property: view as of T == reference model replayed up to T ----
+
+#[derive(Clone, Debug)]
+enum Step {
+    Insert {
+        color: u8,
+        size: i64,
+    },
+    Set {
+        color: Option<u8>,
+        size: Option<i64>,
+    },
+    Unset,
+    Delete,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0u8..5, -1000i64..1000).prop_map(|(color, size)| Step::Insert { color, size }),
+        (
+            proptest::option::of(0u8..5),
+            proptest::option::of(-1000i64..1000)
+        )
+            .prop_map(|(color, size)| Step::Set { color, size }),
+        Just(Step::Unset),
+        Just(Step::Delete),
+    ]
+}
+
+/// Reference model: a map of fields, or nothing.
+type Model = Option<BTreeMap<&'static str, Value>>;
+
+fn apply_model(m: &mut Model, s: &Step) -> bool {
+    match s {
+        Step::Insert { color, size } => {
+            *m = Some(BTreeMap::from([
+                ("color", json!(format!("c{color}"))),
+                ("size", json!(size)),
+            ]));
+            true
+        }
+        Step::Set { color, size } => match m {
+            Some(doc) => {
+                if let Some(c) = color {
+                    doc.insert("color", json!(format!("c{c}")));
+                }
+                if let Some(s) = size {
+                    doc.insert("size", json!(s));
+                }
+                true
+            }
+            None => false,
+        },
+        Step::Unset => match m {
+            Some(doc) => {
+                doc.remove("color");
+                true
+            }
+            None => false,
+        },
+        Step::Delete => {
+            let existed = m.is_some();
+            *m = None;
+            existed
+        }
+    }
+}
+
+fn step_change(id: &str, t: Micros, s: &Step) -> Change {
+    match s {
+        Step::Insert { color, size } => insert(
+            "toys",
+            id,
+            t,
+            json!({"_id": id, "color": format!("c{color}"), "size": {"$numberLong": size.to_string()}}),
+        ),
+        Step::Set { color, size } => {
+            let mut set = serde_json::Map::new();
+            if let Some(c) = color {
+                set.insert("color".into(), json!(format!("c{c}")));
+            }
+            if let Some(s) = size {
+                set.insert("size".into(), json!(s));
+            }
+            update("toys", id, t, Value::Object(set))
+        }
+        Step::Unset => mongo(
+            "toys",
+            id,
+            t,
+            json!({"operationType": "update", "documentKey": {"_id": id},
+                   "updateDescription": {"updatedFields": {}, "removedFields": ["color"]}}),
+        ),
+        Step::Delete => delete("toys", id, t),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// For random histories of two records (with equal commit times and batches of random
+    /// size), every record's view as of every instant equals the reference model.
+    #[test]
+    fn view_as_of_equals_reference_model(
+        steps in proptest::collection::vec((0usize..2, 0i64..4, step()), 1..40),
+        batch in 1usize..8,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut f = Fixture::new();
+            let ids = ["a", "b"];
+            // (time, record) -> model state after the step; only valid steps are written
+            // (MongoDB would not emit an update for a missing document).
+            let mut models: [Model; 2] = [None, None];
+            let mut expected: Vec<(Micros, usize, Model)> = Vec::new();
+            let mut t: Micros = 0;
+            let mut pending = Vec::new();
+            for (rec, dt, s) in &steps {
+                t += dt;
+                if !apply_model(&mut models[*rec], s) {
+                    continue;
+                }
+                pending.push(step_change(ids[*rec], t, s));
+                expected.push((t, *rec, models[*rec].clone()));
+                if pending.len() >= batch {
+                    f.write(std::mem::take(&mut pending)).await;
+                }
+            }
+            if !pending.is_empty() {
+                f.write(pending).await;
+            }
+            let dal = f.dal();
+            for probe in -1..=t + 1 {
+                for (r, id) in ids.iter().enumerate() {
+                    // The model's state as of `probe`: the last step at or before it.
+                    let want = expected
+                        .iter()
+                        .rfind(|(at, rr, _)| *at <= probe && *rr == r)
+                        .and_then(|(_, _, m)| m.clone());
+                    let got = dal.record("toys", id, probe).await.unwrap().state;
+                    let got = got.map(|s| {
+                        s.into_iter()
+                            .filter(|(k, _)| k != "_id")
+                            .map(|(k, v)| (k, normalise(v)))
+                            .collect::<BTreeMap<_, _>>()
+                    });
+                    let want = want.map(|m| {
+                        m.into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect::<BTreeMap<_, _>>()
+                    });
+                    prop_assert_eq!(&got, &want, "record {} as of {}", id, probe);
+
+                    let view = dal.view::<Toy>(id, probe).await.unwrap().map(|v| v.view);
+                    let want_view = want.as_ref().map(|m| Toy {
+                        id: (*id).into(),
+                        r#type: String::new(),
+                        color: m.get("color").and_then(Value::as_str).unwrap_or("").into(),
+                    });
+                    prop_assert_eq!(view, want_view);
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
+
+/// `{"$numberLong": "5"}` and `5` are the same integer.
+fn normalise(v: Value) -> Value {
+    match &v {
+        Value::Object(m) if m.len() == 1 => match m.get("$numberLong").and_then(Value::as_str) {
+            Some(s) => json!(s.parse::<i64>().unwrap()),
+            None => v,
+        },
+        _ => v,
+    }
+}
