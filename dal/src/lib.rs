@@ -33,6 +33,6 @@ pub mod view;
 
 pub use bus::Bus;
 pub use catalog::Catalog;
-pub use reader::{Dal, Viewed};
 pub use error::{Error, Result};
+pub use reader::{Dal, Viewed};
 pub use store::ObjectStore;
