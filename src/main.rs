@@ -11,6 +11,8 @@ use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::Storage;
 
 mod demo;
+mod prs;
+mod view;
 
 #[derive(Parser)]
 #[command(name = "overseer", version, about = "Real-time reconciliation engine")]
@@ -40,6 +42,36 @@ enum Cmd {
         /// One JSON object per line instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a record, or a joined view of it, as of a time.
+    View {
+        #[arg(long)]
+        config: PathBuf,
+        /// The record's model (for `--view`, the view's subject model).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        id: String,
+        /// RFC 3339 (`2024-01-02T03:04:05Z`) or epoch milliseconds; now by default.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        /// A view message, full or short name (`TransferWithLedger`); the model's record
+        /// view by default.
+        #[arg(long, value_name = "NAME")]
+        view: Option<String>,
+        /// The message as protobuf-JSON, alone on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the checks on the events topic (Kafka bus) until stopped.
+    Prs {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ingest and run the checks in one process until stopped.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Rebuild an empty catalog from the object store alone.
     Reindex {
@@ -137,6 +169,36 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("{time}  {op:<7} {}  {}", e.source, e.position);
                 }
             }
+        }
+        Cmd::View {
+            config,
+            model,
+            id,
+            as_of,
+            view,
+            json,
+        } => {
+            view::run(view::Request {
+                config,
+                model,
+                id,
+                as_of,
+                view,
+                json,
+            })
+            .await?
+        }
+        Cmd::Prs { config } => {
+            let cfg = Config::load(&config)?;
+            let token = CancellationToken::new();
+            cancel_on_signal(token.clone());
+            prs::prs(cfg, token).await?;
+        }
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let token = CancellationToken::new();
+            cancel_on_signal(token.clone());
+            prs::run(cfg, token).await?;
         }
         Cmd::Reindex { config } => {
             let cfg = Config::load(&config)?;

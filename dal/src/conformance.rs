@@ -5,7 +5,7 @@
 //! The suites panic with a message naming the broken expectation; they are plain async
 //! functions so integration tests can call them after starting their servers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 
@@ -15,7 +15,9 @@ use crate::Result;
 use crate::bus::Bus;
 use crate::catalog::DynCatalog;
 use crate::store::{ObjectStore, PutOutcome, list_all};
-use crate::update::{CommitBatch, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification};
+use crate::update::{
+    CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification,
+};
 
 /// Runs the object store suite under key prefix `ns` (unique per run for shared buckets).
 /// `create_only_honoured`: whether the backend detects existing keys (garage does not).
@@ -505,6 +507,10 @@ pub async fn catalog_suite(open: OpenCatalog) {
             .all(|w| (&w[0].model, &w[0].record_id) < (&w[1].model, &w[1].record_id))
     );
 
+    let meta = runner_state_suite(&cat).await;
+    incident_race(&cat).await;
+    let incidents = cat.incidents(false).await.unwrap();
+
     // everything survives a reopen
     drop(cat);
     let cat = open().await.expect("reopen catalog");
@@ -513,6 +519,18 @@ pub async fn catalog_suite(open: OpenCatalog) {
         dump,
         "the catalog survives a restart"
     );
+    assert_eq!(
+        cat.incidents(false).await.unwrap(),
+        incidents,
+        "incidents survive a restart"
+    );
+    for (k, v) in &meta {
+        assert_eq!(
+            cat.get_meta(k).await.unwrap().as_deref(),
+            Some(v.as_str()),
+            "meta {k:?} survives a restart"
+        );
+    }
     assert!(cat.pending_segments().await.unwrap().is_empty());
     let s5 = cat.reserve_segment().await.unwrap();
     assert!(s5 > s4, "sequences are not reused after a restart");
@@ -546,6 +564,300 @@ pub async fn catalog_suite(open: OpenCatalog) {
         names,
         vec!["file", "kafka", "pg"],
         "progress is kept per reporting source, by name"
+    );
+}
+
+fn incident(check: &str, subject: &str, failing: bool, notified_failing: bool) -> Incident {
+    Incident {
+        check: check.into(),
+        subject: subject.into(),
+        failing,
+        notified_failing,
+        last_eval_us: 1_000,
+        since_us: 900,
+        message: if failing {
+            format!("{check} failed for {subject}")
+        } else {
+            String::new()
+        },
+        details: r#"{"evidence":[1,2,3]}"#.into(),
+        updated_us: 5_000,
+        version: 0,
+    }
+}
+
+/// Writes `inc` (at its read version) and returns it as stored.
+async fn put_ok(cat: &DynCatalog, inc: &Incident) -> Incident {
+    let v = cat
+        .put_incident(inc)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("write of {:?}/{:?} conflicts", inc.check, inc.subject));
+    assert_eq!(v, inc.version + 1, "a write stores the read version + 1");
+    Incident {
+        version: v,
+        ..inc.clone()
+    }
+}
+
+/// The processor runner's state on a catalog that has none yet: incidents (compare-and-set,
+/// outbox, listing, hostile keys) and the key/value table. Returns the meta values written,
+/// for checking after a restart.
+async fn runner_state_suite(cat: &DynCatalog) -> Vec<(String, String)> {
+    assert_eq!(cat.incident("c", "s").await.unwrap(), None);
+    assert!(cat.incidents(false).await.unwrap().is_empty());
+    assert!(cat.unsettled_incidents(10).await.unwrap().is_empty());
+
+    // round trip, version increments
+    let mut first = incident("balance", "wallet/1", true, false);
+    first.message = "débit ≠ crédit\n\0".into();
+    first.details = r#"{"diff":"-100","ids":["e1","e2"]}"#.into();
+    first.last_eval_us = i64::MAX;
+    first.since_us = i64::MIN;
+    first.updated_us = -1;
+    let stored = put_ok(cat, &first).await;
+    assert_eq!(stored.version, 1);
+    assert_eq!(
+        cat.incident("balance", "wallet/1").await.unwrap(),
+        Some(stored.clone()),
+        "an incident reads back identical, at version 1"
+    );
+    let mut settled = stored.clone();
+    settled.notified_failing = true;
+    let settled = put_ok(cat, &settled).await;
+    assert_eq!(settled.version, 2);
+    assert_eq!(
+        cat.incident("balance", "wallet/1").await.unwrap(),
+        Some(settled.clone())
+    );
+
+    // stale, future and create-over-existing writes conflict and change nothing
+    for v in [0, 1, 3, 77] {
+        let stale = Incident {
+            version: v,
+            message: "stale".into(),
+            ..settled.clone()
+        };
+        assert_eq!(
+            cat.put_incident(&stale).await.unwrap(),
+            None,
+            "a write at version {v} conflicts with stored version 2"
+        );
+    }
+    let absent = Incident {
+        version: 1,
+        ..incident("balance", "nowhere", true, false)
+    };
+    assert_eq!(
+        cat.put_incident(&absent).await.unwrap(),
+        None,
+        "an absent incident is at version 0"
+    );
+    assert_eq!(cat.incident("balance", "nowhere").await.unwrap(), None);
+    assert_eq!(
+        cat.incident("balance", "wallet/1").await.unwrap(),
+        Some(settled.clone()),
+        "conflicting writes change nothing"
+    );
+
+    // two writers at the same read version, concurrently: exactly one wins
+    let update_base = Incident {
+        check: "race-update".into(),
+        version: 0,
+        ..settled.clone()
+    };
+    let update_base = put_ok(cat, &update_base).await;
+    for base in [update_base, incident("race-create", "s", false, false)] {
+        let check = base.check.as_str();
+        let a = Incident {
+            message: "writer a".into(),
+            failing: true,
+            ..base.clone()
+        };
+        let b = Incident {
+            message: "writer b".into(),
+            notified_failing: !base.notified_failing,
+            ..base.clone()
+        };
+        let (ra, rb) = tokio::join!(cat.put_incident(&a), cat.put_incident(&b));
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        let winner = match (ra, rb) {
+            (Some(v), None) => Incident { version: v, ..a },
+            (None, Some(v)) => Incident { version: v, ..b },
+            other => panic!("{check}: exactly one of two writers at one version wins: {other:?}"),
+        };
+        assert_eq!(winner.version, base.version + 1);
+        assert_eq!(
+            cat.incident(check, &base.subject).await.unwrap(),
+            Some(winner),
+            "{check}: the stored value is the winner's"
+        );
+    }
+
+    // hostile checks and subjects: round-trip, never collide (components are not joined
+    // with a separator an id may contain)
+    let mut written: BTreeMap<(String, String), Incident> = BTreeMap::new();
+    for inc in cat.incidents(false).await.unwrap() {
+        written.insert((inc.check.clone(), inc.subject.clone()), inc);
+    }
+    let mut keys: Vec<(String, String)> = [
+        ("a\0b", "c"),
+        ("a", "b\0c"),
+        ("a\0", "b"),
+        ("a", "\0b"),
+        ("ab", ""),
+        ("a", "b"),
+        ("", "ab"),
+    ]
+    .iter()
+    .map(|(c, s)| (c.to_string(), s.to_string()))
+    .collect();
+    for h in hostile_ids() {
+        keys.push((h.clone(), "s".into()));
+        keys.push(("c".into(), h.clone()));
+        keys.push((h.clone(), h));
+    }
+    for (i, (c, s)) in keys.iter().enumerate() {
+        // a varied mix of states for the listings below
+        let mut inc = incident(c, s, i % 3 != 0, i % 2 == 0);
+        inc.message = format!("{i}: {c}|{s}");
+        inc.details = s.clone();
+        inc.last_eval_us = i as i64;
+        let stored = put_ok(cat, &inc).await;
+        assert!(
+            written.insert((c.clone(), s.clone()), stored).is_none(),
+            "test keys are distinct"
+        );
+    }
+    for ((c, s), want) in &written {
+        assert_eq!(
+            cat.incident(c, s).await.unwrap().as_ref(),
+            Some(want),
+            "incident {c:?}/{s:?} round-trips and is not overwritten by another key"
+        );
+    }
+
+    // listings: ordered by (check, subject) as Rust orders strings, filtered, limited
+    let all: Vec<Incident> = written.values().cloned().collect();
+    assert_eq!(cat.incidents(false).await.unwrap(), all);
+    let failing: Vec<Incident> = all.iter().filter(|i| i.failing).cloned().collect();
+    assert!(!failing.is_empty() && failing.len() < all.len());
+    assert_eq!(cat.incidents(true).await.unwrap(), failing);
+    let unsettled: Vec<Incident> = all.iter().filter(|i| i.unsettled()).cloned().collect();
+    assert!(unsettled.len() > 3 && unsettled.len() < all.len());
+    assert_eq!(
+        cat.unsettled_incidents(usize::MAX).await.unwrap(),
+        unsettled
+    );
+    assert_eq!(cat.unsettled_incidents(3).await.unwrap(), unsettled[..3]);
+    assert!(cat.unsettled_incidents(0).await.unwrap().is_empty());
+    // settling leaves the outbox; a new verdict enters it
+    let mut done = unsettled[0].clone();
+    done.notified_failing = done.failing;
+    put_ok(cat, &done).await;
+    let mut owed = all.iter().find(|i| !i.unsettled()).unwrap().clone();
+    owed.failing = !owed.failing;
+    let owed = put_ok(cat, &owed).await;
+    let outbox = cat.unsettled_incidents(usize::MAX).await.unwrap();
+    assert!(
+        !outbox
+            .iter()
+            .any(|i| (&i.check, &i.subject) == (&done.check, &done.subject))
+    );
+    assert!(
+        outbox.contains(&owed),
+        "a new verdict is owed to the target"
+    );
+    assert_eq!(outbox.len(), unsettled.len());
+    assert!(
+        outbox
+            .windows(2)
+            .all(|w| (&w[0].check, &w[0].subject) < (&w[1].check, &w[1].subject))
+    );
+    assert_eq!(
+        cat.incidents(true).await.unwrap().contains(&owed),
+        owed.failing,
+        "the failing list follows the latest verdict"
+    );
+
+    // meta: absent, round trip, overwrite, hostile keys and values
+    assert_eq!(cat.get_meta("runner.cursor").await.unwrap(), None);
+    cat.put_meta("runner.cursor", "17").await.unwrap();
+    assert_eq!(
+        cat.get_meta("runner.cursor").await.unwrap().as_deref(),
+        Some("17")
+    );
+    cat.put_meta("runner.cursor", "18").await.unwrap();
+    assert_eq!(
+        cat.get_meta("runner.cursor").await.unwrap().as_deref(),
+        Some("18"),
+        "put_meta overwrites"
+    );
+    let mut meta = vec![("runner.cursor".to_string(), "18".to_string())];
+    for (i, h) in hostile_ids().into_iter().enumerate() {
+        meta.push((format!("h{i}/{h}"), h.clone()));
+        meta.push((h.clone(), format!("{i}:{h}")));
+    }
+    for (k, v) in &meta {
+        cat.put_meta(k, v).await.unwrap();
+    }
+    for (k, v) in &meta {
+        assert_eq!(
+            cat.get_meta(k).await.unwrap().as_deref(),
+            Some(v.as_str()),
+            "meta {k:?} round-trips"
+        );
+    }
+    assert_eq!(cat.get_meta("runner.cursor\0").await.unwrap(), None);
+    assert_eq!(cat.get_meta("runner").await.unwrap(), None);
+    meta
+}
+
+/// Eight tasks increment a counter kept in one incident's message, 25 times each, by
+/// read-modify-write with retry on conflict: no increment is lost.
+async fn incident_race(cat: &DynCatalog) {
+    const TASKS: u64 = 8;
+    const ROUNDS: u64 = 25;
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..TASKS {
+        let cat = cat.clone();
+        tasks.spawn(async move {
+            let mut conflicts = 0u64;
+            for _ in 0..ROUNDS {
+                loop {
+                    let cur = cat
+                        .incident("race", "counter")
+                        .await
+                        .unwrap()
+                        .unwrap_or_else(|| incident("race", "counter", false, false));
+                    let n: u64 = if cur.message.is_empty() {
+                        0
+                    } else {
+                        cur.message.parse().unwrap()
+                    };
+                    let next = Incident {
+                        message: (n + 1).to_string(),
+                        ..cur
+                    };
+                    if cat.put_incident(&next).await.unwrap().is_some() {
+                        break;
+                    }
+                    conflicts += 1;
+                }
+            }
+            conflicts
+        });
+    }
+    let mut conflicts = 0;
+    while let Some(c) = tasks.join_next().await {
+        conflicts += c.expect("race task");
+    }
+    let fin = cat.incident("race", "counter").await.unwrap().unwrap();
+    println!("incident race: {conflicts} conflicts retried");
+    assert_eq!(
+        (fin.message.as_str(), fin.version),
+        ("200", TASKS * ROUNDS),
+        "every read-modify-write is applied exactly once"
     );
 }
 

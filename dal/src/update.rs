@@ -70,6 +70,14 @@ impl IndexEntry {
             offset: self.loc.offset,
             length: self.loc.len,
             ingest_time_us: self.ingest_time_us,
+            refs: self
+                .refs
+                .iter()
+                .map(|(name, value)| Reference {
+                    name: name.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
         }
     }
 
@@ -166,4 +174,36 @@ pub fn now_us() -> Micros {
 /// Op from its stored byte; unknown values map to `Unspecified`.
 pub fn op_from_u8(v: u8) -> Op {
     Op::try_from(v as i32).unwrap_or(Op::Unspecified)
+}
+
+/// The escalation state of one (check, subject): what the latest verdict says, and what the
+/// escalation target was last told. They differ only while a notification is owed (an outbox).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Incident {
+    pub check: String,
+    pub subject: String,
+    /// Whether the latest applied verdict is a failure.
+    pub failing: bool,
+    /// What the escalation target was last told successfully: an open (triggered) incident or not.
+    pub notified_failing: bool,
+    /// Evaluation time of the latest applied verdict; verdicts for earlier times are ignored.
+    pub last_eval_us: Micros,
+    /// Evaluation time at which the current failing (or passing) streak began.
+    pub since_us: Micros,
+    /// The latest failure's message (empty while passing).
+    pub message: String,
+    /// The latest failure's details and evidence, as JSON text.
+    pub details: String,
+    /// Wall-clock time of the last write.
+    pub updated_us: Micros,
+    /// Optimistic concurrency: the version this value was read at (0: never stored). Each
+    /// successful write stores version + 1.
+    pub version: u64,
+}
+
+impl Incident {
+    /// Whether a notification is owed: the target was not yet told the latest state.
+    pub fn unsettled(&self) -> bool {
+        self.failing != self.notified_failing
+    }
 }

@@ -69,7 +69,8 @@ async fn local_store_writes_are_create_only_under_concurrency() {
     );
 }
 
-#[tokio::test]
+// Several workers, so the suite's concurrent incident writers really run in parallel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn embedded_catalog_conforms() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cat.redb");

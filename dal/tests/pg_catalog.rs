@@ -10,7 +10,7 @@ use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::conformance::{OpenCatalog, catalog_suite};
 use overseer_dal::testkit::{Server, unique_name};
-use overseer_dal::update::{CommitBatch, IndexEntry, Op, Progress, UpdateLoc};
+use overseer_dal::update::{CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc};
 
 fn pg() -> (Server, String) {
     let server = Server::start("postgres");
@@ -58,6 +58,55 @@ async fn concurrent_connects_race_the_migrations() {
     // Connecting again to a migrated schema applies nothing and works.
     let again = PgCatalog::connect(&url, &schema).await.unwrap();
     assert_eq!(again.pending_segments().await.unwrap(), sorted);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_at_migration_1_is_migrated_forward() {
+    let (_server, url) = pg();
+    let schema = unique_name("cat_upgrade");
+    let cat = PgCatalog::connect(&url, &schema).await.unwrap();
+    let seq = cat.reserve_segment().await.unwrap();
+    drop(cat);
+    // Take the schema back to what a build with only migration 1 left behind.
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP TABLE \"{schema}\".incidents, \"{schema}\".meta_kv; \
+             DELETE FROM \"{schema}\".schema_migrations WHERE version >= 2;"
+        ))
+        .await
+        .unwrap();
+
+    let cat = PgCatalog::connect(&url, &schema).await.unwrap();
+    assert_eq!(
+        cat.pending_segments().await.unwrap(),
+        vec![seq],
+        "data of the older schema is kept"
+    );
+    let inc = Incident {
+        check: "c".into(),
+        subject: "s".into(),
+        failing: true,
+        ..Default::default()
+    };
+    assert_eq!(cat.put_incident(&inc).await.unwrap(), Some(1));
+    assert_eq!(cat.unsettled_incidents(10).await.unwrap().len(), 1);
+    cat.put_meta("cursor", "1").await.unwrap();
+    assert_eq!(cat.get_meta("cursor").await.unwrap().as_deref(), Some("1"));
+    let versions: Vec<i32> = client
+        .query(
+            &format!("SELECT version FROM \"{schema}\".schema_migrations ORDER BY version"),
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(versions, vec![1, 2]);
 }
 
 fn entry(i: usize, seq: u64) -> IndexEntry {

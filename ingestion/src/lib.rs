@@ -12,11 +12,13 @@
 //! - [`pipeline`]: batching, segments, the catalog commit, notifications, acknowledgement,
 //!   and crash recovery of the segment ledger.
 //! - [`deadletter`]: quarantine of events that cannot be decoded.
+//! - [`dal`]: the data access layer of a config ([`dal::open_dal`]), for readers.
 //! - [`reindex`]: rebuilding the catalog from the object store alone.
 //! - [`service`]: all configured sources under one supervisor.
 //! - [`telemetry`]: metric names and named events.
 
 pub mod config;
+pub mod dal;
 pub mod deadletter;
 pub mod error;
 pub mod format;

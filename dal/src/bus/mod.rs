@@ -6,6 +6,10 @@
 //! record's notifications stay ordered within a partition). Both pass
 //! [`crate::conformance::bus_suite`]. Delivery is at-least-once: a subscriber commits what it
 //! has fully processed and sees the rest again after a restart.
+//!
+//! - [`feed::CatalogFeed`]: a [`Subscription`] without a bus, for embedded mode: it derives
+//!   notifications from the catalog's committed segments and keeps its cursor in the
+//!   catalog, so nothing unprocessed is lost when the process dies.
 
 use std::sync::Arc;
 
@@ -14,6 +18,7 @@ use async_trait::async_trait;
 use crate::Result;
 use crate::update::UpdateNotification;
 
+pub mod feed;
 pub mod kafka;
 pub mod memory;
 

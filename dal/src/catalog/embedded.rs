@@ -14,6 +14,16 @@
 //! | `sources` | source | progress |
 //! | `segments` | seq | state (pending / committed / published) |
 //! | `meta` | name | u64 (the segment sequence) |
+//! | `incidents` | (check, subject) | incident (runner escalation state) |
+//! | `incidents_unsettled` | (check, subject) | () while `failing != notified_failing` |
+//! | `incidents_failing` | (check, subject) | () while `failing` |
+//! | `meta_kv` | key | value (runner cursors) |
+//!
+//! Composite keys are redb tuples, which length-prefix every component but the last, so
+//! they are injective (`("a\0b", "c")` and `("a", "b\0c")` are different keys) and order
+//! component-wise, like Rust tuples of `str`. The two incident index tables keep the
+//! outbox and the failing list proportional to their size, not to every (check, subject)
+//! ever evaluated; they are written in the same transaction as the incident.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -24,7 +34,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::Catalog;
 use crate::update::{
-    CatalogDump, CommitBatch, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc, op_from_u8,
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
+    op_from_u8,
 };
 use crate::{Error, Result};
 
@@ -41,6 +52,12 @@ const REFS: TableDefinition<(Str, Str, Str, Str), ()> = TableDefinition::new("re
 const SOURCES: TableDefinition<Str, &[u8]> = TableDefinition::new("sources");
 const SEGMENTS: TableDefinition<u64, u8> = TableDefinition::new("segments");
 const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
+const INCIDENTS: TableDefinition<(Str, Str), &[u8]> = TableDefinition::new("incidents");
+const INCIDENTS_UNSETTLED: TableDefinition<(Str, Str), ()> =
+    TableDefinition::new("incidents_unsettled");
+const INCIDENTS_FAILING: TableDefinition<(Str, Str), ()> =
+    TableDefinition::new("incidents_failing");
+const META_KV: TableDefinition<Str, &[u8]> = TableDefinition::new("meta_kv");
 
 const NEXT_SEQ: &[u8] = b"next_segment_seq";
 const PENDING: u8 = 1;
@@ -96,6 +113,10 @@ impl EmbeddedCatalog {
             tx.open_table(SOURCES).map_err(db_err)?;
             tx.open_table(SEGMENTS).map_err(db_err)?;
             tx.open_table(META).map_err(db_err)?;
+            tx.open_table(INCIDENTS).map_err(db_err)?;
+            tx.open_table(INCIDENTS_UNSETTLED).map_err(db_err)?;
+            tx.open_table(INCIDENTS_FAILING).map_err(db_err)?;
+            tx.open_table(META_KV).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(EmbeddedCatalog {
@@ -127,6 +148,10 @@ impl Enc {
         self.0.extend_from_slice(s.as_bytes());
         self
     }
+    fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.push(v);
+        self
+    }
     fn u32(&mut self, v: u32) -> &mut Self {
         self.0.extend_from_slice(&v.to_le_bytes());
         self
@@ -151,6 +176,9 @@ impl<'a> Dec<'a> {
         let (a, b) = self.0.split_at(n);
         self.0 = b;
         Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
     }
     fn u32(&mut self) -> Result<u32> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
@@ -266,6 +294,68 @@ fn decode_state(source: &[u8], bytes: &[u8]) -> Result<SourceState> {
         last_event_us: r.i64()?,
         updated_us: r.i64()?,
     })
+}
+
+const FAILING: u8 = 1;
+const NOTIFIED_FAILING: u8 = 2;
+
+/// Value of `incidents`: everything but the key (check, subject).
+fn encode_incident(inc: &Incident) -> Vec<u8> {
+    let flags = if inc.failing { FAILING } else { 0 }
+        | if inc.notified_failing {
+            NOTIFIED_FAILING
+        } else {
+            0
+        };
+    let mut w = Enc::default();
+    w.u64(inc.version)
+        .u8(flags)
+        .i64(inc.last_eval_us)
+        .i64(inc.since_us)
+        .i64(inc.updated_us)
+        .str(&inc.message)
+        .str(&inc.details);
+    w.0
+}
+
+fn decode_incident(check: &[u8], subject: &[u8], bytes: &[u8]) -> Result<Incident> {
+    let mut r = Dec(bytes);
+    let version = r.u64()?;
+    let flags = r.u8()?;
+    Ok(Incident {
+        check: text(check)?,
+        subject: text(subject)?,
+        failing: flags & FAILING != 0,
+        notified_failing: flags & NOTIFIED_FAILING != 0,
+        last_eval_us: r.i64()?,
+        since_us: r.i64()?,
+        updated_us: r.i64()?,
+        message: r.str()?,
+        details: r.str()?,
+        version,
+    })
+}
+
+/// Incidents whose keys are listed in `keys` (an index table over `incidents`), in key
+/// order, at most `limit`.
+fn incidents_by_index(
+    db: &Database,
+    keys: TableDefinition<(Str, Str), ()>,
+    limit: usize,
+) -> Result<Vec<Incident>> {
+    let tx = db.begin_read().map_err(db_err)?;
+    let idx = tx.open_table(keys).map_err(db_err)?;
+    let t = tx.open_table(INCIDENTS).map_err(db_err)?;
+    let mut out = Vec::new();
+    for row in idx.iter().map_err(db_err)?.take(limit) {
+        let (k, _) = row.map_err(db_err)?;
+        let (c, s) = k.value();
+        let v = t.get((c, s)).map_err(db_err)?.ok_or_else(|| {
+            Error::corrupt("embedded catalog", "incident index row without incident")
+        })?;
+        out.push(decode_incident(c, s, v.value())?);
+    }
+    Ok(out)
 }
 
 fn segments_in_state(db: &Database, state: u8) -> Result<Vec<u64>> {
@@ -628,6 +718,109 @@ impl Catalog for EmbeddedCatalog {
                 t.insert(source.as_bytes(), encode_state(&st).as_slice())
                     .map_err(db_err)?;
             }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn incident(&self, check: &str, subject: &str) -> Result<Option<Incident>> {
+        let (check, subject) = (check.to_owned(), subject.to_owned());
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(INCIDENTS).map_err(db_err)?;
+            let key = (check.as_bytes(), subject.as_bytes());
+            t.get(key)
+                .map_err(db_err)?
+                .map(|v| decode_incident(key.0, key.1, v.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn put_incident(&self, inc: &Incident) -> Result<Option<u64>> {
+        let next = inc.version.checked_add(1).ok_or_else(|| {
+            Error::invalid("incident version", format!("{} cannot grow", inc.version))
+        })?;
+        let mut inc = inc.clone();
+        // redb has one writer at a time: the read and the write below are one atomic step.
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut t = tx.open_table(INCIDENTS).map_err(db_err)?;
+                let key = (inc.check.as_bytes(), inc.subject.as_bytes());
+                let stored = match t.get(key).map_err(db_err)? {
+                    Some(v) => Dec(v.value()).u64()?,
+                    None => 0,
+                };
+                if stored != inc.version {
+                    return Ok(None);
+                }
+                inc.version = next;
+                t.insert(key, encode_incident(&inc).as_slice())
+                    .map_err(db_err)?;
+                let mut unsettled = tx.open_table(INCIDENTS_UNSETTLED).map_err(db_err)?;
+                if inc.unsettled() {
+                    unsettled.insert(key, ()).map_err(db_err)?;
+                } else {
+                    unsettled.remove(key).map_err(db_err)?;
+                }
+                let mut failing = tx.open_table(INCIDENTS_FAILING).map_err(db_err)?;
+                if inc.failing {
+                    failing.insert(key, ()).map_err(db_err)?;
+                } else {
+                    failing.remove(key).map_err(db_err)?;
+                }
+            }
+            tx.commit().map_err(db_err)?;
+            Ok(Some(next))
+        })
+        .await
+    }
+
+    async fn unsettled_incidents(&self, limit: usize) -> Result<Vec<Incident>> {
+        self.blocking(move |db| incidents_by_index(db, INCIDENTS_UNSETTLED, limit))
+            .await
+    }
+
+    async fn incidents(&self, failing_only: bool) -> Result<Vec<Incident>> {
+        self.blocking(move |db| {
+            if failing_only {
+                return incidents_by_index(db, INCIDENTS_FAILING, usize::MAX);
+            }
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(INCIDENTS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for row in t.iter().map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let (c, s) = k.value();
+                out.push(decode_incident(c, s, v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        let key = key.to_owned();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(META_KV).map_err(db_err)?;
+            t.get(key.as_bytes())
+                .map_err(db_err)?
+                .map(|v| text(v.value()))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn put_meta(&self, key: &str, value: &str) -> Result<()> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            tx.open_table(META_KV)
+                .map_err(db_err)?
+                .insert(key.as_bytes(), value.as_bytes())
+                .map_err(db_err)?;
             tx.commit().map_err(db_err)
         })
         .await

@@ -20,13 +20,29 @@
 //! An update is indexed once per `(source, position)`: the first commit wins, later ones are
 //! ignored and reported as not new. A `reindex` that replays segments in sequence order
 //! therefore rebuilds the same index.
+//!
+//! # Runner state
+//! The processor runner keeps its escalation state here (DESIGN invariant 5), one
+//! [`Incident`] per (check, subject), written by compare-and-set on a version so that two
+//! runner instances (or a redelivery racing a retry) never both act on the same transition:
+//! ```text
+//!  incident() ──> decide ──> put_incident(read version) ──> Some: notify ──> put_incident
+//!                                  │ None: someone else wrote; re-read and decide again
+//! ```
+//! Between a verdict and a successful notification the incident is *unsettled*
+//! (`failing != notified_failing`): [`Catalog::unsettled_incidents`] is the outbox a
+//! restarted runner drains first. A small key/value table ([`Catalog::get_meta`]) holds
+//! runner cursors. Neither is part of the index, so [`Catalog::dump`] leaves them out and
+//! `reindex` does not rebuild them.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use crate::Result;
-use crate::update::{CatalogDump, CommitBatch, IndexEntry, MasterDoc, Micros, SourceState};
+use crate::update::{
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState,
+};
 
 pub mod embedded;
 pub mod postgres;
@@ -97,7 +113,30 @@ pub trait Catalog: Send + Sync + 'static {
     /// Moves a source's watermark forward without new events (idle-source heartbeat).
     async fn heartbeat(&self, source: &str, watermark_us: Micros, now_us: Micros) -> Result<()>;
 
+    /// The escalation state of one (check, subject), if it was ever stored.
+    async fn incident(&self, check: &str, subject: &str) -> Result<Option<Incident>>;
+
+    /// Compare-and-set: stores `inc` only if the stored version of its (check, subject) is
+    /// `inc.version` (absent counts as 0), under version `inc.version + 1`, and returns
+    /// `Some(new version)`. On a conflict nothing is written and it returns `None`: the
+    /// caller re-reads and decides again.
+    async fn put_incident(&self, inc: &Incident) -> Result<Option<u64>>;
+
+    /// Incidents owing a notification (`failing != notified_failing`), ordered by
+    /// (check, subject), at most `limit`: the outbox a restarted runner drains first.
+    async fn unsettled_incidents(&self, limit: usize) -> Result<Vec<Incident>>;
+
+    /// Every stored incident, or only the failing ones, ordered by (check, subject).
+    async fn incidents(&self, failing_only: bool) -> Result<Vec<Incident>>;
+
+    /// A value of the runner's key/value table (cursors), if set.
+    async fn get_meta(&self, key: &str) -> Result<Option<String>>;
+
+    /// Sets (or overwrites) a value of the runner's key/value table, durably.
+    async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+
     /// The whole logical index in canonical order (for reindex comparison and tests).
+    /// Runner state (incidents, meta) is not part of it.
     async fn dump(&self) -> Result<CatalogDump>;
 
     /// A short human description for logs.

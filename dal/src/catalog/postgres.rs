@@ -9,6 +9,9 @@
 //!  masters(model, record_id PK, update count, first/last event time)
 //!  refs(model, name, value, record_id PK) ─ refs_by_record (model, record_id)
 //!  source_state(source PK, checkpoint, watermark, last event, updated)
+//!  incidents(check_name, subject PK, verdict and notified state, times, message, details,
+//!            version) ─ incidents_unsettled, incidents_failing (partial indexes)
+//!  meta_kv(name PK, value)
 //!  schema_migrations(version PK, applied_at)
 //! ```
 //! Every string the engine hands us (source, position, model, record id, reference names and
@@ -17,6 +20,10 @@
 //! (UTF-8 bytes), so `ORDER BY` gives the orders the trait promises without collations.
 //! The master document's references are not copied into `masters`: `refs` is both the
 //! reference index and the master's reference set (read by `(model, record_id)`).
+//! Incidents (runner state) are written by compare-and-set on `version` with single
+//! statements: an `INSERT .. ON CONFLICT DO NOTHING` for version 0, otherwise an `UPDATE ..
+//! WHERE version = $read`, which under READ COMMITTED re-checks the condition on the row a
+//! concurrent writer just committed, so of two writers at one version exactly one matches.
 //!
 //! # Migrations
 //! Versioned SQL embedded below ([`MIGRATIONS`]) is applied in order, in one transaction
@@ -47,15 +54,17 @@ use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement};
 
 use super::Catalog;
 use crate::update::{
-    CatalogDump, CommitBatch, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc, op_from_u8,
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
+    op_from_u8,
 };
 use crate::{Error, Result};
 
 /// Schema migrations, applied in order; never edit one that shipped, append a new version.
 /// `{s}` stands for the quoted schema name.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE SEQUENCE {s}.segment_seq AS BIGINT MINVALUE 1 START 1;
 
 -- state: 0 pending (reserved), 1 committed (indexed), 2 published (notifications sent)
@@ -114,7 +123,42 @@ CREATE TABLE {s}.source_state (
     updated_us    BIGINT NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- Processor-runner escalation state, one row per (check, subject); written by
+-- compare-and-set on version (stored versions start at 1; 0 means never stored).
+CREATE TABLE {s}.incidents (
+    check_name       BYTEA   NOT NULL,
+    subject          BYTEA   NOT NULL,
+    failing          BOOLEAN NOT NULL,
+    notified_failing BOOLEAN NOT NULL,
+    last_eval_us     BIGINT  NOT NULL,
+    since_us         BIGINT  NOT NULL,
+    message          BYTEA   NOT NULL,
+    details          BYTEA   NOT NULL,
+    updated_us       BIGINT  NOT NULL,
+    version          BIGINT  NOT NULL CHECK (version > 0),
+    PRIMARY KEY (check_name, subject)
+);
+-- the outbox and the open incidents are few; settled, passing ones accumulate
+CREATE INDEX incidents_unsettled ON {s}.incidents (check_name, subject)
+    WHERE failing <> notified_failing;
+CREATE INDEX incidents_failing ON {s}.incidents (check_name, subject) WHERE failing;
+
+-- runner cursors and other small named values
+CREATE TABLE {s}.meta_kv (
+    name  BYTEA PRIMARY KEY,
+    value BYTEA NOT NULL
+);
+"#,
+    ),
+];
+
+/// Columns of an incident, in the order [`incident_from_row`] reads them.
+const INCIDENT_COLS: &str = "check_name, subject, failing, notified_failing, last_eval_us, \
+                             since_us, message, details, updated_us, version";
 
 /// Columns of an index entry, in the order [`entry_from_row`] reads them.
 const ENTRY_COLS: &str = "source, position, model, record_id, op, event_time_us, \
@@ -149,10 +193,18 @@ enum Q {
     DumpEntries,
     DumpMasters,
     DumpRefs,
+    IncidentGet,
+    IncidentInsert,
+    IncidentUpdate,
+    IncidentsUnsettled,
+    IncidentsAll,
+    IncidentsFailing,
+    MetaGet,
+    MetaPut,
 }
 
 impl Q {
-    const ALL: [Q; 26] = [
+    const ALL: [Q; 34] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -179,9 +231,18 @@ impl Q {
         Q::DumpEntries,
         Q::DumpMasters,
         Q::DumpRefs,
+        Q::IncidentGet,
+        Q::IncidentInsert,
+        Q::IncidentUpdate,
+        Q::IncidentsUnsettled,
+        Q::IncidentsAll,
+        Q::IncidentsFailing,
+        Q::MetaGet,
+        Q::MetaPut,
     ];
 
-    /// The SQL, with `{s}` for the quoted schema and `{cols}` for [`ENTRY_COLS`].
+    /// The SQL, with `{s}` for the quoted schema, `{cols}` for [`ENTRY_COLS`] and `{icols}`
+    /// for [`INCIDENT_COLS`].
     fn template(self) -> &'static str {
         match self {
             // ON CONFLICT: a reindex may have committed a sequence number the sequence
@@ -288,6 +349,34 @@ impl Q {
                 "SELECT model, name, value, record_id FROM {s}.refs \
                  ORDER BY model, name, value, record_id"
             }
+            Q::IncidentGet => {
+                "SELECT {icols} FROM {s}.incidents WHERE check_name = $1 AND subject = $2"
+            }
+            // Version 0 (never stored): create only; a row that exists is a conflict.
+            Q::IncidentInsert => {
+                "INSERT INTO {s}.incidents ({icols}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (check_name, subject) DO NOTHING RETURNING version"
+            }
+            Q::IncidentUpdate => {
+                "UPDATE {s}.incidents SET failing = $3, notified_failing = $4, \
+                 last_eval_us = $5, since_us = $6, message = $7, details = $8, updated_us = $9, \
+                 version = $10 WHERE check_name = $1 AND subject = $2 AND version = $11 \
+                 RETURNING version"
+            }
+            Q::IncidentsUnsettled => {
+                "SELECT {icols} FROM {s}.incidents WHERE failing <> notified_failing \
+                 ORDER BY check_name, subject LIMIT $1"
+            }
+            Q::IncidentsAll => "SELECT {icols} FROM {s}.incidents ORDER BY check_name, subject",
+            Q::IncidentsFailing => {
+                "SELECT {icols} FROM {s}.incidents WHERE failing ORDER BY check_name, subject"
+            }
+            Q::MetaGet => "SELECT value FROM {s}.meta_kv WHERE name = $1",
+            Q::MetaPut => {
+                "INSERT INTO {s}.meta_kv (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            }
         }
     }
 }
@@ -342,6 +431,7 @@ impl PgCatalog {
             .map(|q| {
                 q.template()
                     .replace("{cols}", ENTRY_COLS)
+                    .replace("{icols}", INCIDENT_COLS)
                     .replace("{s}", &quoted)
             })
             .collect();
@@ -810,6 +900,97 @@ impl Catalog for PgCatalog {
         Ok(())
     }
 
+    async fn incident(&self, check: &str, subject: &str) -> Result<Option<Incident>> {
+        let c = self.shared().await?;
+        let row = c
+            .client
+            .query_opt(
+                c.st(Q::IncidentGet),
+                &[&check.as_bytes(), &subject.as_bytes()],
+            )
+            .await
+            .map_err(pg_err("reading an incident"))?;
+        row.as_ref().map(incident_from_row).transpose()
+    }
+
+    async fn put_incident(&self, inc: &Incident) -> Result<Option<u64>> {
+        let bad = |v: u64| Error::invalid("incident version", format!("{v} > 2^63-2"));
+        let read = i64::try_from(inc.version).map_err(|_| bad(inc.version))?;
+        let next = read.checked_add(1).ok_or_else(|| bad(inc.version))?;
+        let (check, subject) = (inc.check.as_bytes(), inc.subject.as_bytes());
+        let (message, details) = (inc.message.as_bytes(), inc.details.as_bytes());
+        let row: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            &check,
+            &subject,
+            &inc.failing,
+            &inc.notified_failing,
+            &inc.last_eval_us,
+            &inc.since_us,
+            &message,
+            &details,
+            &inc.updated_us,
+            &next,
+        ];
+        let c = self.shared().await?;
+        let written = if read == 0 {
+            c.client.query_opt(c.st(Q::IncidentInsert), &row).await
+        } else {
+            let mut params = row.to_vec();
+            params.push(&read);
+            c.client.query_opt(c.st(Q::IncidentUpdate), &params).await
+        }
+        .map_err(pg_err("writing an incident"))?;
+        written.map(|r| version_from(&r, 0)).transpose()
+    }
+
+    async fn unsettled_incidents(&self, limit: usize) -> Result<Vec<Incident>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let c = self.shared().await?;
+        let rows = c
+            .client
+            .query(c.st(Q::IncidentsUnsettled), &[&limit])
+            .await
+            .map_err(pg_err("listing unsettled incidents"))?;
+        rows.iter().map(incident_from_row).collect()
+    }
+
+    async fn incidents(&self, failing_only: bool) -> Result<Vec<Incident>> {
+        let q = if failing_only {
+            Q::IncidentsFailing
+        } else {
+            Q::IncidentsAll
+        };
+        let c = self.shared().await?;
+        let rows = c
+            .client
+            .query(c.st(q), &[])
+            .await
+            .map_err(pg_err("listing incidents"))?;
+        rows.iter().map(incident_from_row).collect()
+    }
+
+    async fn get_meta(&self, key: &str) -> Result<Option<String>> {
+        let c = self.shared().await?;
+        let row = c
+            .client
+            .query_opt(c.st(Q::MetaGet), &[&key.as_bytes()])
+            .await
+            .map_err(pg_err("reading a meta value"))?;
+        row.map(|r| text(&r, 0)).transpose()
+    }
+
+    async fn put_meta(&self, key: &str, value: &str) -> Result<()> {
+        let c = self.shared().await?;
+        c.client
+            .execute(c.st(Q::MetaPut), &[&key.as_bytes(), &value.as_bytes()])
+            .await
+            .map_err(pg_err("writing a meta value"))?;
+        Ok(())
+    }
+
     async fn dump(&self) -> Result<CatalogDump> {
         let mut conn = self.txn().await?;
         let conn = &mut *conn;
@@ -1110,6 +1291,26 @@ fn str_col(row: &Row, i: usize) -> Result<&str> {
 
 fn text(row: &Row, i: usize) -> Result<String> {
     str_col(row, i).map(str::to_owned)
+}
+
+fn version_from(row: &Row, i: usize) -> Result<u64> {
+    let v: i64 = get(row, i)?;
+    u64::try_from(v).map_err(|_| Error::corrupt("catalog incidents", format!("version {v}")))
+}
+
+fn incident_from_row(row: &Row) -> Result<Incident> {
+    Ok(Incident {
+        check: text(row, 0)?,
+        subject: text(row, 1)?,
+        failing: get(row, 2)?,
+        notified_failing: get(row, 3)?,
+        last_eval_us: get(row, 4)?,
+        since_us: get(row, 5)?,
+        message: text(row, 6)?,
+        details: text(row, 7)?,
+        updated_us: get(row, 8)?,
+        version: version_from(row, 9)?,
+    })
 }
 
 fn entry_from_row(row: &Row) -> Result<IndexEntry> {

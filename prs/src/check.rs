@@ -1,0 +1,357 @@
+//! Checks: plain functions from a view to a verdict, and how they are registered.
+//!
+//! ```ignore
+//! fn transfer_nets_to_zero(v: &TransferWithLedger) -> Verdict { ... }
+//!
+//! let mut registry = Registry::new();
+//! registry.check("transfer_nets_to_zero", transfer_nets_to_zero);
+//! registry
+//!     .check("entries_match_amount", entries_match_amount)
+//!     .grace(Duration::from_secs(30))
+//!     .strategy(Strategy::FixedDelay(Duration::from_secs(60)))
+//!     .escalate("payments-oncall");
+//! ```
+//!
+//! The function's argument type is the view: a message of `protos/` known to the DAL's view
+//! registry (`TransferWithLedger`). From it the registry knows, with no more said, which
+//! models trigger the check (every model the view reads), how a notification finds its
+//! subjects (a subject-model update is its own subject; an update of a joined model names
+//! its subjects through the join's reference, e.g. a ledger entry's `transfer_id`), and which
+//! sources the scheduler must wait for. Every stage has an escape hatch on [`CheckSpec`]:
+//! [`CheckSpec::select`] (custom selection), [`CheckSpec::strategy`], [`CheckSpec::grace`],
+//! [`CheckSpec::escalate`], [`CheckSpec::view_with`] (a custom view function).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use overseer_dal::update::{Micros, UpdateNotification};
+use overseer_dal::{Dal, Viewed};
+use serde_json::Value;
+
+use crate::{Error, Result};
+
+/// What a check says about its subject.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Verdict {
+    Pass,
+    /// A mismatch: a one-line message for the incident title, and structured details (the
+    /// evidence a human needs: amounts, ids, expected vs found).
+    Fail {
+        message: String,
+        details: Value,
+    },
+}
+
+impl Verdict {
+    pub fn pass() -> Self {
+        Verdict::Pass
+    }
+
+    pub fn fail(message: impl Into<String>) -> Self {
+        Verdict::Fail {
+            message: message.into(),
+            details: Value::Null,
+        }
+    }
+
+    pub fn fail_with(message: impl Into<String>, details: Value) -> Self {
+        Verdict::Fail {
+            message: message.into(),
+            details,
+        }
+    }
+
+    /// `Pass` if `ok`, else a failure built by `fail`.
+    pub fn check(ok: bool, fail: impl FnOnce() -> Verdict) -> Self {
+        if ok { Verdict::Pass } else { fail() }
+    }
+
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Verdict::Pass)
+    }
+}
+
+/// When a triggered check runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// At once, on whatever has been ingested (fast; false alarms when a source lags).
+    Immediate,
+    /// A fixed time after the trigger was received (SLA checks: "settled within d").
+    FixedDelay(Duration),
+    /// The default: once every source the view reads is complete up to the evaluation time
+    /// (trigger commit time + grace), but no later than `max_delay` after the trigger was
+    /// received; past that it runs and reports the stale sources instead of a mismatch.
+    FreshnessAware { max_delay: Duration },
+}
+
+/// Default bound on a freshness-aware wait.
+pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(60);
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy::FreshnessAware {
+            max_delay: DEFAULT_MAX_DELAY,
+        }
+    }
+}
+
+/// Custom selection: the subjects a notification triggers the check for.
+pub type SelectFn = Arc<dyn Fn(&UpdateNotification) -> Vec<String> + Send + Sync>;
+
+/// A boxed future, for the erased async pieces.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Outcome of building a check's view: the view's evidence plus the verdict, or why there
+/// was nothing to check.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Evaluation {
+    /// The function ran.
+    Ran {
+        verdict: Verdict,
+        /// Update identities (`source@position`) the view was built from.
+        evidence: Vec<String>,
+    },
+    /// The subject did not exist as of the evaluation time (created later, or deleted).
+    NoSubject,
+}
+
+/// The type-erased check the runner drives (object-safe; the blanket impl below makes every
+/// `Fn(&V) -> Verdict` one).
+pub trait ErasedCheck: Send + Sync {
+    /// Full name of the view message.
+    fn view_name(&self) -> String;
+
+    /// Builds the view of `subject` as of `as_of_us` and runs the function on it.
+    /// Panics of the function are not caught here (the runner isolates them).
+    fn evaluate<'a>(
+        &'a self,
+        dal: &'a Dal,
+        subject: &'a str,
+        as_of_us: Micros,
+    ) -> BoxFuture<'a, Result<Evaluation>>;
+}
+
+/// A custom view function: how to build the view of a subject as of a time.
+pub type ViewFn<V> = Arc<
+    dyn for<'a> Fn(&'a Dal, &'a str, Micros) -> BoxFuture<'a, Result<Option<Viewed<V>>>>
+        + Send
+        + Sync,
+>;
+
+struct Typed<V, F> {
+    f: Arc<F>,
+    view_fn: Option<ViewFn<V>>,
+}
+
+impl<V, F> ErasedCheck for Typed<V, F>
+where
+    V: prost::Message + prost::Name + Default + Send + Sync + 'static,
+    F: Fn(&V) -> Verdict + Send + Sync + 'static,
+{
+    fn view_name(&self) -> String {
+        V::full_name()
+    }
+
+    fn evaluate<'a>(
+        &'a self,
+        dal: &'a Dal,
+        subject: &'a str,
+        as_of_us: Micros,
+    ) -> BoxFuture<'a, Result<Evaluation>> {
+        Box::pin(async move {
+            let viewed = match &self.view_fn {
+                Some(custom) => custom(dal, subject, as_of_us).await?,
+                None => dal.view::<V>(subject, as_of_us).await?,
+            };
+            let Some(viewed) = viewed else {
+                return Ok(Evaluation::NoSubject);
+            };
+            // The function is synchronous and user-written: run it off the async workers so a
+            // slow one cannot stall the runtime, and so a panic is a JoinError, not a crash.
+            let f = self.f.clone();
+            let Viewed { view, evidence, .. } = viewed;
+            let verdict = tokio::task::spawn_blocking(move || f(&view))
+                .await
+                .map_err(|e| Error::Panicked(panic_message(e)))?;
+            Ok(Evaluation::Ran {
+                verdict,
+                evidence: evidence.iter().map(ToString::to_string).collect(),
+            })
+        })
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    if !e.is_panic() {
+        return e.to_string();
+    }
+    let p = e.into_panic();
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".into())
+}
+
+/// One registered check and its settings.
+pub struct CheckSpec {
+    pub name: String,
+    pub check: Arc<dyn ErasedCheck>,
+    pub strategy: Strategy,
+    /// How long other systems may take to reflect a trigger: the check evaluates as of the
+    /// trigger's commit time plus this.
+    pub grace: Duration,
+    /// Escalation policy name (see the escalation config); `None`: the default policy.
+    pub escalation: Option<String>,
+    /// Custom selection; `None`: derived from the view.
+    pub select: Option<SelectFn>,
+    /// Longest a run may take (view + function) before it is an error verdict.
+    pub timeout: Duration,
+    /// Registered but not run live (replay can still run it: a shadow check).
+    pub enabled: bool,
+}
+
+impl std::fmt::Debug for CheckSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckSpec")
+            .field("name", &self.name)
+            .field("view", &self.check.view_name())
+            .field("strategy", &self.strategy)
+            .field("grace", &self.grace)
+            .field("escalation", &self.escalation)
+            .field("custom_select", &self.select.is_some())
+            .field("timeout", &self.timeout)
+            .field("enabled", &self.enabled)
+            .finish()
+    }
+}
+
+/// Default timeout of one run.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl CheckSpec {
+    pub fn strategy(&mut self, s: Strategy) -> &mut Self {
+        self.strategy = s;
+        self
+    }
+
+    pub fn grace(&mut self, d: Duration) -> &mut Self {
+        self.grace = d;
+        self
+    }
+
+    pub fn escalate(&mut self, policy: impl Into<String>) -> &mut Self {
+        self.escalation = Some(policy.into());
+        self
+    }
+
+    pub fn timeout(&mut self, d: Duration) -> &mut Self {
+        self.timeout = d;
+        self
+    }
+
+    /// Custom selection: which subjects a notification triggers this check for (replaces
+    /// the selection derived from the view; return nothing to ignore a notification).
+    pub fn select(
+        &mut self,
+        f: impl Fn(&UpdateNotification) -> Vec<String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.select = Some(Arc::new(f));
+        self
+    }
+
+    /// Registered but not run live: replay can run it to show what it would have raised.
+    pub fn shadow(&mut self) -> &mut Self {
+        self.enabled = false;
+        self
+    }
+}
+
+/// Every check of a deployment, by name (names are unique).
+#[derive(Default)]
+pub struct Registry {
+    checks: BTreeMap<String, CheckSpec>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `f` as check `name`, with defaults for everything; the returned spec
+    /// changes them. Registering a name twice panics: it is a programming error, caught
+    /// by the first test that builds the registry.
+    pub fn check<V, F>(&mut self, name: &str, f: F) -> &mut CheckSpec
+    where
+        V: prost::Message + prost::Name + Default + Send + Sync + 'static,
+        F: Fn(&V) -> Verdict + Send + Sync + 'static,
+    {
+        self.insert(
+            name,
+            Arc::new(Typed::<V, F> {
+                f: Arc::new(f),
+                view_fn: None,
+            }),
+        )
+    }
+
+    /// Registers `f` with a custom view function (the escape hatch from the DAL's views).
+    pub fn check_with_view<V, F>(&mut self, name: &str, view: ViewFn<V>, f: F) -> &mut CheckSpec
+    where
+        V: prost::Message + prost::Name + Default + Send + Sync + 'static,
+        F: Fn(&V) -> Verdict + Send + Sync + 'static,
+    {
+        self.insert(
+            name,
+            Arc::new(Typed::<V, F> {
+                f: Arc::new(f),
+                view_fn: Some(view),
+            }),
+        )
+    }
+
+    fn insert(&mut self, name: &str, check: Arc<dyn ErasedCheck>) -> &mut CheckSpec {
+        assert!(
+            !self.checks.contains_key(name),
+            "check {name:?} is registered twice"
+        );
+        self.checks
+            .entry(name.to_owned())
+            .or_insert_with(|| CheckSpec {
+                name: name.to_owned(),
+                check,
+                strategy: Strategy::default(),
+                grace: Duration::ZERO,
+                escalation: None,
+                select: None,
+                timeout: DEFAULT_TIMEOUT,
+                enabled: true,
+            })
+    }
+
+    pub fn get(&self, name: &str) -> Result<&CheckSpec> {
+        self.checks.get(name).ok_or_else(|| Error::UnknownCheck {
+            name: name.to_owned(),
+            known: self.checks.keys().cloned().collect(),
+        })
+    }
+
+    /// A check's settings, to change them after registration (configuration overrides).
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut CheckSpec> {
+        self.checks.get_mut(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &CheckSpec> {
+        self.checks.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+}

@@ -1,0 +1,44 @@
+//! One error type for the runner, classified as transient or definite.
+
+/// Errors of the processor runner.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The DAL (catalog, store, bus, or a view) failed.
+    #[error(transparent)]
+    Dal(#[from] overseer_dal::Error),
+    /// A check function panicked; the message is the panic's.
+    #[error("the check panicked: {0}")]
+    Panicked(String),
+    /// A run took longer than the check's timeout.
+    #[error("the check timed out after {0:?}")]
+    TimedOut(std::time::Duration),
+    /// No check of that name is registered.
+    #[error("no check named {name:?} (registered: {})", known.join(", "))]
+    UnknownCheck { name: String, known: Vec<String> },
+    /// A check or escalation is configured wrong.
+    #[error("config: {0}")]
+    Config(String),
+    /// An escalation target refused or failed.
+    #[error("escalation {policy}: {message}")]
+    Escalation {
+        policy: String,
+        message: String,
+        transient: bool,
+    },
+}
+
+/// Result with the runner's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Dal(e) => e.is_transient(),
+            Error::Escalation { transient, .. } => *transient,
+            Error::TimedOut(_) => true,
+            Error::Panicked(_) | Error::UnknownCheck { .. } | Error::Config(_) => false,
+        }
+    }
+}

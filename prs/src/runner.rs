@@ -1,0 +1,490 @@
+//! The runner loop: notifications in, verdicts out.
+//!
+//! ```text
+//!  Subscription ──recv──> selection ──(check, subject, trigger)──> Scheduler
+//!       ^                                                           │ ready runs
+//!       │ commit (contiguous, fully-run prefix per partition)       v
+//!     Acks <──release── execution (JoinSet, Semaphore, timeout, panic = error) ──> Sink
+//!                                                                   (escalation, report)
+//!  catalog.source_states() ──every poll──> watermarks ──> Scheduler (freshness)
+//! ```
+//!
+//! # Progress tracking
+//! A notification is committed on the bus only once every run it triggered has completed
+//! and its verdict was handed to the sink (DESIGN invariant 1): each notification takes an
+//! ack id; each triggered run holds it; a coalesced run holds the ids of every trigger it
+//! absorbed. [`Acks`] commits, per partition, the longest prefix of fully-run
+//! notifications. A crash with delayed runs pending therefore re-delivers their
+//! notifications, and the restarted runner re-derives the same runs; the sink's incident
+//! state (in the catalog) makes the repeated verdicts harmless.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use overseer_dal::Dal;
+use overseer_dal::bus::{DeliveryTag, Subscription};
+use overseer_dal::update::{Micros, UpdateNotification, now_us};
+
+use crate::check::{CheckSpec, Evaluation, Registry, Verdict};
+use crate::schedule::{Plan, Ready, Scheduler, Trigger};
+use crate::select::Selector;
+use crate::telemetry;
+use crate::{Error, Result};
+
+/// What a run concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Pass,
+    /// A mismatch, with every source complete up to the evaluation time.
+    Fail {
+        message: String,
+        details: Value,
+    },
+    /// A mismatch seen while some sources were not complete up to the evaluation time
+    /// (the run was forced by the max delay): reported, not escalated as a failure.
+    Stale {
+        sources: Vec<String>,
+        message: String,
+        details: Value,
+    },
+    /// The check could not run to a verdict: the view failed, the function panicked or
+    /// timed out.
+    Error {
+        message: String,
+    },
+    /// The subject did not exist as of the evaluation time.
+    NoSubject,
+}
+
+impl Outcome {
+    /// Label for metrics and reports.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Pass => "pass",
+            Outcome::Fail { .. } => "fail",
+            Outcome::Stale { .. } => "stale",
+            Outcome::Error { .. } => "error",
+            Outcome::NoSubject => "no_subject",
+        }
+    }
+}
+
+/// One completed run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub check: String,
+    pub subject: String,
+    /// The view was built as of this time.
+    pub eval_us: Micros,
+    /// Earliest source commit time among the coalesced triggers.
+    pub first_event_us: Micros,
+    pub outcome: Outcome,
+    /// Update identities (`source@position`) the view was built from.
+    pub evidence: Vec<String>,
+    pub triggers: u32,
+    /// Wall-clock time the verdict was reached (time to detect = this − first_event_us).
+    pub finished_us: Micros,
+}
+
+/// Where verdicts go: escalation live, a report in replay.
+#[async_trait::async_trait]
+pub trait Sink: Send + Sync {
+    /// Takes one run's verdict. An error stops the runner (nothing is committed past it).
+    async fn record(&self, run: &RunRecord) -> Result<()>;
+}
+
+/// Settings of a runner.
+#[derive(Clone, Debug)]
+pub struct RunnerOptions {
+    /// Which sources feed each model (from the ingestion config): the sources a check's
+    /// freshness depends on.
+    pub model_sources: BTreeMap<String, Vec<String>>,
+    /// Runs executing at once.
+    pub concurrency: usize,
+    /// Runs pending in the scheduler past which the runner stops reading notifications.
+    pub max_pending: usize,
+    /// How often source watermarks are read from the catalog.
+    pub watermark_poll: Duration,
+    /// How often completed notifications are committed on the bus.
+    pub commit_interval: Duration,
+    /// Notifications read per batch.
+    pub batch: usize,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        RunnerOptions {
+            model_sources: BTreeMap::new(),
+            concurrency: 64,
+            max_pending: 1_000_000,
+            watermark_poll: Duration::from_millis(50),
+            commit_interval: Duration::from_millis(200),
+            batch: 1024,
+        }
+    }
+}
+
+/// Counts of a runner's life, returned when it stops.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunnerReport {
+    pub notifications: u64,
+    pub triggers: u64,
+    pub runs: u64,
+    pub by_outcome: BTreeMap<String, u64>,
+}
+
+/// Per-partition progress: which notifications are fully run, and the committable prefix.
+#[derive(Debug, Default)]
+pub struct Acks {
+    next_id: u64,
+    /// Ack id → (tag, runs still holding it).
+    live: HashMap<u64, (DeliveryTag, u32)>,
+    /// Per partition: offset → done?
+    partitions: BTreeMap<i32, BTreeMap<i64, bool>>,
+}
+
+impl Acks {
+    /// Registers a delivered notification; it is held once per run it triggers.
+    pub fn register(&mut self, tag: DeliveryTag) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.partitions
+            .entry(tag.partition)
+            .or_default()
+            .insert(tag.offset, false);
+        self.live.insert(id, (tag, 0));
+        id
+    }
+
+    pub fn hold(&mut self, id: u64) {
+        if let Some((_, n)) = self.live.get_mut(&id) {
+            *n += 1;
+        }
+    }
+
+    /// Releases one hold (or the registration itself when nothing holds it).
+    pub fn release(&mut self, id: u64) {
+        let Some((tag, n)) = self.live.get_mut(&id) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            let tag = tag.clone();
+            self.live.remove(&id);
+            if let Some(p) = self.partitions.get_mut(&tag.partition) {
+                p.insert(tag.offset, true);
+            }
+        }
+    }
+
+    /// The last tag of each partition's done prefix, removing that prefix.
+    pub fn committable(&mut self) -> Vec<DeliveryTag> {
+        let mut out = Vec::new();
+        for (partition, offsets) in &mut self.partitions {
+            let mut last = None;
+            while let Some((&offset, &done)) = offsets.first_key_value() {
+                if !done {
+                    break;
+                }
+                offsets.pop_first();
+                last = Some(offset);
+            }
+            if let Some(offset) = last {
+                out.push(DeliveryTag {
+                    partition: *partition,
+                    offset,
+                });
+            }
+        }
+        out
+    }
+
+    /// Notifications delivered but not yet fully run.
+    pub fn outstanding(&self) -> usize {
+        self.live.len()
+    }
+}
+
+/// The processor runner over one DAL and one registry.
+pub struct Runner {
+    dal: Dal,
+    registry: Arc<Registry>,
+    selector: Selector,
+    scheduler: Scheduler,
+    options: RunnerOptions,
+}
+
+impl Runner {
+    /// A runner of the enabled checks of `registry`. Fails if a check's view is unknown or
+    /// reads a model no source feeds.
+    pub fn new(dal: Dal, registry: Arc<Registry>, options: RunnerOptions) -> Result<Self> {
+        Self::with_checks(dal, registry, options, |s| s.enabled)
+    }
+
+    /// A runner of the checks `include` admits (replay: the ones asked for, shadow or not).
+    pub fn with_checks(
+        dal: Dal,
+        registry: Arc<Registry>,
+        options: RunnerOptions,
+        include: impl Fn(&CheckSpec) -> bool,
+    ) -> Result<Self> {
+        let selector = Selector::new(&registry, dal.views(), &include)?;
+        let mut scheduler = Scheduler::new();
+        for spec in registry.iter().filter(|s| include(s)) {
+            let view = dal
+                .views()
+                .get(&spec.check.view_name())
+                .map_err(|e| Error::Config(format!("check {:?}: {e}", spec.name)))?;
+            let mut sources = Vec::new();
+            for model in view.models() {
+                let Some(feeds) = options.model_sources.get(&model) else {
+                    return Err(Error::Config(format!(
+                        "check {:?} reads model {model:?} (view {}), which no configured \
+                         source feeds",
+                        spec.name,
+                        view.name()
+                    )));
+                };
+                sources.extend(feeds.iter().cloned());
+            }
+            sources.sort();
+            sources.dedup();
+            scheduler.plan(
+                &spec.name,
+                Plan {
+                    strategy: spec.strategy,
+                    grace: spec.grace,
+                    sources: sources.into(),
+                },
+            );
+        }
+        Ok(Runner {
+            dal,
+            registry,
+            selector,
+            scheduler,
+            options,
+        })
+    }
+
+    /// Runs until `shutdown`, then stops reading, lets running checks finish (pending
+    /// delayed runs stay uncommitted, so they are re-derived on restart), commits and
+    /// returns.
+    pub async fn run(
+        mut self,
+        mut sub: Box<dyn Subscription>,
+        sink: Arc<dyn Sink>,
+        shutdown: CancellationToken,
+    ) -> Result<RunnerReport> {
+        let mut report = RunnerReport::default();
+        let mut acks = Acks::default();
+        let mut running: JoinSet<(Vec<u64>, RunRecord)> = JoinSet::new();
+        let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let mut watermarks = tokio::time::interval(self.options.watermark_poll);
+        watermarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut commits = tokio::time::interval(self.options.commit_interval);
+        commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = Duration::from_secs(3600);
+
+        loop {
+            let accepting = self.scheduler.len() < self.options.max_pending
+                && running.len() < self.options.concurrency * 4;
+            let next_timer = self
+                .scheduler
+                .next_timer()
+                .unwrap_or_else(|| Instant::now() + far);
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(done) = running.join_next() => {
+                    let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))?;
+                    sink.record(&rec).await?;
+                    report.runs += 1;
+                    *report.by_outcome.entry(rec.outcome.label().to_owned()).or_default() += 1;
+                    for id in ids {
+                        acks.release(id);
+                    }
+                }
+                _ = watermarks.tick() => {
+                    let states = self.dal.catalog().source_states().await?;
+                    let now = now_us();
+                    for s in &states {
+                        telemetry::watermark_age(&s.source, now - s.watermark_us);
+                    }
+                    self.scheduler
+                        .set_watermarks(states.iter().map(|s| (s.source.as_str(), s.watermark_us)));
+                }
+                _ = commits.tick() => {
+                    let tags = acks.committable();
+                    if !tags.is_empty() {
+                        sub.commit(&tags).await?;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_timer) => {}
+                batch = sub.recv(self.options.batch), if accepting => {
+                    for d in batch? {
+                        report.notifications += 1;
+                        let id = acks.register(d.tag);
+                        let pairs = if self.selector.triggers(&d.note.model) {
+                            self.selector.select(&**self.dal.catalog(), &d.note).await?
+                        } else {
+                            Vec::new()
+                        };
+                        let now = Instant::now();
+                        for (check, subject) in pairs {
+                            let Some(name) = self.scheduler.name(&check) else { continue };
+                            acks.hold(id);
+                            report.triggers += 1;
+                            self.scheduler.add(&name, &subject, trigger(&d.note, id), now);
+                        }
+                        // Held by its runs, or done now if it triggered none.
+                        acks.hold(id);
+                        acks.release(id);
+                    }
+                }
+            }
+            for ready in self.scheduler.take_ready(Instant::now()) {
+                self.spawn(&mut running, &permits, ready);
+            }
+            telemetry::pending(self.scheduler.len());
+        }
+
+        // Let running checks finish and hand their verdicts over, then commit.
+        while let Some(done) = running.join_next().await {
+            let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))?;
+            sink.record(&rec).await?;
+            report.runs += 1;
+            *report
+                .by_outcome
+                .entry(rec.outcome.label().to_owned())
+                .or_default() += 1;
+            for id in ids {
+                acks.release(id);
+            }
+        }
+        let tags = acks.committable();
+        if !tags.is_empty() {
+            sub.commit(&tags).await?;
+        }
+        Ok(report)
+    }
+
+    fn spawn(
+        &self,
+        running: &mut JoinSet<(Vec<u64>, RunRecord)>,
+        permits: &Arc<Semaphore>,
+        ready: Ready,
+    ) {
+        let spec = self
+            .registry
+            .get(&ready.check)
+            .expect("the scheduler only knows registered checks");
+        let check = spec.check.clone();
+        let timeout = spec.timeout;
+        let dal = self.dal.clone();
+        let permits = permits.clone();
+        running.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("never closed");
+            let rec = execute(&dal, &*check, timeout, &ready).await;
+            telemetry::run_finished(&rec);
+            (ready.acks, rec)
+        });
+    }
+}
+
+fn trigger(note: &UpdateNotification, ack: u64) -> Trigger {
+    Trigger {
+        event_time_us: note.event_time_us,
+        ingest_time_us: note.ingest_time_us,
+        ack: Some(ack),
+    }
+}
+
+/// Runs one released run to a record: the view as of the evaluation time, the function, a
+/// timeout, and panics turned into error outcomes.
+pub async fn execute(
+    dal: &Dal,
+    check: &dyn crate::check::ErasedCheck,
+    timeout: Duration,
+    ready: &Ready,
+) -> RunRecord {
+    let result = tokio::time::timeout(timeout, check.evaluate(dal, &ready.subject, ready.eval_us))
+        .await
+        .unwrap_or(Err(Error::TimedOut(timeout)));
+    let (outcome, evidence) = match result {
+        Ok(Evaluation::NoSubject) => (Outcome::NoSubject, Vec::new()),
+        Ok(Evaluation::Ran { verdict, evidence }) => {
+            let outcome = match verdict {
+                Verdict::Pass => Outcome::Pass,
+                Verdict::Fail { message, details } if !ready.stale.is_empty() => Outcome::Stale {
+                    sources: ready.stale.clone(),
+                    message,
+                    details,
+                },
+                Verdict::Fail { message, details } => Outcome::Fail { message, details },
+            };
+            (outcome, evidence)
+        }
+        Err(e) => (
+            Outcome::Error {
+                message: e.to_string(),
+            },
+            Vec::new(),
+        ),
+    };
+    RunRecord {
+        check: ready.check.to_string(),
+        subject: ready.subject.clone(),
+        eval_us: ready.eval_us,
+        first_event_us: ready.first_event_us,
+        outcome,
+        evidence,
+        triggers: ready.triggers,
+        finished_us: now_us(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tag(p: i32, o: i64) -> DeliveryTag {
+        DeliveryTag {
+            partition: p,
+            offset: o,
+        }
+    }
+
+    #[test]
+    fn acks_commit_only_fully_run_prefixes() {
+        let mut a = Acks::default();
+        let ids: Vec<u64> = (0..4).map(|o| a.register(tag(0, o))).collect();
+        let other = a.register(tag(1, 7));
+        // 0: no runs; 1: two runs; 2: one run; 3: no runs.
+        a.hold(ids[0]);
+        a.release(ids[0]);
+        a.hold(ids[1]);
+        a.hold(ids[1]);
+        a.hold(ids[2]);
+        a.hold(ids[3]);
+        a.release(ids[3]);
+        assert_eq!(a.committable(), [tag(0, 0)]);
+        a.release(ids[2]);
+        a.release(ids[1]);
+        assert!(a.committable().is_empty(), "1 still has a run");
+        a.release(ids[1]);
+        assert_eq!(a.committable(), [tag(0, 3)]);
+        assert_eq!(a.outstanding(), 1);
+        a.hold(other);
+        a.release(other);
+        assert_eq!(a.committable(), [tag(1, 7)]);
+        assert_eq!(a.outstanding(), 0);
+    }
+}

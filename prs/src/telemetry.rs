@@ -1,0 +1,34 @@
+//! Metric names of the runner, and the events that update them (low-cardinality labels:
+//! check names and source names, never subjects).
+
+use overseer_dal::update::Micros;
+
+use crate::runner::RunRecord;
+
+/// Check runs by check and outcome (`pass`, `fail`, `stale`, `error`, `no_subject`).
+pub const CHECK_RUNS: &str = "overseer_check_runs_total";
+/// Time to detect: source commit of the earliest trigger → verdict, seconds, by check.
+pub const TTD_SECONDS: &str = "overseer_time_to_detect_seconds";
+/// Wall-clock age of each source's watermark, seconds.
+pub const WATERMARK_AGE_SECONDS: &str = "overseer_watermark_age_seconds";
+/// Runs waiting in the scheduler.
+pub const PENDING_CHECKS: &str = "overseer_pending_checks";
+
+/// A run finished.
+pub fn run_finished(rec: &RunRecord) {
+    metrics::counter!(CHECK_RUNS, "check" => rec.check.clone(), "outcome" => rec.outcome.label())
+        .increment(1);
+    let ttd = (rec.finished_us - rec.first_event_us).max(0) as f64 / 1e6;
+    metrics::histogram!(TTD_SECONDS, "check" => rec.check.clone()).record(ttd);
+}
+
+/// A source's watermark was read.
+pub fn watermark_age(source: &str, age_us: Micros) {
+    metrics::gauge!(WATERMARK_AGE_SECONDS, "source" => source.to_owned())
+        .set(age_us.max(0) as f64 / 1e6);
+}
+
+/// The scheduler's size after a step.
+pub fn pending(n: usize) {
+    metrics::gauge!(PENDING_CHECKS).set(n as f64);
+}

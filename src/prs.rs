@@ -1,0 +1,128 @@
+//! `overseer prs` and `overseer run`: the processor runner with the shipped payments checks,
+//! alone on the events topic or in one process with ingestion.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio_util::sync::CancellationToken;
+
+use overseer_dal::bus::Subscription;
+use overseer_dal::bus::feed::CatalogFeed;
+use overseer_dal::config::BusConfig;
+use overseer_ingestion::config::Config;
+use overseer_ingestion::pipeline::Storage;
+use overseer_prs::check::Registry;
+use overseer_prs::runner::RunnerReport;
+
+/// The shipped checks (overseer-checks), with the configuration's overrides applied.
+pub(crate) fn registry(cfg: &Config) -> Result<Registry> {
+    let mut registry = Registry::new();
+    overseer_checks::register(&mut registry, Duration::from_millis(cfg.prs.grace_ms));
+    overseer_prs::service::configure(&mut registry, &cfg.prs)?;
+    Ok(registry)
+}
+
+/// Serves Prometheus metrics on `[prs] metrics_addr`, if set.
+pub(crate) fn serve_metrics(cfg: &Config) -> Result<()> {
+    let Some(addr) = &cfg.prs.metrics_addr else {
+        return Ok(());
+    };
+    let addr: std::net::SocketAddr = addr
+        .parse()
+        .with_context(|| format!("prs.metrics_addr {addr:?} is not host:port"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+    Ok(())
+}
+
+/// Where the runner reads notifications: the events topic's consumer group (Kafka bus), or
+/// a cursor over the catalog (in-process bus: notifications in memory would be lost in a
+/// crash, the catalog's would not). `in_process` says whether ingestion runs in this
+/// process (required for the in-process bus).
+pub(crate) async fn subscription(
+    cfg: &Config,
+    storage: &Storage,
+    in_process: bool,
+) -> Result<Box<dyn Subscription>> {
+    match &cfg.bus {
+        BusConfig::Kafka(_) => Ok(storage.bus.subscribe(&cfg.prs.group).await?),
+        BusConfig::Memory { .. } => {
+            if !in_process {
+                bail!(
+                    "the in-process bus ([bus] kind = \"memory\") reaches only checks running in \
+                     the ingesting process: use `overseer run`, or a Kafka bus"
+                );
+            }
+            let poll = Duration::from_millis(cfg.prs.watermark_poll_ms);
+            let (catalog, store) = (storage.catalog.clone(), storage.store.clone());
+            let feed = if cfg.prs.from_beginning {
+                CatalogFeed::open(catalog, store, &cfg.prs.group, poll).await?
+            } else {
+                CatalogFeed::open_at_end(catalog, store, &cfg.prs.group, poll).await?
+            };
+            Ok(Box::new(feed))
+        }
+    }
+}
+
+fn print_report(r: &RunnerReport) {
+    let outcomes: Vec<String> = r
+        .by_outcome
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    eprintln!(
+        "prs: {} notifications, {} triggers, {} runs ({})",
+        r.notifications,
+        r.triggers,
+        r.runs,
+        outcomes.join(", ")
+    );
+}
+
+/// `overseer prs`: the runner alone, on the events topic.
+pub(crate) async fn prs(cfg: Config, token: CancellationToken) -> Result<()> {
+    let storage = Storage::open(&cfg).await?;
+    let sub = subscription(&cfg, &storage, false).await?;
+    serve_metrics(&cfg)?;
+    let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
+    let registry = registry(&cfg)?;
+    let report = overseer_prs::service::run(&cfg, registry, dal, sub, None, token).await?;
+    print_report(&report);
+    Ok(())
+}
+
+/// `overseer run`: ingestion and the runner in one process, stopping together.
+pub(crate) async fn run(cfg: Config, token: CancellationToken) -> Result<()> {
+    let storage = Storage::open(&cfg).await?;
+    serve_metrics(&cfg)?;
+    let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
+    let registry = registry(&cfg)?;
+    let sub = subscription(&cfg, &storage, true).await?;
+    let cfg = Arc::new(cfg);
+    let ingest = {
+        let (cfg, token) = (cfg.clone(), token.clone());
+        tokio::spawn(async move {
+            let r = overseer_ingestion::service::run(&cfg, storage, false, token.clone()).await;
+            // Ingestion ending (an error, or every source finished) stops the runner too.
+            token.cancel();
+            r
+        })
+    };
+    let prs = overseer_prs::service::run(&cfg, registry, dal, sub, None, token.clone()).await;
+    token.cancel();
+    let ingested = ingest.await.context("the ingestion task")?;
+    let report = prs?;
+    for (name, r) in ingested? {
+        eprintln!(
+            "{name}: {} events, {} updates, {} duplicates, {} quarantined, {} segments",
+            r.events, r.updates, r.duplicates, r.quarantined, r.segments
+        );
+    }
+    print_report(&report);
+    Ok(())
+}
