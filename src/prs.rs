@@ -96,7 +96,8 @@ pub(crate) async fn prs(cfg: Config, token: CancellationToken) -> Result<()> {
     Ok(())
 }
 
-/// `overseer run`: ingestion and the runner in one process, stopping together.
+/// `overseer run`: ingestion and the runner in one process, stopping together on a
+/// signal (or when ingestion fails).
 pub(crate) async fn run(cfg: Config, token: CancellationToken) -> Result<()> {
     let storage = Storage::open(&cfg).await?;
     serve_metrics(&cfg)?;
@@ -108,8 +109,16 @@ pub(crate) async fn run(cfg: Config, token: CancellationToken) -> Result<()> {
         let (cfg, token) = (cfg.clone(), token.clone());
         tokio::spawn(async move {
             let r = overseer_ingestion::service::run(&cfg, storage, false, token.clone()).await;
-            // Ingestion ending (an error, or every source finished) stops the runner too.
-            token.cancel();
+            match &r {
+                // A failed ingestion stops the runner too.
+                Err(_) => token.cancel(),
+                // Every source finished (files without `follow`): their delayed checks
+                // still run; the runner stops on SIGINT/SIGTERM.
+                Ok(_) if !token.is_cancelled() => {
+                    tracing::info!("every source finished; checks keep running until stopped")
+                }
+                Ok(_) => {}
+            }
             r
         })
     };

@@ -1,6 +1,6 @@
 //! Checks: plain functions from a view to a verdict, and how they are registered.
 //!
-//! ```ignore
+//! ```text
 //! fn transfer_nets_to_zero(v: &TransferWithLedger) -> Verdict { ... }
 //!
 //! let mut registry = Registry::new();

@@ -18,6 +18,10 @@ pub const PENDING_CHECKS: &str = "overseer_pending_checks";
 pub fn run_finished(rec: &RunRecord) {
     metrics::counter!(CHECK_RUNS, "check" => rec.check.clone(), "outcome" => rec.outcome.label())
         .increment(1);
+    if let crate::runner::Outcome::Error { message } = &rec.outcome {
+        tracing::warn!(check = %rec.check, subject = %rec.subject, eval_us = rec.eval_us,
+            error = %message, "check run failed");
+    }
     let ttd = (rec.finished_us - rec.first_event_us).max(0) as f64 / 1e6;
     metrics::histogram!(TTD_SECONDS, "check" => rec.check.clone()).record(ttd);
 }

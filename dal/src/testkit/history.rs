@@ -1,6 +1,6 @@
 //! History for tests: update records of real formats, written and indexed as ingestion does.
 //!
-//! ```ignore
+//! ```text
 //! let mut ch = Changes::new("ledger").refs(&["transfer_id"]);
 //! let recs = vec![ch.insert("ledger.entries", "e1", t, json!({"transfer_id": "T1", ..}))];
 //! write_segment(&*store, &*catalog, recs, vec![]).await?;

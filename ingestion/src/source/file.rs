@@ -160,7 +160,15 @@ impl Source for FileSource {
                         _ = ctx.shutdown.cancelled() => return Ok(()),
                     }
                 }
-                Frame::Eof if !self.cfg.follow => return Ok(()),
+                Frame::Eof if !self.cfg.follow => {
+                    // A drained file is complete: its watermark moves to now, so checks
+                    // waiting on it run rather than time out as stale.
+                    let hb = SourceMsg::Heartbeat {
+                        watermark_us: overseer_dal::update::now_us(),
+                    };
+                    let _ = ctx.tx.send(hb).await;
+                    return Ok(());
+                }
                 Frame::Eof => {
                     let hb = SourceMsg::Heartbeat {
                         watermark_us: overseer_dal::update::now_us(),

@@ -198,7 +198,19 @@ impl TopicContext {
     }
 }
 
-impl ClientContext for TopicContext {}
+impl ClientContext for TopicContext {
+    /// librdkafka reports reaching the end of a partition (we ask for it: it is how the
+    /// source knows it is caught up) through the global error callback too; the default
+    /// logs it at error level on every caught-up read. It is not an error.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!(source = %self.source, reason, "end of partition");
+            }
+            _ => tracing::error!(source = %self.source, error = %error, reason, "librdkafka error"),
+        }
+    }
+}
 
 impl ConsumerContext for TopicContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
