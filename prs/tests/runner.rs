@@ -1,0 +1,177 @@
+//! Execution: a panicking check is an error verdict (the runner goes on), a slow one times
+//! out, custom selection and custom view functions are used, shadow checks do not run
+//! live, and the bus position is committed only past fully-run notifications.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use overseer_dal::Dal;
+use overseer_dal::bus::memory::MemoryBus;
+use overseer_dal::bus::{Bus, Delivered, DeliveryTag, Subscription};
+use overseer_dal::catalog::DynCatalog;
+use overseer_dal::catalog::embedded::EmbeddedCatalog;
+use overseer_dal::store::DynStore;
+use overseer_dal::store::memory::MemoryStore;
+use overseer_dal::testkit::history::{Changes, write_segment};
+use overseer_protos::views::Toy;
+use overseer_prs::check::{Registry, Strategy, Verdict};
+use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions, Sink};
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<RunRecord>>);
+
+#[async_trait::async_trait]
+impl Sink for Collect {
+    async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
+        self.0.lock().unwrap().push(run.clone());
+        Ok(())
+    }
+}
+
+/// A subscription that records what the runner commits.
+struct Recording {
+    inner: Box<dyn Subscription>,
+    committed: Arc<Mutex<Vec<DeliveryTag>>>,
+}
+
+#[async_trait::async_trait]
+impl Subscription for Recording {
+    async fn recv(&mut self, max: usize) -> overseer_dal::Result<Vec<Delivered>> {
+        self.inner.recv(max).await
+    }
+    async fn commit(&mut self, tags: &[DeliveryTag]) -> overseer_dal::Result<()> {
+        self.committed.lock().unwrap().extend_from_slice(tags);
+        self.inner.commit(tags).await
+    }
+}
+
+fn toy_check(v: &Toy) -> Verdict {
+    match v.r#type.as_str() {
+        "bomb" => panic!("the check blew up on {}", v.id),
+        "slow" => {
+            std::thread::sleep(Duration::from_millis(1500));
+            Verdict::Pass
+        }
+        "broken" => Verdict::fail_with("broken toy", json!({"id": v.id})),
+        _ => Verdict::Pass,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog: DynCatalog = Arc::new(EmbeddedCatalog::open(dir.path().join("c.redb")).unwrap());
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let bus = Arc::new(MemoryBus::new(1000));
+
+    let mut registry = Registry::new();
+    registry
+        .check("toy_ok", toy_check)
+        .strategy(Strategy::Immediate)
+        .timeout(Duration::from_millis(300));
+    // Custom selection: every toy triggers the check for the subject "a" only.
+    registry
+        .check("only_a", |_: &Toy| Verdict::fail("always"))
+        .strategy(Strategy::Immediate)
+        .select(|_| vec!["a".into()]);
+    registry
+        .check("shadow", |_: &Toy| Verdict::fail("never live"))
+        .strategy(Strategy::Immediate)
+        .shadow();
+    let options = RunnerOptions {
+        model_sources: BTreeMap::from([("toys".into(), vec!["src".into()])]),
+        commit_interval: Duration::from_millis(20),
+        ..RunnerOptions::default()
+    };
+    let runner = Runner::new(
+        Dal::new(catalog.clone(), store.clone()),
+        Arc::new(registry),
+        options,
+    )
+    .unwrap();
+    let committed = Arc::new(Mutex::new(Vec::new()));
+    let sub = Box::new(Recording {
+        inner: bus.subscribe("t").await.unwrap(),
+        committed: committed.clone(),
+    });
+    let sink = Arc::new(Collect::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(sub, sink.clone(), stop.clone()));
+
+    let mut ch = Changes::new("src");
+    let recs = ["a:ok", "b:bomb", "c:slow", "d:broken", "e:ok"]
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let (id, ty) = s.split_once(':').unwrap();
+            ch.insert("toys", id, 1000 + i as i64, json!({"type": ty}))
+        })
+        .collect();
+    let entries = write_segment(&*store, &*catalog, recs, vec![])
+        .await
+        .unwrap();
+    let notes: Vec<_> = entries.iter().map(|e| e.notification()).collect();
+    bus.publish(&notes).await.unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = sink.0.lock().unwrap().len();
+        let c = committed.lock().unwrap().last().cloned();
+        if n >= 6 && c.as_ref().is_some_and(|t| t.offset == 4) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runs: {n}, committed {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    let report = task.await.unwrap().unwrap();
+
+    let runs = sink.0.lock().unwrap().clone();
+    let by: BTreeMap<(String, String), Outcome> = runs
+        .iter()
+        .map(|r| ((r.check.clone(), r.subject.clone()), r.outcome.clone()))
+        .collect();
+    let get = |c: &str, s: &str| by.get(&(c.to_owned(), s.to_owned())).cloned();
+    assert_eq!(get("toy_ok", "a"), Some(Outcome::Pass));
+    assert_eq!(
+        get("toy_ok", "e"),
+        Some(Outcome::Pass),
+        "the runner went on"
+    );
+    match get("toy_ok", "b") {
+        Some(Outcome::Error { message }) => {
+            assert!(
+                message.contains("panicked") && message.contains("blew up on b"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    match get("toy_ok", "c") {
+        Some(Outcome::Error { message }) => assert!(message.contains("timed out"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(get("toy_ok", "d"), Some(Outcome::Fail { .. })));
+    // Custom selection: five notifications, one subject, coalesced into few runs.
+    assert!(
+        runs.iter()
+            .filter(|r| r.check == "only_a")
+            .all(|r| r.subject == "a")
+    );
+    assert!(
+        runs.iter().all(|r| r.check != "shadow"),
+        "shadow checks do not run live"
+    );
+    assert_eq!(report.notifications, 5);
+    // Everything committed, in order, up to the last notification.
+    let c = committed.lock().unwrap();
+    assert!(c.windows(2).all(|w| w[0].offset < w[1].offset), "{c:?}");
+    assert_eq!(c.last().map(|t| t.offset), Some(4));
+}

@@ -1,0 +1,167 @@
+//! `overseer run` on the embedded default serves Prometheus metrics: check runs by outcome,
+//! time to detect, watermark ages, pending checks, and ingestion's counters.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn get(addr: &str, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+fn write_inputs(dir: &Path) {
+    let t_ms: i64 = 1_767_225_600_000;
+    let transfer = |op: &str, status: &str, at: i64, lsn: u64| {
+        serde_json::json!({"payload": {"op": op, "before": null,
+            "after": {"id": "T1", "account_id": "a1", "asset": "USD", "amount": "12.50",
+                      "status": status, "updated_at": at},
+            "source": {"schema": "payments", "table": "transfers", "ts_ms": at, "lsn": lsn},
+            "ts_ms": at}})
+        .to_string()
+    };
+    let asset = serde_json::json!({"payload": {"op": "r", "before": null,
+        "after": {"symbol": "USD", "decimals": 2},
+        "source": {"schema": "payments", "table": "assets", "ts_ms": t_ms - 1000, "lsn": 1},
+        "ts_ms": t_ms}})
+    .to_string();
+    std::fs::write(
+        dir.join("payments.jsonl"),
+        [
+            asset,
+            transfer("c", "pending", t_ms, 2),
+            transfer("u", "completed", t_ms + 100, 3),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let entry = |id: &str, dir: &str, minor: i64, i: u32| {
+        serde_json::json!({"_id": {"_data": format!("{i:08}")}, "operationType": "insert",
+            "clusterTime": {"$timestamp": {"t": t_ms / 1000 + 1, "i": i}},
+            "ns": {"db": "ledger", "coll": "entries"}, "documentKey": {"_id": id},
+            "fullDocument": {"_id": id, "transfer_id": "T1", "account_id": "a1", "asset": "USD",
+                "direction": dir, "amount_minor": {"$numberLong": minor.to_string()}, "decimals": 2}})
+        .to_string()
+    };
+    std::fs::write(
+        dir.join("ledger.jsonl"),
+        [
+            entry("e1", "debit", 1250, 1),
+            entry("e2", "credit", 1200, 2),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn run_serves_prometheus_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    write_inputs(dir.path());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = dir.path().display();
+    let config = format!(
+        r#"
+[store]
+kind = "local"
+path = "{d}/objects"
+[catalog]
+kind = "embedded"
+path = "{d}/catalog.redb"
+[prs]
+from_beginning = true
+metrics_addr = "{addr}"
+[[models]]
+name = "payments.transfers"
+[[models]]
+name = "payments.assets"
+id_field = "symbol"
+[[models]]
+name = "ledger.entries"
+id_field = "_id"
+references = {{ transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }}
+[[models]]
+name = "ledger.wallets"
+id_field = "_id"
+[[sources]]
+name = "payments"
+format = "debezium-postgres"
+[sources.file]
+path = "{d}/payments.jsonl"
+[[sources]]
+name = "ledger"
+format = "mongo-change-stream"
+[sources.file]
+path = "{d}/ledger.jsonl"
+"#
+    );
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        if let Some(b) = get(&addr, "/metrics")
+            && b.contains("overseer_check_runs_total")
+            && b.contains("outcome=\"fail\"")
+        {
+            body = b;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert!(
+        !body.is_empty(),
+        "no check-run metrics within 30 s; stderr:\n{stderr}"
+    );
+    assert!(status.success(), "SIGTERM exits 0: {status:?}\n{stderr}");
+    for name in [
+        "overseer_check_runs_total",
+        "overseer_time_to_detect_seconds",
+        "overseer_watermark_age_seconds",
+        "overseer_pending_checks",
+    ] {
+        assert!(body.contains(name), "{name} missing from:\n{body}");
+    }
+    // The unbalanced transfer failed transfer_nets_to_zero, and was escalated (log policy).
+    assert!(
+        body.contains(r#"check="transfer_nets_to_zero",outcome="fail""#)
+            || body.contains(r#"outcome="fail",check="transfer_nets_to_zero""#),
+        "{body}"
+    );
+    assert!(
+        stderr.contains("entries of transfer T1 net to -50"),
+        "{stderr}"
+    );
+}
