@@ -123,7 +123,39 @@ pub fn notifier(name: &str, cfg: &EscalationConfig) -> Result<Arc<dyn Notifier>>
             }
         }
     };
-    Ok(n)
+    if cfg.redact.is_empty() {
+        return Ok(n);
+    }
+    Ok(Arc::new(Redacting {
+        inner: n,
+        fields: cfg.redact.clone(),
+    }))
+}
+
+/// Blanks the configured sensitive fields out of every notice's details before it leaves
+/// (DESIGN invariant 7).
+struct Redacting {
+    inner: Arc<dyn Notifier>,
+    fields: Vec<String>,
+}
+
+#[async_trait::async_trait]
+impl Notifier for Redacting {
+    async fn send(&self, notice: &crate::escalate::Notice) -> Result<()> {
+        self.inner
+            .send(&notice.clone().redacted(&self.fields))
+            .await
+    }
+    fn describe(&self) -> String {
+        format!(
+            "{} (redacting {})",
+            self.inner.describe(),
+            self.fields.join(", ")
+        )
+    }
+    fn policy(&self) -> &str {
+        self.inner.policy()
+    }
 }
 
 /// The escalation routes of the configuration: every `[escalation.NAME]` plus `log`.
