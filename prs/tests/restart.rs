@@ -1,0 +1,130 @@
+//! A runner stopped with delayed runs pending re-derives them on restart (DESIGN invariant
+//! 1): its cursor over the catalog (embedded mode) is committed only past notifications
+//! whose runs have all completed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use overseer_dal::Dal;
+use overseer_dal::bus::feed::CatalogFeed;
+use overseer_dal::catalog::DynCatalog;
+use overseer_dal::catalog::embedded::EmbeddedCatalog;
+use overseer_dal::store::DynStore;
+use overseer_dal::store::memory::MemoryStore;
+use overseer_dal::testkit::history::{Changes, write_segment};
+use overseer_dal::update::now_us;
+use overseer_protos::views::Toy;
+use overseer_prs::check::{Registry, Strategy, Verdict};
+use overseer_prs::runner::{RunRecord, Runner, RunnerOptions, Sink};
+
+#[derive(Default)]
+struct Collect(Mutex<Vec<RunRecord>>);
+
+#[async_trait::async_trait]
+impl Sink for Collect {
+    async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
+        self.0.lock().unwrap().push(run.clone());
+        Ok(())
+    }
+}
+
+async fn runner_for(
+    catalog: &DynCatalog,
+    store: &DynStore,
+) -> (
+    tokio::task::JoinHandle<overseer_prs::Result<overseer_prs::runner::RunnerReport>>,
+    Arc<Collect>,
+    CancellationToken,
+) {
+    let mut registry = Registry::new();
+    registry
+        .check("toy", |_: &Toy| Verdict::Pass)
+        .strategy(Strategy::FreshnessAware {
+            max_delay: Duration::from_secs(3600),
+        });
+    let options = RunnerOptions {
+        model_sources: BTreeMap::from([("toys".into(), vec!["src".into()])]),
+        watermark_poll: Duration::from_millis(10),
+        commit_interval: Duration::from_millis(10),
+        ..RunnerOptions::default()
+    };
+    let runner = Runner::new(
+        Dal::new(catalog.clone(), store.clone()),
+        Arc::new(registry),
+        options,
+    )
+    .unwrap();
+    let feed = CatalogFeed::open(
+        catalog.clone(),
+        store.clone(),
+        "prs",
+        Duration::from_millis(10),
+    )
+    .await
+    .unwrap();
+    let sink = Arc::new(Collect::default());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(Box::new(feed), sink.clone(), stop.clone()));
+    (task, sink, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_runs_pending_at_a_stop_are_rederived() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog: DynCatalog = Arc::new(EmbeddedCatalog::open(dir.path().join("c.redb")).unwrap());
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let t = now_us();
+    let mut ch = Changes::new("src");
+    let recs = (0..3)
+        .map(|i| ch.insert("toys", &format!("x{i}"), t + i, json!({"type": "ok"})))
+        .collect();
+    write_segment(&*store, &*catalog, recs, vec![])
+        .await
+        .unwrap();
+    // The source is complete only up to before these events: the runs must wait.
+    catalog.heartbeat("src", t - 1_000_000, t).await.unwrap();
+
+    let (task, sink, stop) = runner_for(&catalog, &store).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.cancel();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.notifications, 3, "{report:?}");
+    assert!(
+        sink.0.lock().unwrap().is_empty(),
+        "nothing ran: waiting for freshness"
+    );
+
+    // Restart: the notifications come again, and once the source is fresh, the runs happen.
+    let (task, sink, stop) = runner_for(&catalog, &store).await;
+    catalog.heartbeat("src", t + 10, t + 10).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.0.lock().unwrap().len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "runs never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    stop.cancel();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.notifications, 3);
+    let mut subjects: Vec<String> = sink
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|r| r.subject.clone())
+        .collect();
+    subjects.sort();
+    assert_eq!(subjects, ["x0", "x1", "x2"]);
+
+    // A third start finds nothing left to do: everything was committed.
+    let (task, sink, stop) = runner_for(&catalog, &store).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    let report = task.await.unwrap().unwrap();
+    assert_eq!(report.notifications, 0, "{report:?}");
+    assert!(sink.0.lock().unwrap().is_empty());
+}
