@@ -49,11 +49,13 @@ impl Subscription for Recording {
     }
 }
 
+/// The timeout is generous (a panic's backtrace is symbolised in debug builds, which can
+/// take a while on a loaded machine); the slow case sleeps well past it.
 fn toy_check(v: &Toy) -> Verdict {
     match v.r#type.as_str() {
         "bomb" => panic!("the check blew up on {}", v.id),
         "slow" => {
-            std::thread::sleep(Duration::from_millis(1500));
+            std::thread::sleep(Duration::from_millis(5000));
             Verdict::Pass
         }
         "broken" => Verdict::fail_with("broken toy", json!({"id": v.id})),
@@ -72,7 +74,7 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
     registry
         .check("toy_ok", toy_check)
         .strategy(Strategy::Immediate)
-        .timeout(Duration::from_millis(300));
+        .timeout(Duration::from_millis(2000));
     // Custom selection: every toy triggers the check for the subject "a" only.
     registry
         .check("only_a", |_: &Toy| Verdict::fail("always"))
