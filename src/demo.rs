@@ -1,125 +1,134 @@
-//! `overseer demo`: the payments example of DESIGN.md on the embedded default — no servers,
-//! no config. It generates transfers (Debezium PostgreSQL envelopes) and ledger entries
-//! (MongoDB change-stream events) with redelivered duplicates and malformed events mixed
-//! in, ingests them through the real pipeline (file sources → local object store → embedded
-//! catalog), shows one transfer's history and its joined ledger entries, and checks that a
-//! `reindex` of the object store rebuilds exactly the same catalog.
+//! `overseer demo`: DESIGN.md's payments example, live, on the embedded default — no servers,
+//! no config.
+//!
+//! ```text
+//!  workload (seeded, with known faults)
+//!   ├─ payments: Debezium PostgreSQL ─ ReplaySource (caught up) ─┐  ingestion: local store,
+//!   └─ ledger: MongoDB change streams ─ ReplaySource (lagging) ──┴> embedded catalog
+//!                                                                     │ catalog feed
+//!  console <── CustomNotifier <── incidents <── runner (the shipped checks) <──┘
+//!  summary <── score against the ground truth <── every run record
+//! ```
+//!
+//! Sources release the generated events at their arrival times, in real time, and heartbeat
+//! their watermarks; ingestion and the runner run concurrently as in `overseer run`. Once
+//! every event is delivered and every check run it triggered has completed (the runner has
+//! committed the feed past the last notification), the demo stops and scores the verdicts
+//! against the faults it injected. Under the default freshness-aware strategy it fails
+//! (non-zero exit) on a missed fault or a false alarm: it doubles as a smoke test.
 
-use std::io::Write;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, bail};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use overseer_dal::catalog::embedded::EmbeddedCatalog;
+use overseer_checks::workload::live::{Clock, Collector, Fanout, ReplaySource, Tracked};
+use overseer_checks::workload::{FaultKind, Lag, Score, System, Workload, WorkloadConfig};
+use overseer_dal::bus::feed::CatalogFeed;
 use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
-use overseer_ingestion::config::Config;
-use overseer_ingestion::pipeline::Storage;
+use overseer_dal::update::{Micros, now_us};
+use overseer_ingestion::config::{CheckSettings, Config, StrategyName};
+use overseer_ingestion::pipeline::{Ingestor, SourceReport, Storage};
+use overseer_prs::check::Registry;
+use overseer_prs::escalate::{Action, CustomNotifier, Notice, Notifier, Severity};
+use overseer_prs::incident::{Escalator, Routes};
+use overseer_prs::runner::{RunRecord, Runner, Sink};
 
-/// Writes the demo's events; returns (transfer events, ledger events, malformed, duplicates).
-fn generate(dir: &Path, transfers: u64, seed: u64) -> Result<(u64, u64, u64, u64)> {
-    let mut rng = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut tf = std::io::BufWriter::new(std::fs::File::create(dir.join("transfers.jsonl"))?);
-    let mut lf = std::io::BufWriter::new(std::fs::File::create(dir.join("ledger.jsonl"))?);
-    let (mut nt, mut nl, mut bad, mut dup) = (0, 0, 0, 0);
-    let base_ms: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
-    let assets = [("USD", 2u32), ("BTC", 8), ("ETH", 18)];
-    for i in 0..transfers {
-        let t_ms = base_ms + i as i64;
-        let (asset, decimals) = assets[(next() % 3) as usize];
-        let units = next() % 100_000 + 1;
-        let amount = format!("{}.{:02}", units / 100, units % 100);
-        let minor = (units as u128) * 10u128.pow(decimals - 2);
-        let id = format!("t{i:08}");
-        let acct = format!("acc{:04}", next() % 1000);
-        let row = |status: &str| {
-            serde_json::json!({"id": id, "account_id": acct, "asset": asset,
-                "amount": amount, "status": status, "updated_at": t_ms})
-        };
-        for (op, before, after, at) in [
-            ("c", serde_json::Value::Null, row("pending"), t_ms),
-            ("u", row("pending"), row("completed"), t_ms + 150),
-        ] {
-            let ev = serde_json::json!({"payload": {"op": op, "before": before, "after": after,
-                "source": {"schema": "payments", "table": "transfers", "ts_ms": at,
-                    "lsn": 2 * i + u64::from(op == "u")},
-                "ts_ms": at + 3}});
-            let line = ev.to_string();
-            writeln!(tf, "{line}")?;
-            nt += 1;
-            if next() % 500 == 0 {
-                writeln!(tf, "{line}")?; // redelivered: same change, same LSN, new position
-                dup += 1;
-            }
-        }
-        for (k, (dir_, acc)) in [("debit", acct.as_str()), ("credit", "house")]
-            .iter()
-            .enumerate()
-        {
-            let ev = serde_json::json!({
-                "_id": {"_data": format!("{i:08}{k}")},
-                "operationType": "insert",
-                "ns": {"db": "ledger", "coll": "entries"},
-                "documentKey": {"_id": format!("e{i:08}-{k}")},
-                "clusterTime": {"$timestamp": {"t": t_ms / 1000, "i": 1}},
-                "wallTime": {"$date": {"$numberLong": (t_ms + 40).to_string()}},
-                "fullDocument": {"_id": format!("e{i:08}-{k}"), "transfer_id": id,
-                    "account_id": acc, "asset": asset, "direction": dir_,
-                    "amount_minor": {"$numberLong": minor.to_string()}, "decimals": decimals}});
-            writeln!(lf, "{ev}")?;
-            nl += 1;
-        }
-        if next() % 1000 == 0 {
-            writeln!(
-                lf,
-                "{{\"operationType\": \"insert\", \"fullDocument\": {{\"transfer_id\": \"{id}\""
-            )?;
-            bad += 1;
-        }
-    }
-    tf.flush()?;
-    lf.flush()?;
-    Ok((nt, nl, bad, dup))
+/// Execution strategies the demo can run its checks under.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum DemoStrategy {
+    /// Wait until every source is complete up to the evaluation time (the default).
+    FreshnessAware,
+    /// Run at once on whatever has been ingested: a lagging ledger raises false alarms.
+    Immediate,
+    /// Run a fixed delay (`--delay-ms`) after the trigger is received.
+    FixedDelay,
 }
 
-fn demo_config(dir: &Path) -> Result<Config> {
-    let text = format!(
+/// `overseer demo` options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Where the demo keeps its data (a fresh temporary directory by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Transfers to generate.
+    #[arg(long, default_value_t = 2_000)]
+    transfers: u64,
+    /// Transfers per second, released in real time.
+    #[arg(long, default_value_t = 1_000.0)]
+    rate: f64,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Accounts the transfers move money between (few accounts: hot wallets).
+    #[arg(long, default_value_t = 1_000)]
+    accounts: u32,
+    /// The ledger lags behind its commits by between 0 and this many ms, drifting (0: caught
+    /// up).
+    #[arg(long, default_value_t = 2_000)]
+    lag_ms: u64,
+    /// A check triggered at commit time t evaluates the view as of t + grace.
+    #[arg(long, default_value_t = 2_000)]
+    grace_ms: u64,
+    #[arg(long, value_enum, default_value_t = DemoStrategy::FreshnessAware)]
+    strategy: DemoStrategy,
+    /// With `--strategy fixed-delay`: how long after its trigger a check runs.
+    #[arg(long, default_value_t = 2_000)]
+    delay_ms: u64,
+    /// Fraction of transfers with an injected fault.
+    #[arg(long, default_value_t = 0.01)]
+    fault_rate: f64,
+    /// Fraction of events delivered twice.
+    #[arg(long, default_value_t = 0.01)]
+    duplicate_rate: f64,
+}
+
+/// The shipped checks' names, in the order they are reported.
+const CHECKS: [&str; 3] = [
+    overseer_checks::workload::NETS_TO_ZERO,
+    overseer_checks::workload::MATCHES_AMOUNT,
+    overseer_checks::workload::WALLET_BALANCE,
+];
+
+/// Incident notices printed before the console goes quiet (the summary counts them all).
+const SHOWN_NOTICES: usize = 40;
+
+fn demo_config(dir: &Path, args: &Args) -> Result<Config> {
+    let mut text = String::from(
         r#"
 [[models]]
 name = "payments.transfers"
 id_field = "id"
-references = {{ account_id = "account_id" }}
+references = { account_id = "account_id" }
+
+[[models]]
+name = "payments.assets"
+id_field = "symbol"
 
 [[models]]
 name = "ledger.entries"
 id_field = "_id"
-references = {{ transfer_id = "transfer_id", account_id = "account_id" }}
+references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
 
-[[sources]]
-name = "payments-pg"
-format = "debezium-postgres"
-[sources.file]
-path = "{t}"
-
-[[sources]]
-name = "ledger-mongo"
-format = "mongo-change-stream"
-[sources.file]
-path = "{l}"
+[[models]]
+name = "ledger.wallets"
+id_field = "_id"
 "#,
-        t = dir.join("transfers.jsonl").display(),
-        l = dir.join("ledger.jsonl").display()
     );
+    // The sources are in-memory replays: the file kind only satisfies validation.
+    for (system, format) in [
+        (System::Payments, "debezium-postgres"),
+        (System::Ledger, "mongo-change-stream"),
+    ] {
+        text.push_str(&format!(
+            "\n[[sources]]\nname = \"{}\"\nformat = \"{format}\"\n[sources.file]\npath = \"(generated)\"\n",
+            system.name()
+        ));
+    }
     let mut cfg: Config = toml::from_str(&text)?;
     cfg.store = StoreConfig::Local {
         path: dir.join("objects"),
@@ -128,16 +137,78 @@ path = "{l}"
         path: dir.join("catalog.redb"),
     };
     cfg.bus = BusConfig::default();
+    // Idle sources report their watermark often: freshness waits end soon after they can.
+    cfg.ingest.heartbeat_ms = 50;
+    cfg.prs.group = "demo".into();
+    cfg.prs.from_beginning = true;
+    cfg.prs.grace_ms = args.grace_ms;
+    let strategy = match args.strategy {
+        DemoStrategy::FreshnessAware => StrategyName::FreshnessAware,
+        DemoStrategy::Immediate => StrategyName::Immediate,
+        DemoStrategy::FixedDelay => StrategyName::FixedDelay,
+    };
+    for check in CHECKS {
+        cfg.prs.checks.insert(
+            check.into(),
+            CheckSettings {
+                strategy: Some(strategy),
+                delay_ms: (strategy == StrategyName::FixedDelay).then_some(args.delay_ms),
+                ..CheckSettings::default()
+            },
+        );
+    }
     cfg.validate()?;
     Ok(cfg)
 }
 
-pub(crate) async fn run(dir: Option<PathBuf>, transfers: u64, seed: u64) -> Result<()> {
+/// Prints incident notices as the outbox delivers them.
+struct Console {
+    clock: Clock,
+    /// Time zero of the printed offsets: the workload's first commit.
+    start_us: Micros,
+    opened: AtomicUsize,
+    resolved: AtomicUsize,
+}
+
+impl Console {
+    fn print(&self, n: &Notice) {
+        let (label, count) = match n.action {
+            Action::Trigger => ("OPEN", &self.opened),
+            Action::Resolve => ("RESOLVED", &self.resolved),
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        let shown = self.opened.load(Ordering::SeqCst) + self.resolved.load(Ordering::SeqCst);
+        let at = (self.clock.now_us() - self.start_us) as f64 / 1e6;
+        if shown <= SHOWN_NOTICES {
+            let what = match n.action {
+                Action::Trigger => match n.details["message"].as_str() {
+                    Some(m) => format!(": {m}"),
+                    None => format!(": {}", n.summary),
+                },
+                Action::Resolve => String::new(),
+            };
+            println!("[{at:>6.3}s] {label:<8}  {} {}{what}", n.check, n.subject);
+        } else if shown == SHOWN_NOTICES + 1 {
+            println!("[{at:>6.3}s] (more incident notices: counted in the summary, not shown)");
+        }
+    }
+}
+
+/// The `q` quantile (nearest rank) of sorted, non-empty `v`.
+fn quantile(v: &[Micros], q: f64) -> Micros {
+    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+fn secs(us: Micros) -> String {
+    format!("{:.3} s", us as f64 / 1e6)
+}
+
+pub(crate) async fn run(args: Args) -> Result<()> {
     let tmp;
-    let dir = match dir {
+    let dir = match &args.dir {
         Some(d) => {
-            std::fs::create_dir_all(&d)?;
-            d
+            std::fs::create_dir_all(d)?;
+            d.clone()
         }
         None => {
             tmp = tempfile::tempdir()?;
@@ -145,87 +216,413 @@ pub(crate) async fn run(dir: Option<PathBuf>, transfers: u64, seed: u64) -> Resu
         }
     };
     println!(
-        "overseer demo — payments on the embedded default (data in {})",
+        "overseer demo — live payments reconciliation on the embedded default (data in {})",
         dir.display()
     );
-    let (nt, nl, bad, dup) = generate(&dir, transfers, seed)?;
-    println!(
-        "generated {transfers} transfers: {nt} Debezium PostgreSQL events, {nl} MongoDB change-stream events, \
-         {dup} redelivered duplicates, {bad} malformed events"
-    );
-
-    let cfg = demo_config(&dir)?;
+    let cfg = demo_config(&dir, &args)?;
     let storage = Storage::open(&cfg).await?;
-    let started = Instant::now();
-    let reports =
-        overseer_ingestion::service::run(&cfg, storage.clone(), true, CancellationToken::new())
-            .await?;
-    let secs = started.elapsed().as_secs_f64();
-    let (mut events, mut updates, mut dups, mut quarantined, mut segments) = (0, 0, 0, 0, 0);
-    for r in reports.values() {
-        events += r.events;
-        updates += r.updates;
-        dups += r.duplicates;
-        quarantined += r.quarantined;
-        segments += r.segments;
-    }
-    println!(
-        "ingested {events} events in {secs:.2}s ({:.0} events/s): {updates} updates in {segments} segments \
-         ({:.0} updates per object write), {dups} duplicates ignored, {quarantined} quarantined",
-        events as f64 / secs,
-        updates as f64 / segments.max(1) as f64
-    );
-    ensure!(
-        updates == nt + nl,
-        "every good event is in the history exactly once"
-    );
-    ensure!(
-        dups == dup && quarantined == bad,
-        "duplicates ignored, malformed events quarantined"
-    );
-
-    let cat = &storage.catalog;
-    let t = "t00000042";
-    println!("\nhistory of payments.transfers/{t}:");
-    for e in cat
-        .record_updates("payments.transfers", t, i64::MAX)
-        .await?
-    {
-        let time = chrono::DateTime::from_timestamp_micros(e.event_time_us).unwrap_or_default();
-        println!(
-            "  {}  {:<10} {}@{}",
-            time.format("%H:%M:%S%.3f"),
-            e.op.as_str_name().trim_start_matches("OP_").to_lowercase(),
-            e.source,
-            e.position
+    if !storage.catalog.source_states().await?.is_empty() {
+        bail!(
+            "{} already holds a demo's data: use an empty --dir",
+            dir.display()
         );
     }
-    let entries = cat
-        .records_by_ref("ledger.entries", "transfer_id", t)
-        .await?;
-    println!("ledger entries referencing it (reference index): {entries:?}");
+    let ingestor = Ingestor::new(storage.clone(), cfg.ingest.clone());
+    ingestor.recover().await?;
 
-    let letters = overseer_ingestion::deadletter::list_all(&*storage.store).await?;
-    if let Some(l) = letters.first() {
-        println!(
-            "first quarantined event: {}@{}: {}",
-            l.source, l.position, l.reason
-        );
-    }
-
-    let fresh: Arc<EmbeddedCatalog> = Arc::new(EmbeddedCatalog::open(dir.join("reindexed.redb"))?);
-    let rep = overseer_ingestion::reindex::reindex(&*storage.store, &*fresh).await?;
-    let same = overseer_dal::Catalog::dump(&*fresh).await? == cat.dump().await?;
-    println!(
-        "\nreindex from the object store alone: {} segments, {} updates — {}",
-        rep.segments,
-        rep.updates,
-        if same {
-            "identical to the live catalog"
+    // The traffic starts half a second from now, and plays in real time.
+    let clock = Clock::starting_at(now_us());
+    let start_us = (clock.origin_us / 1000 + 500) * 1000;
+    let lag = Duration::from_millis(args.lag_ms);
+    let workload = Arc::new(Workload::generate(WorkloadConfig {
+        seed: args.seed,
+        start_us,
+        transfers: args.transfers,
+        fault_rate: args.fault_rate,
+        duplicate_rate: args.duplicate_rate,
+        ledger_lag: if lag.is_zero() {
+            Lag::None
         } else {
-            "DIFFERS from the live catalog"
+            Lag::Jitter { max: lag }
+        },
+        transfers_per_sec: args.rate,
+        accounts: args.accounts,
+        ..WorkloadConfig::default()
+    })?);
+    print_workload(&workload, &args);
+
+    // The runner, as `overseer run` wires it, with the console as its escalation policy.
+    let mut registry = Registry::new();
+    overseer_checks::register(&mut registry, Duration::from_millis(args.grace_ms));
+    overseer_prs::service::configure(&mut registry, &cfg.prs)?;
+    let enabled: Vec<String> = registry
+        .iter()
+        .filter(|s| s.enabled)
+        .map(|s| s.name.clone())
+        .collect();
+    let console = Arc::new(Console {
+        clock,
+        start_us,
+        opened: AtomicUsize::new(0),
+        resolved: AtomicUsize::new(0),
+    });
+    let printer = console.clone();
+    let notifier: Arc<dyn Notifier> = Arc::new(CustomNotifier::new("console", move |n: Notice| {
+        let printer = printer.clone();
+        async move {
+            printer.print(&n);
+            Ok(())
         }
+    }));
+    let routes = Routes {
+        policies: BTreeMap::from([("console".to_owned(), notifier)]),
+        default_policy: "console".into(),
+        by_check: BTreeMap::new(),
+        muted: BTreeSet::new(),
+        severity: Severity::Error,
+    };
+    let (escalator, outbox) = Escalator::new(storage.catalog.clone(), routes, enabled)?;
+    let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
+    let runner = Runner::new(
+        dal,
+        Arc::new(registry),
+        overseer_prs::service::options(&cfg),
+    )?;
+    let feed = CatalogFeed::open(
+        storage.catalog.clone(),
+        storage.store.clone(),
+        &cfg.prs.group,
+        Duration::from_millis(cfg.prs.watermark_poll_ms),
+    )
+    .await?;
+    let (feed, progress) = Tracked::new(feed);
+    let collector = Collector::new();
+    let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![Arc::new(escalator), collector.clone()]));
+    let outbox_stop = CancellationToken::new();
+    let outbox_task = tokio::spawn(outbox.run(outbox_stop.clone()));
+    let runner_stop = CancellationToken::new();
+    let mut runner_task = tokio::spawn(runner.run(Box::new(feed), sink, runner_stop.clone()));
+
+    // Ingestion: one pipeline per system, fed by its replay source.
+    let ingest_stop = CancellationToken::new();
+    let mut ingest: JoinSet<(String, overseer_ingestion::Result<SourceReport>)> = JoinSet::new();
+    let mut delivered = Vec::new();
+    // Cancelled when a pipeline fails (its error is reported below).
+    let failed = CancellationToken::new();
+    for system in System::ALL {
+        let src = cfg
+            .sources
+            .iter()
+            .find(|s| s.name == system.name())
+            .cloned()
+            .context("demo source")?;
+        let consumer = overseer_ingestion::format::build(&src, &cfg)?;
+        let done = Arc::new(AtomicBool::new(false));
+        delivered.push(done.clone());
+        let source = Box::new(ReplaySource::new(workload.clone(), system, clock, done));
+        let (ing, stop, failed) = (ingestor.clone(), ingest_stop.clone(), failed.clone());
+        ingest.spawn(async move {
+            let r = ing.run_source(&src, consumer, source, stop).await;
+            if r.is_err() {
+                failed.cancel();
+            }
+            (src.name, r)
+        });
+    }
+
+    // Wait until every event is delivered and every run it triggered has completed: the
+    // last evaluations are due at the last commit + grace, once the lagging ledger's
+    // watermark passes them. Bounded, in case something never drains.
+    let expected = workload.unique_events() as u64;
+    let bound_us = workload.last_arrival_us()
+        + (args.grace_ms as Micros + args.delay_ms as Micros) * 1000
+        + workload.max_lag_us(System::Ledger)
+        + 20_000_000;
+    let mut all_delivered_us = None;
+    let mut timed_out = false;
+    loop {
+        if all_delivered_us.is_none() && delivered.iter().all(|d| d.load(Ordering::SeqCst)) {
+            all_delivered_us = Some(clock.now_us());
+        }
+        if all_delivered_us.is_some() && progress.drained(expected) {
+            break;
+        }
+        if runner_task.is_finished() || failed.is_cancelled() {
+            break; // failed early: reported below
+        }
+        if clock.now_us() > bound_us {
+            timed_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let drained_us = clock.now_us();
+
+    runner_stop.cancel();
+    let report = (&mut runner_task)
+        .await
+        .context("the runner task")?
+        .context("the runner")?;
+    outbox_stop.cancel();
+    outbox_task
+        .await
+        .context("the outbox task")?
+        .context("the outbox")?;
+    ingest_stop.cancel();
+    let mut reports = BTreeMap::new();
+    while let Some(joined) = ingest.join_next().await {
+        let (name, r) = joined.context("an ingestion task")?;
+        reports.insert(
+            name.clone(),
+            r.with_context(|| format!("ingesting {name}"))?,
+        );
+    }
+
+    let at = |us: Micros| secs(us - start_us);
+    match all_delivered_us {
+        Some(d) => println!(
+            "\nall events delivered at +{}; every check run done at +{}",
+            at(d),
+            at(drained_us)
+        ),
+        None => println!("\nnot every event was delivered by +{}", at(drained_us)),
+    }
+    let runs = collector.runs();
+    let score = Score::of(&workload, &runs);
+    let failing_now: BTreeSet<(String, String)> = storage
+        .catalog
+        .incidents(true)
+        .await?
+        .into_iter()
+        .map(|i| (i.check, i.subject))
+        .collect();
+    let mut problems = summarize(
+        &args,
+        &workload,
+        &score,
+        &Results {
+            reports,
+            runs,
+            by_outcome: report.by_outcome,
+            failing_now,
+            console,
+        },
     );
-    ensure!(same, "reindex must rebuild the same catalog");
-    Ok(())
+    if timed_out {
+        problems.push(format!(
+            "the runner did not finish every check run by +{} ({} of {expected} notifications \
+             delivered to it)",
+            at(bound_us),
+            progress.delivered.load(Ordering::SeqCst)
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("demo: {p}");
+    }
+    bail!("the demo found {} problem(s)", problems.len())
+}
+
+fn print_workload(w: &Workload, args: &Args) {
+    let c = &w.config;
+    let count = |s: System| w.events(s).iter().filter(|e| !e.duplicate).count();
+    let assets: Vec<String> = c.assets.iter().map(|(s, d)| format!("{s}/{d}")).collect();
+    println!(
+        "workload (seed {}): {} transfers at {}/s between {} accounts, assets {}",
+        c.seed,
+        c.transfers,
+        c.transfers_per_sec,
+        c.accounts,
+        assets.join(" ")
+    );
+    println!(
+        "  payments  Debezium PostgreSQL     {:>6} events  caught up",
+        count(System::Payments)
+    );
+    let lag = match c.ledger_lag {
+        Lag::None => "caught up".to_owned(),
+        Lag::Constant(d) => format!("lagging {:.1} s", d.as_secs_f64()),
+        Lag::Jitter { max } => format!("lagging 0–{:.1} s (drifting)", max.as_secs_f64()),
+    };
+    println!(
+        "  ledger    MongoDB change streams  {:>6} events  {lag}",
+        count(System::Ledger)
+    );
+    let by_kind: Vec<String> = w
+        .faults_by_kind()
+        .iter()
+        .map(|(k, n)| format!("{n} {}", k.name()))
+        .collect();
+    println!(
+        "  faults: {} transfers ({}); {} events delivered twice",
+        w.faults_by_kind().values().sum::<usize>(),
+        by_kind.join(", "),
+        w.duplicates()
+    );
+    let strategy = match args.strategy {
+        DemoStrategy::FreshnessAware => "freshness-aware".to_owned(),
+        DemoStrategy::Immediate => "immediate".to_owned(),
+        DemoStrategy::FixedDelay => format!("fixed-delay {} ms", args.delay_ms),
+    };
+    println!(
+        "checks: {}; grace {} ms; strategy {strategy}\n",
+        CHECKS.join(", "),
+        args.grace_ms
+    );
+}
+
+/// What a finished demo run observed.
+struct Results {
+    /// Ingestion's totals per source.
+    reports: BTreeMap<String, SourceReport>,
+    /// Every run record, in the order the runner handed them over.
+    runs: Vec<RunRecord>,
+    /// The runner's own count of runs by outcome.
+    by_outcome: BTreeMap<String, u64>,
+    /// (check, subject) pairs whose incident is open at the end.
+    failing_now: BTreeSet<(String, String)>,
+    console: Arc<Console>,
+}
+
+/// Prints the summary; returns what makes the run a failure.
+fn summarize(args: &Args, w: &Workload, score: &Score, res: &Results) -> Vec<String> {
+    let Results {
+        reports,
+        runs,
+        by_outcome,
+        failing_now,
+        console,
+    } = res;
+    let mut problems = Vec::new();
+    let total = |f: fn(&SourceReport) -> u64| reports.values().map(f).sum::<u64>();
+    let (events, updates, dups, quarantined) = (
+        total(|r| r.events),
+        total(|r| r.updates),
+        total(|r| r.duplicates),
+        total(|r| r.quarantined),
+    );
+    println!("summary");
+    println!(
+        "  ingested     {events} events: {updates} updates, {dups} duplicates ignored \
+         (of {} delivered twice), {quarantined} quarantined",
+        w.duplicates()
+    );
+    if updates != w.unique_events() as u64 || dups != w.duplicates() as u64 || quarantined != 0 {
+        problems.push(format!(
+            "ingestion kept {updates} updates and ignored {dups} duplicates; the workload has \
+             {} distinct events and {} redeliveries",
+            w.unique_events(),
+            w.duplicates()
+        ));
+    }
+    let outcomes: Vec<String> = by_outcome.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "  check runs   {} ({})",
+        by_outcome.values().sum::<u64>(),
+        outcomes.join(", ")
+    );
+    println!(
+        "  incidents    {} opened, {} resolved",
+        console.opened.load(Ordering::SeqCst),
+        console.resolved.load(Ordering::SeqCst)
+    );
+    println!("  faults           transfers  must fail  detected  time to detect p50 / max");
+    let truth = w.expected_failures();
+    for kind in FaultKind::ALL {
+        let pairs: BTreeSet<(String, String)> = w
+            .faults
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| (f.check.to_owned(), f.subject.clone()))
+            .collect();
+        let mut ttd: Vec<Micros> = pairs
+            .iter()
+            .filter_map(|k| score.detected.get(k).copied())
+            .collect();
+        ttd.sort_unstable();
+        let times = match (ttd.first(), ttd.last()) {
+            (Some(_), Some(max)) => format!("{} / {}", secs(quantile(&ttd, 0.5)), secs(*max)),
+            _ => "-".into(),
+        };
+        println!(
+            "    {:<15} {:>9}  {:>9}  {:>8}  {times}",
+            kind.name(),
+            w.faults_by_kind().get(&kind).copied().unwrap_or(0),
+            pairs.len(),
+            ttd.len(),
+        );
+    }
+    let (p50, p99) = (score.ttd_quantile_us(0.5), score.ttd_quantile_us(0.99));
+    if let (Some(p50), Some(p99)) = (p50, p99) {
+        println!(
+            "  time to detect  p50 {}, p99 {} (verdict − first triggering commit; includes \
+             the {} ms grace)",
+            secs(p50),
+            secs(p99),
+            args.grace_ms
+        );
+    }
+    let mut latency: Vec<Micros> = runs
+        .iter()
+        .map(|r| r.finished_us - r.first_event_us)
+        .collect();
+    latency.sort_unstable();
+    if !latency.is_empty() {
+        println!(
+            "  every run       p50 {}, p99 {}, max {} (verdict − first triggering commit)",
+            secs(quantile(&latency, 0.5)),
+            secs(quantile(&latency, 0.99)),
+            secs(quantile(&latency, 1.0))
+        );
+    }
+    for (check, subject) in &score.missed {
+        println!("  MISSED       {check} {subject}");
+    }
+    if !score.false_alarms.is_empty() {
+        let resolved = score
+            .false_alarms
+            .keys()
+            .filter(|k| !failing_now.contains(*k))
+            .count();
+        println!(
+            "  false alarms {} ({resolved} resolved by later runs), e.g.:",
+            score.false_alarms.len()
+        );
+        for ((check, subject), message) in score.false_alarms.iter().take(10) {
+            println!("    {check} {subject}: {message}");
+        }
+    }
+    for (what, list) in [("stale", &score.stale), ("error", &score.errors)] {
+        for (check, subject, message) in list.iter().take(5) {
+            println!("  {what:<12} {check} {subject}: {message}");
+        }
+    }
+    println!(
+        "result: recall {:.2} ({}/{} detected, {} missed), {} false alarms",
+        score.recall(),
+        score.detected.len(),
+        truth.len(),
+        score.missed.len(),
+        score.false_alarms.len()
+    );
+    if !score.errors.is_empty() {
+        problems.push(format!(
+            "{} check runs ended in an error",
+            score.errors.len()
+        ));
+    }
+    if args.strategy == DemoStrategy::FreshnessAware {
+        if !score.missed.is_empty() {
+            problems.push(format!("{} injected faults missed", score.missed.len()));
+        }
+        if !score.false_alarms.is_empty() {
+            problems.push(format!(
+                "{} false alarms under the freshness-aware strategy",
+                score.false_alarms.len()
+            ));
+        }
+    }
+    problems
 }

@@ -78,17 +78,8 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Run the payments demo on the embedded default (no servers, no config).
-    Demo {
-        /// Where the demo keeps its data (a fresh temporary directory by default).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Transfers to generate.
-        #[arg(long, default_value_t = 20_000)]
-        transfers: u64,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-    },
+    /// Run the payments demo live on the embedded default (no servers, no config).
+    Demo(demo::Args),
 }
 
 fn main() -> Result<()> {
@@ -211,11 +202,7 @@ async fn run(cli: Cli) -> Result<()> {
                 report.segments, report.updates, report.duplicates, report.foreign
             );
         }
-        Cmd::Demo {
-            dir,
-            transfers,
-            seed,
-        } => demo::run(dir, transfers, seed).await?,
+        Cmd::Demo(args) => demo::run(args).await?,
     }
     Ok(())
 }

@@ -27,16 +27,31 @@ fn ok(o: &Output) -> String {
 fn demo_runs_on_the_embedded_default() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("demo");
+    // The default traffic, live: every injected fault detected, no false alarm (else the
+    // demo exits non-zero), duplicates ignored, nothing quarantined.
     let out = ok(&overseer(
-        &["demo", "--transfers", "3000", "--dir", d.to_str().unwrap()],
+        &["demo", "--dir", d.to_str().unwrap()],
         dir.path(),
     ));
-    assert!(out.contains("identical to the live catalog"), "{out}");
-    assert!(out.contains("quarantined"), "{out}");
     assert!(
-        out.contains("history of payments.transfers/t00000042"),
+        out.contains("result: recall 1.00 (") && out.contains(" 0 missed), 0 false alarms"),
         "{out}"
     );
+    let dups = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ingested "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(dups.contains(", 0 quarantined"), "{out}");
+    assert!(out.contains("OPEN      entries_match_amount t"), "{out}");
+    assert!(
+        out.contains("OPEN      wallet_balance_matches_entries acct"),
+        "{out}"
+    );
+    assert!(out.contains("time to detect  p50 "), "{out}");
+    // Its data stays in --dir, which a second demo refuses to reuse.
+    let again = overseer(&["demo", "--dir", d.to_str().unwrap()], dir.path());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("use an empty --dir"));
 }
 
 fn write_config(dir: &Path, catalog: &str) -> std::path::PathBuf {

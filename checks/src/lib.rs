@@ -13,6 +13,9 @@
 //!   (an entry's account and asset name its wallet): the escape hatches at work.
 //!
 //! Amounts are exact: decimals are parsed as strings ([`decimal`]), sums are `i128`.
+//!
+//! [`workload`] generates payments traffic with known faults (the ground truth of which
+//! pairs must fail), and drives it live through the pipeline (the demo, the benchmarks).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,7 @@ use overseer_prs::check::{Registry, ViewFn};
 use overseer_prs::{Result, Verdict};
 
 pub mod decimal;
+pub mod workload;
 
 /// Model names of the payments domain.
 pub mod models {
@@ -111,8 +115,10 @@ pub fn entries_match_amount(v: &TransferWithLedger) -> Verdict {
     let Some(t) = &v.transfer else {
         return Verdict::fail("the view has no transfer");
     };
-    if t.status() != TransferStatus::Completed || v.entries.is_empty() {
-        // No entries is transfer_nets_to_zero's finding; one incident per fault.
+    let has_credit = v.entries.iter().any(|e| e.direction() == Direction::Credit);
+    if t.status() != TransferStatus::Completed || !has_credit {
+        // No entries, or no credit, is transfer_nets_to_zero's finding: one incident per
+        // fault.
         return Verdict::Pass;
     }
     let Some(asset) = &v.asset else {
@@ -372,6 +378,10 @@ mod tests {
         v.asset = None;
         assert!(message(entries_match_amount(&v)).contains("does not have"));
         assert!(entries_match_amount(&view(Pending, "12.50", vec![])).is_pass());
+        // A missing credit is transfer_nets_to_zero's finding alone.
+        let debit_only = vec![entry("d", Direction::Debit, 1250, 2)];
+        assert!(entries_match_amount(&view(Completed, "12.50", debit_only.clone())).is_pass());
+        assert!(!transfer_nets_to_zero(&view(Completed, "12.50", debit_only)).is_pass());
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //!   received; a run forced by that bound is marked with the sources that were stale.
 //!
 //! Pending runs of one (check, subject) **coalesce**: a new trigger while one is pending
-//! joins it (the evaluation time becomes the later of the two; the due time and deadline
-//! stay those of the first, so a subject updated without pause still runs).
+//! joins it. Immediate and fixed-delay runs take the later evaluation time (their due time
+//! stays the first trigger's). A freshness-aware run keeps its evaluation time, and later
+//! triggers gather into one follow-up run scheduled when it is released: moving a waiting
+//! run's evaluation time forward would starve a subject that keeps changing (its run would
+//! always wait for a watermark just out of reach).
 //!
 //! [`Scheduler`] is a synchronous state machine over explicit `Instant`s and watermarks,
 //! easy to test exhaustively; the runner drives it with a timer task in the style of
@@ -80,6 +83,22 @@ struct Pending {
     triggers: u32,
     /// Waiting on freshness (in `waiting[check]`).
     freshness: bool,
+    /// Freshness runs only: triggers whose evaluation time is later than this run's. They
+    /// run as a follow-up once this one is released, instead of moving this one's
+    /// evaluation time (which would starve a subject that keeps changing: its run would
+    /// always wait for a watermark just out of reach).
+    later: Option<Later>,
+}
+
+/// The triggers a follow-up run collects.
+#[derive(Debug)]
+struct Later {
+    eval_us: Micros,
+    first_event_us: Micros,
+    /// When the first of them was received: the follow-up's max delay counts from here.
+    received: Instant,
+    acks: Vec<u64>,
+    triggers: u32,
 }
 
 /// The scheduler state machine. See the module docs.
@@ -154,9 +173,18 @@ impl Scheduler {
         let key: JobKey = (check.clone(), subject.to_owned());
         if let Some(p) = self.pending.get_mut(&key) {
             if p.freshness && eval_us > p.eval_us {
-                let w = self.waiting.entry(check.clone()).or_default();
-                w.remove(&(p.eval_us, key.1.clone()));
-                w.insert((eval_us, key.1.clone()));
+                let l = p.later.get_or_insert(Later {
+                    eval_us,
+                    first_event_us: trig.event_time_us,
+                    received: now,
+                    acks: Vec::new(),
+                    triggers: 0,
+                });
+                l.eval_us = l.eval_us.max(eval_us);
+                l.first_event_us = l.first_event_us.min(trig.event_time_us);
+                l.acks.extend(trig.ack);
+                l.triggers += 1;
+                return true;
             }
             p.eval_us = p.eval_us.max(eval_us);
             p.first_event_us = p.first_event_us.min(trig.event_time_us);
@@ -185,9 +213,36 @@ impl Scheduler {
                 acks: trig.ack.into_iter().collect(),
                 triggers: 1,
                 freshness,
+                later: None,
             },
         );
         false
+    }
+
+    /// Schedules the follow-up run of released freshness run `key`.
+    fn follow_up(&mut self, key: JobKey, l: Later) {
+        let max_delay = match self.plans.get(&key.0).map(|p| p.strategy) {
+            Some(Strategy::FreshnessAware { max_delay }) => max_delay,
+            _ => Duration::ZERO,
+        };
+        let timer = l.received + max_delay;
+        self.waiting
+            .entry(key.0.clone())
+            .or_default()
+            .insert((l.eval_us, key.1.clone()));
+        self.timers.insert((timer, key.clone()));
+        self.pending.insert(
+            key,
+            Pending {
+                eval_us: l.eval_us,
+                first_event_us: l.first_event_us,
+                timer,
+                acks: l.acks,
+                triggers: l.triggers,
+                freshness: true,
+                later: None,
+            },
+        );
     }
 
     /// The earliest timer (due time or deadline), if any: when to call
@@ -201,44 +256,60 @@ impl Scheduler {
     /// whose sources are complete up to their evaluation time.
     pub fn take_ready(&mut self, now: Instant) -> Vec<Ready> {
         let mut out = Vec::new();
-        // Freshness first, so a run whose sources caught up exactly at its deadline is a
-        // normal run, not a stale one.
-        let checks: Vec<Arc<str>> = self.waiting.keys().cloned().collect();
-        for check in checks {
-            let threshold = self.fresh_up_to(&check);
-            while let Some(w) = self.waiting.get_mut(&check) {
-                match w.first() {
-                    Some((eval, _)) if *eval <= threshold => {}
-                    _ => break,
-                }
-                let (_, subject) = w.pop_first().expect("checked non-empty");
-                let key = (check.clone(), subject);
-                if let Some(p) = self.pending.remove(&key) {
-                    self.timers.remove(&(p.timer, key.clone()));
-                    out.push(ready(key, p, Vec::new()));
+        loop {
+            let mut follow = Vec::new();
+            // Freshness first, so a run whose sources caught up exactly at its deadline is
+            // a normal run, not a stale one.
+            let checks: Vec<Arc<str>> = self.waiting.keys().cloned().collect();
+            for check in checks {
+                let threshold = self.fresh_up_to(&check);
+                while let Some(w) = self.waiting.get_mut(&check) {
+                    match w.first() {
+                        Some((eval, _)) if *eval <= threshold => {}
+                        _ => break,
+                    }
+                    let (_, subject) = w.pop_first().expect("checked non-empty");
+                    let key = (check.clone(), subject);
+                    if let Some(mut p) = self.pending.remove(&key) {
+                        self.timers.remove(&(p.timer, key.clone()));
+                        if let Some(l) = p.later.take() {
+                            follow.push((key.clone(), l));
+                        }
+                        out.push(ready(key, p, Vec::new()));
+                    }
                 }
             }
-        }
-        while let Some((t, _)) = self.timers.first() {
-            if *t > now {
-                break;
-            }
-            let (_, key) = self.timers.pop_first().expect("checked non-empty");
-            let Some(p) = self.pending.remove(&key) else {
-                continue;
-            };
-            let stale = if p.freshness {
-                if let Some(w) = self.waiting.get_mut(&key.0) {
-                    w.remove(&(p.eval_us, key.1.clone()));
+            while let Some((t, _)) = self.timers.first() {
+                if *t > now {
+                    break;
                 }
-                self.stale_sources(&key.0, p.eval_us)
-            } else {
-                Vec::new()
-            };
-            out.push(ready(key, p, stale));
+                let (_, key) = self.timers.pop_first().expect("checked non-empty");
+                let Some(mut p) = self.pending.remove(&key) else {
+                    continue;
+                };
+                let stale = if p.freshness {
+                    if let Some(w) = self.waiting.get_mut(&key.0) {
+                        w.remove(&(p.eval_us, key.1.clone()));
+                    }
+                    self.stale_sources(&key.0, p.eval_us)
+                } else {
+                    Vec::new()
+                };
+                if let Some(l) = p.later.take() {
+                    follow.push((key.clone(), l));
+                }
+                out.push(ready(key, p, stale));
+            }
+            self.waiting.retain(|_, w| !w.is_empty());
+            if follow.is_empty() {
+                return out;
+            }
+            // Follow-ups may be releasable at once; they have no follow-ups of their own,
+            // so this loops at most twice.
+            for (key, l) in follow {
+                self.follow_up(key, l);
+            }
         }
-        self.waiting.retain(|_, w| !w.is_empty());
-        out
     }
 
     /// The time up to which every source of `check` is complete.
@@ -382,25 +453,58 @@ mod tests {
     }
 
     #[test]
-    fn coalescing_a_waiting_run_moves_its_evaluation_time() {
+    fn later_triggers_of_a_waiting_run_gather_into_a_follow_up() {
         let mut s = Scheduler::new();
         let c = s.plan("nets", plan(fresh(60), 0, &["pg"]));
         let t0 = Instant::now();
         s.add(&c, "T1", trig(10 * S, 1), t0);
-        s.add(&c, "T1", trig(20 * S, 2), t0 + Duration::from_secs(5));
+        assert!(s.add(&c, "T1", trig(20 * S, 2), t0 + Duration::from_secs(5)));
+        assert!(s.add(&c, "T1", trig(18 * S, 3), t0 + Duration::from_secs(6)));
+        assert!(
+            s.add(&c, "T1", trig(9 * S, 4), t0),
+            "an earlier one joins the run itself"
+        );
         s.set_watermarks([("pg", 15 * S)]);
-        assert!(s.take_ready(t0).is_empty(), "now evaluated as of 20 s");
-        s.set_watermarks([("pg", 20 * S)]);
         let r = s.take_ready(t0);
         assert_eq!(
-            (r.len(), r[0].eval_us, r[0].acks.clone()),
-            (1, 20 * S, vec![1, 2])
+            r.len(),
+            1,
+            "the first run is not held back by later triggers"
         );
-        // An earlier trigger does not move it back.
-        s.add(&c, "T2", trig(30 * S, 3), t0);
-        s.add(&c, "T2", trig(25 * S, 4), t0);
-        s.set_watermarks([("pg", 29 * S)]);
-        assert!(s.take_ready(t0).is_empty());
+        assert_eq!((r[0].eval_us, r[0].acks.clone()), (10 * S, vec![1, 4]));
+        assert_eq!(s.len(), 1, "the follow-up waits");
+        s.set_watermarks([("pg", 20 * S)]);
+        let r = s.take_ready(t0);
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (r[0].eval_us, r[0].acks.clone(), r[0].triggers),
+            (20 * S, vec![2, 3], 2)
+        );
+        assert_eq!(r[0].first_event_us, 18 * S);
+        // The follow-up's max delay counts from its first trigger's arrival.
+        s.add(&c, "T2", trig(30 * S, 5), t0);
+        s.add(&c, "T2", trig(40 * S, 6), t0 + Duration::from_secs(10));
+        let r = s.take_ready(t0 + Duration::from_secs(60));
+        assert_eq!((r.len(), r[0].stale.clone()), (1, vec!["pg".to_owned()]));
+        assert!(s.take_ready(t0 + Duration::from_secs(69)).is_empty());
+        assert_eq!(s.take_ready(t0 + Duration::from_secs(70)).len(), 1);
+    }
+
+    /// A subject triggered every second while the watermark trails by half a second still
+    /// runs about every second (it would never run if each trigger moved its evaluation).
+    #[test]
+    fn a_busy_subject_is_not_starved() {
+        let mut s = Scheduler::new();
+        let c = s.plan("wallet", plan(fresh(60), 0, &["ledger"]));
+        let t0 = Instant::now();
+        let mut runs = 0;
+        for i in 1..=100 {
+            let now = t0 + Duration::from_secs(i as u64);
+            s.add(&c, "w", trig(i * S, i as u64), now);
+            s.set_watermarks([("ledger", i * S - S / 2)]);
+            runs += s.take_ready(now).len();
+        }
+        assert!(runs >= 49, "{runs} runs in 100 s");
     }
 
     /// Many runs waiting on one lagging source, others on a fresh one: only the fresh ones

@@ -202,23 +202,26 @@ async fn lagging_source_within_grace_no_false_alarm_under_freshness() {
         Ledger::Lagging { lag: 10 * S },
     )
     .await;
-    assert_eq!(outcomes(&runs), ["pass"], "{runs:#?}");
+    assert_eq!(outcomes(&runs), ["pass", "pass"], "{runs:#?}");
+    let t0 = 1_700_000_000 * S;
     let r = &runs[0];
     assert_eq!(r.subject, "T1");
     assert_eq!(
-        r.triggers, 3,
-        "the transfer and both entries coalesced into one run"
-    );
-    assert_eq!(
-        r.eval_us,
-        1_700_000_000 * S + 31 * S,
-        "latest trigger + grace"
+        (r.eval_us, r.triggers),
+        (t0 + 30 * S, 1),
+        "the transfer's own run"
     );
     assert_eq!(
         r.evidence.len(),
         4,
         "transfer, asset, two entries: {:?}",
         r.evidence
+    );
+    let r = &runs[1];
+    assert_eq!(
+        (r.eval_us, r.triggers),
+        (t0 + 31 * S, 2),
+        "both entries' triggers gathered into one follow-up"
     );
 }
 
