@@ -3,7 +3,7 @@
 //! whose runs have all completed.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -19,25 +19,15 @@ use overseer_dal::testkit::history::{Changes, write_segment};
 use overseer_dal::update::now_us;
 use overseer_protos::views::Toy;
 use overseer_prs::check::{Registry, Strategy, Verdict};
-use overseer_prs::runner::{RunRecord, Runner, RunnerOptions, Sink};
-
-#[derive(Default)]
-struct Collect(Mutex<Vec<RunRecord>>);
-
-#[async_trait::async_trait]
-impl Sink for Collect {
-    async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
-        self.0.lock().unwrap().push(run.clone());
-        Ok(())
-    }
-}
+use overseer_prs::runner::{Runner, RunnerOptions};
+use overseer_prs::testkit::sink::CollectSink;
 
 async fn runner_for(
     catalog: &DynCatalog,
     store: &DynStore,
 ) -> (
     tokio::task::JoinHandle<overseer_prs::Result<overseer_prs::runner::RunnerReport>>,
-    Arc<Collect>,
+    Arc<CollectSink>,
     CancellationToken,
 ) {
     let mut registry = Registry::new();
@@ -66,7 +56,7 @@ async fn runner_for(
     )
     .await
     .unwrap();
-    let sink = Arc::new(Collect::default());
+    let sink = Arc::new(CollectSink::new());
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(Box::new(feed), sink.clone(), stop.clone()));
     (task, sink, stop)
@@ -93,16 +83,13 @@ async fn delayed_runs_pending_at_a_stop_are_rederived() {
     stop.cancel();
     let report = task.await.unwrap().unwrap();
     assert_eq!(report.notifications, 3, "{report:?}");
-    assert!(
-        sink.0.lock().unwrap().is_empty(),
-        "nothing ran: waiting for freshness"
-    );
+    assert!(sink.is_empty(), "nothing ran: waiting for freshness");
 
     // Restart: the notifications come again, and once the source is fresh, the runs happen.
     let (task, sink, stop) = runner_for(&catalog, &store).await;
     catalog.heartbeat("src", t + 10, t + 10).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while sink.0.lock().unwrap().len() < 3 {
+    while sink.len() < 3 {
         assert!(tokio::time::Instant::now() < deadline, "runs never came");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -110,13 +97,7 @@ async fn delayed_runs_pending_at_a_stop_are_rederived() {
     stop.cancel();
     let report = task.await.unwrap().unwrap();
     assert_eq!(report.notifications, 3);
-    let mut subjects: Vec<String> = sink
-        .0
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|r| r.subject.clone())
-        .collect();
+    let mut subjects: Vec<String> = sink.runs().into_iter().map(|r| r.subject).collect();
     subjects.sort();
     assert_eq!(subjects, ["x0", "x1", "x2"]);
 
@@ -126,5 +107,5 @@ async fn delayed_runs_pending_at_a_stop_are_rederived() {
     stop.cancel();
     let report = task.await.unwrap().unwrap();
     assert_eq!(report.notifications, 0, "{report:?}");
-    assert!(sink.0.lock().unwrap().is_empty());
+    assert!(sink.is_empty());
 }

@@ -19,18 +19,8 @@ use overseer_dal::store::memory::MemoryStore;
 use overseer_dal::testkit::history::{Changes, write_segment};
 use overseer_protos::views::Toy;
 use overseer_prs::check::{Registry, Strategy, Verdict};
-use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions, Sink};
-
-#[derive(Default)]
-struct Collect(Mutex<Vec<RunRecord>>);
-
-#[async_trait::async_trait]
-impl Sink for Collect {
-    async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
-        self.0.lock().unwrap().push(run.clone());
-        Ok(())
-    }
-}
+use overseer_prs::runner::{Outcome, Runner, RunnerOptions};
+use overseer_prs::testkit::sink::CollectSink;
 
 /// A subscription that records what the runner commits.
 struct Recording {
@@ -100,7 +90,7 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
         inner: bus.subscribe("t").await.unwrap(),
         committed: committed.clone(),
     });
-    let sink = Arc::new(Collect::default());
+    let sink = Arc::new(CollectSink::new());
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(sub, sink.clone(), stop.clone()));
 
@@ -121,7 +111,7 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let n = sink.0.lock().unwrap().len();
+        let n = sink.len();
         let c = committed.lock().unwrap().last().cloned();
         if n >= 6 && c.as_ref().is_some_and(|t| t.offset == 4) {
             break;
@@ -135,7 +125,7 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
     stop.cancel();
     let report = task.await.unwrap().unwrap();
 
-    let runs = sink.0.lock().unwrap().clone();
+    let runs = sink.runs();
     let by: BTreeMap<(String, String), Outcome> = runs
         .iter()
         .map(|r| ((r.check.clone(), r.subject.clone()), r.outcome.clone()))

@@ -5,7 +5,7 @@
 //! - a ledger source stalled past the max delay: a "stale source" verdict, not a mismatch.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -22,7 +22,8 @@ use overseer_dal::testkit::history::{Changes, write_segment};
 use overseer_dal::update::{Micros, UpdateRecord};
 use overseer_protos::views::{Direction, TransferWithLedger};
 use overseer_prs::check::{Registry, Strategy, Verdict};
-use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions, Sink};
+use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions};
+use overseer_prs::testkit::sink::CollectSink;
 
 const S: Micros = 1_000_000;
 
@@ -43,17 +44,6 @@ fn nets_to_zero(v: &TransferWithLedger) -> Verdict {
         })
         .sum();
     Verdict::check(net == 0, || Verdict::fail(format!("entries net to {net}")))
-}
-
-#[derive(Default)]
-struct Collect(Mutex<Vec<RunRecord>>);
-
-#[async_trait::async_trait]
-impl Sink for Collect {
-    async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
-        self.0.lock().unwrap().push(run.clone());
-        Ok(())
-    }
 }
 
 struct World {
@@ -123,7 +113,7 @@ async fn scenario(strategy: Strategy, ledger: Ledger) -> Vec<RunRecord> {
     let dal = Dal::new(w.catalog.clone(), w.store.clone());
     let runner = Runner::new(dal, Arc::new(registry), options).unwrap();
     let sub = w.bus.subscribe("prs").await.unwrap();
-    let sink = Arc::new(Collect::default());
+    let sink = Arc::new(CollectSink::new());
     let stop = CancellationToken::new();
     let task = tokio::spawn(runner.run(sub, sink.clone(), stop.clone()));
 
@@ -186,7 +176,7 @@ async fn scenario(strategy: Strategy, ledger: Ledger) -> Vec<RunRecord> {
     }
     stop.cancel();
     task.await.unwrap().unwrap();
-    sink.0.lock().unwrap().clone()
+    sink.runs()
 }
 
 fn outcomes(runs: &[RunRecord]) -> Vec<&'static str> {
