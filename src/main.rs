@@ -12,6 +12,7 @@ use overseer_ingestion::pipeline::Storage;
 
 mod demo;
 mod prs;
+mod replay;
 mod view;
 
 #[derive(Parser)]
@@ -78,6 +79,8 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Re-run checks over a past window of history and write a report.
+    Replay(replay::Args),
     /// Run the payments demo live on the embedded default (no servers, no config).
     Demo(demo::Args),
 }
@@ -202,6 +205,7 @@ async fn run(cli: Cli) -> Result<()> {
                 report.segments, report.updates, report.duplicates, report.foreign
             );
         }
+        Cmd::Replay(args) => replay::run(args).await?,
         Cmd::Demo(args) => demo::run(args).await?,
     }
     Ok(())

@@ -11,6 +11,8 @@
 //! - [`escalate`]: the transports (PagerDuty Events v2, webhook, log, custom), retries and
 //!   per-key rate limits.
 //! - [`testkit`]: a local PagerDuty Events v2 server for tests.
+//! - [`replay`]: re-runs checks over a past window of history, as live would have, into
+//!   a report (JSON, CSV, table) or the escalation policies.
 //! - [`service`]: registry + configuration → a running runner with its escalation.
 //! - [`telemetry`]: metric names and the events that update them.
 //! - [`error`]: the runner's error type.
@@ -19,6 +21,7 @@ pub mod check;
 pub mod error;
 pub mod escalate;
 pub mod incident;
+pub mod replay;
 pub mod runner;
 pub mod schedule;
 pub mod select;

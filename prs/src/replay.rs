@@ -1,0 +1,556 @@
+//! Replay: re-runs checks over a past window of history, as live would have run them.
+//!
+//! ```text
+//!  catalog.updates_in_window (pages, time-travel order) ──> selection (same as live)
+//!     ──(check, subject, commit time + grace)──> dedupe ──> execute (bounded concurrency)
+//!     ──sorted by (eval time, check, subject)──> Sink (a Report; the escalator with --escalate)
+//! ```
+//!
+//! # Same verdicts as live (DESIGN invariant 3)
+//! Every update committed in the window (`from ≤ commit time ≤ to`) is selected exactly as
+//! the live runner selects its notification ([`Selector`]), and each triggered
+//! (check, subject) is evaluated as of the trigger's commit time plus the check's grace:
+//! the time live evaluates it. Views are built from the immutable history alone, so a
+//! replayed evaluation at time `e` gives the verdict live gave at `e`, provided live ran
+//! with its sources complete up to `e` (a live run forced by the max delay is *stale*;
+//! replay sees the complete history).
+//!
+//! # Relation to live coalescing
+//! Live coalesces pending runs of one (check, subject): several triggers become one run,
+//! evaluated as of one of those triggers' evaluation times. Replay does not coalesce across
+//! commit times: each distinct (check, subject, evaluation time) is evaluated once, so a
+//! transfer with three updates at three times gives three evaluations. Every live
+//! evaluation time is one of them, so replay's runs are a superset of live's, and agree
+//! with live at every time live evaluated. Triggers at the *same* commit time (e.g. a
+//! transfer and its ledger entries written in one transaction) give one evaluation.
+//!
+//! # Determinism and memory
+//! The window is read page by page in time-travel order (commit time, source, position),
+//! which the catalog defines independently of how segments were written or listed. A
+//! page's runs are evaluated concurrently, then handed to the sink sorted by
+//! (evaluation time, check, subject). Nothing reads the wall clock except the runner's
+//! `RunRecord::finished_us`, which the [`Report`] leaves out. Memory is bounded by one page
+//! and its runs, plus the dedupe set of the current commit time, plus the report's
+//! failures.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use overseer_dal::Dal;
+use overseer_dal::update::Micros;
+
+use crate::check::{CheckSpec, Registry};
+use crate::runner::{Outcome, RunRecord, Sink, execute};
+use crate::schedule::Ready;
+use crate::select::Selector;
+use crate::{Error, Result};
+
+/// The window replayed: updates with `from_us ≤ commit time ≤ to_us`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub from_us: Micros,
+    pub to_us: Micros,
+}
+
+impl Window {
+    /// A window; an inverted one (`from > to`) is an error.
+    pub fn new(from_us: Micros, to_us: Micros) -> Result<Self> {
+        if from_us > to_us {
+            return Err(Error::Config(format!(
+                "the window is inverted: from {} is after to {}",
+                rfc3339(from_us),
+                rfc3339(to_us)
+            )));
+        }
+        Ok(Window { from_us, to_us })
+    }
+}
+
+/// Settings of a replay.
+#[derive(Clone, Debug)]
+pub struct ReplayOptions {
+    /// Index entries read per catalog page (bounds memory).
+    pub page: usize,
+    /// Runs evaluated at once.
+    pub concurrency: usize,
+    /// Take only the updates of this model from the window (`--model`).
+    pub model: Option<String>,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            page: 1000,
+            concurrency: 32,
+            model: None,
+        }
+    }
+}
+
+/// Where a replay is, after each page (for a progress bar).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Updates read from the window so far (after the `--model` filter).
+    pub updates: u64,
+    /// Runs evaluated so far.
+    pub runs: u64,
+    /// Commit time of the last update read: how far through the window the replay is.
+    pub at_us: Micros,
+}
+
+/// Counts of a finished replay.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplaySummary {
+    /// Updates taken from the window.
+    pub updates: u64,
+    /// (check, subject) triggers, before dedupe.
+    pub triggers: u64,
+    /// Distinct (check, subject, evaluation time) runs evaluated.
+    pub runs: u64,
+}
+
+/// Replays the checks of `registry` that `include` admits (shadow checks too) over
+/// `window`: see the module docs. Each run goes to `sink`, in a deterministic order;
+/// `progress` is called after every page.
+pub async fn replay(
+    dal: &Dal,
+    registry: &Registry,
+    include: impl Fn(&CheckSpec) -> bool,
+    window: Window,
+    options: &ReplayOptions,
+    sink: &dyn Sink,
+    progress: &mut (dyn FnMut(&Progress) + Send),
+) -> Result<ReplaySummary> {
+    let selector = Selector::new(registry, dal.views(), &include)?;
+    // Interned names and settings of the replayed checks.
+    let specs: BTreeMap<&str, (Arc<str>, &CheckSpec)> = registry
+        .iter()
+        .filter(|s| include(s))
+        .map(|s| (s.name.as_str(), (Arc::from(s.name.as_str()), s)))
+        .collect();
+    let mut summary = ReplaySummary::default();
+    let mut prog = Progress {
+        at_us: window.from_us,
+        ..Progress::default()
+    };
+    let mut after: Option<(Micros, String, String)> = None;
+    // Pairs already evaluated for the current commit time (a commit time's updates may
+    // straddle pages); cleared when the commit time moves on, so it stays small.
+    let mut seen_at: Micros = Micros::MIN;
+    let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
+    let page_size = options.page.max(1);
+    loop {
+        let page = dal
+            .catalog()
+            .updates_in_window(window.from_us, window.to_us, after.take(), page_size)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((
+            last.event_time_us,
+            last.source.clone(),
+            last.position.clone(),
+        ));
+        let full = page.len() == page_size;
+
+        let mut ready = Vec::new();
+        for entry in &page {
+            if options.model.as_deref().is_some_and(|m| m != entry.model) {
+                continue;
+            }
+            summary.updates += 1;
+            prog.at_us = entry.event_time_us;
+            if !selector.triggers(&entry.model) {
+                continue;
+            }
+            let note = entry.notification();
+            let pairs = selector.select(&**dal.catalog(), &note).await?;
+            if entry.event_time_us != seen_at {
+                seen_at = entry.event_time_us;
+                seen.clear();
+            }
+            for (check, subject) in pairs {
+                let Some((name, spec)) = specs.get(check.as_str()) else {
+                    continue;
+                };
+                summary.triggers += 1;
+                if !seen.insert((check, subject.clone())) {
+                    continue;
+                }
+                let grace = spec.grace.as_micros().min(i64::MAX as u128) as i64;
+                ready.push(Ready {
+                    check: name.clone(),
+                    subject,
+                    eval_us: entry.event_time_us.saturating_add(grace),
+                    first_event_us: entry.event_time_us,
+                    stale: Vec::new(),
+                    acks: Vec::new(),
+                    triggers: 1,
+                });
+            }
+        }
+
+        let mut runs: Vec<RunRecord> = futures::stream::iter(ready)
+            .map(|r| {
+                let spec = specs[&*r.check].1;
+                let (check, timeout) = (spec.check.clone(), spec.timeout);
+                async move { execute(dal, &*check, timeout, &r).await }
+            })
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+        runs.sort_by(|a, b| {
+            (a.eval_us, &a.check, &a.subject).cmp(&(b.eval_us, &b.check, &b.subject))
+        });
+        for run in &runs {
+            sink.record(run).await?;
+        }
+        summary.runs += runs.len() as u64;
+        prog.updates = summary.updates;
+        prog.runs = summary.runs;
+        progress(&prog);
+        if !full {
+            break;
+        }
+    }
+    Ok(summary)
+}
+
+/// Counts of one check in a report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CheckCounts {
+    pub check: String,
+    /// Registered but not enabled live.
+    pub shadow: bool,
+    pub runs: u64,
+    pub passes: u64,
+    pub failures: u64,
+    /// The check could not reach a verdict (view error, panic, timeout).
+    pub errors: u64,
+    /// The subject did not exist as of the evaluation time.
+    pub no_subject: u64,
+}
+
+/// One failing run, with what a human needs to look into it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Failure {
+    pub check: String,
+    pub subject: String,
+    /// The view was built as of this time (RFC 3339, and microseconds).
+    pub evaluated_at: String,
+    pub eval_us: Micros,
+    /// Commit time of the update that triggered the run.
+    pub trigger_us: Micros,
+    pub message: String,
+    pub details: Value,
+    /// Update identities (`source@position`) the view was built from.
+    pub evidence: Vec<String>,
+}
+
+/// One run that ended in an error (same fields as a failure, no details or evidence).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunError {
+    pub check: String,
+    pub subject: String,
+    pub evaluated_at: String,
+    pub eval_us: Micros,
+    pub message: String,
+}
+
+/// The report of a replay: per-check counts and every failure and error. No wall-clock
+/// field: the same window and checks give byte-identical JSON.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    pub from: String,
+    pub to: String,
+    pub from_us: Micros,
+    pub to_us: Micros,
+    /// `--model`, if the window was restricted to one model.
+    pub model: Option<String>,
+    /// Updates taken from the window.
+    pub updates: u64,
+    /// Distinct (check, subject, evaluation time) runs.
+    pub runs: u64,
+    /// True when the window held no updates (of `model`).
+    pub empty: bool,
+    /// A human sentence on what the report covers (says so when the window is empty).
+    pub note: String,
+    /// Per check, by name; every replayed check is listed, even with no runs.
+    pub checks: Vec<CheckCounts>,
+    /// Sorted by (check, evaluation time, subject).
+    pub failures: Vec<Failure>,
+    /// Sorted by (check, evaluation time, subject).
+    pub errors: Vec<RunError>,
+}
+
+/// A [`Sink`] that builds a [`Report`].
+#[derive(Debug)]
+pub struct ReportSink {
+    window: Window,
+    model: Option<String>,
+    inner: Mutex<Acc>,
+}
+
+#[derive(Debug, Default)]
+struct Acc {
+    checks: BTreeMap<String, CheckCounts>,
+    failures: Vec<Failure>,
+    errors: Vec<RunError>,
+    runs: u64,
+}
+
+impl ReportSink {
+    /// A report of the checks of `registry` that `include` admits, over `window`.
+    pub fn new(
+        registry: &Registry,
+        include: impl Fn(&CheckSpec) -> bool,
+        window: Window,
+        model: Option<String>,
+    ) -> Self {
+        let checks = registry
+            .iter()
+            .filter(|s| include(s))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    CheckCounts {
+                        check: s.name.clone(),
+                        shadow: !s.enabled,
+                        ..CheckCounts::default()
+                    },
+                )
+            })
+            .collect();
+        ReportSink {
+            window,
+            model,
+            inner: Mutex::new(Acc {
+                checks,
+                ..Acc::default()
+            }),
+        }
+    }
+
+    /// The report, given the replay's summary.
+    pub fn report(&self, summary: &ReplaySummary) -> Report {
+        let acc = self.inner.lock().expect("report lock");
+        let mut failures = acc.failures.clone();
+        failures.sort_by(|a, b| {
+            (&a.check, a.eval_us, &a.subject).cmp(&(&b.check, b.eval_us, &b.subject))
+        });
+        let mut errors = acc.errors.clone();
+        errors.sort_by(|a, b| {
+            (&a.check, a.eval_us, &a.subject).cmp(&(&b.check, b.eval_us, &b.subject))
+        });
+        let (from, to) = (rfc3339(self.window.from_us), rfc3339(self.window.to_us));
+        let of_model = self
+            .model
+            .as_deref()
+            .map(|m| format!(" of model {m}"))
+            .unwrap_or_default();
+        let empty = summary.updates == 0;
+        let note = if empty {
+            format!("the window {from} .. {to} holds no updates{of_model}: nothing was replayed")
+        } else {
+            format!(
+                "{} updates{of_model} committed in {from} .. {to}, {} runs",
+                summary.updates, acc.runs
+            )
+        };
+        Report {
+            from,
+            to,
+            from_us: self.window.from_us,
+            to_us: self.window.to_us,
+            model: self.model.clone(),
+            updates: summary.updates,
+            runs: acc.runs,
+            empty,
+            note,
+            checks: acc.checks.values().cloned().collect(),
+            failures,
+            errors,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for ReportSink {
+    async fn record(&self, run: &RunRecord) -> Result<()> {
+        let mut acc = self.inner.lock().expect("report lock");
+        acc.runs += 1;
+        let c = acc
+            .checks
+            .entry(run.check.clone())
+            .or_insert_with(|| CheckCounts {
+                check: run.check.clone(),
+                ..CheckCounts::default()
+            });
+        c.runs += 1;
+        match &run.outcome {
+            Outcome::Pass => c.passes += 1,
+            // Replay reads complete history, so it never forces a run; a stale outcome
+            // could only come from another caller's records, and is a failure seen early.
+            Outcome::Fail { message, details }
+            | Outcome::Stale {
+                message, details, ..
+            } => {
+                c.failures += 1;
+                acc.failures.push(Failure {
+                    check: run.check.clone(),
+                    subject: run.subject.clone(),
+                    evaluated_at: rfc3339(run.eval_us),
+                    eval_us: run.eval_us,
+                    trigger_us: run.first_event_us,
+                    message: message.clone(),
+                    details: details.clone(),
+                    evidence: run.evidence.clone(),
+                });
+            }
+            Outcome::Error { message } => {
+                c.errors += 1;
+                acc.errors.push(RunError {
+                    check: run.check.clone(),
+                    subject: run.subject.clone(),
+                    evaluated_at: rfc3339(run.eval_us),
+                    eval_us: run.eval_us,
+                    message: message.clone(),
+                });
+            }
+            Outcome::NoSubject => c.no_subject += 1,
+        }
+        Ok(())
+    }
+}
+
+impl Report {
+    /// Pretty JSON with a final newline; field order is the struct's, so it is stable.
+    pub fn to_json(&self) -> String {
+        let mut s = serde_json::to_string_pretty(self).expect("a report serialises");
+        s.push('\n');
+        s
+    }
+
+    /// CSV, one row per failure (the counts are in the table and JSON forms): `check,
+    /// subject, evaluated_at, eval_us, trigger_us, message, details (JSON), evidence
+    /// (space-separated)`. A header row always, so an empty report is a valid file.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(
+            "check,subject,evaluated_at,eval_us,trigger_us,message,details,evidence\n",
+        );
+        for f in &self.failures {
+            let row = [
+                f.check.clone(),
+                f.subject.clone(),
+                f.evaluated_at.clone(),
+                f.eval_us.to_string(),
+                f.trigger_us.to_string(),
+                f.message.clone(),
+                f.details.to_string(),
+                f.evidence.join(" "),
+            ];
+            let row: Vec<String> = row.iter().map(|c| csv_field(c)).collect();
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        out
+    }
+
+    /// A table for humans: the window, per-check counts, then every failure and error.
+    pub fn to_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "replay {} .. {}", self.from, self.to);
+        let _ = writeln!(out, "{}", self.note);
+        if self.checks.is_empty() {
+            return out;
+        }
+        let w = self
+            .checks
+            .iter()
+            .map(|c| c.check.len() + if c.shadow { 9 } else { 0 })
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "\n{:<w$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}",
+            "check", "runs", "passes", "failures", "errors", "no_subject"
+        );
+        for c in &self.checks {
+            let name = if c.shadow {
+                format!("{} (shadow)", c.check)
+            } else {
+                c.check.clone()
+            };
+            let _ = writeln!(
+                out,
+                "{name:<w$}  {:>8}  {:>8}  {:>8}  {:>8}  {:>10}",
+                c.runs, c.passes, c.failures, c.errors, c.no_subject
+            );
+        }
+        if !self.failures.is_empty() {
+            let _ = writeln!(out, "\nfailures:");
+            for f in &self.failures {
+                let _ = writeln!(
+                    out,
+                    "  {} {:?} at {}: {}",
+                    f.check, f.subject, f.evaluated_at, f.message
+                );
+                if !f.details.is_null() {
+                    let _ = writeln!(out, "    details: {}", f.details);
+                }
+                let _ = writeln!(out, "    evidence: {}", f.evidence.join(" "));
+            }
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(out, "\nerrors:");
+            for e in &self.errors {
+                let _ = writeln!(
+                    out,
+                    "  {} {:?} at {}: {}",
+                    e.check, e.subject, e.evaluated_at, e.message
+                );
+            }
+        }
+        out
+    }
+}
+
+/// A CSV field, quoted when it holds a comma, quote or line break (RFC 4180).
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
+    }
+}
+
+/// RFC 3339 in UTC with microseconds.
+pub fn rfc3339(us: Micros) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| format!("{us}us since the epoch"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inverted_windows_are_refused() {
+        assert!(Window::new(5, 5).is_ok());
+        let e = Window::new(6, 5).unwrap_err().to_string();
+        assert!(e.contains("inverted"), "{e}");
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}
