@@ -30,7 +30,6 @@ use tokio_util::sync::CancellationToken;
 use overseer_checks::workload::live::{Clock, Collector, Fanout, ReplaySource, Tracked};
 use overseer_checks::workload::{FaultKind, Lag, Score, System, Workload, WorkloadConfig};
 use overseer_dal::bus::feed::CatalogFeed;
-use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
 use overseer_dal::update::{Micros, now_us};
 use overseer_ingestion::config::{CheckSettings, Config, StrategyName};
 use overseer_ingestion::pipeline::{Ingestor, SourceReport, Storage};
@@ -98,49 +97,8 @@ const CHECKS: [&str; 3] = [
 const SHOWN_NOTICES: usize = 40;
 
 fn demo_config(dir: &Path, args: &Args) -> Result<Config> {
-    let mut text = String::from(
-        r#"
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = { account_id = "account_id" }
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-"#,
-    );
-    // The sources are in-memory replays: the file kind only satisfies validation.
-    for (system, format) in [
-        (System::Payments, "debezium-postgres"),
-        (System::Ledger, "mongo-change-stream"),
-    ] {
-        text.push_str(&format!(
-            "\n[[sources]]\nname = \"{}\"\nformat = \"{format}\"\n[sources.file]\npath = \"(generated)\"\n",
-            system.name()
-        ));
-    }
-    let mut cfg: Config = toml::from_str(&text)?;
-    cfg.store = StoreConfig::Local {
-        path: dir.join("objects"),
-    };
-    cfg.catalog = CatalogConfig::Embedded {
-        path: dir.join("catalog.redb"),
-    };
-    cfg.bus = BusConfig::default();
-    // Idle sources report their watermark often: freshness waits end soon after they can.
-    cfg.ingest.heartbeat_ms = 50;
+    let mut cfg = overseer_checks::workload::config(dir)?;
     cfg.prs.group = "demo".into();
-    cfg.prs.from_beginning = true;
     cfg.prs.grace_ms = args.grace_ms;
     let strategy = match args.strategy {
         DemoStrategy::FreshnessAware => StrategyName::FreshnessAware,

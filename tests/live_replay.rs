@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use overseer_checks::workload::live::{Clock, Collector, ReplaySource, Tracked};
 use overseer_checks::workload::{Lag, System, Workload, WorkloadConfig};
 use overseer_dal::bus::feed::CatalogFeed;
-use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
 use overseer_dal::update::{Micros, now_us};
 use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::{Ingestor, Storage};
@@ -42,47 +41,8 @@ const LAG: Duration = Duration::from_millis(500);
 /// The demo's models and sources (in-memory replays: the file kind only satisfies
 /// validation), over `dir`, with the shipped checks' default (freshness-aware) strategy.
 fn config(dir: &Path) -> Config {
-    let mut text = String::from(
-        r#"
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = { account_id = "account_id" }
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-"#,
-    );
-    for (system, format) in [
-        (System::Payments, "debezium-postgres"),
-        (System::Ledger, "mongo-change-stream"),
-    ] {
-        text.push_str(&format!(
-            "\n[[sources]]\nname = \"{}\"\nformat = \"{format}\"\n[sources.file]\npath = \"(generated)\"\n",
-            system.name()
-        ));
-    }
-    let mut cfg: Config = toml::from_str(&text).unwrap();
-    cfg.store = StoreConfig::Local {
-        path: dir.join("objects"),
-    };
-    cfg.catalog = CatalogConfig::Embedded {
-        path: dir.join("catalog.redb"),
-    };
-    cfg.bus = BusConfig::default();
-    cfg.ingest.heartbeat_ms = 50;
+    let mut cfg = overseer_checks::workload::config(dir).unwrap();
     cfg.prs.group = "live".into();
-    cfg.prs.from_beginning = true;
     cfg.prs.grace_ms = GRACE.as_millis() as u64;
     cfg.validate().unwrap();
     cfg

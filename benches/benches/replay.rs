@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use overseer_benches::MemorySource;
 use overseer_checks::workload::{Lag, System, Workload, WorkloadConfig};
 use overseer_dal::Dal;
-use overseer_dal::config::{CatalogConfig, StoreConfig};
 use overseer_dal::keys::segment_key;
 use overseer_dal::segment::decode_segment;
 use overseer_dal::update::Micros;
@@ -42,43 +41,7 @@ const GRACE: Duration = Duration::from_secs(2);
 const PAGE: usize = 1000;
 
 fn config(dir: &Path) -> Config {
-    let mut text = String::from(
-        r#"
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = { account_id = "account_id" }
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-"#,
-    );
-    for (system, format) in [
-        (System::Payments, "debezium-postgres"),
-        (System::Ledger, "mongo-change-stream"),
-    ] {
-        text.push_str(&format!(
-            "\n[[sources]]\nname = \"{}\"\nformat = \"{format}\"\n[sources.file]\npath = \"unused\"\n",
-            system.name()
-        ));
-    }
-    let mut cfg: Config = toml::from_str(&text).expect("bench config");
-    cfg.store = StoreConfig::Local {
-        path: dir.join("objects"),
-    };
-    cfg.catalog = CatalogConfig::Embedded {
-        path: dir.join("catalog.redb"),
-    };
+    let cfg = overseer_checks::workload::config(dir).expect("bench config");
     cfg.validate().expect("bench config is valid");
     cfg
 }

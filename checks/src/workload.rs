@@ -45,6 +45,61 @@ pub const NETS_TO_ZERO: &str = "transfer_nets_to_zero";
 pub const MATCHES_AMOUNT: &str = "entries_match_amount";
 pub const WALLET_BALANCE: &str = "wallet_balance_matches_entries";
 
+/// The configuration the workload is ingested and checked under, over `dir`: the four
+/// payments models (with the references the shipped checks select and join by), one
+/// source per [`System`] (in-memory replays: the file kind only satisfies validation), a
+/// local store and an embedded catalog in `dir`, the in-process bus, frequent idle
+/// heartbeats, and the runner reading history from the beginning. Callers set the rest
+/// (`prs.group`, `prs.grace_ms`, per-check strategies) and validate.
+pub fn config(
+    dir: &std::path::Path,
+) -> overseer_ingestion::Result<overseer_ingestion::config::Config> {
+    use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
+    let mut text = String::from(
+        r#"
+[[models]]
+name = "payments.transfers"
+id_field = "id"
+references = { account_id = "account_id" }
+
+[[models]]
+name = "payments.assets"
+id_field = "symbol"
+
+[[models]]
+name = "ledger.entries"
+id_field = "_id"
+references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
+
+[[models]]
+name = "ledger.wallets"
+id_field = "_id"
+"#,
+    );
+    for (system, format) in [
+        (System::Payments, "debezium-postgres"),
+        (System::Ledger, "mongo-change-stream"),
+    ] {
+        text.push_str(&format!(
+            "\n[[sources]]\nname = \"{}\"\nformat = \"{format}\"\n[sources.file]\npath = \"(generated)\"\n",
+            system.name()
+        ));
+    }
+    let mut cfg: overseer_ingestion::config::Config = toml::from_str(&text)
+        .map_err(|e| overseer_ingestion::Error::Config(format!("workload config: {e}")))?;
+    cfg.store = StoreConfig::Local {
+        path: dir.join("objects"),
+    };
+    cfg.catalog = CatalogConfig::Embedded {
+        path: dir.join("catalog.redb"),
+    };
+    cfg.bus = BusConfig::default();
+    // Idle sources report their watermark often: freshness waits end soon after they can.
+    cfg.ingest.heartbeat_ms = 50;
+    cfg.prs.from_beginning = true;
+    Ok(cfg)
+}
+
 /// The two systems of the workload, each one ingestion source.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum System {
