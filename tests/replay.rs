@@ -165,3 +165,71 @@ fn bad_input_is_refused_clearly_and_an_empty_window_is_an_empty_report() {
     let table = ok(&run(&["--from", "0", "--to", "1000"]));
     assert!(table.contains("holds no updates"), "{table}");
 }
+
+/// `--escalate` sends the replayed verdicts through the configured policies (here PagerDuty,
+/// served locally): every failing (check, subject) of the report pages under its dedup key,
+/// nothing else pages; without the flag the same replay sends nothing.
+#[test]
+fn escalate_pages_the_replayed_failures_and_only_with_the_flag() {
+    use overseer_prs::escalate::dedup_key;
+    use overseer_prs::testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
+    use std::collections::BTreeSet;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pd = rt.block_on(FakePagerDuty::start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = ingested(
+        dir.path(),
+        &format!(
+            "[prs]\ndefault_escalation = \"pd\"\n\n[escalation.pd]\nkind = \"pagerduty\"\n\
+             routing_key_env = \"REPLAY_PD_KEY\"\nurl = \"{}\"\n",
+            pd.url()
+        ),
+    );
+    let cfg = cfg.to_str().unwrap();
+    let replay = |extra: &[&str]| {
+        let mut args = vec!["replay", "--config", cfg, "--format", "json"];
+        args.extend_from_slice(&ALL);
+        args.extend_from_slice(extra);
+        let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+            .args(&args)
+            .current_dir(dir.path())
+            .env("REPLAY_PD_KEY", TEST_ROUTING_KEY)
+            .output()
+            .expect("run overseer");
+        serde_json::from_str::<serde_json::Value>(&ok(&out)).unwrap()
+    };
+
+    let quiet = replay(&[]);
+    assert!(pd.requests().is_empty(), "no --escalate, no pages");
+
+    let paged = replay(&["--escalate"]);
+    assert_eq!(paged, quiet, "escalating does not change the report");
+    let failing: BTreeSet<String> = paged["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| dedup_key(f["check"].as_str().unwrap(), f["subject"].as_str().unwrap()))
+        .collect();
+    assert!(!failing.is_empty(), "the fixtures hold mismatches");
+    let triggered: BTreeSet<String> = pd
+        .requests()
+        .iter()
+        .filter_map(|r| r.json.as_ref())
+        .filter(|j| j["event_action"] == "trigger")
+        .map(|j| {
+            assert_eq!(j["routing_key"], TEST_ROUTING_KEY);
+            j["dedup_key"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(triggered, failing, "one page per failing (check, subject)");
+    // An incident a later passing run resolved is a resolve of one of those keys.
+    for i in pd.open_incidents().iter().chain(&pd.resolved_incidents()) {
+        assert!(failing.contains(&i.dedup_key), "{i:?}");
+    }
+    assert!(pd.incidents_opened_total() as usize >= failing.len());
+}
