@@ -123,7 +123,7 @@ impl Default for RunnerOptions {
         RunnerOptions {
             model_sources: BTreeMap::new(),
             concurrency: 64,
-            max_pending: 1_000_000,
+            max_pending: 100_000,
             watermark_poll: Duration::from_millis(50),
             commit_interval: Duration::from_millis(200),
             batch: 1024,
