@@ -17,26 +17,22 @@
 //! against the faults it injected. Under the default freshness-aware strategy it fails
 //! (non-zero exit) on a missed fault or a false alarm: it doubles as a smoke test.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use anyhow::{Result, bail};
 
-use overseer_checks::workload::live::{Clock, Collector, Fanout, ReplaySource, Tracked};
+use overseer_checks::workload::live::Clock;
 use overseer_checks::workload::{FaultKind, Lag, Score, System, Workload, WorkloadConfig};
-use overseer_dal::bus::feed::CatalogFeed;
 use overseer_dal::update::{Micros, now_us};
 use overseer_ingestion::config::{CheckSettings, Config, StrategyName};
-use overseer_ingestion::pipeline::{Ingestor, SourceReport, Storage};
-use overseer_prs::check::Registry;
-use overseer_prs::escalate::{Action, CustomNotifier, Notice, Notifier, Severity};
-use overseer_prs::incident::{Escalator, Routes};
-use overseer_prs::runner::{RunRecord, Runner, Sink};
+use overseer_ingestion::pipeline::{SourceReport, Storage};
+use overseer_prs::escalate::{Action, CustomNotifier, Notice, Notifier};
+
+use crate::live::{Live, quantile};
 
 /// Execution strategies the demo can run its checks under.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -96,11 +92,19 @@ const CHECKS: [&str; 3] = [
 /// Incident notices printed before the console goes quiet (the summary counts them all).
 const SHOWN_NOTICES: usize = 40;
 
-fn demo_config(dir: &Path, args: &Args) -> Result<Config> {
+/// The workload's embedded config in `dir` with the runner's `group`, `grace_ms`, and
+/// every shipped check under `strategy` (`delay_ms`: the fixed delay).
+pub(crate) fn live_config(
+    dir: &Path,
+    group: &str,
+    grace_ms: u64,
+    strategy: DemoStrategy,
+    delay_ms: u64,
+) -> Result<Config> {
     let mut cfg = overseer_checks::workload::config(dir)?;
-    cfg.prs.group = "demo".into();
-    cfg.prs.grace_ms = args.grace_ms;
-    let strategy = match args.strategy {
+    cfg.prs.group = group.into();
+    cfg.prs.grace_ms = grace_ms;
+    let strategy = match strategy {
         DemoStrategy::FreshnessAware => StrategyName::FreshnessAware,
         DemoStrategy::Immediate => StrategyName::Immediate,
         DemoStrategy::FixedDelay => StrategyName::FixedDelay,
@@ -110,7 +114,7 @@ fn demo_config(dir: &Path, args: &Args) -> Result<Config> {
             check.into(),
             CheckSettings {
                 strategy: Some(strategy),
-                delay_ms: (strategy == StrategyName::FixedDelay).then_some(args.delay_ms),
+                delay_ms: (strategy == StrategyName::FixedDelay).then_some(delay_ms),
                 ..CheckSettings::default()
             },
         );
@@ -152,11 +156,6 @@ impl Console {
     }
 }
 
-/// The `q` quantile (nearest rank) of sorted, non-empty `v`.
-fn quantile(v: &[Micros], q: f64) -> Micros {
-    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
-}
-
 fn secs(us: Micros) -> String {
     format!("{:.3} s", us as f64 / 1e6)
 }
@@ -177,7 +176,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         "overseer demo — live payments reconciliation on the embedded default (data in {})",
         dir.display()
     );
-    let cfg = demo_config(&dir, &args)?;
+    let cfg = live_config(&dir, "demo", args.grace_ms, args.strategy, args.delay_ms)?;
     let storage = Storage::open(&cfg).await?;
     if !storage.catalog.source_states().await?.is_empty() {
         bail!(
@@ -185,9 +184,6 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             dir.display()
         );
     }
-    let ingestor = Ingestor::new(storage.clone(), cfg.ingest.clone());
-    ingestor.recover().await?;
-
     // The traffic starts half a second from now, and plays in real time.
     let clock = Clock::starting_at(now_us());
     let start_us = (clock.origin_us / 1000 + 500) * 1000;
@@ -209,15 +205,6 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     })?);
     print_workload(&workload, &args);
 
-    // The runner, as `overseer run` wires it, with the console as its escalation policy.
-    let mut registry = Registry::new();
-    overseer_checks::register(&mut registry, Duration::from_millis(args.grace_ms));
-    overseer_prs::service::configure(&mut registry, &cfg.prs)?;
-    let enabled: Vec<String> = registry
-        .iter()
-        .filter(|s| s.enabled)
-        .map(|s| s.name.clone())
-        .collect();
     let console = Arc::new(Console {
         clock,
         start_us,
@@ -232,112 +219,16 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             Ok(())
         }
     }));
-    let routes = Routes {
-        policies: BTreeMap::from([("console".to_owned(), notifier)]),
-        default_policy: "console".into(),
-        by_check: BTreeMap::new(),
-        muted: BTreeSet::new(),
-        severity: Severity::Error,
-    };
-    let (escalator, outbox) = Escalator::new(storage.catalog.clone(), routes, enabled)?;
-    let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
-    let runner = Runner::new(
-        dal,
-        Arc::new(registry),
-        overseer_prs::service::options(&cfg),
-    )?;
-    let feed = CatalogFeed::open(
-        storage.catalog.clone(),
-        storage.store.clone(),
-        &cfg.prs.group,
-        Duration::from_millis(cfg.prs.watermark_poll_ms),
-    )
-    .await?;
-    let (feed, progress) = Tracked::new(feed);
-    let collector = Collector::new();
-    let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![Arc::new(escalator), collector.clone()]));
-    let outbox_stop = CancellationToken::new();
-    let outbox_task = tokio::spawn(outbox.run(outbox_stop.clone()));
-    let runner_stop = CancellationToken::new();
-    let mut runner_task = tokio::spawn(runner.run(Box::new(feed), sink, runner_stop.clone()));
-
-    // Ingestion: one pipeline per system, fed by its replay source.
-    let ingest_stop = CancellationToken::new();
-    let mut ingest: JoinSet<(String, overseer_ingestion::Result<SourceReport>)> = JoinSet::new();
-    let mut delivered = Vec::new();
-    // Cancelled when a pipeline fails (its error is reported below).
-    let failed = CancellationToken::new();
-    for system in System::ALL {
-        let src = cfg
-            .sources
-            .iter()
-            .find(|s| s.name == system.name())
-            .cloned()
-            .context("demo source")?;
-        let consumer = overseer_ingestion::format::build(&src, &cfg)?;
-        let done = Arc::new(AtomicBool::new(false));
-        delivered.push(done.clone());
-        let source = Box::new(ReplaySource::new(workload.clone(), system, clock, done));
-        let (ing, stop, failed) = (ingestor.clone(), ingest_stop.clone(), failed.clone());
-        ingest.spawn(async move {
-            let r = ing.run_source(&src, consumer, source, stop).await;
-            if r.is_err() {
-                failed.cancel();
-            }
-            (src.name, r)
-        });
-    }
-
-    // Wait until every event is delivered and every run it triggered has completed: the
-    // last evaluations are due at the last commit + grace, once the lagging ledger's
-    // watermark passes them. Bounded, in case something never drains.
-    let expected = workload.unique_events() as u64;
-    let bound_us = workload.last_arrival_us()
-        + (args.grace_ms as Micros + args.delay_ms as Micros) * 1000
-        + workload.max_lag_us(System::Ledger)
-        + 20_000_000;
-    let mut all_delivered_us = None;
-    let mut timed_out = false;
-    loop {
-        if all_delivered_us.is_none() && delivered.iter().all(|d| d.load(Ordering::SeqCst)) {
-            all_delivered_us = Some(clock.now_us());
-        }
-        if all_delivered_us.is_some() && progress.drained(expected) {
-            break;
-        }
-        if runner_task.is_finished() || failed.is_cancelled() {
-            break; // failed early: reported below
-        }
-        if clock.now_us() > bound_us {
-            timed_out = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let drained_us = clock.now_us();
-
-    runner_stop.cancel();
-    let report = (&mut runner_task)
-        .await
-        .context("the runner task")?
-        .context("the runner")?;
-    outbox_stop.cancel();
-    outbox_task
-        .await
-        .context("the outbox task")?
-        .context("the outbox")?;
-    ingest_stop.cancel();
-    let mut reports = BTreeMap::new();
-    while let Some(joined) = ingest.join_next().await {
-        let (name, r) = joined.context("an ingestion task")?;
-        reports.insert(
-            name.clone(),
-            r.with_context(|| format!("ingesting {name}"))?,
-        );
-    }
+    // Every evaluation is due by the last commit + grace (+ delay), once the lagging
+    // ledger's watermark passes it; then some slack.
+    let patience = Duration::from_millis(args.grace_ms + args.delay_ms + 20_000)
+        + Duration::from_micros(workload.max_lag_us(System::Ledger) as u64);
+    let live =
+        crate::live::run(&cfg, &storage, workload.clone(), clock, notifier, patience).await?;
+    let drained_us = live.drained_us;
 
     let at = |us: Micros| secs(us - start_us);
-    match all_delivered_us {
+    match live.delivered_us {
         Some(d) => println!(
             "\nall events delivered at +{}; every check run done at +{}",
             at(d),
@@ -345,34 +236,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         ),
         None => println!("\nnot every event was delivered by +{}", at(drained_us)),
     }
-    let runs = collector.runs();
-    let score = Score::of(&workload, &runs);
-    let failing_now: BTreeSet<(String, String)> = storage
-        .catalog
-        .incidents(true)
-        .await?
-        .into_iter()
-        .map(|i| (i.check, i.subject))
-        .collect();
-    let mut problems = summarize(
-        &args,
-        &workload,
-        &score,
-        &Results {
-            reports,
-            runs,
-            by_outcome: report.by_outcome,
-            failing_now,
-            console,
-        },
-    );
-    if timed_out {
-        problems.push(format!(
-            "the runner did not finish every check run by +{} ({} of {expected} notifications \
-             delivered to it)",
-            at(bound_us),
-            progress.delivered.load(Ordering::SeqCst)
-        ));
+    let score = Score::of(&workload, &live.runs);
+    let mut problems = summarize(&args, &workload, &score, &live, &console);
+    if let Some(why) = &live.timed_out {
+        problems.push(why.clone());
     }
     if problems.is_empty() {
         return Ok(());
@@ -431,28 +298,21 @@ fn print_workload(w: &Workload, args: &Args) {
     );
 }
 
-/// What a finished demo run observed.
-struct Results {
-    /// Ingestion's totals per source.
-    reports: BTreeMap<String, SourceReport>,
-    /// Every run record, in the order the runner handed them over.
-    runs: Vec<RunRecord>,
-    /// The runner's own count of runs by outcome.
-    by_outcome: BTreeMap<String, u64>,
-    /// (check, subject) pairs whose incident is open at the end.
-    failing_now: BTreeSet<(String, String)>,
-    console: Arc<Console>,
-}
-
 /// Prints the summary; returns what makes the run a failure.
-fn summarize(args: &Args, w: &Workload, score: &Score, res: &Results) -> Vec<String> {
-    let Results {
+fn summarize(
+    args: &Args,
+    w: &Workload,
+    score: &Score,
+    live: &Live,
+    console: &Console,
+) -> Vec<String> {
+    let Live {
         reports,
         runs,
         by_outcome,
         failing_now,
-        console,
-    } = res;
+        ..
+    } = live;
     let mut problems = Vec::new();
     let total = |f: fn(&SourceReport) -> u64| reports.values().map(f).sum::<u64>();
     let (events, updates, dups, quarantined) = (

@@ -10,7 +10,12 @@ use tokio_util::sync::CancellationToken;
 use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::Storage;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod bench;
 mod demo;
+mod live;
 mod prs;
 mod replay;
 mod view;
@@ -83,6 +88,8 @@ enum Cmd {
     Replay(replay::Args),
     /// Run the payments demo live on the embedded default (no servers, no config).
     Demo(demo::Args),
+    /// Measure throughput, time to detect and accuracy on generated payments traffic.
+    Bench(bench::Args),
 }
 
 fn main() -> Result<()> {
@@ -207,6 +214,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Replay(args) => replay::run(args).await?,
         Cmd::Demo(args) => demo::run(args).await?,
+        Cmd::Bench(args) => bench::run(args).await?,
     }
     Ok(())
 }

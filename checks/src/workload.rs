@@ -872,7 +872,7 @@ pub mod live {
     use overseer_dal::bus::{Delivered, DeliveryTag, Subscription};
     use overseer_dal::update::Micros;
     use overseer_ingestion::source::{Source, SourceContext, SourceMsg};
-    use overseer_prs::runner::{RunRecord, Sink};
+    use overseer_prs::runner::{Outcome, RunRecord, Sink};
 
     use super::{System, Workload};
 
@@ -1006,11 +1006,24 @@ pub mod live {
     #[derive(Debug, Default)]
     pub struct Collector {
         runs: Mutex<Vec<RunRecord>>,
+        /// Drop each record's evidence and failure details (what scoring does not read).
+        verdicts_only: bool,
     }
 
     impl Collector {
         pub fn new() -> Arc<Collector> {
             Arc::new(Collector::default())
+        }
+
+        /// A collector that keeps each record without its evidence and failure details:
+        /// a fraction of the memory on long runs, and all [`Score::of`] reads.
+        ///
+        /// [`Score::of`]: crate::workload::Score::of
+        pub fn verdicts_only() -> Arc<Collector> {
+            Arc::new(Collector {
+                verdicts_only: true,
+                ..Collector::default()
+            })
         }
 
         /// The records so far, in the order they were handed over.
@@ -1022,7 +1035,16 @@ pub mod live {
     #[async_trait]
     impl Sink for Collector {
         async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
-            self.runs.lock().expect("collector lock").push(run.clone());
+            let mut run = run.clone();
+            if self.verdicts_only {
+                run.evidence = Vec::new();
+                if let Outcome::Fail { details, .. } | Outcome::Stale { details, .. } =
+                    &mut run.outcome
+                {
+                    *details = serde_json::Value::Null;
+                }
+            }
+            self.runs.lock().expect("collector lock").push(run);
             Ok(())
         }
     }

@@ -1,0 +1,723 @@
+//! `overseer bench`: the generated payments workload through the real pipeline, measured.
+//!
+//! Three phases, each on a fresh store and catalog, each its own live run
+//! ([`crate::live::run`]: ingestion per source, the runner with the shipped checks):
+//!
+//! - **throughput**: `--updates` updates offered as fast as the pipeline takes them (or at
+//!   `--rate`), sources in sync. Sustained ingest rate (every update stored, indexed and
+//!   notified) and end-to-end rate (every triggered check run done), with the baselines
+//!   measured in the same run on the same bytes: a sequential write of the raw events to
+//!   the same disk with the same number of fsyncs as the pipeline's segments, and a JSON
+//!   decode of each event alone.
+//! - **latency**: `--paced-secs` of traffic at `--paced-rate`, sources in sync, grace
+//!   `--sync-grace-ms`,
+//!   freshness-aware: time to detect (verdict − source commit) of the injected faults, and
+//!   the same for every run.
+//! - **accuracy**: the same paced traffic with the ledger lagging (`--lag`, `--lag-ms`)
+//!   and the checks' `--grace-ms`, once per `--strategy`, on identical traffic: recall and
+//!   false alarms against the ground truth, and time to detect.
+//!
+//! Each phase reports its peak RSS (the peak is reset before it; the generated events are
+//! held in memory and included) and updates per object-store PUT.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use overseer_checks::workload::live::Clock;
+use overseer_checks::workload::{Lag, Score, System, Workload, WorkloadConfig};
+use overseer_dal::update::{Micros, now_us};
+use overseer_ingestion::pipeline::Storage;
+use overseer_prs::escalate::{CustomNotifier, Notice, Notifier};
+
+use crate::demo::DemoStrategy;
+use crate::live::quantile;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Phase {
+    Throughput,
+    Latency,
+    Accuracy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LagKind {
+    /// The same lag for every ledger event.
+    Constant,
+    /// Between 0 and `--lag-ms`, drifting.
+    Jitter,
+}
+
+/// `overseer bench` options.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Where the phases keep their data (a fresh temporary directory by default).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Phases to run (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Phase::Throughput, Phase::Latency, Phase::Accuracy])]
+    phases: Vec<Phase>,
+    /// Updates in the throughput phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    updates: u64,
+    /// Updates per second offered in the throughput phase; 0: as fast as the pipeline
+    /// takes them.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Updates per second offered in the latency and accuracy phases.
+    #[arg(long, default_value_t = 5_000.0)]
+    paced_rate: f64,
+    /// Seconds of traffic in the latency and accuracy phases.
+    #[arg(long, default_value_t = 10.0)]
+    paced_secs: f64,
+    /// Strategies the accuracy phase compares, on the same traffic (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [DemoStrategy::Immediate, DemoStrategy::FixedDelay, DemoStrategy::FreshnessAware])]
+    strategy: Vec<DemoStrategy>,
+    /// The ledger's lag in the accuracy phase, ms (the maximum, when jittered).
+    #[arg(long, default_value_t = 1_000)]
+    lag_ms: u64,
+    #[arg(long, value_enum, default_value_t = LagKind::Jitter)]
+    lag: LagKind,
+    /// The checks' grace in the accuracy phase, ms.
+    #[arg(long, default_value_t = 2_000)]
+    grace_ms: u64,
+    /// The checks' grace in the throughput and latency phases (sources in sync), ms: a
+    /// transfer's ledger entries commit up to 14 ms after it is created (complete 2–8 ms
+    /// after creation, ledger 1–5 ms after that), so a check that looks sooner sees them
+    /// missing.
+    #[arg(long, default_value_t = 20)]
+    sync_grace_ms: u64,
+    /// With the fixed-delay strategy: how long after its trigger a check runs, ms
+    /// (default: the grace).
+    #[arg(long)]
+    delay_ms: Option<u64>,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Accounts the transfers move money between.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: u32,
+    /// Fraction of transfers with an injected fault.
+    #[arg(long, default_value_t = 0.01)]
+    fault_rate: f64,
+    /// Fraction of events delivered twice.
+    #[arg(long, default_value_t = 0.01)]
+    duplicate_rate: f64,
+    /// Also write the results as one JSON document to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// p50/p90/p99/max of a latency, µs.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Quantiles {
+    count: usize,
+    p50_us: Micros,
+    p90_us: Micros,
+    p99_us: Micros,
+    max_us: Micros,
+}
+
+impl Quantiles {
+    fn of(mut v: Vec<Micros>) -> Option<Quantiles> {
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        Some(Quantiles {
+            count: v.len(),
+            p50_us: quantile(&v, 0.5),
+            p90_us: quantile(&v, 0.9),
+            p99_us: quantile(&v, 0.99),
+            max_us: quantile(&v, 1.0),
+        })
+    }
+
+    fn text(q: &Option<Quantiles>) -> String {
+        match q {
+            Some(q) => format!(
+                "p50 {} p90 {} p99 {} max {}",
+                ms(q.p50_us),
+                ms(q.p90_us),
+                ms(q.p99_us),
+                ms(q.max_us)
+            ),
+            None => "-".into(),
+        }
+    }
+}
+
+fn ms(us: Micros) -> String {
+    if us.abs() < 10_000_000 {
+        format!("{:.0} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.1} s", us as f64 / 1e6)
+    }
+}
+
+/// The traffic of a phase.
+#[derive(Clone, Debug, Serialize)]
+struct Traffic {
+    transfers: u64,
+    /// Distinct updates (events minus redeliveries).
+    updates: u64,
+    /// Events delivered, redeliveries included.
+    deliveries: u64,
+    raw_bytes: u64,
+    /// Updates per second offered; None: as fast as the pipeline takes them.
+    offered_per_s: Option<f64>,
+    ledger_lag: String,
+    grace_ms: u64,
+}
+
+/// One phase's live run, measured.
+#[derive(Clone, Debug, Serialize)]
+struct Measured {
+    phase: Phase,
+    strategy: String,
+    traffic: Traffic,
+    /// First arrival to every update stored, indexed and notified.
+    ingest_s: Option<f64>,
+    ingest_updates_per_s: Option<f64>,
+    /// First arrival to every triggered check run done.
+    end_to_end_s: f64,
+    end_to_end_updates_per_s: f64,
+    runs: u64,
+    runs_per_s: f64,
+    /// Faults: first failing verdict − first triggering source commit.
+    ttd: Option<Quantiles>,
+    /// Every run: verdict − first triggering source commit.
+    run_latency: Option<Quantiles>,
+    expected_failures: usize,
+    detected: usize,
+    recall: f64,
+    false_alarms: usize,
+    /// A few false alarms: check, subject, message.
+    false_alarm_examples: Vec<String>,
+    stale_runs: usize,
+    error_runs: usize,
+    duplicates_ignored: u64,
+    /// Segments written = object-store PUTs (the catalog is not in the store).
+    segments: u64,
+    updates_per_put: f64,
+    segment_bytes: u64,
+    /// Peak RSS during the phase (reset before it), MiB; None where unsupported.
+    peak_rss_mib: Option<f64>,
+    /// RSS when the phase's run started, MiB: mostly the generated traffic, which the
+    /// sources hold in memory for the whole run.
+    start_rss_mib: Option<f64>,
+    incidents_opened: u64,
+    problems: Vec<String>,
+}
+
+/// Baselines on the throughput phase's bytes and disk.
+#[derive(Clone, Debug, Serialize)]
+struct Baselines {
+    /// Sequential write of every raw event to one file in the data directory, with as
+    /// many fsyncs as the pipeline wrote segments.
+    disk_write_updates_per_s: f64,
+    disk_write_mib_per_s: f64,
+    /// `serde_json::from_slice` of every raw event to a `Value`, one core.
+    json_decode_updates_per_s: f64,
+}
+
+#[derive(Serialize)]
+struct Results {
+    mode: &'static str,
+    machine: Machine,
+    seed: u64,
+    phases: Vec<Measured>,
+    baselines: Option<Baselines>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    cpus: usize,
+    os: &'static str,
+    version: &'static str,
+}
+
+pub(crate) async fn run(args: Args) -> Result<()> {
+    if args.strategy.is_empty() {
+        bail!("--strategy: name at least one strategy");
+    }
+    if !(args.paced_rate > 0.0 && args.paced_secs > 0.0) {
+        bail!("--paced-rate and --paced-secs must be > 0");
+    }
+    if !(args.rate >= 0.0 && args.rate.is_finite()) {
+        bail!("--rate must be ≥ 0 (0: as fast as the pipeline takes them)");
+    }
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "overseer bench — embedded mode: file-fed sources, local store, embedded catalog; {cpus} \
+         CPUs; data in {}",
+        dir.display()
+    );
+    let per_transfer = updates_per_transfer(&args)?;
+    let mut results = Results {
+        mode: "embedded",
+        machine: Machine {
+            cpus,
+            os: std::env::consts::OS,
+            version: env!("CARGO_PKG_VERSION"),
+        },
+        seed: args.seed,
+        phases: Vec::new(),
+        baselines: None,
+    };
+    for (i, phase) in args.phases.iter().enumerate() {
+        let phase_dir = dir.join(format!("{i}-{phase:?}").to_lowercase());
+        match phase {
+            Phase::Throughput => {
+                let transfers = (args.updates as f64 / per_transfer).ceil() as u64;
+                let tps = if args.rate > 0.0 {
+                    args.rate / per_transfer
+                } else {
+                    UNPACED_TRANSFERS_PER_S
+                };
+                let w = workload(&args, transfers, tps, Lag::None);
+                let (m, w) = measure(
+                    &phase_dir.join("pipeline"),
+                    *phase,
+                    DemoStrategy::FreshnessAware,
+                    &w,
+                    args.sync_grace_ms,
+                    0,
+                    (args.rate > 0.0).then_some(args.rate),
+                )
+                .await?;
+                print_measured(&m);
+                let b = baselines(&phase_dir.join("baseline"), &w, m.segments)?;
+                print_baselines(&b, &m);
+                results.baselines = Some(b);
+                results.phases.push(m);
+            }
+            Phase::Latency => {
+                let (transfers, tps) = paced(&args, per_transfer);
+                let w = workload(&args, transfers, tps, Lag::None);
+                let (m, _) = measure(
+                    &phase_dir,
+                    *phase,
+                    DemoStrategy::FreshnessAware,
+                    &w,
+                    args.sync_grace_ms,
+                    0,
+                    Some(args.paced_rate),
+                )
+                .await?;
+                print_measured(&m);
+                results.phases.push(m);
+            }
+            Phase::Accuracy => {
+                let (transfers, tps) = paced(&args, per_transfer);
+                let lag = Duration::from_millis(args.lag_ms);
+                let lag = match args.lag {
+                    _ if lag.is_zero() => Lag::None,
+                    LagKind::Constant => Lag::Constant(lag),
+                    LagKind::Jitter => Lag::Jitter { max: lag },
+                };
+                let w = workload(&args, transfers, tps, lag);
+                for (k, strategy) in args.strategy.iter().enumerate() {
+                    let (m, _) = measure(
+                        &phase_dir.join(format!("{k}")),
+                        *phase,
+                        *strategy,
+                        &w,
+                        args.grace_ms,
+                        args.delay_ms.unwrap_or(args.grace_ms),
+                        Some(args.paced_rate),
+                    )
+                    .await?;
+                    print_measured(&m);
+                    results.phases.push(m);
+                }
+                print_accuracy(&results.phases);
+            }
+        }
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&results)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("results written to {}", path.display());
+    }
+    let problems: Vec<String> = results
+        .phases
+        .iter()
+        .flat_map(|m| {
+            m.problems
+                .iter()
+                .map(move |p| format!("{:?} {}: {p}", m.phase, m.strategy))
+        })
+        .collect();
+    if problems.is_empty() {
+        return Ok(());
+    }
+    for p in &problems {
+        eprintln!("bench: {p}");
+    }
+    bail!("the bench found {} problem(s)", problems.len())
+}
+
+/// Transfers per second of commit time when the throughput phase is unpaced: every
+/// event's arrival is due at once, and sources deliver as fast as ingestion accepts.
+const UNPACED_TRANSFERS_PER_S: f64 = 1e6;
+
+/// Distinct updates one transfer generates, on average (from a sample of the traffic).
+fn updates_per_transfer(args: &Args) -> Result<f64> {
+    let w = Workload::generate(workload(args, 2_000, 1_000.0, Lag::None))?;
+    Ok(w.unique_events() as f64 / 2_000.0)
+}
+
+/// Transfers and transfers/s of the paced phases.
+fn paced(args: &Args, per_transfer: f64) -> (u64, f64) {
+    let tps = args.paced_rate / per_transfer;
+    (((tps * args.paced_secs).ceil() as u64).max(1), tps)
+}
+
+fn workload(args: &Args, transfers: u64, tps: f64, lag: Lag) -> WorkloadConfig {
+    WorkloadConfig {
+        seed: args.seed,
+        // Replaced per run: the traffic starts when the run does.
+        start_us: 0,
+        transfers,
+        accounts: args.accounts,
+        fault_rate: args.fault_rate,
+        duplicate_rate: args.duplicate_rate,
+        ledger_lag: lag,
+        transfers_per_sec: tps,
+        ..WorkloadConfig::default()
+    }
+}
+
+/// Runs the traffic of `w` live in a fresh `dir` under `strategy`, and measures it.
+async fn measure(
+    dir: &Path,
+    phase: Phase,
+    strategy: DemoStrategy,
+    w: &WorkloadConfig,
+    grace_ms: u64,
+    delay_ms: u64,
+    offered_per_s: Option<f64>,
+) -> Result<(Measured, Arc<Workload>)> {
+    std::fs::create_dir_all(dir)?;
+    let cfg = crate::demo::live_config(dir, "bench", grace_ms, strategy, delay_ms)?;
+    let storage = Storage::open(&cfg).await?;
+    if !storage.catalog.source_states().await?.is_empty() {
+        bail!("{} already holds data: use an empty --dir", dir.display());
+    }
+    // The same traffic (same seed and shape), starting half a second from now.
+    let clock = Clock::starting_at(now_us());
+    let start_us = (clock.origin_us / 1000 + 500) * 1000;
+    let w = Arc::new(Workload::generate(WorkloadConfig {
+        start_us,
+        ..w.clone()
+    })?);
+    let opened = Arc::new(AtomicU64::new(0));
+    let counter = opened.clone();
+    let notifier: Arc<dyn Notifier> = Arc::new(CustomNotifier::new("count", move |n: Notice| {
+        if n.action == overseer_prs::escalate::Action::Trigger {
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        async { Ok(()) }
+    }));
+    let patience = Duration::from_millis(grace_ms + delay_ms + 600_000)
+        + Duration::from_micros(w.max_lag_us(System::Ledger) as u64);
+    let rss_reset = reset_peak_rss();
+    let start_rss_mib = status_mib("VmRSS:");
+    let live = crate::live::run(&cfg, &storage, w.clone(), clock, notifier, patience).await?;
+    let peak_rss_mib = if rss_reset {
+        status_mib("VmHWM:")
+    } else {
+        None
+    };
+
+    let updates = w.unique_events() as u64;
+    let secs = |until: Micros| (until - start_us).max(1) as f64 / 1e6;
+    let score = Score::of(&w, &live.runs);
+    let total = |f: fn(&overseer_ingestion::pipeline::SourceReport) -> u64| {
+        live.reports.values().map(f).sum::<u64>()
+    };
+    let (ingested, dups, quarantined, segments, bytes) = (
+        total(|r| r.updates),
+        total(|r| r.duplicates),
+        total(|r| r.quarantined),
+        total(|r| r.segments),
+        total(|r| r.bytes),
+    );
+    let mut problems = Vec::new();
+    if ingested != updates || dups != w.duplicates() as u64 || quarantined != 0 {
+        problems.push(format!(
+            "ingestion kept {ingested} updates, ignored {dups} duplicates and quarantined \
+             {quarantined}; the traffic has {updates} distinct events and {} redeliveries",
+            w.duplicates()
+        ));
+    }
+    problems.extend(live.timed_out.clone());
+    if !score.errors.is_empty() {
+        problems.push(format!(
+            "{} check runs ended in an error",
+            score.errors.len()
+        ));
+    }
+    if strategy == DemoStrategy::FreshnessAware {
+        if !score.missed.is_empty() {
+            problems.push(format!("{} injected faults missed", score.missed.len()));
+        }
+        if !score.false_alarms.is_empty() {
+            problems.push(format!(
+                "{} false alarms under the freshness-aware strategy",
+                score.false_alarms.len()
+            ));
+        }
+    }
+    let runs = live.runs.len() as u64;
+    let e2e = secs(live.drained_us);
+    let ingest_s = live.ingested_us.map(secs);
+    let lag = match w.config.ledger_lag {
+        Lag::None => "in sync".to_owned(),
+        Lag::Constant(d) => format!("ledger {} ms behind", d.as_millis()),
+        Lag::Jitter { max } => format!("ledger 0–{} ms behind, drifting", max.as_millis()),
+    };
+    let m = Measured {
+        phase,
+        strategy: strategy_name(strategy, delay_ms),
+        traffic: Traffic {
+            transfers: w.config.transfers,
+            updates,
+            deliveries: w.deliveries() as u64,
+            raw_bytes: raw_bytes(&w),
+            offered_per_s,
+            ledger_lag: lag,
+            grace_ms,
+        },
+        ingest_s,
+        ingest_updates_per_s: ingest_s.map(|s| updates as f64 / s),
+        end_to_end_s: e2e,
+        end_to_end_updates_per_s: updates as f64 / e2e,
+        runs,
+        runs_per_s: runs as f64 / e2e,
+        ttd: Quantiles::of(score.detected.values().copied().collect()),
+        run_latency: Quantiles::of(
+            live.runs
+                .iter()
+                .map(|r| r.finished_us - r.first_event_us)
+                .collect(),
+        ),
+        expected_failures: score.expected,
+        detected: score.detected.len(),
+        recall: score.recall(),
+        false_alarms: score.false_alarms.len(),
+        false_alarm_examples: score
+            .false_alarms
+            .iter()
+            .take(3)
+            .map(|((c, s), m)| format!("{c} {s}: {m}"))
+            .collect(),
+        stale_runs: score.stale.len(),
+        error_runs: score.errors.len(),
+        duplicates_ignored: dups,
+        segments,
+        updates_per_put: if segments == 0 {
+            0.0
+        } else {
+            ingested as f64 / segments as f64
+        },
+        segment_bytes: bytes,
+        peak_rss_mib,
+        start_rss_mib,
+        incidents_opened: opened.load(Ordering::Relaxed),
+        problems,
+    };
+    Ok((m, w))
+}
+
+fn strategy_name(s: DemoStrategy, delay_ms: u64) -> String {
+    match s {
+        DemoStrategy::FreshnessAware => "freshness-aware".into(),
+        DemoStrategy::Immediate => "immediate".into(),
+        DemoStrategy::FixedDelay => format!("fixed-delay {delay_ms} ms"),
+    }
+}
+
+fn raw_bytes(w: &Workload) -> u64 {
+    System::ALL
+        .iter()
+        .flat_map(|s| w.events(*s))
+        .map(|e| e.raw.len() as u64)
+        .sum()
+}
+
+/// The baselines on `w`'s bytes, in `dir` (the same disk as the pipeline's data).
+fn baselines(dir: &Path, w: &Workload, segments: u64) -> Result<Baselines> {
+    std::fs::create_dir_all(dir)?;
+    let events: Vec<&[u8]> = System::ALL
+        .iter()
+        .flat_map(|s| w.events(*s))
+        .filter(|e| !e.duplicate)
+        .map(|e| &e.raw[..])
+        .collect();
+    let n = events.len().max(1);
+    let per_sync = n.div_ceil(segments.max(1) as usize);
+    let path = dir.join("raw-events");
+    let t = Instant::now();
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&path)?);
+    let mut bytes = 0u64;
+    for (i, e) in events.iter().enumerate() {
+        f.write_all(e)?;
+        f.write_all(b"\n")?;
+        bytes += e.len() as u64 + 1;
+        if (i + 1) % per_sync == 0 || i + 1 == n {
+            f.flush()?;
+            f.get_ref().sync_data()?;
+        }
+    }
+    let write_s = t.elapsed().as_secs_f64();
+    drop(f);
+    std::fs::remove_file(&path)?;
+
+    let t = Instant::now();
+    let mut fields = 0usize;
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_slice(e).context("decoding a raw event")?;
+        fields += v.as_object().map_or(0, |o| o.len());
+    }
+    let decode_s = t.elapsed().as_secs_f64();
+    std::hint::black_box(fields);
+    Ok(Baselines {
+        disk_write_updates_per_s: n as f64 / write_s,
+        disk_write_mib_per_s: bytes as f64 / write_s / (1 << 20) as f64,
+        json_decode_updates_per_s: n as f64 / decode_s,
+    })
+}
+
+fn print_measured(m: &Measured) {
+    let t = &m.traffic;
+    let offered = match t.offered_per_s {
+        Some(r) => format!("{r:.0} updates/s offered"),
+        None => "offered as fast as taken".into(),
+    };
+    println!(
+        "\n{:?} — {}: {} updates ({} transfers, {} deliveries, {:.1} MiB), {offered}; {}; grace {} ms",
+        m.phase,
+        m.strategy,
+        t.updates,
+        t.transfers,
+        t.deliveries,
+        t.raw_bytes as f64 / (1 << 20) as f64,
+        t.ledger_lag,
+        t.grace_ms
+    );
+    if let (Some(s), Some(r)) = (m.ingest_s, m.ingest_updates_per_s) {
+        println!(
+            "  ingest        {r:>10.0} updates/s  ({s:.1} s to store, index and notify every update)"
+        );
+    }
+    println!(
+        "  end to end    {:>10.0} updates/s  ({:.1} s to every check run done; {} runs, {:.0} runs/s)",
+        m.end_to_end_updates_per_s, m.end_to_end_s, m.runs, m.runs_per_s
+    );
+    println!("  time to detect   {}", Quantiles::text(&m.ttd));
+    println!("  every run        {}", Quantiles::text(&m.run_latency));
+    println!(
+        "  accuracy      recall {:.2} ({}/{}), {} false alarms, {} stale, {} errors; {} incidents opened",
+        m.recall,
+        m.detected,
+        m.expected_failures,
+        m.false_alarms,
+        m.stale_runs,
+        m.error_runs,
+        m.incidents_opened
+    );
+    let rss = match (m.peak_rss_mib, m.start_rss_mib) {
+        (Some(p), Some(s)) => {
+            format!("{p:.0} MiB ({s:.0} MiB at the start: the generated traffic)")
+        }
+        (Some(p), None) => format!("{p:.0} MiB"),
+        _ => "-".into(),
+    };
+    println!(
+        "  storage       {} segments (PUTs), {:.0} updates per PUT; peak RSS {rss}",
+        m.segments, m.updates_per_put
+    );
+    for f in &m.false_alarm_examples {
+        println!("  false alarm   {f}");
+    }
+    for p in &m.problems {
+        println!("  PROBLEM       {p}");
+    }
+}
+
+fn print_baselines(b: &Baselines, m: &Measured) {
+    let ingest = m.ingest_updates_per_s.unwrap_or(0.0);
+    println!(
+        "  baseline      disk write of the same bytes {:.0} updates/s ({:.0} MiB/s, same fsyncs): \
+         ingest is {:.1}% of it",
+        b.disk_write_updates_per_s,
+        b.disk_write_mib_per_s,
+        100.0 * ingest / b.disk_write_updates_per_s
+    );
+    println!(
+        "  baseline      JSON decode alone {:.0} updates/s (one core): ingest is {:.1}% of it",
+        b.json_decode_updates_per_s,
+        100.0 * ingest / b.json_decode_updates_per_s
+    );
+}
+
+fn print_accuracy(phases: &[Measured]) {
+    let rows: Vec<&Measured> = phases
+        .iter()
+        .filter(|m| m.phase == Phase::Accuracy)
+        .collect();
+    if rows.len() < 2 {
+        return;
+    }
+    println!("\naccuracy on the same traffic, side by side");
+    println!(
+        "  {:<24} {:>7} {:>12} {:>8} {:>10} {:>10}",
+        "strategy", "recall", "false alarms", "runs", "TTD p50", "TTD p99"
+    );
+    for m in rows {
+        let (p50, p99) = m
+            .ttd
+            .map_or(("-".into(), "-".into()), |q| (ms(q.p50_us), ms(q.p99_us)));
+        println!(
+            "  {:<24} {:>7.2} {:>12} {:>8} {:>10} {:>10}",
+            m.strategy, m.recall, m.false_alarms, m.runs, p50, p99
+        );
+    }
+}
+
+/// Resets the process's peak RSS (VmHWM) to its current RSS (Linux `clear_refs` 5).
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// A `/proc/self/status` memory line (`VmHWM:`, `VmRSS:`), MiB.
+fn status_mib(key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}

@@ -1,0 +1,218 @@
+//! The live pipeline over a generated workload, in one process, wired as `overseer run`
+//! wires it: one ingestion pipeline per system fed by its [`ReplaySource`], the runner on
+//! the catalog feed, incidents through a caller's notifier, every run record collected.
+//! Shared by `overseer demo` and `overseer bench`.
+//!
+//! ```text
+//!  workload ─ ReplaySource per system ─> ingestion ─> store + catalog
+//!                                                       │ catalog feed (Tracked)
+//!  notifier <── incidents <── runner (the shipped checks) <┘
+//!  Live { runs, per-source reports, when delivered / ingested / drained } <── Collector
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use overseer_checks::workload::live::{Clock, Collector, Fanout, ReplaySource, Tracked};
+use overseer_checks::workload::{System, Workload};
+use overseer_dal::bus::feed::CatalogFeed;
+use overseer_dal::update::Micros;
+use overseer_ingestion::config::Config;
+use overseer_ingestion::pipeline::{Ingestor, SourceReport, Storage};
+use overseer_prs::check::Registry;
+use overseer_prs::escalate::{Notifier, Severity};
+use overseer_prs::incident::{Escalator, Routes};
+use overseer_prs::runner::{RunRecord, Runner, Sink};
+
+/// What a live run observed. Times are on the run's [`Clock`], µs since the epoch.
+pub(crate) struct Live {
+    /// Ingestion's totals per source.
+    pub reports: BTreeMap<String, SourceReport>,
+    /// Every run record, in the order the runner handed them over.
+    pub runs: Vec<RunRecord>,
+    /// The runner's own count of runs by outcome.
+    pub by_outcome: BTreeMap<String, u64>,
+    /// (check, subject) pairs whose incident is open at the end.
+    pub failing_now: BTreeSet<(String, String)>,
+    /// When every event had been handed to ingestion.
+    pub delivered_us: Option<Micros>,
+    /// When every source had committed its newest event (stored, indexed, notified).
+    pub ingested_us: Option<Micros>,
+    /// When every run had completed (or the wait ended).
+    pub drained_us: Micros,
+    /// Why the wait ended before everything drained, if it did.
+    pub timed_out: Option<String>,
+}
+
+/// Runs `workload` live through ingestion (into `storage`) and the shipped checks, as
+/// configured by `cfg` (grace, strategies), escalating through `notifier`; returns once
+/// every event is delivered and every run it triggered has completed, or `patience` after
+/// the last arrival, whichever is first.
+pub(crate) async fn run(
+    cfg: &Config,
+    storage: &Storage,
+    workload: Arc<Workload>,
+    clock: Clock,
+    notifier: Arc<dyn Notifier>,
+    patience: Duration,
+) -> Result<Live> {
+    let ingestor = Ingestor::new(storage.clone(), cfg.ingest.clone());
+    ingestor.recover().await?;
+
+    // The runner, as `overseer run` wires it, with `notifier` as its escalation policy.
+    let mut registry = Registry::new();
+    overseer_checks::register(&mut registry, Duration::from_millis(cfg.prs.grace_ms));
+    overseer_prs::service::configure(&mut registry, &cfg.prs)?;
+    let enabled: Vec<String> = registry
+        .iter()
+        .filter(|s| s.enabled)
+        .map(|s| s.name.clone())
+        .collect();
+    let routes = Routes {
+        policies: BTreeMap::from([("live".to_owned(), notifier)]),
+        default_policy: "live".into(),
+        by_check: BTreeMap::new(),
+        muted: BTreeSet::new(),
+        severity: Severity::Error,
+    };
+    let (escalator, outbox) = Escalator::new(storage.catalog.clone(), routes, enabled)?;
+    let dal = overseer_ingestion::dal::dal_over(cfg, storage)?;
+    let runner = Runner::new(dal, Arc::new(registry), overseer_prs::service::options(cfg))?;
+    let feed = CatalogFeed::open(
+        storage.catalog.clone(),
+        storage.store.clone(),
+        &cfg.prs.group,
+        Duration::from_millis(cfg.prs.watermark_poll_ms),
+    )
+    .await?;
+    let (feed, progress) = Tracked::new(feed);
+    let collector = Collector::verdicts_only();
+    let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![Arc::new(escalator), collector.clone()]));
+    let outbox_stop = CancellationToken::new();
+    let outbox_task = tokio::spawn(outbox.run(outbox_stop.clone()));
+    let runner_stop = CancellationToken::new();
+    let mut runner_task = tokio::spawn(runner.run(Box::new(feed), sink, runner_stop.clone()));
+
+    // Ingestion: one pipeline per system, fed by its replay source.
+    let ingest_stop = CancellationToken::new();
+    let mut ingest: JoinSet<(String, overseer_ingestion::Result<SourceReport>)> = JoinSet::new();
+    let mut delivered = Vec::new();
+    // Cancelled when a pipeline fails (its error is reported below).
+    let failed = CancellationToken::new();
+    for system in System::ALL {
+        let src = cfg
+            .sources
+            .iter()
+            .find(|s| s.name == system.name())
+            .cloned()
+            .with_context(|| format!("no source named {}", system.name()))?;
+        let consumer = overseer_ingestion::format::build(&src, cfg)?;
+        let done = Arc::new(AtomicBool::new(false));
+        delivered.push(done.clone());
+        let source = Box::new(ReplaySource::new(workload.clone(), system, clock, done));
+        let (ing, stop, failed) = (ingestor.clone(), ingest_stop.clone(), failed.clone());
+        ingest.spawn(async move {
+            let r = ing.run_source(&src, consumer, source, stop).await;
+            if r.is_err() {
+                failed.cancel();
+            }
+            (src.name, r)
+        });
+    }
+
+    // Wait until every event is delivered and every run it triggered has completed: the
+    // last evaluations are due at the last commit + grace, once the lagging sources'
+    // watermarks pass them. Bounded, in case something never drains.
+    let expected = workload.unique_events() as u64;
+    // Ingestion is done when every source has committed its newest event.
+    let last_commit: BTreeMap<&str, Micros> = System::ALL
+        .iter()
+        .map(|s| {
+            let last = workload.events(*s).iter().map(|e| e.commit_us).max();
+            (s.name(), last.unwrap_or(Micros::MIN))
+        })
+        .collect();
+    let bound_us = workload.last_arrival_us() + patience.as_micros() as Micros;
+    let (mut delivered_us, mut ingested_us, mut timed_out) = (None, None, None);
+    loop {
+        if delivered_us.is_none() && delivered.iter().all(|d| d.load(Ordering::SeqCst)) {
+            delivered_us = Some(clock.now_us());
+        }
+        if ingested_us.is_none() {
+            let states = storage.catalog.source_states().await?;
+            let done = last_commit.iter().all(|(name, last)| {
+                states
+                    .iter()
+                    .any(|s| s.source == *name && s.last_event_us >= *last)
+            });
+            if done {
+                ingested_us = Some(clock.now_us());
+            }
+        }
+        if delivered_us.is_some() && progress.drained(expected) {
+            break;
+        }
+        if runner_task.is_finished() || failed.is_cancelled() {
+            break; // failed early: reported below
+        }
+        if clock.now_us() > bound_us {
+            timed_out = Some(format!(
+                "the runner did not finish every check run within {:.0} s of the last \
+                 arrival ({} of {expected} notifications delivered to it)",
+                patience.as_secs_f64(),
+                progress.delivered.load(Ordering::SeqCst)
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let drained_us = clock.now_us();
+
+    runner_stop.cancel();
+    let report = (&mut runner_task)
+        .await
+        .context("the runner task")?
+        .context("the runner")?;
+    outbox_stop.cancel();
+    outbox_task
+        .await
+        .context("the outbox task")?
+        .context("the outbox")?;
+    ingest_stop.cancel();
+    let mut reports = BTreeMap::new();
+    while let Some(joined) = ingest.join_next().await {
+        let (name, r) = joined.context("an ingestion task")?;
+        reports.insert(
+            name.clone(),
+            r.with_context(|| format!("ingesting {name}"))?,
+        );
+    }
+    let failing_now = storage
+        .catalog
+        .incidents(true)
+        .await?
+        .into_iter()
+        .map(|i| (i.check, i.subject))
+        .collect();
+    Ok(Live {
+        reports,
+        runs: collector.runs(),
+        by_outcome: report.by_outcome,
+        failing_now,
+        delivered_us,
+        ingested_us,
+        drained_us,
+        timed_out,
+    })
+}
+
+/// The `q` quantile (nearest rank) of sorted, non-empty `v`.
+pub(crate) fn quantile(v: &[Micros], q: f64) -> Micros {
+    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}

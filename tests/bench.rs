@@ -1,0 +1,113 @@
+//! `overseer bench` as a user runs it, small: every phase runs the generated traffic
+//! through the real pipeline and the JSON results agree with the ground truth (every fault
+//! detected and no false alarm under freshness-aware; immediate, on the same lagging
+//! traffic, raising the false alarms it exists to show). Numbers are only checked for
+//! consistency, never against a speed: speed is measured, not asserted.
+
+use std::process::Command;
+
+#[test]
+fn bench_measures_every_phase_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("results.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args([
+            "bench",
+            "--updates",
+            "6000",
+            "--paced-rate",
+            "3000",
+            "--paced-secs",
+            "1.5",
+            "--lag-ms",
+            "1000",
+            "--grace-ms",
+            "1500",
+            "--fault-rate",
+            "0.05",
+            "--dir",
+        ])
+        .arg(dir.path().join("data"))
+        .arg("--json")
+        .arg(&json)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for text in ["Throughput", "Latency", "Accuracy", "baseline", "side by side"] {
+        assert!(stdout.contains(text), "{text} missing from:\n{stdout}");
+    }
+
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
+        .expect("the --json file is one JSON document");
+    assert_eq!(v["mode"], "embedded");
+    let phases = v["phases"].as_array().unwrap();
+    let names: Vec<(&str, &str)> = phases
+        .iter()
+        .map(|p| (p["phase"].as_str().unwrap(), p["strategy"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("throughput", "freshness-aware"),
+            ("latency", "freshness-aware"),
+            ("accuracy", "immediate"),
+            ("accuracy", "fixed-delay 1500 ms"),
+            ("accuracy", "freshness-aware"),
+        ]
+    );
+    for p in phases {
+        let t = &p["traffic"];
+        assert!(t["updates"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["problems"].as_array().unwrap().is_empty(), "{p}");
+        assert!(p["expected_failures"].as_u64().unwrap() > 0, "faults injected: {p}");
+        assert!(p["runs"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["ingest_updates_per_s"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["end_to_end_updates_per_s"].as_f64().unwrap() > 0.0, "{p}");
+        let segments = p["segments"].as_u64().unwrap();
+        assert!(segments > 0, "{p}");
+        let per_put = p["updates_per_put"].as_f64().unwrap();
+        assert!((per_put * segments as f64 - t["updates"].as_f64().unwrap()).abs() < 1.0);
+        if p["strategy"] == "freshness-aware" {
+            assert_eq!(p["recall"], 1.0, "{p}");
+            assert_eq!(p["false_alarms"], 0, "{p}");
+            let ttd = &p["ttd"];
+            assert!(ttd["p50_us"].as_i64().unwrap() <= ttd["max_us"].as_i64().unwrap());
+        }
+    }
+    // Whole transfers: the requested count, rounded to the traffic's shape.
+    let updates = phases[0]["traffic"]["updates"].as_i64().unwrap();
+    assert!((updates - 6000).abs() <= 60, "{updates}");
+    assert!(
+        phases[2]["false_alarms"].as_u64().unwrap() > 0,
+        "immediate checks before the lagging ledger arrives: {}",
+        phases[2]
+    );
+    let b = &v["baselines"];
+    assert!(b["disk_write_updates_per_s"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(b["json_decode_updates_per_s"].as_f64().unwrap() > 0.0, "{b}");
+}
+
+#[test]
+fn bench_refuses_bad_settings() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_overseer"))
+            .arg("bench")
+            .args(args)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--paced-rate", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--paced-rate"));
+    let out = run(&["--strategy", "sometimes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
+}
