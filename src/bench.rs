@@ -35,6 +35,7 @@ use overseer_dal::update::{Micros, now_us};
 use overseer_ingestion::pipeline::Storage;
 use overseer_prs::escalate::{CustomNotifier, Notice, Notifier};
 
+use crate::bench_real::Stack;
 use crate::demo::DemoStrategy;
 use crate::live::quantile;
 
@@ -44,6 +45,15 @@ pub(crate) enum Phase {
     Throughput,
     Latency,
     Accuracy,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    /// In-process sources, a local directory store, the embedded catalog: no servers.
+    Embedded,
+    /// The broker (tansu), the S3 server (garage) and a PostgreSQL catalog, started
+    /// locally from `scripts/` (install them with `scripts/install-test-deps.sh`).
+    Real,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,6 +67,11 @@ pub(crate) enum LagKind {
 /// `overseer bench` options.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
+    #[arg(long, value_enum, default_value_t = Mode::Embedded)]
+    pub(crate) mode: Mode,
+    /// The server scripts of real mode (default: the repository's `scripts/`).
+    #[arg(long)]
+    scripts: Option<PathBuf>,
     /// Where the phases keep their data (a fresh temporary directory by default).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -111,6 +126,14 @@ pub(crate) struct Args {
     /// Also write the results as one JSON document to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+impl Args {
+    pub(crate) fn scripts_dir(&self) -> PathBuf {
+        self.scripts
+            .clone()
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"))
+    }
 }
 
 /// p50/p90/p99/max of a latency, µs.
@@ -178,6 +201,9 @@ struct Traffic {
 /// One phase's live run, measured.
 #[derive(Clone, Debug, Serialize)]
 struct Measured {
+    /// Real mode: the run's name (topics `NAME-payments`, `NAME-ledger`; catalog schema
+    /// `bench_NAME`; S3 prefix `bench/NAME`).
+    run: Option<String>,
     phase: Phase,
     strategy: String,
     traffic: Traffic,
@@ -224,6 +250,9 @@ struct Baselines {
     disk_write_mib_per_s: f64,
     /// `serde_json::from_slice` of every raw event to a `Value`, one core.
     json_decode_updates_per_s: f64,
+    /// Real mode: a consumer that only reads the run's topics (no decode, no storage),
+    /// messages per second.
+    broker_consume_only_per_s: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -242,7 +271,14 @@ struct Machine {
     version: &'static str,
 }
 
-pub(crate) async fn run(args: Args) -> Result<()> {
+/// Where a phase's runs happen.
+struct Env<'a> {
+    stack: Option<&'a Stack>,
+    /// Names each real-mode run (topics, schema, prefix, groups).
+    runs: std::cell::Cell<u32>,
+}
+
+pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
     if args.strategy.is_empty() {
         bail!("--strategy: name at least one strategy");
     }
@@ -264,14 +300,31 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         }
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!(
-        "overseer bench — embedded mode: file-fed sources, local store, embedded catalog; {cpus} \
-         CPUs; data in {}",
-        dir.display()
-    );
+    let mode = match (&args.mode, &stack) {
+        (Mode::Embedded, _) => {
+            println!(
+                "overseer bench — embedded mode: in-process sources, local store, embedded \
+                 catalog; {cpus} CPUs; data in {}",
+                dir.display()
+            );
+            "embedded"
+        }
+        (Mode::Real, Some(_)) => {
+            println!(
+                "overseer bench — real mode: Kafka sources on the local tansu broker, garage \
+                 S3 store, PostgreSQL catalog; {cpus} CPUs"
+            );
+            "real"
+        }
+        (Mode::Real, None) => bail!("real mode needs its servers started"),
+    };
+    let env = Env {
+        stack: stack.as_ref(),
+        runs: std::cell::Cell::new(0),
+    };
     let per_transfer = updates_per_transfer(&args)?;
     let mut results = Results {
-        mode: "embedded",
+        mode,
         machine: Machine {
             cpus,
             os: std::env::consts::OS,
@@ -293,17 +346,30 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 };
                 let w = workload(&args, transfers, tps, Lag::None);
                 let (m, w) = measure(
+                    &env,
                     &phase_dir.join("pipeline"),
-                    *phase,
-                    DemoStrategy::FreshnessAware,
+                    &RunSpec {
+                        phase: *phase,
+                        strategy: DemoStrategy::FreshnessAware,
+                        grace_ms: args.sync_grace_ms,
+                        delay_ms: 0,
+                        offered_per_s: (args.rate > 0.0).then_some(args.rate),
+                    },
                     &w,
-                    args.sync_grace_ms,
-                    0,
-                    (args.rate > 0.0).then_some(args.rate),
                 )
                 .await?;
                 print_measured(&m);
-                let b = baselines(&phase_dir.join("baseline"), &w, m.segments)?;
+                let mut b = baselines(&phase_dir.join("baseline"), &w, m.segments)?;
+                if let (Some(stack), Some(run)) = (env.stack, &m.run) {
+                    let (brokers, run) = (stack.brokers().to_owned(), run.clone());
+                    let n = w.deliveries() as u64;
+                    b.broker_consume_only_per_s = Some(
+                        tokio::task::spawn_blocking(move || {
+                            crate::bench_real::consume_only(&brokers, &run, n)
+                        })
+                        .await??,
+                    );
+                }
                 print_baselines(&b, &m);
                 results.baselines = Some(b);
                 results.phases.push(m);
@@ -312,13 +378,16 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 let (transfers, tps) = paced(&args, per_transfer);
                 let w = workload(&args, transfers, tps, Lag::None);
                 let (m, _) = measure(
+                    &env,
                     &phase_dir,
-                    *phase,
-                    DemoStrategy::FreshnessAware,
+                    &RunSpec {
+                        phase: *phase,
+                        strategy: DemoStrategy::FreshnessAware,
+                        grace_ms: args.sync_grace_ms,
+                        delay_ms: 0,
+                        offered_per_s: Some(args.paced_rate),
+                    },
                     &w,
-                    args.sync_grace_ms,
-                    0,
-                    Some(args.paced_rate),
                 )
                 .await?;
                 print_measured(&m);
@@ -335,13 +404,16 @@ pub(crate) async fn run(args: Args) -> Result<()> {
                 let w = workload(&args, transfers, tps, lag);
                 for (k, strategy) in args.strategy.iter().enumerate() {
                     let (m, _) = measure(
+                        &env,
                         &phase_dir.join(format!("{k}")),
-                        *phase,
-                        *strategy,
+                        &RunSpec {
+                            phase: *phase,
+                            strategy: *strategy,
+                            grace_ms: args.grace_ms,
+                            delay_ms: args.delay_ms.unwrap_or(args.grace_ms),
+                            offered_per_s: Some(args.paced_rate),
+                        },
                         &w,
-                        args.grace_ms,
-                        args.delay_ms.unwrap_or(args.grace_ms),
-                        Some(args.paced_rate),
                     )
                     .await?;
                     print_measured(&m);
@@ -405,18 +477,45 @@ fn workload(args: &Args, transfers: u64, tps: f64, lag: Lag) -> WorkloadConfig {
     }
 }
 
-/// Runs the traffic of `w` live in a fresh `dir` under `strategy`, and measures it.
-async fn measure(
-    dir: &Path,
+/// How one live run of a phase is set up.
+struct RunSpec {
     phase: Phase,
     strategy: DemoStrategy,
-    w: &WorkloadConfig,
     grace_ms: u64,
+    /// The fixed delay (fixed-delay strategy).
     delay_ms: u64,
+    /// Updates per second offered; None: as fast as taken.
     offered_per_s: Option<f64>,
+}
+
+/// Runs the traffic of `w` live in a fresh `dir` under `strategy`, and measures it.
+async fn measure(
+    env: &Env<'_>,
+    dir: &Path,
+    spec: &RunSpec,
+    w: &WorkloadConfig,
 ) -> Result<(Measured, Arc<Workload>)> {
+    let &RunSpec {
+        phase,
+        strategy,
+        grace_ms,
+        delay_ms,
+        offered_per_s,
+    } = spec;
     std::fs::create_dir_all(dir)?;
-    let cfg = crate::demo::live_config(dir, "bench", grace_ms, strategy, delay_ms)?;
+    let run_name = env.stack.map(|_| {
+        env.runs.set(env.runs.get() + 1);
+        format!("b{}x{}", std::process::id(), env.runs.get())
+    });
+    let cfg = match (env.stack, &run_name) {
+        (Some(stack), Some(run)) => {
+            let mut cfg = stack.config(run)?;
+            crate::demo::set_checks(&mut cfg, "bench", grace_ms, strategy, delay_ms)?;
+            stack.create_topics(run).await?;
+            cfg
+        }
+        _ => crate::demo::live_config(dir, "bench", grace_ms, strategy, delay_ms)?,
+    };
     let storage = Storage::open(&cfg).await?;
     if !storage.catalog.source_states().await?.is_empty() {
         bail!("{} already holds data: use an empty --dir", dir.display());
@@ -440,7 +539,42 @@ async fn measure(
         + Duration::from_micros(w.max_lag_us(System::Ledger) as u64);
     let rss_reset = reset_peak_rss();
     let start_rss_mib = status_mib("VmRSS:");
-    let live = crate::live::run(&cfg, &storage, w.clone(), clock, notifier, patience).await?;
+    let mut producers = tokio::task::JoinSet::new();
+    let feeds = match (env.stack, &run_name) {
+        (Some(stack), Some(run)) => {
+            let mut feeds = Vec::new();
+            for system in System::ALL {
+                let src = cfg
+                    .sources
+                    .iter()
+                    .find(|s| s.name == system.name())
+                    .context("a real-mode source")?;
+                let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                producers.spawn(crate::bench_real::produce(
+                    stack.brokers().to_owned(),
+                    crate::bench_real::topic(run, system),
+                    w.clone(),
+                    system,
+                    clock,
+                    offered_per_s.is_some(),
+                    delivered.clone(),
+                ));
+                feeds.push(crate::live::Feed {
+                    system,
+                    source: overseer_ingestion::source::build(src)?,
+                    delivered,
+                });
+            }
+            feeds
+        }
+        _ => crate::live::in_process(&w, clock),
+    };
+    let live =
+        crate::live::run(&cfg, &storage, w.clone(), clock, feeds, notifier, patience).await?;
+    while let Some(p) = producers.join_next().await {
+        p.context("a producer task")?
+            .context("producing to the broker")?;
+    }
     let peak_rss_mib = if rss_reset {
         status_mib("VmHWM:")
     } else {
@@ -495,6 +629,7 @@ async fn measure(
         Lag::Jitter { max } => format!("ledger 0–{} ms behind, drifting", max.as_millis()),
     };
     let m = Measured {
+        run: run_name,
         phase,
         strategy: strategy_name(strategy, delay_ms),
         traffic: Traffic {
@@ -603,6 +738,7 @@ fn baselines(dir: &Path, w: &Workload, segments: u64) -> Result<Baselines> {
         disk_write_updates_per_s: n as f64 / write_s,
         disk_write_mib_per_s: bytes as f64 / write_s / (1 << 20) as f64,
         json_decode_updates_per_s: n as f64 / decode_s,
+        broker_consume_only_per_s: None,
     })
 }
 
@@ -677,6 +813,13 @@ fn print_baselines(b: &Baselines, m: &Measured) {
         b.json_decode_updates_per_s,
         100.0 * ingest / b.json_decode_updates_per_s
     );
+    if let Some(c) = b.broker_consume_only_per_s {
+        println!(
+            "  baseline      broker consume-only {c:.0} messages/s (same topics, no decode or \
+             storage): ingest is {:.1}% of it",
+            100.0 * ingest / c
+        );
+    }
 }
 
 fn print_accuracy(phases: &[Measured]) {

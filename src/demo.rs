@@ -92,8 +92,7 @@ const CHECKS: [&str; 3] = [
 /// Incident notices printed before the console goes quiet (the summary counts them all).
 const SHOWN_NOTICES: usize = 40;
 
-/// The workload's embedded config in `dir` with the runner's `group`, `grace_ms`, and
-/// every shipped check under `strategy` (`delay_ms`: the fixed delay).
+/// The workload's embedded config in `dir`, with the checks as [`set_checks`] sets them.
 pub(crate) fn live_config(
     dir: &Path,
     group: &str,
@@ -102,6 +101,19 @@ pub(crate) fn live_config(
     delay_ms: u64,
 ) -> Result<Config> {
     let mut cfg = overseer_checks::workload::config(dir)?;
+    set_checks(&mut cfg, group, grace_ms, strategy, delay_ms)?;
+    Ok(cfg)
+}
+
+/// Sets the runner's `group` and `grace_ms`, and runs every shipped check under
+/// `strategy` (`delay_ms`: the fixed delay); validates the result.
+pub(crate) fn set_checks(
+    cfg: &mut Config,
+    group: &str,
+    grace_ms: u64,
+    strategy: DemoStrategy,
+    delay_ms: u64,
+) -> Result<()> {
     cfg.prs.group = group.into();
     cfg.prs.grace_ms = grace_ms;
     let strategy = match strategy {
@@ -120,7 +132,7 @@ pub(crate) fn live_config(
         );
     }
     cfg.validate()?;
-    Ok(cfg)
+    Ok(())
 }
 
 /// Prints incident notices as the outbox delivers them.
@@ -223,8 +235,19 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     // ledger's watermark passes it; then some slack.
     let patience = Duration::from_millis(args.grace_ms + args.delay_ms + 20_000)
         + Duration::from_micros(workload.max_lag_us(System::Ledger) as u64);
-    let live =
-        crate::live::run(&cfg, &storage, workload.clone(), clock, notifier, patience).await?;
+    let live = {
+        let feeds = crate::live::in_process(&workload, clock);
+        crate::live::run(
+            &cfg,
+            &storage,
+            workload.clone(),
+            clock,
+            feeds,
+            notifier,
+            patience,
+        )
+        .await?
+    };
     let drained_us = live.drained_us;
 
     let at = |us: Micros| secs(us - start_us);

@@ -25,6 +25,7 @@ use overseer_dal::bus::feed::CatalogFeed;
 use overseer_dal::update::Micros;
 use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::{Ingestor, SourceReport, Storage};
+use overseer_ingestion::source::Source;
 use overseer_prs::check::Registry;
 use overseer_prs::escalate::{Notifier, Severity};
 use overseer_prs::incident::{Escalator, Routes};
@@ -50,15 +51,46 @@ pub(crate) struct Live {
     pub timed_out: Option<String>,
 }
 
-/// Runs `workload` live through ingestion (into `storage`) and the shipped checks, as
-/// configured by `cfg` (grace, strategies), escalating through `notifier`; returns once
-/// every event is delivered and every run it triggered has completed, or `patience` after
-/// the last arrival, whichever is first.
+/// One system's ingestion source, and the flag set once every event of the system has
+/// been delivered to it.
+pub(crate) struct Feed {
+    pub system: System,
+    pub source: Box<dyn Source>,
+    pub delivered: Arc<AtomicBool>,
+}
+
+/// Each system's events released in process, at their arrival times (a [`ReplaySource`]).
+pub(crate) fn in_process(workload: &Arc<Workload>, clock: Clock) -> Vec<Feed> {
+    System::ALL
+        .into_iter()
+        .map(|system| {
+            let delivered = Arc::new(AtomicBool::new(false));
+            let source = Box::new(ReplaySource::new(
+                workload.clone(),
+                system,
+                clock,
+                delivered.clone(),
+            ));
+            Feed {
+                system,
+                source,
+                delivered,
+            }
+        })
+        .collect()
+}
+
+/// Runs `workload` live through ingestion (into `storage`, each system through its
+/// `feeds` source and the configured source of the system's name) and the shipped checks,
+/// as configured by `cfg` (grace, strategies), escalating through `notifier`; returns
+/// once every event is delivered and every run it triggered has completed, or `patience`
+/// after the last arrival, whichever is first.
 pub(crate) async fn run(
     cfg: &Config,
     storage: &Storage,
     workload: Arc<Workload>,
     clock: Clock,
+    feeds: Vec<Feed>,
     notifier: Arc<dyn Notifier>,
     patience: Duration,
 ) -> Result<Live> {
@@ -99,13 +131,18 @@ pub(crate) async fn run(
     let runner_stop = CancellationToken::new();
     let mut runner_task = tokio::spawn(runner.run(Box::new(feed), sink, runner_stop.clone()));
 
-    // Ingestion: one pipeline per system, fed by its replay source.
+    // Ingestion: one pipeline per system, fed by its source.
     let ingest_stop = CancellationToken::new();
     let mut ingest: JoinSet<(String, overseer_ingestion::Result<SourceReport>)> = JoinSet::new();
     let mut delivered = Vec::new();
     // Cancelled when a pipeline fails (its error is reported below).
     let failed = CancellationToken::new();
-    for system in System::ALL {
+    for Feed {
+        system,
+        source,
+        delivered: done,
+    } in feeds
+    {
         let src = cfg
             .sources
             .iter()
@@ -113,9 +150,7 @@ pub(crate) async fn run(
             .cloned()
             .with_context(|| format!("no source named {}", system.name()))?;
         let consumer = overseer_ingestion::format::build(&src, cfg)?;
-        let done = Arc::new(AtomicBool::new(false));
-        delivered.push(done.clone());
-        let source = Box::new(ReplaySource::new(workload.clone(), system, clock, done));
+        delivered.push(done);
         let (ing, stop, failed) = (ingestor.clone(), ingest_stop.clone(), failed.clone());
         ingest.spawn(async move {
             let r = ing.run_source(&src, consumer, source, stop).await;

@@ -14,6 +14,7 @@ use overseer_ingestion::pipeline::Storage;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod bench;
+mod bench_real;
 mod demo;
 mod live;
 mod prs;
@@ -101,10 +102,21 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // Real-mode bench: its servers' credentials reach the bench through the environment
+    // of a child process (see `bench_real::enter`).
+    let stack = match &cli.cmd {
+        Cmd::Bench(args) if args.mode == bench::Mode::Real => {
+            match bench_real::enter(&args.scripts_dir())? {
+                Ok(stack) => Some(stack),
+                Err(code) => std::process::exit(code),
+            }
+        }
+        _ => None,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(cli))
+    rt.block_on(run(cli, stack))
 }
 
 /// Cancels `token` on SIGINT or SIGTERM.
@@ -121,7 +133,7 @@ fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli, stack: Option<bench_real::Stack>) -> Result<()> {
     match cli.cmd {
         Cmd::Ingest { config, once } => {
             let cfg = Config::load(&config)?;
@@ -214,7 +226,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Replay(args) => replay::run(args).await?,
         Cmd::Demo(args) => demo::run(args).await?,
-        Cmd::Bench(args) => bench::run(args).await?,
+        Cmd::Bench(args) => bench::run(args, stack).await?,
     }
     Ok(())
 }

@@ -40,7 +40,13 @@ fn bench_measures_every_phase_and_writes_json() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    for text in ["Throughput", "Latency", "Accuracy", "baseline", "side by side"] {
+    for text in [
+        "Throughput",
+        "Latency",
+        "Accuracy",
+        "baseline",
+        "side by side",
+    ] {
         assert!(stdout.contains(text), "{text} missing from:\n{stdout}");
     }
 
@@ -50,7 +56,12 @@ fn bench_measures_every_phase_and_writes_json() {
     let phases = v["phases"].as_array().unwrap();
     let names: Vec<(&str, &str)> = phases
         .iter()
-        .map(|p| (p["phase"].as_str().unwrap(), p["strategy"].as_str().unwrap()))
+        .map(|p| {
+            (
+                p["phase"].as_str().unwrap(),
+                p["strategy"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         names,
@@ -66,7 +77,10 @@ fn bench_measures_every_phase_and_writes_json() {
         let t = &p["traffic"];
         assert!(t["updates"].as_u64().unwrap() > 0, "{p}");
         assert!(p["problems"].as_array().unwrap().is_empty(), "{p}");
-        assert!(p["expected_failures"].as_u64().unwrap() > 0, "faults injected: {p}");
+        assert!(
+            p["expected_failures"].as_u64().unwrap() > 0,
+            "faults injected: {p}"
+        );
         assert!(p["runs"].as_u64().unwrap() > 0, "{p}");
         assert!(p["ingest_updates_per_s"].as_f64().unwrap() > 0.0, "{p}");
         assert!(p["end_to_end_updates_per_s"].as_f64().unwrap() > 0.0, "{p}");
@@ -91,7 +105,10 @@ fn bench_measures_every_phase_and_writes_json() {
     );
     let b = &v["baselines"];
     assert!(b["disk_write_updates_per_s"].as_f64().unwrap() > 0.0, "{b}");
-    assert!(b["json_decode_updates_per_s"].as_f64().unwrap() > 0.0, "{b}");
+    assert!(
+        b["json_decode_updates_per_s"].as_f64().unwrap() > 0.0,
+        "{b}"
+    );
 }
 
 #[test]
@@ -110,4 +127,60 @@ fn bench_refuses_bad_settings() {
     let out = run(&["--strategy", "sometimes"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
+}
+
+/// Real mode: the same traffic through the broker (tansu), the S3 server (garage) and a
+/// PostgreSQL catalog, all started by the bench itself and stopped after it; the broker's
+/// consume-only baseline comes from the same topics.
+#[test]
+fn bench_runs_on_the_real_stack() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("results.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args([
+            "bench",
+            "--mode",
+            "real",
+            "--phases",
+            "throughput,latency",
+            "--updates",
+            "3000",
+            "--paced-rate",
+            "1000",
+            "--paced-secs",
+            "1",
+            "--fault-rate",
+            "0.05",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["mode"], "real");
+    let phases = v["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2);
+    for p in phases {
+        assert!(p["problems"].as_array().unwrap().is_empty(), "{p}");
+        assert_eq!(p["recall"], 1.0, "{p}");
+        assert_eq!(p["false_alarms"], 0, "{p}");
+        assert!(p["segments"].as_u64().unwrap() > 0, "{p}");
+        assert!(p["run"].as_str().is_some(), "{p}");
+    }
+    assert!(
+        v["baselines"]["broker_consume_only_per_s"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{v}"
+    );
 }

@@ -45,18 +45,9 @@ pub const NETS_TO_ZERO: &str = "transfer_nets_to_zero";
 pub const MATCHES_AMOUNT: &str = "entries_match_amount";
 pub const WALLET_BALANCE: &str = "wallet_balance_matches_entries";
 
-/// The configuration the workload is ingested and checked under, over `dir`: the four
-/// payments models (with the references the shipped checks select and join by), one
-/// source per [`System`] (in-memory replays: the file kind only satisfies validation), a
-/// local store and an embedded catalog in `dir`, the in-process bus, frequent idle
-/// heartbeats, and the runner reading history from the beginning. Callers set the rest
-/// (`prs.group`, `prs.grace_ms`, per-check strategies) and validate.
-pub fn config(
-    dir: &std::path::Path,
-) -> overseer_ingestion::Result<overseer_ingestion::config::Config> {
-    use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
-    let mut text = String::from(
-        r#"
+/// The workload's models (`[[models]]` tables): transfers and assets in the payments
+/// system, entries and wallets in the ledger, with the references the checks select by.
+pub const MODELS_TOML: &str = r#"
 [[models]]
 name = "payments.transfers"
 id_field = "id"
@@ -74,8 +65,19 @@ references = { transfer_id = "transfer_id", account_id = "account_id", asset = "
 [[models]]
 name = "ledger.wallets"
 id_field = "_id"
-"#,
-    );
+"#;
+
+/// The configuration the workload is ingested and checked under, over `dir`: the four
+/// payments models (with the references the shipped checks select and join by), one
+/// source per [`System`] (in-memory replays: the file kind only satisfies validation), a
+/// local store and an embedded catalog in `dir`, the in-process bus, frequent idle
+/// heartbeats, and the runner reading history from the beginning. Callers set the rest
+/// (`prs.group`, `prs.grace_ms`, per-check strategies) and validate.
+pub fn config(
+    dir: &std::path::Path,
+) -> overseer_ingestion::Result<overseer_ingestion::config::Config> {
+    use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
+    let mut text = String::from(MODELS_TOML);
     for (system, format) in [
         (System::Payments, "debezium-postgres"),
         (System::Ledger, "mongo-change-stream"),
