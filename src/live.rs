@@ -115,6 +115,7 @@ pub(crate) async fn run(
     };
     let (escalator, outbox) = Escalator::new(storage.catalog.clone(), routes, enabled)?;
     let dal = overseer_ingestion::dal::dal_over(cfg, storage)?;
+    let cache = dal.cache();
     let runner = Runner::new(dal, Arc::new(registry), overseer_prs::service::options(cfg))?;
     let feed = CatalogFeed::open(
         storage.catalog.clone(),
@@ -123,7 +124,7 @@ pub(crate) async fn run(
         Duration::from_millis(cfg.prs.watermark_poll_ms),
     )
     .await?;
-    let (feed, progress) = Tracked::new(feed);
+    let (feed, progress) = Tracked::new(feed.warming(cache));
     let collector = Collector::verdicts_only();
     let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![Arc::new(escalator), collector.clone()]));
     let outbox_stop = CancellationToken::new();

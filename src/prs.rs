@@ -41,11 +41,13 @@ pub(crate) fn serve_metrics(cfg: &Config) -> Result<()> {
 
 /// Where the runner reads notifications: the events topic's consumer group (Kafka bus), or
 /// a cursor over the catalog (in-process bus: notifications in memory would be lost in a
-/// crash, the catalog's would not). `in_process` says whether ingestion runs in this
-/// process (required for the in-process bus).
+/// crash, the catalog's would not; the segments it reads warm `dal`'s cache).
+/// `in_process` says whether ingestion runs in this process (required for the in-process
+/// bus).
 pub(crate) async fn subscription(
     cfg: &Config,
     storage: &Storage,
+    dal: &overseer_dal::Dal,
     in_process: bool,
 ) -> Result<Box<dyn Subscription>> {
     match &cfg.bus {
@@ -64,7 +66,7 @@ pub(crate) async fn subscription(
             } else {
                 CatalogFeed::open_at_end(catalog, store, &cfg.prs.group, poll).await?
             };
-            Ok(Box::new(feed))
+            Ok(Box::new(feed.warming(dal.cache())))
         }
     }
 }
@@ -87,9 +89,9 @@ fn print_report(r: &RunnerReport) {
 /// `overseer prs`: the runner alone, on the events topic.
 pub(crate) async fn prs(cfg: Config, token: CancellationToken) -> Result<()> {
     let storage = Storage::open(&cfg).await?;
-    let sub = subscription(&cfg, &storage, false).await?;
-    serve_metrics(&cfg)?;
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
+    let sub = subscription(&cfg, &storage, &dal, false).await?;
+    serve_metrics(&cfg)?;
     let registry = registry(&cfg)?;
     let report = overseer_prs::service::run(&cfg, registry, dal, sub, None, token).await?;
     print_report(&report);
@@ -103,7 +105,7 @@ pub(crate) async fn run(cfg: Config, token: CancellationToken) -> Result<()> {
     serve_metrics(&cfg)?;
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
     let registry = registry(&cfg)?;
-    let sub = subscription(&cfg, &storage, true).await?;
+    let sub = subscription(&cfg, &storage, &dal, true).await?;
     let cfg = Arc::new(cfg);
     let ingest = {
         let (cfg, token) = (cfg.clone(), token.clone());

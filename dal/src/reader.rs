@@ -150,6 +150,11 @@ impl Dal {
         &self.views
     }
 
+    /// The read cache, to share (e.g. with a [`crate::bus::feed::CatalogFeed::warming`]).
+    pub fn cache(&self) -> Arc<ReadCache> {
+        self.cache.clone()
+    }
+
     pub fn cache_stats(&self) -> CacheStats {
         self.cache.stats()
     }

@@ -449,3 +449,30 @@ async fn a_cancelled_recv_loses_nothing() {
         quiet(f).await;
     }
 }
+
+/// A warming feed leaves every record of the segments it read in the cache, under the
+/// location its notification names: the runner's views then read them without a GET.
+#[tokio::test]
+async fn warming_puts_every_read_record_in_the_cache() {
+    use overseer_dal::cache::ReadCache;
+    use overseer_dal::update::UpdateLoc;
+    let mut env = Env::new();
+    for n in [3, 2] {
+        env.segment(n).await;
+    }
+    let cache = Arc::new(ReadCache::new(1 << 20));
+    let mut feed = env.feed("runner").await.warming(cache.clone());
+    let got = take(&mut feed, 5).await;
+    assert_eq!(got.len(), 5);
+    for d in &got {
+        let loc = UpdateLoc {
+            segment_seq: d.note.segment_seq,
+            offset: d.note.offset,
+            len: d.note.length,
+        };
+        let rec = cache.get(&loc).expect("the record is cached");
+        assert_eq!(rec.record_id, d.note.record_id);
+        assert_eq!(rec.position, d.note.position);
+    }
+    assert_eq!(cache.stats().entries, 5);
+}

@@ -61,11 +61,13 @@
 //! [`Catalog::record_updates`]: crate::catalog::Catalog::record_updates
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 use super::{Delivered, DeliveryTag, Subscription};
+use crate::cache::ReadCache;
 use crate::catalog::DynCatalog;
 use crate::keys::segment_key;
 use crate::segment::decode_segment;
@@ -123,6 +125,8 @@ pub struct CatalogFeed {
     committed: i64,
     /// Decoded notifications not yet handed out; what makes `recv` cancel-safe.
     buffer: VecDeque<Delivered>,
+    /// Where the records of every segment read go (see [`CatalogFeed::warming`]).
+    cache: Option<Arc<ReadCache>>,
 }
 
 impl std::fmt::Debug for CatalogFeed {
@@ -224,7 +228,17 @@ impl CatalogFeed {
             skip_through: cursor,
             committed: cursor,
             buffer: VecDeque::new(),
+            cache: None,
         }
+    }
+
+    /// Puts the records of every segment it reads into `cache` (a DAL's, see
+    /// [`crate::Dal::cache`]): the checks its notifications trigger read those records
+    /// next, and find them there instead of fetching the segment again (a GET per view
+    /// on S3).
+    pub fn warming(mut self, cache: Arc<ReadCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// The stored cursor as this feed knows it: the highest committed offset, or -1.
@@ -248,14 +262,23 @@ impl CatalogFeed {
             .catalog
             .committed_segments_after(self.read_seq, LIST_LIMIT)
             .await?;
-        for seq in ready {
-            if seq > bound || seq >= below || self.buffer.len() >= max {
+        let seqs: Vec<u64> = ready
+            .into_iter()
+            .take_while(|&seq| seq <= bound && seq < below)
+            .collect();
+        // A few segments at a time, fetched concurrently: on S3 a segment is a GET of
+        // tens of ms, and paced traffic seals a segment per source every batch interval.
+        for chunk in seqs.chunks(READ_AHEAD) {
+            if self.buffer.len() >= max {
                 break;
             }
-            let notes = self.read_segment(seq).await?;
-            // No await from here on: the segment is buffered and passed in one step.
-            self.buffer.extend(notes);
-            self.read_seq = seq;
+            let read =
+                futures::future::join_all(chunk.iter().map(|&seq| self.read_segment(seq))).await;
+            // No await from here on: the segments are buffered and passed in one step.
+            for (&seq, notes) in chunk.iter().zip(read) {
+                self.buffer.extend(notes?);
+                self.read_seq = seq;
+            }
         }
         Ok(())
     }
@@ -274,22 +297,27 @@ impl CatalogFeed {
             ));
         }
         let mut out = Vec::with_capacity(seg.records.len());
-        for (index, (loc, rec)) in seg.records.iter().enumerate() {
+        for (index, (loc, rec)) in seg.records.into_iter().enumerate() {
             let offset = encode_offset(seq, index)?;
-            if offset <= self.skip_through {
-                continue;
+            if offset > self.skip_through {
+                out.push(Delivered {
+                    note: IndexEntry::from_record(&rec, loc).notification(),
+                    tag: DeliveryTag {
+                        partition: 0,
+                        offset,
+                    },
+                });
             }
-            out.push(Delivered {
-                note: IndexEntry::from_record(rec, *loc).notification(),
-                tag: DeliveryTag {
-                    partition: 0,
-                    offset,
-                },
-            });
+            if let Some(cache) = &self.cache {
+                cache.insert(loc, Arc::new(rec));
+            }
         }
         Ok(out)
     }
 }
+
+/// Segments read at once by [`CatalogFeed`].
+const READ_AHEAD: usize = 8;
 
 /// The newest committed segment (0: none), in O(log n) catalog reads: gallop up, then
 /// bisect, using "the first committed segment after `a`".
