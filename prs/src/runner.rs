@@ -22,6 +22,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -130,6 +131,9 @@ impl Default for RunnerOptions {
         }
     }
 }
+
+/// Notifications whose selections run at once.
+const SELECT_CONCURRENCY: usize = 64;
 
 /// Counts of a runner's life, returned when it stops.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -285,7 +289,7 @@ impl Runner {
     ) -> Result<RunnerReport> {
         let mut report = RunnerReport::default();
         let mut acks = Acks::default();
-        let mut running: JoinSet<(Vec<u64>, RunRecord)> = JoinSet::new();
+        let mut running: JoinSet<Result<(Vec<u64>, RunRecord)>> = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let mut watermarks = tokio::time::interval(self.options.watermark_poll);
         watermarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -304,8 +308,7 @@ impl Runner {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = running.join_next() => {
-                    let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))?;
-                    sink.record(&rec).await?;
+                    let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))??;
                     report.runs += 1;
                     *report.by_outcome.entry(rec.outcome.label().to_owned()).or_default() += 1;
                     for id in ids {
@@ -329,14 +332,28 @@ impl Runner {
                 }
                 _ = tokio::time::sleep_until(next_timer) => {}
                 batch = sub.recv(self.options.batch), if accepting => {
-                    for d in batch? {
+                    let batch = batch?;
+                    // Selections may read the catalog: run them concurrently (a round trip
+                    // each on a server catalog), then take them in delivery order.
+                    let (selector, catalog, notes) =
+                        (&self.selector, &**self.dal.catalog(), &batch);
+                    let selected: Vec<Result<Vec<(String, String)>>> =
+                        futures::stream::iter(0..notes.len())
+                            .map(|i| async move {
+                                let note = &notes[i].note;
+                                if selector.triggers(&note.model) {
+                                    selector.select(catalog, note).await
+                                } else {
+                                    Ok(Vec::new())
+                                }
+                            })
+                            .buffered(SELECT_CONCURRENCY)
+                            .collect()
+                            .await;
+                    for (d, pairs) in batch.into_iter().zip(selected) {
+                        let pairs = pairs?;
                         report.notifications += 1;
                         let id = acks.register(d.tag);
-                        let pairs = if self.selector.triggers(&d.note.model) {
-                            self.selector.select(&**self.dal.catalog(), &d.note).await?
-                        } else {
-                            Vec::new()
-                        };
                         let now = Instant::now();
                         for (check, subject) in pairs {
                             let Some(name) = self.scheduler.name(&check) else { continue };
@@ -351,15 +368,14 @@ impl Runner {
                 }
             }
             for ready in self.scheduler.take_ready(Instant::now()) {
-                self.spawn(&mut running, &permits, ready);
+                self.spawn(&mut running, &permits, &sink, ready);
             }
             telemetry::pending(self.scheduler.len());
         }
 
         // Let running checks finish and hand their verdicts over, then commit.
         while let Some(done) = running.join_next().await {
-            let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))?;
-            sink.record(&rec).await?;
+            let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))??;
             report.runs += 1;
             *report
                 .by_outcome
@@ -376,10 +392,15 @@ impl Runner {
         Ok(report)
     }
 
+    /// Runs `ready` and hands its verdict to `sink`, in a task of its own: verdicts reach
+    /// the sink concurrently (the incident state machine's compare-and-set keeps
+    /// concurrent verdicts on one subject consistent), and a run's notifications are
+    /// released only once its verdict is recorded.
     fn spawn(
         &self,
-        running: &mut JoinSet<(Vec<u64>, RunRecord)>,
+        running: &mut JoinSet<Result<(Vec<u64>, RunRecord)>>,
         permits: &Arc<Semaphore>,
+        sink: &Arc<dyn Sink>,
         ready: Ready,
     ) {
         let spec = self
@@ -389,12 +410,13 @@ impl Runner {
         let check = spec.check.clone();
         let timeout = spec.timeout;
         let dal = self.dal.clone();
-        let permits = permits.clone();
+        let (permits, sink) = (permits.clone(), sink.clone());
         running.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
             let rec = execute(&dal, &*check, timeout, &ready).await;
             telemetry::run_finished(&rec);
-            (ready.acks, rec)
+            sink.record(&rec).await?;
+            Ok((ready.acks, rec))
         });
     }
 }

@@ -38,8 +38,10 @@
 //! deadlock cycles between them). Independent statements are pipelined.
 //!
 //! # Connections
-//! Two per catalog: a shared one for single statements (reads, reservations, heartbeats;
-//! tokio-postgres pipelines concurrent calls on it) and an exclusive one for transactions.
+//! [`SHARED_CONNS`] shared ones for single statements (reads, reservations, heartbeats;
+//! callers take them in turn, and tokio-postgres pipelines concurrent calls on each; one
+//! alone kept the server to one backend, i.e. one core, under the runner's view reads) and
+//! an exclusive one for transactions.
 //! A connection that dies makes the call fail with a *transient* error; the next call opens
 //! a fresh connection.
 
@@ -394,6 +396,9 @@ impl Conn {
     }
 }
 
+/// Connections for single statements.
+const SHARED_CONNS: usize = 4;
+
 /// The PostgreSQL catalog.
 pub struct PgCatalog {
     config: Config,
@@ -402,8 +407,11 @@ pub struct PgCatalog {
     sql: Vec<String>,
     /// Advisory lock serialising moves of the segment sequence (see `commit`).
     seq_lock_key: i64,
-    /// Single statements; shared by concurrent callers (tokio-postgres pipelines them).
-    shared: RwLock<Option<Arc<Conn>>>,
+    /// Single statements; shared by concurrent callers, in turn (tokio-postgres pipelines
+    /// the calls on each).
+    shared: Vec<RwLock<Option<Arc<Conn>>>>,
+    /// The next shared connection to hand out.
+    turn: std::sync::atomic::AtomicUsize,
     /// Transactions need `&mut Client`: one at a time on this connection.
     txn: Mutex<Option<Conn>>,
 }
@@ -440,7 +448,8 @@ impl PgCatalog {
             schema: schema.to_owned(),
             sql,
             seq_lock_key: lock_key("segment_seq", schema),
-            shared: RwLock::new(None),
+            shared: (0..SHARED_CONNS).map(|_| RwLock::new(None)).collect(),
+            turn: std::sync::atomic::AtomicUsize::new(0),
             txn: Mutex::new(None),
         };
         let mut client = cat.open_client().await?;
@@ -472,14 +481,16 @@ impl PgCatalog {
         Ok(Conn { client, stmts })
     }
 
-    /// The shared connection, (re)opened if it is missing or dead.
+    /// A shared connection (the next in turn), (re)opened if it is missing or dead.
     async fn shared(&self) -> Result<Arc<Conn>> {
-        if let Some(c) = self.shared.read().await.as_ref()
+        let i = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.shared.len();
+        let shared = &self.shared[i];
+        if let Some(c) = shared.read().await.as_ref()
             && !c.client.is_closed()
         {
             return Ok(c.clone());
         }
-        let mut slot = self.shared.write().await;
+        let mut slot = shared.write().await;
         if let Some(c) = slot.as_ref()
             && !c.client.is_closed()
         {
