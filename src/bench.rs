@@ -250,7 +250,7 @@ struct Baselines {
     disk_write_mib_per_s: f64,
     /// `serde_json::from_slice` of every raw event to a `Value`, one core.
     json_decode_updates_per_s: f64,
-    /// Real mode: a consumer that only reads the run's topics (no decode, no storage),
+    /// Real mode: a consumer that only reads the ledger's topic (no decode, no storage),
     /// messages per second.
     broker_consume_only_per_s: Option<f64>,
 }
@@ -311,8 +311,9 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
         }
         (Mode::Real, Some(_)) => {
             println!(
-                "overseer bench — real mode: Kafka sources on the local tansu broker, garage \
-                 S3 store, PostgreSQL catalog; {cpus} CPUs"
+                "overseer bench — real mode: payments through PostgreSQL's WAL (pgoutput), the \
+                 ledger through the local tansu broker, garage S3 store, PostgreSQL catalog; \
+                 {cpus} CPUs"
             );
             "real"
         }
@@ -362,7 +363,7 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
                 let mut b = baselines(&phase_dir.join("baseline"), &w, m.segments)?;
                 if let (Some(stack), Some(run)) = (env.stack, &m.run) {
                     let (brokers, run) = (stack.brokers().to_owned(), run.clone());
-                    let n = w.deliveries() as u64;
+                    let n = w.events(System::Ledger).len() as u64;
                     b.broker_consume_only_per_s = Some(
                         tokio::task::spawn_blocking(move || {
                             crate::bench_real::consume_only(&brokers, &run, n)
@@ -511,7 +512,7 @@ async fn measure(
         (Some(stack), Some(run)) => {
             let mut cfg = stack.config(run)?;
             crate::demo::set_checks(&mut cfg, "bench", grace_ms, strategy, delay_ms)?;
-            stack.create_topics(run).await?;
+            stack.prepare(run).await?;
             cfg
         }
         _ => crate::demo::live_config(dir, "bench", grace_ms, strategy, delay_ms)?,
@@ -550,15 +551,28 @@ async fn measure(
                     .find(|s| s.name == system.name())
                     .context("a real-mode source")?;
                 let delivered = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                producers.spawn(crate::bench_real::produce(
-                    stack.brokers().to_owned(),
-                    crate::bench_real::topic(run, system),
-                    w.clone(),
-                    system,
-                    clock,
-                    offered_per_s.is_some(),
-                    delivered.clone(),
-                ));
+                let paced = offered_per_s.is_some();
+                match system {
+                    System::Payments => {
+                        producers.spawn(crate::bench_real::write_payments(
+                            w.clone(),
+                            clock,
+                            paced,
+                            delivered.clone(),
+                        ));
+                    }
+                    System::Ledger => {
+                        producers.spawn(crate::bench_real::produce(
+                            stack.brokers().to_owned(),
+                            crate::bench_real::topic(run, system),
+                            w.clone(),
+                            system,
+                            clock,
+                            paced,
+                            delivered.clone(),
+                        ));
+                    }
+                }
                 feeds.push(crate::live::Feed {
                     system,
                     source: overseer_ingestion::source::build(src)?,
@@ -595,11 +609,20 @@ async fn measure(
         total(|r| r.bytes),
     );
     let mut problems = Vec::new();
-    if ingested != updates || dups != w.duplicates() as u64 || quarantined != 0 {
+    // Real mode writes the payments to PostgreSQL, whose WAL does not redeliver.
+    let redelivered = if env.stack.is_some() {
+        w.events(System::Ledger)
+            .iter()
+            .filter(|e| e.duplicate)
+            .count()
+    } else {
+        w.duplicates()
+    } as u64;
+    if ingested != updates || dups != redelivered || quarantined != 0 {
         problems.push(format!(
             "ingestion kept {ingested} updates, ignored {dups} duplicates and quarantined \
-             {quarantined}; the traffic has {updates} distinct events and {} redeliveries",
-            w.duplicates()
+             {quarantined}; the traffic has {updates} distinct events and {redelivered} \
+             redeliveries"
         ));
     }
     problems.extend(live.timed_out.clone());
@@ -815,8 +838,8 @@ fn print_baselines(b: &Baselines, m: &Measured) {
     );
     if let Some(c) = b.broker_consume_only_per_s {
         println!(
-            "  baseline      broker consume-only {c:.0} messages/s (same topics, no decode or \
-             storage): ingest is {:.1}% of it",
+            "  baseline      broker consume-only {c:.0} messages/s (the ledger's topic, no \
+             decode or storage): ingest is {:.1}% of it",
             100.0 * ingest / c
         );
     }

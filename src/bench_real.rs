@@ -1,12 +1,13 @@
 //! `overseer bench --mode real`: the servers, the per-run config and the producers.
 //!
-//! PostgreSQL (the catalog), the tansu broker (both systems' change events, each on its
-//! own topic, in the formats Debezium and MongoDB change streams publish) and the garage
-//! S3 server (the segments) run as local processes, started with the repository's
-//! `scripts/{postgres,tansu,garage}.sh` (installed by `scripts/install-test-deps.sh`) and
-//! stopped when the bench ends. Producers publish each system's generated events at their
-//! arrival times (or as fast as the broker takes them), and ingestion reads them back
-//! through its Kafka sources.
+//! PostgreSQL (the payments system's database, read through its WAL with pgoutput, and the
+//! catalog), the tansu broker (the ledger's change events, as MongoDB change streams
+//! publish them) and the garage S3 server (the segments) run as local processes, started
+//! with the repository's `scripts/{postgres,tansu,garage}.sh` (installed by
+//! `scripts/install-test-deps.sh`) and stopped when the bench ends. A writer applies the
+//! payments changes to PostgreSQL and a producer publishes the ledger's events, each at
+//! its arrival time (or as fast as they are taken); ingestion reads them back through its
+//! pgoutput and Kafka sources.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,12 @@ use overseer_ingestion::config::Config;
 
 /// The environment variable the per-run configs name for the catalog's connection.
 const PG_URL_ENV: &str = "OVERSEER_BENCH_PG_URL";
+
+/// The environment variable naming the payments database (the WAL source).
+const SRC_URL_ENV: &str = "OVERSEER_BENCH_SRC_URL";
+
+/// The payments system's database on the local PostgreSQL.
+const SRC_DB: &str = "overseer_bench_payments";
 
 /// Carries the servers' connection details from the process that started them to the
 /// bench process it runs (`KEY=VALUE` lines).
@@ -80,6 +87,7 @@ pub(crate) fn enter(scripts: &Path) -> Result<std::result::Result<Stack, i32>> {
         .args(std::env::args_os().skip(1))
         .env(STACK_ENV, carried)
         .env(PG_URL_ENV, &stack.vars["PG_URL"])
+        .env(SRC_URL_ENV, source_url(&stack.vars["PG_URL"]))
         .env("AWS_ACCESS_KEY_ID", &stack.vars["AWS_ACCESS_KEY_ID"])
         .env(
             "AWS_SECRET_ACCESS_KEY",
@@ -89,6 +97,17 @@ pub(crate) fn enter(scripts: &Path) -> Result<std::result::Result<Stack, i32>> {
         .context("running the bench with its servers")?;
     drop(stack);
     Ok(Err(status.code().unwrap_or(1)))
+}
+
+/// `url` (`key=value` form) pointed at the payments database.
+fn source_url(url: &str) -> String {
+    let mut parts: Vec<String> = url
+        .split_whitespace()
+        .filter(|p| !p.starts_with("dbname="))
+        .map(str::to_owned)
+        .collect();
+    parts.push(format!("dbname={SRC_DB}"));
+    parts.join(" ")
 }
 
 impl Stack {
@@ -140,7 +159,7 @@ impl Stack {
     }
 
     /// The config of one run named `run` (a fresh S3 prefix, catalog schema, topics and
-    /// consumer groups): Kafka sources for both systems, the S3 store, the PostgreSQL
+    /// consumer groups): the payments WAL and the ledger topic, the S3 store, the PostgreSQL
     /// catalog.
     pub(crate) fn config(&self, run: &str) -> Result<Config> {
         let v = &self.vars;
@@ -164,38 +183,77 @@ schema = "bench_{run}"
             region = v["S3_REGION"],
         );
         text.push_str(overseer_checks::workload::MODELS_TOML);
-        for (system, format) in [
-            (System::Payments, "debezium-postgres"),
-            (System::Ledger, "mongo-change-stream"),
-        ] {
-            text.push_str(&format!(
-                r#"
+        text.push_str(&format!(
+            r#"
 [[sources]]
-name = "{name}"
-format = "{format}"
+name = "{payments}"
+format = "pgoutput"
+[sources.postgres]
+url_env = "{SRC_URL_ENV}"
+slot = "slot_{run}"
+publication = "pub_{run}"
+create = false
+status_interval_ms = 100
+
+[[sources]]
+name = "{ledger}"
+format = "mongo-change-stream"
 [sources.kafka]
 brokers = "{brokers}"
 topics = ["{topic}"]
-group = "{run}-{name}-ingest"
+group = "{run}-ingest"
 properties = {{ "fetch.wait.max.ms" = "10" }}
 "#,
-                name = system.name(),
-                brokers = self.brokers(),
-                topic = topic(run, system),
-            ));
-        }
+            payments = System::Payments.name(),
+            ledger = System::Ledger.name(),
+            brokers = self.brokers(),
+            topic = topic(run, System::Ledger),
+        ));
         let mut cfg: Config = toml::from_str(&text).context("the real-mode config")?;
         cfg.ingest.heartbeat_ms = 50;
         cfg.prs.from_beginning = true;
         Ok(cfg)
     }
 
-    /// Creates the run's topics (one partition each: a source's events stay in order).
-    pub(crate) async fn create_topics(&self, run: &str) -> Result<()> {
+    /// Prepares run `run`'s systems: the ledger's topic (one partition: its events stay
+    /// in order), and the payments database emptied, with a fresh publication and
+    /// replication slot (created before any of the run's writes, so it sees them all).
+    pub(crate) async fn prepare(&self, run: &str) -> Result<()> {
+        let (admin_db, conn) =
+            tokio_postgres::connect(&self.vars["PG_URL"], tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let exists = admin_db
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&SRC_DB])
+            .await?
+            .is_some();
+        if !exists {
+            admin_db
+                .batch_execute(&format!("CREATE DATABASE {SRC_DB}"))
+                .await?;
+        }
+        let (db, conn) =
+            tokio_postgres::connect(&source_url(&self.vars["PG_URL"]), tokio_postgres::NoTls)
+                .await?;
+        tokio::spawn(conn);
+        db.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS payments;
+             CREATE TABLE IF NOT EXISTS payments.transfers (id text PRIMARY KEY,
+                 account_id text, asset text, amount numeric, status text, updated_at bigint);
+             CREATE TABLE IF NOT EXISTS payments.assets (symbol text PRIMARY KEY, decimals int);
+             TRUNCATE payments.transfers, payments.assets;
+             CREATE PUBLICATION pub_{run} FOR TABLE payments.transfers, payments.assets;"
+        ))
+        .await?;
+        db.batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('slot_{run}', 'pgoutput')"
+        ))
+        .await
+        .context("creating the replication slot")?;
+
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.brokers())
             .create()?;
-        let names: Vec<String> = System::ALL.iter().map(|s| topic(run, *s)).collect();
+        let names = [topic(run, System::Ledger)];
         let topics: Vec<NewTopic> = names
             .iter()
             .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
@@ -243,6 +301,7 @@ pub(crate) async fn produce(
         .set("compression.type", "none")
         .create()?;
     let mut in_flight = VecDeque::new();
+    tokio::time::sleep_until(clock.instant(w.config.start_us)).await;
     for e in w.events(system) {
         if paced {
             tokio::time::sleep_until(clock.instant(e.arrive_us)).await;
@@ -262,8 +321,85 @@ pub(crate) async fn produce(
     Ok(())
 }
 
-/// The baseline: a consumer that only reads `topics` from the beginning (no decode, no
-/// storage), until it has seen `expected` messages. Returns messages per second, from the
+/// Writes the payments system's changes of `w` to the payments database, each at its
+/// arrival time in its own transaction (`paced`), or as fast as PostgreSQL takes them in
+/// transactions of up to 1,000 changes; sets `done` once all are committed. The commit
+/// times the WAL carries are PostgreSQL's own. Redeliveries are not written: a WAL does
+/// not redeliver.
+pub(crate) async fn write_payments(
+    w: Arc<Workload>,
+    clock: Clock,
+    paced: bool,
+    done: Arc<AtomicBool>,
+) -> Result<()> {
+    let url = std::env::var(SRC_URL_ENV).context(SRC_URL_ENV)?;
+    let (db, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    let mut batch = String::new();
+    let mut n = 0;
+    // Not before the traffic starts: PostgreSQL stamps the commit times, and an earlier
+    // one would put a transfer before its ledger entries by more than the grace.
+    tokio::time::sleep_until(clock.instant(w.config.start_us)).await;
+    for e in w.events(System::Payments).iter().filter(|e| !e.duplicate) {
+        let sql = change_sql(&e.raw)?;
+        if paced {
+            tokio::time::sleep_until(clock.instant(e.arrive_us)).await;
+            db.batch_execute(&sql).await?;
+            continue;
+        }
+        batch.push_str(&sql);
+        batch.push_str(";\n");
+        n += 1;
+        if n == 1_000 {
+            db.batch_execute(&format!("BEGIN;\n{batch}COMMIT;")).await?;
+            (batch, n) = (String::new(), 0);
+        }
+    }
+    if n > 0 {
+        db.batch_execute(&format!("BEGIN;\n{batch}COMMIT;")).await?;
+    }
+    done.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// The SQL statement that makes a Debezium PostgreSQL change event happen.
+fn change_sql(raw: &[u8]) -> Result<String> {
+    let v: serde_json::Value = serde_json::from_slice(raw)?;
+    let table = v["source"]["table"].as_str().context("source.table")?;
+    let after = v["after"].as_object().context("after")?;
+    let lit = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "NULL".to_owned(),
+        serde_json::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        other => format!("'{other}'"),
+    };
+    let cols: Vec<&str> = after.keys().map(String::as_str).collect();
+    let vals: Vec<String> = after.values().map(lit).collect();
+    let key = if table == "assets" { "symbol" } else { "id" };
+    Ok(match v["op"].as_str() {
+        Some("c") => format!(
+            "INSERT INTO payments.{table} ({}) VALUES ({})",
+            cols.join(", "),
+            vals.join(", ")
+        ),
+        Some("u") => {
+            let set: Vec<String> = cols
+                .iter()
+                .zip(&vals)
+                .filter(|(c, _)| **c != key)
+                .map(|(c, v)| format!("{c} = {v}"))
+                .collect();
+            format!(
+                "UPDATE payments.{table} SET {} WHERE {key} = {}",
+                set.join(", "),
+                lit(&after[key])
+            )
+        }
+        op => bail!("unexpected change op {op:?}"),
+    })
+}
+
+/// The baseline: a consumer that only reads run `run`'s ledger topic from the beginning
+/// (no decode, no storage), until it has seen `expected` messages. Returns messages per second, from the
 /// first message to the last.
 pub(crate) fn consume_only(brokers: &str, run: &str, expected: u64) -> Result<f64> {
     let consumer: BaseConsumer = ClientConfig::new()
@@ -273,9 +409,7 @@ pub(crate) fn consume_only(brokers: &str, run: &str, expected: u64) -> Result<f6
         .set("enable.auto.commit", "false")
         .set("fetch.wait.max.ms", "10")
         .create()?;
-    let topics: Vec<String> = System::ALL.iter().map(|s| topic(run, *s)).collect();
-    let refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&refs)?;
+    consumer.subscribe(&[&topic(run, System::Ledger)])?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let (mut n, mut first) = (0u64, None);
     while n < expected {
