@@ -288,17 +288,7 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be ≥ 0 (0: as fast as the pipeline takes them)");
     }
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (dir, _tmp) = crate::live::data_dir(args.dir.as_deref())?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mode = match (&args.mode, &stack) {
         (Mode::Embedded, _) => {

@@ -173,17 +173,7 @@ fn secs(us: Micros) -> String {
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (dir, _tmp) = crate::live::data_dir(args.dir.as_deref())?;
     println!(
         "overseer demo — live payments reconciliation on the embedded default (data in {})",
         dir.display()

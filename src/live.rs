@@ -248,6 +248,23 @@ pub(crate) async fn run(
     })
 }
 
+/// Where a live run keeps its data: `dir` (created if missing), or a fresh temporary
+/// directory, removed when the returned guard is dropped.
+pub(crate) fn data_dir(
+    dir: Option<&std::path::Path>,
+) -> Result<(std::path::PathBuf, Option<tempfile::TempDir>)> {
+    match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            Ok((d.to_path_buf(), None))
+        }
+        None => {
+            let tmp = tempfile::tempdir()?;
+            Ok((tmp.path().to_path_buf(), Some(tmp)))
+        }
+    }
+}
+
 /// The `q` quantile (nearest rank) of sorted, non-empty `v`.
 pub(crate) fn quantile(v: &[Micros], q: f64) -> Micros {
     v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]

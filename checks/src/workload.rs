@@ -1037,15 +1037,35 @@ pub mod live {
     #[async_trait]
     impl Sink for Collector {
         async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
-            let mut run = run.clone();
-            if self.verdicts_only {
-                run.evidence = Vec::new();
-                if let Outcome::Fail { details, .. } | Outcome::Stale { details, .. } =
-                    &mut run.outcome
-                {
-                    *details = serde_json::Value::Null;
+            let run = if self.verdicts_only {
+                // Built without the evidence and details rather than cloned and cleared.
+                let outcome = match &run.outcome {
+                    Outcome::Fail { message, .. } => Outcome::Fail {
+                        message: message.clone(),
+                        details: serde_json::Value::Null,
+                    },
+                    Outcome::Stale {
+                        sources, message, ..
+                    } => Outcome::Stale {
+                        sources: sources.clone(),
+                        message: message.clone(),
+                        details: serde_json::Value::Null,
+                    },
+                    other => other.clone(),
+                };
+                RunRecord {
+                    check: run.check.clone(),
+                    subject: run.subject.clone(),
+                    eval_us: run.eval_us,
+                    first_event_us: run.first_event_us,
+                    outcome,
+                    evidence: Vec::new(),
+                    triggers: run.triggers,
+                    finished_us: run.finished_us,
                 }
-            }
+            } else {
+                run.clone()
+            };
             self.runs.lock().expect("collector lock").push(run);
             Ok(())
         }
