@@ -25,7 +25,7 @@ use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::config::{KafkaBusConfig, S3Config};
 use overseer_dal::store::s3::S3Store;
-use overseer_dal::testkit::{Server, unique_name};
+use overseer_testkit::{Server, unique_name};
 
 const PG_CHANGES: usize = 50_000;
 const KAFKA_CHANGES: usize = 50_000;

@@ -7,7 +7,7 @@
 //! with logical WAL (the `payments` source and the catalog), the tansu broker (the ledger
 //! CDC topic and the events topic of the Kafka bus), the garage S3 server (the object
 //! store), and `overseer run` as a child process. PagerDuty is the local Events API v2
-//! server of `overseer_prs::testkit`, in this test's process.
+//! server of `overseer_testkit`, in this test's process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 
 use overseer_dal::Catalog;
 use overseer_dal::catalog::postgres::PgCatalog;
-use overseer_dal::testkit::{Server, unique_name};
+use overseer_testkit::{Server, unique_name};
 use overseer_dal::update::Incident;
-use overseer_prs::testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
+use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
 
 const CHECK: &str = "transfer_nets_to_zero";
 const TRANSFER: &str = "T1";

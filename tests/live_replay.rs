@@ -30,7 +30,7 @@ use overseer_ingestion::pipeline::{Ingestor, Storage};
 use overseer_prs::check::Registry;
 use overseer_prs::replay::{ReplayOptions, Window, replay};
 use overseer_prs::runner::{Outcome, RunRecord, Runner};
-use overseer_prs::testkit::sink::CollectSink;
+use overseer_testkit::sink::CollectSink;
 
 /// Transfers in the stretch: enough for every fault kind, small enough for a debug build.
 const TRANSFERS: u64 = 300;

@@ -172,7 +172,7 @@ fn bad_input_is_refused_clearly_and_an_empty_window_is_an_empty_report() {
 #[test]
 fn escalate_pages_the_replayed_failures_and_only_with_the_flag() {
     use overseer_prs::escalate::dedup_key;
-    use overseer_prs::testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
+    use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
     use std::collections::BTreeSet;
 
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -141,21 +141,43 @@ fn default_partitions() -> i32 {
     4
 }
 
+/// A backend the configuration names but this build left out (a cargo feature of
+/// `overseer-dal`, on by default).
+#[allow(dead_code)] // used only when a backend feature is off
+fn not_built(what: &str, kind: &str) -> Error {
+    Error::invalid(
+        format!("{what}.kind"),
+        format!(
+            "kind = \"{kind}\" needs overseer-dal's cargo feature \"{kind}\", which this build \
+             does not enable"
+        ),
+    )
+}
+
 /// Opens the configured object store.
 pub async fn open_store(cfg: &StoreConfig) -> Result<DynStore> {
     Ok(match cfg {
         StoreConfig::Local { path } => Arc::new(LocalStore::open(path)?),
         StoreConfig::Memory => Arc::new(MemoryStore::new()),
+        #[cfg(feature = "s3")]
         StoreConfig::S3(s3) => Arc::new(crate::store::s3::S3Store::connect(s3).await?),
+        #[cfg(not(feature = "s3"))]
+        StoreConfig::S3(_) => return Err(not_built("store", "s3")),
     })
 }
 
 /// Opens the configured catalog (running migrations for PostgreSQL).
 pub async fn open_catalog(cfg: &CatalogConfig) -> Result<DynCatalog> {
     Ok(match cfg {
+        #[cfg(feature = "embedded")]
         CatalogConfig::Embedded { path } => {
             Arc::new(crate::catalog::embedded::EmbeddedCatalog::open(path)?)
         }
+        #[cfg(not(feature = "embedded"))]
+        CatalogConfig::Embedded { .. } => return Err(not_built("catalog", "embedded")),
+        #[cfg(not(feature = "postgres"))]
+        CatalogConfig::Postgres(_) => return Err(not_built("catalog", "postgres")),
+        #[cfg(feature = "postgres")]
         CatalogConfig::Postgres(pg) => {
             let url = std::env::var(&pg.url_env).map_err(|_| {
                 Error::invalid(
@@ -175,6 +197,9 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<DynCatalog> {
 pub async fn open_bus(cfg: &BusConfig) -> Result<DynBus> {
     Ok(match cfg {
         BusConfig::Memory { capacity } => Arc::new(MemoryBus::new(*capacity)),
+        #[cfg(feature = "kafka")]
         BusConfig::Kafka(k) => Arc::new(crate::bus::kafka::KafkaBus::connect(k).await?),
+        #[cfg(not(feature = "kafka"))]
+        BusConfig::Kafka(_) => return Err(not_built("bus", "kafka")),
     })
 }

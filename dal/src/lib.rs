@@ -7,7 +7,6 @@
 //! - [`catalog`]: the [`Catalog`] trait (the index of the object store); embedded and
 //!   PostgreSQL backends.
 //! - [`bus`]: the [`Bus`] trait for update notifications; in-process and Kafka backends.
-//! - [`conformance`]: the one test suite every backend of each trait passes.
 //! - [`config`]: serde configuration of the three backends.
 //! - [`pgoutput`]: the parser of PostgreSQL logical-replication (pgoutput) row changes.
 //! - [`builder`]: aggregation, the stateless folds of a record's updates into its state.
@@ -20,14 +19,12 @@ pub mod bus;
 pub mod cache;
 pub mod catalog;
 pub mod config;
-pub mod conformance;
 pub mod error;
 pub mod keys;
 pub mod pgoutput;
 pub mod reader;
 pub mod segment;
 pub mod store;
-pub mod testkit;
 pub mod update;
 pub mod view;
 

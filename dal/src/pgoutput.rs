@@ -401,7 +401,8 @@ impl<'a> Reader<'a> {
 }
 
 /// Encodes pgoutput messages the way the walsender does: for tests, fixtures and tools
-/// that need real pgoutput bytes without a server.
+/// that need real pgoutput bytes without a server (tests only: `overseer-testkit`).
+#[cfg(any(test, feature = "testkit"))]
 pub mod encode {
     use super::Cell;
 

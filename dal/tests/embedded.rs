@@ -6,7 +6,7 @@ use std::sync::Arc;
 use overseer_dal::bus::memory::MemoryBus;
 use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
-use overseer_dal::conformance;
+use overseer_testkit::conformance;
 use overseer_dal::store::ObjectStore;
 use overseer_dal::store::local::LocalStore;
 use overseer_dal::store::memory::MemoryStore;

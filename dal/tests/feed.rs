@@ -23,7 +23,7 @@ use overseer_dal::keys::segment_key;
 use overseer_dal::segment::SegmentBuilder;
 use overseer_dal::store::memory::MemoryStore;
 use overseer_dal::store::{DynStore, ObjectStore, PutOutcome};
-use overseer_dal::testkit::history::{Changes, write_segment};
+use overseer_testkit::history::{Changes, write_segment};
 use overseer_dal::update::{CommitBatch, IndexEntry, UpdateNotification, UpdateRecord, now_us};
 
 const POLL: Duration = Duration::from_millis(10);

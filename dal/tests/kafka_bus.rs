@@ -8,7 +8,7 @@ use overseer_dal::Bus;
 use overseer_dal::bus::kafka::KafkaBus;
 use overseer_dal::bus::{Delivered, Subscription};
 use overseer_dal::config::KafkaBusConfig;
-use overseer_dal::testkit::{Server, unique_name};
+use overseer_testkit::{Server, unique_name};
 use overseer_dal::update::UpdateNotification;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -68,7 +68,7 @@ async fn drain(sub: &mut Box<dyn Subscription>, quiet: Duration) -> Vec<Delivere
 async fn tansu_passes_the_bus_suite() {
     let tansu = Server::start("tansu");
     let (bus, _) = connect(&tansu, 4).await;
-    overseer_dal::conformance::bus_suite(&bus, &unique_name("group")).await;
+    overseer_testkit::conformance::bus_suite(&bus, &unique_name("group")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

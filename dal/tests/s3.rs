@@ -14,7 +14,7 @@ use futures::{StreamExt, TryStreamExt};
 use overseer_dal::ObjectStore;
 use overseer_dal::config::S3Config;
 use overseer_dal::store::s3::S3Store;
-use overseer_dal::testkit::{Server, unique_name};
+use overseer_testkit::{Server, unique_name};
 
 /// SDK settings for tests: no retries and short timeouts, so a dead server fails fast.
 fn loader(key_id: &str, secret: &str) -> aws_config::ConfigLoader {
@@ -56,9 +56,9 @@ async fn garage_passes_the_object_store_suite() {
     let ns = unique_name("suite");
     // Under a configured prefix, and at the bucket root.
     let store = connect(&garage, "overseer/test").await;
-    overseer_dal::conformance::object_store_suite(&store, &ns, false).await;
+    overseer_testkit::conformance::object_store_suite(&store, &ns, false).await;
     let root = connect(&garage, "").await;
-    overseer_dal::conformance::object_store_suite(&root, &format!("{ns}-root"), false).await;
+    overseer_testkit::conformance::object_store_suite(&root, &format!("{ns}-root"), false).await;
     assert!(
         root.get(&format!("overseer/test/{ns}/seg/a"))
             .await

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overseer_dal::testkit::{Server, unique_name};
+use overseer_testkit::{Server, unique_name};
 use overseer_dal::update::now_us;
 use overseer_ingestion::config::KafkaSourceConfig;
 use overseer_ingestion::source::kafka::KafkaSource;

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use overseer_dal::testkit::Server;
+use overseer_testkit::Server;
 use overseer_dal::update::{Micros, Op, now_us};
 use overseer_ingestion::config::{ModelConfig, PgSourceConfig};
 use overseer_ingestion::format::pgoutput::{Cell, ChangeOp, PgoutputConsumer, decode_change};

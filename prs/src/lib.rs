@@ -10,7 +10,6 @@
 //!   and the outbox that delivers what it owes.
 //! - [`escalate`]: the transports (PagerDuty Events v2, webhook, log, custom), retries and
 //!   per-key rate limits.
-//! - [`testkit`]: a local PagerDuty Events v2 server for tests.
 //! - [`replay`]: re-runs checks over a past window of history, as live would have, into
 //!   a report (JSON, CSV, table) or the escalation policies.
 //! - [`service`]: registry + configuration → a running runner with its escalation.
@@ -27,7 +26,6 @@ pub mod schedule;
 pub mod select;
 pub mod service;
 pub mod telemetry;
-pub mod testkit;
 
 pub use check::{Registry, Strategy, Verdict};
 pub use error::{Error, Result};

@@ -1,5 +1,5 @@
 //! Escalation transports against real HTTP: the local PagerDuty Events v2 server of
-//! `overseer_prs::testkit` and a tiny webhook receiver, through the real client. The
+//! `overseer_testkit` and a tiny webhook receiver, through the real client. The
 //! retry and rate-limit timing tests use paused Tokio time and an in-memory notifier
 //! (no HTTP under paused time).
 
@@ -14,8 +14,8 @@ use overseer_prs::escalate::{
     Action, Backoff, CustomNotifier, LogNotifier, Notice, Notifier, PagerDutyNotifier, RateLimit,
     RateLimited, Retrying, Severity, WebhookNotifier, dedup_key,
 };
-use overseer_prs::testkit::memory::MemoryNotifier;
-use overseer_prs::testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
+use overseer_testkit::memory::MemoryNotifier;
+use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
 use serde_json::{Value, json};
 
 fn failing(check: &str, subject: &str) -> Notice {

@@ -15,7 +15,7 @@ use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_prs::escalate::{Backoff, Notifier, PagerDutyNotifier, Retrying, Severity};
 use overseer_prs::incident::{Escalator, Outbox, Routes};
 use overseer_prs::runner::{Outcome, RunRecord};
-use overseer_prs::testkit::pagerduty::FakePagerDuty;
+use overseer_testkit::pagerduty::FakePagerDuty;
 
 const KEY: &str = "R0UT1NGKEY0000000000000000000000";
 

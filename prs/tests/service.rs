@@ -9,7 +9,7 @@ use overseer_protos::views::Toy;
 use overseer_prs::check::{Registry, Strategy, Verdict};
 use overseer_prs::escalate::{Notice, Severity};
 use overseer_prs::service::{configure, notifier};
-use overseer_prs::testkit::pagerduty::FakePagerDuty;
+use overseer_testkit::pagerduty::FakePagerDuty;
 
 fn registry() -> Registry {
     let mut r = Registry::new();

@@ -4,7 +4,7 @@
 //! Backends: [`memory::MemoryBus`] (in-process; the embedded default) and
 //! [`kafka::KafkaBus`] (rdkafka; the events topic, keyed by model and record id so one
 //! record's notifications stay ordered within a partition). Both pass
-//! [`crate::conformance::bus_suite`]. Delivery is at-least-once: a subscriber commits what it
+//! `overseer_testkit::conformance::bus_suite`. Delivery is at-least-once: a subscriber commits what it
 //! has fully processed and sees the rest again after a restart.
 //!
 //! - [`feed::CatalogFeed`]: a [`Subscription`] without a bus, for embedded mode: it derives
@@ -19,6 +19,7 @@ use crate::Result;
 use crate::update::UpdateNotification;
 
 pub mod feed;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod memory;
 

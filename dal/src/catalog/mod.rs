@@ -2,7 +2,7 @@
 //!
 //! It holds the per-record update index (time travel), master documents and the reference
 //! index (joins), per-source progress and freshness watermarks, and the segment ledger that
-//! makes ingestion crash-safe. Two backends pass [`crate::conformance::catalog_suite`]:
+//! makes ingestion crash-safe. Two backends pass `overseer_testkit::conformance::catalog_suite`:
 //! [`embedded::EmbeddedCatalog`] (a redb file, no server; the default) and
 //! [`postgres::PgCatalog`] (tokio-postgres, production).
 //!
@@ -44,7 +44,9 @@ use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState,
 };
 
+#[cfg(feature = "embedded")]
 pub mod embedded;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 
 /// The catalog seam.

@@ -56,19 +56,27 @@ fn put_blocking(path: &Path, bytes: &[u8]) -> Result<PutOutcome> {
     if path.exists() {
         return Ok(PutOutcome::AlreadyExists);
     }
-    let mut tmp = tempfile::Builder::new()
-        .prefix(TMP_PREFIX)
-        .tempfile_in(parent)
-        .map_err(|e| Error::io(parent.display(), e))?;
-    tmp.write_all(bytes)
-        .and_then(|_| tmp.as_file().sync_all())
-        .map_err(|e| Error::io(tmp.path().display(), e))?;
-    match tmp.persist_noclobber(path) {
-        Ok(_) => {}
-        Err(e) if e.error.kind() == std::io::ErrorKind::AlreadyExists => {
-            return Ok(PutOutcome::AlreadyExists);
-        }
-        Err(e) => return Err(Error::io(path.display(), e.error)),
+    // Written whole under a name no other writer uses, then linked into place: the link
+    // fails if the key exists, so a put never replaces an object (no-clobber, as S3's
+    // If-None-Match), and a crash leaves only a `.tmp-` file that listing skips.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let tmp = parent.join(format!(
+        "{TMP_PREFIX}{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+        .map_err(|e| Error::io(tmp.display(), e));
+    let linked = written.and_then(|_| match std::fs::hard_link(&tmp, path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::io(path.display(), e)),
+    });
+    // The temporary name goes whatever happened (best effort: listing skips it anyway).
+    let _ = std::fs::remove_file(&tmp);
+    if !linked? {
+        return Ok(PutOutcome::AlreadyExists);
     }
     std::fs::File::open(parent)
         .and_then(|d| d.sync_all())

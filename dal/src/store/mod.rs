@@ -2,7 +2,7 @@
 //!
 //! One small trait, three backends: [`local::LocalStore`] (a directory; the embedded
 //! default), [`memory::MemoryStore`] and [`s3::S3Store`] (aws-sdk-s3: AWS, MinIO, garage).
-//! All pass [`crate::conformance::object_store_suite`].
+//! All pass `overseer_testkit::conformance::object_store_suite`.
 //!
 //! Writes are create-only. A backend that can detect an existing key returns
 //! [`PutOutcome::AlreadyExists`]; the callers treat that as success for the same bytes.
@@ -19,6 +19,7 @@ use crate::Result;
 
 pub mod local;
 pub mod memory;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 /// What a create-only put found.

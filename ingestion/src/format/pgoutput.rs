@@ -78,10 +78,10 @@ mod tests {
     use super::*;
     use crate::config::ModelConfig;
     use bytes::Bytes;
-    use overseer_dal::pgoutput::encode::Msg;
+    use overseer_testkit::pgoutput::Msg;
     use overseer_dal::update::Op;
 
-    use overseer_dal::pgoutput::encode::sample::*;
+    use overseer_testkit::pgoutput::sample::*;
 
     fn consumer(fixed: Option<&str>) -> PgoutputConsumer {
         let models = vec![

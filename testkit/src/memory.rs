@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::time::Instant;
 
-use crate::Result;
-use crate::escalate::{Notice, Notifier};
+use overseer_prs::Result;
+use overseer_prs::escalate::{Notice, Notifier};
 
 /// One call of [`MemoryNotifier::send`].
 #[derive(Clone, Debug)]
@@ -77,7 +77,7 @@ impl Notifier for MemoryNotifier {
         });
         match fault {
             None => Ok(()),
-            Some(transient) => Err(crate::Error::Escalation {
+            Some(transient) => Err(overseer_prs::Error::Escalation {
                 policy: "memory".to_owned(),
                 message: format!(
                     "scripted {} failure",

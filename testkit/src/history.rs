@@ -11,12 +11,12 @@
 
 use serde_json::{Value, json};
 
-use crate::catalog::Catalog;
-use crate::keys::segment_key;
-use crate::segment::SegmentBuilder;
-use crate::store::ObjectStore;
-use crate::update::{CommitBatch, IndexEntry, Micros, Op, Progress, Reference, UpdateRecord};
-use crate::{Error, Result};
+use overseer_dal::catalog::Catalog;
+use overseer_dal::keys::segment_key;
+use overseer_dal::segment::SegmentBuilder;
+use overseer_dal::store::ObjectStore;
+use overseer_dal::update::{CommitBatch, IndexEntry, Micros, Op, Progress, Reference, UpdateRecord};
+use overseer_dal::{Error, Result};
 
 /// Builds the update records of one source.
 #[derive(Clone, Debug)]
@@ -180,14 +180,14 @@ pub async fn write_segment(
             entries: entries.clone(),
             progress,
             quarantined: 0,
-            now_us: crate::update::now_us(),
+            now_us: overseer_dal::update::now_us(),
         })
         .await?;
     if fresh.iter().any(|f| !f) {
-        return Err(Error::invalid(
-            "test history",
-            "a record's (source, position) was already indexed",
-        ));
+        return Err(Error::Invalid {
+            what: "test history".into(),
+            message: "a record's (source, position) was already indexed".into(),
+        });
     }
     Ok(entries)
 }

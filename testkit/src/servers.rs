@@ -85,7 +85,7 @@ pub fn unique_name(prefix: &str) -> String {
     format!(
         "{prefix}_{}_{}_{}",
         std::process::id(),
-        crate::update::now_us(),
+        overseer_dal::update::now_us(),
         N.fetch_add(1, Ordering::Relaxed)
     )
 }

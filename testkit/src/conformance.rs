@@ -11,11 +11,11 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use crate::Result;
-use crate::bus::Bus;
-use crate::catalog::DynCatalog;
-use crate::store::{ObjectStore, PutOutcome, list_all};
-use crate::update::{
+use overseer_dal::Result;
+use overseer_dal::bus::Bus;
+use overseer_dal::catalog::DynCatalog;
+use overseer_dal::store::{ObjectStore, PutOutcome, list_all};
+use overseer_dal::update::{
     CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification,
 };
 

@@ -2,7 +2,7 @@
 
 use std::sync::Mutex;
 
-use crate::runner::{RunRecord, Sink};
+use overseer_prs::runner::{RunRecord, Sink};
 
 /// Collects every run record it is given, in order.
 #[derive(Debug, Default)]
@@ -30,7 +30,7 @@ impl CollectSink {
 
 #[async_trait::async_trait]
 impl Sink for CollectSink {
-    async fn record(&self, run: &RunRecord) -> crate::Result<()> {
+    async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
         self.0.lock().expect("sink lock").push(run.clone());
         Ok(())
     }

@@ -1,0 +1,23 @@
+//! Test support shared by the crates' tests and benches. A dev-dependency only: nothing
+//! here is in a production build.
+//!
+//! - [`servers`]: PostgreSQL, tansu and garage started as local processes.
+//! - [`history`]: update records of each format built from a few fields, written as
+//!   segments and indexed, so layers above ingestion can be tested on real storage.
+//! - [`conformance`]: the one test suite every backend of each storage seam passes.
+//! - [`pagerduty`]: [`pagerduty::FakePagerDuty`], a local server that implements the
+//!   PagerDuty Events API v2 contract on 127.0.0.1, with scriptable faults.
+//! - [`memory`]: [`memory::MemoryNotifier`], an in-memory escalation notifier that records
+//!   every attempt (usable under paused Tokio time).
+//! - [`sink`]: [`sink::CollectSink`], a runner sink that keeps every run record.
+//! - [`pgoutput`]: pgoutput messages encoded the way the walsender does, and samples.
+
+pub mod conformance;
+pub mod history;
+pub mod memory;
+pub mod pagerduty;
+pub mod servers;
+pub mod sink;
+
+pub use overseer_dal::pgoutput::encode as pgoutput;
+pub use servers::{Server, scripts_dir, unique_name};
