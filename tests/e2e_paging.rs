@@ -20,9 +20,9 @@ use serde_json::{Value, json};
 
 use overseer_dal::Catalog;
 use overseer_dal::catalog::postgres::PgCatalog;
-use overseer_testkit::{Server, unique_name};
 use overseer_dal::update::Incident;
 use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
+use overseer_testkit::{Server, unique_name};
 
 const CHECK: &str = "transfer_nets_to_zero";
 const TRANSFER: &str = "T1";

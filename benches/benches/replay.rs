@@ -21,16 +21,16 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group};
 use tokio_util::sync::CancellationToken;
 
+use overseer::Config;
 use overseer_benches::MemorySource;
-use overseer_checks::workload::{Lag, System, Workload, WorkloadConfig};
 use overseer_dal::Dal;
 use overseer_dal::keys::segment_key;
 use overseer_dal::segment::decode_segment;
 use overseer_dal::update::Micros;
-use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::{Ingestor, Storage};
 use overseer_prs::check::Registry;
 use overseer_prs::replay::{ReplayOptions, ReplaySummary, ReportSink, Window, replay};
+use overseer_sim::workload::{Lag, System, Workload, WorkloadConfig};
 
 /// Updates of the history, unless `OVERSEER_BENCH_UPDATES` says otherwise.
 const UPDATES: u64 = 1_000_000;
@@ -41,7 +41,7 @@ const GRACE: Duration = Duration::from_secs(2);
 const PAGE: usize = 1000;
 
 fn config(dir: &Path) -> Config {
-    let cfg = overseer_checks::workload::config(dir).expect("bench config");
+    let cfg = overseer_sim::workload::config(dir).expect("bench config");
     cfg.validate().expect("bench config is valid");
     cfg
 }
@@ -91,7 +91,7 @@ async fn setup(updates: u64) -> Setup {
             .iter()
             .find(|s| s.name == system.name())
             .unwrap();
-        let consumer = overseer_ingestion::format::build(src, &cfg).unwrap();
+        let consumer = overseer_ingestion::format::build(src, &cfg.ingestion).unwrap();
         let events = workload
             .events(system)
             .iter()
@@ -129,7 +129,10 @@ async fn setup(updates: u64) -> Setup {
 
 fn registry() -> Registry {
     let mut r = Registry::new();
-    overseer_checks::register(&mut r, GRACE);
+    overseer_checks::register(&mut r);
+    for spec in r.iter().map(|s| s.name.clone()).collect::<Vec<_>>() {
+        r.get_mut(&spec).expect("registered").grace(GRACE);
+    }
     r
 }
 

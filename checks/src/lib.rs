@@ -13,26 +13,21 @@
 //!   (an entry's account and asset name its wallet): the escape hatches at work.
 //!
 //! Amounts are exact: decimals are parsed as strings ([`decimal`]), sums are `i128`.
-//!
-//! [`workload`] generates payments traffic with known faults (the ground truth of which
-//! pairs must fail), and drives it live through the pipeline (the demo, the benchmarks).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::json;
 
-use overseer_dal::builder::UpdateRef;
-use overseer_dal::update::{Micros, UpdateNotification};
-use overseer_dal::{Dal, Viewed};
 use overseer_protos::views::{
     Direction, LedgerEntry, TransferStatus, TransferWithLedger, Wallet, WalletWithEntries,
 };
 use overseer_prs::check::{Registry, ViewFn};
+use overseer_prs::dal::builder::UpdateRef;
+use overseer_prs::dal::update::{Micros, UpdateNotification};
+use overseer_prs::dal::{Dal, Viewed};
 use overseer_prs::{Result, Verdict};
 
 pub mod decimal;
-pub mod workload;
 
 /// Model names of the payments domain.
 pub mod models {
@@ -42,21 +37,17 @@ pub mod models {
     pub const WALLETS: &str = "ledger.wallets";
 }
 
-/// Registers every payments check with its defaults (freshness-aware, grace `grace`).
-pub fn register(registry: &mut Registry, grace: Duration) {
-    registry
-        .check("transfer_nets_to_zero", transfer_nets_to_zero)
-        .grace(grace);
-    registry
-        .check("entries_match_amount", entries_match_amount)
-        .grace(grace);
+/// Registers every payments check with its defaults (freshness-aware; the grace is
+/// `[prs] grace_ms`).
+pub fn register(registry: &mut Registry) {
+    registry.check("transfer_nets_to_zero", transfer_nets_to_zero);
+    registry.check("entries_match_amount", entries_match_amount);
     registry
         .check_with_view(
             "wallet_balance_matches_entries",
             wallet_view(),
             wallet_balance_matches_entries,
         )
-        .grace(grace)
         .select(wallet_subjects);
 }
 
@@ -403,7 +394,7 @@ mod tests {
 
     #[test]
     fn wallet_selection() {
-        use overseer_dal::update::Reference;
+        use overseer_prs::dal::update::Reference;
         let r = |n: &str, v: &str| Reference {
             name: n.into(),
             value: v.into(),
@@ -426,7 +417,7 @@ mod tests {
         };
         assert_eq!(wallet_subjects(&w), ["acct:BTC"]);
         let mut reg = Registry::new();
-        register(&mut reg, Duration::from_secs(5));
+        register(&mut reg);
         assert_eq!(reg.len(), 3);
     }
 }

@@ -1,8 +1,9 @@
 //! Configuration of the storage backends (the `[store]`, `[catalog]` and `[bus]` tables of
-//! the TOML config) and the functions that open them. Secrets never appear here: S3
+//! the TOML config), of the records (`[[models]]`) and of readers (`[dal]`), and the functions that open them. Secrets never appear here: S3
 //! credentials come from the standard AWS environment variables, the catalog's connection
 //! string from the environment variable the config names.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -139,6 +140,69 @@ fn default_events_topic() -> String {
 
 fn default_partitions() -> i32 {
     4
+}
+
+/// `[dal]`: how readers of the history (`overseer view`, the checks) open the data access
+/// layer (`overseer_ingestion::dal::open_dal`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DalSettings {
+    /// Budget of the read cache of decoded updates, in MiB; 0 disables it.
+    pub cache_mib: u64,
+    /// Encoded `FileDescriptorSet`s (`protoc --include_imports --descriptor_set_out`, or
+    /// protox) holding the user's own view messages, added to the built-in
+    /// `overseer.views.v1` views. Relative paths are taken from the working directory, like
+    /// every other path in this file.
+    pub view_descriptor_sets: Vec<PathBuf>,
+}
+
+impl Default for DalSettings {
+    fn default() -> Self {
+        DalSettings {
+            cache_mib: crate::cache::DEFAULT_CACHE_BYTES >> 20,
+            view_descriptor_sets: Vec::new(),
+        }
+    }
+}
+
+/// Upper bound of `[dal] cache_mib`: a larger value is a typo, not a budget.
+pub const MAX_CACHE_MIB: u64 = 1 << 20;
+
+impl DalSettings {
+    /// Rules of the `[dal]` table alone.
+    pub fn validate(&self) -> Result<()> {
+        if self.cache_mib > MAX_CACHE_MIB {
+            return Err(Error::invalid(
+                "dal.cache_mib",
+                format!("{} is more than {MAX_CACHE_MIB} (1 TiB)", self.cache_mib),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The read cache budget in bytes.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache_mib.saturating_mul(1 << 20)
+    }
+}
+
+/// `[[models]]`: how to find a record's id and references in its events.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `namespace.name`, e.g. `payments.transfers` (Postgres schema.table, Mongo db.collection).
+    pub name: String,
+    /// Field (dotted path) holding the record id in the record's document or row.
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// Reference name → field (dotted path); the values become the master document's
+    /// references and feed the reference index used for joins.
+    #[serde(default)]
+    pub references: BTreeMap<String, String>,
+}
+
+fn default_id_field() -> String {
+    "id".into()
 }
 
 /// A backend the configuration names but this build left out (a cargo feature of

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use overseer_dal::builder::{BuildError, State, fold};
 use overseer_dal::pgoutput::Cell;
-use overseer_testkit::pgoutput::Msg;
 use overseer_dal::update::UpdateRecord;
+use overseer_testkit::pgoutput::Msg;
 
 fn rec(format: &str, record_id: &str, pos: usize, raw: impl Into<Bytes>) -> UpdateRecord {
     UpdateRecord {

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use overseer_dal::bus::memory::MemoryBus;
 use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
-use overseer_testkit::conformance;
 use overseer_dal::store::ObjectStore;
 use overseer_dal::store::local::LocalStore;
 use overseer_dal::store::memory::MemoryStore;
+use overseer_testkit::conformance;
 
 #[tokio::test]
 async fn memory_store_conforms() {

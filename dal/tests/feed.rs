@@ -23,8 +23,8 @@ use overseer_dal::keys::segment_key;
 use overseer_dal::segment::SegmentBuilder;
 use overseer_dal::store::memory::MemoryStore;
 use overseer_dal::store::{DynStore, ObjectStore, PutOutcome};
-use overseer_testkit::history::{Changes, write_segment};
 use overseer_dal::update::{CommitBatch, IndexEntry, UpdateNotification, UpdateRecord, now_us};
+use overseer_testkit::history::{Changes, write_segment};
 
 const POLL: Duration = Duration::from_millis(10);
 /// Upper bound for something that must arrive (never reached when it does).

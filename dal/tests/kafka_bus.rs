@@ -8,8 +8,8 @@ use overseer_dal::Bus;
 use overseer_dal::bus::kafka::KafkaBus;
 use overseer_dal::bus::{Delivered, Subscription};
 use overseer_dal::config::KafkaBusConfig;
-use overseer_testkit::{Server, unique_name};
 use overseer_dal::update::UpdateNotification;
+use overseer_testkit::{Server, unique_name};
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 

@@ -8,9 +8,9 @@ use std::time::Instant;
 use overseer_dal::Catalog;
 use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::postgres::PgCatalog;
+use overseer_dal::update::{CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc};
 use overseer_testkit::conformance::{OpenCatalog, catalog_suite};
 use overseer_testkit::{Server, unique_name};
-use overseer_dal::update::{CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc};
 
 fn pg() -> (Server, String) {
     let server = Server::start("postgres");

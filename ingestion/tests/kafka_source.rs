@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use overseer_testkit::{Server, unique_name};
 use overseer_dal::update::now_us;
 use overseer_ingestion::config::KafkaSourceConfig;
 use overseer_ingestion::source::kafka::KafkaSource;
 use overseer_ingestion::source::{AckToken, Acks, Source, SourceContext, SourceEvent, SourceMsg};
+use overseer_testkit::{Server, unique_name};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;

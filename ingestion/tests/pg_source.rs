@@ -13,13 +13,13 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use overseer_testkit::Server;
 use overseer_dal::update::{Micros, Op, now_us};
 use overseer_ingestion::config::{ModelConfig, PgSourceConfig};
 use overseer_ingestion::format::pgoutput::{Cell, ChangeOp, PgoutputConsumer, decode_change};
 use overseer_ingestion::format::{Consumer, Models};
 use overseer_ingestion::source::postgres::PgSource;
 use overseer_ingestion::source::{AckToken, Acks, Source, SourceContext, SourceEvent, SourceMsg};
+use overseer_testkit::Server;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

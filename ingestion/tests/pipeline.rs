@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
+use overseer_dal::Catalog;
 use overseer_dal::bus::Bus;
 use overseer_dal::bus::memory::MemoryBus;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
@@ -18,11 +19,10 @@ use overseer_dal::segment::SegmentBuilder;
 use overseer_dal::store::local::LocalStore;
 use overseer_dal::store::{ObjectStore, list_all};
 use overseer_dal::update::{Op, UpdateRecord};
-use overseer_dal::Catalog;
-use overseer_testkit::conformance;
 use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::{Ingestor, Storage};
 use overseer_ingestion::source::{AckToken, Source, SourceContext, SourceEvent, SourceMsg};
+use overseer_testkit::conformance;
 
 fn config(dir: &Path, file: &Path, extra: &str) -> Config {
     let text = format!(

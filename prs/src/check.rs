@@ -203,6 +203,8 @@ pub struct CheckSpec {
     /// How long other systems may take to reflect a trigger: the check evaluates as of the
     /// trigger's commit time plus this.
     pub grace: Duration,
+    /// Whether the code set [`CheckSpec::grace`]; otherwise `[prs] grace_ms` applies.
+    grace_in_code: bool,
     /// Escalation policy name (see the escalation config); `None`: the default policy.
     pub escalation: Option<String>,
     /// Custom selection; `None`: derived from the view.
@@ -232,13 +234,21 @@ impl std::fmt::Debug for CheckSpec {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl CheckSpec {
+    /// Whether the grace was set in code ([`CheckSpec::grace`]).
+    pub fn grace_in_code(&self) -> bool {
+        self.grace_in_code
+    }
+
     pub fn strategy(&mut self, s: Strategy) -> &mut Self {
         self.strategy = s;
         self
     }
 
+    /// The check's grace. Without it, `[prs] grace_ms` applies; `[prs.checks.NAME]
+    /// grace_ms` overrides both.
     pub fn grace(&mut self, d: Duration) -> &mut Self {
         self.grace = d;
+        self.grace_in_code = true;
         self
     }
 
@@ -324,6 +334,7 @@ impl Registry {
                 check,
                 strategy: Strategy::default(),
                 grace: Duration::ZERO,
+                grace_in_code: false,
                 escalation: None,
                 select: None,
                 timeout: DEFAULT_TIMEOUT,

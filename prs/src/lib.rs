@@ -17,6 +17,7 @@
 //! - [`error`]: the runner's error type.
 
 pub mod check;
+pub mod config;
 pub mod error;
 pub mod escalate;
 pub mod incident;
@@ -29,3 +30,6 @@ pub mod telemetry;
 
 pub use check::{Registry, Strategy, Verdict};
 pub use error::{Error, Result};
+/// The data access layer checks' views are built with (for custom view functions and
+/// selections), so a checks crate needs only this crate and its views.
+pub use overseer_dal as dal;

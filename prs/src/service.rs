@@ -12,11 +12,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::config::{EscalationConfig, EscalationKind, PrsSettings, RunnerConfig, StrategyName};
 use overseer_dal::Dal;
 use overseer_dal::bus::Subscription;
-use overseer_ingestion::config::{
-    Config, EscalationConfig, EscalationKind, PrsSettings, StrategyName,
-};
 
 use crate::check::{Registry, Strategy};
 use crate::escalate::{
@@ -27,8 +25,9 @@ use crate::incident::{Escalator, Routes};
 use crate::runner::{Runner, RunnerOptions, RunnerReport, Sink};
 use crate::{Error, Result};
 
-/// Applies the configuration's per-check settings (and its default max delay) to the
-/// registered checks.
+/// Applies the configuration's per-check settings (and its default grace and max delay)
+/// to the registered checks. A grace set in code is kept over `[prs] grace_ms`; a
+/// `[prs.checks.NAME]` setting overrides the code.
 pub fn configure(registry: &mut Registry, prs: &PrsSettings) -> Result<()> {
     let known: Vec<String> = registry.iter().map(|s| s.name.clone()).collect();
     for name in prs.checks.keys() {
@@ -42,6 +41,9 @@ pub fn configure(registry: &mut Registry, prs: &PrsSettings) -> Result<()> {
     let default_max = Duration::from_millis(prs.max_delay_ms);
     for name in known {
         let spec = registry.get_mut(&name).expect("listed above");
+        if !spec.grace_in_code() {
+            spec.grace = Duration::from_millis(prs.grace_ms);
+        }
         if let Strategy::FreshnessAware { .. } = spec.strategy {
             spec.strategy = Strategy::FreshnessAware {
                 max_delay: default_max,
@@ -159,7 +161,7 @@ impl Notifier for Redacting {
 }
 
 /// The escalation routes of the configuration: every `[escalation.NAME]` plus `log`.
-pub fn routes(cfg: &Config, registry: &Registry) -> Result<Routes> {
+pub fn routes(cfg: &RunnerConfig, registry: &Registry) -> Result<Routes> {
     let mut policies: BTreeMap<String, Arc<dyn Notifier>> = BTreeMap::new();
     policies.insert(
         "log".into(),
@@ -191,9 +193,9 @@ pub fn routes(cfg: &Config, registry: &Registry) -> Result<Routes> {
 }
 
 /// Runner options from the configuration.
-pub fn options(cfg: &Config) -> RunnerOptions {
+pub fn options(cfg: &RunnerConfig) -> RunnerOptions {
     RunnerOptions {
-        model_sources: cfg.model_sources(),
+        model_sources: cfg.model_sources.clone(),
         concurrency: cfg.prs.concurrency,
         watermark_poll: Duration::from_millis(cfg.prs.watermark_poll_ms),
         ..RunnerOptions::default()
@@ -204,7 +206,7 @@ pub fn options(cfg: &Config) -> RunnerOptions {
 /// incident state machine (and `also`, if given: e.g. the demo's console), notices to the
 /// configured policies.
 pub async fn run(
-    cfg: &Config,
+    cfg: &RunnerConfig,
     registry: Registry,
     dal: Dal,
     sub: Box<dyn Subscription>,
@@ -222,7 +224,7 @@ pub async fn run(
     let outbox_stop = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(outbox_stop.clone()));
     let sink: Arc<dyn Sink> = match also {
-        Some(extra) => Arc::new(Both(Arc::new(escalator), extra)),
+        Some(extra) => Arc::new(Fanout(vec![Arc::new(escalator), extra])),
         None => Arc::new(escalator),
     };
     let report = runner.run(sub, sink, shutdown).await;
@@ -235,13 +237,15 @@ pub async fn run(
     Ok(report)
 }
 
-/// Two sinks in order.
-struct Both(Arc<dyn Sink>, Arc<dyn Sink>);
+/// Sinks in order (e.g. the escalator, then a console or a collector).
+pub struct Fanout(pub Vec<Arc<dyn Sink>>);
 
 #[async_trait::async_trait]
-impl Sink for Both {
+impl Sink for Fanout {
     async fn record(&self, run: &crate::runner::RunRecord) -> Result<()> {
-        self.0.record(run).await?;
-        self.1.record(run).await
+        for s in &self.0 {
+            s.record(run).await?;
+        }
+        Ok(())
     }
 }

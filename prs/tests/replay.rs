@@ -12,10 +12,10 @@ use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
-use overseer_testkit::history::{Changes, write_segment};
 use overseer_protos::views::Toy;
 use overseer_prs::check::{Registry, Verdict};
 use overseer_prs::replay::{ReplayOptions, ReportSink, Window, replay};
+use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::CollectSink;
 
 fn registry() -> Registry {

@@ -16,10 +16,10 @@ use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
-use overseer_testkit::history::{Changes, write_segment};
 use overseer_protos::views::Toy;
 use overseer_prs::check::{Registry, Strategy, Verdict};
 use overseer_prs::runner::{Outcome, Runner, RunnerOptions};
+use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::CollectSink;
 
 /// A subscription that records what the runner commits.

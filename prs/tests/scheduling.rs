@@ -18,11 +18,11 @@ use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
-use overseer_testkit::history::{Changes, write_segment};
 use overseer_dal::update::{Micros, UpdateRecord};
 use overseer_protos::views::{Direction, TransferWithLedger};
 use overseer_prs::check::{Registry, Strategy, Verdict};
 use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions};
+use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::CollectSink;
 
 const S: Micros = 1_000_000;

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use overseer_ingestion::config::{CheckSettings, EscalationConfig, EscalationKind, PrsSettings};
 use overseer_protos::views::Toy;
 use overseer_prs::check::{Registry, Strategy, Verdict};
+use overseer_prs::config::{CheckSettings, EscalationConfig, EscalationKind, PrsSettings};
 use overseer_prs::escalate::{Notice, Severity};
 use overseer_prs::service::{configure, notifier};
 use overseer_testkit::pagerduty::FakePagerDuty;
@@ -29,7 +29,7 @@ fn overrides_apply_and_unknown_checks_are_errors() {
     prs.checks.insert(
         "b".into(),
         CheckSettings {
-            strategy: Some(overseer_ingestion::config::StrategyName::FixedDelay),
+            strategy: Some(overseer_prs::config::StrategyName::FixedDelay),
             delay_ms: Some(250),
             grace_ms: Some(10),
             enabled: Some(false),

@@ -15,7 +15,9 @@ use overseer_dal::catalog::Catalog;
 use overseer_dal::keys::segment_key;
 use overseer_dal::segment::SegmentBuilder;
 use overseer_dal::store::ObjectStore;
-use overseer_dal::update::{CommitBatch, IndexEntry, Micros, Op, Progress, Reference, UpdateRecord};
+use overseer_dal::update::{
+    CommitBatch, IndexEntry, Micros, Op, Progress, Reference, UpdateRecord,
+};
 use overseer_dal::{Error, Result};
 
 /// Builds the update records of one source.

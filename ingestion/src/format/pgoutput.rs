@@ -78,8 +78,8 @@ mod tests {
     use super::*;
     use crate::config::ModelConfig;
     use bytes::Bytes;
-    use overseer_testkit::pgoutput::Msg;
     use overseer_dal::update::Op;
+    use overseer_testkit::pgoutput::Msg;
 
     use overseer_testkit::pgoutput::sample::*;
 

@@ -21,15 +21,15 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use overseer_checks::workload::live::{Clock, Collector, ReplaySource, Tracked};
-use overseer_checks::workload::{Lag, System, Workload, WorkloadConfig};
+use overseer::Config;
 use overseer_dal::bus::feed::CatalogFeed;
 use overseer_dal::update::{Micros, now_us};
-use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::{Ingestor, Storage};
 use overseer_prs::check::Registry;
 use overseer_prs::replay::{ReplayOptions, Window, replay};
 use overseer_prs::runner::{Outcome, RunRecord, Runner};
+use overseer_sim::workload::live::{Clock, Collector, ReplaySource, Tracked};
+use overseer_sim::workload::{Lag, System, Workload, WorkloadConfig};
 use overseer_testkit::sink::CollectSink;
 
 /// Transfers in the stretch: enough for every fault kind, small enough for a debug build.
@@ -41,7 +41,7 @@ const LAG: Duration = Duration::from_millis(500);
 /// The demo's models and sources (in-memory replays: the file kind only satisfies
 /// validation), over `dir`, with the shipped checks' default (freshness-aware) strategy.
 fn config(dir: &Path) -> Config {
-    let mut cfg = overseer_checks::workload::config(dir).unwrap();
+    let mut cfg = overseer_sim::workload::config(dir).unwrap();
     cfg.prs.group = "live".into();
     cfg.prs.grace_ms = GRACE.as_millis() as u64;
     cfg.validate().unwrap();
@@ -49,10 +49,9 @@ fn config(dir: &Path) -> Config {
 }
 
 fn registry(cfg: &Config) -> Registry {
-    let mut r = Registry::new();
-    overseer_checks::register(&mut r, GRACE);
-    overseer_prs::service::configure(&mut r, &cfg.prs).unwrap();
-    r
+    overseer::Checks::new(overseer_checks::register)
+        .registry(cfg)
+        .unwrap()
 }
 
 type Key = (String, String, Micros);
@@ -85,7 +84,7 @@ async fn run_live(
     let runner = Runner::new(
         dal,
         Arc::new(registry(cfg)),
-        overseer_prs::service::options(cfg),
+        overseer_prs::service::options(&cfg.runner()),
     )
     .unwrap();
     let feed = CatalogFeed::open(
@@ -112,7 +111,7 @@ async fn run_live(
             .find(|s| s.name == system.name())
             .cloned()
             .unwrap();
-        let consumer = overseer_ingestion::format::build(&src, cfg).unwrap();
+        let consumer = overseer_ingestion::format::build(&src, &cfg.ingestion).unwrap();
         let done = Arc::new(AtomicBool::new(false));
         delivered.push(done.clone());
         let source = Box::new(ReplaySource::new(workload.clone(), system, clock, done));

@@ -23,9 +23,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use overseer_checks::workload::live::Clock;
-use overseer_checks::workload::{System, Workload};
-use overseer_ingestion::config::Config;
+use crate::workload::live::Clock;
+use crate::workload::{System, Workload};
+use overseer::Config;
 
 /// The environment variable the per-run configs name for the catalog's connection.
 const PG_URL_ENV: &str = "OVERSEER_BENCH_PG_URL";
@@ -182,7 +182,7 @@ schema = "bench_{run}"
             endpoint = v["S3_ENDPOINT"],
             region = v["S3_REGION"],
         );
-        text.push_str(overseer_checks::workload::MODELS_TOML);
+        text.push_str(crate::workload::MODELS_TOML);
         text.push_str(&format!(
             r#"
 [[sources]]
@@ -209,8 +209,8 @@ properties = {{ "fetch.wait.max.ms" = "10" }}
             brokers = self.brokers(),
             topic = topic(run, System::Ledger),
         ));
-        let mut cfg: Config = toml::from_str(&text).context("the real-mode config")?;
-        cfg.ingest.heartbeat_ms = 50;
+        let mut cfg = Config::parse(&text).context("the real-mode config")?;
+        cfg.ingestion.ingest.heartbeat_ms = 50;
         cfg.prs.from_beginning = true;
         Ok(cfg)
     }

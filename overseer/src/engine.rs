@@ -1,5 +1,6 @@
-//! `overseer prs` and `overseer run`: the processor runner with the shipped payments checks,
-//! alone on the events topic or in one process with ingestion.
+//! `overseer prs` and `overseer run`: the processor runner with the deployment's checks,
+//! alone on the events topic or in one process with ingestion; and the pieces other
+//! front ends (the demo, the bench) reuse.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,21 +11,33 @@ use tokio_util::sync::CancellationToken;
 use overseer_dal::bus::Subscription;
 use overseer_dal::bus::feed::CatalogFeed;
 use overseer_dal::config::BusConfig;
-use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::Storage;
 use overseer_prs::check::Registry;
 use overseer_prs::runner::RunnerReport;
 
-/// The shipped checks (overseer-checks), with the configuration's overrides applied.
-pub(crate) fn registry(cfg: &Config) -> Result<Registry> {
-    let mut registry = Registry::new();
-    overseer_checks::register(&mut registry, Duration::from_millis(cfg.prs.grace_ms));
-    overseer_prs::service::configure(&mut registry, &cfg.prs)?;
-    Ok(registry)
+use crate::config::Config;
+
+/// How a deployment registers its checks: called once for every registry a command builds.
+#[derive(Clone)]
+pub struct Checks(Arc<dyn Fn(&mut Registry) + Send + Sync>);
+
+impl Checks {
+    pub fn new(register: impl Fn(&mut Registry) + Send + Sync + 'static) -> Self {
+        Checks(Arc::new(register))
+    }
+
+    /// The registered checks with the configuration's settings applied (`[prs] grace_ms`
+    /// and max delay, `[prs.checks.NAME]` overrides).
+    pub fn registry(&self, cfg: &Config) -> Result<Registry> {
+        let mut registry = Registry::new();
+        (self.0)(&mut registry);
+        overseer_prs::service::configure(&mut registry, &cfg.prs)?;
+        Ok(registry)
+    }
 }
 
 /// Serves Prometheus metrics on `[prs] metrics_addr`, if set.
-pub(crate) fn serve_metrics(cfg: &Config) -> Result<()> {
+pub fn serve_metrics(cfg: &Config) -> Result<()> {
     let Some(addr) = &cfg.prs.metrics_addr else {
         return Ok(());
     };
@@ -44,7 +57,7 @@ pub(crate) fn serve_metrics(cfg: &Config) -> Result<()> {
 /// crash, the catalog's would not; the segments it reads warm `dal`'s cache).
 /// `in_process` says whether ingestion runs in this process (required for the in-process
 /// bus).
-pub(crate) async fn subscription(
+pub async fn subscription(
     cfg: &Config,
     storage: &Storage,
     dal: &overseer_dal::Dal,
@@ -87,30 +100,31 @@ fn print_report(r: &RunnerReport) {
 }
 
 /// `overseer prs`: the runner alone, on the events topic.
-pub(crate) async fn prs(cfg: Config, token: CancellationToken) -> Result<()> {
+pub async fn prs(cfg: Config, checks: &Checks, token: CancellationToken) -> Result<()> {
     let storage = Storage::open(&cfg).await?;
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
     let sub = subscription(&cfg, &storage, &dal, false).await?;
     serve_metrics(&cfg)?;
-    let registry = registry(&cfg)?;
-    let report = overseer_prs::service::run(&cfg, registry, dal, sub, None, token).await?;
+    let registry = checks.registry(&cfg)?;
+    let report = overseer_prs::service::run(&cfg.runner(), registry, dal, sub, None, token).await?;
     print_report(&report);
     Ok(())
 }
 
 /// `overseer run`: ingestion and the runner in one process, stopping together on a
 /// signal (or when ingestion fails).
-pub(crate) async fn run(cfg: Config, token: CancellationToken) -> Result<()> {
+pub async fn run(cfg: Config, checks: &Checks, token: CancellationToken) -> Result<()> {
     let storage = Storage::open(&cfg).await?;
     serve_metrics(&cfg)?;
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
-    let registry = registry(&cfg)?;
+    let registry = checks.registry(&cfg)?;
     let sub = subscription(&cfg, &storage, &dal, true).await?;
     let cfg = Arc::new(cfg);
     let ingest = {
         let (cfg, token) = (cfg.clone(), token.clone());
         tokio::spawn(async move {
-            let r = overseer_ingestion::service::run(&cfg, storage, false, token.clone()).await;
+            let r = overseer_ingestion::service::run(&cfg.ingestion, storage, false, token.clone())
+                .await;
             match &r {
                 // A failed ingestion stops the runner too.
                 Err(_) => token.cancel(),
@@ -124,7 +138,8 @@ pub(crate) async fn run(cfg: Config, token: CancellationToken) -> Result<()> {
             r
         })
     };
-    let prs = overseer_prs::service::run(&cfg, registry, dal, sub, None, token.clone()).await;
+    let prs =
+        overseer_prs::service::run(&cfg.runner(), registry, dal, sub, None, token.clone()).await;
     token.cancel();
     let ingested = ingest.await.context("the ingestion task")?;
     let report = prs?;

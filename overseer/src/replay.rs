@@ -14,13 +14,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::ValueEnum;
 use tokio_util::sync::CancellationToken;
 
-use overseer_checks::workload::live::Fanout;
+use crate::config::Config;
 use overseer_dal::update::Micros;
-use overseer_ingestion::config::Config;
 use overseer_prs::check::CheckSpec;
 use overseer_prs::incident::Escalator;
 use overseer_prs::replay::{Progress, ReplayOptions, ReportSink, Window, replay};
 use overseer_prs::runner::Sink;
+use overseer_prs::service::Fanout;
 
 use crate::view::parse_as_of;
 
@@ -63,7 +63,7 @@ pub(crate) struct Args {
     escalate: bool,
 }
 
-pub(crate) async fn run(args: Args) -> Result<()> {
+pub(crate) async fn run(args: Args, checks: &crate::engine::Checks) -> Result<()> {
     let from = parse_time("--from", &args.from)?;
     let to = parse_time("--to", &args.to)?;
     let window = Window::new(from, to)?;
@@ -77,7 +77,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             known.join(", ")
         );
     }
-    let registry = crate::prs::registry(&cfg)?;
+    let registry = checks.registry(&cfg)?;
     for name in &args.checks {
         registry.get(name)?;
     }
@@ -101,7 +101,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     // delivers what they owe (drained before exit).
     let mut outbox = None;
     let sink: Arc<dyn Sink> = if args.escalate {
-        let routes = overseer_prs::service::routes(&cfg, &registry)?;
+        let routes = overseer_prs::service::routes(&cfg.runner(), &registry)?;
         let checks = registry
             .iter()
             .filter(|s| include(s))

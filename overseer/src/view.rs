@@ -14,9 +14,9 @@ use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, SecondsFormat};
 use prost_reflect::{DynamicMessage, SerializeOptions};
 
+use crate::config::Config;
 use overseer_dal::Dal;
 use overseer_dal::update::{IndexEntry, Micros, Op};
-use overseer_ingestion::config::Config;
 
 /// What `overseer view` was asked for.
 pub(crate) struct Request {

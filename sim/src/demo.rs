@@ -25,11 +25,12 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use overseer_checks::workload::live::Clock;
-use overseer_checks::workload::{FaultKind, Lag, Score, System, Workload, WorkloadConfig};
+use crate::workload::live::Clock;
+use crate::workload::{FaultKind, Lag, Score, System, Workload, WorkloadConfig};
+use overseer::Config;
 use overseer_dal::update::{Micros, now_us};
-use overseer_ingestion::config::{CheckSettings, Config, StrategyName};
 use overseer_ingestion::pipeline::{SourceReport, Storage};
+use overseer_prs::config::{CheckSettings, StrategyName};
 use overseer_prs::escalate::{Action, CustomNotifier, Notice, Notifier};
 
 use crate::live::{Live, quantile};
@@ -47,7 +48,7 @@ pub(crate) enum DemoStrategy {
 
 /// `overseer demo` options.
 #[derive(clap::Args, Debug)]
-pub(crate) struct Args {
+pub struct Args {
     /// Where the demo keeps its data (a fresh temporary directory by default).
     #[arg(long)]
     dir: Option<PathBuf>,
@@ -84,9 +85,9 @@ pub(crate) struct Args {
 
 /// The shipped checks' names, in the order they are reported.
 const CHECKS: [&str; 3] = [
-    overseer_checks::workload::NETS_TO_ZERO,
-    overseer_checks::workload::MATCHES_AMOUNT,
-    overseer_checks::workload::WALLET_BALANCE,
+    crate::workload::NETS_TO_ZERO,
+    crate::workload::MATCHES_AMOUNT,
+    crate::workload::WALLET_BALANCE,
 ];
 
 /// Incident notices printed before the console goes quiet (the summary counts them all).
@@ -100,7 +101,7 @@ pub(crate) fn live_config(
     strategy: DemoStrategy,
     delay_ms: u64,
 ) -> Result<Config> {
-    let mut cfg = overseer_checks::workload::config(dir)?;
+    let mut cfg = crate::workload::config(dir)?;
     set_checks(&mut cfg, group, grace_ms, strategy, delay_ms)?;
     Ok(cfg)
 }

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use overseer_checks::workload::live::Clock;
-use overseer_checks::workload::{Lag, Score, System, Workload, WorkloadConfig};
+use crate::workload::live::Clock;
+use crate::workload::{Lag, Score, System, Workload, WorkloadConfig};
 use overseer_dal::update::{Micros, now_us};
 use overseer_ingestion::pipeline::Storage;
 use overseer_prs::escalate::{CustomNotifier, Notice, Notifier};
@@ -66,7 +66,7 @@ pub(crate) enum LagKind {
 
 /// `overseer bench` options.
 #[derive(clap::Args, Debug)]
-pub(crate) struct Args {
+pub struct Args {
     #[arg(long, value_enum, default_value_t = Mode::Embedded)]
     pub(crate) mode: Mode,
     /// The server scripts of real mode (default: the repository's `scripts/`).

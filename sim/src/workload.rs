@@ -40,7 +40,7 @@ use overseer_ingestion::source::SourceEvent;
 use overseer_prs::runner::{Outcome, RunRecord};
 use overseer_prs::{Error, Result};
 
-/// Check names, as [`crate::register`] registers them.
+/// Check names, as [`overseer_checks::register`] registers them.
 pub const NETS_TO_ZERO: &str = "transfer_nets_to_zero";
 pub const MATCHES_AMOUNT: &str = "entries_match_amount";
 pub const WALLET_BALANCE: &str = "wallet_balance_matches_entries";
@@ -73,9 +73,7 @@ id_field = "_id"
 /// local store and an embedded catalog in `dir`, the in-process bus, frequent idle
 /// heartbeats, and the runner reading history from the beginning. Callers set the rest
 /// (`prs.group`, `prs.grace_ms`, per-check strategies) and validate.
-pub fn config(
-    dir: &std::path::Path,
-) -> overseer_ingestion::Result<overseer_ingestion::config::Config> {
+pub fn config(dir: &std::path::Path) -> anyhow::Result<overseer::Config> {
     use overseer_dal::config::{BusConfig, CatalogConfig, StoreConfig};
     let mut text = String::from(MODELS_TOML);
     for (system, format) in [
@@ -87,17 +85,17 @@ pub fn config(
             system.name()
         ));
     }
-    let mut cfg: overseer_ingestion::config::Config = toml::from_str(&text)
-        .map_err(|e| overseer_ingestion::Error::Config(format!("workload config: {e}")))?;
-    cfg.store = StoreConfig::Local {
+    let mut cfg =
+        overseer::Config::parse(&text).map_err(|e| e.context("the workload's configuration"))?;
+    cfg.ingestion.store = StoreConfig::Local {
         path: dir.join("objects"),
     };
-    cfg.catalog = CatalogConfig::Embedded {
+    cfg.ingestion.catalog = CatalogConfig::Embedded {
         path: dir.join("catalog.redb"),
     };
-    cfg.bus = BusConfig::default();
+    cfg.ingestion.bus = BusConfig::default();
     // Idle sources report their watermark often: freshness waits end soon after they can.
-    cfg.ingest.heartbeat_ms = 50;
+    cfg.ingestion.ingest.heartbeat_ms = 50;
     cfg.prs.from_beginning = true;
     Ok(cfg)
 }
@@ -402,7 +400,9 @@ impl Workload {
         for t in &transfers {
             if let Some(kind) = t.fault {
                 let subject = match kind {
-                    FaultKind::WalletDrift => crate::wallet_id(&t.account, &c.assets[t.asset].0),
+                    FaultKind::WalletDrift => {
+                        overseer_checks::wallet_id(&t.account, &c.assets[t.asset].0)
+                    }
                     _ => t.id.clone(),
                 };
                 for check in kind.checks() {
@@ -617,7 +617,7 @@ impl Workload {
                         "asset": symbol, "direction": direction,
                         "amount_minor": {"$numberLong": minor.to_string()}, "decimals": decimals}),
                     ));
-                    let wallet = crate::wallet_id(account, symbol);
+                    let wallet = overseer_checks::wallet_id(account, symbol);
                     let write = match balances.get_mut(&wallet) {
                         Some(b) => {
                             *b += delta;
@@ -1071,19 +1071,6 @@ pub mod live {
         }
     }
 
-    /// Sinks in order (e.g. the escalator, then a collector).
-    pub struct Fanout(pub Vec<Arc<dyn Sink>>);
-
-    #[async_trait]
-    impl Sink for Fanout {
-        async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
-            for s in &self.0 {
-                s.record(run).await?;
-            }
-            Ok(())
-        }
-    }
-
     /// What a [`Tracked`] subscription has seen.
     #[derive(Debug)]
     pub struct FeedProgress {
@@ -1157,7 +1144,7 @@ pub mod live {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decimal::to_minor;
+    use overseer_checks::decimal::to_minor;
     use overseer_protos::views::{
         Asset, Direction, LedgerEntry, Transfer as TransferView, TransferStatus,
         TransferWithLedger, Wallet, WalletWithEntries,
@@ -1412,10 +1399,10 @@ mod tests {
                     decimals,
                 }),
             };
-            if !crate::transfer_nets_to_zero(&view).is_pass() {
+            if !overseer_checks::transfer_nets_to_zero(&view).is_pass() {
                 failed.insert((NETS_TO_ZERO, id.clone()));
             }
-            if !crate::entries_match_amount(&view).is_pass() {
+            if !overseer_checks::entries_match_amount(&view).is_pass() {
                 failed.insert((MATCHES_AMOUNT, id.clone()));
             }
         }
@@ -1433,7 +1420,7 @@ mod tests {
                     .cloned()
                     .collect(),
             };
-            if !crate::wallet_balance_matches_entries(&view).is_pass() {
+            if !overseer_checks::wallet_balance_matches_entries(&view).is_pass() {
                 failed.insert((WALLET_BALANCE, id.clone()));
             }
         }

@@ -1,0 +1,256 @@
+//! The command line: every subcommand, for whichever checks the binary registered. Each
+//! subcommand is a few lines over the library crates.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use overseer_ingestion::pipeline::Storage;
+use overseer_prs::check::Registry;
+
+use crate::config::Config;
+use crate::engine::{self, Checks};
+use crate::{replay, view};
+
+#[derive(Parser)]
+#[command(name = "overseer", version, about = "Real-time reconciliation engine")]
+struct Cli<E: Subcommand> {
+    #[command(subcommand)]
+    cmd: Cmd<E>,
+}
+
+/// No subcommands beyond the engine's own.
+#[derive(Subcommand, Debug)]
+pub enum NoCommands {}
+
+#[derive(Subcommand)]
+enum Cmd<E: Subcommand> {
+    /// Ingest change events from the configured sources until stopped.
+    Ingest {
+        #[arg(long)]
+        config: PathBuf,
+        /// Drain file sources and exit (every source must be a file without `follow`).
+        #[arg(long)]
+        once: bool,
+    },
+    /// List a record's updates in time-travel order.
+    History {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        id: String,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a record, or a joined view of it, as of a time.
+    View {
+        #[arg(long)]
+        config: PathBuf,
+        /// The record's model (for `--view`, the view's subject model).
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        id: String,
+        /// RFC 3339 (`2024-01-02T03:04:05Z`) or epoch milliseconds; now by default.
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        /// A view message, full or short name (`TransferWithLedger`); the model's record
+        /// view by default.
+        #[arg(long, value_name = "NAME")]
+        view: Option<String>,
+        /// The message as protobuf-JSON, alone on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the checks on the events topic (Kafka bus) until stopped.
+    Prs {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Ingest and run the checks in one process until stopped.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Rebuild an empty catalog from the object store alone.
+    Reindex {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Re-run checks over a past window of history and write a report.
+    Replay(replay::Args),
+    /// Check the configuration, the registered checks and their views against the
+    /// configured models, and the secrets the configuration names; list every problem.
+    Validate {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    #[command(flatten)]
+    Extra(E),
+}
+
+/// The whole `overseer` command line for the checks `register` registers: a team's binary
+/// is this one call.
+///
+/// ```no_run
+/// fn main() -> std::process::ExitCode {
+///     overseer::main(|registry| {
+///         // registry.check("fee_is_booked", fee_is_booked).grace(Duration::from_secs(2));
+///     })
+/// }
+/// ```
+pub fn main(register: impl Fn(&mut Registry) + Send + Sync + 'static) -> ExitCode {
+    main_with(register, |cmd: NoCommands, _| match cmd {})
+}
+
+/// [`main`] with subcommands of the binary's own (`E`, a clap subcommand enum), which
+/// `extra` runs (on a runtime of its own, if it needs one) with the registered checks.
+pub fn main_with<E: Subcommand>(
+    register: impl Fn(&mut Registry) + Send + Sync + 'static,
+    extra: impl FnOnce(E, Checks) -> Result<()>,
+) -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "overseer=info,overseer_ingestion=info,overseer_sim=info,warn".into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::<E>::parse();
+    let checks = Checks::new(register);
+    let result = match cli.cmd {
+        Cmd::Extra(cmd) => extra(cmd, checks),
+        cmd => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+            .and_then(|rt| rt.block_on(run(cmd, checks))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Cancels `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stopping: finishing in-flight batches");
+        token.cancel();
+    });
+}
+
+async fn run<E: Subcommand>(cmd: Cmd<E>, checks: Checks) -> Result<()> {
+    match cmd {
+        Cmd::Ingest { config, once } => {
+            let cfg = Config::load(&config)?;
+            let storage = Storage::open(&cfg).await?;
+            let token = CancellationToken::new();
+            cancel_on_signal(token.clone());
+            let reports =
+                overseer_ingestion::service::run(&cfg.ingestion, storage, once, token).await?;
+            for (name, r) in reports {
+                eprintln!(
+                    "{name}: {} events, {} updates, {} duplicates, {} quarantined, {} segments",
+                    r.events, r.updates, r.duplicates, r.quarantined, r.segments
+                );
+            }
+        }
+        Cmd::History {
+            config,
+            model,
+            id,
+            json,
+        } => {
+            let cfg = Config::load(&config)?;
+            let catalog = overseer_dal::config::open_catalog(&cfg.catalog).await?;
+            let entries = catalog.record_updates(&model, &id, i64::MAX).await?;
+            if entries.is_empty() && catalog.master(&model, &id).await?.is_none() {
+                bail!(
+                    "no record {id:?} of model {model:?} in {}",
+                    catalog.describe()
+                );
+            }
+            for e in entries {
+                let time = chrono::DateTime::from_timestamp_micros(e.event_time_us)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                    .unwrap_or_else(|| e.event_time_us.to_string());
+                let op = e.op.as_str_name().trim_start_matches("OP_").to_lowercase();
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "event_time": time, "event_time_us": e.event_time_us, "op": op,
+                            "source": e.source, "position": e.position,
+                            "segment": e.loc.segment_seq, "offset": e.loc.offset, "length": e.loc.len,
+                            "refs": e.refs,
+                        })
+                    );
+                } else {
+                    println!("{time}  {op:<7} {}  {}", e.source, e.position);
+                }
+            }
+        }
+        Cmd::View {
+            config,
+            model,
+            id,
+            as_of,
+            view,
+            json,
+        } => {
+            view::run(view::Request {
+                config,
+                model,
+                id,
+                as_of,
+                view,
+                json,
+            })
+            .await?
+        }
+        Cmd::Prs { config } => {
+            let cfg = Config::load(&config)?;
+            let token = CancellationToken::new();
+            cancel_on_signal(token.clone());
+            engine::prs(cfg, &checks, token).await?;
+        }
+        Cmd::Run { config } => {
+            let cfg = Config::load(&config)?;
+            let token = CancellationToken::new();
+            cancel_on_signal(token.clone());
+            engine::run(cfg, &checks, token).await?;
+        }
+        Cmd::Reindex { config } => {
+            let cfg = Config::load(&config)?;
+            let storage = Storage::open(&cfg).await?;
+            let report = overseer_ingestion::reindex::reindex(&*storage.store, &*storage.catalog)
+                .await
+                .context("reindex")?;
+            eprintln!(
+                "reindexed {} segments: {} updates ({} duplicates ignored, {} foreign keys skipped)",
+                report.segments, report.updates, report.duplicates, report.foreign
+            );
+        }
+        Cmd::Replay(args) => replay::run(args, &checks).await?,
+        Cmd::Validate { config } => crate::validate::run(&config, &checks).await?,
+        Cmd::Extra(_) => unreachable!("run by main_with"),
+    }
+    Ok(())
+}
