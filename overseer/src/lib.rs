@@ -34,3 +34,5 @@ pub use engine::Checks;
 /// The views of the built-in models (`overseer.views.v1`).
 pub use overseer_protos::views;
 pub use overseer_prs::check::{CheckSpec, Registry, Strategy, Verdict};
+/// `google.protobuf.Timestamp` and the other well-known types, as views use them.
+pub use prost_types;

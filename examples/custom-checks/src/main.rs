@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    overseer::main(custom_checks::register)
+}
