@@ -190,12 +190,22 @@ pub fn routes(cfg: &Config, registry: &Registry) -> Result<Routes> {
     })
 }
 
-/// Runner options from the configuration.
+/// The configured models and their references, as start-up validation reads them.
+pub fn models(cfg: &Config) -> crate::validate::Models {
+    cfg.models
+        .iter()
+        .map(|m| (m.name.clone(), m.references.clone()))
+        .collect()
+}
+
+/// Runner options from the configuration (with [`RunnerOptions::models`] set, so the
+/// runner validates its checks against the configured models before it starts).
 pub fn options(cfg: &Config) -> RunnerOptions {
     RunnerOptions {
         model_sources: cfg.model_sources(),
         concurrency: cfg.prs.concurrency,
         watermark_poll: Duration::from_millis(cfg.prs.watermark_poll_ms),
+        models: Some(models(cfg)),
         ..RunnerOptions::default()
     }
 }
