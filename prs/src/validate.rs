@@ -94,157 +94,159 @@ pub(crate) fn validate_checks(
     out
 }
 
-fn check_spec(spec: &CheckSpec, views: &Views, models: &Models, out: &mut Vec<Problem>) {
-    let view_name = spec.check.view_name();
-    let problem = |field: Option<&str>, model: Option<&str>, message: String| Problem {
-        check: spec.name.clone(),
-        view: Some(view_name.clone()),
-        field: field.map(str::to_owned),
-        model: model.map(str::to_owned),
-        message,
-    };
-    let not_configured = |model: &str| {
+/// Where problems of one check are reported.
+struct Ctx<'a> {
+    check: &'a str,
+    view: &'a str,
+    models: &'a Models,
+    out: &'a mut Vec<Problem>,
+}
+
+impl Ctx<'_> {
+    fn push(&mut self, field: Option<&str>, model: &str, message: String) {
+        self.out.push(Problem {
+            check: self.check.to_owned(),
+            view: Some(self.view.to_owned()),
+            field: field.map(str::to_owned),
+            model: Some(model.to_owned()),
+            message,
+        });
+    }
+
+    /// The tail of a message about a model that is not configured.
+    fn not_configured(&self, model: &str) -> String {
+        let names: Vec<&str> = self.models.keys().map(String::as_str).collect();
         format!(
             "{model:?}, which no [[models]] entry configures (configured: {})",
-            {
-                let names: Vec<&str> = models.keys().map(String::as_str).collect();
-                names.join(", ")
-            }
+            names.join(", ")
         )
-    };
-    // A reference `model` must declare: `what` says where the view names it.
-    let undeclared = |model: &str, reference: &str, what: String| {
-        format!("{what} on reference {reference:?}, which [[models]] {model:?} does not declare")
-    };
+    }
+}
 
+/// A reference `model` does not declare; `what` says where the view names it.
+fn undeclared(model: &str, reference: &str, what: String) -> String {
+    format!("{what} on reference {reference:?}, which [[models]] {model:?} does not declare")
+}
+
+fn check_spec(spec: &CheckSpec, views: &Views, models: &Models, out: &mut Vec<Problem>) {
+    let view_name = spec.check.view_name();
     match views.get(&view_name) {
-        Err(e) => out.push(problem(None, None, format!("is not a known view: {e}"))),
-        Ok(def) => check_view(&def, models, out, &problem, &not_configured, &undeclared),
+        Err(e) => out.push(Problem {
+            check: spec.name.clone(),
+            view: Some(view_name.clone()),
+            field: None,
+            model: None,
+            message: format!("is not a known view: {e}"),
+        }),
+        Ok(def) => check_view(
+            &def,
+            &mut Ctx {
+                check: &spec.name,
+                view: &view_name,
+                models,
+                out,
+            },
+        ),
     }
 
     for (model, reference) in &spec.reads {
-        let p = |message| Problem {
+        let message = match models.get(model) {
+            None => {
+                let names: Vec<&str> = models.keys().map(String::as_str).collect();
+                format!(
+                    "custom selection reads model {model:?}, which no [[models]] entry \
+                     configures (configured: {})",
+                    names.join(", ")
+                )
+            }
+            Some(refs) if !refs.contains_key(reference) => format!(
+                "custom selection reads reference {reference:?} of {model}, which [[models]] \
+                 {model:?} does not declare"
+            ),
+            Some(_) => continue,
+        };
+        out.push(Problem {
             check: spec.name.clone(),
             view: None,
             field: None,
             model: Some(model.clone()),
             message,
-        };
-        match models.get(model) {
-            None => out.push(p(format!(
-                "custom selection reads model {}",
-                not_configured(model)
-            ))),
-            Some(refs) if !refs.contains_key(reference) => out.push(p(format!(
-                "custom selection reads reference {reference:?} of {model}, which [[models]] \
-                 {model:?} does not declare"
-            ))),
-            Some(_) => {}
-        }
+        });
     }
 }
 
-fn check_view(
-    def: &ViewDef,
-    models: &Models,
-    out: &mut Vec<Problem>,
-    problem: &dyn Fn(Option<&str>, Option<&str>, String) -> Problem,
-    not_configured: &dyn Fn(&str) -> String,
-    undeclared: &dyn Fn(&str, &str, String) -> String,
-) {
+fn check_view(def: &ViewDef, cx: &mut Ctx<'_>) {
+    let models = cx.models;
     let j = match &def.kind {
         ViewKind::Record { model } => {
             if !models.contains_key(model) {
-                out.push(problem(
-                    None,
-                    Some(model),
-                    format!("views model {}", not_configured(model)),
-                ));
+                let m = format!("views model {}", cx.not_configured(model));
+                cx.push(None, model, m);
             }
             return;
         }
         ViewKind::Joined(j) => j,
     };
-    let subject_field = j.subject.name();
     let subject_refs = models.get(&j.subject_model);
     if subject_refs.is_none() {
-        out.push(problem(
-            Some(subject_field),
-            Some(&j.subject_model),
-            format!(
-                "is the subject, of model {}",
-                not_configured(&j.subject_model)
-            ),
-        ));
+        let m = format!(
+            "is the subject, of model {}",
+            cx.not_configured(&j.subject_model)
+        );
+        cx.push(Some(j.subject.name()), &j.subject_model, m);
     }
     for join in &j.joins {
-        let field = join.field.name();
+        let field = Some(join.field.name());
         let Some(refs) = models.get(&join.model) else {
-            out.push(problem(
-                Some(field),
-                Some(&join.model),
-                format!("joins model {}", not_configured(&join.model)),
-            ));
+            let m = format!("joins model {}", cx.not_configured(&join.model));
+            cx.push(field, &join.model, m);
             continue;
         };
         for key in &join.keys {
             if !refs.contains_key(&key.reference) {
-                out.push(problem(
-                    Some(field),
-                    Some(&join.model),
-                    undeclared(&join.model, &key.reference, format!("joins {}", join.model)),
-                ));
+                let what = format!("joins {}", join.model);
+                cx.push(
+                    field,
+                    &join.model,
+                    undeclared(&join.model, &key.reference, what),
+                );
             }
         }
     }
     for lookup in &j.lookups {
-        let field = lookup.field.name();
+        let field = Some(lookup.field.name());
         if !models.contains_key(&lookup.model) {
-            out.push(problem(
-                Some(field),
-                Some(&lookup.model),
-                format!("looks up model {}", not_configured(&lookup.model)),
-            ));
+            let m = format!("looks up model {}", cx.not_configured(&lookup.model));
+            cx.push(field, &lookup.model, m);
         }
         if !j.subject_shows_path(&lookup.path) {
-            out.push(problem(
-                Some(field),
-                Some(&j.subject_model),
-                format!(
-                    "looks up path {:?}, which is not a field of the subject message {} \
-                     (of {})",
-                    lookup.path,
-                    j.subject_message().full_name(),
-                    j.subject_model
-                ),
-            ));
+            let m = format!(
+                "looks up path {:?}, which is not a field of the subject message {} (of {})",
+                lookup.path,
+                j.subject_message().full_name(),
+                j.subject_model
+            );
+            cx.push(field, &j.subject_model, m);
         }
         let (Some(reference), Some(refs)) = (&lookup.reference, subject_refs) else {
             continue;
         };
-        match refs.get(reference) {
-            None => out.push(problem(
-                Some(field),
-                Some(&j.subject_model),
-                undeclared(
-                    &j.subject_model,
-                    reference,
-                    format!(
-                        "triggers on changes of {} through {}",
-                        lookup.model, j.subject_model
-                    ),
-                ),
-            )),
-            Some(path) if *path != lookup.path => out.push(problem(
-                Some(field),
-                Some(&j.subject_model),
+        let m = match refs.get(reference) {
+            None => undeclared(
+                &j.subject_model,
+                reference,
                 format!(
-                    "triggers on changes of {} through reference {reference:?} of {}, which \
-                     [[models]] {:?} reads from field {path:?}, not the lookup path {:?}",
-                    lookup.model, j.subject_model, j.subject_model, lookup.path
+                    "triggers on changes of {} through {}",
+                    lookup.model, j.subject_model
                 ),
-            )),
-            Some(_) => {}
-        }
+            ),
+            Some(path) if *path != lookup.path => format!(
+                "triggers on changes of {} through reference {reference:?} of {}, which \
+                 [[models]] {:?} reads from field {path:?}, not the lookup path {:?}",
+                lookup.model, j.subject_model, j.subject_model, lookup.path
+            ),
+            Some(_) => continue,
+        };
+        cx.push(field, &j.subject_model, m);
     }
 }
