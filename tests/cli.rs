@@ -368,14 +368,14 @@ name = "toys"
 id_field = "_id"
 [[models]]
 name = "payments.transfers"
-references = {{ account_id = "account_id" }}
+references = {{ account_id = "account_id", asset = "asset" }}
 [[models]]
 name = "payments.assets"
 id_field = "symbol"
 [[models]]
 name = "ledger.entries"
 id_field = "_id"
-references = {{ transfer_id = "transfer_id" }}
+references = {{ transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }}
 [[models]]
 name = "crm.customers"
 id_field = "_id"

@@ -60,7 +60,7 @@ heartbeat_ms = 500
 [[models]]
 name = "payments.transfers"
 id_field = "id"
-references = {{ account_id = "account_id" }}
+references = {{ account_id = "account_id", asset = "asset" }}
 
 [[models]]
 name = "ledger.entries"

@@ -76,7 +76,7 @@ url = "{pd_url}"
 [[models]]
 name = "payments.transfers"
 id_field = "id"
-references = {{ account_id = "account_id" }}
+references = {{ account_id = "account_id", asset = "asset" }}
 
 [[models]]
 name = "payments.assets"

@@ -93,6 +93,7 @@ from_beginning = true
 metrics_addr = "{addr}"
 [[models]]
 name = "payments.transfers"
+references = {{ asset = "asset" }}
 [[models]]
 name = "payments.assets"
 id_field = "symbol"

@@ -7,7 +7,7 @@
 //! `cargo bench -p overseer-benches --bench replay`
 //! (`OVERSEER_BENCH_UPDATES=200000` for a smaller history; default 1,000,000)
 //!
-//! The history is the payments workload (`overseer_checks::workload`: transfers, assets,
+//! The history is the payments workload (`overseer_sim::workload`: transfers, assets,
 //! ledger entries and wallets, 1% of transfers faulty, no duplicates, caught up) ingested
 //! through the real pipeline into a local store and an embedded catalog in a temporary
 //! directory. Its setup is timed and printed, not measured. Criterion measures a replay

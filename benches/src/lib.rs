@@ -70,7 +70,7 @@ path = "{d}/catalog.redb"
 [[models]]
 name = "ledger.entries"
 id_field = "_id"
-references = {{ transfer_id = "transfer_id", account_id = "account_id" }}
+references = {{ transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }}
 [[sources]]
 name = "ledger"
 format = "mongo-change-stream"

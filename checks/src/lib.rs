@@ -8,24 +8,20 @@
 //!   asset's `decimals`. Catches the 100x slip of one system taking new decimals before
 //!   another.
 //! - [`wallet_balance_matches_entries`]: a wallet's balance equals the sum of the entries of
-//!   its account and asset (credits add, debits subtract). Catches wallet drift. Its view is
-//!   built by a custom view function ([`wallet_view`]) and its selection is custom too
-//!   (an entry's account and asset name its wallet): the escape hatches at work.
+//!   its account and asset (credits add, debits subtract). Catches wallet drift. Its view,
+//!   `WalletWithEntries`, joins the entries on two references (`account_id`, `asset`)
+//!   matching the parts of the wallet id `account_id:asset`, so its view and selection are
+//!   derived like the others'.
 //!
 //! Amounts are exact: decimals are parsed as strings ([`decimal`]), sums are `i128`.
-
-use std::sync::Arc;
 
 use serde_json::json;
 
 use overseer_protos::views::{
-    Direction, LedgerEntry, TransferStatus, TransferWithLedger, Wallet, WalletWithEntries,
+    Direction, LedgerEntry, TransferStatus, TransferWithLedger, WalletWithEntries,
 };
-use overseer_prs::check::{Registry, ViewFn};
-use overseer_prs::dal::builder::UpdateRef;
-use overseer_prs::dal::update::{Micros, UpdateNotification};
-use overseer_prs::dal::{Dal, Viewed};
-use overseer_prs::{Result, Verdict};
+use overseer_prs::Verdict;
+use overseer_prs::check::Registry;
 
 pub mod decimal;
 
@@ -42,13 +38,10 @@ pub mod models {
 pub fn register(registry: &mut Registry) {
     registry.check("transfer_nets_to_zero", transfer_nets_to_zero);
     registry.check("entries_match_amount", entries_match_amount);
-    registry
-        .check_with_view(
-            "wallet_balance_matches_entries",
-            wallet_view(),
-            wallet_balance_matches_entries,
-        )
-        .select(wallet_subjects);
+    registry.check(
+        "wallet_balance_matches_entries",
+        wallet_balance_matches_entries,
+    );
 }
 
 fn signed(e: &LedgerEntry) -> i128 {
@@ -187,75 +180,10 @@ pub fn wallet_id(account: &str, asset: &str) -> String {
     format!("{account}:{asset}")
 }
 
-/// Selection of the wallet check: a wallet update is its own subject; a ledger entry names
-/// its wallet through its `account_id` and `asset` references.
-pub fn wallet_subjects(n: &UpdateNotification) -> Vec<String> {
-    match n.model.as_str() {
-        models::WALLETS => vec![n.record_id.clone()],
-        models::ENTRIES => {
-            let get = |name: &str| {
-                n.refs
-                    .iter()
-                    .find(|r| r.name == name)
-                    .map(|r| r.value.as_str())
-            };
-            match (get("account_id"), get("asset")) {
-                (Some(account), Some(asset)) => vec![wallet_id(account, asset)],
-                _ => Vec::new(),
-            }
-        }
-        _ => Vec::new(),
-    }
-}
-
-/// The wallet view: the wallet as of T, plus every entry of its account (found through the
-/// entries' `account_id` reference) in its asset, each as of T.
-pub fn wallet_view() -> ViewFn<WalletWithEntries> {
-    Arc::new(|dal: &Dal, subject: &str, as_of: Micros| {
-        Box::pin(build_wallet_view(dal, subject.to_owned(), as_of))
-    })
-}
-
-async fn build_wallet_view(
-    dal: &Dal,
-    subject: String,
-    as_of: Micros,
-) -> Result<Option<Viewed<WalletWithEntries>>> {
-    let Some(wallet) = dal.view::<Wallet>(&subject, as_of).await? else {
-        return Ok(None);
-    };
-    let (account, asset) = subject.rsplit_once(':').unwrap_or((subject.as_str(), ""));
-    let ids = dal
-        .catalog()
-        .records_by_ref(models::ENTRIES, "account_id", account)
-        .await?;
-    let mut evidence: Vec<UpdateRef> = wallet.evidence;
-    let mut entries = Vec::new();
-    for id in ids {
-        if let Some(e) = dal.view::<LedgerEntry>(&id, as_of).await?
-            && e.view.account_id == account
-            && e.view.asset == asset
-        {
-            entries.push(e.view);
-            evidence.extend(e.evidence);
-        }
-    }
-    evidence.sort();
-    evidence.dedup();
-    Ok(Some(Viewed {
-        view: WalletWithEntries {
-            wallet: Some(wallet.view),
-            entries,
-        },
-        as_of_us: as_of,
-        evidence,
-    }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use overseer_protos::views::{Asset, Transfer};
+    use overseer_protos::views::{Asset, Transfer, Wallet};
 
     fn transfer(status: TransferStatus, amount: &str) -> Transfer {
         Transfer {
@@ -393,31 +321,13 @@ mod tests {
     }
 
     #[test]
-    fn wallet_selection() {
-        use overseer_prs::dal::update::Reference;
-        let r = |n: &str, v: &str| Reference {
-            name: n.into(),
-            value: v.into(),
-        };
-        let n = UpdateNotification {
-            model: models::ENTRIES.into(),
-            record_id: "e1".into(),
-            refs: vec![
-                r("transfer_id", "T1"),
-                r("account_id", "acct"),
-                r("asset", "BTC"),
-            ],
-            ..Default::default()
-        };
-        assert_eq!(wallet_subjects(&n), ["acct:BTC"]);
-        let w = UpdateNotification {
-            model: models::WALLETS.into(),
-            record_id: "acct:BTC".into(),
-            ..Default::default()
-        };
-        assert_eq!(wallet_subjects(&w), ["acct:BTC"]);
+    fn registers_every_check() {
         let mut reg = Registry::new();
         register(&mut reg);
         assert_eq!(reg.len(), 3);
+        assert!(
+            reg.iter().all(|s| s.select.is_none()),
+            "every selection is derived from the view"
+        );
     }
 }

@@ -6,7 +6,8 @@
 //!    │                                      cache / ranged GETs ────────┤ fold (builders)
 //!    ├─ records_by_ref(ledger.entries, transfer_id = id)                │
 //!    │    └─ record(ledger.entries, e, T) for each, kept if it exists   │
-//!    │       at T and still references id at T                         │
+//!    │       at T and still references id at T (multi-field joins: the  │
+//!    │       index of the first key, then every key's value at T)      │
 //!    └─ lookup(payments.assets, transfer.asset, T)                      │
 //!  → DynamicMessage (descriptor-driven mapping) → typed prost message ──┘
 //! ```
@@ -138,6 +139,20 @@ impl Dal {
         self
     }
 
+    /// Adds the views of encoded `FileDescriptorSet`s (a team's own .proto files, registered
+    /// in code) to this DAL's views: no `[dal] view_descriptor_sets` entry needed. See
+    /// [`Views::with_descriptor_sets`].
+    pub fn with_descriptor_sets<'a>(
+        mut self,
+        sets: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self> {
+        let mut sets = sets.into_iter().peekable();
+        if sets.peek().is_some() {
+            self.views = Arc::new(self.views.with_descriptor_sets(sets)?);
+        }
+        Ok(self)
+    }
+
     pub fn catalog(&self) -> &DynCatalog {
         &self.catalog
     }
@@ -233,35 +248,28 @@ impl Dal {
                 out.set_field(&j.subject, PValue::Message(subject_msg));
 
                 for join in &j.joins {
-                    let ids = self
-                        .catalog
-                        .records_by_ref(&join.model, &join.reference, subject_id)
-                        .await?;
-                    let members: Vec<RecordAt> = futures::stream::iter(ids)
-                        .map(|id| {
-                            let model = join.model.clone();
-                            async move { self.record(&model, &id, as_of_us).await }
-                        })
-                        .buffered(FETCH_CONCURRENCY)
-                        .try_collect()
-                        .await?;
-                    let target = message_of(&join.field);
-                    let mut list = Vec::new();
-                    for m in members {
-                        let still_refers =
-                            m.refs.get(&join.reference).map(String::as_str) == Some(subject_id);
-                        let Some(st) = m.state.as_ref().filter(|_| still_refers) else {
-                            continue;
-                        };
-                        let msg = record_to_message(&target, &m.record_id, st).map_err(|e| {
-                            Error::view(
-                                def.name(),
-                                format!("{} record {:?}: {e}", join.model, m.record_id),
-                            )
-                        })?;
-                        list.push(PValue::Message(msg));
-                        evidence.extend(m.evidence());
-                    }
+                    // The value each key must have; an id that does not split into the
+                    // parts the keys use has no members.
+                    let list = match j.key_values(join, subject_id) {
+                        Some(values) => {
+                            let members = self.members(join, &values, as_of_us).await?;
+                            let target = message_of(&join.field);
+                            let mut list = Vec::with_capacity(members.len());
+                            for (m, st) in members {
+                                let msg =
+                                    record_to_message(&target, &m.record_id, &st).map_err(|e| {
+                                        Error::view(
+                                            def.name(),
+                                            format!("{} record {:?}: {e}", join.model, m.record_id),
+                                        )
+                                    })?;
+                                list.push(PValue::Message(msg));
+                                evidence.extend(m.evidence());
+                            }
+                            list
+                        }
+                        None => Vec::new(),
+                    };
                     out.set_field(&join.field, PValue::List(list));
                 }
 
@@ -288,6 +296,46 @@ impl Dal {
             as_of_us,
             evidence: evidence.into_iter().collect(),
         }))
+    }
+
+    /// The members of a join as of `as_of_us`, in record-id order, with their states: the
+    /// records found through the reference index of the join's first key (every record
+    /// that ever had that reference value), kept if they exist at `as_of_us` and every key's
+    /// reference has its value (`values`, in key order) then.
+    async fn members(
+        &self,
+        join: &crate::view::registry::JoinField,
+        values: &[&str],
+        as_of_us: Micros,
+    ) -> Result<Vec<(RecordAt, State)>> {
+        let (Some(first), Some(value)) = (join.keys.first(), values.first()) else {
+            return Ok(Vec::new());
+        };
+        let ids = self
+            .catalog
+            .records_by_ref(&join.model, &first.reference, value)
+            .await?;
+        let members: Vec<RecordAt> = futures::stream::iter(ids)
+            .map(|id| {
+                let model = join.model.clone();
+                async move { self.record(&model, &id, as_of_us).await }
+            })
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+        Ok(members
+            .into_iter()
+            .filter(|m| {
+                join.keys
+                    .iter()
+                    .zip(values)
+                    .all(|(k, v)| m.refs.get(&k.reference).map(String::as_str) == Some(*v))
+            })
+            .filter_map(|mut m| {
+                let st = m.state.take()?;
+                Some((m, st))
+            })
+            .collect())
     }
 
     /// A typed view of the record `subject_id` as of `as_of_us`; `None` if the subject did

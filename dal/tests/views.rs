@@ -690,3 +690,162 @@ fn normalise(v: Value) -> Value {
         _ => v,
     }
 }
+
+/// A team's own views, compiled at test time as a team's build script would, importing
+/// `overseer/views.proto`: a multi-field join whose first key is `asset` (another separator
+/// and key order than the built-in `WalletWithEntries`).
+const TEAM_PROTO: &str = r#"
+syntax = "proto3";
+package team.v1;
+import "overseer/views.proto";
+
+message AssetWallet {
+  overseer.views.v1.Wallet wallet = 1 [(overseer.views.v1.subject) = true,
+                                        (overseer.views.v1.id_separator) = "/"];
+  repeated overseer.views.v1.LedgerEntry entries = 2 [
+    (overseer.views.v1.join) = { reference: "asset", id_part: 1 },
+    (overseer.views.v1.join) = { reference: "account_id", id_part: 0 }
+  ];
+}
+"#;
+
+fn compile(proto: &str) -> Vec<u8> {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("team.proto"), proto).unwrap();
+    let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../protos/proto");
+    let mut c = protox::Compiler::new([dir.path(), std::path::Path::new(protos)]).unwrap();
+    c.include_imports(true);
+    c.open_file("team.proto").unwrap();
+    c.encode_file_descriptor_set()
+}
+
+/// A ledger entry insert carrying its account and asset references, as ingestion extracts
+/// them with `references = { account_id = .., asset = .. }`.
+fn entry_at(id: &str, t: Micros, account: &str, asset: &str, dir: &str, minor: i64) -> Change {
+    let mut c = insert(
+        "ledger.entries",
+        id,
+        t,
+        json!({"_id": id, "account_id": account, "asset": asset, "direction": dir,
+               "amount_minor": {"$numberLong": minor.to_string()}, "decimals": 2}),
+    );
+    c.refs = vec![("account_id", account.into()), ("asset", asset.into())];
+    c
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v["entries"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["id"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn views_registered_as_descriptor_sets_join_on_several_references() {
+    let mut fx = Fixture::new();
+    let (t1, t2) = (1_000_000, 2_000_000);
+    let wallet = |id: &str, b: i64| {
+        insert(
+            "ledger.wallets",
+            id,
+            t1,
+            json!({"_id": id, "balance_minor": {"$numberLong": b.to_string()}}),
+        )
+    };
+    fx.write(vec![
+        entry_at("e1", t1, "acc", "USD", "credit", 500),
+        entry_at("e2", t1, "acc", "EUR", "credit", 700),
+        entry_at("e3", t1, "other", "USD", "credit", 900),
+        entry_at("e4", t1, "acc", "USD", "debit", 100),
+        wallet("acc/USD", 400),
+        wallet("acc:USD", 400),
+    ])
+    .await;
+    // At t2, e4 moves to EUR (its update carries the new asset reference).
+    let mut moved = update("ledger.entries", "e4", t2, json!({"asset": "EUR"}));
+    moved.refs = vec![("asset", "EUR".into())];
+    fx.write(vec![moved]).await;
+
+    // The merge path: built-in views plus the team's set, as a registry hands them over.
+    let team = compile(TEAM_PROTO);
+    let dal = fx.dal().with_descriptor_sets([team.as_slice()]).unwrap();
+    assert!(fx.dal().views().get("team.v1.AssetWallet").is_err());
+    let def = dal.views().get("team.v1.AssetWallet").unwrap();
+    assert_eq!(def.models(), ["ledger.wallets", "ledger.entries"]);
+    // The built-ins are still there.
+    dal.views()
+        .get("overseer.views.v1.TransferWithLedger")
+        .unwrap();
+
+    let at = |t| {
+        let (dal, def) = (dal.clone(), def.clone());
+        async move {
+            let v = dal.view_dynamic(&def, "acc/USD", t).await.unwrap().unwrap();
+            (serde_json::to_value(&v.view).unwrap(), v.evidence.len())
+        }
+    };
+    let (v1, evidence1) = at(t1).await;
+    assert_eq!(
+        ids(&v1),
+        ["e1", "e4"],
+        "acc's USD entries, not EUR's nor other's"
+    );
+    assert_eq!(evidence1, 3, "the wallet's and both entries' updates");
+    let (v2, _) = at(t2).await;
+    assert_eq!(ids(&v2), ["e1"], "e4 left USD at t2");
+    // An id that does not split into the two parts has no members.
+    let none = dal
+        .view_dynamic(&def, "acc:USD", t2)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(ids(&serde_json::to_value(&none.view).unwrap()).is_empty());
+
+    // The built-in WalletWithEntries (":" separator), typed.
+    let w = dal
+        .view::<overseer_protos::views::WalletWithEntries>("acc:USD", t1)
+        .await
+        .unwrap()
+        .unwrap();
+    let got: Vec<&str> = w.view.entries.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(got, ["e1", "e4"]);
+}
+
+#[test]
+fn multi_field_joins_are_checked_at_load() {
+    let bad = |join: &str, separator: &str| {
+        let proto = TEAM_PROTO
+            .replace(
+                r#"(overseer.views.v1.join) = { reference: "account_id", id_part: 0 }"#,
+                join,
+            )
+            .replace(r#"(overseer.views.v1.id_separator) = "/""#, separator);
+        let set = compile(&proto);
+        match overseer_dal::view::Views::builtin().with_descriptor_sets([set.as_slice()]) {
+            Ok(_) => panic!("loaded"),
+            Err(e) => e.to_string(),
+        }
+    };
+    let e = bad(
+        r#"(overseer.views.v1.join) = { reference: "account_id", id_part: 2 }"#,
+        r#"(overseer.views.v1.id_separator) = "/""#,
+    );
+    assert!(
+        e.contains("team.v1.AssetWallet") && e.contains("entries") && e.contains("exactly once"),
+        "{e}"
+    );
+    let e = bad(
+        r#"(overseer.views.v1.join) = { reference: "asset", id_part: 0 }"#,
+        r#"(overseer.views.v1.id_separator) = "/""#,
+    );
+    assert!(e.contains("joins on reference \"asset\" twice"), "{e}");
+    let e = bad(
+        r#"(overseer.views.v1.join) = { reference: "account_id", id_part: 0 }"#,
+        r#"(overseer.views.v1.from) = "x""#,
+    );
+    assert!(e.contains("declares no (id_separator)"), "{e}");
+}

@@ -74,6 +74,12 @@ impl Config {
             prs: self.prs.clone(),
             escalation: self.escalation.clone(),
             model_sources: self.ingestion.model_sources(),
+            models: self
+                .ingestion
+                .models
+                .iter()
+                .map(|m| (m.name.clone(), m.references.clone()))
+                .collect(),
         }
     }
 }

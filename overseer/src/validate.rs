@@ -42,12 +42,21 @@ pub fn problems(path: &Path, checks: &Checks) -> Vec<String> {
             return out;
         }
     };
-    for spec in registry.iter() {
-        let view = spec.check.view_name();
-        if let Err(e) = views.get(&view) {
-            out.push(format!("check {:?}: {e}", spec.name));
+    // The views the checks registered in code, beside the built-in and configured ones.
+    let views = match views.with_descriptor_sets(registry.descriptor_sets().iter().copied()) {
+        Ok(v) => v,
+        Err(e) => {
+            out.push(format!("views registered by the checks: {e}"));
+            return out;
         }
-    }
+    };
+    // Every check's view against the configured models (what the runner refuses to
+    // start with).
+    out.extend(
+        overseer_prs::validate::validate(&registry, &views, &cfg.runner().models)
+            .iter()
+            .map(ToString::to_string),
+    );
     if let Err(e) = overseer_prs::service::routes(&cfg.runner(), &registry) {
         out.push(e.to_string());
     }

@@ -18,7 +18,8 @@
 //! subjects (a subject-model update is its own subject; an update of a joined model names
 //! its subjects through the join's reference, e.g. a ledger entry's `transfer_id`), and which
 //! sources the scheduler must wait for. Every stage has an escape hatch on [`CheckSpec`]:
-//! [`CheckSpec::select`] (custom selection), [`CheckSpec::strategy`], [`CheckSpec::grace`],
+//! [`CheckSpec::select`] (custom selection; [`CheckSpec::reads_refs`] declares the references
+//! it reads, for start-up validation), [`CheckSpec::strategy`], [`CheckSpec::grace`],
 //! [`CheckSpec::escalate`], [`CheckSpec::view_with`] (a custom view function).
 
 use std::collections::BTreeMap;
@@ -209,6 +210,9 @@ pub struct CheckSpec {
     pub escalation: Option<String>,
     /// Custom selection; `None`: derived from the view.
     pub select: Option<SelectFn>,
+    /// The (model, reference) pairs the custom selection reads from notifications, so
+    /// start-up validation can check the models declare them ([`CheckSpec::reads_refs`]).
+    pub reads: Vec<(String, String)>,
     /// Longest a run may take (view + function) before it is an error verdict.
     pub timeout: Duration,
     /// Registered but not run live (replay can still run it: a shadow check).
@@ -224,6 +228,7 @@ impl std::fmt::Debug for CheckSpec {
             .field("grace", &self.grace)
             .field("escalation", &self.escalation)
             .field("custom_select", &self.select.is_some())
+            .field("reads", &self.reads)
             .field("timeout", &self.timeout)
             .field("enabled", &self.enabled)
             .finish()
@@ -272,6 +277,26 @@ impl CheckSpec {
         self
     }
 
+    /// Declares the references (`(model, reference name)`) a custom selection reads from
+    /// notifications (e.g. `("ledger.entries", "account_id")`), so that start-up validation
+    /// ([`crate::validate::validate`]) fails if a model does not declare one, instead of the
+    /// selection silently finding nothing. Adds to earlier declarations.
+    pub fn reads_refs(&mut self, refs: &[(&str, &str)]) -> &mut Self {
+        self.reads
+            .extend(refs.iter().map(|(m, r)| ((*m).to_owned(), (*r).to_owned())));
+        self
+    }
+
+    /// Custom selection that reads the references `refs` ([`CheckSpec::select`] plus
+    /// [`CheckSpec::reads_refs`]).
+    pub fn select_reading(
+        &mut self,
+        refs: &[(&str, &str)],
+        f: impl Fn(&UpdateNotification) -> Vec<String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.select(f).reads_refs(refs)
+    }
+
     /// Registered but not run live: replay can run it to show what it would have raised.
     pub fn shadow(&mut self) -> &mut Self {
         self.enabled = false;
@@ -283,6 +308,8 @@ impl CheckSpec {
 #[derive(Default)]
 pub struct Registry {
     checks: BTreeMap<String, CheckSpec>,
+    /// Encoded `FileDescriptorSet`s of views registered in code ([`Registry::views`]).
+    descriptor_sets: Vec<&'static [u8]>,
 }
 
 impl Registry {
@@ -322,6 +349,29 @@ impl Registry {
         )
     }
 
+    /// Registers the views of an encoded `FileDescriptorSet` (a team's own .proto files,
+    /// which import `overseer/views.proto`, compiled with imports by its build script and
+    /// embedded with `include_bytes!`): the runner adds them to its DAL's views
+    /// ([`overseer_dal::Dal::with_descriptor_sets`]), so checks over them need no
+    /// `[dal] view_descriptor_sets` entry. A set that does not decode fails the runner's
+    /// start and validation.
+    pub fn views(&mut self, descriptor_set: &'static [u8]) -> &mut Self {
+        if !self.descriptor_sets.contains(&descriptor_set) {
+            self.descriptor_sets.push(descriptor_set);
+        }
+        self
+    }
+
+    /// The descriptor sets registered with [`Registry::views`], in registration order.
+    pub fn descriptor_sets(&self) -> &[&'static [u8]] {
+        &self.descriptor_sets
+    }
+
+    /// `dal` with the views registered in code added ([`Registry::views`]).
+    pub fn dal_with_views(&self, dal: Dal) -> Result<Dal> {
+        Ok(dal.with_descriptor_sets(self.descriptor_sets.iter().copied())?)
+    }
+
     fn insert(&mut self, name: &str, check: Arc<dyn ErasedCheck>) -> &mut CheckSpec {
         assert!(
             !self.checks.contains_key(name),
@@ -337,6 +387,7 @@ impl Registry {
                 grace_in_code: false,
                 escalation: None,
                 select: None,
+                reads: Vec::new(),
                 timeout: DEFAULT_TIMEOUT,
                 enabled: true,
             })

@@ -17,6 +17,9 @@ pub struct RunnerConfig {
     /// Which sources feed each model (from `[[models]]` and `[[sources]]`): a check's
     /// freshness waits on these.
     pub model_sources: BTreeMap<String, Vec<String>>,
+    /// The configured models and their references, which start-up validation checks every
+    /// check's view against.
+    pub models: crate::validate::Models,
 }
 
 /// Default `[prs] grace_ms`.

@@ -19,6 +19,13 @@ pub enum Error {
     /// A check or escalation is configured wrong.
     #[error("config: {0}")]
     Config(String),
+    /// The checks do not fit the configured models (start-up validation): every problem.
+    #[error(
+        "the checks do not fit the configuration ({} problems):\n{}",
+        .0.len(),
+        .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    )]
+    Invalid(Vec<crate::validate::Problem>),
     /// An escalation target refused or failed.
     #[error("escalation {policy}: {message}")]
     Escalation {
@@ -38,7 +45,10 @@ impl Error {
             Error::Dal(e) => e.is_transient(),
             Error::Escalation { transient, .. } => *transient,
             Error::TimedOut(_) => true,
-            Error::Panicked(_) | Error::UnknownCheck { .. } | Error::Config(_) => false,
+            Error::Panicked(_)
+            | Error::UnknownCheck { .. }
+            | Error::Config(_)
+            | Error::Invalid(_) => false,
         }
     }
 }

@@ -13,6 +13,8 @@
 //! - [`replay`]: re-runs checks over a past window of history, as live would have, into
 //!   a report (JSON, CSV, table) or the escalation policies.
 //! - [`service`]: registry + configuration → a running runner with its escalation.
+//! - [`validate`]: start-up validation of every check's view against the configured
+//!   models (one problem per mismatch, naming the check, the view field and the model).
 //! - [`telemetry`]: metric names and the events that update them.
 //! - [`error`]: the runner's error type.
 
@@ -27,6 +29,7 @@ pub mod schedule;
 pub mod select;
 pub mod service;
 pub mod telemetry;
+pub mod validate;
 
 pub use check::{Registry, Strategy, Verdict};
 pub use error::{Error, Result};

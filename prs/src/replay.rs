@@ -126,6 +126,8 @@ pub async fn replay(
     sink: &dyn Sink,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<ReplaySummary> {
+    // The views registered in code, added to the DAL's.
+    let dal = &registry.dal_with_views(dal.clone())?;
     let selector = Selector::new(registry, dal.views(), &include)?;
     // Interned names and settings of the replayed checks.
     let specs: BTreeMap<&str, (Arc<str>, &CheckSpec)> = registry

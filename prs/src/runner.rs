@@ -117,6 +117,11 @@ pub struct RunnerOptions {
     pub commit_interval: Duration,
     /// Notifications read per batch.
     pub batch: usize,
+    /// The configured models and their declared references: when set, the runner refuses
+    /// to start if [`crate::validate`] finds problems with its checks, listing them all.
+    /// [`crate::service::options`] sets it from the configuration; `None` (hand-built
+    /// options in tests) skips that validation.
+    pub models: Option<crate::validate::Models>,
 }
 
 impl Default for RunnerOptions {
@@ -128,6 +133,7 @@ impl Default for RunnerOptions {
             watermark_poll: Duration::from_millis(50),
             commit_interval: Duration::from_millis(200),
             batch: 1024,
+            models: None,
         }
     }
 }
@@ -227,7 +233,9 @@ pub struct Runner {
 
 impl Runner {
     /// A runner of the enabled checks of `registry`. Fails if a check's view is unknown or
-    /// reads a model no source feeds.
+    /// reads a model no source feeds, or (with [`RunnerOptions::models`]) if validation
+    /// finds problems ([`Error::Invalid`], listing every one). The views the registry
+    /// registers in code ([`Registry::views`]) are added to `dal`'s.
     pub fn new(dal: Dal, registry: Arc<Registry>, options: RunnerOptions) -> Result<Self> {
         Self::with_checks(dal, registry, options, |s| s.enabled)
     }
@@ -239,6 +247,14 @@ impl Runner {
         options: RunnerOptions,
         include: impl Fn(&CheckSpec) -> bool,
     ) -> Result<Self> {
+        let dal = registry.dal_with_views(dal)?;
+        if let Some(models) = &options.models {
+            let problems =
+                crate::validate::validate_checks(&registry, dal.views(), models, &include);
+            if !problems.is_empty() {
+                return Err(Error::Invalid(problems));
+            }
+        }
         let selector = Selector::new(&registry, dal.views(), &include)?;
         let mut scheduler = Scheduler::new();
         for spec in registry.iter().filter(|s| include(s)) {

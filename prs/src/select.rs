@@ -6,16 +6,25 @@
 //!   subject the record has ever referenced through that reference, read from the record's
 //!   master document: an entry moved from transfer A to B re-checks both, and a deleted
 //!   entry (whose delete event carries no document) still re-checks its transfer;
+//! - a **multi-field join** (`(join)` keys matching parts of the subject's id) triggers it
+//!   for the subject id its references form (`account_id` and `asset` of an entry name the
+//!   wallet `account:asset`), from the master document too: every combination of the
+//!   values each reference ever had (usually one), so a moved entry re-checks both wallets;
 //! - a **lookup** model (e.g. the asset of a transfer) triggers nothing by default: finding
-//!   every transfer of an asset is a scan, not a lookup. Use a custom selection if a change
-//!   of the looked-up record must re-check its users.
+//!   every transfer of an asset is an index read with a large fan-out. A lookup with
+//!   `(lookup_ref)` opts in: a change of the looked-up record triggers the check for every
+//!   subject that ever referenced it through that reference of the subject model
+//!   (`records_by_ref(payments.transfers, asset, "BTC")`): one index read per change, one
+//!   run per subject (every transfer in the asset).
 //!
 //! The same selection runs live and in replay, so both trigger the same pairs.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use overseer_dal::Catalog;
 use overseer_dal::update::UpdateNotification;
+use overseer_dal::view::registry::Joined;
 use overseer_dal::view::{ViewKind, Views};
 
 use crate::check::{CheckSpec, Registry, SelectFn};
@@ -25,8 +34,15 @@ use crate::{Error, Result};
 enum Trigger {
     /// The record is the subject.
     Subject,
-    /// The subjects are the values of this reference in the record's master document.
-    Reference(String),
+    /// The subjects are formed by the values the record's master document holds for the
+    /// keys of join `join` of the view (one reference: its values).
+    Join { view: Arc<Joined>, join: usize },
+    /// The record is looked up by the subjects that reference it through `reference` of
+    /// `subject_model` (an opted-in lookup trigger).
+    LookedUp {
+        subject_model: String,
+        reference: String,
+    },
 }
 
 /// The selection of a set of checks, precomputed per model.
@@ -60,11 +76,26 @@ impl Selector {
                 .or_default()
                 .push((spec.name.clone(), Trigger::Subject));
             if let ViewKind::Joined(j) = &view.kind {
-                for join in &j.joins {
+                let joined = Arc::new(j.clone());
+                for (i, join) in j.joins.iter().enumerate() {
                     by_model.entry(join.model.clone()).or_default().push((
                         spec.name.clone(),
-                        Trigger::Reference(join.reference.clone()),
+                        Trigger::Join {
+                            view: joined.clone(),
+                            join: i,
+                        },
                     ));
+                }
+                for lookup in &j.lookups {
+                    if let Some(reference) = &lookup.reference {
+                        by_model.entry(lookup.model.clone()).or_default().push((
+                            spec.name.clone(),
+                            Trigger::LookedUp {
+                                subject_model: j.subject_model.clone(),
+                                reference: reference.clone(),
+                            },
+                        ));
+                    }
                 }
             }
         }
@@ -96,20 +127,72 @@ impl Selector {
                     Trigger::Subject => {
                         out.insert((check.clone(), note.record_id.clone()));
                     }
-                    Trigger::Reference(name) => {
+                    Trigger::Join { view, join } => {
                         if master.is_none() {
                             master = Some(catalog.master(&note.model, &note.record_id).await?);
                         }
-                        let refs = master.iter().flatten().flat_map(|m| m.refs.iter());
-                        for (n, value) in refs {
-                            if n == name {
-                                out.insert((check.clone(), value.clone()));
-                            }
+                        let refs: Vec<(&str, &str)> = master
+                            .iter()
+                            .flatten()
+                            .flat_map(|m| m.refs.iter())
+                            .map(|(n, v)| (n.as_str(), v.as_str()))
+                            .collect();
+                        for subject in join_subjects(view, *join, &refs) {
+                            out.insert((check.clone(), subject));
                         }
+                    }
+                    Trigger::LookedUp {
+                        subject_model,
+                        reference,
+                    } => {
+                        // The fan-out of a lookup trigger: every subject that ever referenced
+                        // the changed record (re-checked as of the change).
+                        let ids = catalog
+                            .records_by_ref(subject_model, reference, &note.record_id)
+                            .await?;
+                        out.extend(ids.into_iter().map(|id| (check.clone(), id)));
                     }
                 }
             }
         }
         Ok(out.into_iter().collect())
     }
+}
+
+/// The subjects a joined record names through join `join` of `view`, given every
+/// (reference, value) its master document holds: each combination of one value per key
+/// (a reference that changed value contributes each), formed into a subject id.
+fn join_subjects(view: &Joined, join: usize, refs: &[(&str, &str)]) -> Vec<String> {
+    let keys = &view.joins[join].keys;
+    let values: Vec<Vec<&str>> = keys
+        .iter()
+        .map(|k| {
+            let mut vs: Vec<&str> = refs
+                .iter()
+                .filter(|(n, _)| *n == k.reference)
+                .map(|(_, v)| *v)
+                .collect();
+            vs.sort_unstable();
+            vs.dedup();
+            vs
+        })
+        .collect();
+    // The cartesian product of the keys' values (empty if a key has none).
+    let mut combos: Vec<Vec<&str>> = vec![Vec::new()];
+    for vs in &values {
+        combos = combos
+            .iter()
+            .flat_map(|c| {
+                vs.iter().map(move |v| {
+                    let mut c = c.clone();
+                    c.push(*v);
+                    c
+                })
+            })
+            .collect();
+    }
+    combos
+        .into_iter()
+        .filter_map(|c| view.subject_id(&view.joins[join], &c))
+        .collect()
 }

@@ -192,12 +192,14 @@ pub fn routes(cfg: &RunnerConfig, registry: &Registry) -> Result<Routes> {
     })
 }
 
-/// Runner options from the configuration.
+/// Runner options from the configuration (with [`RunnerOptions::models`] set, so the
+/// runner validates its checks against the configured models before it starts).
 pub fn options(cfg: &RunnerConfig) -> RunnerOptions {
     RunnerOptions {
         model_sources: cfg.model_sources.clone(),
         concurrency: cfg.prs.concurrency,
         watermark_poll: Duration::from_millis(cfg.prs.watermark_poll_ms),
+        models: Some(cfg.models.clone()),
         ..RunnerOptions::default()
     }
 }

@@ -1,5 +1,5 @@
 //! Execution: a panicking check is an error verdict (the runner goes on), a slow one times
-//! out, custom selection and custom view functions are used, shadow checks do not run
+//! out, custom selection and custom view functions (the escape hatches) are used, shadow checks do not run
 //! live, and the bus position is committed only past fully-run notifications.
 
 use std::collections::BTreeMap;
@@ -10,14 +10,16 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use overseer_dal::Dal;
+use overseer_dal::Viewed;
 use overseer_dal::bus::memory::MemoryBus;
 use overseer_dal::bus::{Bus, Delivered, DeliveryTag, Subscription};
 use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
+use overseer_dal::update::Micros;
 use overseer_protos::views::Toy;
-use overseer_prs::check::{Registry, Strategy, Verdict};
+use overseer_prs::check::{BoxFuture, Registry, Strategy, Verdict};
 use overseer_prs::runner::{Outcome, Runner, RunnerOptions};
 use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::CollectSink;
@@ -53,6 +55,21 @@ fn toy_check(v: &Toy) -> Verdict {
     }
 }
 
+/// A custom view function: the DAL's toy, repainted (so the check can tell it was used).
+fn repainted_toy<'a>(
+    dal: &'a Dal,
+    subject: &'a str,
+    as_of: Micros,
+) -> BoxFuture<'a, overseer_prs::Result<Option<Viewed<Toy>>>> {
+    Box::pin(async move {
+        let mut v = dal.view::<Toy>(subject, as_of).await?;
+        if let Some(v) = &mut v {
+            v.view.color = format!("repainted {}", v.view.id);
+        }
+        Ok(v)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,6 +87,14 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
         .check("only_a", |_: &Toy| Verdict::fail("always"))
         .strategy(Strategy::Immediate)
         .select(|_| vec!["a".into()]);
+    // Custom view function.
+    registry
+        .check_with_view("repainted", Arc::new(repainted_toy), |t: &Toy| {
+            Verdict::check(t.color == format!("repainted {}", t.id), || {
+                Verdict::fail(format!("not repainted: {}", t.color))
+            })
+        })
+        .strategy(Strategy::Immediate);
     registry
         .check("shadow", |_: &Toy| Verdict::fail("never live"))
         .strategy(Strategy::Immediate)
@@ -113,7 +138,7 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
     loop {
         let n = sink.len();
         let c = committed.lock().unwrap().last().cloned();
-        if n >= 6 && c.as_ref().is_some_and(|t| t.offset == 4) {
+        if n >= 11 && c.as_ref().is_some_and(|t| t.offset == 4) {
             break;
         }
         assert!(
@@ -156,6 +181,12 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
         runs.iter()
             .filter(|r| r.check == "only_a")
             .all(|r| r.subject == "a")
+    );
+    let repainted: Vec<_> = runs.iter().filter(|r| r.check == "repainted").collect();
+    assert_eq!(repainted.len(), 5, "{repainted:#?}");
+    assert!(
+        repainted.iter().all(|r| r.outcome == Outcome::Pass),
+        "the custom view function built every view: {repainted:#?}"
     );
     assert!(
         runs.iter().all(|r| r.check != "shadow"),

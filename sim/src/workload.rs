@@ -51,7 +51,7 @@ pub const MODELS_TOML: &str = r#"
 [[models]]
 name = "payments.transfers"
 id_field = "id"
-references = { account_id = "account_id" }
+references = { account_id = "account_id", asset = "asset" }
 
 [[models]]
 name = "payments.assets"

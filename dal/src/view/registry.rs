@@ -20,6 +20,9 @@ pub mod options {
     pub const SUBJECT: &str = "overseer.views.v1.subject";
     pub const JOIN_REF: &str = "overseer.views.v1.join_ref";
     pub const LOOKUP: &str = "overseer.views.v1.lookup";
+    pub const JOIN: &str = "overseer.views.v1.join";
+    pub const ID_SEPARATOR: &str = "overseer.views.v1.id_separator";
+    pub const LOOKUP_REF: &str = "overseer.views.v1.lookup_ref";
 }
 
 /// How a view message is filled.
@@ -37,25 +40,127 @@ pub struct Joined {
     /// The field holding the subject record, and the subject's model.
     pub subject: FieldDescriptor,
     pub subject_model: String,
-    /// Repeated fields holding every record of `model` that references the subject
-    /// through `reference`.
+    /// The subject field's `(id_separator)`: how the subject's id splits into the parts
+    /// multi-field joins match (`None`: no join uses parts).
+    pub id_separator: Option<String>,
+    /// How many parts the subject's id splits into (the highest `id_part` used + 1; 0 when
+    /// no join uses parts).
+    pub id_parts: usize,
+    /// Repeated fields holding every record of `model` whose references match the subject
+    /// (`keys`).
     pub joins: Vec<JoinField>,
     /// Fields holding the record of `model` whose id is the subject's value at `path`.
     pub lookups: Vec<LookupField>,
 }
 
+impl Joined {
+    /// The message type of the subject field.
+    pub fn subject_message(&self) -> MessageDescriptor {
+        match self.subject.kind() {
+            Kind::Message(m) => m,
+            _ => unreachable!("the registry admits only message-typed subject fields"),
+        }
+    }
+
+    /// Whether the record path `path` is shown by a field of the subject message (by the
+    /// fields' source paths, `(from)` or name, descending into nested message fields).
+    pub fn subject_shows_path(&self, path: &str) -> bool {
+        message_shows_path(&self.subject_message(), path)
+    }
+
+    /// The parts of a subject id (split from the right on the separator into `id_parts`
+    /// parts, so only the first may contain the separator); `None` if it has fewer parts,
+    /// or if no join uses parts.
+    pub fn split_id<'a>(&self, id: &'a str) -> Option<Vec<&'a str>> {
+        let sep = self.id_separator.as_deref()?;
+        if self.id_parts == 0 {
+            return None;
+        }
+        let mut parts: Vec<&str> = id.rsplitn(self.id_parts, sep).collect();
+        if parts.len() != self.id_parts {
+            return None;
+        }
+        parts.reverse();
+        Some(parts)
+    }
+
+    /// The value each key of `join` must have for the members of `subject_id` (in key
+    /// order); `None` if the id does not split into the parts the keys need (it can have
+    /// no members).
+    pub fn key_values<'a>(&self, join: &JoinField, subject_id: &'a str) -> Option<Vec<&'a str>> {
+        if join.keys.iter().all(|k| k.id_part.is_none()) {
+            return Some(vec![subject_id; join.keys.len()]);
+        }
+        let parts = self.split_id(subject_id)?;
+        join.keys
+            .iter()
+            .map(|k| k.id_part.map(|p| parts[p]))
+            .collect()
+    }
+
+    /// The subject id whose members have these values of `join`'s keys (in key order): the
+    /// reverse of [`Joined::key_values`], used by selection.
+    pub fn subject_id(&self, join: &JoinField, values: &[&str]) -> Option<String> {
+        let mut parts: Vec<Option<&str>> = vec![None; self.id_parts.max(1)];
+        for (k, v) in join.keys.iter().zip(values) {
+            match k.id_part {
+                None => return Some((*v).to_owned()),
+                Some(p) => parts[p] = Some(v),
+            }
+        }
+        let parts: Option<Vec<&str>> = parts.into_iter().collect();
+        Some(parts?.join(self.id_separator.as_deref()?))
+    }
+}
+
+fn message_shows_path(msg: &MessageDescriptor, path: &str) -> bool {
+    msg.fields().any(|f| {
+        let src = crate::view::map::source_path(&f);
+        if src == path {
+            return true;
+        }
+        let Some(rest) = path
+            .strip_prefix(src.as_str())
+            .and_then(|r| r.strip_prefix('.'))
+        else {
+            return false;
+        };
+        match f.kind() {
+            Kind::Message(m) if !f.is_list() && !f.is_map() => message_shows_path(&m, rest),
+            _ => false,
+        }
+    })
+}
+
+/// A field holding the records of `model` that reference the subject.
 #[derive(Clone, Debug)]
 pub struct JoinField {
     pub field: FieldDescriptor,
     pub model: String,
-    pub reference: String,
+    /// The references a member must have, as of the view's time; members are found
+    /// through the index of the first. One key with `id_part: None` is a `(join_ref)`.
+    pub keys: Vec<JoinKey>,
 }
 
+/// One reference of a join and the subject-id part it must equal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinKey {
+    /// A reference name the joined model declares (e.g. `account_id`).
+    pub reference: String,
+    /// Which part of the subject's id (split on the subject's `(id_separator)`) the
+    /// reference equals; `None`: the whole id (`(join_ref)`).
+    pub id_part: Option<usize>,
+}
+
+/// A field holding the record of `model` whose id is the subject's value at `path`.
 #[derive(Clone, Debug)]
 pub struct LookupField {
     pub field: FieldDescriptor,
     pub model: String,
     pub path: String,
+    /// `(lookup_ref)`: the subject model's reference holding the same value as `path`; set,
+    /// a change of a looked-up record re-checks the subjects that reference it.
+    pub reference: Option<String>,
 }
 
 /// One view: a message and how to fill it.
@@ -125,6 +230,31 @@ impl Views {
         Views::from_pool(pool)
     }
 
+    /// These views plus those of several encoded `FileDescriptorSet`s (e.g. the sets a
+    /// team's crate embeds and registers in code, `overseer_prs::Registry::views`), read in
+    /// one pass. Files already known (such as an imported `overseer/views.proto`) are
+    /// skipped when identical. With no sets, a clone of `self`.
+    pub fn with_descriptor_sets<'a>(
+        &self,
+        sets: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Self> {
+        let mut pool = self.pool.clone();
+        let mut any = false;
+        for (i, bytes) in sets.into_iter().enumerate() {
+            pool.decode_file_descriptor_set(bytes).map_err(|e| {
+                Error::invalid(
+                    format!("registered descriptor set #{}", i + 1),
+                    format!("not a usable FileDescriptorSet: {e}"),
+                )
+            })?;
+            any = true;
+        }
+        if !any {
+            return Ok(self.clone());
+        }
+        Views::from_pool(pool)
+    }
+
     /// Reads every view definition of a pool.
     pub fn from_pool(pool: DescriptorPool) -> Result<Self> {
         let ext = |name: &str| pool.get_extension_by_name(name);
@@ -133,6 +263,9 @@ impl Views {
             subject: ext(options::SUBJECT),
             join_ref: ext(options::JOIN_REF),
             lookup: ext(options::LOOKUP),
+            join: ext(options::JOIN),
+            id_separator: ext(options::ID_SEPARATOR),
+            lookup_ref: ext(options::LOOKUP_REF),
         };
         let mut defs = BTreeMap::new();
         for m in pool.all_messages() {
@@ -206,6 +339,46 @@ struct Opts {
     subject: Option<ExtensionDescriptor>,
     join_ref: Option<ExtensionDescriptor>,
     lookup: Option<ExtensionDescriptor>,
+    join: Option<ExtensionDescriptor>,
+    id_separator: Option<ExtensionDescriptor>,
+    lookup_ref: Option<ExtensionDescriptor>,
+}
+
+/// The `(join)` keys of a field's options: (reference, id_part) in declaration order.
+fn join_keys(
+    options: &DynamicMessage,
+    ext: &Option<ExtensionDescriptor>,
+) -> std::result::Result<Vec<JoinKey>, String> {
+    let Some(ext) = ext.as_ref() else {
+        return Ok(Vec::new());
+    };
+    if !options.has_extension(ext) {
+        return Ok(Vec::new());
+    }
+    let value = options.get_extension(ext);
+    let Value::List(items) = value.as_ref() else {
+        return Err("(join) is not a repeated JoinKey".into());
+    };
+    items
+        .iter()
+        .map(|item| {
+            let Value::Message(m) = item else {
+                return Err("(join) is not a repeated JoinKey".to_owned());
+            };
+            let reference = match m.get_field_by_name("reference").as_deref() {
+                Some(Value::String(s)) if !s.is_empty() => s.clone(),
+                _ => return Err("a (join) key has no reference".to_owned()),
+            };
+            let id_part = match m.get_field_by_name("id_part").as_deref() {
+                Some(Value::U32(p)) => *p as usize,
+                _ => 0,
+            };
+            Ok(JoinKey {
+                reference,
+                id_part: Some(id_part),
+            })
+        })
+        .collect()
 }
 
 fn string_opt(options: &DynamicMessage, ext: &Option<ExtensionDescriptor>) -> Option<String> {
@@ -240,23 +413,37 @@ impl Opts {
         };
         let own_model = self.model_of(m);
         let mut subject: Option<(FieldDescriptor, String)> = None;
+        let mut id_separator = None;
         let mut joins = Vec::new();
         let mut lookups = Vec::new();
         for f in m.fields() {
             let o = f.options();
             let is_subject = bool_opt(&o, &self.subject);
-            let join = string_opt(&o, &self.join_ref);
+            let join_ref = string_opt(&o, &self.join_ref);
+            let multi = match join_keys(&o, &self.join) {
+                Ok(keys) => keys,
+                Err(e) => return bad(&f, e),
+            };
             let lookup = string_opt(&o, &self.lookup);
+            let separator = string_opt(&o, &self.id_separator);
+            let lookup_ref = string_opt(&o, &self.lookup_ref);
             let roles = usize::from(is_subject)
-                + usize::from(join.is_some())
+                + usize::from(join_ref.is_some())
+                + usize::from(!multi.is_empty())
                 + usize::from(lookup.is_some());
+            if separator.is_some() && !is_subject {
+                return bad(&f, "id_separator belongs on the (subject) field".into());
+            }
+            if lookup_ref.is_some() && lookup.is_none() {
+                return bad(&f, "lookup_ref belongs on a (lookup) field".into());
+            }
             if roles == 0 {
                 continue;
             }
             if roles > 1 {
                 return bad(
                     &f,
-                    "only one of subject, join_ref and lookup may be set".into(),
+                    "only one of subject, join_ref, join and lookup may be set".into(),
                 );
             }
             let Kind::Message(target) = f.kind() else {
@@ -271,22 +458,36 @@ impl Opts {
             if f.is_map() {
                 return bad(&f, "must not be a map".into());
             }
-            if let Some(reference) = join {
+            let keys = match join_ref {
+                Some(reference) => vec![JoinKey {
+                    reference,
+                    id_part: None,
+                }],
+                None => multi,
+            };
+            if !keys.is_empty() {
                 if !f.is_list() {
-                    return bad(&f, "a join_ref field must be repeated".into());
+                    return bad(&f, "a join_ref or join field must be repeated".into());
+                }
+                let mut seen = std::collections::BTreeSet::new();
+                for k in &keys {
+                    if !seen.insert(&k.reference) {
+                        return bad(&f, format!("joins on reference {:?} twice", k.reference));
+                    }
                 }
                 joins.push(JoinField {
                     field: f,
                     model,
-                    reference,
+                    keys,
                 });
             } else if f.is_list() {
-                return bad(&f, "only join_ref fields may be repeated".into());
+                return bad(&f, "only join_ref and join fields may be repeated".into());
             } else if let Some(path) = lookup {
                 lookups.push(LookupField {
                     field: f,
                     model,
                     path,
+                    reference: lookup_ref,
                 });
             } else if let Some((prev, _)) = &subject {
                 return bad(
@@ -294,7 +495,41 @@ impl Opts {
                     format!("a second subject (the first is {})", prev.name()),
                 );
             } else {
+                id_separator = separator;
                 subject = Some((f, model));
+            }
+        }
+        // Multi-field joins: every join using id parts covers each part of the subject's
+        // id exactly once (so an update of a member names exactly one subject), and the
+        // subject says how its id splits.
+        let id_parts = joins
+            .iter()
+            .flat_map(|j| j.keys.iter().filter_map(|k| k.id_part))
+            .max()
+            .map_or(0, |p| p + 1);
+        for j in &joins {
+            let parts: Vec<usize> = j.keys.iter().filter_map(|k| k.id_part).collect();
+            if parts.is_empty() {
+                continue;
+            }
+            let mut sorted = parts.clone();
+            sorted.sort_unstable();
+            if sorted != (0..id_parts).collect::<Vec<_>>() {
+                return bad(
+                    &j.field,
+                    format!(
+                        "its (join) keys use id parts {parts:?}; each of the subject id's \
+                         {id_parts} parts (0..{id_parts}) must be used exactly once"
+                    ),
+                );
+            }
+            if id_separator.is_none() {
+                return bad(
+                    &j.field,
+                    "its (join) keys use parts of the subject's id, but the (subject) field \
+                     declares no (id_separator)"
+                        .into(),
+                );
             }
         }
         match (own_model, subject) {
@@ -309,6 +544,8 @@ impl Opts {
             (None, Some((subject, subject_model))) => Ok(Some(ViewKind::Joined(Joined {
                 subject,
                 subject_model,
+                id_separator,
+                id_parts,
                 joins,
                 lookups,
             }))),
@@ -339,8 +576,43 @@ mod tests {
         let ViewKind::Joined(joined) = &j.kind else {
             panic!("joined")
         };
-        assert_eq!(joined.joins[0].reference, "transfer_id");
+        assert_eq!(
+            joined.joins[0].keys,
+            [JoinKey {
+                reference: "transfer_id".into(),
+                id_part: None
+            }]
+        );
         assert_eq!(joined.lookups[0].path, "asset");
+        assert_eq!(joined.lookups[0].reference.as_deref(), Some("asset"));
+        assert_eq!(joined.key_values(&joined.joins[0], "T1"), Some(vec!["T1"]));
+        assert_eq!(
+            joined.subject_id(&joined.joins[0], &["T1"]).as_deref(),
+            Some("T1")
+        );
+
+        // The wallet: entries whose (account_id, asset) are the parts of `account:asset`.
+        let w = v.get("WalletWithEntries").unwrap();
+        assert_eq!(w.models(), ["ledger.wallets", "ledger.entries"]);
+        let ViewKind::Joined(w) = &w.kind else {
+            panic!("joined")
+        };
+        let key = |r: &str, p| JoinKey {
+            reference: r.into(),
+            id_part: Some(p),
+        };
+        assert_eq!(w.joins[0].keys, [key("account_id", 0), key("asset", 1)]);
+        assert_eq!((w.id_separator.as_deref(), w.id_parts), (Some(":"), 2));
+        assert_eq!(
+            w.key_values(&w.joins[0], "acc:1:BTC"),
+            Some(vec!["acc:1", "BTC"]),
+            "only the first part may hold the separator"
+        );
+        assert_eq!(w.key_values(&w.joins[0], "no-separator"), None);
+        assert_eq!(
+            w.subject_id(&w.joins[0], &["acc:1", "BTC"]).as_deref(),
+            Some("acc:1:BTC")
+        );
         assert_eq!(
             v.record_view("ledger.entries").unwrap().name(),
             "overseer.views.v1.LedgerEntry"
