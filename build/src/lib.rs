@@ -2,7 +2,7 @@
 //! encoded descriptor set, with no `protoc` and no descriptor file to ship.
 //!
 //! `build.rs`:
-//! ```no_run
+//! ```text
 //! fn main() {
 //!     overseer_build::compile_views(&["proto/shop.proto"], &["proto"]).unwrap();
 //! }

@@ -98,7 +98,7 @@ enum Cmd<E: Subcommand> {
 /// The whole `overseer` command line for the checks `register` registers: a team's binary
 /// is this one call.
 ///
-/// ```no_run
+/// ```text
 /// fn main() -> std::process::ExitCode {
 ///     overseer::main(|registry| {
 ///         // registry.check("fee_is_booked", fee_is_booked).grace(Duration::from_secs(2));
