@@ -8,6 +8,7 @@
 //! (the object store), all started by the project's scripts; the test fails with the reason
 //! if they cannot be.
 
+use overseer_dal::catalog::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -18,7 +19,6 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use overseer_dal::Catalog;
 use overseer_dal::bus::Bus;
 use overseer_dal::bus::kafka::KafkaBus;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;

@@ -9,6 +9,7 @@
 //! store), and `overseer run` as a child process. PagerDuty is the local Events API v2
 //! server of `overseer_testkit`, in this test's process.
 
+use overseer_dal::catalog::prelude::*;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -18,7 +19,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
-use overseer_dal::Catalog;
 use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::update::Incident;
 use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};

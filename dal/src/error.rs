@@ -1,18 +1,38 @@
 //! One error type for the storage layer, classified as transient (retry) or definite.
 
+/// The underlying error of a backend (a `tokio_postgres::Error`, an S3 SDK error, a
+/// `KafkaError`, a redb error), kept so callers can inspect codes (SQLSTATE, HTTP status)
+/// rather than text: see [`Error::source_as`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Errors of the storage layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The object store failed; `transient` says whether a retry may succeed.
     #[error("object store: {message}")]
-    Store { message: String, transient: bool },
+    Store {
+        message: String,
+        transient: bool,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The catalog failed.
     #[error("catalog: {message}")]
-    Catalog { message: String, transient: bool },
+    Catalog {
+        message: String,
+        transient: bool,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// The notification bus failed.
     #[error("bus: {message}")]
-    Bus { message: String, transient: bool },
+    Bus {
+        message: String,
+        transient: bool,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Stored bytes do not decode: a corrupt or foreign object.
     #[error("corrupt data in {what}: {message}")]
     Corrupt { what: String, message: String },
@@ -59,6 +79,28 @@ impl Error {
         Error::Catalog {
             message: message.to_string(),
             transient: false,
+            source: None,
+        }
+    }
+
+    /// A definite catalog error caused by `source` (its text is part of the message too).
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    pub(crate) fn catalog_from(source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Catalog {
+            message: source.to_string(),
+            transient: false,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The backend error underneath, if it is a `T` (e.g. `tokio_postgres::Error`, for its
+    /// SQLSTATE).
+    pub fn source_as<T: std::error::Error + 'static>(&self) -> Option<&T> {
+        match self {
+            Error::Store { source, .. }
+            | Error::Catalog { source, .. }
+            | Error::Bus { source, .. } => source.as_deref().and_then(|s| s.downcast_ref::<T>()),
+            _ => None,
         }
     }
 

@@ -29,7 +29,7 @@ pub mod update;
 pub mod view;
 
 pub use bus::Bus;
-pub use catalog::Catalog;
+pub use catalog::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 pub use error::{Error, Result};
 pub use reader::{Dal, Viewed};
 pub use store::ObjectStore;

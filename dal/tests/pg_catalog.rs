@@ -2,10 +2,10 @@
 //! Each test starts its own server and uses its own schemas; a server that cannot start
 //! fails the test with the script's output.
 
+use overseer_dal::catalog::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 
-use overseer_dal::Catalog;
 use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::update::{CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc};
@@ -341,4 +341,27 @@ async fn a_server_that_went_away_gives_transient_errors() {
         .await
         .unwrap_err();
     assert!(err.is_transient(), "commits: {err}");
+}
+
+/// A catalog error keeps the driver's error as its source, so callers decide on codes
+/// (SQLSTATE), not on text: a database that does not exist is a definite error whose
+/// source says `3D000` (invalid_catalog_name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_keep_the_drivers_error_and_its_sqlstate() {
+    let (_server, url) = pg();
+    let missing = format!("{url} dbname=no_such_database_{}", unique_name("db"));
+    let err = PgCatalog::connect(&missing, "overseer").await.unwrap_err();
+    assert!(!err.is_transient(), "{err}");
+    let pg = err
+        .source_as::<tokio_postgres::Error>()
+        .unwrap_or_else(|| panic!("the driver's error is kept: {err:?}"));
+    assert_eq!(
+        pg.code(),
+        Some(&tokio_postgres::error::SqlState::INVALID_CATALOG_NAME),
+        "{err}"
+    );
+    assert!(
+        std::error::Error::source(&err).is_some(),
+        "exposed through Error::source too"
+    );
 }

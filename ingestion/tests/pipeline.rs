@@ -2,6 +2,7 @@
 //! embedded catalog, in-process bus): redelivery, quarantine, hostile ids, crash recovery
 //! of the segment ledger, resume from checkpoints, and reindex equivalence.
 
+use overseer_dal::catalog::prelude::*;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
-use overseer_dal::Catalog;
 use overseer_dal::bus::Bus;
 use overseer_dal::bus::memory::MemoryBus;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;

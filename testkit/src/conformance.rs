@@ -13,7 +13,9 @@ use bytes::Bytes;
 
 use overseer_dal::Result;
 use overseer_dal::bus::Bus;
-use overseer_dal::catalog::DynCatalog;
+use std::sync::Arc;
+
+use overseer_dal::catalog::{Catalog, DynCatalog, IncidentStore, MetaStore, SegmentLedger};
 use overseer_dal::store::{ObjectStore, PutOutcome, list_all};
 use overseer_dal::update::{
     CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification,
@@ -121,6 +123,107 @@ pub async fn object_store_suite(store: &dyn ObjectStore, ns: &str, create_only_h
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// [`SegmentLedger`] on a catalog in any state (assertions are relative to what is there):
+/// reservations increase and stay pending until committed or abandoned; a commit with
+/// entries makes its segment committed and unpublished; publishing and the committed
+/// cursor; an empty batch releases its reservation.
+pub async fn segment_ledger_suite(cat: &dyn SegmentLedger) {
+    let before = cat.pending_segments().await.unwrap();
+    let a = cat.reserve_segment().await.unwrap();
+    let b = cat.reserve_segment().await.unwrap();
+    let c = cat.reserve_segment().await.unwrap();
+    assert!(a < b && b < c, "sequences increase");
+    assert!(before.iter().all(|s| *s < a), "never reused");
+    let pending = cat.pending_segments().await.unwrap();
+    assert!([a, b, c].iter().all(|s| pending.contains(s)), "{pending:?}");
+    cat.abandon_segment(c).await.unwrap();
+    assert!(
+        !cat.pending_segments().await.unwrap().contains(&c),
+        "abandoned"
+    );
+    let new = cat
+        .commit(CommitBatch {
+            segment_seq: Some(a),
+            entries: vec![entry("ledger-suite", "1", "m", "r1", 10, a, &[])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(new, vec![true]);
+    assert!(
+        !cat.pending_segments().await.unwrap().contains(&a),
+        "committed"
+    );
+    assert!(cat.unpublished_segments().await.unwrap().contains(&a));
+    assert!(
+        cat.committed_segments_after(a - 1, 1000)
+            .await
+            .unwrap()
+            .contains(&a)
+    );
+    assert!(
+        !cat.committed_segments_after(a, 1000)
+            .await
+            .unwrap()
+            .contains(&a),
+        "strictly after"
+    );
+    cat.mark_published(&[a]).await.unwrap();
+    assert!(!cat.unpublished_segments().await.unwrap().contains(&a));
+    // a batch whose events were all already indexed releases its reservation
+    cat.commit(CommitBatch {
+        segment_seq: Some(b),
+        entries: vec![],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert!(!cat.pending_segments().await.unwrap().contains(&b));
+    assert!(!cat.unpublished_segments().await.unwrap().contains(&b));
+    assert!(
+        !cat.committed_segments_after(a, 1000)
+            .await
+            .unwrap()
+            .contains(&b),
+        "an empty batch commits no segment"
+    );
+}
+
+/// [`SourceProgress`] for a source the catalog has not seen: progress comes with commits,
+/// heartbeats move the watermark forward only, and a stale commit does not move it back.
+pub async fn source_progress_suite(cat: &dyn Catalog) {
+    let state = |states: Vec<overseer_dal::update::SourceState>| {
+        states
+            .into_iter()
+            .find(|s| s.source == "progress-suite")
+            .map(|s| (s.checkpoint, s.watermark_us))
+    };
+    assert_eq!(state(cat.source_states().await.unwrap()), None);
+    cat.commit(CommitBatch {
+        segment_seq: None,
+        progress: vec![progress("progress-suite", "cp-2", 200)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        state(cat.source_states().await.unwrap()),
+        Some(("cp-2".into(), 200))
+    );
+    cat.heartbeat("progress-suite", 500, 1).await.unwrap();
+    assert_eq!(
+        state(cat.source_states().await.unwrap()),
+        Some(("cp-2".into(), 500)),
+        "a heartbeat moves the watermark"
+    );
+    cat.heartbeat("progress-suite", 300, 2).await.unwrap();
+    assert_eq!(
+        state(cat.source_states().await.unwrap()).map(|s| s.1),
+        Some(500),
+        "never backwards"
     );
 }
 
@@ -507,8 +610,11 @@ pub async fn catalog_suite(open: OpenCatalog) {
             .all(|w| (&w[0].model, &w[0].record_id) < (&w[1].model, &w[1].record_id))
     );
 
-    let meta = runner_state_suite(&cat).await;
-    incident_race(&cat).await;
+    incident_store_suite(&(cat.clone() as Arc<dyn IncidentStore>)).await;
+    let meta = meta_store_suite(&*cat).await;
+    segment_ledger_suite(&*cat).await;
+    source_progress_suite(&*cat).await;
+    let dump = cat.dump().await.unwrap();
     let incidents = cat.incidents(false).await.unwrap();
 
     // everything survives a reopen
@@ -562,7 +668,7 @@ pub async fn catalog_suite(open: OpenCatalog) {
         .collect();
     assert_eq!(
         names,
-        vec!["file", "kafka", "pg"],
+        vec!["file", "kafka", "pg", "progress-suite"],
         "progress is kept per reporting source, by name"
     );
 }
@@ -587,7 +693,7 @@ fn incident(check: &str, subject: &str, failing: bool, notified_failing: bool) -
 }
 
 /// Writes `inc` (at its read version) and returns it as stored.
-async fn put_ok(cat: &DynCatalog, inc: &Incident) -> Incident {
+async fn put_ok(cat: &Arc<dyn IncidentStore>, inc: &Incident) -> Incident {
     let v = cat
         .put_incident(inc)
         .await
@@ -600,10 +706,10 @@ async fn put_ok(cat: &DynCatalog, inc: &Incident) -> Incident {
     }
 }
 
-/// The processor runner's state on a catalog that has none yet: incidents (compare-and-set,
-/// outbox, listing, hostile keys) and the key/value table. Returns the meta values written,
-/// for checking after a restart.
-async fn runner_state_suite(cat: &DynCatalog) -> Vec<(String, String)> {
+/// [`IncidentStore`] on a store that holds no incidents yet: compare-and-set, the outbox,
+/// listing, hostile keys, and eight racing read-modify-write tasks of which no write is
+/// lost.
+pub async fn incident_store_suite(cat: &Arc<dyn IncidentStore>) {
     assert_eq!(cat.incident("c", "s").await.unwrap(), None);
     assert!(cat.incidents(false).await.unwrap().is_empty());
     assert!(cat.unsettled_incidents(10).await.unwrap().is_empty());
@@ -780,7 +886,12 @@ async fn runner_state_suite(cat: &DynCatalog) -> Vec<(String, String)> {
         "the failing list follows the latest verdict"
     );
 
-    // meta: absent, round trip, overwrite, hostile keys and values
+    incident_race(cat).await;
+}
+
+/// [`MetaStore`] on a store with no values yet: absent, round trip, overwrite, hostile
+/// keys and values. Returns the values written, for checking after a restart.
+pub async fn meta_store_suite(cat: &dyn MetaStore) -> Vec<(String, String)> {
     assert_eq!(cat.get_meta("runner.cursor").await.unwrap(), None);
     cat.put_meta("runner.cursor", "17").await.unwrap();
     assert_eq!(
@@ -815,7 +926,7 @@ async fn runner_state_suite(cat: &DynCatalog) -> Vec<(String, String)> {
 
 /// Eight tasks increment a counter kept in one incident's message, 25 times each, by
 /// read-modify-write with retry on conflict: no increment is lost.
-async fn incident_race(cat: &DynCatalog) {
+async fn incident_race(cat: &Arc<dyn IncidentStore>) {
     const TASKS: u64 = 8;
     const ROUNDS: u64 = 25;
     let mut tasks = tokio::task::JoinSet::new();

@@ -100,6 +100,7 @@ fn too_big(message: String) -> Error {
     Error::Bus {
         message: format!("catalog feed cannot tag this record: {message}"),
         transient: false,
+        source: None,
     }
 }
 

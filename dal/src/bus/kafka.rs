@@ -130,6 +130,7 @@ impl KafkaBus {
                         Ok(_) => Error::Bus {
                             message: format!("topic {topic} has no partitions after creation"),
                             transient: true,
+                            source: None,
                         },
                     });
                 }
@@ -140,6 +141,7 @@ impl KafkaBus {
         .map_err(|e| Error::Bus {
             message: format!("metadata task: {e}"),
             transient: false,
+            source: None,
         })?
     }
 }
@@ -168,6 +170,7 @@ async fn create_topic(cfg: &KafkaBusConfig) -> Result<()> {
                 return Err(Error::Bus {
                     message: format!("creating topic {t}: {code}"),
                     transient: transient_code(code),
+                    source: None,
                 });
             }
         }
@@ -209,6 +212,7 @@ impl Bus for KafkaBus {
                     return Err(Error::Bus {
                         message: "producer dropped a delivery report".into(),
                         transient: true,
+                        source: None,
                     });
                 }
             }
@@ -346,6 +350,7 @@ impl Subscription for KafkaSubscription {
         .map_err(|e| Error::Bus {
             message: format!("commit task: {e}"),
             transient: false,
+            source: None,
         })?
     }
 }
@@ -375,6 +380,7 @@ fn bus_error(what: &str, e: &KafkaError) -> Error {
     Error::Bus {
         message: format!("{what}: {e}"),
         transient,
+        source: Some(Box::new(e.clone())),
     }
 }
 

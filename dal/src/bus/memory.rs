@@ -78,6 +78,7 @@ impl Bus for MemoryBus {
             return Err(Error::Bus {
                 message: format!("group {group:?} already has a member in this process"),
                 transient: false,
+                source: None,
             });
         }
         g.insert(group.to_owned(), tx);
@@ -101,6 +102,7 @@ impl Subscription for MemorySubscription {
             0 => Err(Error::Bus {
                 message: "bus closed".into(),
                 transient: false,
+                source: None,
             }),
             _ => Ok(out),
         }

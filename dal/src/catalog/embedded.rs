@@ -32,7 +32,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::Catalog;
+use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
     op_from_u8,
@@ -77,8 +77,8 @@ impl std::fmt::Debug for EmbeddedCatalog {
     }
 }
 
-fn db_err(e: impl std::fmt::Display) -> Error {
-    Error::catalog(e)
+fn db_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    Error::catalog_from(e)
 }
 
 /// A stored key component back as text.
@@ -387,7 +387,7 @@ fn segments_in_state(db: &Database, state: u8) -> Result<Vec<u64>> {
 }
 
 #[async_trait]
-impl Catalog for EmbeddedCatalog {
+impl SegmentLedger for EmbeddedCatalog {
     async fn reserve_segment(&self) -> Result<u64> {
         self.blocking(|db| {
             let tx = db.begin_write().map_err(db_err)?;
@@ -426,25 +426,6 @@ impl Catalog for EmbeddedCatalog {
                 }
             }
             tx.commit().map_err(db_err)
-        })
-        .await
-    }
-
-    async fn filter_new(&self, ids: &[(&str, &str)]) -> Result<Vec<bool>> {
-        let ids: Vec<(String, String)> = ids
-            .iter()
-            .map(|(s, p)| ((*s).to_owned(), (*p).to_owned()))
-            .collect();
-        self.blocking(move |db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(UPDATES).map_err(db_err)?;
-            ids.iter()
-                .map(|(s, p)| {
-                    Ok(t.get((s.as_bytes(), p.as_bytes()))
-                        .map_err(db_err)?
-                        .is_none())
-                })
-                .collect()
         })
         .await
     }
@@ -594,6 +575,28 @@ impl Catalog for EmbeddedCatalog {
         })
         .await
     }
+}
+
+#[async_trait]
+impl UpdateIndex for EmbeddedCatalog {
+    async fn filter_new(&self, ids: &[(&str, &str)]) -> Result<Vec<bool>> {
+        let ids: Vec<(String, String)> = ids
+            .iter()
+            .map(|(s, p)| ((*s).to_owned(), (*p).to_owned()))
+            .collect();
+        self.blocking(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(UPDATES).map_err(db_err)?;
+            ids.iter()
+                .map(|(s, p)| {
+                    Ok(t.get((s.as_bytes(), p.as_bytes()))
+                        .map_err(db_err)?
+                        .is_none())
+                })
+                .collect()
+        })
+        .await
+    }
 
     async fn record_updates(
         &self,
@@ -698,6 +701,48 @@ impl Catalog for EmbeddedCatalog {
         .await
     }
 
+    async fn dump(&self) -> Result<CatalogDump> {
+        self.blocking(|db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let mut dump = CatalogDump::default();
+            for row in tx
+                .open_table(UPDATES)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (k, v) = row.map_err(db_err)?;
+                let (s, p) = k.value();
+                dump.entries.push(decode_entry(s, p, v.value())?);
+            }
+            for row in tx
+                .open_table(MASTERS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (k, v) = row.map_err(db_err)?;
+                let (m, id) = k.value();
+                dump.masters.push(decode_master(m, id, v.value())?);
+            }
+            for row in tx
+                .open_table(REFS)
+                .map_err(db_err)?
+                .iter()
+                .map_err(db_err)?
+            {
+                let (k, _) = row.map_err(db_err)?;
+                let (m, n, v, id) = k.value();
+                dump.refs.push((text(m)?, text(n)?, text(v)?, text(id)?));
+            }
+            Ok(dump)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl SourceProgress for EmbeddedCatalog {
     async fn source_states(&self) -> Result<Vec<SourceState>> {
         self.read(|db| {
             let tx = db.begin_read().map_err(db_err)?;
@@ -733,7 +778,10 @@ impl Catalog for EmbeddedCatalog {
         })
         .await
     }
+}
 
+#[async_trait]
+impl IncidentStore for EmbeddedCatalog {
     async fn incident(&self, check: &str, subject: &str) -> Result<Option<Incident>> {
         let (check, subject) = (check.to_owned(), subject.to_owned());
         self.read(move |db| {
@@ -809,7 +857,10 @@ impl Catalog for EmbeddedCatalog {
         })
         .await
     }
+}
 
+#[async_trait]
+impl MetaStore for EmbeddedCatalog {
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_owned();
         self.read(move |db| {
@@ -834,46 +885,9 @@ impl Catalog for EmbeddedCatalog {
         })
         .await
     }
+}
 
-    async fn dump(&self) -> Result<CatalogDump> {
-        self.blocking(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let mut dump = CatalogDump::default();
-            for row in tx
-                .open_table(UPDATES)
-                .map_err(db_err)?
-                .iter()
-                .map_err(db_err)?
-            {
-                let (k, v) = row.map_err(db_err)?;
-                let (s, p) = k.value();
-                dump.entries.push(decode_entry(s, p, v.value())?);
-            }
-            for row in tx
-                .open_table(MASTERS)
-                .map_err(db_err)?
-                .iter()
-                .map_err(db_err)?
-            {
-                let (k, v) = row.map_err(db_err)?;
-                let (m, id) = k.value();
-                dump.masters.push(decode_master(m, id, v.value())?);
-            }
-            for row in tx
-                .open_table(REFS)
-                .map_err(db_err)?
-                .iter()
-                .map_err(db_err)?
-            {
-                let (k, _) = row.map_err(db_err)?;
-                let (m, n, v, id) = k.value();
-                dump.refs.push((text(m)?, text(n)?, text(v)?, text(id)?));
-            }
-            Ok(dump)
-        })
-        .await
-    }
-
+impl Catalog for EmbeddedCatalog {
     fn describe(&self) -> String {
         format!("embedded catalog {}", self.path)
     }

@@ -49,9 +49,10 @@ pub mod embedded;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 
-/// The catalog seam.
+/// The segment ledger that makes ingestion crash-safe, and the atomic commit of a batch
+/// (index entries, masters, references and source progress together with the segment).
 #[async_trait]
-pub trait Catalog: Send + Sync + 'static {
+pub trait SegmentLedger: Send + Sync + 'static {
     /// Allocates the next segment sequence number (never reused, also after a crash) and
     /// records it as pending.
     async fn reserve_segment(&self) -> Result<u64>;
@@ -61,9 +62,6 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Forgets a pending segment whose object was never written.
     async fn abandon_segment(&self, seq: u64) -> Result<()>;
-
-    /// For each `(source, position)`, whether it is NOT yet indexed.
-    async fn filter_new(&self, ids: &[(&str, &str)]) -> Result<Vec<bool>>;
 
     /// Applies a batch atomically: index entries (first commit of an identity wins), master
     /// documents and reference index, source progress (monotone), and marks the segment
@@ -83,6 +81,14 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Committed segments with a sequence greater than `after`, ascending, at most `limit`.
     async fn committed_segments_after(&self, after: u64, limit: usize) -> Result<Vec<u64>>;
+}
+
+/// The index of updates: per-record time travel, master documents, the reference index of
+/// joins, windows in commit order.
+#[async_trait]
+pub trait UpdateIndex: Send + Sync + 'static {
+    /// For each `(source, position)`, whether it is NOT yet indexed.
+    async fn filter_new(&self, ids: &[(&str, &str)]) -> Result<Vec<bool>>;
 
     /// Index entries of one record with `event_time_us <= up_to_us`, in time-travel order
     /// (event time, then source, then position).
@@ -109,12 +115,25 @@ pub trait Catalog: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<IndexEntry>>;
 
+    /// The whole logical index in canonical order (for reindex comparison and tests).
+    /// Runner state (incidents, meta) is not part of it.
+    async fn dump(&self) -> Result<CatalogDump>;
+}
+
+/// Per-source progress and freshness watermarks.
+#[async_trait]
+pub trait SourceProgress: Send + Sync + 'static {
     /// Progress of every source, by name.
     async fn source_states(&self) -> Result<Vec<SourceState>>;
 
     /// Moves a source's watermark forward without new events (idle-source heartbeat).
     async fn heartbeat(&self, source: &str, watermark_us: Micros, now_us: Micros) -> Result<()>;
+}
 
+/// The runner's escalation state: one [`Incident`] per (check, subject), by
+/// compare-and-set.
+#[async_trait]
+pub trait IncidentStore: Send + Sync + 'static {
     /// The escalation state of one (check, subject), if it was ever stored.
     async fn incident(&self, check: &str, subject: &str) -> Result<Option<Incident>>;
 
@@ -130,20 +149,35 @@ pub trait Catalog: Send + Sync + 'static {
 
     /// Every stored incident, or only the failing ones, ordered by (check, subject).
     async fn incidents(&self, failing_only: bool) -> Result<Vec<Incident>>;
+}
 
+/// A small key/value table of runner cursors.
+#[async_trait]
+pub trait MetaStore: Send + Sync + 'static {
     /// A value of the runner's key/value table (cursors), if set.
     async fn get_meta(&self, key: &str) -> Result<Option<String>>;
 
     /// Sets (or overwrites) a value of the runner's key/value table, durably.
     async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+}
 
-    /// The whole logical index in canonical order (for reindex comparison and tests).
-    /// Runner state (incidents, meta) is not part of it.
-    async fn dump(&self) -> Result<CatalogDump>;
-
+/// The catalog seam: the five concerns above, each with its own conformance suite in
+/// `overseer_testkit::conformance`, in one backend. Components that need one concern can
+/// take just that trait (e.g. `&dyn IncidentStore`).
+pub trait Catalog:
+    SegmentLedger + UpdateIndex + SourceProgress + IncidentStore + MetaStore
+{
     /// A short human description for logs.
     fn describe(&self) -> String;
 }
 
 /// Shared handle to a catalog.
 pub type DynCatalog = Arc<dyn Catalog>;
+
+/// The catalog traits, for calling their methods on any catalog (`DynCatalog` included):
+/// `use overseer_dal::catalog::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex,
+    };
+}

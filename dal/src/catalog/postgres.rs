@@ -54,7 +54,7 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, RwLock};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement};
 
-use super::Catalog;
+use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
     op_from_u8,
@@ -522,7 +522,7 @@ impl PgCatalog {
 }
 
 #[async_trait]
-impl Catalog for PgCatalog {
+impl SegmentLedger for PgCatalog {
     async fn reserve_segment(&self) -> Result<u64> {
         let c = self.shared().await?;
         // Each attempt draws a fresh number; a conflict only happens when a reindex
@@ -554,30 +554,6 @@ impl Catalog for PgCatalog {
             .await
             .map_err(pg_err("abandoning a segment"))?;
         Ok(())
-    }
-
-    async fn filter_new(&self, ids: &[(&str, &str)]) -> Result<Vec<bool>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sources: Vec<&[u8]> = ids.iter().map(|(s, _)| s.as_bytes()).collect();
-        let positions: Vec<&[u8]> = ids.iter().map(|(_, p)| p.as_bytes()).collect();
-        let c = self.shared().await?;
-        let rows = c
-            .client
-            .query(c.st(Q::FilterKnown), &[&sources, &positions])
-            .await
-            .map_err(pg_err("filtering new updates"))?;
-        let mut new = vec![true; ids.len()];
-        for row in rows {
-            let ord: i64 = row.try_get(0).map_err(pg_err("filtering new updates"))?;
-            let slot = usize::try_from(ord - 1)
-                .ok()
-                .and_then(|i| new.get_mut(i))
-                .ok_or_else(|| Error::corrupt("catalog filter_new", "ordinal out of range"))?;
-            *slot = false;
-        }
-        Ok(new)
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<Vec<bool>> {
@@ -783,6 +759,33 @@ impl Catalog for PgCatalog {
             .map_err(pg_err("listing committed segments"))?;
         rows.iter().map(|r| seq_from(r, 0)).collect()
     }
+}
+
+#[async_trait]
+impl UpdateIndex for PgCatalog {
+    async fn filter_new(&self, ids: &[(&str, &str)]) -> Result<Vec<bool>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sources: Vec<&[u8]> = ids.iter().map(|(s, _)| s.as_bytes()).collect();
+        let positions: Vec<&[u8]> = ids.iter().map(|(_, p)| p.as_bytes()).collect();
+        let c = self.shared().await?;
+        let rows = c
+            .client
+            .query(c.st(Q::FilterKnown), &[&sources, &positions])
+            .await
+            .map_err(pg_err("filtering new updates"))?;
+        let mut new = vec![true; ids.len()];
+        for row in rows {
+            let ord: i64 = row.try_get(0).map_err(pg_err("filtering new updates"))?;
+            let slot = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| new.get_mut(i))
+                .ok_or_else(|| Error::corrupt("catalog filter_new", "ordinal out of range"))?;
+            *slot = false;
+        }
+        Ok(new)
+    }
 
     async fn record_updates(
         &self,
@@ -879,6 +882,62 @@ impl Catalog for PgCatalog {
         rows.iter().map(entry_from_row).collect()
     }
 
+    async fn dump(&self) -> Result<CatalogDump> {
+        let mut conn = self.txn().await?;
+        let conn = &mut *conn;
+        // One snapshot for the three reads, so the dump is consistent under writes.
+        let tx = conn
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err("dumping the catalog"))?;
+        let st = |q: Q| &conn.stmts[q as usize];
+        let (entries, masters, refs) = futures::try_join!(
+            tx.query(st(Q::DumpEntries), &[]),
+            tx.query(st(Q::DumpMasters), &[]),
+            tx.query(st(Q::DumpRefs), &[]),
+        )
+        .map_err(pg_err("dumping the catalog"))?;
+        tx.commit().await.map_err(pg_err("dumping the catalog"))?;
+
+        let refs = refs
+            .iter()
+            .map(|r| Ok((text(r, 0)?, text(r, 1)?, text(r, 2)?, text(r, 3)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let mut by_record: HashMap<(&str, &str), BTreeSet<(String, String)>> = HashMap::new();
+        for (model, name, value, id) in &refs {
+            by_record
+                .entry((model, id))
+                .or_default()
+                .insert((name.clone(), value.clone()));
+        }
+        let masters = masters
+            .iter()
+            .map(|r| {
+                let (model, record_id) = (str_col(r, 0)?, str_col(r, 1)?);
+                Ok(MasterDoc {
+                    refs: by_record.remove(&(model, record_id)).unwrap_or_default(),
+                    updates: count(r, 2)?,
+                    first_event_us: get(r, 3)?,
+                    last_event_us: get(r, 4)?,
+                    model: model.to_owned(),
+                    record_id: record_id.to_owned(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CatalogDump {
+            entries: entries.iter().map(entry_from_row).collect::<Result<_>>()?,
+            masters,
+            refs,
+        })
+    }
+}
+
+#[async_trait]
+impl SourceProgress for PgCatalog {
     async fn source_states(&self) -> Result<Vec<SourceState>> {
         let c = self.shared().await?;
         let rows = c
@@ -910,7 +969,10 @@ impl Catalog for PgCatalog {
             .map_err(pg_err("recording a heartbeat"))?;
         Ok(())
     }
+}
 
+#[async_trait]
+impl IncidentStore for PgCatalog {
     async fn incident(&self, check: &str, subject: &str) -> Result<Option<Incident>> {
         let c = self.shared().await?;
         let row = c
@@ -982,7 +1044,10 @@ impl Catalog for PgCatalog {
             .map_err(pg_err("listing incidents"))?;
         rows.iter().map(incident_from_row).collect()
     }
+}
 
+#[async_trait]
+impl MetaStore for PgCatalog {
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let c = self.shared().await?;
         let row = c
@@ -1001,60 +1066,9 @@ impl Catalog for PgCatalog {
             .map_err(pg_err("writing a meta value"))?;
         Ok(())
     }
+}
 
-    async fn dump(&self) -> Result<CatalogDump> {
-        let mut conn = self.txn().await?;
-        let conn = &mut *conn;
-        // One snapshot for the three reads, so the dump is consistent under writes.
-        let tx = conn
-            .client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(pg_err("dumping the catalog"))?;
-        let st = |q: Q| &conn.stmts[q as usize];
-        let (entries, masters, refs) = futures::try_join!(
-            tx.query(st(Q::DumpEntries), &[]),
-            tx.query(st(Q::DumpMasters), &[]),
-            tx.query(st(Q::DumpRefs), &[]),
-        )
-        .map_err(pg_err("dumping the catalog"))?;
-        tx.commit().await.map_err(pg_err("dumping the catalog"))?;
-
-        let refs = refs
-            .iter()
-            .map(|r| Ok((text(r, 0)?, text(r, 1)?, text(r, 2)?, text(r, 3)?)))
-            .collect::<Result<Vec<_>>>()?;
-        let mut by_record: HashMap<(&str, &str), BTreeSet<(String, String)>> = HashMap::new();
-        for (model, name, value, id) in &refs {
-            by_record
-                .entry((model, id))
-                .or_default()
-                .insert((name.clone(), value.clone()));
-        }
-        let masters = masters
-            .iter()
-            .map(|r| {
-                let (model, record_id) = (str_col(r, 0)?, str_col(r, 1)?);
-                Ok(MasterDoc {
-                    refs: by_record.remove(&(model, record_id)).unwrap_or_default(),
-                    updates: count(r, 2)?,
-                    first_event_us: get(r, 3)?,
-                    last_event_us: get(r, 4)?,
-                    model: model.to_owned(),
-                    record_id: record_id.to_owned(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(CatalogDump {
-            entries: entries.iter().map(entry_from_row).collect::<Result<_>>()?,
-            masters,
-            refs,
-        })
-    }
-
+impl Catalog for PgCatalog {
     fn describe(&self) -> String {
         let hosts: Vec<String> = self
             .config
@@ -1255,7 +1269,11 @@ fn pg_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
             (None, Some(src)) => format!("{context}: {e}: {src}"),
             (None, None) => format!("{context}: {e}"),
         };
-        Error::Catalog { message, transient }
+        Error::Catalog {
+            message,
+            transient,
+            source: Some(Box::new(e)),
+        }
     }
 }
 

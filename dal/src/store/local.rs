@@ -47,6 +47,7 @@ fn not_found(key: &str) -> Error {
     Error::Store {
         message: format!("no object {key:?}"),
         transient: false,
+        source: None,
     }
 }
 
@@ -159,6 +160,7 @@ impl ObjectStore for LocalStore {
                 return Err(Error::Store {
                     message: format!("range {start}+{len} past the end of {key:?} ({size})"),
                     transient: false,
+                    source: None,
                 });
             }
             let mut buf = vec![0; len as usize];

@@ -43,6 +43,7 @@ impl ObjectStore for MemoryStore {
         let obj = self.get(key).await?.ok_or_else(|| Error::Store {
             message: format!("no object {key:?}"),
             transient: false,
+            source: None,
         })?;
         let end = start.checked_add(len).filter(|e| *e <= obj.len() as u64);
         match end {
@@ -53,6 +54,7 @@ impl ObjectStore for MemoryStore {
                     obj.len()
                 ),
                 transient: false,
+                source: None,
             }),
         }
     }

@@ -101,14 +101,16 @@ impl S3Store {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        let message = format!(
+            "{op} s3://{}/{}: {}",
+            self.bucket,
+            self.full(key),
+            DisplayErrorContext(&e)
+        );
         Error::Store {
             transient: is_transient(&e),
-            message: format!(
-                "{op} s3://{}/{}: {}",
-                self.bucket,
-                self.full(key),
-                DisplayErrorContext(&e)
-            ),
+            message,
+            source: Some(Box::new(e)),
         }
     }
 
@@ -116,6 +118,7 @@ impl S3Store {
         Error::Store {
             message: format!("s3://{}/{}: {message}", self.bucket, self.full(key)),
             transient: false,
+            source: None,
         }
     }
 }
@@ -197,6 +200,7 @@ impl ObjectStore for S3Store {
                 self.full(key)
             ),
             transient: true,
+            source: None,
         })?;
         Ok(Some(body.into_bytes()))
     }
@@ -242,6 +246,7 @@ impl ObjectStore for S3Store {
                     self.full(key)
                 ),
                 transient: true,
+                source: None,
             })?
             .into_bytes();
         // S3 answers a range that starts inside the object but ends past it with the bytes
