@@ -18,7 +18,9 @@ use overseer_dal::update::{Micros, SourceState};
 use crate::Result;
 
 pub mod file;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 
 /// One event exactly as received.
@@ -164,11 +166,25 @@ pub fn build(cfg: &crate::config::SourceConfig) -> Result<Box<dyn Source>> {
     if let Some(f) = &cfg.file {
         return Ok(Box::new(file::FileSource::new(f.clone(), cfg.format)));
     }
+    #[cfg(feature = "kafka")]
     if let Some(k) = &cfg.kafka {
         return Ok(Box::new(kafka::KafkaSource::new(k.clone())?));
     }
+    #[cfg(feature = "postgres")]
     if let Some(p) = &cfg.postgres {
         return Ok(Box::new(postgres::PgSource::new(p.clone())?));
+    }
+    for (set, kind) in [
+        (cfg.kafka.is_some(), "kafka"),
+        (cfg.postgres.is_some(), "postgres"),
+    ] {
+        if set {
+            return Err(crate::Error::Config(format!(
+                "sources {:?}: [sources.{kind}] needs overseer-ingestion's cargo feature \"{kind}\", \
+                 which this build does not enable",
+                cfg.name
+            )));
+        }
     }
     Err(crate::Error::Config(format!(
         "sources {:?}: no source kind set",
