@@ -215,14 +215,17 @@ async fn run<E: Subcommand>(cmd: Cmd<E>, checks: Checks) -> Result<()> {
             view,
             json,
         } => {
-            view::run(view::Request {
-                config,
-                model,
-                id,
-                as_of,
-                view,
-                json,
-            })
+            view::run(
+                view::Request {
+                    config,
+                    model,
+                    id,
+                    as_of,
+                    view,
+                    json,
+                },
+                &checks,
+            )
             .await?
         }
         Cmd::Prs { config } => {

@@ -30,7 +30,7 @@ pub(crate) struct Request {
     pub(crate) json: bool,
 }
 
-pub(crate) async fn run(req: Request) -> Result<()> {
+pub(crate) async fn run(req: Request, checks: &crate::engine::Checks) -> Result<()> {
     let as_of_us = match &req.as_of {
         Some(s) => parse_as_of(s)?,
         None => chrono::Utc::now().timestamp_micros(),
@@ -50,7 +50,11 @@ pub(crate) async fn run(req: Request) -> Result<()> {
             known.join(", ")
         );
     }
-    let dal = overseer_ingestion::dal::open_dal(&cfg).await?;
+    // The views the checks registered in code, beside the built-in and configured ones.
+    let registry = checks.registry(&cfg)?;
+    let dal = overseer_ingestion::dal::open_dal(&cfg)
+        .await?
+        .with_descriptor_sets(registry.descriptor_sets().iter().copied())?;
     let def = match &req.view {
         Some(name) => {
             let def = dal.views().get(name)?;

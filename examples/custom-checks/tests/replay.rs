@@ -85,3 +85,35 @@ fn replay_through_the_teams_binary_finds_the_planted_fault() {
     let checks = v["checks"].as_array().unwrap();
     assert!(checks[0]["passes"].as_u64().unwrap() >= 2, "{v:#}");
 }
+
+/// `view` in the team's binary knows the team's view (registered in code, no config
+/// entry): order O2 as of the end of the fixture, with its one shipment.
+#[test]
+fn view_shows_the_teams_own_view() {
+    let dir = deployment();
+    let d = dir.path();
+    ok(&overseer(
+        &["ingest", "--config", "overseer.toml", "--once"],
+        d,
+    ));
+    let out = ok(&overseer(
+        &[
+            "view",
+            "--config",
+            "overseer.toml",
+            "--model",
+            "shop.orders",
+            "--id",
+            "O2",
+            "--view",
+            "OrderWithShipments",
+            "--json",
+        ],
+        d,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["order"]["status"], "shipped", "{v:#}");
+    let shipments = v["shipments"].as_array().unwrap();
+    assert_eq!(shipments.len(), 1, "{v:#}");
+    assert_eq!(shipments[0]["id"], "S2", "{v:#}");
+}
