@@ -232,15 +232,15 @@ pub async fn open_store(cfg: &StoreConfig) -> Result<DynStore> {
 
 /// Opens the configured catalog (running migrations for PostgreSQL).
 pub async fn open_catalog(cfg: &CatalogConfig) -> Result<DynCatalog> {
-    Ok(match cfg {
+    match cfg {
         #[cfg(feature = "embedded")]
-        CatalogConfig::Embedded { path } => {
-            Arc::new(crate::catalog::embedded::EmbeddedCatalog::open(path)?)
-        }
+        CatalogConfig::Embedded { path } => Ok(Arc::new(
+            crate::catalog::embedded::EmbeddedCatalog::open(path)?,
+        )),
         #[cfg(not(feature = "embedded"))]
-        CatalogConfig::Embedded { .. } => return Err(not_built("catalog", "embedded")),
+        CatalogConfig::Embedded { .. } => Err(not_built("catalog", "embedded")),
         #[cfg(not(feature = "postgres"))]
-        CatalogConfig::Postgres(_) => return Err(not_built("catalog", "postgres")),
+        CatalogConfig::Postgres(_) => Err(not_built("catalog", "postgres")),
         #[cfg(feature = "postgres")]
         CatalogConfig::Postgres(pg) => {
             let url = std::env::var(&pg.url_env).map_err(|_| {
@@ -252,9 +252,11 @@ pub async fn open_catalog(cfg: &CatalogConfig) -> Result<DynCatalog> {
                     ),
                 )
             })?;
-            Arc::new(crate::catalog::postgres::PgCatalog::connect(&url, &pg.schema).await?)
+            Ok(Arc::new(
+                crate::catalog::postgres::PgCatalog::connect(&url, &pg.schema).await?,
+            ))
         }
-    })
+    }
 }
 
 /// Opens the configured bus.

@@ -75,6 +75,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(not(any(feature = "embedded", feature = "postgres")), allow(dead_code))]
     pub(crate) fn catalog(message: impl std::fmt::Display) -> Self {
         Error::Catalog {
             message: message.to_string(),

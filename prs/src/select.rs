@@ -14,8 +14,11 @@
 //!   every transfer of an asset is an index read with a large fan-out. A lookup with
 //!   `(lookup_ref)` opts in: a change of the looked-up record triggers the check for every
 //!   subject that ever referenced it through that reference of the subject model
-//!   (`records_by_ref(payments.transfers, asset, "BTC")`): one index read per change, one
-//!   run per subject (every transfer in the asset).
+//!   (`records_by_ref(payments.transfers, asset, "BTC")`) and was settled at the change
+//!   (existed, and had no change of its own within the check's grace of it: those are left
+//!   to their own triggers, which see the change): one index read per change, a master
+//!   read per subject (a range read for the few changed near it), one run per subject
+//!   (every transfer in the asset).
 //!
 //! The same selection runs live and in replay, so both trigger the same pairs.
 
@@ -23,7 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use overseer_dal::Catalog;
-use overseer_dal::update::UpdateNotification;
+use overseer_dal::update::{Micros, UpdateNotification};
 use overseer_dal::view::registry::Joined;
 use overseer_dal::view::{ViewKind, Views};
 
@@ -42,6 +45,9 @@ enum Trigger {
     LookedUp {
         subject_model: String,
         reference: String,
+        /// The check's grace, µs: subjects with changes of their own this close to the
+        /// looked-up record's change are left to their own triggers.
+        grace_us: Micros,
     },
 }
 
@@ -93,6 +99,8 @@ impl Selector {
                             Trigger::LookedUp {
                                 subject_model: j.subject_model.clone(),
                                 reference: reference.clone(),
+                                grace_us: Micros::try_from(spec.grace.as_micros())
+                                    .unwrap_or(Micros::MAX),
                             },
                         ));
                     }
@@ -144,19 +152,66 @@ impl Selector {
                     Trigger::LookedUp {
                         subject_model,
                         reference,
+                        grace_us,
                     } => {
                         // The fan-out of a lookup trigger: every subject that ever referenced
-                        // the changed record (re-checked as of the change).
+                        // the changed record and is settled at the change (re-checked as of
+                        // the change).
                         let ids = catalog
                             .records_by_ref(subject_model, reference, &note.record_id)
                             .await?;
-                        out.extend(ids.into_iter().map(|id| (check.clone(), id)));
+                        for id in ids {
+                            let settled = settled_at(
+                                catalog,
+                                subject_model,
+                                &id,
+                                note.event_time_us,
+                                *grace_us,
+                            )
+                            .await?;
+                            if settled {
+                                out.insert((check.clone(), id));
+                            }
+                        }
                     }
                 }
             }
         }
         Ok(out.into_iter().collect())
     }
+}
+
+/// Whether a lookup-triggered re-check of `subject` as of `change_us` (+ grace) is due: the
+/// subject existed at the change, and has no change of its own within the grace either
+/// side of it. A subject created later, or changed that close to the change, is checked by
+/// its own trigger, whose evaluation time (its change + grace) is at or past the looked-up
+/// change, so that run already sees it; evaluating it at the looked-up change instead
+/// would catch it between its own change and what other systems make of that (a
+/// completed transfer whose ledger entries are still within the grace).
+///
+/// Decided on what the catalog holds when the notification is selected: live, a change of
+/// the subject within the grace *after* the looked-up change that is not yet ingested does
+/// not hold the re-check back (replay, seeing it, does).
+async fn settled_at(
+    catalog: &dyn Catalog,
+    model: &str,
+    subject: &str,
+    change_us: Micros,
+    grace_us: Micros,
+) -> Result<bool> {
+    let Some(master) = catalog.master(model, subject).await? else {
+        return Ok(false);
+    };
+    if master.first_event_us > change_us {
+        return Ok(false);
+    }
+    let from = change_us.saturating_sub(grace_us);
+    if master.last_event_us < from {
+        return Ok(true);
+    }
+    let to = change_us.saturating_add(grace_us);
+    let own = catalog.record_updates(model, subject, to).await?;
+    Ok(!own.iter().any(|e| e.event_time_us >= from))
 }
 
 /// The subjects a joined record names through join `join` of `view`, given every

@@ -363,3 +363,108 @@ async fn a_multi_field_join_selects_and_views_exactly_its_wallet() {
         ]
     );
 }
+
+/// A lookup trigger re-checks only the subjects settled at the change: not one created
+/// after it (its own trigger sees the change), not one changed within the grace of it
+/// (caught between its own change and what other systems make of it, e.g. a completed
+/// transfer whose entries are still on their way; its own run, at its change + grace,
+/// sees the looked-up change too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_trigger_leaves_unsettled_subjects_to_their_own_triggers() {
+    let w = World::new();
+    let grace = Duration::from_secs(1);
+    let mut registry = Registry::new();
+    registry
+        .check("entries_match_amount", entries_match_amount)
+        .strategy(Strategy::Immediate)
+        .grace(grace);
+    let options = RunnerOptions {
+        model_sources: BTreeMap::from([
+            ("payments.transfers".into(), vec!["pg".into()]),
+            ("payments.assets".into(), vec!["pg".into()]),
+            ("ledger.entries".into(), vec!["ledger".into()]),
+        ]),
+        models: Some(models()),
+        ..RunnerOptions::default()
+    };
+    let dal = Dal::new(w.catalog.clone(), w.store.clone());
+    let runner = Runner::new(dal, Arc::new(registry), options).unwrap();
+    let sub = w.bus.subscribe("prs").await.unwrap();
+    let sink = Arc::new(CollectSink::new());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(sub, sink.clone(), stop.clone()));
+
+    let mut pg = Changes::new("pg").refs(&["asset"]);
+    let t: Micros = 1_700_000_000_000_000;
+    let change = t + 10_000_000;
+    let g = grace.as_micros() as Micros;
+    let transfer = |id: &str| json!({"id": id, "account_id": "a", "asset": "USD", "amount": "12", "status": "completed"});
+    // Everything is ingested before the runner selects the asset's change (as when it
+    // runs behind ingestion, or in replay).
+    w.ingest(vec![
+        pg.row(
+            "payments.assets",
+            "USD",
+            t,
+            "r",
+            json!({"symbol": "USD", "decimals": 2}),
+        ),
+        pg.row(
+            "payments.transfers",
+            "settled",
+            t + 1,
+            "c",
+            transfer("settled"),
+        ),
+        pg.row(
+            "payments.transfers",
+            "in-flight",
+            change - 300_000,
+            "c",
+            transfer("in-flight"),
+        ),
+        pg.row(
+            "payments.assets",
+            "USD",
+            change,
+            "u",
+            json!({"symbol": "USD", "decimals": 4}),
+        ),
+        pg.row(
+            "payments.transfers",
+            "later",
+            change + 5_000_000,
+            "c",
+            transfer("later"),
+        ),
+    ])
+    .await;
+    // A run for each transfer: settled's own trigger and the lookup's coalesce into the
+    // later one (as of the change).
+    wait_for(&sink, 3, |_| true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+    let at_change: Vec<String> = sink
+        .runs()
+        .into_iter()
+        .filter(|r| r.eval_us == change + g)
+        .map(|r| r.subject)
+        .collect();
+    assert_eq!(at_change, ["settled"], "{:#?}", sink.runs());
+    let own: Vec<(String, Micros)> = sink
+        .runs()
+        .into_iter()
+        .filter(|r| r.eval_us != change + g)
+        .map(|r| (r.subject, r.eval_us))
+        .collect();
+    for (subject, at) in [
+        ("in-flight", change - 300_000 + g),
+        ("later", change + 5_000_000 + g),
+    ] {
+        assert!(
+            own.contains(&(subject.to_owned(), at)),
+            "{subject} ran on its own trigger: {own:?}"
+        );
+    }
+}
