@@ -230,9 +230,22 @@ pub fn describe(v: &Value) -> String {
     }
 }
 
-/// Parses one event as JSON, the reason naming the position and the problem.
-pub(crate) fn parse_json(raw: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(raw).map_err(|e| format!("invalid JSON: {e}"))
+/// Parses one event as JSON, the reason naming the position and the problem
+/// (`invalid JSON at line L column C: problem`).
+pub fn parse_json(raw: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(raw).map_err(|e| json_error("invalid JSON", &e))
+}
+
+/// `"{what} at line L column C: problem"` for a serde_json error.
+pub fn json_error(what: &str, e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let problem = msg.strip_suffix(&suffix).unwrap_or(&msg);
+    format!(
+        "{what} at line {} column {}: {problem}",
+        e.line(),
+        e.column()
+    )
 }
 
 /// A scalar as text, the way ids are compared: strings as they are, numbers and booleans
