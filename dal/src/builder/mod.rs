@@ -21,6 +21,13 @@
 //! - [`protobuf`]: protobuf messages (`protobuf`), read through the source's descriptor.
 //! - [`path`]: MongoDB dotted field paths (`a.b.2.c`), shared by both MongoDB families.
 //!
+//! Each family's file is the one reading of its events: ingestion's consumers call the same
+//! module for an event's metadata (op, model, event time, the document its id and
+//! references are read from: [`debezium::Envelope`], [`mongo::change_op`] and
+//! [`mongo::record_document`], ..., [`ProtobufBuilder::record_json`]; pgoutput's parser is
+//! [`crate::pgoutput`]), so the index entry of an event and the state folded from it cannot
+//! read the event differently. Reasons are ingestion's reject texts too.
+//!
 //! Every format but `protobuf` is read from the update record alone. A protobuf event needs
 //! its source's message descriptor, which the record does not carry, so the folds are
 //! methods of [`Builders`], which holds a [`ProtobufBuilder`] per protobuf source (the
