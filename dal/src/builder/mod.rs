@@ -21,6 +21,13 @@
 //! - [`protobuf`]: protobuf messages (`protobuf`), read through the source's descriptor.
 //! - [`path`]: MongoDB dotted field paths (`a.b.2.c`), shared by both MongoDB families.
 //!
+//! Each family's file is the one reading of its events: ingestion's consumers call the same
+//! module for an event's metadata (op, model, event time, the document its id and
+//! references are read from: [`debezium::Envelope`], [`mongo::change_op`] and
+//! [`mongo::record_document`], ..., [`ProtobufBuilder::record_json`]; pgoutput's parser is
+//! [`crate::pgoutput`]), so the index entry of an event and the state folded from it cannot
+//! read the event differently. Reasons are ingestion's reject texts too.
+//!
 //! Every format but `protobuf` is read from the update record alone. A protobuf event needs
 //! its source's message descriptor, which the record does not carry, so the folds are
 //! methods of [`Builders`], which holds a [`ProtobufBuilder`] per protobuf source (the
@@ -230,9 +237,22 @@ pub fn describe(v: &Value) -> String {
     }
 }
 
-/// Parses one event as JSON, the reason naming the position and the problem.
-pub(crate) fn parse_json(raw: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(raw).map_err(|e| format!("invalid JSON: {e}"))
+/// Parses one event as JSON, the reason naming the position and the problem
+/// (`invalid JSON at line L column C: problem`).
+pub fn parse_json(raw: &[u8]) -> Result<Value, String> {
+    serde_json::from_slice(raw).map_err(|e| json_error("invalid JSON", &e))
+}
+
+/// `"{what} at line L column C: problem"` for a serde_json error.
+pub fn json_error(what: &str, e: &serde_json::Error) -> String {
+    let msg = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let problem = msg.strip_suffix(&suffix).unwrap_or(&msg);
+    format!(
+        "{what} at line {} column {}: {problem}",
+        e.line(),
+        e.column()
+    )
 }
 
 /// A scalar as text, the way ids are compared: strings as they are, numbers and booleans

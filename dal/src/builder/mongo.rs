@@ -16,9 +16,14 @@
 //! - `delete`: the record ends (`None`).
 //!
 //! Without `operationType` (hand-written events such as the Overseer post's Toy example) the
-//! op is inferred as ingestion does: `updateDescription` → update, `fullDocument` → insert.
+//! op is inferred: `updateDescription` → update, `fullDocument` → insert.
 //! A state always has its `_id`: from the document, else `documentKey._id`, else a top-level
 //! `_id` that is not a resume token (`{"_data": ..}`; the Toy example's `_id`).
+//!
+//! This module also reads an event's metadata for ingestion, so the index entry of an event
+//! and the state folded from it read the event one way: [`change_op`], [`namespace`],
+//! [`change_time`] and [`record_document`] (the document the record id and references are
+//! read from), with the extended-JSON helpers they need ([`date_us`], [`normalize_uuids`]).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -28,6 +33,7 @@ use bson::spec::BinarySubtype;
 use serde_json::{Map, Value, json};
 
 use super::{State, describe, parse_json, path};
+use crate::update::{Micros, Op};
 
 /// Applies a change-stream event given as extended JSON.
 pub fn apply_json(state: Option<State>, raw: &[u8]) -> Result<Option<State>, String> {
@@ -48,29 +54,24 @@ pub fn apply_event(state: Option<State>, ev: Value) -> Result<Option<State>, Str
             describe(&ev)
         ));
     };
-    let op = operation(&ev)?;
-    let id = document_id(&ev)?;
-    let full = optional_doc(&mut ev, "fullDocument")?;
+    let op = change_op(&ev)?;
+    let id = document_id(&ev)?.cloned();
+    let full = take_doc(&mut ev, "fullDocument")?;
     let mut doc = match (op, full) {
-        ("insert" | "replace", Some(full)) => full,
-        ("insert" | "replace", None) => {
-            return Err(format!("{op} event without a fullDocument"));
-        }
-        ("update", Some(full)) => full,
-        ("update", None) => {
-            let ud = optional_doc(&mut ev, "updateDescription")?.ok_or_else(|| {
+        (Op::Create | Op::Replace, Some(full)) => full,
+        (Op::Create, None) => return Err("insert event without a fullDocument".into()),
+        (Op::Replace, None) => return Err("replace event without a fullDocument".into()),
+        (Op::Update, Some(full)) => full,
+        (Op::Update, None) => {
+            let ud = optional_doc(&ev, "updateDescription")?.ok_or_else(|| {
                 "update event with neither updateDescription nor fullDocument".to_string()
             })?;
             let mut doc = state.unwrap_or_default();
-            apply_update_description(&mut doc, &ud)?;
+            apply_update_description(&mut doc, ud)?;
             doc
         }
-        ("delete", _) => return Ok(None),
-        (other, _) => {
-            return Err(format!(
-                "operationType {other:?} is not a change to one document"
-            ));
-        }
+        (Op::Delete, _) => return Ok(None),
+        (Op::Unspecified, _) => return Err("operationType is not a change to one document".into()),
     };
     if let (false, Some(id)) = (doc.contains_key("_id"), id) {
         doc.insert("_id".into(), id);
@@ -78,24 +79,37 @@ pub fn apply_event(state: Option<State>, ev: Value) -> Result<Option<State>, Str
     Ok(Some(doc))
 }
 
-/// `operationType`, inferred for hand-written events that have none.
-fn operation(ev: &Map<String, Value>) -> Result<&'static str, String> {
+/// The op of a change event (`operationType`), inferred for hand-written events that have
+/// none: `updateDescription` → update, `fullDocument` → create. Other change-stream events
+/// (drop, rename, invalidate, ...) are not changes to one document: an error says so.
+pub fn change_op(ev: &Map<String, Value>) -> Result<Op, String> {
     match ev.get("operationType") {
         Some(Value::String(t)) => match t.as_str() {
-            "insert" => Ok("insert"),
-            "update" => Ok("update"),
-            "replace" => Ok("replace"),
-            "delete" => Ok("delete"),
-            other => Err(format!(
-                "operationType {other:?} is not a change to one document"
+            "insert" => Ok(Op::Create),
+            "update" => Ok(Op::Update),
+            "replace" => Ok(Op::Replace),
+            "delete" => Ok(Op::Delete),
+            "drop"
+            | "rename"
+            | "dropDatabase"
+            | "invalidate"
+            | "create"
+            | "createIndexes"
+            | "dropIndexes"
+            | "modify"
+            | "shardCollection"
+            | "refineCollectionShardKey"
+            | "reshardCollection" => Err(format!(
+                "unsupported operationType {t:?}: not a change to one document"
             )),
+            _ => Err(format!("unknown operationType {t:?}")),
         },
         None | Some(Value::Null) => {
             let has = |k: &str| ev.get(k).is_some_and(|v| !v.is_null());
             if has("updateDescription") {
-                Ok("update")
+                Ok(Op::Update)
             } else if has("fullDocument") {
-                Ok("insert")
+                Ok(Op::Create)
             } else {
                 Err("no operationType, and neither fullDocument nor updateDescription to infer it from".into())
             }
@@ -107,40 +121,193 @@ fn operation(ev: &Map<String, Value>) -> Result<&'static str, String> {
     }
 }
 
-/// The document's `_id` as the event names it: `documentKey._id`, else a top-level `_id`
-/// that is not a resume token.
-fn document_id(ev: &Map<String, Value>) -> Result<Option<Value>, String> {
-    match ev.get("documentKey") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(k)) => {
-            if let Some(id) = k.get("_id") {
-                return Ok(Some(id.clone()));
+/// `ns.db` + "." + `ns.coll`; `Ok(None)` when the event has no `ns`, `Err(reason)` when its
+/// `ns` is malformed.
+pub fn namespace(ev: &Map<String, Value>) -> Result<Option<String>, String> {
+    let ns = match ev.get("ns") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(ns)) => ns,
+        Some(other) => return Err(format!("ns is not a document (found {})", describe(other))),
+    };
+    match (ns.get("db"), ns.get("coll")) {
+        (Some(Value::String(db)), Some(Value::String(coll))) => Ok(Some(format!("{db}.{coll}"))),
+        _ => Err("ns.db or ns.coll is missing or not a string".into()),
+    }
+}
+
+/// The event time: `wallTime` (a `$date`, millisecond precision) if present, else
+/// `clusterTime` (a `$timestamp`, or a number of seconds); `Ok(None)` when the event has
+/// neither.
+pub fn change_time(ev: &Map<String, Value>) -> Result<Option<Micros>, String> {
+    if let Some(w) = ev.get("wallTime").filter(|v| !v.is_null()) {
+        return date_us(w)
+            .map(Some)
+            .map_err(|e| format!("no event time: wallTime {w} {e}"));
+    }
+    if let Some(c) = ev.get("clusterTime").filter(|v| !v.is_null()) {
+        return cluster_time_us(c)
+            .map(Some)
+            .map_err(|e| format!("no event time: clusterTime {c} {e}"));
+    }
+    Ok(None)
+}
+
+/// An extended-JSON `$date` (relaxed ISO-8601 string, canonical `{"$numberLong": ms}`, or the
+/// legacy plain number of milliseconds) in microseconds since the epoch.
+pub fn date_us(v: &Value) -> Result<Micros, String> {
+    match v.get("$date") {
+        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+            .map(|d| d.timestamp_micros())
+            .map_err(|e| format!("is not a valid ISO-8601 date: {e}")),
+        Some(Value::Number(n)) => n
+            .as_i64()
+            .and_then(ms_to_us)
+            .ok_or_else(|| "is not an integer number of milliseconds in range".into()),
+        Some(Value::Object(m)) => match m.get("$numberLong") {
+            Some(Value::String(s)) => s
+                .parse::<i64>()
+                .ok()
+                .and_then(ms_to_us)
+                .ok_or_else(|| "is not an integer number of milliseconds in range".into()),
+            _ => Err("is not a $date".into()),
+        },
+        _ => Err("is not a $date".into()),
+    }
+}
+
+/// A `$timestamp` (`{"$timestamp": {"t": secs, "i": n}}`) or a number of seconds (plain,
+/// or canonical `{"$numberLong": ".."}`), in microseconds since the epoch. The increment
+/// orders events within a second; it is not time, so it is not added.
+fn cluster_time_us(v: &Value) -> Result<Micros, String> {
+    let secs = match v {
+        Value::Number(n) => n.as_i64(),
+        _ => v
+            .get("$timestamp")
+            .and_then(|t| t.get("t"))
+            .and_then(Value::as_i64)
+            .or_else(|| {
+                v.get("$numberLong")
+                    .and_then(Value::as_str)
+                    .and_then(|s| s.parse().ok())
+            }),
+    };
+    secs.and_then(|s| s.checked_mul(1_000_000))
+        .ok_or_else(|| "is neither a $timestamp nor a number of seconds".into())
+}
+
+/// Milliseconds to microseconds, `None` on overflow.
+pub fn ms_to_us(ms: i64) -> Option<Micros> {
+    ms.checked_mul(1000)
+}
+
+/// The document the record id and references of a change event are read from:
+/// `fullDocument` (`fullDocumentBeforeChange` for deletes), overlaid by
+/// `updateDescription.updatedFields` (the fields this very change wrote), overlaid by
+/// `documentKey` (authoritative for `_id` and shard keys); an `_id` still missing is the
+/// event's [`document_id`]. UUID binaries read as `{"$uuid": ..}` ([`normalize_uuids`]).
+pub fn record_document(ev: &Map<String, Value>, op: Op) -> Result<Value, String> {
+    let mut doc = Map::new();
+    let base_field = if op == Op::Delete {
+        "fullDocumentBeforeChange"
+    } else {
+        "fullDocument"
+    };
+    if let Some(base) = optional_doc(ev, base_field)? {
+        doc.extend(base.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if let Some(ud) = optional_doc(ev, "updateDescription")? {
+        match ud.get("updatedFields") {
+            None | Some(Value::Null) => {}
+            Some(Value::Object(fields)) => {
+                doc.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())))
+            }
+            Some(other) => {
+                return Err(format!(
+                    "updateDescription.updatedFields is not a document (found {})",
+                    describe(other)
+                ));
             }
         }
-        Some(other) => {
-            return Err(format!(
-                "documentKey is not a document (found {})",
-                describe(other)
-            ));
-        }
+    }
+    if let Some(key) = optional_doc(ev, "documentKey")? {
+        doc.extend(key.iter().map(|(k, v)| (k.clone(), v.clone())));
+    }
+    if doc.get("_id").is_none_or(Value::is_null)
+        && let Some(id) = document_id(ev)?
+    {
+        doc.insert("_id".into(), id.clone());
+    }
+    let mut doc = Value::Object(doc);
+    normalize_uuids(&mut doc);
+    Ok(doc)
+}
+
+/// The document's `_id` as the event names it: `documentKey._id`, else a top-level `_id`
+/// that is not a resume token (`{"_data": ..}`; the Toy example of the Overseer post).
+pub fn document_id(ev: &Map<String, Value>) -> Result<Option<&Value>, String> {
+    if let Some(id) = optional_doc(ev, "documentKey")?.and_then(|k| k.get("_id")) {
+        return Ok(Some(id));
     }
     Ok(match ev.get("_id") {
         None | Some(Value::Null) => None,
         Some(Value::Object(t)) if t.contains_key("_data") => None,
-        Some(id) => Some(id.clone()),
+        Some(id) => Some(id),
     })
 }
 
-/// Takes the document under `key`: `None` if absent or null, an error if not a document.
-fn optional_doc(ev: &mut Map<String, Value>, key: &str) -> Result<Option<State>, String> {
-    match ev.remove(key) {
+/// The document under `key`: `None` if absent or null, an error if not a document.
+pub fn optional_doc<'a>(
+    ev: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a State>, String> {
+    match ev.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
         Some(other) => Err(format!(
             "{key} is not a document (found {})",
-            describe(&other)
+            describe(other)
         )),
     }
+}
+
+/// [`optional_doc`], taken out of `ev` rather than borrowed.
+fn take_doc(ev: &mut Map<String, Value>, key: &str) -> Result<Option<State>, String> {
+    optional_doc(ev, key)?;
+    Ok(match ev.remove(key) {
+        Some(Value::Object(m)) => Some(m),
+        _ => None,
+    })
+}
+
+/// Rewrites UUID binaries (`$binary` subtype 4, in the v2 or legacy form) to `{"$uuid":
+/// "8-4-4-4-12"}`, the form ids and references read as text.
+pub fn normalize_uuids(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            if let Some(u) = uuid_of_binary(m) {
+                *v = json!({ "$uuid": u });
+                return;
+            }
+            m.values_mut().for_each(normalize_uuids);
+        }
+        Value::Array(a) => a.iter_mut().for_each(normalize_uuids),
+        _ => {}
+    }
+}
+
+fn uuid_of_binary(m: &Map<String, Value>) -> Option<String> {
+    let (b64, subtype) = match m.get("$binary")? {
+        Value::Object(b) if m.len() == 1 => {
+            (b.get("base64")?.as_str()?, b.get("subType")?.as_str()?)
+        }
+        Value::String(s) if m.len() == 2 => (s.as_str(), m.get("$type")?.as_str()?),
+        _ => return None,
+    };
+    if u8::from_str_radix(subtype, 16).ok()? != 4 {
+        return None;
+    }
+    let bytes: [u8; 16] = BASE64.decode(b64).ok()?.try_into().ok()?;
+    Some(uuid_text(&bytes))
 }
 
 /// Applies a change stream's `updateDescription` (also Debezium MongoDB's, once its

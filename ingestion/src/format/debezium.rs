@@ -26,14 +26,17 @@
 //!
 //! Checks run in this order: tombstone, JSON, envelope, op, model, event time, document,
 //! id.
+//!
+//! Reading the envelope is the dal's [`overseer_dal::builder::debezium`], the module that
+//! also folds these events into a record's state: one reading of each event. What is left
+//! here is ingestion's: the models of the config, and reasons as rejects.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use overseer_dal::update::{Micros, Op};
+use overseer_dal::builder::debezium::{Envelope, KeyDoc};
 
-use super::mongo::{describe, json_reject, ms_to_us, normalize_uuids, parse_json};
 use super::{Consumer, Decoded, Models, Reject};
-use crate::config::Format;
+use crate::config::{Format, ModelConfig};
 use crate::source::SourceEvent;
 
 /// The Debezium PostgreSQL connector's envelope.
@@ -54,53 +57,13 @@ impl Consumer for DebeziumPostgres {
     }
 
     fn decode(&self, ev: &SourceEvent) -> Result<Decoded, Reject> {
-        let env = Envelope::read(ev)?;
-        let source = env.source()?;
-        let model_name = match (str_field(source, "schema"), str_field(source, "table")) {
-            (Some(s), Some(t)) if !t.is_empty() => Some(format!("{s}.{t}")),
-            _ => None,
-        };
-        let model = self.models.resolve(model_name.as_deref())?;
+        let mut env = Envelope::read(&ev.raw)?;
+        let model = self.models.resolve(env.postgres_model()?.as_deref())?;
         let event_time_us = env.time(ev.commit_time_us)?;
-
-        let image = if env.op == Op::Delete {
-            "before"
-        } else {
-            "after"
-        };
-        let mut doc = match env.payload.get(image) {
-            Some(Value::Object(row)) => row.clone(),
-            None | Some(Value::Null) if env.op == Op::Delete => Map::new(),
-            None | Some(Value::Null) => {
-                return Err(Reject::new(format!(
-                    "no row image: `{image}` is missing or null in an op {:?} event",
-                    env.op_code
-                )));
-            }
-            Some(other) => {
-                return Err(Reject::new(format!(
-                    "`{image}` is not a row (found {})",
-                    describe(other)
-                )));
-            }
-        };
         let key = KeyDoc::read(ev.key.as_deref());
-        if let KeyDoc::Doc(k) = &key {
-            for (f, v) in k {
-                if !has(&doc, f) {
-                    doc.insert(f.clone(), v.clone());
-                }
-            }
-        }
-        let (record_id, refs) = id_and_refs(model, &Value::Object(doc), &key)?;
-        // The LSN names a change uniquely except in a snapshot (every `r` shares one), so
-        // the op, model and id are part of the identity.
-        let event_id = env.source_field("lsn").map(|lsn| {
-            format!(
-                "dbz-pg:{lsn:0>20}:{}:{}:{record_id}",
-                env.op_code, model.name
-            )
-        });
+        let row = Value::Object(env.take_postgres_row(&key)?);
+        let (record_id, refs) = id_and_refs(model, &row, &key)?;
+        let event_id = env.postgres_event_id(&model.name, &record_id);
         Ok(Decoded {
             model: model.name.clone(),
             record_id,
@@ -130,73 +93,13 @@ impl Consumer for DebeziumMongo {
     }
 
     fn decode(&self, ev: &SourceEvent) -> Result<Decoded, Reject> {
-        let env = Envelope::read(ev)?;
-        let source = env.source()?;
-        let model_name = match (str_field(source, "db"), str_field(source, "collection")) {
-            (Some(db), Some(c)) if !c.is_empty() => Some(format!("{db}.{c}")),
-            _ => None,
-        };
-        let model = self.models.resolve(model_name.as_deref())?;
+        let env = Envelope::read(&ev.raw)?;
+        let model = self.models.resolve(env.mongo_model()?.as_deref())?;
         let event_time_us = env.time(ev.commit_time_us)?;
-
-        let p = &env.payload;
-        let after = ext_json_doc(p, "after")?;
-        let before = ext_json_doc(p, "before")?;
-        let filter = ext_json_doc(p, "filter")?;
-        let mut doc = match (env.op, &after, &before) {
-            (Op::Delete, _, Some(b)) => b.clone(),
-            (Op::Delete, _, None) => Map::new(),
-            (_, Some(a), _) => a.clone(),
-            (_, None, _) => Map::new(),
-        };
-        if env.op == Op::Update {
-            if let Some(patch) = ext_json_doc(p, "patch")? {
-                doc.extend(patch_fields(patch));
-            }
-            match p.get("updateDescription") {
-                None | Some(Value::Null) => {}
-                Some(Value::Object(ud)) => {
-                    if let Some(fields) = ext_json_doc(ud, "updatedFields")
-                        .map_err(|r| Reject::new(format!("updateDescription.{}", r.0)))?
-                    {
-                        doc.extend(fields);
-                    }
-                }
-                Some(other) => {
-                    return Err(Reject::new(format!(
-                        "updateDescription is not a document (found {})",
-                        describe(other)
-                    )));
-                }
-            }
-        }
-        if !has(&doc, "_id") {
-            let id = [&before, &filter]
-                .into_iter()
-                .flatten()
-                .find_map(|d| d.get("_id").filter(|v| !v.is_null()).cloned());
-            if let Some(id) = id {
-                doc.insert("_id".into(), id);
-            }
-        }
         let key = KeyDoc::read(ev.key.as_deref());
-        if let (false, KeyDoc::Doc(k)) = (has(&doc, "_id"), &key)
-            && let Some(id) = k.get("id").and_then(mongo_key_id)
-        {
-            doc.insert("_id".into(), id);
-        }
-        let mut doc = Value::Object(doc);
-        normalize_uuids(&mut doc);
+        let doc = env.mongo_document(&key)?;
         let (record_id, refs) = id_and_refs(model, &doc, &key)?;
-        // An oplog entry is (cluster time, ordinal); snapshot reads share them, hence the
-        // op, model and id.
-        let event_id = match (env.source_field("ts_ms"), env.source_field("ord")) {
-            (Some(ts), Some(ord)) => Some(format!(
-                "dbz-mongo:{ts:0>20}:{ord:0>10}:{}:{}:{record_id}",
-                env.op_code, model.name
-            )),
-            _ => None,
-        };
+        let event_id = env.mongo_event_id(&model.name, &record_id);
         Ok(Decoded {
             model: model.name.clone(),
             record_id,
@@ -208,270 +111,21 @@ impl Consumer for DebeziumMongo {
     }
 }
 
-/// The payload of a Debezium event and its op.
-struct Envelope {
-    payload: Map<String, Value>,
-    op: Op,
-    /// The op letter as sent, for reject reasons.
-    op_code: String,
-}
-
-impl Envelope {
-    /// `source.NAME` as text when it is a number or a string.
-    fn source_field(&self, name: &str) -> Option<String> {
-        match self.payload.get("source")?.get(name)? {
-            Value::Number(n) => Some(n.to_string()),
-            Value::String(s) if !s.is_empty() => Some(s.clone()),
-            _ => None,
-        }
-    }
-
-    fn read(ev: &SourceEvent) -> Result<Envelope, Reject> {
-        if ev.raw.iter().all(u8::is_ascii_whitespace) {
-            return Err(Reject::new(
-                "tombstone (empty value): Kafka's compaction marker after a delete, not a change",
-            ));
-        }
-        let v = parse_json(&ev.raw)?;
-        let mut payload = match v {
-            Value::Object(m) => m,
-            Value::Null => {
-                return Err(Reject::new(
-                    "tombstone (null value): Kafka's compaction marker after a delete, not a change",
-                ));
-            }
-            other => {
-                return Err(Reject::new(format!(
-                    "not a Debezium envelope: the event is not a JSON object (found {})",
-                    describe(&other)
-                )));
-            }
-        };
-        // `{schema, payload}` from the JSON converter with schemas enabled.
-        if !payload.contains_key("op") && payload.contains_key("payload") {
-            payload = match payload.remove("payload") {
-                Some(Value::Object(m)) => m,
-                Some(Value::Null) | None => {
-                    return Err(Reject::new(
-                        "tombstone (null payload): Kafka's compaction marker after a delete, not a change",
-                    ));
-                }
-                Some(other) => {
-                    return Err(Reject::new(format!(
-                        "not a Debezium envelope: `payload` is not a JSON object (found {})",
-                        describe(&other)
-                    )));
-                }
-            };
-        }
-        let op_code = match payload.get("op") {
-            Some(Value::String(s)) => s.clone(),
-            None | Some(Value::Null) => {
-                return Err(Reject::new("not a Debezium envelope: no `op`"));
-            }
-            Some(other) => {
-                return Err(Reject::new(format!(
-                    "`op` is not a string (found {})",
-                    describe(other)
-                )));
-            }
-        };
-        let op = match op_code.as_str() {
-            "c" | "r" => Op::Create,
-            "u" => Op::Update,
-            "d" => Op::Delete,
-            "t" => {
-                return Err(Reject::new(
-                    "truncate event (op \"t\"): it empties a whole table, not a change to one record",
-                ));
-            }
-            "m" => {
-                return Err(Reject::new(
-                    "logical decoding message (op \"m\"): not a change to a record",
-                ));
-            }
-            other => return Err(Reject::new(format!("unknown op {other:?}"))),
-        };
-        Ok(Envelope {
-            payload,
-            op,
-            op_code,
-        })
-    }
-
-    /// `source`, which every Debezium change event has.
-    fn source(&self) -> Result<&Map<String, Value>, Reject> {
-        static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        match self.payload.get("source") {
-            Some(Value::Object(s)) => Ok(s),
-            // Without `source` the model must be fixed and the time comes from `ts_ms`.
-            None | Some(Value::Null) => Ok(EMPTY.get_or_init(Map::new)),
-            Some(other) => Err(Reject::new(format!(
-                "`source` is not a JSON object (found {})",
-                describe(other)
-            ))),
-        }
-    }
-
-    /// The source's commit time, in microseconds.
-    fn time(&self, fallback: Option<Micros>) -> Result<Micros, Reject> {
-        let source = self.source()?;
-        for (obj, at) in [(source, "source."), (&self.payload, "")] {
-            if let Some(us) = int_field(obj, "ts_us", at)? {
-                return Ok(us);
-            }
-            if let Some(ns) = int_field(obj, "ts_ns", at)? {
-                return Ok(ns / 1000);
-            }
-            if let Some(ms) = int_field(obj, "ts_ms", at)? {
-                return ms_to_us(ms).ok_or_else(|| {
-                    Reject::new(format!("no event time: {at}ts_ms {ms} is out of range"))
-                });
-            }
-        }
-        fallback
-            .ok_or_else(|| Reject::new("no event time: neither source.ts_ms nor ts_ms is present"))
-    }
-}
-
-/// An integer field; `Ok(None)` if absent or null.
-fn int_field(obj: &Map<String, Value>, key: &str, at: &str) -> Result<Option<i64>, Reject> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-            Reject::new(format!(
-                "no event time: {at}{key} is not an integer (found {})",
-                describe(v)
-            ))
-        }),
-    }
-}
-
-/// Whether `doc` has a non-null `field`.
-fn has(doc: &Map<String, Value>, field: &str) -> bool {
-    doc.get(field).is_some_and(|v| !v.is_null())
-}
-
-fn str_field<'a>(obj: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    obj.get(key).and_then(Value::as_str)
-}
-
-/// What the Kafka key offers for the id.
-enum KeyDoc {
-    None,
-    /// The key's payload (the wrapper removed).
-    Doc(Map<String, Value>),
-    /// Why the key could not be used, for the reject reason.
-    Unusable(String),
-}
-
-impl KeyDoc {
-    fn read(key: Option<&[u8]>) -> KeyDoc {
-        let Some(key) = key.filter(|k| !k.is_empty()) else {
-            return KeyDoc::None;
-        };
-        match serde_json::from_slice::<Value>(key) {
-            Ok(Value::Object(mut m)) => {
-                if m.contains_key("schema") && m.contains_key("payload") {
-                    match m.remove("payload") {
-                        Some(Value::Object(p)) => KeyDoc::Doc(p),
-                        _ => {
-                            KeyDoc::Unusable("the Kafka key's payload is not a JSON object".into())
-                        }
-                    }
-                } else {
-                    KeyDoc::Doc(m)
-                }
-            }
-            Ok(other) => KeyDoc::Unusable(format!(
-                "the Kafka key is not a JSON object (found {})",
-                describe(&other)
-            )),
-            Err(e) => KeyDoc::Unusable(format!("the Kafka key is not JSON: {e}")),
-        }
-    }
-}
-
 /// [`Models::id_and_refs`], with the reject saying what the key offered.
 fn id_and_refs(
-    model: &crate::config::ModelConfig,
+    model: &ModelConfig,
     doc: &Value,
     key: &KeyDoc,
 ) -> Result<(String, Vec<(String, String)>), Reject> {
-    Models::id_and_refs(model, doc).map_err(|r| {
-        let key = match key {
-            KeyDoc::None => "there is no Kafka key".to_string(),
-            KeyDoc::Doc(_) => "the Kafka key does not have it either".to_string(),
-            KeyDoc::Unusable(why) => why.clone(),
-        };
-        Reject::new(format!("{} in the record, and {key}", r.0))
-    })
-}
-
-/// The key's `id`: a string holding the `_id` as extended JSON (`"1004"`, `"\"abc\""`,
-/// `"{\"$oid\": \"...\"}"`), read back into the `_id` value it stands for.
-fn mongo_key_id(v: &Value) -> Option<Value> {
-    match v {
-        Value::String(s) => match serde_json::from_str::<Value>(s) {
-            Ok(parsed) if !parsed.is_null() => Some(parsed),
-            // Not JSON: the string is the id itself.
-            _ => Some(Value::String(s.clone())),
-        },
-        Value::Null => None,
-        other => Some(other.clone()),
-    }
-}
-
-/// A field holding a document as a string of extended JSON (or, from some converters, as a
-/// JSON object already); `Ok(None)` if absent or null.
-fn ext_json_doc(obj: &Map<String, Value>, key: &str) -> Result<Option<Map<String, Value>>, Reject> {
-    let parsed = match obj.get(key) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => serde_json::from_str::<Value>(s)
-            .map_err(|e| json_reject(&format!("`{key}` is not valid extended JSON"), &e))?,
-        Some(Value::Object(m)) => return Ok(Some(m.clone())),
-        Some(other) => {
-            return Err(Reject::new(format!(
-                "`{key}` is not a string of extended JSON (found {})",
-                describe(other)
-            )));
-        }
-    };
-    match parsed {
-        Value::Object(m) => Ok(Some(m)),
-        Value::Null => Ok(None),
-        other => Err(Reject::new(format!(
-            "`{key}` does not hold a document (found {})",
-            describe(&other)
-        ))),
-    }
-}
-
-/// The fields an oplog `patch` writes: its `$set`, the updates and inserts of a `$v: 2`
-/// diff, or the whole document when it is a replacement (no operators).
-fn patch_fields(patch: Map<String, Value>) -> Map<String, Value> {
-    if !patch.keys().any(|k| k.starts_with('$')) {
-        return patch;
-    }
-    let mut out = Map::new();
-    if let Some(Value::Object(set)) = patch.get("$set") {
-        out.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    if let Some(Value::Object(diff)) = patch.get("diff") {
-        for part in ["u", "i"] {
-            if let Some(Value::Object(m)) = diff.get(part) {
-                out.extend(m.iter().map(|(k, v)| (k.clone(), v.clone())));
-            }
-        }
-    }
-    out
+    Models::id_and_refs(model, doc)
+        .map_err(|r| Reject::new(format!("{} in the record, and {}", r.0, key.why_not())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
     use bytes::Bytes;
+    use overseer_dal::update::Op;
     use serde_json::json;
 
     fn models() -> Models {

@@ -55,6 +55,13 @@ impl Reject {
     }
 }
 
+/// A reason from the dal's readers of the formats, as the event's reject.
+impl From<String> for Reject {
+    fn from(reason: String) -> Self {
+        Reject(reason)
+    }
+}
+
 impl std::fmt::Display for Reject {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

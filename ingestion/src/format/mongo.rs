@@ -23,16 +23,17 @@
 //! Checks run in this order, so the reason of a bad event is predictable: bytes (JSON/BSON),
 //! shape (a document), op, model, event time, field types, id.
 //!
-//! The helpers for extended JSON (`$binary` UUIDs, `$date`) are shared with the Debezium
-//! MongoDB reader.
+//! Reading the event is the dal's [`overseer_dal::builder::mongo`], the module that also
+//! folds these events into a record's state: one reading of each event. What is left here
+//! is ingestion's: the models of the config, and reasons as rejects.
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
-use overseer_dal::update::{Micros, Op};
+use overseer_dal::builder::mongo::{change_op, change_time, namespace, record_document};
+use overseer_dal::builder::{describe, parse_json};
+use overseer_dal::update::Micros;
 
-use super::{Consumer, Decoded, Models, Reject, scalar_to_string};
+use super::{Consumer, Decoded, Models, Reject};
 use crate::config::Format;
 use crate::source::SourceEvent;
 
@@ -112,45 +113,7 @@ pub(super) fn decode_change_event(
         })?,
     };
 
-    let mut doc = Map::new();
-    let base_field = if op == Op::Delete {
-        "fullDocumentBeforeChange"
-    } else {
-        "fullDocument"
-    };
-    if let Some(base) = optional_doc(obj, base_field)? {
-        doc.extend(base.iter().map(|(k, v)| (k.clone(), v.clone())));
-    }
-    if let Some(ud) = optional_doc(obj, "updateDescription")? {
-        match ud.get("updatedFields") {
-            None | Some(Value::Null) => {}
-            Some(Value::Object(fields)) => {
-                doc.extend(fields.iter().map(|(k, v)| (k.clone(), v.clone())))
-            }
-            Some(other) => {
-                return Err(Reject::new(format!(
-                    "updateDescription.updatedFields is not a document (found {})",
-                    describe(other)
-                )));
-            }
-        }
-    }
-    match optional_doc(obj, "documentKey")? {
-        Some(key) => doc.extend(key.iter().map(|(k, v)| (k.clone(), v.clone()))),
-        None => {
-            // The Toy example of the Overseer post: `_id` is the document's id. A real change
-            // stream's `_id` is its resume token (`{"_data": ..}`), never taken for an id.
-            let has_id = doc.get("_id").is_some_and(|v| !v.is_null());
-            if let (false, Some(id)) = (
-                has_id,
-                obj.get("_id").filter(|v| scalar_to_string(v).is_some()),
-            ) {
-                doc.insert("_id".into(), id.clone());
-            }
-        }
-    }
-    let mut doc = Value::Object(doc);
-    normalize_uuids(&mut doc);
+    let doc = record_document(obj, op)?;
     let (record_id, refs) = Models::id_and_refs(model, &doc)?;
     // The resume token names the change uniquely within the deployment.
     let event_id = obj
@@ -168,202 +131,6 @@ pub(super) fn decode_change_event(
     })
 }
 
-/// The op of a change event, inferred for hand-written events with no `operationType`.
-fn change_op(obj: &Map<String, Value>) -> Result<Op, Reject> {
-    match obj.get("operationType") {
-        Some(Value::String(t)) => match t.as_str() {
-            "insert" => Ok(Op::Create),
-            "update" => Ok(Op::Update),
-            "replace" => Ok(Op::Replace),
-            "delete" => Ok(Op::Delete),
-            "drop"
-            | "rename"
-            | "dropDatabase"
-            | "invalidate"
-            | "create"
-            | "createIndexes"
-            | "dropIndexes"
-            | "modify"
-            | "shardCollection"
-            | "refineCollectionShardKey"
-            | "reshardCollection" => Err(Reject::new(format!(
-                "unsupported operationType {t:?}: not a change to one document"
-            ))),
-            _ => Err(Reject::new(format!("unknown operationType {t:?}"))),
-        },
-        Some(Value::Null) | None => {
-            let has = |k: &str| obj.get(k).is_some_and(|v| !v.is_null());
-            if has("updateDescription") {
-                Ok(Op::Update)
-            } else if has("fullDocument") {
-                Ok(Op::Create)
-            } else {
-                Err(Reject::new(
-                    "no operationType, and neither fullDocument nor updateDescription to infer it from",
-                ))
-            }
-        }
-        Some(other) => Err(Reject::new(format!(
-            "operationType is not a string (found {})",
-            describe(other)
-        ))),
-    }
-}
-
-/// `ns.db` + "." + `ns.coll`; `Ok(None)` when the event has no `ns`, `Err(reason)` when its
-/// `ns` is malformed.
-fn namespace(obj: &Map<String, Value>) -> Result<Option<String>, String> {
-    let ns = match obj.get("ns") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Object(ns)) => ns,
-        Some(other) => return Err(format!("ns is not a document (found {})", describe(other))),
-    };
-    match (ns.get("db"), ns.get("coll")) {
-        (Some(Value::String(db)), Some(Value::String(coll))) => Ok(Some(format!("{db}.{coll}"))),
-        _ => Err("ns.db or ns.coll is missing or not a string".into()),
-    }
-}
-
-/// `wallTime` if present, else `clusterTime`; `Ok(None)` when the event has neither.
-fn change_time(obj: &Map<String, Value>) -> Result<Option<Micros>, Reject> {
-    if let Some(w) = obj.get("wallTime").filter(|v| !v.is_null()) {
-        return date_us(w)
-            .map(Some)
-            .map_err(|e| Reject::new(format!("no event time: wallTime {w} {e}")));
-    }
-    if let Some(c) = obj.get("clusterTime").filter(|v| !v.is_null()) {
-        return cluster_time_us(c)
-            .map(Some)
-            .map_err(|e| Reject::new(format!("no event time: clusterTime {c} {e}")));
-    }
-    Ok(None)
-}
-
-/// An extended-JSON `$date` (relaxed ISO-8601 string, canonical `{"$numberLong": ms}`, or the
-/// legacy plain number of milliseconds) in microseconds since the epoch.
-pub(super) fn date_us(v: &Value) -> Result<Micros, String> {
-    match v.get("$date") {
-        Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
-            .map(|d| d.timestamp_micros())
-            .map_err(|e| format!("is not a valid ISO-8601 date: {e}")),
-        Some(Value::Number(n)) => n
-            .as_i64()
-            .and_then(ms_to_us)
-            .ok_or_else(|| "is not an integer number of milliseconds in range".into()),
-        Some(Value::Object(m)) => match m.get("$numberLong") {
-            Some(Value::String(s)) => s
-                .parse::<i64>()
-                .ok()
-                .and_then(ms_to_us)
-                .ok_or_else(|| "is not an integer number of milliseconds in range".into()),
-            _ => Err("is not a $date".into()),
-        },
-        _ => Err("is not a $date".into()),
-    }
-}
-
-/// A `$timestamp` (`{"$timestamp": {"t": secs, "i": n}}`) or a number of seconds (plain,
-/// or canonical `{"$numberLong": ".."}`), in microseconds since the epoch. The increment
-/// orders events within a second; it is not time, so it is not added.
-fn cluster_time_us(v: &Value) -> Result<Micros, String> {
-    let secs = match v {
-        Value::Number(n) => n.as_i64(),
-        _ => v
-            .get("$timestamp")
-            .and_then(|t| t.get("t"))
-            .and_then(Value::as_i64)
-            .or_else(|| {
-                v.get("$numberLong")
-                    .and_then(Value::as_str)
-                    .and_then(|s| s.parse().ok())
-            }),
-    };
-    secs.and_then(|s| s.checked_mul(1_000_000))
-        .ok_or_else(|| "is neither a $timestamp nor a number of seconds".into())
-}
-
-/// Milliseconds to microseconds, `None` on overflow.
-pub(super) fn ms_to_us(ms: i64) -> Option<Micros> {
-    ms.checked_mul(1000)
-}
-
-/// The document under `key`, `None` if absent or null, a reject if it is something else.
-fn optional_doc<'a>(
-    obj: &'a Map<String, Value>,
-    key: &str,
-) -> Result<Option<&'a Map<String, Value>>, Reject> {
-    match obj.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(other) => Err(Reject::new(format!(
-            "{key} is not a document (found {})",
-            describe(other)
-        ))),
-    }
-}
-
-/// Parses one event as JSON; the reject names the position and the problem.
-pub(super) fn parse_json(raw: &[u8]) -> Result<Value, Reject> {
-    serde_json::from_slice(raw).map_err(|e| json_reject("invalid JSON", &e))
-}
-
-/// `"{what} at line L column C: problem"` for a serde_json error.
-pub(super) fn json_reject(what: &str, e: &serde_json::Error) -> Reject {
-    let msg = e.to_string();
-    let suffix = format!(" at line {} column {}", e.line(), e.column());
-    let problem = msg.strip_suffix(&suffix).unwrap_or(&msg);
-    Reject::new(format!(
-        "{what} at line {} column {}: {problem}",
-        e.line(),
-        e.column()
-    ))
-}
-
-/// What a JSON value is, for reject reasons (shared with the DAL's builders).
-pub(super) use overseer_dal::builder::describe;
-
-/// Rewrites UUID binaries (`$binary` subtype 4, in the v2 or legacy form) to `{"$uuid":
-/// "8-4-4-4-12"}`, the form ids and references read as text.
-pub(super) fn normalize_uuids(v: &mut Value) {
-    match v {
-        Value::Object(m) => {
-            if let Some(u) = uuid_of_binary(m) {
-                *v = json!({ "$uuid": u });
-                return;
-            }
-            m.values_mut().for_each(normalize_uuids);
-        }
-        Value::Array(a) => a.iter_mut().for_each(normalize_uuids),
-        _ => {}
-    }
-}
-
-fn uuid_of_binary(m: &Map<String, Value>) -> Option<String> {
-    let (b64, subtype) = match m.get("$binary")? {
-        Value::Object(b) if m.len() == 1 => {
-            (b.get("base64")?.as_str()?, b.get("subType")?.as_str()?)
-        }
-        Value::String(s) if m.len() == 2 => (s.as_str(), m.get("$type")?.as_str()?),
-        _ => return None,
-    };
-    if u8::from_str_radix(subtype, 16).ok()? != 4 {
-        return None;
-    }
-    let bytes: [u8; 16] = BASE64.decode(b64).ok()?.try_into().ok()?;
-    Some(uuid_text(&bytes))
-}
-
-fn uuid_text(b: &[u8; 16]) -> String {
-    let mut s = String::with_capacity(36);
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        s.push_str(&format!("{byte:02x}"));
-    }
-    s
-}
-
 /// Raw BSON as extended JSON: the data access layer's converter, so ingestion and the
 /// builders read a BSON event the same way (int64 as `$numberLong`, UUIDs as `$uuid`).
 pub(super) use overseer_dal::builder::mongo::bson_to_extjson;
@@ -374,6 +141,8 @@ mod tests {
     use crate::config::ModelConfig;
     use bson::{Bson, doc, oid::ObjectId, spec::BinarySubtype};
     use bytes::Bytes;
+    use overseer_dal::update::Op;
+    use serde_json::json;
 
     fn models(fixed: Option<&str>) -> Models {
         Models::new(
