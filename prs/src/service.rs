@@ -216,6 +216,20 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunnerReport> {
     let routes = routes(cfg, &registry)?;
+    run_routed(cfg, routes, registry, dal, sub, also, shutdown).await
+}
+
+/// [`run`] with escalation `routes` given in code instead of the configured policies (the
+/// demo and the bench escalate to a notifier of their own).
+pub async fn run_routed(
+    cfg: &RunnerConfig,
+    routes: Routes,
+    registry: Registry,
+    dal: Dal,
+    sub: Box<dyn Subscription>,
+    also: Option<Arc<dyn Sink>>,
+    shutdown: CancellationToken,
+) -> Result<RunnerReport> {
     let enabled = registry
         .iter()
         .filter(|s| s.enabled)

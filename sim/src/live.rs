@@ -27,9 +27,8 @@ use overseer_dal::update::Micros;
 use overseer_ingestion::pipeline::{Ingestor, SourceReport, Storage};
 use overseer_ingestion::source::Source;
 use overseer_prs::escalate::{Notifier, Severity};
-use overseer_prs::incident::{Escalator, Routes};
-use overseer_prs::runner::{RunRecord, Runner, Sink};
-use overseer_prs::service::Fanout;
+use overseer_prs::incident::Routes;
+use overseer_prs::runner::RunRecord;
 
 /// What a live run observed. Times are on the run's [`Clock`], µs since the epoch.
 pub(crate) struct Live {
@@ -100,11 +99,6 @@ pub(crate) async fn run(
     // The runner, as `overseer run` wires it, with `notifier` as its escalation policy.
     // The demo and the bench score the payments checks: those are what they register.
     let registry = overseer::Checks::new(overseer_checks::register).registry(cfg)?;
-    let enabled: Vec<String> = registry
-        .iter()
-        .filter(|s| s.enabled)
-        .map(|s| s.name.clone())
-        .collect();
     let routes = Routes {
         policies: BTreeMap::from([("live".to_owned(), notifier)]),
         default_policy: "live".into(),
@@ -112,14 +106,8 @@ pub(crate) async fn run(
         muted: BTreeSet::new(),
         severity: Severity::Error,
     };
-    let (escalator, outbox) = Escalator::new(storage.catalog.clone(), routes, enabled)?;
     let dal = overseer_ingestion::dal::dal_over(cfg, storage)?;
     let cache = dal.cache();
-    let runner = Runner::new(
-        dal,
-        Arc::new(registry),
-        overseer_prs::service::options(&cfg.runner()),
-    )?;
     let feed = CatalogFeed::open(
         storage.catalog.clone(),
         storage.store.clone(),
@@ -129,11 +117,22 @@ pub(crate) async fn run(
     .await?;
     let (feed, progress) = Tracked::new(feed.warming(cache));
     let collector = Collector::verdicts_only();
-    let sink: Arc<dyn Sink> = Arc::new(Fanout(vec![Arc::new(escalator), collector.clone()]));
-    let outbox_stop = CancellationToken::new();
-    let outbox_task = tokio::spawn(outbox.run(outbox_stop.clone()));
     let runner_stop = CancellationToken::new();
-    let mut runner_task = tokio::spawn(runner.run(Box::new(feed), sink, runner_stop.clone()));
+    let mut runner_task = {
+        let (runner_cfg, collector, stop) = (cfg.runner(), collector.clone(), runner_stop.clone());
+        tokio::spawn(async move {
+            overseer_prs::service::run_routed(
+                &runner_cfg,
+                routes,
+                registry,
+                dal,
+                Box::new(feed),
+                Some(collector),
+                stop,
+            )
+            .await
+        })
+    };
 
     // Ingestion: one pipeline per system, fed by its source.
     let ingest_stop = CancellationToken::new();
@@ -218,11 +217,6 @@ pub(crate) async fn run(
         .await
         .context("the runner task")?
         .context("the runner")?;
-    outbox_stop.cancel();
-    outbox_task
-        .await
-        .context("the outbox task")?
-        .context("the outbox")?;
     ingest_stop.cancel();
     let mut reports = BTreeMap::new();
     while let Some(joined) = ingest.join_next().await {
