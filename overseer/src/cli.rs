@@ -28,6 +28,15 @@ pub enum NoCommands {}
 
 #[derive(Subcommand)]
 enum Cmd<E: Subcommand> {
+    #[command(flatten)]
+    Engine(Engine),
+    #[command(flatten)]
+    Extra(E),
+}
+
+/// The engine's own subcommands.
+#[derive(Subcommand)]
+enum Engine {
     /// Ingest change events from the configured sources until stopped.
     Ingest {
         #[arg(long)]
@@ -91,8 +100,6 @@ enum Cmd<E: Subcommand> {
         #[arg(long)]
         config: PathBuf,
     },
-    #[command(flatten)]
-    Extra(E),
 }
 
 /// The whole `overseer` command line for the checks `register` registers: a team's binary
@@ -127,7 +134,7 @@ pub fn main_with<E: Subcommand>(
     let checks = Checks::new(register);
     let result = match cli.cmd {
         Cmd::Extra(cmd) => extra(cmd, checks),
-        cmd => tokio::runtime::Builder::new_multi_thread()
+        Cmd::Engine(cmd) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
             .context("starting the async runtime")
@@ -156,9 +163,9 @@ pub fn cancel_on_signal(token: CancellationToken) {
     });
 }
 
-async fn run<E: Subcommand>(cmd: Cmd<E>, checks: Checks) -> Result<()> {
+async fn run(cmd: Engine, checks: Checks) -> Result<()> {
     match cmd {
-        Cmd::Ingest { config, once } => {
+        Engine::Ingest { config, once } => {
             let cfg = Config::load(&config)?;
             let storage = Storage::open(&cfg).await?;
             let token = CancellationToken::new();
@@ -172,7 +179,7 @@ async fn run<E: Subcommand>(cmd: Cmd<E>, checks: Checks) -> Result<()> {
                 );
             }
         }
-        Cmd::History {
+        Engine::History {
             config,
             model,
             id,
@@ -207,7 +214,7 @@ async fn run<E: Subcommand>(cmd: Cmd<E>, checks: Checks) -> Result<()> {
                 }
             }
         }
-        Cmd::View {
+        Engine::View {
             config,
             model,
             id,
@@ -228,19 +235,19 @@ async fn run<E: Subcommand>(cmd: Cmd<E>, checks: Checks) -> Result<()> {
             )
             .await?
         }
-        Cmd::Prs { config } => {
+        Engine::Prs { config } => {
             let cfg = Config::load(&config)?;
             let token = CancellationToken::new();
             cancel_on_signal(token.clone());
             engine::prs(cfg, &checks, token).await?;
         }
-        Cmd::Run { config } => {
+        Engine::Run { config } => {
             let cfg = Config::load(&config)?;
             let token = CancellationToken::new();
             cancel_on_signal(token.clone());
             engine::run(cfg, &checks, token).await?;
         }
-        Cmd::Reindex { config } => {
+        Engine::Reindex { config } => {
             let cfg = Config::load(&config)?;
             let storage = Storage::open(&cfg).await?;
             let report = overseer_ingestion::reindex::reindex(&*storage.store, &*storage.catalog)
@@ -251,9 +258,8 @@ async fn run<E: Subcommand>(cmd: Cmd<E>, checks: Checks) -> Result<()> {
                 report.segments, report.updates, report.duplicates, report.foreign
             );
         }
-        Cmd::Replay(args) => replay::run(args, &checks).await?,
-        Cmd::Validate { config } => crate::validate::run(&config, &checks).await?,
-        Cmd::Extra(_) => unreachable!("run by main_with"),
+        Engine::Replay(args) => replay::run(args, &checks).await?,
+        Engine::Validate { config } => crate::validate::run(&config, &checks).await?,
     }
     Ok(())
 }
