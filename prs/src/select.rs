@@ -20,7 +20,8 @@
 //!   read per subject (a range read for the few changed near it), one run per subject
 //!   (every transfer in the asset).
 //!
-//! The same selection runs live and in replay, so both trigger the same pairs.
+//! The same selection runs live and in replay, so both trigger the same pairs (with the
+//! one exception of lookup triggers documented at [`settled_at`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

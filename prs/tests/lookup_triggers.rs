@@ -1,8 +1,9 @@
 //! Lookup triggers and multi-field joins through the runner, over a real DAL (history on a
 //! memory store, embedded catalog) and the in-process bus:
-//! - `TransferWithLedger.asset` has `(lookup_ref) = "asset"`: a change of an asset's
-//!   decimals re-checks every transfer in that asset (and no other), as of the change, and
-//!   the verdict follows the asset (fails at 4 decimals, passes back at 2);
+//! - a team's view like `TransferWithLedger` whose asset has `(lookup_ref) = "asset"`: a
+//!   change of an asset's decimals re-checks every transfer in that asset (and no other),
+//!   as of the change, and the verdict follows the asset (fails at 4 decimals, passes back
+//!   at 2); transfers not settled at the change are left to their own triggers;
 //! - `WalletWithEntries` joins entries on `(account_id, asset)` = the wallet id's parts:
 //!   an entry update re-checks exactly its wallet, and the view holds exactly its entries.
 
@@ -21,12 +22,52 @@ use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
 use overseer_dal::update::{Micros, UpdateRecord};
-use overseer_protos::views::{Direction, TransferWithLedger, WalletWithEntries};
+use overseer_protos::views::{Asset, Direction, LedgerEntry, Transfer, WalletWithEntries};
 use overseer_prs::check::{Registry, Strategy, Verdict};
 use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions};
 use overseer_prs::validate::Models;
 use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::CollectSink;
+
+/// A team's view: the payments example's `TransferWithLedger`, with the asset lookup
+/// opted into triggering (the shipped view does not).
+const TEAM_PROTO: &str = r#"
+syntax = "proto3";
+package team.v1;
+import "overseer/views.proto";
+message TransferWithLedger {
+  overseer.views.v1.Transfer transfer = 1 [(overseer.views.v1.subject) = true];
+  repeated overseer.views.v1.LedgerEntry entries = 2 [(overseer.views.v1.join_ref) = "transfer_id"];
+  overseer.views.v1.Asset asset = 3 [(overseer.views.v1.lookup) = "asset", (overseer.views.v1.lookup_ref) = "asset"];
+}
+"#;
+
+/// `team.v1.TransferWithLedger`, as the team's build script would generate it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TransferWithLedger {
+    #[prost(message, optional, tag = "1")]
+    transfer: Option<Transfer>,
+    #[prost(message, repeated, tag = "2")]
+    entries: Vec<LedgerEntry>,
+    #[prost(message, optional, tag = "3")]
+    asset: Option<Asset>,
+}
+
+impl prost::Name for TransferWithLedger {
+    const NAME: &'static str = "TransferWithLedger";
+    const PACKAGE: &'static str = "team.v1";
+}
+
+/// [`TEAM_PROTO`] compiled with its imports, as a team's build script embeds it.
+fn team_descriptor_set() -> &'static [u8] {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("team.proto"), TEAM_PROTO).unwrap();
+    let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../protos/proto");
+    let mut c = protox::Compiler::new([dir.path(), std::path::Path::new(protos)]).unwrap();
+    c.include_imports(true);
+    c.open_file("team.proto").unwrap();
+    Box::leak(c.encode_file_descriptor_set().into_boxed_slice())
+}
 
 /// Like the payments example's `entries_match_amount`: every entry uses the asset's
 /// decimals, and the credits equal the amount (whole units here) at that precision.
@@ -144,6 +185,7 @@ async fn wait_for(sink: &CollectSink, n: usize, pred: impl Fn(&RunRecord) -> boo
 async fn an_asset_change_rechecks_its_transfers_as_of_the_change() {
     let w = World::new();
     let mut registry = Registry::new();
+    registry.views(team_descriptor_set());
     registry
         .check("entries_match_amount", entries_match_amount)
         .strategy(Strategy::Immediate);
@@ -374,6 +416,7 @@ async fn a_lookup_trigger_leaves_unsettled_subjects_to_their_own_triggers() {
     let w = World::new();
     let grace = Duration::from_secs(1);
     let mut registry = Registry::new();
+    registry.views(team_descriptor_set());
     registry
         .check("entries_match_amount", entries_match_amount)
         .strategy(Strategy::Immediate)

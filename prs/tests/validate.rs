@@ -195,7 +195,38 @@ message TransferWithCurrency {
   overseer.views.v1.Transfer transfer = 1 [(overseer.views.v1.subject) = true];
   overseer.views.v1.Asset currency = 2 [(overseer.views.v1.lookup) = "currency"];
 }
+
+// The payments example's TransferWithLedger with the asset lookup opted into triggering.
+message TransferWithLedger {
+  overseer.views.v1.Transfer transfer = 1 [(overseer.views.v1.subject) = true];
+  repeated overseer.views.v1.LedgerEntry entries = 2 [(overseer.views.v1.join_ref) = "transfer_id"];
+  overseer.views.v1.Asset asset = 3 [(overseer.views.v1.lookup) = "asset", (overseer.views.v1.lookup_ref) = "asset"];
+}
 "#;
+
+/// The Rust type of `team.v1.TransferWithLedger`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TriggeredTransfer {
+    #[prost(message, optional, tag = "1")]
+    transfer: Option<overseer_protos::views::Transfer>,
+    #[prost(message, repeated, tag = "2")]
+    entries: Vec<overseer_protos::views::LedgerEntry>,
+    #[prost(message, optional, tag = "3")]
+    asset: Option<Asset>,
+}
+
+impl prost::Name for TriggeredTransfer {
+    const NAME: &'static str = "TransferWithLedger";
+    const PACKAGE: &'static str = "team.v1";
+}
+
+/// A check over the team's view whose asset lookup triggers.
+fn triggered_transfer_check() -> Registry {
+    let mut r = Registry::new();
+    r.views(team_descriptor_set());
+    r.check("nets", |_: &TriggeredTransfer| Verdict::Pass);
+    r
+}
 
 /// The Rust type of `team.v1.TransferWithCurrency` (what prost-build would generate).
 #[derive(Clone, PartialEq, prost::Message)]
@@ -254,7 +285,7 @@ fn lookup_path_not_a_field() {
 #[test]
 fn lookup_trigger_without_subject_reference() {
     let text = one_problem(
-        &transfer_check(),
+        &triggered_transfer_check(),
         &without_ref("payments.transfers", "asset"),
         "nets",
         "asset",
@@ -262,7 +293,7 @@ fn lookup_trigger_without_subject_reference() {
     );
     assert_eq!(
         text,
-        "check \"nets\": view overseer.views.v1.TransferWithLedger field \"asset\" triggers on \
+        "check \"nets\": view team.v1.TransferWithLedger field \"asset\" triggers on \
          changes of payments.assets through payments.transfers on reference \"asset\", which \
          [[models]] \"payments.transfers\" does not declare"
     );
@@ -271,7 +302,13 @@ fn lookup_trigger_without_subject_reference() {
     m.get_mut("payments.transfers")
         .unwrap()
         .insert("asset".into(), "currency.code".into());
-    let text = one_problem(&transfer_check(), &m, "nets", "asset", "payments.transfers");
+    let text = one_problem(
+        &triggered_transfer_check(),
+        &m,
+        "nets",
+        "asset",
+        "payments.transfers",
+    );
     assert!(
         text.contains("reads from field \"currency.code\", not the lookup path \"asset\""),
         "{text}"
@@ -311,7 +348,7 @@ fn custom_selection_reading_an_undeclared_reference() {
 
 #[tokio::test]
 async fn every_problem_is_listed_and_the_runner_refuses_to_start() {
-    let mut r = transfer_check();
+    let mut r = triggered_transfer_check();
     r.check("wallet_balance_matches_entries", pass_wallet);
     let mut models = without_ref("ledger.entries", "asset");
     models
