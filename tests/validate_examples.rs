@@ -105,4 +105,25 @@ fn overseer_validate_accepts_every_example_config() {
         stdout.contains("joins ledger.entries on reference \"asset\""),
         "{stdout}"
     );
+    // `overseer run` refuses the same configuration before it opens or ingests anything.
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(["run", "--config", bad.to_str().unwrap()])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("OVERSEER_TEST_UNSET_KEY is not set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("joins ledger.entries on reference \"asset\""),
+        "{stderr}"
+    );
+    assert!(
+        !work.path().join("overseer-data").exists(),
+        "nothing was opened or ingested"
+    );
 }

@@ -34,6 +34,13 @@ impl Checks {
         overseer_prs::service::configure(&mut registry, &cfg.prs)?;
         Ok(registry)
     }
+
+    /// The checks as registered, without the configuration's settings.
+    pub fn registered(&self) -> Registry {
+        let mut registry = Registry::new();
+        (self.0)(&mut registry);
+        registry
+    }
 }
 
 /// Serves Prometheus metrics on `[prs] metrics_addr`, if set.
@@ -101,6 +108,7 @@ fn print_report(r: &RunnerReport) {
 
 /// `overseer prs`: the runner alone, on the events topic.
 pub async fn prs(cfg: Config, checks: &Checks, token: CancellationToken) -> Result<()> {
+    crate::validate::ensure_valid(&cfg, checks)?;
     let storage = Storage::open(&cfg).await?;
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
     let sub = subscription(&cfg, &storage, &dal, false).await?;
@@ -114,6 +122,8 @@ pub async fn prs(cfg: Config, checks: &Checks, token: CancellationToken) -> Resu
 /// `overseer run`: ingestion and the runner in one process, stopping together on a
 /// signal (or when ingestion fails).
 pub async fn run(cfg: Config, checks: &Checks, token: CancellationToken) -> Result<()> {
+    // Before anything is ingested (and acknowledged to a source).
+    crate::validate::ensure_valid(&cfg, checks)?;
     let storage = Storage::open(&cfg).await?;
     serve_metrics(&cfg)?;
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;

@@ -61,14 +61,29 @@ fn put_blocking(path: &Path, bytes: &[u8]) -> Result<PutOutcome> {
     // fails if the key exists, so a put never replaces an object (no-clobber, as S3's
     // If-None-Match), and a crash leaves only a `.tmp-` file that listing skips.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let tmp = parent.join(format!(
-        "{TMP_PREFIX}{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let written = std::fs::File::create(&tmp)
-        .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
-        .map_err(|e| Error::io(tmp.display(), e));
+    // create_new: a name another process left (or uses: two containers may both be pid 1)
+    // is never truncated; the next sequence number is tried instead.
+    let (tmp, written) = loop {
+        let tmp = parent.join(format!(
+            "{TMP_PREFIX}{}-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            fastrand::u64(..)
+        ));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            opened => {
+                let written = opened
+                    .and_then(|mut f| f.write_all(bytes).and_then(|_| f.sync_all()))
+                    .map_err(|e| Error::io(tmp.display(), e));
+                break (tmp, written);
+            }
+        }
+    };
     let linked = written.and_then(|_| match std::fs::hard_link(&tmp, path) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
