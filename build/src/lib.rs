@@ -22,14 +22,15 @@
 use std::path::{Path, PathBuf};
 
 /// `overseer/views.proto`, as the engine was built with.
-pub const VIEWS_PROTO: &str = include_str!("../../protos/proto/overseer/views.proto");
+pub use overseer_protos::VIEWS_PROTO;
 
 /// Name of the descriptor set written to `OUT_DIR`.
 pub const DESCRIPTOR_FILE: &str = "views.binpb";
 
 /// Compiles `protos` (found under `includes`) into prost types in `OUT_DIR` and writes
 /// their encoded `FileDescriptorSet` (imports included, custom options kept) to
-/// `OUT_DIR/views.binpb`. Emits the `rerun-if-changed` lines.
+/// `OUT_DIR/views.binpb`. Emits `rerun-if-changed` for the protos and the include
+/// directories, so an edited imported file rebuilds too.
 pub fn compile_views(
     protos: &[impl AsRef<Path>],
     includes: &[impl AsRef<Path>],
@@ -40,6 +41,9 @@ pub fn compile_views(
     std::fs::create_dir_all(shipped.join("overseer"))?;
     std::fs::write(shipped.join("overseer/views.proto"), VIEWS_PROTO)?;
     let mut dirs: Vec<PathBuf> = includes.iter().map(|p| p.as_ref().to_owned()).collect();
+    for d in &dirs {
+        println!("cargo:rerun-if-changed={}", d.display());
+    }
     dirs.push(shipped);
     let mut compiler = protox::Compiler::new(&dirs)?;
     compiler.include_imports(true);

@@ -1,6 +1,6 @@
 //! `overseer reindex`: rebuild the catalog from the object store alone.
 //!
-//! Segments are replayed in sequence order through the same [`Catalog::commit`] the live
+//! Segments are replayed in sequence order through the same [`SegmentLedger::commit`](overseer_dal::catalog::SegmentLedger::commit) the live
 //! pipeline uses, whose first-commit-wins rule on `(source, position)` makes the result
 //! equal to the live index (a redelivered update that reached a later segment is ignored
 //! in both). Source progress is restored from segment footers. The target catalog must be

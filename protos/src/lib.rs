@@ -15,3 +15,7 @@ pub mod views {
 
 /// Encoded `FileDescriptorSet` of every message in this crate.
 pub const DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+
+/// The text of `overseer/views.proto` (the view options and the built-in views), for a
+/// team's build script to compile its own views against (`overseer-build`).
+pub const VIEWS_PROTO: &str = include_str!("../proto/overseer/views.proto");

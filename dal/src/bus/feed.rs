@@ -47,7 +47,7 @@
 //! crash recovery can hold an update that was already indexed from an earlier segment
 //! (the catalog's `commit` reported it as not new); its notification then comes twice, the
 //! second time pointing at identical bytes in the later segment. Telling them apart would
-//! cost one [`Catalog::record_updates`] per record (the catalog has no lookup by
+//! cost one [`UpdateIndex::record_updates`] per record (the catalog has no lookup by
 //! `(source, position)`), which scans the record's whole history up to the update: quadratic
 //! for a hot record such as a wallet. A duplicate notification is harmless downstream
 //! (checks are idempotent and incidents are compare-and-set), and crash recovery
@@ -58,7 +58,7 @@
 //! notifications) changes only between awaits, once a whole segment is fetched and decoded,
 //! so a `recv` dropped at any await loses nothing and hands out nothing twice.
 //!
-//! [`Catalog::record_updates`]: crate::catalog::Catalog::record_updates
+//! [`UpdateIndex::record_updates`]: crate::catalog::UpdateIndex::record_updates
 
 use std::collections::VecDeque;
 use std::sync::Arc;

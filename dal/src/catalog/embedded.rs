@@ -1,7 +1,7 @@
 //! The embedded catalog: one redb file, no server. The default for `overseer demo` and
 //! single-machine use.
 //!
-//! Every [`Catalog::commit`] is one redb write transaction (one fsync: group commit for the
+//! Every [`SegmentLedger::commit`](crate::catalog::SegmentLedger::commit) is one redb write transaction (one fsync: group commit for the
 //! whole batch). Tables, keyed so that each query is one ordered range scan:
 //!
 //! | table | key | value |
