@@ -129,23 +129,27 @@ impl Selector {
             }
         }
         if let Some(triggers) = self.by_model.get(&note.model) {
-            // One master read per notification, however many checks join this model.
-            let mut master = None;
+            // One master read per notification, however many checks join this model, and
+            // its references listed once.
+            let joins = triggers
+                .iter()
+                .any(|(_, how)| matches!(how, Trigger::Join { .. }));
+            let master = if joins {
+                catalog.master(&note.model, &note.record_id).await?
+            } else {
+                None
+            };
+            let refs: Vec<(&str, &str)> = master
+                .iter()
+                .flat_map(|m| m.refs.iter())
+                .map(|(n, v)| (n.as_str(), v.as_str()))
+                .collect();
             for (check, how) in triggers {
                 match how {
                     Trigger::Subject => {
                         out.insert((check.clone(), note.record_id.clone()));
                     }
                     Trigger::Join { view, join } => {
-                        if master.is_none() {
-                            master = Some(catalog.master(&note.model, &note.record_id).await?);
-                        }
-                        let refs: Vec<(&str, &str)> = master
-                            .iter()
-                            .flatten()
-                            .flat_map(|m| m.refs.iter())
-                            .map(|(n, v)| (n.as_str(), v.as_str()))
-                            .collect();
                         for subject in join_subjects(view, *join, &refs) {
                             out.insert((check.clone(), subject));
                         }
