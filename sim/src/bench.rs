@@ -132,7 +132,7 @@ impl Args {
     pub(crate) fn scripts_dir(&self) -> PathBuf {
         self.scripts
             .clone()
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"))
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts"))
     }
 }
 

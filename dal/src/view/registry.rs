@@ -584,7 +584,8 @@ mod tests {
             }]
         );
         assert_eq!(joined.lookups[0].path, "asset");
-        assert_eq!(joined.lookups[0].reference.as_deref(), Some("asset"));
+        // The shipped view does not opt its asset lookup into triggering.
+        assert_eq!(joined.lookups[0].reference, None);
         assert_eq!(joined.key_values(&joined.joins[0], "T1"), Some(vec!["T1"]));
         assert_eq!(
             joined.subject_id(&joined.joins[0], &["T1"]).as_deref(),
