@@ -76,17 +76,51 @@ fn next_jsonl(r: &mut impl BufRead, at: &mut u64, follow: bool) -> std::io::Resu
     }
 }
 
-fn next_bson(r: &mut impl BufRead, at: &mut u64) -> std::io::Result<Frame> {
-    let buf = r.fill_buf()?;
-    if buf.len() < 4 {
+/// Reads until `buf` is full or the file ends, across the reader's buffer boundaries;
+/// returns how many bytes were read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// The next BSON document (its length prefix and body may straddle the reader's buffer,
+/// which refills in 1 MiB reads). A document cut short by the end of the file is, while
+/// following, not there yet (the caller re-reads from `at` later); otherwise a torn last
+/// document, handed over whole as it is so that it is quarantined with its reason.
+fn next_bson(r: &mut impl BufRead, at: &mut u64, follow: bool) -> std::io::Result<Frame> {
+    let start = *at;
+    let torn = |bytes: Vec<u8>, at: &mut u64| {
+        if follow {
+            return Frame::Eof;
+        }
+        *at += bytes.len() as u64;
+        Frame::Event {
+            start,
+            end: *at,
+            bytes,
+        }
+    };
+    let mut head = [0u8; 4];
+    let got = read_full(r, &mut head)?;
+    if got == 0 {
         return Ok(Frame::Eof);
     }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    let start = *at;
+    if got < head.len() {
+        return Ok(torn(head[..got].to_vec(), at));
+    }
+    let len = u32::from_le_bytes(head) as usize;
     if !(5..=MAX_BSON_DOC).contains(&len) {
         // The framing itself is broken: there is no next document to find. Hand the rest
         // over as one event (it will be quarantined with the reason) and stop there.
-        let mut rest = Vec::new();
+        let mut rest = head.to_vec();
         r.take(MAX_BSON_DOC as u64).read_to_end(&mut rest)?;
         *at += rest.len() as u64;
         return Ok(Frame::Event {
@@ -96,18 +130,18 @@ fn next_bson(r: &mut impl BufRead, at: &mut u64) -> std::io::Result<Frame> {
         });
     }
     let mut doc = vec![0; len];
-    match r.read_exact(&mut doc) {
-        Ok(()) => {
-            *at += len as u64;
-            Ok(Frame::Event {
-                start,
-                end: *at,
-                bytes: doc,
-            })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(Frame::Eof),
-        Err(e) => Err(e),
+    doc[..4].copy_from_slice(&head);
+    let got = read_full(r, &mut doc[4..])?;
+    if got < len - 4 {
+        doc.truncate(4 + got);
+        return Ok(torn(doc, at));
     }
+    *at += len as u64;
+    Ok(Frame::Event {
+        start,
+        end: *at,
+        bytes: doc,
+    })
 }
 
 #[async_trait]
@@ -139,7 +173,7 @@ impl Source for FileSource {
             // Reading a chunk of frames is blocking I/O, but short: the BufReader refills in
             // 1 MiB reads. Good enough for a file source.
             let frame = if self.bson {
-                next_bson(&mut reader, &mut offset)
+                next_bson(&mut reader, &mut offset, self.cfg.follow)
             } else {
                 next_jsonl(&mut reader, &mut offset, self.cfg.follow)
             }
@@ -184,6 +218,71 @@ impl Source for FileSource {
                     reader.seek(SeekFrom::Start(offset)).map_err(io_err)?;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufReader, Cursor};
+
+    use super::*;
+
+    /// `n` BSON documents of `size` bytes each (a string field padded to size).
+    fn docs(n: usize, size: usize) -> Vec<Vec<u8>> {
+        (0..n)
+            .map(|i| {
+                let pad = "x".repeat(size - 22);
+                let d = bson::doc! {"i": i as i32, "pad": pad};
+                let bytes = d.to_vec().unwrap();
+                assert_eq!(bytes.len(), size);
+                bytes
+            })
+            .collect()
+    }
+
+    fn frames(bytes: &[u8], capacity: usize, follow: bool) -> (Vec<(u64, u64, Vec<u8>)>, u64) {
+        let mut r = BufReader::with_capacity(capacity, Cursor::new(bytes.to_vec()));
+        let (mut at, mut out) = (0, Vec::new());
+        while let Frame::Event { start, end, bytes } = next_bson(&mut r, &mut at, follow).unwrap() {
+            out.push((start, end, bytes));
+        }
+        (out, at)
+    }
+
+    /// Issue 14's finding: 6,000 documents of 341 bytes read through a 1 MiB buffer came
+    /// out as 3,075 (a buffer holding fewer than 4 leftover bytes was taken for the end).
+    /// Every document comes out whole at any buffer size, at its offset.
+    #[test]
+    fn bson_framing_holds_at_every_buffer_boundary() {
+        let docs = docs(6_000, 341);
+        let file: Vec<u8> = docs.concat();
+        for capacity in [1 << 20, 4096, 341, 7, 3, 1] {
+            let (got, at) = frames(&file, capacity, false);
+            assert_eq!(got.len(), docs.len(), "buffer of {capacity} bytes");
+            assert_eq!(at, file.len() as u64);
+            for (i, (start, end, bytes)) in got.iter().enumerate() {
+                assert_eq!((*start, *end), ((i * 341) as u64, ((i + 1) * 341) as u64));
+                assert_eq!(bytes, &docs[i]);
+            }
+        }
+    }
+
+    /// A document cut short by the end of the file: while following, not there yet (the
+    /// offset stays before it); otherwise handed over as it is, to be quarantined.
+    #[test]
+    fn a_torn_last_document_waits_while_following_and_is_handed_over_otherwise() {
+        let docs = docs(3, 100);
+        for cut in [1, 3, 4, 50, 99] {
+            let mut file: Vec<u8> = docs[..2].concat();
+            file.extend_from_slice(&docs[2][..cut]);
+            let (got, at) = frames(&file, 64, true);
+            assert_eq!(got.len(), 2, "cut at {cut}");
+            assert_eq!(at, 200, "the offset stays before the torn document");
+            let (got, at) = frames(&file, 64, false);
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(got[2], (200, 200 + cut as u64, docs[2][..cut].to_vec()));
+            assert_eq!(at, file.len() as u64);
         }
     }
 }
