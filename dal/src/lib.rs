@@ -24,6 +24,7 @@ pub mod keys;
 pub mod pgoutput;
 pub mod reader;
 pub mod segment;
+pub mod state;
 pub mod store;
 pub mod update;
 pub mod view;

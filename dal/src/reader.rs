@@ -35,8 +35,9 @@ use crate::cache::{CacheStats, DEFAULT_CACHE_BYTES, ReadCache};
 use crate::catalog::DynCatalog;
 use crate::keys::segment_key;
 use crate::segment::decode_record;
+use crate::state::{DEFAULT_STATE_BYTES, Folded, ReadPath, StateCache, StateStats};
 use crate::store::DynStore;
-use crate::update::{IndexEntry, Micros, Op, UpdateLoc, UpdateRecord};
+use crate::update::{IndexEntry, Micros, UpdateLoc, UpdateRecord};
 use crate::view::map::record_to_message;
 use crate::view::registry::{ViewDef, ViewKind, Views};
 use crate::{Error, Result};
@@ -64,20 +65,35 @@ pub struct RecordAt {
     /// Its state at `as_of_us`; `None` if it did not exist then (not yet created, or
     /// deleted).
     pub state: Option<State>,
-    /// Its updates up to `as_of_us`, in time-travel order.
-    pub history: Vec<IndexEntry>,
+    /// How many of its updates have a commit time at or before `as_of_us`.
+    pub updates: u64,
+    /// The newest of them: which version of the record `state` is (`None`: no update).
+    pub last: Option<UpdateRef>,
     /// References as of `as_of_us` (name → value): each the value carried by the latest
     /// update that carried that name since the record was last created.
     pub refs: BTreeMap<String, String>,
 }
 
 impl RecordAt {
-    /// The updates the state was built from.
+    fn of(model: &str, record_id: &str, as_of_us: Micros, fold: &Folded) -> Self {
+        RecordAt {
+            model: model.to_owned(),
+            record_id: record_id.to_owned(),
+            as_of_us,
+            state: fold.state.clone(),
+            updates: fold.n,
+            last: fold.last.as_ref().map(|l| UpdateRef {
+                source: l.source.clone(),
+                position: l.position.clone(),
+            }),
+            refs: fold.refs.clone(),
+        }
+    }
+
+    /// The version of the record the state is: its newest update as of the time. With the
+    /// time, it reproduces the state (`overseer history`, `overseer view --as-of`).
     pub fn evidence(&self) -> impl Iterator<Item = UpdateRef> + '_ {
-        self.history.iter().map(|e| UpdateRef {
-            source: e.source.clone(),
-            position: e.position.clone(),
-        })
+        self.last.iter().cloned()
     }
 }
 
@@ -86,8 +102,11 @@ impl RecordAt {
 pub struct Viewed<T> {
     pub view: T,
     pub as_of_us: Micros,
-    /// Every update (of the subject and of the related records included) the view reflects,
-    /// sorted and unique.
+    /// Evidence by reference: the newest update (as of `as_of_us`) of every record the view
+    /// includes — the subject, each join member, each lookup — sorted and unique. Each names
+    /// the version of a record the view reflects; with the time they reproduce the view
+    /// (`overseer view --as-of`, `overseer history`), and their number is bounded by the
+    /// records in the view, not by how many updates those records ever had.
     pub evidence: Vec<UpdateRef>,
 }
 
@@ -97,6 +116,7 @@ pub struct Dal {
     catalog: DynCatalog,
     store: DynStore,
     cache: Arc<ReadCache>,
+    states: Arc<StateCache>,
     builders: Builders,
     views: Arc<Views>,
 }
@@ -118,6 +138,7 @@ impl Dal {
             catalog,
             store,
             cache: Arc::new(ReadCache::new(DEFAULT_CACHE_BYTES)),
+            states: Arc::new(StateCache::new(DEFAULT_STATE_BYTES)),
             builders: Builders::default(),
             views: Arc::new(Views::builtin()),
         }
@@ -127,6 +148,18 @@ impl Dal {
     pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
         self.cache = Arc::new(ReadCache::new(bytes));
         self
+    }
+
+    /// Replaces the maintained record states with an empty map of about `bytes` (0: every
+    /// read folds the record's history).
+    pub fn with_state_bytes(mut self, bytes: u64) -> Self {
+        self.states = Arc::new(StateCache::new(bytes));
+        self
+    }
+
+    /// How record reads went: from maintained folds or from the history.
+    pub fn state_stats(&self) -> StateStats {
+        self.states.stats()
     }
 
     pub fn with_builders(mut self, builders: Builders) -> Self {
@@ -194,28 +227,53 @@ impl Dal {
             .collect())
     }
 
-    /// A record's state as of `as_of_us`.
+    /// A record's state as of `as_of_us`: its maintained fold extended by the updates since
+    /// (see [`crate::state`]), or its history up to `as_of_us` folded.
     pub async fn record(&self, model: &str, record_id: &str, as_of_us: Micros) -> Result<RecordAt> {
-        let history = self.history(model, record_id, as_of_us).await?;
-        let state = self.builders.fold(history.iter().map(|u| &*u.record))?;
-        let mut refs = BTreeMap::new();
-        for u in &history {
-            match u.entry.op {
-                Op::Create | Op::Delete => refs.clear(),
-                _ => {}
+        let kept = self.states.get(model, record_id);
+        let mut stale = false;
+        if let Some(kept) = kept.as_ref().filter(|k| k.time() <= as_of_us) {
+            let after = self
+                .catalog
+                .record_updates_after(model, record_id, kept.after(), as_of_us)
+                .await?;
+            if after.at_or_before == kept.n {
+                let fold = if after.entries.is_empty() {
+                    kept.clone()
+                } else {
+                    let records = self.fetch(&after.entries).await?;
+                    let mut fold = Folded::clone(kept);
+                    fold.state = records
+                        .iter()
+                        .try_fold(fold.state.take(), |st, rec| self.builders.apply(st, rec))?;
+                    fold.absorb_entries(&after.entries);
+                    let fold = Arc::new(fold);
+                    self.states.put(model, record_id, fold.clone(), false);
+                    fold
+                };
+                self.states.count(ReadPath::Extended, after.entries.len());
+                return Ok(RecordAt::of(model, record_id, as_of_us, &fold));
             }
-            if u.entry.op != Op::Delete {
-                refs.extend(u.entry.refs.iter().cloned());
-            }
+            stale = true;
         }
-        Ok(RecordAt {
-            model: model.to_owned(),
-            record_id: record_id.to_owned(),
-            as_of_us,
-            state,
-            history: history.into_iter().map(|u| u.entry).collect(),
-            refs,
-        })
+        let history = self.history(model, record_id, as_of_us).await?;
+        let mut fold = Folded {
+            state: self.builders.fold(history.iter().map(|u| &*u.record))?,
+            ..Folded::default()
+        };
+        let entries: Vec<IndexEntry> = history.into_iter().map(|u| u.entry).collect();
+        fold.absorb_entries(&entries);
+        self.states.count(
+            if stale {
+                ReadPath::Stale
+            } else {
+                ReadPath::Folded
+            },
+            entries.len(),
+        );
+        let at = RecordAt::of(model, record_id, as_of_us, &fold);
+        self.states.put(model, record_id, Arc::new(fold), stale);
+        Ok(at)
     }
 
     /// A view (by definition) of the record `subject_id` as of `as_of_us`, as a dynamic

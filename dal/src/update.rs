@@ -87,6 +87,15 @@ impl IndexEntry {
     }
 }
 
+/// What [`crate::catalog::UpdateIndex::record_updates_after`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpdatesAfter {
+    /// The record's updates ordered after the given point, up to the given time.
+    pub entries: Vec<IndexEntry>,
+    /// How many of the record's updates are ordered at or before the given point.
+    pub at_or_before: u64,
+}
+
 /// The master document of a record: every reference ever seen in its updates.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MasterDoc {

@@ -275,15 +275,16 @@ async fn toy_as_of_boundaries() {
     assert_eq!(v.as_of_us, 2_500);
     assert_eq!(
         v.evidence,
-        [1, 2].map(|p| UpdateRef {
+        [UpdateRef {
             source: "src".into(),
-            position: format!("{p:012}")
-        })
+            position: format!("{:012}", 2)
+        }],
+        "evidence by reference: the toy's newest update as of the time"
     );
 
     let r = dal.record("toys", "t1", i64::MAX).await.unwrap();
     assert!(r.state.is_none());
-    assert_eq!(r.history.len(), 3);
+    assert_eq!(r.updates, 3);
     let h = dal.history("toys", "t1", 2_000).await.unwrap();
     assert_eq!(h.len(), 2);
     assert_eq!(h[1].record.event_time_us, 2_000);
@@ -451,8 +452,8 @@ async fn joins_follow_members_over_time() {
         .unwrap()
         .unwrap();
     assert_eq!(ids(&t2.view), ["e2"]);
-    // Evidence: T2's creation, the asset's creation, e2's insert and move.
-    assert_eq!(t2.evidence.len(), 4, "{:?}", t2.evidence);
+    // Evidence: the newest update of T2, of the asset and of e2 (its move).
+    assert_eq!(t2.evidence.len(), 3, "{:?}", t2.evidence);
 
     let t = dal.view::<Transfer>("T1", 300).await.unwrap().unwrap().view;
     assert_eq!(t.amount, "12.50");
@@ -492,10 +493,11 @@ async fn cache_and_coalescing() {
     }
     f.write(changes).await;
 
-    let dal = f.dal();
+    // Without maintained states, every read fetches and folds the whole history.
+    let dal = f.dal().with_state_bytes(0);
     let v = dal.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
     assert_eq!(v.view.r#type, "t999");
-    assert_eq!(v.evidence.len(), 1000);
+    assert_eq!(v.evidence.len(), 1, "the newest update names the version");
     let cold = f.ranged_reads();
     assert!(
         cold <= 4,
@@ -505,6 +507,21 @@ async fn cache_and_coalescing() {
     assert_eq!(f.ranged_reads(), cold, "a warm view reads nothing");
     let s = dal.cache_stats();
     assert_eq!((s.hits, s.misses), (1000, 1000));
+    assert_eq!(dal.state_stats().updates_folded, 2000);
+
+    // With them, the second read folds nothing and fetches nothing: the fold is kept.
+    let maintained = f.dal();
+    maintained.view::<Toy>("x", 499).await.unwrap().unwrap();
+    let v = maintained.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
+    assert_eq!(v.view.r#type, "t999");
+    maintained.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
+    let s = maintained.state_stats();
+    assert_eq!(
+        (s.folded, s.extended, s.updates_folded),
+        (1, 2, 1000),
+        "500 folded, then the 500 since, then none: {s:?}"
+    );
+    assert_eq!(maintained.cache_stats().hits + maintained.cache_stats().misses, 1000);
 
     // A cache too small for the history still gives the right answer.
     let tiny = f.dal().with_cache_bytes(10_000);
@@ -848,4 +865,80 @@ fn multi_field_joins_are_checked_at_load() {
         r#"(overseer.views.v1.from) = "x""#,
     );
     assert!(e.contains("declares no (id_separator)"), "{e}");
+}
+
+// ---- Property: maintained states == the full-history fold ----
+
+/// One record read, comparable: state, references, update count and newest update, or the
+/// error's text.
+fn read_outcome(r: overseer_dal::Result<overseer_dal::reader::RecordAt>) -> String {
+    match r {
+        Ok(r) => format!("{:?} {:?} {} {:?}", r.state, r.refs, r.updates, r.last),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// For random histories written in batches whose commit times also go back (updates
+    /// arriving late, before updates already read), interleaved with reads at random
+    /// times, a DAL that keeps and extends folds and one that folds each read's whole
+    /// history agree on every record read (state, references, count, newest update) and
+    /// every view. Steps are written in arrival order, so a late one can make a fold
+    /// stale or the history invalid (an update before the insert): both DALs must say
+    /// the same then too.
+    #[test]
+    fn maintained_state_equals_full_fold(
+        writes in proptest::collection::vec(
+            (0usize..2, -4i64..5, step(), proptest::option::of(0u8..3)),
+            1..40,
+        ),
+        reads in proptest::collection::vec((0usize..2, -6i64..3), 40),
+        batch in 1usize..5,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut f = Fixture::new();
+            let ids = ["a", "b"];
+            let maintained = f.dal();
+            let full = f.dal().with_state_bytes(0);
+            let mut t: Micros = 10;
+            let mut newest: Micros = 10;
+            let mut pending = Vec::new();
+            for (i, (rec, dt, s, tag)) in writes.iter().enumerate() {
+                t = (t + dt).max(0);
+                newest = newest.max(t);
+                let mut c = step_change(ids[*rec], t, s);
+                if let Some(tag) = tag {
+                    c.refs.push(("tag", format!("v{tag}")));
+                }
+                pending.push(c);
+                if pending.len() >= batch || i + 1 == writes.len() {
+                    f.write(std::mem::take(&mut pending)).await;
+                    // Reads after each batch, some before the newest commit time.
+                    for (r, back) in reads.iter().skip(i % 7).take(4) {
+                        let (id, at) = (ids[*r], newest + back);
+                        for probe in [at, i64::MAX] {
+                            prop_assert_eq!(
+                                read_outcome(maintained.record("toys", id, probe).await),
+                                read_outcome(full.record("toys", id, probe).await),
+                                "record {} as of {}", id, probe
+                            );
+                            let view = |d: &Dal| {
+                                let d = d.clone();
+                                async move {
+                                    format!("{:?}", d.view::<Toy>(id, probe).await.map(|v| v.map(|v| (v.view, v.evidence))).map_err(|e| e.to_string()))
+                                }
+                            };
+                            prop_assert_eq!(view(&maintained).await, view(&full).await);
+                        }
+                    }
+                }
+            }
+            let s = maintained.state_stats();
+            prop_assert!(s.updates_folded <= full.state_stats().updates_folded, "{s:?}");
+            Ok(())
+        })?;
+    }
 }

@@ -83,7 +83,16 @@ pub(crate) async fn run(req: Request, checks: &crate::engine::Checks) -> Result<
             } else {
                 let n = v.evidence.len();
                 writeln!(out, "# view {} of {model} {id:?}", def.name())?;
-                writeln!(out, "# as of {at}, built from {n} {}", updates(n))?;
+                writeln!(
+                    out,
+                    "# as of {at}, from {n} {} (each named by its newest update: {})",
+                    if n == 1 { "record" } else { "records" },
+                    v.evidence
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                )?;
                 writeln!(out, "{:#}", v.view)?;
             }
         }
@@ -94,7 +103,7 @@ pub(crate) async fn run(req: Request, checks: &crate::engine::Checks) -> Result<
             };
             let text = serde_json::to_string_pretty(state)?;
             if !req.json {
-                let n = r.history.len();
+                let n = r.updates as usize;
                 writeln!(
                     out,
                     "# record of {model} {id:?} (no view message for model {model:?}: its state as JSON)"

@@ -112,7 +112,8 @@ pub enum Evaluation {
     /// The function ran.
     Ran {
         verdict: Verdict,
-        /// Update identities (`source@position`) the view was built from.
+        /// Evidence by reference: the newest update (`source@position`) of each record
+        /// the view includes, as of the evaluation time.
         evidence: Vec<String>,
     },
     /// The subject did not exist as of the evaluation time (created later, or deleted).

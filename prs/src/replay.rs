@@ -249,7 +249,8 @@ pub struct Failure {
     pub trigger_us: Micros,
     pub message: String,
     pub details: Value,
-    /// Update identities (`source@position`) the view was built from.
+    /// Evidence by reference: the newest update (`source@position`) of each record the
+    /// view includes, as of the evaluation time.
     pub evidence: Vec<String>,
 }
 

@@ -87,7 +87,8 @@ pub struct RunRecord {
     /// Earliest source commit time among the coalesced triggers.
     pub first_event_us: Micros,
     pub outcome: Outcome,
-    /// Update identities (`source@position`) the view was built from.
+    /// Evidence by reference: the newest update (`source@position`) of each record the
+    /// view includes, as of the evaluation time.
     pub evidence: Vec<String>,
     pub triggers: u32,
     /// Wall-clock time the verdict was reached (time to detect = this − first_event_us).

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use overseer_dal::catalog::{Catalog, DynCatalog, IncidentStore, MetaStore, SegmentLedger};
 use overseer_dal::store::{ObjectStore, PutOutcome, list_all};
 use overseer_dal::update::{
-    CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification,
+    CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification, UpdatesAfter,
 };
 
 /// Runs the object store suite under key prefix `ns` (unique per run for shared buckets).
@@ -670,6 +670,86 @@ pub async fn catalog_suite(open: OpenCatalog) {
         names,
         vec!["file", "kafka", "pg", "progress-suite"],
         "progress is kept per reporting source, by name"
+    );
+
+    updates_after_suite(&*cat, s5 + 200).await;
+}
+
+/// [`UpdateIndex::record_updates_after`]: the updates after a point of a record's history
+/// and the count at or before it, which grows when an update arrives late (with an earlier
+/// commit time). Commits segments `seq` and `seq + 1` (unreserved, as reindex does).
+async fn updates_after_suite(cat: &dyn Catalog, seq: u64) {
+    let late = |pos: &str, t: i64, seq: u64| entry("late-src", pos, "m", "late", t, seq, &[]);
+    let after = |t: i64, pos: &'static str| (t, "late-src", pos);
+    let got = |a: UpdatesAfter| {
+        (
+            a.entries
+                .iter()
+                .map(|e| e.position.clone())
+                .collect::<Vec<_>>(),
+            a.at_or_before,
+        )
+    };
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq),
+        entries: vec![late("1", 100, seq), late("2", 300, seq)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let q = |a: (i64, &'static str, &'static str), up_to: i64| {
+        cat.record_updates_after("m", "late", a, up_to)
+    };
+    assert_eq!(
+        got(q(after(100, "1"), i64::MAX).await.unwrap()),
+        (vec!["2".into()], 1)
+    );
+    assert_eq!(
+        got(q(after(100, "1"), 299).await.unwrap()),
+        (vec![], 1),
+        "entries up to the time only; the count is of the whole history"
+    );
+    assert_eq!(
+        got(q(after(300, "2"), i64::MAX).await.unwrap()),
+        (vec![], 2)
+    );
+    assert_eq!(
+        got(q((i64::MIN, "", ""), i64::MAX).await.unwrap()),
+        (vec!["1".into(), "2".into()], 0)
+    );
+    // Same time: ordered by source, then position, like `record_updates`.
+    assert_eq!(
+        got(q((300, "late-src", "1"), i64::MAX).await.unwrap()),
+        (vec!["2".into()], 1)
+    );
+    assert_eq!(
+        got(q((300, "late-srd", ""), i64::MAX).await.unwrap()),
+        (vec![], 2)
+    );
+
+    // An update committed later with an earlier commit time lands inside the history.
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq + 1),
+        entries: vec![late("3", 200, seq + 1)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        got(q(after(100, "1"), i64::MAX).await.unwrap()),
+        (vec!["3".into(), "2".into()], 1)
+    );
+    assert_eq!(
+        got(q(after(300, "2"), i64::MAX).await.unwrap()),
+        (vec![], 3),
+        "a fold of the 2 updates up to 300 is stale: 3 are at or before it now"
+    );
+    assert_eq!(
+        got(cat
+            .record_updates_after("m", "nope", after(0, ""), i64::MAX)
+            .await
+            .unwrap()),
+        (vec![], 0)
     );
 }
 

@@ -35,7 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
-    op_from_u8,
+    UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
 
@@ -629,6 +629,60 @@ impl UpdateIndex for EmbeddedCatalog {
                 out.push(decode_entry(s, p, v.value())?);
             }
             Ok(out)
+        })
+    }
+
+    async fn record_updates_after(
+        &self,
+        model: &str,
+        record_id: &str,
+        after: (Micros, &str, &str),
+        up_to_us: Micros,
+    ) -> Result<UpdatesAfter> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+            let updates = tx.open_table(UPDATES).map_err(db_err)?;
+            let masters = tx.open_table(MASTERS).map_err(db_err)?;
+            // The master's count is its first field: no need to decode its references.
+            let total = match masters
+                .get((model.as_bytes(), record_id.as_bytes()))
+                .map_err(db_err)?
+            {
+                Some(v) => Dec(v.value()).u64()?,
+                None => 0,
+            };
+            let (t0, s0, p0) = after;
+            let start = (
+                model.as_bytes(),
+                record_id.as_bytes(),
+                t0,
+                s0.as_bytes(),
+                p0.as_bytes(),
+            );
+            let mut later = 0u64;
+            let mut entries = Vec::new();
+            for row in idx
+                .range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded))
+                .map_err(db_err)?
+            {
+                let (k, _) = row.map_err(db_err)?;
+                let (m, id, t, s, p) = k.value();
+                if m != model.as_bytes() || id != record_id.as_bytes() {
+                    break;
+                }
+                later += 1;
+                if t <= up_to_us {
+                    let v = updates.get((s, p)).map_err(db_err)?.ok_or_else(|| {
+                        Error::corrupt("embedded catalog", "index row without update")
+                    })?;
+                    entries.push(decode_entry(s, p, v.value())?);
+                }
+            }
+            Ok(UpdatesAfter {
+                entries,
+                at_or_before: total.saturating_sub(later),
+            })
         })
     }
 

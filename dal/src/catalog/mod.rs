@@ -41,7 +41,7 @@ use async_trait::async_trait;
 
 use crate::Result;
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState,
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdatesAfter,
 };
 
 #[cfg(feature = "embedded")]
@@ -98,6 +98,22 @@ pub trait UpdateIndex: Send + Sync + 'static {
         record_id: &str,
         up_to_us: Micros,
     ) -> Result<Vec<IndexEntry>>;
+
+    /// The updates of one record after a point of its history, for extending a fold of
+    /// the record's first updates instead of redoing it: the index entries ordered after
+    /// `after` (an [`IndexEntry::order_key`]) with `event_time_us <= up_to_us`, in
+    /// time-travel order, and how many of the record's updates are ordered at or before
+    /// `after` now. A caller that folded `n` updates ending at `after` knows its fold is
+    /// still the record's history up to there exactly when that count is `n` (an update
+    /// that arrived late, with an earlier commit time, makes it larger). Both halves come
+    /// from one consistent read.
+    async fn record_updates_after(
+        &self,
+        model: &str,
+        record_id: &str,
+        after: (Micros, &str, &str),
+        up_to_us: Micros,
+    ) -> Result<UpdatesAfter>;
 
     /// The master document of a record.
     async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>>;

@@ -57,7 +57,7 @@ use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement};
 use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
-    op_from_u8,
+    UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
 
@@ -185,6 +185,7 @@ enum Q {
     MarkPublished,
     CommittedAfter,
     RecordUpdates,
+    RecordAfter,
     Master,
     MasterRefs,
     ByRef,
@@ -206,7 +207,7 @@ enum Q {
 }
 
 impl Q {
-    const ALL: [Q; 34] = [
+    const ALL: [Q; 35] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -223,6 +224,7 @@ impl Q {
         Q::MarkPublished,
         Q::CommittedAfter,
         Q::RecordUpdates,
+        Q::RecordAfter,
         Q::Master,
         Q::MasterRefs,
         Q::ByRef,
@@ -311,6 +313,19 @@ impl Q {
             Q::RecordUpdates => {
                 "SELECT {cols} FROM {s}.updates WHERE model = $1 AND record_id = $2 \
                  AND event_time_us <= $3 ORDER BY event_time_us, source, position"
+            }
+            // One statement, so one snapshot: the master's count, how many of the record's
+            // updates are ordered after the point, and those of them up to the time (one
+            // row of NULL entry columns when there are none).
+            Q::RecordAfter => {
+                "SELECT u.*, \
+                 (SELECT updates FROM {s}.masters WHERE model = $1 AND record_id = $2), \
+                 (SELECT count(*) FROM {s}.updates WHERE model = $1 AND record_id = $2 \
+                  AND (event_time_us, source, position) > ($3, $4, $5)) \
+                 FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT {cols} FROM {s}.updates \
+                 WHERE model = $1 AND record_id = $2 \
+                 AND (event_time_us, source, position) > ($3, $4, $5) \
+                 AND event_time_us <= $6 ORDER BY event_time_us, source, position) AS u ON true"
             }
             Q::Master => {
                 "SELECT updates, first_event_us, last_event_us FROM {s}.masters \
@@ -803,6 +818,54 @@ impl UpdateIndex for PgCatalog {
             .await
             .map_err(pg_err("reading a record's updates"))?;
         rows.iter().map(entry_from_row).collect()
+    }
+
+    async fn record_updates_after(
+        &self,
+        model: &str,
+        record_id: &str,
+        after: (Micros, &str, &str),
+        up_to_us: Micros,
+    ) -> Result<UpdatesAfter> {
+        let c = self.shared().await?;
+        let (t0, s0, p0) = after;
+        let rows = c
+            .client
+            .query(
+                c.st(Q::RecordAfter),
+                &[
+                    &model.as_bytes(),
+                    &record_id.as_bytes(),
+                    &t0,
+                    &s0.as_bytes(),
+                    &p0.as_bytes(),
+                    &up_to_us,
+                ],
+            )
+            .await
+            .map_err(pg_err("reading a record's recent updates"))?;
+        let Some(first) = rows.first() else {
+            return Err(Error::catalog("reading a record's recent updates: no row"));
+        };
+        let total: Option<i64> = get(first, 11)?;
+        let later: i64 = get(first, 12)?;
+        let at_or_before = u64::try_from(total.unwrap_or(0) - later).map_err(|_| {
+            Error::corrupt(
+                "catalog masters",
+                format!("{model} {record_id:?}: fewer updates counted than indexed"),
+            )
+        })?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let source: Option<&[u8]> = get(row, 0)?;
+            if source.is_some() {
+                entries.push(entry_from_row(row)?);
+            }
+        }
+        Ok(UpdatesAfter {
+            entries,
+            at_or_before,
+        })
     }
 
     async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>> {

@@ -1,0 +1,263 @@
+//! Maintained record states: a record's fold kept between reads and extended by the updates
+//! that came after it, instead of re-folding the record's whole history on every read.
+//!
+//! ```text
+//!  record(m, id, T) ── cached fold of the first n updates, ending at key k (k.time ≤ T)?
+//!     │ yes: record_updates_after(m, id, k, T) ── at_or_before == n? ── yes: fold only the
+//!     │                                            │                    entries after k
+//!     │                                            no (an update arrived late, before k)
+//!     v no                                         v
+//!  record_updates(m, id, T): fold the whole history ──> cache it (if not behind the cached one)
+//! ```
+//!
+//! Nothing here is trusted from memory: every read asks the catalog, in one consistent
+//! read, for the updates after the cached point *and* how many updates are at or before
+//! it. Index entries are never removed, so "as many as were folded" means "exactly those
+//! folded": an update that arrived later with an earlier commit time makes the count
+//! larger, and the read falls back to the whole history. So the cache is correct with any
+//! catalog, any number of runner instances and any delivery order, and a restarted or
+//! rebalanced runner simply starts cold. What it saves: the fetch (cache or ranged GET),
+//! decode and fold of every update before the cached point — a read costs one catalog
+//! range read of the updates *since*, and work proportional to them.
+//!
+//! One fold is kept per record, the newest one read: a read as of an earlier time than the
+//! cached fold's last update folds the history up to that time and leaves the newer fold in
+//! place (runs go forward in time, so this is the rare case: `view --as-of`, a replay of an
+//! old window while live traffic runs).
+//!
+//! Memory is bounded in bytes (an estimate of each state's size), evicted by quick_cache
+//! (CLOCK-Pro: recency and frequency).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::Value;
+
+use crate::builder::State;
+use crate::update::{IndexEntry, Micros, Op};
+
+/// The default budget: 64 MiB.
+pub const DEFAULT_STATE_BYTES: u64 = 64 << 20;
+
+/// Bytes charged per entry on top of the state's estimated size: the key, the position
+/// strings, the maps' nodes and the cache's own bookkeeping.
+const ENTRY_OVERHEAD: u64 = 256;
+
+/// A record's fold of its first `n` updates (in time-travel order).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Folded {
+    /// Updates folded.
+    pub n: u64,
+    /// The last of them (`None` when `n == 0`).
+    pub last: Option<Last>,
+    /// The state after them; `None` if the record did not exist then.
+    pub state: Option<State>,
+    /// References after them: each the value carried by the latest update that carried
+    /// that name since the record was last created.
+    pub refs: BTreeMap<String, String>,
+}
+
+/// The identity and order key of the last update folded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Last {
+    pub event_time_us: Micros,
+    pub source: String,
+    pub position: String,
+}
+
+impl Last {
+    fn of(e: &IndexEntry) -> Self {
+        Last {
+            event_time_us: e.event_time_us,
+            source: e.source.clone(),
+            position: e.position.clone(),
+        }
+    }
+
+    /// The order key, as [`IndexEntry::order_key`].
+    pub fn key(&self) -> (Micros, &str, &str) {
+        (self.event_time_us, &self.source, &self.position)
+    }
+}
+
+impl Folded {
+    /// Folds the references and the identity of `entries` (the state is folded by the
+    /// caller, which has the records). `entries` follow the ones already folded.
+    pub fn absorb_entries(&mut self, entries: &[IndexEntry]) {
+        for e in entries {
+            match e.op {
+                Op::Create | Op::Delete => self.refs.clear(),
+                _ => {}
+            }
+            if e.op != Op::Delete {
+                self.refs.extend(e.refs.iter().cloned());
+            }
+        }
+        if let Some(e) = entries.last() {
+            self.last = Some(Last::of(e));
+        }
+        self.n += entries.len() as u64;
+    }
+
+    /// The commit time of the last update folded (`Micros::MIN` if none).
+    pub fn time(&self) -> Micros {
+        self.last.as_ref().map_or(Micros::MIN, |l| l.event_time_us)
+    }
+
+    /// Where reading on starts: after the last update folded.
+    pub fn after(&self) -> (Micros, &str, &str) {
+        self.last.as_ref().map_or((Micros::MIN, "", ""), Last::key)
+    }
+
+    /// An estimate of the bytes this fold holds.
+    fn weight(&self) -> u64 {
+        let state = self.state.as_ref().map_or(0, map_bytes);
+        let refs: usize = self.refs.iter().map(|(k, v)| 48 + k.len() + v.len()).sum();
+        ENTRY_OVERHEAD + (state + refs) as u64
+    }
+}
+
+fn map_bytes(m: &serde_json::Map<String, Value>) -> usize {
+    m.iter().map(|(k, v)| 48 + k.len() + value_bytes(v)).sum()
+}
+
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::String(s) => 24 + s.len(),
+        Value::Array(a) => 24 + a.iter().map(value_bytes).sum::<usize>(),
+        Value::Object(m) => 24 + map_bytes(m),
+        _ => 16,
+    }
+}
+
+#[derive(Clone)]
+struct ByWeight;
+
+impl quick_cache::Weighter<String, Arc<Folded>> for ByWeight {
+    fn weight(&self, _: &String, f: &Arc<Folded>) -> u64 {
+        f.weight()
+    }
+}
+
+/// How reads of records went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateStats {
+    /// Reads served from a maintained fold, extended by the updates since.
+    pub extended: u64,
+    /// Reads that folded the record's history up to the time: nothing maintained, or the
+    /// maintained fold was newer than the time asked.
+    pub folded: u64,
+    /// Of those, reads whose maintained fold was stale (an update had arrived late,
+    /// before its last update).
+    pub stale: u64,
+    /// Updates folded in all (the work done).
+    pub updates_folded: u64,
+    pub entries: u64,
+    pub bytes: u64,
+    pub capacity_bytes: u64,
+}
+
+/// A concurrent, byte-bounded map of maintained record folds. See the module
+/// documentation.
+pub struct StateCache {
+    /// `None` when the budget is zero: every read folds the history.
+    inner: Option<quick_cache::sync::Cache<String, Arc<Folded>, ByWeight>>,
+    capacity: u64,
+    extended: AtomicU64,
+    folded: AtomicU64,
+    stale: AtomicU64,
+    updates_folded: AtomicU64,
+}
+
+impl std::fmt::Debug for StateCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateCache")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Which path a record read took, for [`StateCache::count`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadPath {
+    Extended,
+    Folded,
+    Stale,
+}
+
+fn key(model: &str, record_id: &str) -> String {
+    let mut k = String::with_capacity(model.len() + 1 + record_id.len());
+    k.push_str(model);
+    k.push('\0');
+    k.push_str(record_id);
+    k
+}
+
+impl StateCache {
+    /// A cache holding about `capacity_bytes` of folds; 0 disables it.
+    pub fn new(capacity_bytes: u64) -> Self {
+        let inner = (capacity_bytes > 0).then(|| {
+            // quick_cache sizes its tables from an item estimate; assume ~1 KiB folds.
+            let items = (capacity_bytes / 1024).clamp(16, 1 << 22) as usize;
+            quick_cache::sync::Cache::with_weighter(items, capacity_bytes, ByWeight)
+        });
+        StateCache {
+            inner,
+            capacity: capacity_bytes,
+            extended: AtomicU64::new(0),
+            folded: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            updates_folded: AtomicU64::new(0),
+        }
+    }
+
+    /// The maintained fold of a record, if any.
+    pub fn get(&self, model: &str, record_id: &str) -> Option<Arc<Folded>> {
+        self.inner.as_ref()?.get(&key(model, record_id))
+    }
+
+    /// Keeps `fold` as the record's maintained fold unless the one kept ends later in the
+    /// record's history (and is not known stale: `replacing_stale`). Folds of no update
+    /// are not kept.
+    pub fn put(&self, model: &str, record_id: &str, fold: Arc<Folded>, replacing_stale: bool) {
+        let Some(c) = &self.inner else { return };
+        if fold.n == 0 {
+            return;
+        }
+        let k = key(model, record_id);
+        if !replacing_stale && c.get(&k).is_some_and(|kept| kept.after() > fold.after()) {
+            return;
+        }
+        c.insert(k, fold);
+    }
+
+    /// Counts one read that took `path` and folded `updates` updates.
+    pub fn count(&self, path: ReadPath, updates: usize) {
+        let (counter, label) = match path {
+            ReadPath::Extended => (&self.extended, "maintained"),
+            ReadPath::Folded => (&self.folded, "history"),
+            ReadPath::Stale => (&self.stale, "history_stale"),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        if path == ReadPath::Stale {
+            self.folded.fetch_add(1, Ordering::Relaxed);
+        }
+        self.updates_folded
+            .fetch_add(updates as u64, Ordering::Relaxed);
+        metrics::counter!("overseer_dal_record_reads_total", "path" => label).increment(1);
+        metrics::counter!("overseer_dal_updates_folded_total").increment(updates as u64);
+    }
+
+    pub fn stats(&self) -> StateStats {
+        StateStats {
+            extended: self.extended.load(Ordering::Relaxed),
+            folded: self.folded.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            updates_folded: self.updates_folded.load(Ordering::Relaxed),
+            entries: self.inner.as_ref().map_or(0, |c| c.len() as u64),
+            bytes: self.inner.as_ref().map_or(0, |c| c.weight()),
+            capacity_bytes: self.capacity,
+        }
+    }
+}
