@@ -476,3 +476,28 @@ async fn warming_puts_every_read_record_in_the_cache() {
     }
     assert_eq!(cache.stats().entries, 5);
 }
+
+/// A feed over a catalog that signals its commits wakes as a segment commits, not at its
+/// next poll: with an hour-long poll, `recv` still returns the new segment's records.
+#[tokio::test]
+async fn a_commit_wakes_a_waiting_recv() {
+    let mut env = Env::new();
+    let mut feed = CatalogFeed::open(
+        env.catalog.clone(),
+        env.store.clone(),
+        "runner",
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let waiting = tokio::spawn(async move { feed.recv(16).await.unwrap() });
+    // Let it find nothing and start waiting.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    let want = env.segment(3).await;
+    let got = tokio::time::timeout(Duration::from_secs(60), waiting)
+        .await
+        .expect("the commit woke the feed (its poll is an hour)")
+        .unwrap();
+    assert_eq!(notes(&got), want);
+}

@@ -512,16 +512,27 @@ async fn cache_and_coalescing() {
     // With them, the second read folds nothing and fetches nothing: the fold is kept.
     let maintained = f.dal();
     maintained.view::<Toy>("x", 499).await.unwrap().unwrap();
-    let v = maintained.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
+    let v = maintained
+        .view::<Toy>("x", i64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v.view.r#type, "t999");
-    maintained.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
+    maintained
+        .view::<Toy>("x", i64::MAX)
+        .await
+        .unwrap()
+        .unwrap();
     let s = maintained.state_stats();
     assert_eq!(
         (s.folded, s.extended, s.updates_folded),
         (1, 2, 1000),
         "500 folded, then the 500 since, then none: {s:?}"
     );
-    assert_eq!(maintained.cache_stats().hits + maintained.cache_stats().misses, 1000);
+    assert_eq!(
+        maintained.cache_stats().hits + maintained.cache_stats().misses,
+        1000
+    );
 
     // A cache too small for the history still gives the right answer.
     let tiny = f.dal().with_cache_bytes(10_000);

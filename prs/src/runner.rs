@@ -313,6 +313,9 @@ impl Runner {
         let mut commits = tokio::time::interval(self.options.commit_interval);
         commits.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let far = Duration::from_secs(3600);
+        // Watermarks are read again as soon as a batch commits in this process (push), and
+        // on the poll interval (commits by other processes).
+        let mut commit_signal = self.dal.catalog().commit_signal();
 
         loop {
             let accepting = self.scheduler.len() < self.options.max_pending
@@ -332,14 +335,11 @@ impl Runner {
                         acks.release(id);
                     }
                 }
+                _ = overseer_dal::catalog::committed(&mut commit_signal) => {
+                    self.refresh_watermarks().await?;
+                }
                 _ = watermarks.tick() => {
-                    let states = self.dal.catalog().source_states().await?;
-                    let now = now_us();
-                    for s in &states {
-                        telemetry::watermark_age(&s.source, now - s.watermark_us);
-                    }
-                    self.scheduler
-                        .set_watermarks(states.iter().map(|s| (s.source.as_str(), s.watermark_us)));
+                    self.refresh_watermarks().await?;
                 }
                 _ = commits.tick() => {
                     let tags = acks.committable();
@@ -407,6 +407,18 @@ impl Runner {
             sub.commit(&tags).await?;
         }
         Ok(report)
+    }
+
+    /// Reads every source's watermark into the scheduler.
+    async fn refresh_watermarks(&mut self) -> Result<()> {
+        let states = self.dal.catalog().source_states().await?;
+        let now = now_us();
+        for s in &states {
+            telemetry::watermark_age(&s.source, now - s.watermark_us);
+        }
+        self.scheduler
+            .set_watermarks(states.iter().map(|s| (s.source.as_str(), s.watermark_us)));
+        Ok(())
     }
 
     /// Runs `ready` and hands its verdict to `sink`, in a task of its own: verdicts reach

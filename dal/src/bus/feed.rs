@@ -128,6 +128,9 @@ pub struct CatalogFeed {
     buffer: VecDeque<Delivered>,
     /// Where the records of every segment read go (see [`CatalogFeed::warming`]).
     cache: Option<Arc<ReadCache>>,
+    /// The catalog's commit signal, when it gives one: `recv` wakes as a batch commits
+    /// instead of at its next poll (which stays, for commits by other processes).
+    signal: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl std::fmt::Debug for CatalogFeed {
@@ -221,6 +224,7 @@ impl CatalogFeed {
             }
         };
         CatalogFeed {
+            signal: catalog.commit_signal(),
             catalog,
             store,
             key,
@@ -362,6 +366,10 @@ impl Subscription for CatalogFeed {
     async fn recv(&mut self, max: usize) -> Result<Vec<Delivered>> {
         let max = max.max(1);
         loop {
+            // Seen before looking: a commit after the look wakes the wait below.
+            if let Some(rx) = &mut self.signal {
+                rx.borrow_and_update();
+            }
             if self.buffer.is_empty() {
                 self.fill(max).await?;
             }
@@ -369,7 +377,10 @@ impl Subscription for CatalogFeed {
                 let n = max.min(self.buffer.len());
                 return Ok(self.buffer.drain(..n).collect());
             }
-            tokio::time::sleep(self.poll).await;
+            tokio::select! {
+                _ = crate::catalog::committed(&mut self.signal) => {}
+                _ = tokio::time::sleep(self.poll) => {}
+            }
         }
     }
 

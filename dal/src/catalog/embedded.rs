@@ -69,6 +69,9 @@ const PUBLISHED: u8 = 3;
 pub struct EmbeddedCatalog {
     db: Arc<Database>,
     path: String,
+    /// Bumped after every commit, abandoned segment and heartbeat: see
+    /// [`SegmentLedger::commit_signal`].
+    commits: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for EmbeddedCatalog {
@@ -129,6 +132,7 @@ impl EmbeddedCatalog {
         Ok(EmbeddedCatalog {
             db: Arc::new(db),
             path: path.display().to_string(),
+            commits: Arc::new(tokio::sync::watch::Sender::new(0)),
         })
     }
 
@@ -138,6 +142,10 @@ impl EmbeddedCatalog {
     /// cache takes a few µs); the check runner does several per view.
     fn read<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
         f(&self.db)
+    }
+
+    fn signal(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Runs blocking redb work off the async executor.
@@ -427,112 +435,117 @@ impl SegmentLedger for EmbeddedCatalog {
             }
             tx.commit().map_err(db_err)
         })
-        .await
+        .await?;
+        self.signal();
+        Ok(())
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<Vec<bool>> {
-        self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
-            let mut fresh = Vec::with_capacity(batch.entries.len());
-            {
-                let mut updates = tx.open_table(UPDATES).map_err(db_err)?;
-                let mut record_idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
-                let mut time_idx = tx.open_table(TIME_IDX).map_err(db_err)?;
-                let mut masters = tx.open_table(MASTERS).map_err(db_err)?;
-                let mut refs = tx.open_table(REFS).map_err(db_err)?;
-                for e in &batch.entries {
-                    let key = (e.source.as_bytes(), e.position.as_bytes());
-                    if updates.get(key).map_err(db_err)?.is_some() {
-                        fresh.push(false);
-                        continue;
+        let new = self
+            .blocking(move |db| {
+                let tx = db.begin_write().map_err(db_err)?;
+                let mut fresh = Vec::with_capacity(batch.entries.len());
+                {
+                    let mut updates = tx.open_table(UPDATES).map_err(db_err)?;
+                    let mut record_idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+                    let mut time_idx = tx.open_table(TIME_IDX).map_err(db_err)?;
+                    let mut masters = tx.open_table(MASTERS).map_err(db_err)?;
+                    let mut refs = tx.open_table(REFS).map_err(db_err)?;
+                    for e in &batch.entries {
+                        let key = (e.source.as_bytes(), e.position.as_bytes());
+                        if updates.get(key).map_err(db_err)?.is_some() {
+                            fresh.push(false);
+                            continue;
+                        }
+                        fresh.push(true);
+                        updates
+                            .insert(key, encode_entry(e).as_slice())
+                            .map_err(db_err)?;
+                        record_idx
+                            .insert(
+                                (
+                                    e.model.as_bytes(),
+                                    e.record_id.as_bytes(),
+                                    e.event_time_us,
+                                    e.source.as_bytes(),
+                                    e.position.as_bytes(),
+                                ),
+                                (),
+                            )
+                            .map_err(db_err)?;
+                        time_idx
+                            .insert(
+                                (e.event_time_us, e.source.as_bytes(), e.position.as_bytes()),
+                                (),
+                            )
+                            .map_err(db_err)?;
+                        let mkey = (e.model.as_bytes(), e.record_id.as_bytes());
+                        let mut master = match masters.get(mkey).map_err(db_err)? {
+                            Some(v) => decode_master(mkey.0, mkey.1, v.value())?,
+                            None => MasterDoc {
+                                model: e.model.clone(),
+                                record_id: e.record_id.clone(),
+                                ..Default::default()
+                            },
+                        };
+                        master.absorb(e);
+                        masters
+                            .insert(mkey, encode_master(&master).as_slice())
+                            .map_err(db_err)?;
+                        for (n, v) in &e.refs {
+                            refs.insert(
+                                (
+                                    e.model.as_bytes(),
+                                    n.as_bytes(),
+                                    v.as_bytes(),
+                                    e.record_id.as_bytes(),
+                                ),
+                                (),
+                            )
+                            .map_err(db_err)?;
+                        }
                     }
-                    fresh.push(true);
-                    updates
-                        .insert(key, encode_entry(e).as_slice())
-                        .map_err(db_err)?;
-                    record_idx
-                        .insert(
-                            (
-                                e.model.as_bytes(),
-                                e.record_id.as_bytes(),
-                                e.event_time_us,
-                                e.source.as_bytes(),
-                                e.position.as_bytes(),
-                            ),
-                            (),
-                        )
-                        .map_err(db_err)?;
-                    time_idx
-                        .insert(
-                            (e.event_time_us, e.source.as_bytes(), e.position.as_bytes()),
-                            (),
-                        )
-                        .map_err(db_err)?;
-                    let mkey = (e.model.as_bytes(), e.record_id.as_bytes());
-                    let mut master = match masters.get(mkey).map_err(db_err)? {
-                        Some(v) => decode_master(mkey.0, mkey.1, v.value())?,
-                        None => MasterDoc {
-                            model: e.model.clone(),
-                            record_id: e.record_id.clone(),
-                            ..Default::default()
-                        },
-                    };
-                    master.absorb(e);
-                    masters
-                        .insert(mkey, encode_master(&master).as_slice())
-                        .map_err(db_err)?;
-                    for (n, v) in &e.refs {
-                        refs.insert(
-                            (
-                                e.model.as_bytes(),
-                                n.as_bytes(),
-                                v.as_bytes(),
-                                e.record_id.as_bytes(),
-                            ),
-                            (),
-                        )
-                        .map_err(db_err)?;
+                    let mut sources = tx.open_table(SOURCES).map_err(db_err)?;
+                    for p in &batch.progress {
+                        let mut st = match sources.get(p.source.as_bytes()).map_err(db_err)? {
+                            Some(v) => decode_state(p.source.as_bytes(), v.value())?,
+                            None => SourceState {
+                                source: p.source.clone(),
+                                ..Default::default()
+                            },
+                        };
+                        st.checkpoint = p.checkpoint.clone();
+                        st.watermark_us = st.watermark_us.max(p.watermark_us);
+                        st.last_event_us = st.last_event_us.max(p.last_event_us);
+                        st.updated_us = st.updated_us.max(batch.now_us);
+                        sources
+                            .insert(p.source.as_bytes(), encode_state(&st).as_slice())
+                            .map_err(db_err)?;
+                    }
+                    if let Some(seq) = batch.segment_seq {
+                        let mut segs = tx.open_table(SEGMENTS).map_err(db_err)?;
+                        if batch.entries.is_empty() {
+                            segs.remove(seq).map_err(db_err)?;
+                        } else {
+                            segs.insert(seq, COMMITTED).map_err(db_err)?;
+                        }
+                        let mut meta = tx.open_table(META).map_err(db_err)?;
+                        let next = meta
+                            .get(NEXT_SEQ)
+                            .map_err(db_err)?
+                            .map(|v| v.value())
+                            .unwrap_or(1);
+                        if seq >= next {
+                            meta.insert(NEXT_SEQ, seq + 1).map_err(db_err)?;
+                        }
                     }
                 }
-                let mut sources = tx.open_table(SOURCES).map_err(db_err)?;
-                for p in &batch.progress {
-                    let mut st = match sources.get(p.source.as_bytes()).map_err(db_err)? {
-                        Some(v) => decode_state(p.source.as_bytes(), v.value())?,
-                        None => SourceState {
-                            source: p.source.clone(),
-                            ..Default::default()
-                        },
-                    };
-                    st.checkpoint = p.checkpoint.clone();
-                    st.watermark_us = st.watermark_us.max(p.watermark_us);
-                    st.last_event_us = st.last_event_us.max(p.last_event_us);
-                    st.updated_us = st.updated_us.max(batch.now_us);
-                    sources
-                        .insert(p.source.as_bytes(), encode_state(&st).as_slice())
-                        .map_err(db_err)?;
-                }
-                if let Some(seq) = batch.segment_seq {
-                    let mut segs = tx.open_table(SEGMENTS).map_err(db_err)?;
-                    if batch.entries.is_empty() {
-                        segs.remove(seq).map_err(db_err)?;
-                    } else {
-                        segs.insert(seq, COMMITTED).map_err(db_err)?;
-                    }
-                    let mut meta = tx.open_table(META).map_err(db_err)?;
-                    let next = meta
-                        .get(NEXT_SEQ)
-                        .map_err(db_err)?
-                        .map(|v| v.value())
-                        .unwrap_or(1);
-                    if seq >= next {
-                        meta.insert(NEXT_SEQ, seq + 1).map_err(db_err)?;
-                    }
-                }
-            }
-            tx.commit().map_err(db_err)?;
-            Ok(fresh)
-        })
-        .await
+                tx.commit().map_err(db_err)?;
+                Ok(fresh)
+            })
+            .await?;
+        self.signal();
+        Ok(new)
     }
 
     async fn unpublished_segments(&self) -> Result<Vec<u64>> {
@@ -555,6 +568,10 @@ impl SegmentLedger for EmbeddedCatalog {
             tx.commit().map_err(db_err)
         })
         .await
+    }
+
+    fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.commits.subscribe())
     }
 
     async fn committed_segments_after(&self, after: u64, limit: usize) -> Result<Vec<u64>> {
@@ -830,7 +847,9 @@ impl SourceProgress for EmbeddedCatalog {
             }
             tx.commit().map_err(db_err)
         })
-        .await
+        .await?;
+        self.signal();
+        Ok(())
     }
 }
 

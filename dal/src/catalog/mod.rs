@@ -81,6 +81,29 @@ pub trait SegmentLedger: Send + Sync + 'static {
 
     /// Committed segments with a sequence greater than `after`, ascending, at most `limit`.
     async fn committed_segments_after(&self, after: u64, limit: usize) -> Result<Vec<u64>>;
+
+    /// A signal that changes after every commit, abandoned segment and heartbeat made
+    /// through this handle (or its clones), so readers in the same process (the catalog
+    /// feed, the runner's watermarks) wake at once instead of at their next poll. `None`:
+    /// the backend gives none, readers poll. Writes by other processes are not signalled;
+    /// readers keep polling as a backstop.
+    fn commit_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+}
+
+/// Waits for the next change of a [`SegmentLedger::commit_signal`]; never returns when
+/// there is none (or its catalog is gone), for use in `tokio::select!`.
+pub async fn committed(signal: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    match signal {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                *signal = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// The index of updates: per-record time travel, master documents, the reference index of
