@@ -149,6 +149,10 @@ fn default_partitions() -> i32 {
 pub struct DalSettings {
     /// Budget of the read cache of decoded updates, in MiB; 0 disables it.
     pub cache_mib: u64,
+    /// Budget of the maintained record states (each record's fold, extended by the
+    /// updates since instead of re-folded: `overseer_dal::state`), in MiB; 0 disables
+    /// them (every read folds the record's history).
+    pub state_mib: u64,
     /// Encoded `FileDescriptorSet`s (`protoc --include_imports --descriptor_set_out`, or
     /// protox) holding the user's own view messages, added to the built-in
     /// `overseer.views.v1` views. Relative paths are taken from the working directory, like
@@ -160,24 +164,35 @@ impl Default for DalSettings {
     fn default() -> Self {
         DalSettings {
             cache_mib: crate::cache::DEFAULT_CACHE_BYTES >> 20,
+            state_mib: crate::state::DEFAULT_STATE_BYTES >> 20,
             view_descriptor_sets: Vec::new(),
         }
     }
 }
 
-/// Upper bound of `[dal] cache_mib`: a larger value is a typo, not a budget.
+/// Upper bound of `[dal] cache_mib` and `state_mib`: a larger value is a typo, not a budget.
 pub const MAX_CACHE_MIB: u64 = 1 << 20;
 
 impl DalSettings {
     /// Rules of the `[dal]` table alone.
     pub fn validate(&self) -> Result<()> {
-        if self.cache_mib > MAX_CACHE_MIB {
-            return Err(Error::invalid(
-                "dal.cache_mib",
-                format!("{} is more than {MAX_CACHE_MIB} (1 TiB)", self.cache_mib),
-            ));
+        for (name, mib) in [
+            ("dal.cache_mib", self.cache_mib),
+            ("dal.state_mib", self.state_mib),
+        ] {
+            if mib > MAX_CACHE_MIB {
+                return Err(Error::invalid(
+                    name,
+                    format!("{mib} is more than {MAX_CACHE_MIB} (1 TiB)"),
+                ));
+            }
         }
         Ok(())
+    }
+
+    /// The maintained states' budget in bytes.
+    pub fn state_bytes(&self) -> u64 {
+        self.state_mib.saturating_mul(1 << 20)
     }
 
     /// The read cache budget in bytes.

@@ -18,9 +18,13 @@
 //!   segment that lie close together are coalesced into one request, and requests to
 //!   different segments run concurrently (bounded).
 //! - **Aggregation** ([`Dal::record`]): the [`Builders`] fold the updates into the state.
+//!   Folds are maintained ([`crate::state`]): a read extends the record's kept fold by the
+//!   updates since (one catalog range read of those, validated by a count in the same
+//!   read), so its cost follows what changed, not how long the record has lived.
 //! - **Views** ([`Dal::view_dynamic`], [`Dal::view`]): the state mapped into the view's
 //!   message by [`crate::view::map`]; joined views add related records, each as of the same
-//!   T. Every view carries its *evidence*: the identities of the updates it was built from.
+//!   T. Every view carries its *evidence* by reference: the newest update of each record it
+//!   includes (bounded by the records in the view, not by their histories).
 //!
 //! Nothing here writes: a DAL can be shared by any number of readers.
 
@@ -154,6 +158,12 @@ impl Dal {
     /// read folds the record's history).
     pub fn with_state_bytes(mut self, bytes: u64) -> Self {
         self.states = Arc::new(StateCache::new(bytes));
+        self
+    }
+
+    /// Replaces the maintained record states (e.g. one keeping shorter folds).
+    pub fn with_state_cache(mut self, states: StateCache) -> Self {
+        self.states = Arc::new(states);
         self
     }
 

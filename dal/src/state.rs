@@ -40,6 +40,11 @@ use crate::update::{IndexEntry, Micros, Op};
 /// The default budget: 64 MiB.
 pub const DEFAULT_STATE_BYTES: u64 = 64 << 20;
 
+/// Folds of fewer updates are not kept: folding so short a history again costs about
+/// what validating and copying a kept fold does (measured on the shipped workload, whose
+/// transfers and entries have 1–4 updates each: keeping them made replay slower).
+pub const MIN_KEPT_UPDATES: u64 = 8;
+
 /// Bytes charged per entry on top of the state's estimated size: the key, the position
 /// strings, the maps' nodes and the cache's own bookkeeping.
 const ENTRY_OVERHEAD: u64 = 256;
@@ -164,6 +169,7 @@ pub struct StateCache {
     /// `None` when the budget is zero: every read folds the history.
     inner: Option<quick_cache::sync::Cache<String, Arc<Folded>, ByWeight>>,
     capacity: u64,
+    min_updates: u64,
     extended: AtomicU64,
     folded: AtomicU64,
     stale: AtomicU64,
@@ -205,11 +211,18 @@ impl StateCache {
         StateCache {
             inner,
             capacity: capacity_bytes,
+            min_updates: MIN_KEPT_UPDATES,
             extended: AtomicU64::new(0),
             folded: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             updates_folded: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps folds of `n` or more updates (at least 1) instead of [`MIN_KEPT_UPDATES`].
+    pub fn keeping_from(mut self, n: u64) -> Self {
+        self.min_updates = n.max(1);
+        self
     }
 
     /// The maintained fold of a record, if any.
@@ -218,11 +231,11 @@ impl StateCache {
     }
 
     /// Keeps `fold` as the record's maintained fold unless the one kept ends later in the
-    /// record's history (and is not known stale: `replacing_stale`). Folds of no update
-    /// are not kept.
+    /// record's history (and is not known stale: `replacing_stale`). Folds of fewer
+    /// updates than the minimum ([`MIN_KEPT_UPDATES`] unless set) are not kept.
     pub fn put(&self, model: &str, record_id: &str, fold: Arc<Folded>, replacing_stale: bool) {
         let Some(c) = &self.inner else { return };
-        if fold.n == 0 {
+        if fold.n < self.min_updates.max(1) {
             return;
         }
         let k = key(model, record_id);

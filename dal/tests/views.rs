@@ -16,6 +16,7 @@ use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::keys::segment_key;
 use overseer_dal::segment::SegmentBuilder;
+use overseer_dal::state::StateCache;
 use overseer_dal::store::local::LocalStore;
 use overseer_dal::store::{DynStore, ObjectStore, PutOutcome};
 use overseer_dal::update::{CommitBatch, IndexEntry, Micros, Op, Reference, UpdateRecord};
@@ -912,7 +913,8 @@ proptest! {
         rt.block_on(async {
             let mut f = Fixture::new();
             let ids = ["a", "b"];
-            let maintained = f.dal();
+            // Folds of any length kept, so short histories exercise the maintained path.
+            let maintained = f.dal().with_state_cache(StateCache::new(1 << 20).keeping_from(1));
             let full = f.dal().with_state_bytes(0);
             let mut t: Micros = 10;
             let mut newest: Micros = 10;

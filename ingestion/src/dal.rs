@@ -21,7 +21,8 @@ pub async fn open_dal(cfg: &Config) -> Result<Dal> {
     Ok(Dal::new(catalog, store)
         .with_builders(builders)
         .with_views(views)
-        .with_cache_bytes(cfg.dal.cache_bytes()))
+        .with_cache_bytes(cfg.dal.cache_bytes())
+        .with_state_bytes(cfg.dal.state_bytes()))
 }
 
 /// The DAL over already opened storage (one process running ingestion and checks shares
@@ -30,7 +31,8 @@ pub fn dal_over(cfg: &Config, storage: &crate::pipeline::Storage) -> Result<Dal>
     Ok(Dal::new(storage.catalog.clone(), storage.store.clone())
         .with_builders(crate::format::builders(cfg)?)
         .with_views(views(&cfg.dal)?)
-        .with_cache_bytes(cfg.dal.cache_bytes()))
+        .with_cache_bytes(cfg.dal.cache_bytes())
+        .with_state_bytes(cfg.dal.state_bytes()))
 }
 
 /// The built-in views plus those of every `[dal] view_descriptor_sets` file; an error names

@@ -123,6 +123,10 @@ pub struct Args {
     /// Fraction of events delivered twice.
     #[arg(long, default_value_t = 0.01)]
     duplicate_rate: f64,
+    /// Budget of the maintained record states, MiB (`[dal] state_mib`; 0: every read folds
+    /// the record's history, as before they existed).
+    #[arg(long, default_value_t = overseer_dal::state::DEFAULT_STATE_BYTES >> 20)]
+    state_mib: u64,
     /// Also write the results as one JSON document to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -276,6 +280,7 @@ struct Env<'a> {
     stack: Option<&'a Stack>,
     /// Names each real-mode run (topics, schema, prefix, groups).
     runs: std::cell::Cell<u32>,
+    state_mib: u64,
 }
 
 pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
@@ -312,6 +317,7 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
     let env = Env {
         stack: stack.as_ref(),
         runs: std::cell::Cell::new(0),
+        state_mib: args.state_mib,
     };
     let per_transfer = updates_per_transfer(&args)?;
     let mut results = Results {
@@ -507,6 +513,8 @@ async fn measure(
         }
         _ => crate::demo::live_config(dir, "bench", grace_ms, strategy, delay_ms)?,
     };
+    let mut cfg = cfg;
+    cfg.ingestion.dal.state_mib = env.state_mib;
     let storage = Storage::open(&cfg).await?;
     if !storage.catalog.source_states().await?.is_empty() {
         bail!("{} already holds data: use an empty --dir", dir.display());

@@ -6,8 +6,11 @@
 //! never replaced (that is [`PutOutcome::AlreadyExists`]), and the parent directory is
 //! fsynced so the name survives a crash.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,10 +22,24 @@ use crate::{Error, Result};
 /// Temporary files start with this and are never listed.
 const TMP_PREFIX: &str = ".tmp-";
 
+/// Open segment files kept for ranged reads: objects are never rewritten (puts are
+/// no-clobber, nothing deletes), so a handle and its size stay valid.
+const MAX_OPEN: usize = 256;
+
+/// Ranged reads up to this size run on the calling task (a `pread` from the page cache
+/// takes microseconds; handing it to the blocking pool costs two thread wake-ups); larger
+/// ones go to the blocking pool.
+const INLINE_READ: u64 = 256 << 10;
+
+/// An open object: its file and size.
+type Open = Arc<(std::fs::File, u64)>;
+
 /// Object store over a directory.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// Open objects for ranged reads, by key (at most [`MAX_OPEN`]; emptied when full).
+    open: Arc<Mutex<HashMap<String, Open>>>,
 }
 
 impl LocalStore {
@@ -30,7 +47,33 @@ impl LocalStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
         std::fs::create_dir_all(&root).map_err(|e| Error::io(root.display(), e))?;
-        Ok(LocalStore { root })
+        Ok(LocalStore {
+            root,
+            open: Arc::default(),
+        })
+    }
+
+    /// The object `key` opened, from the kept handles or by opening it.
+    fn opened(&self, key: &str, path: &Path) -> Result<Open> {
+        if let Some(o) = self.open.lock().expect("never poisoned").get(key) {
+            return Ok(o.clone());
+        }
+        let f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(key)),
+            Err(e) => return Err(Error::io(path.display(), e)),
+        };
+        let size = f
+            .metadata()
+            .map_err(|e| Error::io(path.display(), e))?
+            .len();
+        let o = Arc::new((f, size));
+        let mut open = self.open.lock().expect("never poisoned");
+        if open.len() >= MAX_OPEN {
+            open.clear();
+        }
+        open.insert(key.to_owned(), o.clone());
+        Ok(o)
     }
 
     pub fn root(&self) -> &Path {
@@ -160,17 +203,9 @@ impl ObjectStore for LocalStore {
 
     async fn get_range(&self, key: &str, start: u64, len: u64) -> Result<Bytes> {
         let path = self.path(key)?;
-        let key = key.to_owned();
-        tokio::task::spawn_blocking(move || {
-            let mut f = match std::fs::File::open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_found(&key)),
-                Err(e) => return Err(Error::io(path.display(), e)),
-            };
-            let size = f
-                .metadata()
-                .map_err(|e| Error::io(path.display(), e))?
-                .len();
+        let read = move |store: &LocalStore, key: &str| -> Result<Bytes> {
+            let o = store.opened(key, &path)?;
+            let (f, size) = (&o.0, o.1);
             if start.checked_add(len).is_none_or(|end| end > size) {
                 return Err(Error::Store {
                     message: format!("range {start}+{len} past the end of {key:?} ({size})"),
@@ -179,13 +214,17 @@ impl ObjectStore for LocalStore {
                 });
             }
             let mut buf = vec![0; len as usize];
-            f.seek(SeekFrom::Start(start))
-                .and_then(|_| f.read_exact(&mut buf))
+            f.read_exact_at(&mut buf, start)
                 .map_err(|e| Error::io(path.display(), e))?;
             Ok(Bytes::from(buf))
-        })
-        .await
-        .map_err(|e| Error::io("read task", std::io::Error::other(e)))?
+        };
+        if len <= INLINE_READ {
+            return read(self, key);
+        }
+        let (store, key) = (self.clone(), key.to_owned());
+        tokio::task::spawn_blocking(move || read(&store, &key))
+            .await
+            .map_err(|e| Error::io("read task", std::io::Error::other(e)))?
     }
 
     async fn list(
