@@ -152,6 +152,8 @@ path = "{d}/ledger.jsonl"
         "overseer_time_to_detect_seconds",
         "overseer_watermark_age_seconds",
         "overseer_pending_checks",
+        "overseer_dal_record_reads_total",
+        "overseer_dal_updates_folded_total",
     ] {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }

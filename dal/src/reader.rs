@@ -94,6 +94,22 @@ impl RecordAt {
         }
     }
 
+    /// [`RecordAt::of`] without copying: for a fold that is not kept.
+    fn from_fold(model: &str, record_id: &str, as_of_us: Micros, fold: Folded) -> Self {
+        RecordAt {
+            model: model.to_owned(),
+            record_id: record_id.to_owned(),
+            as_of_us,
+            state: fold.state,
+            updates: fold.n,
+            last: fold.last.map(|l| UpdateRef {
+                source: l.source,
+                position: l.position,
+            }),
+            refs: fold.refs,
+        }
+    }
+
     /// The version of the record the state is: its newest update as of the time. With the
     /// time, it reproduces the state (`overseer history`, `overseer view --as-of`).
     pub fn evidence(&self) -> impl Iterator<Item = UpdateRef> + '_ {
@@ -281,6 +297,9 @@ impl Dal {
             },
             entries.len(),
         );
+        if !self.states.keeps(fold.n) {
+            return Ok(RecordAt::from_fold(model, record_id, as_of_us, fold));
+        }
         let at = RecordAt::of(model, record_id, as_of_us, &fold);
         self.states.put(model, record_id, Arc::new(fold), stale);
         Ok(at)

@@ -235,7 +235,7 @@ impl StateCache {
     /// updates than the minimum ([`MIN_KEPT_UPDATES`] unless set) are not kept.
     pub fn put(&self, model: &str, record_id: &str, fold: Arc<Folded>, replacing_stale: bool) {
         let Some(c) = &self.inner else { return };
-        if fold.n < self.min_updates.max(1) {
+        if !self.keeps(fold.n) {
             return;
         }
         let k = key(model, record_id);
@@ -245,12 +245,18 @@ impl StateCache {
         c.insert(k, fold);
     }
 
-    /// Counts one read that took `path` and folded `updates` updates.
+    /// Whether a fold of `n` updates would be kept.
+    pub fn keeps(&self, n: u64) -> bool {
+        self.inner.is_some() && n >= self.min_updates.max(1)
+    }
+
+    /// Counts one read that took `path` and folded `updates` updates. (Counters only: the
+    /// runner publishes [`StateCache::stats`] as metrics on its own tick, off this path.)
     pub fn count(&self, path: ReadPath, updates: usize) {
-        let (counter, label) = match path {
-            ReadPath::Extended => (&self.extended, "maintained"),
-            ReadPath::Folded => (&self.folded, "history"),
-            ReadPath::Stale => (&self.stale, "history_stale"),
+        let counter = match path {
+            ReadPath::Extended => &self.extended,
+            ReadPath::Folded => &self.folded,
+            ReadPath::Stale => &self.stale,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if path == ReadPath::Stale {
@@ -258,8 +264,6 @@ impl StateCache {
         }
         self.updates_folded
             .fetch_add(updates as u64, Ordering::Relaxed);
-        metrics::counter!("overseer_dal_record_reads_total", "path" => label).increment(1);
-        metrics::counter!("overseer_dal_updates_folded_total").increment(updates as u64);
     }
 
     pub fn stats(&self) -> StateStats {

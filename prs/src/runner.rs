@@ -418,6 +418,7 @@ impl Runner {
         }
         self.scheduler
             .set_watermarks(states.iter().map(|s| (s.source.as_str(), s.watermark_us)));
+        telemetry::dal_states(&self.dal.state_stats());
         Ok(())
     }
 

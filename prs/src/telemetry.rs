@@ -32,6 +32,22 @@ pub fn watermark_age(source: &str, age_us: Micros) {
         .set(age_us.max(0) as f64 / 1e6);
 }
 
+/// How the DAL's record reads went (cumulative): from maintained folds extended by the
+/// updates since, or by folding the history (nothing kept, an older time than the kept
+/// fold, or a stale one); the updates folded in all; what the maintained folds hold.
+pub fn dal_states(s: &overseer_dal::state::StateStats) {
+    for (path, n) in [
+        ("maintained", s.extended),
+        ("history", s.folded - s.stale),
+        ("history_stale", s.stale),
+    ] {
+        metrics::counter!("overseer_dal_record_reads_total", "path" => path).absolute(n);
+    }
+    metrics::counter!("overseer_dal_updates_folded_total").absolute(s.updates_folded);
+    metrics::gauge!("overseer_dal_state_bytes").set(s.bytes as f64);
+    metrics::gauge!("overseer_dal_state_entries").set(s.entries as f64);
+}
+
 /// The scheduler's size after a step.
 pub fn pending(n: usize) {
     metrics::gauge!(PENDING_CHECKS).set(n as f64);
