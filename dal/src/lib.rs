@@ -32,5 +32,6 @@ pub mod view;
 pub use bus::Bus;
 pub use catalog::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 pub use error::{Error, Result};
+pub use prost_reflect::DynamicMessage;
 pub use reader::{Dal, Viewed};
 pub use store::ObjectStore;

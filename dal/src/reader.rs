@@ -130,6 +130,21 @@ pub struct Viewed<T> {
     pub evidence: Vec<UpdateRef>,
 }
 
+impl Viewed<DynamicMessage> {
+    /// The view as its Rust type (a view built once, handed to several typed readers).
+    pub fn transcode<T>(&self) -> Result<T>
+    where
+        T: prost::Message + prost::Name + Default,
+    {
+        self.view.transcode_to::<T>().map_err(|e| {
+            Error::view(
+                prost_reflect::ReflectMessage::descriptor(&self.view).full_name(),
+                format!("transcoding to the Rust type: {e}"),
+            )
+        })
+    }
+}
+
 /// The data access layer: time travel, builders and views over a catalog and a store.
 #[derive(Clone)]
 pub struct Dal {
@@ -435,12 +450,8 @@ impl Dal {
         let Some(v) = self.view_dynamic(&def, subject_id, as_of_us).await? else {
             return Ok(None);
         };
-        let view = v
-            .view
-            .transcode_to::<T>()
-            .map_err(|e| Error::view(def.name(), format!("transcoding to the Rust type: {e}")))?;
         Ok(Some(Viewed {
-            view,
+            view: v.transcode::<T>()?,
             as_of_us: v.as_of_us,
             evidence: v.evidence,
         }))

@@ -134,6 +134,27 @@ pub trait ErasedCheck: Send + Sync {
         subject: &'a str,
         as_of_us: Micros,
     ) -> BoxFuture<'a, Result<Evaluation>>;
+
+    /// Whether the check's view is the DAL's (built by definition), so a view built once
+    /// for a (view, subject, time) can be handed to it ([`ErasedCheck::evaluate_on`]);
+    /// `false` for a custom view function.
+    fn shares_view(&self) -> bool {
+        false
+    }
+
+    /// Runs the function on a view already built by the DAL (as a dynamic message of this
+    /// check's view): what several checks reading one view at one time share.
+    fn evaluate_on<'a>(
+        &'a self,
+        viewed: &'a Viewed<overseer_dal::DynamicMessage>,
+    ) -> BoxFuture<'a, Result<Evaluation>> {
+        let _ = viewed;
+        Box::pin(async {
+            Err(Error::Config(
+                "this check builds its own view: it cannot take a shared one".into(),
+            ))
+        })
+    }
 }
 
 /// A custom view function: how to build the view of a subject as of a time.
@@ -168,20 +189,48 @@ where
                 Some(custom) => custom(dal, subject, as_of_us).await?,
                 None => dal.view::<V>(subject, as_of_us).await?,
             };
-            let Some(viewed) = viewed else {
+            let Some(Viewed { view, evidence, .. }) = viewed else {
                 return Ok(Evaluation::NoSubject);
             };
-            // The function is synchronous and user-written: run it off the async workers so a
-            // slow one cannot stall the runtime, and so a panic is a JoinError, not a crash.
-            let f = self.f.clone();
-            let Viewed { view, evidence, .. } = viewed;
-            let verdict = tokio::task::spawn_blocking(move || f(&view))
-                .await
-                .map_err(|e| Error::Panicked(panic_message(e)))?;
-            Ok(Evaluation::Ran {
-                verdict,
-                evidence: evidence.iter().map(ToString::to_string).collect(),
-            })
+            self.run(view, &evidence).await
+        })
+    }
+
+    fn shares_view(&self) -> bool {
+        self.view_fn.is_none()
+    }
+
+    fn evaluate_on<'a>(
+        &'a self,
+        viewed: &'a Viewed<overseer_dal::DynamicMessage>,
+    ) -> BoxFuture<'a, Result<Evaluation>> {
+        Box::pin(async move {
+            let view = viewed.transcode::<V>()?;
+            self.run(view, &viewed.evidence).await
+        })
+    }
+}
+
+impl<V, F> Typed<V, F>
+where
+    V: prost::Message + prost::Name + Default + Send + Sync + 'static,
+    F: Fn(&V) -> Verdict + Send + Sync + 'static,
+{
+    /// Runs the function on the view. It is synchronous and user-written: it runs off the
+    /// async workers so a slow one cannot stall the runtime, and so a panic is a
+    /// JoinError, not a crash.
+    async fn run(
+        &self,
+        view: V,
+        evidence: &[overseer_dal::builder::UpdateRef],
+    ) -> Result<Evaluation> {
+        let f = self.f.clone();
+        let verdict = tokio::task::spawn_blocking(move || f(&view))
+            .await
+            .map_err(|e| Error::Panicked(panic_message(e)))?;
+        Ok(Evaluation::Ran {
+            verdict,
+            evidence: evidence.iter().map(ToString::to_string).collect(),
         })
     }
 }

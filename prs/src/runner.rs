@@ -33,7 +33,7 @@ use overseer_dal::Dal;
 use overseer_dal::bus::{DeliveryTag, Subscription};
 use overseer_dal::update::{Micros, UpdateNotification, now_us};
 
-use crate::check::{CheckSpec, Evaluation, Registry, Verdict};
+use crate::check::{CheckSpec, ErasedCheck, Evaluation, Registry, Verdict};
 use crate::schedule::{Plan, Ready, Scheduler, Trigger};
 use crate::select::Selector;
 use crate::telemetry;
@@ -306,7 +306,7 @@ impl Runner {
     ) -> Result<RunnerReport> {
         let mut report = RunnerReport::default();
         let mut acks = Acks::default();
-        let mut running: JoinSet<Result<(Vec<u64>, RunRecord)>> = JoinSet::new();
+        let mut running: JoinSet<Result<Vec<(Vec<u64>, RunRecord)>>> = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let mut watermarks = tokio::time::interval(self.options.watermark_poll);
         watermarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -328,11 +328,12 @@ impl Runner {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = running.join_next() => {
-                    let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))??;
-                    report.runs += 1;
-                    *report.by_outcome.entry(rec.outcome.label().to_owned()).or_default() += 1;
-                    for id in ids {
-                        acks.release(id);
+                    for (ids, rec) in done.map_err(|e| Error::Panicked(e.to_string()))?? {
+                        report.runs += 1;
+                        *report.by_outcome.entry(rec.outcome.label().to_owned()).or_default() += 1;
+                        for id in ids {
+                            acks.release(id);
+                        }
                     }
                 }
                 _ = overseer_dal::catalog::committed(&mut commit_signal) => {
@@ -384,22 +385,24 @@ impl Runner {
                     }
                 }
             }
-            for ready in self.scheduler.take_ready(Instant::now()) {
-                self.spawn(&mut running, &permits, &sink, ready);
+            let ready = self.scheduler.take_ready(Instant::now());
+            for group in self.share_groups(ready) {
+                self.spawn(&mut running, &permits, &sink, group);
             }
             telemetry::pending(self.scheduler.len());
         }
 
         // Let running checks finish and hand their verdicts over, then commit.
         while let Some(done) = running.join_next().await {
-            let (ids, rec) = done.map_err(|e| Error::Panicked(e.to_string()))??;
-            report.runs += 1;
-            *report
-                .by_outcome
-                .entry(rec.outcome.label().to_owned())
-                .or_default() += 1;
-            for id in ids {
-                acks.release(id);
+            for (ids, rec) in done.map_err(|e| Error::Panicked(e.to_string()))?? {
+                report.runs += 1;
+                *report
+                    .by_outcome
+                    .entry(rec.outcome.label().to_owned())
+                    .or_default() += 1;
+                for id in ids {
+                    acks.release(id);
+                }
             }
         }
         let tags = acks.committable();
@@ -422,31 +425,69 @@ impl Runner {
         Ok(())
     }
 
-    /// Runs `ready` and hands its verdict to `sink`, in a task of its own: verdicts reach
-    /// the sink concurrently (the incident state machine's compare-and-set keeps
-    /// concurrent verdicts on one subject consistent), and a run's notifications are
-    /// released only once its verdict is recorded.
+    /// Groups released runs that can share one view build: runs of checks reading the
+    /// same view (by definition) of the same subject at the same time, in release order.
+    fn share_groups(&self, ready: Vec<Ready>) -> Vec<Vec<Ready>> {
+        let mut groups: Vec<Vec<Ready>> = Vec::with_capacity(ready.len());
+        let mut by_key: HashMap<(String, String, Micros), usize> = HashMap::new();
+        for r in ready {
+            let spec = self
+                .registry
+                .get(&r.check)
+                .expect("the scheduler only knows registered checks");
+            if !spec.check.shares_view() {
+                groups.push(vec![r]);
+                continue;
+            }
+            let key = (spec.check.view_name(), r.subject.clone(), r.eval_us);
+            match by_key.get(&key) {
+                Some(&i) => groups[i].push(r),
+                None => {
+                    by_key.insert(key, groups.len());
+                    groups.push(vec![r]);
+                }
+            }
+        }
+        groups
+    }
+
+    /// Runs a group of released runs (see [`Runner::share_groups`]) and hands their verdicts
+    /// to `sink`, in a task of its own: verdicts reach the sink concurrently (the incident
+    /// state machine's compare-and-set keeps concurrent verdicts on one subject
+    /// consistent), and a run's notifications are released only once its verdict is
+    /// recorded.
     fn spawn(
         &self,
-        running: &mut JoinSet<Result<(Vec<u64>, RunRecord)>>,
+        running: &mut JoinSet<Result<Vec<(Vec<u64>, RunRecord)>>>,
         permits: &Arc<Semaphore>,
         sink: &Arc<dyn Sink>,
-        ready: Ready,
+        group: Vec<Ready>,
     ) {
-        let spec = self
-            .registry
-            .get(&ready.check)
-            .expect("the scheduler only knows registered checks");
-        let check = spec.check.clone();
-        let timeout = spec.timeout;
+        let runs: Vec<(Arc<dyn ErasedCheck>, Duration, Ready)> = group
+            .into_iter()
+            .map(|r| {
+                let spec = self
+                    .registry
+                    .get(&r.check)
+                    .expect("the scheduler only knows registered checks");
+                (spec.check.clone(), spec.timeout, r)
+            })
+            .collect();
         let dal = self.dal.clone();
         let (permits, sink) = (permits.clone(), sink.clone());
         running.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
-            let rec = execute(&dal, &*check, timeout, &ready).await;
-            telemetry::run_finished(&rec);
-            sink.record(&rec).await?;
-            Ok((ready.acks, rec))
+            let recs = match &runs[..] {
+                [(check, timeout, ready)] => vec![execute(&dal, &**check, *timeout, ready).await],
+                _ => execute_shared(&dal, &runs).await,
+            };
+            let mut out = Vec::with_capacity(recs.len());
+            for ((_, _, ready), rec) in runs.into_iter().zip(recs) {
+                telemetry::run_finished(&rec);
+                sink.record(&rec).await?;
+                out.push((ready.acks, rec));
+            }
+            Ok(out)
         });
     }
 }
@@ -469,7 +510,54 @@ pub async fn execute(
 ) -> RunRecord {
     let result = tokio::time::timeout(timeout, check.evaluate(dal, &ready.subject, ready.eval_us))
         .await
-        .unwrap_or(Err(Error::TimedOut(timeout)));
+        .unwrap_or(Err(Error::TimedOut(timeout)))
+        .map_err(|e| e.to_string());
+    record_of(ready, result)
+}
+
+/// Runs released runs of several checks that read one view of one subject at one time
+/// (each [`ErasedCheck::shares_view`]): the view is built once, within the shortest of
+/// their timeouts, and handed to each function, each within its own timeout. The records
+/// are those [`execute`] would give each run (same view, same evidence), in `runs` order.
+///
+/// [`ErasedCheck::shares_view`]: crate::check::ErasedCheck::shares_view
+pub async fn execute_shared(
+    dal: &Dal,
+    runs: &[(Arc<dyn crate::check::ErasedCheck>, Duration, Ready)],
+) -> Vec<RunRecord> {
+    let Some((first, _, ready)) = runs.first() else {
+        return Vec::new();
+    };
+    let build_timeout = runs.iter().map(|r| r.1).min().unwrap_or_default();
+    let built = match dal.views().get(&first.view_name()) {
+        Ok(def) => match tokio::time::timeout(
+            build_timeout,
+            dal.view_dynamic(&def, &ready.subject, ready.eval_us),
+        )
+        .await
+        {
+            Ok(built) => built.map_err(|e| Error::from(e).to_string()),
+            Err(_) => Err(Error::TimedOut(build_timeout).to_string()),
+        },
+        Err(e) => Err(Error::from(e).to_string()),
+    };
+    let mut out = Vec::with_capacity(runs.len());
+    for (check, timeout, ready) in runs {
+        let result = match &built {
+            Ok(None) => Ok(Evaluation::NoSubject),
+            Ok(Some(viewed)) => tokio::time::timeout(*timeout, check.evaluate_on(viewed))
+                .await
+                .unwrap_or(Err(Error::TimedOut(*timeout)))
+                .map_err(|e| e.to_string()),
+            Err(message) => Err(message.clone()),
+        };
+        out.push(record_of(ready, result));
+    }
+    out
+}
+
+/// The record of a run from what evaluating it gave (an error as its message).
+fn record_of(ready: &Ready, result: std::result::Result<Evaluation, String>) -> RunRecord {
     let (outcome, evidence) = match result {
         Ok(Evaluation::NoSubject) => (Outcome::NoSubject, Vec::new()),
         Ok(Evaluation::Ran { verdict, evidence }) => {
@@ -484,12 +572,7 @@ pub async fn execute(
             };
             (outcome, evidence)
         }
-        Err(e) => (
-            Outcome::Error {
-                message: e.to_string(),
-            },
-            Vec::new(),
-        ),
+        Err(message) => (Outcome::Error { message }, Vec::new()),
     };
     RunRecord {
         check: ready.check.to_string(),

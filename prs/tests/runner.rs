@@ -198,3 +198,122 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
     assert!(c.windows(2).all(|w| w[0].offset < w[1].offset), "{c:?}");
     assert_eq!(c.last().map(|t| t.offset), Some(4));
 }
+
+/// Checks reading one view of one subject at one time share one view build: three checks
+/// on `Toy` (one of them slow and one panicking on some toys) and one with a custom view
+/// function run over five toys. Each check's verdict is its own (a slow or panicking
+/// function fails only its own run), and the DAL reads each toy once for the three shared
+/// checks plus once for the custom view: 10 record reads, not 20.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_on_one_view_share_its_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog: DynCatalog = Arc::new(EmbeddedCatalog::open(dir.path().join("c.redb")).unwrap());
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let bus = Arc::new(MemoryBus::new(1000));
+
+    let mut registry = Registry::new();
+    registry
+        .check("toy_ok", toy_check)
+        .strategy(Strategy::Immediate)
+        .timeout(Duration::from_millis(2000));
+    registry
+        .check("not_blue", |t: &Toy| {
+            Verdict::check(t.color != "blue", || {
+                Verdict::fail(format!("{} is blue", t.id))
+            })
+        })
+        .strategy(Strategy::Immediate);
+    registry
+        .check("always_fails", |t: &Toy| {
+            Verdict::fail(format!("{} checked", t.id))
+        })
+        .strategy(Strategy::Immediate);
+    registry
+        .check_with_view("repainted", Arc::new(repainted_toy), |t: &Toy| {
+            Verdict::check(t.color == format!("repainted {}", t.id), || {
+                Verdict::fail(format!("not repainted: {}", t.color))
+            })
+        })
+        .strategy(Strategy::Immediate);
+    let options = RunnerOptions {
+        model_sources: BTreeMap::from([("toys".into(), vec!["src".into()])]),
+        commit_interval: Duration::from_millis(20),
+        ..RunnerOptions::default()
+    };
+    let dal = Dal::new(catalog.clone(), store.clone());
+    let runner = Runner::new(dal.clone(), Arc::new(registry), options).unwrap();
+    let sink = Arc::new(CollectSink::new());
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(runner.run(
+        bus.subscribe("t").await.unwrap(),
+        sink.clone(),
+        stop.clone(),
+    ));
+
+    let mut ch = Changes::new("src");
+    let recs = [
+        "a:ok:blue",
+        "b:bomb:red",
+        "c:slow:red",
+        "d:broken:blue",
+        "e:ok:red",
+    ]
+    .iter()
+    .enumerate()
+    .map(|(i, s)| {
+        let mut p = s.split(':');
+        let (id, ty, color) = (p.next().unwrap(), p.next().unwrap(), p.next().unwrap());
+        ch.insert(
+            "toys",
+            id,
+            1000 + i as i64,
+            json!({"type": ty, "color": color}),
+        )
+    })
+    .collect();
+    let entries = write_segment(&*store, &*catalog, recs, vec![])
+        .await
+        .unwrap();
+    bus.publish(&entries.iter().map(|e| e.notification()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while sink.len() < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "runs: {}",
+            sink.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    let by: BTreeMap<(String, String), Outcome> = sink
+        .runs()
+        .iter()
+        .map(|r| ((r.check.clone(), r.subject.clone()), r.outcome.clone()))
+        .collect();
+    assert_eq!(by.len(), 20, "{by:#?}");
+    let label = |c: &str, s: &str| by[&(c.to_owned(), s.to_owned())].label();
+    for s in ["a", "b", "c", "d", "e"] {
+        assert_eq!(label("always_fails", s), "fail", "{s}");
+        assert_eq!(label("repainted", s), "pass", "{s}");
+    }
+    assert_eq!(
+        ["a", "b", "c", "d", "e"].map(|s| label("not_blue", s)),
+        ["fail", "pass", "pass", "fail", "pass"]
+    );
+    assert_eq!(
+        ["a", "b", "c", "d", "e"].map(|s| label("toy_ok", s)),
+        ["pass", "error", "error", "fail", "pass"],
+        "a panic and a timeout are the slow or panicking check's own: {by:#?}"
+    );
+    let s = dal.state_stats();
+    assert_eq!(
+        s.extended + s.folded,
+        10,
+        "one shared build per toy plus one custom view each: {s:?}"
+    );
+}
