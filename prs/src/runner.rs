@@ -306,7 +306,7 @@ impl Runner {
     ) -> Result<RunnerReport> {
         let mut report = RunnerReport::default();
         let mut acks = Acks::default();
-        let mut running: JoinSet<Result<Vec<(Vec<u64>, RunRecord)>>> = JoinSet::new();
+        let mut running: Running = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let mut watermarks = tokio::time::interval(self.options.watermark_poll);
         watermarks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -458,7 +458,7 @@ impl Runner {
     /// recorded.
     fn spawn(
         &self,
-        running: &mut JoinSet<Result<Vec<(Vec<u64>, RunRecord)>>>,
+        running: &mut Running,
         permits: &Arc<Semaphore>,
         sink: &Arc<dyn Sink>,
         group: Vec<Ready>,
@@ -491,6 +491,10 @@ impl Runner {
         });
     }
 }
+
+/// The runs in flight: each task gives, per run of its group, the acks it held and its
+/// record.
+type Running = JoinSet<Result<Vec<(Vec<u64>, RunRecord)>>>;
 
 fn trigger(note: &UpdateNotification, ack: u64) -> Trigger {
     Trigger {
