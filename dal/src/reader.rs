@@ -126,7 +126,9 @@ pub struct Viewed<T> {
     /// includes — the subject, each join member, each lookup — sorted and unique. Each names
     /// the version of a record the view reflects; with the time they reproduce the view
     /// (`overseer view --as-of`, `overseer history`), and their number is bounded by the
-    /// records in the view, not by how many updates those records ever had.
+    /// records in the view, not by how many updates those records ever had. (An update
+    /// ingested later with an earlier commit time can change a view as of T without
+    /// changing these names; `overseer history` shows when each update was ingested.)
     pub evidence: Vec<UpdateRef>,
 }
 
@@ -203,8 +205,10 @@ impl Dal {
         self.states.stats()
     }
 
+    /// Replaces the builders; the maintained folds (built by the old ones) start empty.
     pub fn with_builders(mut self, builders: Builders) -> Self {
         self.builders = builders;
+        self.states = Arc::new(StateCache::new(self.states.stats().capacity_bytes));
         self
     }
 

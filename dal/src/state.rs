@@ -18,7 +18,10 @@
 //! catalog, any number of runner instances and any delivery order, and a restarted or
 //! rebalanced runner simply starts cold. What it saves: the fetch (cache or ranged GET),
 //! decode and fold of every update before the cached point — a read costs one catalog
-//! range read of the updates *since*, and work proportional to them.
+//! range read of the index entries after that point (those up to the time read are
+//! fetched and folded; later ones are only counted), so at the head of a record's history
+//! (live runs) its work follows what changed since. Reads well behind the head (a replay
+//! of an old window on a record that kept changing) still count the rest of its history.
 //!
 //! One fold is kept per record, the newest one read: a read as of an earlier time than the
 //! cached fold's last update folds the history up to that time and leaves the newer fold in
@@ -192,10 +195,13 @@ pub enum ReadPath {
     Stale,
 }
 
+/// The cache key of a record: the model's length, then the model and the id (ids may hold
+/// any character, NUL included, so a separator alone would be ambiguous).
 fn key(model: &str, record_id: &str) -> String {
-    let mut k = String::with_capacity(model.len() + 1 + record_id.len());
+    let mut k = String::with_capacity(8 + model.len() + record_id.len());
+    k.push_str(&model.len().to_string());
+    k.push(':');
     k.push_str(model);
-    k.push('\0');
     k.push_str(record_id);
     k
 }
@@ -239,7 +245,7 @@ impl StateCache {
             return;
         }
         let k = key(model, record_id);
-        if !replacing_stale && c.get(&k).is_some_and(|kept| kept.after() > fold.after()) {
+        if !replacing_stale && c.peek(&k).is_some_and(|kept| kept.after() > fold.after()) {
             return;
         }
         c.insert(k, fold);

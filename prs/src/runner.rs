@@ -520,44 +520,54 @@ pub async fn execute(
 }
 
 /// Runs released runs of several checks that read one view of one subject at one time
-/// (each [`ErasedCheck::shares_view`]): the view is built once, within the shortest of
-/// their timeouts, and handed to each function, each within its own timeout. The records
-/// are those [`execute`] would give each run (same view, same evidence), in `runs` order.
+/// (each [`ErasedCheck::shares_view`]): the view is built once and handed to each function.
+/// Each run keeps its own budget — a run whose timeout passes while the view is being
+/// built, or while its function runs, times out as it would alone — and the functions run
+/// concurrently. The records are those [`execute`] would give each run (same view, same
+/// evidence), in `runs` order.
 ///
 /// [`ErasedCheck::shares_view`]: crate::check::ErasedCheck::shares_view
 pub async fn execute_shared(
     dal: &Dal,
-    runs: &[(Arc<dyn crate::check::ErasedCheck>, Duration, Ready)],
+    runs: &[(Arc<dyn ErasedCheck>, Duration, Ready)],
 ) -> Vec<RunRecord> {
     let Some((first, _, ready)) = runs.first() else {
         return Vec::new();
     };
-    let build_timeout = runs.iter().map(|r| r.1).min().unwrap_or_default();
+    debug_assert!(runs.iter().all(|(c, _, r)| c.shares_view()
+        && c.view_name() == first.view_name()
+        && r.subject == ready.subject
+        && r.eval_us == ready.eval_us));
+    let start = Instant::now();
+    let longest = runs.iter().map(|r| r.1).max().unwrap_or_default();
     let built = match dal.views().get(&first.view_name()) {
         Ok(def) => match tokio::time::timeout(
-            build_timeout,
+            longest,
             dal.view_dynamic(&def, &ready.subject, ready.eval_us),
         )
         .await
         {
             Ok(built) => built.map_err(|e| Error::from(e).to_string()),
-            Err(_) => Err(Error::TimedOut(build_timeout).to_string()),
+            // Past every run's deadline: each reports its own timeout below.
+            Err(_) => Err(String::new()),
         },
         Err(e) => Err(Error::from(e).to_string()),
     };
-    let mut out = Vec::with_capacity(runs.len());
-    for (check, timeout, ready) in runs {
-        let result = match &built {
+    let built = &built;
+    futures::future::join_all(runs.iter().map(|(check, timeout, ready)| async move {
+        let deadline = start + *timeout;
+        let result = match built {
+            _ if Instant::now() >= deadline => Err(Error::TimedOut(*timeout).to_string()),
             Ok(None) => Ok(Evaluation::NoSubject),
-            Ok(Some(viewed)) => tokio::time::timeout(*timeout, check.evaluate_on(viewed))
+            Ok(Some(viewed)) => tokio::time::timeout_at(deadline, check.evaluate_on(viewed))
                 .await
                 .unwrap_or(Err(Error::TimedOut(*timeout)))
                 .map_err(|e| e.to_string()),
             Err(message) => Err(message.clone()),
         };
-        out.push(record_of(ready, result));
-    }
-    out
+        record_of(ready, result)
+    }))
+    .await
 }
 
 /// The record of a run from what evaluating it gave (an error as its message).

@@ -38,7 +38,7 @@ pub fn watermark_age(source: &str, age_us: Micros) {
 pub fn dal_states(s: &overseer_dal::state::StateStats) {
     for (path, n) in [
         ("maintained", s.extended),
-        ("history", s.folded - s.stale),
+        ("history", s.folded.saturating_sub(s.stale)),
         ("history_stale", s.stale),
     ] {
         metrics::counter!("overseer_dal_record_reads_total", "path" => path).absolute(n);

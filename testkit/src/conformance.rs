@@ -751,6 +751,26 @@ async fn updates_after_suite(cat: &dyn Catalog, seq: u64) {
             .unwrap()),
         (vec![], 0)
     );
+    // Byte order of positions, as `record_updates` orders them: a prefix first, then NUL,
+    // then the rest, non-ASCII last.
+    let at = |pos: &str| entry("late-src", pos, "m", "ord", 500, seq + 1, &[]);
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq + 2),
+        entries: ["é", "pa", "p\0", "p"].map(at).to_vec(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let all = cat.record_updates("m", "ord", i64::MAX).await.unwrap();
+    let order: Vec<_> = all.iter().map(|e| e.position.as_str()).collect();
+    assert_eq!(order, ["p", "p\0", "pa", "é"]);
+    assert_eq!(
+        got(cat
+            .record_updates_after("m", "ord", (500, "late-src", "p"), i64::MAX)
+            .await
+            .unwrap()),
+        (vec!["p\0".into(), "pa".into(), "é".into()], 1)
+    );
 }
 
 fn incident(check: &str, subject: &str, failing: bool, notified_failing: bool) -> Incident {

@@ -144,8 +144,10 @@ impl EmbeddedCatalog {
         f(&self.db)
     }
 
-    fn signal(&self) {
-        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    /// Bumps the commit signal. Called inside the blocking closure, right after the redb
+    /// commit, so a caller dropped while awaiting it cannot commit without a signal.
+    fn signal(commits: &tokio::sync::watch::Sender<u64>) {
+        commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Runs blocking redb work off the async executor.
@@ -424,6 +426,7 @@ impl SegmentLedger for EmbeddedCatalog {
     }
 
     async fn abandon_segment(&self, seq: u64) -> Result<()> {
+        let commits = self.commits.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
             {
@@ -433,14 +436,15 @@ impl SegmentLedger for EmbeddedCatalog {
                     t.remove(seq).map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)
+            tx.commit().map_err(db_err)?;
+            Self::signal(&commits);
+            Ok(())
         })
-        .await?;
-        self.signal();
-        Ok(())
+        .await
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<Vec<bool>> {
+        let commits = self.commits.clone();
         let new = self
             .blocking(move |db| {
                 let tx = db.begin_write().map_err(db_err)?;
@@ -541,10 +545,10 @@ impl SegmentLedger for EmbeddedCatalog {
                     }
                 }
                 tx.commit().map_err(db_err)?;
+                Self::signal(&commits);
                 Ok(fresh)
             })
             .await?;
-        self.signal();
         Ok(new)
     }
 
@@ -829,6 +833,7 @@ impl SourceProgress for EmbeddedCatalog {
 
     async fn heartbeat(&self, source: &str, watermark_us: Micros, now_us: Micros) -> Result<()> {
         let source = source.to_owned();
+        let commits = self.commits.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
             {
@@ -845,11 +850,11 @@ impl SourceProgress for EmbeddedCatalog {
                 t.insert(source.as_bytes(), encode_state(&st).as_slice())
                     .map_err(db_err)?;
             }
-            tx.commit().map_err(db_err)
+            tx.commit().map_err(db_err)?;
+            Self::signal(&commits);
+            Ok(())
         })
-        .await?;
-        self.signal();
-        Ok(())
+        .await
     }
 }
 
