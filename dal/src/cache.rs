@@ -47,6 +47,23 @@ pub struct CacheStats {
     pub capacity_bytes: u64,
 }
 
+/// A quick_cache bounded by `capacity_bytes` of weight; `None` for a zero budget (caching
+/// disabled). Its tables are sized for ~1 KiB entries.
+pub(crate) fn byte_bounded<K, V, W>(
+    capacity_bytes: u64,
+    weighter: W,
+) -> Option<quick_cache::sync::Cache<K, V, W>>
+where
+    K: Eq + std::hash::Hash,
+    V: Clone,
+    W: quick_cache::Weighter<K, V> + Clone,
+{
+    (capacity_bytes > 0).then(|| {
+        let items = (capacity_bytes / 1024).clamp(16, 1 << 22) as usize;
+        quick_cache::sync::Cache::with_weighter(items, capacity_bytes, weighter)
+    })
+}
+
 /// A concurrent, byte-bounded cache of decoded update records.
 pub struct ReadCache {
     /// `None` when the budget is zero: caching disabled.
@@ -67,13 +84,8 @@ impl std::fmt::Debug for ReadCache {
 impl ReadCache {
     /// A cache holding at most about `capacity_bytes` of records; 0 disables it.
     pub fn new(capacity_bytes: u64) -> Self {
-        let inner = (capacity_bytes > 0).then(|| {
-            // quick_cache sizes its tables from an item estimate; assume ~1 KiB records.
-            let items = (capacity_bytes / 1024).clamp(16, 1 << 22) as usize;
-            quick_cache::sync::Cache::with_weighter(items, capacity_bytes, ByWeight)
-        });
         ReadCache {
-            inner,
+            inner: byte_bounded(capacity_bytes, ByWeight),
             capacity: capacity_bytes,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),

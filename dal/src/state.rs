@@ -142,8 +142,8 @@ fn value_bytes(v: &Value) -> usize {
 #[derive(Clone)]
 struct ByWeight;
 
-impl quick_cache::Weighter<String, Arc<Folded>> for ByWeight {
-    fn weight(&self, _: &String, f: &Arc<Folded>) -> u64 {
+impl quick_cache::Weighter<(String, String), Arc<Folded>> for ByWeight {
+    fn weight(&self, _: &(String, String), f: &Arc<Folded>) -> u64 {
         f.weight()
     }
 }
@@ -170,7 +170,7 @@ pub struct StateStats {
 /// documentation.
 pub struct StateCache {
     /// `None` when the budget is zero: every read folds the history.
-    inner: Option<quick_cache::sync::Cache<String, Arc<Folded>, ByWeight>>,
+    inner: Option<quick_cache::sync::Cache<(String, String), Arc<Folded>, ByWeight>>,
     capacity: u64,
     min_updates: u64,
     extended: AtomicU64,
@@ -195,27 +195,22 @@ pub enum ReadPath {
     Stale,
 }
 
-/// The cache key of a record: the model's length, then the model and the id (ids may hold
-/// any character, NUL included, so a separator alone would be ambiguous).
-fn key(model: &str, record_id: &str) -> String {
-    let mut k = String::with_capacity(8 + model.len() + record_id.len());
-    k.push_str(&model.len().to_string());
-    k.push(':');
-    k.push_str(model);
-    k.push_str(record_id);
-    k
+/// A record's key as a lookup borrows it: hashes and compares like the stored
+/// `(model, record_id)` pair, so a read allocates no key.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a str, &'a str);
+
+impl quick_cache::Equivalent<(String, String)> for KeyRef<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
 }
 
 impl StateCache {
     /// A cache holding about `capacity_bytes` of folds; 0 disables it.
     pub fn new(capacity_bytes: u64) -> Self {
-        let inner = (capacity_bytes > 0).then(|| {
-            // quick_cache sizes its tables from an item estimate; assume ~1 KiB folds.
-            let items = (capacity_bytes / 1024).clamp(16, 1 << 22) as usize;
-            quick_cache::sync::Cache::with_weighter(items, capacity_bytes, ByWeight)
-        });
         StateCache {
-            inner,
+            inner: crate::cache::byte_bounded(capacity_bytes, ByWeight),
             capacity: capacity_bytes,
             min_updates: MIN_KEPT_UPDATES,
             extended: AtomicU64::new(0),
@@ -233,7 +228,7 @@ impl StateCache {
 
     /// The maintained fold of a record, if any.
     pub fn get(&self, model: &str, record_id: &str) -> Option<Arc<Folded>> {
-        self.inner.as_ref()?.get(&key(model, record_id))
+        self.inner.as_ref()?.get(&KeyRef(model, record_id))
     }
 
     /// Keeps `fold` as the record's maintained fold unless the one kept ends later in the
@@ -244,11 +239,13 @@ impl StateCache {
         if !self.keeps(fold.n) {
             return;
         }
-        let k = key(model, record_id);
-        if !replacing_stale && c.peek(&k).is_some_and(|kept| kept.after() > fold.after()) {
+        if !replacing_stale
+            && c.peek(&KeyRef(model, record_id))
+                .is_some_and(|kept| kept.after() > fold.after())
+        {
             return;
         }
-        c.insert(k, fold);
+        c.insert((model.to_owned(), record_id.to_owned()), fold);
     }
 
     /// Whether a fold of `n` updates would be kept.

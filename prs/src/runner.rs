@@ -426,25 +426,27 @@ impl Runner {
     }
 
     /// Groups released runs that can share one view build: runs of checks reading the
-    /// same view (by definition) of the same subject at the same time, in release order.
-    fn share_groups(&self, ready: Vec<Ready>) -> Vec<Vec<Ready>> {
-        let mut groups: Vec<Vec<Ready>> = Vec::with_capacity(ready.len());
+    /// same view (by definition) of the same subject at the same time, in release order,
+    /// each with its check and timeout.
+    fn share_groups(&self, ready: Vec<Ready>) -> Vec<Vec<Run>> {
+        let mut groups: Vec<Vec<Run>> = Vec::with_capacity(ready.len());
         let mut by_key: HashMap<(String, String, Micros), usize> = HashMap::new();
         for r in ready {
             let spec = self
                 .registry
                 .get(&r.check)
                 .expect("the scheduler only knows registered checks");
-            if !spec.check.shares_view() {
-                groups.push(vec![r]);
+            let run = (spec.check.clone(), spec.timeout, r);
+            if !run.0.shares_view() {
+                groups.push(vec![run]);
                 continue;
             }
-            let key = (spec.check.view_name(), r.subject.clone(), r.eval_us);
+            let key = (run.0.view_name(), run.2.subject.clone(), run.2.eval_us);
             match by_key.get(&key) {
-                Some(&i) => groups[i].push(r),
+                Some(&i) => groups[i].push(run),
                 None => {
                     by_key.insert(key, groups.len());
-                    groups.push(vec![r]);
+                    groups.push(vec![run]);
                 }
             }
         }
@@ -461,18 +463,8 @@ impl Runner {
         running: &mut Running,
         permits: &Arc<Semaphore>,
         sink: &Arc<dyn Sink>,
-        group: Vec<Ready>,
+        runs: Vec<Run>,
     ) {
-        let runs: Vec<(Arc<dyn ErasedCheck>, Duration, Ready)> = group
-            .into_iter()
-            .map(|r| {
-                let spec = self
-                    .registry
-                    .get(&r.check)
-                    .expect("the scheduler only knows registered checks");
-                (spec.check.clone(), spec.timeout, r)
-            })
-            .collect();
         let dal = self.dal.clone();
         let (permits, sink) = (permits.clone(), sink.clone());
         running.spawn(async move {
@@ -491,6 +483,9 @@ impl Runner {
         });
     }
 }
+
+/// A released run with its check and timeout.
+pub type Run = (Arc<dyn ErasedCheck>, Duration, Ready);
 
 /// The runs in flight: each task gives, per run of its group, the acks it held and its
 /// record.
@@ -527,10 +522,7 @@ pub async fn execute(
 /// evidence), in `runs` order.
 ///
 /// [`ErasedCheck::shares_view`]: crate::check::ErasedCheck::shares_view
-pub async fn execute_shared(
-    dal: &Dal,
-    runs: &[(Arc<dyn ErasedCheck>, Duration, Ready)],
-) -> Vec<RunRecord> {
+pub async fn execute_shared(dal: &Dal, runs: &[Run]) -> Vec<RunRecord> {
     let Some((first, _, ready)) = runs.first() else {
         return Vec::new();
     };

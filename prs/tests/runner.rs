@@ -70,6 +70,34 @@ fn repainted_toy<'a>(
     })
 }
 
+/// `toy_ok` ([`toy_check`], immediate, a 2 s timeout).
+fn register_toy_ok(registry: &mut Registry) {
+    registry
+        .check("toy_ok", toy_check)
+        .strategy(Strategy::Immediate)
+        .timeout(Duration::from_millis(2000));
+}
+
+/// `repainted`: a custom view function ([`repainted_toy`]) the check can tell was used.
+fn register_repainted(registry: &mut Registry) {
+    registry
+        .check_with_view("repainted", Arc::new(repainted_toy), |t: &Toy| {
+            Verdict::check(t.color == format!("repainted {}", t.id), || {
+                Verdict::fail(format!("not repainted: {}", t.color))
+            })
+        })
+        .strategy(Strategy::Immediate);
+}
+
+/// Options of a runner over the toys of source `src`, committing every 20 ms.
+fn toy_options() -> RunnerOptions {
+    RunnerOptions {
+        model_sources: BTreeMap::from([("toys".into(), vec!["src".into()])]),
+        commit_interval: Duration::from_millis(20),
+        ..RunnerOptions::default()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
     let dir = tempfile::tempdir().unwrap();
@@ -78,32 +106,18 @@ async fn panics_and_timeouts_are_error_verdicts_and_the_runner_goes_on() {
     let bus = Arc::new(MemoryBus::new(1000));
 
     let mut registry = Registry::new();
-    registry
-        .check("toy_ok", toy_check)
-        .strategy(Strategy::Immediate)
-        .timeout(Duration::from_millis(2000));
+    register_toy_ok(&mut registry);
     // Custom selection: every toy triggers the check for the subject "a" only.
     registry
         .check("only_a", |_: &Toy| Verdict::fail("always"))
         .strategy(Strategy::Immediate)
         .select(|_| vec!["a".into()]);
-    // Custom view function.
-    registry
-        .check_with_view("repainted", Arc::new(repainted_toy), |t: &Toy| {
-            Verdict::check(t.color == format!("repainted {}", t.id), || {
-                Verdict::fail(format!("not repainted: {}", t.color))
-            })
-        })
-        .strategy(Strategy::Immediate);
+    register_repainted(&mut registry);
     registry
         .check("shadow", |_: &Toy| Verdict::fail("never live"))
         .strategy(Strategy::Immediate)
         .shadow();
-    let options = RunnerOptions {
-        model_sources: BTreeMap::from([("toys".into(), vec!["src".into()])]),
-        commit_interval: Duration::from_millis(20),
-        ..RunnerOptions::default()
-    };
+    let options = toy_options();
     let runner = Runner::new(
         Dal::new(catalog.clone(), store.clone()),
         Arc::new(registry),
@@ -212,10 +226,7 @@ async fn checks_on_one_view_share_its_build() {
     let bus = Arc::new(MemoryBus::new(1000));
 
     let mut registry = Registry::new();
-    registry
-        .check("toy_ok", toy_check)
-        .strategy(Strategy::Immediate)
-        .timeout(Duration::from_millis(2000));
+    register_toy_ok(&mut registry);
     registry
         .check("not_blue", |t: &Toy| {
             Verdict::check(t.color != "blue", || {
@@ -228,18 +239,8 @@ async fn checks_on_one_view_share_its_build() {
             Verdict::fail(format!("{} checked", t.id))
         })
         .strategy(Strategy::Immediate);
-    registry
-        .check_with_view("repainted", Arc::new(repainted_toy), |t: &Toy| {
-            Verdict::check(t.color == format!("repainted {}", t.id), || {
-                Verdict::fail(format!("not repainted: {}", t.color))
-            })
-        })
-        .strategy(Strategy::Immediate);
-    let options = RunnerOptions {
-        model_sources: BTreeMap::from([("toys".into(), vec!["src".into()])]),
-        commit_interval: Duration::from_millis(20),
-        ..RunnerOptions::default()
-    };
+    register_repainted(&mut registry);
+    let options = toy_options();
     let dal = Dal::new(catalog.clone(), store.clone());
     let runner = Runner::new(dal.clone(), Arc::new(registry), options).unwrap();
     let sink = Arc::new(CollectSink::new());
