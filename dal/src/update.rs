@@ -96,6 +96,34 @@ pub struct UpdatesAfter {
     pub at_or_before: u64,
 }
 
+/// One update of a record that ever referenced a `(name, value)`: what
+/// [`crate::catalog::UpdateIndex::ref_updates_after`] lists.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RefUpdate {
+    pub event_time_us: Micros,
+    pub source: String,
+    pub position: String,
+    pub record_id: String,
+}
+
+impl RefUpdate {
+    /// Its place in time-travel order (as [`IndexEntry::order_key`]).
+    pub fn order_key(&self) -> (Micros, &str, &str) {
+        (self.event_time_us, &self.source, &self.position)
+    }
+}
+
+/// What [`crate::catalog::UpdateIndex::ref_updates_after`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RefUpdatesAfter {
+    /// The updates ordered after the given point, up to the given time, in time-travel
+    /// order.
+    pub updates: Vec<RefUpdate>,
+    /// How many of the updates of the records that ever referenced the value are ordered at
+    /// or before the given point.
+    pub at_or_before: u64,
+}
+
 /// The master document of a record: every reference ever seen in its updates.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct MasterDoc {

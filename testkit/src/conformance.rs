@@ -18,7 +18,8 @@ use std::sync::Arc;
 use overseer_dal::catalog::{Catalog, DynCatalog, IncidentStore, MetaStore, SegmentLedger};
 use overseer_dal::store::{ObjectStore, PutOutcome, list_all};
 use overseer_dal::update::{
-    CommitBatch, Incident, IndexEntry, Op, Progress, UpdateLoc, UpdateNotification, UpdatesAfter,
+    CommitBatch, Incident, IndexEntry, Op, Progress, RefUpdatesAfter, UpdateLoc, UpdateNotification,
+    UpdatesAfter,
 };
 
 /// Runs the object store suite under key prefix `ns` (unique per run for shared buckets).
@@ -673,6 +674,198 @@ pub async fn catalog_suite(open: OpenCatalog) {
     );
 
     updates_after_suite(&*cat, s5 + 200).await;
+    ref_updates_suite(&*cat, s5 + 300).await;
+    ref_updates_match_the_index(&*cat).await;
+}
+
+/// [`UpdateIndex::ref_updates_after`]: every update of every record that ever referenced a
+/// value — also updates before the reference appeared or without it — after a point, and
+/// the count at or before it, which grows when an update arrives late or a record starts
+/// referencing the value. Commits segments `seq`, `seq + 1`, ….
+async fn ref_updates_suite(cat: &dyn Catalog, seq: u64) {
+    let up = |pos: &str, id: &str, t: i64, refs: &[(&str, &str)]| {
+        entry("ref-src", pos, "rm", id, t, seq, refs)
+    };
+    let got = |a: RefUpdatesAfter| {
+        (
+            a.updates
+                .iter()
+                .map(|u| format!("{}@{}", u.record_id, u.event_time_us))
+                .collect::<Vec<_>>(),
+            a.at_or_before,
+        )
+    };
+    let q = |value: &'static str, after: Option<(i64, &'static str, &'static str)>, up_to: i64| {
+        cat.ref_updates_after("rm", "acc", value, after, up_to)
+    };
+    let commit = |n: u64, entries: Vec<IndexEntry>| {
+        cat.commit(CommitBatch {
+            segment_seq: Some(seq + n),
+            entries,
+            ..Default::default()
+        })
+    };
+    commit(
+        0,
+        vec![
+            up("01", "r1", 100, &[("acc", "A"), ("kind", "x")]),
+            // Without the reference (a partial update): still one of r1's.
+            up("02", "r1", 200, &[]),
+            up("03", "r2", 150, &[("acc", "B")]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        got(q("A", None, i64::MAX).await.unwrap()),
+        (vec!["r1@100".into(), "r1@200".into()], 0)
+    );
+    assert_eq!(
+        got(q("A", None, 150).await.unwrap()),
+        (vec!["r1@100".into()], 0),
+        "updates up to the time only"
+    );
+    assert_eq!(
+        got(q("A", Some((100, "ref-src", "01")), i64::MAX).await.unwrap()),
+        (vec!["r1@200".into()], 1)
+    );
+    assert_eq!(
+        got(q("B", None, i64::MAX).await.unwrap()),
+        (vec!["r2@150".into()], 0)
+    );
+    assert_eq!(
+        got(cat
+            .ref_updates_after("rm", "kind", "x", None, i64::MAX)
+            .await
+            .unwrap()),
+        (vec!["r1@100".into(), "r1@200".into()], 0),
+        "each reference of a record lists all its updates"
+    );
+    assert_eq!(got(q("Z", None, i64::MAX).await.unwrap()), (vec![], 0));
+    assert_eq!(
+        got(cat
+            .ref_updates_after("nope", "acc", "A", None, i64::MAX)
+            .await
+            .unwrap()),
+        (vec![], 0)
+    );
+
+    // r2 starts referencing A: its earlier update joins A's list (before the point a
+    // reader saw, so the count grows), the new one lands in both A's and B's.
+    commit(1, vec![up("04", "r2", 300, &[("acc", "A")])])
+        .await
+        .unwrap();
+    let seen = Some((200, "ref-src", "02"));
+    assert_eq!(
+        got(q("A", seen, i64::MAX).await.unwrap()),
+        (vec!["r2@300".into()], 3),
+        "a reader who saw 2 updates up to r1@200 now finds 3 there: r2's earlier one"
+    );
+    assert_eq!(
+        got(q("B", Some((150, "ref-src", "03")), i64::MAX).await.unwrap()),
+        (vec!["r2@300".into()], 1),
+        "a record that stopped referencing B still lists its updates under B"
+    );
+
+    // A late update (earlier commit time) of a member counts at or before later points.
+    commit(2, vec![up("05", "r1", 50, &[])]).await.unwrap();
+    assert_eq!(
+        got(q("A", seen, i64::MAX).await.unwrap()),
+        (vec!["r2@300".into()], 4)
+    );
+    assert_eq!(
+        got(q("A", None, i64::MAX).await.unwrap()),
+        (
+            vec![
+                "r1@50".into(),
+                "r1@100".into(),
+                "r2@150".into(),
+                "r1@200".into(),
+                "r2@300".into()
+            ],
+            0
+        )
+    );
+    // A redelivered update adds nothing.
+    commit(3, vec![up("05", "r1", 50, &[("acc", "A")])])
+        .await
+        .unwrap();
+    assert_eq!(
+        got(q("A", seen, i64::MAX).await.unwrap()),
+        (vec!["r2@300".into()], 4)
+    );
+    // Same time: source, then position (byte order), as `record_updates` orders them.
+    commit(
+        4,
+        vec![
+            entry("ref-src", "p\0", "rm", "r3", 400, seq, &[("acc", "A")]),
+            entry("ref-src", "p", "rm", "r1", 400, seq, &[]),
+            entry("ref-srb", "z", "rm", "r2", 400, seq, &[]),
+        ],
+    )
+    .await
+    .unwrap();
+    let a = q("A", Some((300, "ref-src", "04")), i64::MAX).await.unwrap();
+    let keys: Vec<_> = a
+        .updates
+        .iter()
+        .map(|u| (u.source.as_str(), u.position.as_str(), u.record_id.as_str()))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("ref-srb", "z", "r2"),
+            ("ref-src", "p", "r1"),
+            ("ref-src", "p\0", "r3")
+        ]
+    );
+    assert_eq!(a.at_or_before, 5);
+}
+
+/// Every reference's list from [`UpdateIndex::ref_updates_after`] is what the reference
+/// index and the record index imply: the updates of the records that ever referenced it.
+async fn ref_updates_match_the_index(cat: &dyn Catalog) {
+    let dump = cat.dump().await.unwrap();
+    let mut by_record: BTreeMap<(&str, &str), Vec<&IndexEntry>> = BTreeMap::new();
+    for e in &dump.entries {
+        by_record
+            .entry((&e.model, &e.record_id))
+            .or_default()
+            .push(e);
+    }
+    let mut values: BTreeMap<(&str, &str, &str), Vec<&str>> = BTreeMap::new();
+    for (m, n, v, id) in &dump.refs {
+        values.entry((m, n, v)).or_default().push(id);
+    }
+    for ((m, n, v), ids) in values {
+        let mut want: Vec<(i64, String, String, String)> = ids
+            .iter()
+            .flat_map(|id| by_record.get(&(m, *id)).into_iter().flatten())
+            .map(|e| {
+                (
+                    e.event_time_us,
+                    e.source.clone(),
+                    e.position.clone(),
+                    e.record_id.clone(),
+                )
+            })
+            .collect();
+        want.sort();
+        let got = cat.ref_updates_after(m, n, v, None, i64::MAX).await.unwrap();
+        assert_eq!(got.at_or_before, 0, "{m}/{n}={v:?}");
+        let got: Vec<_> = got
+            .updates
+            .into_iter()
+            .map(|u| (u.event_time_us, u.source, u.position, u.record_id))
+            .collect();
+        assert_eq!(got, want, "updates of the records referencing {m}/{n}={v:?}");
+        if let Some(last) = got.last() {
+            let after = Some((last.0, last.1.as_str(), last.2.as_str()));
+            let rest = cat.ref_updates_after(m, n, v, after, i64::MAX).await.unwrap();
+            assert!(rest.updates.is_empty());
+            assert_eq!(rest.at_or_before, got.len() as u64, "{m}/{n}={v:?}");
+        }
+    }
 }
 
 /// [`UpdateIndex::record_updates_after`]: the updates after a point of a record's history

@@ -25,7 +25,7 @@
 //! outbox and the failing list proportional to their size, not to every (check, subject)
 //! ever evaluated; they are written in the same transaction as the incident.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -34,7 +34,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdate, RefUpdatesAfter,
+    SourceState, UpdateLoc,
     UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
@@ -49,6 +50,12 @@ const RECORD_IDX: TableDefinition<(Str, Str, i64, Str, Str), ()> =
 const TIME_IDX: TableDefinition<(i64, Str, Str), ()> = TableDefinition::new("time_idx");
 const MASTERS: TableDefinition<(Str, Str), &[u8]> = TableDefinition::new("masters");
 const REFS: TableDefinition<(Str, Str, Str, Str), ()> = TableDefinition::new("refs");
+/// (model, ref name, ref value, event time, source, position) → record id: every update of
+/// every record that ever referenced the value (see [`UpdateIndex::ref_updates_after`]).
+const REF_UPDATES: TableDefinition<(Str, Str, Str, i64, Str, Str), Str> =
+    TableDefinition::new("ref_updates");
+/// (model, ref name, ref value) → its number of `REF_UPDATES` rows.
+const REF_COUNTS: TableDefinition<(Str, Str, Str), u64> = TableDefinition::new("ref_counts");
 const SOURCES: TableDefinition<Str, &[u8]> = TableDefinition::new("sources");
 const SEGMENTS: TableDefinition<u64, u8> = TableDefinition::new("segments");
 const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
@@ -60,6 +67,9 @@ const INCIDENTS_FAILING: TableDefinition<(Str, Str), ()> =
 const META_KV: TableDefinition<Str, &[u8]> = TableDefinition::new("meta_kv");
 
 const NEXT_SEQ: &[u8] = b"next_segment_seq";
+/// Set once `REF_UPDATES` holds every row the index implies: a catalog written before the
+/// table existed gets it built when opened.
+const REF_UPDATES_BUILT: &[u8] = b"ref_updates_built";
 const PENDING: u8 = 1;
 const COMMITTED: u8 = 2;
 const PUBLISHED: u8 = 3;
@@ -127,6 +137,13 @@ impl EmbeddedCatalog {
             tx.open_table(INCIDENTS_UNSETTLED).map_err(db_err)?;
             tx.open_table(INCIDENTS_FAILING).map_err(db_err)?;
             tx.open_table(META_KV).map_err(db_err)?;
+            tx.open_table(REF_UPDATES).map_err(db_err)?;
+            tx.open_table(REF_COUNTS).map_err(db_err)?;
+            let mut meta = tx.open_table(META).map_err(db_err)?;
+            if meta.get(REF_UPDATES_BUILT).map_err(db_err)?.is_none() {
+                build_ref_updates(&tx)?;
+                meta.insert(REF_UPDATES_BUILT, 1).map_err(db_err)?;
+            }
         }
         tx.commit().map_err(db_err)?;
         Ok(EmbeddedCatalog {
@@ -160,6 +177,88 @@ impl EmbeddedCatalog {
             .await
             .map_err(|e| Error::catalog(format!("catalog task failed: {e}")))?
     }
+}
+
+/// A stored key component back as text, borrowed.
+fn text_ref(b: &[u8]) -> Result<&str> {
+    std::str::from_utf8(b).map_err(|_| Error::corrupt("embedded catalog", "key is not utf-8"))
+}
+
+/// Adds `REF_UPDATES` rows in a write transaction, counting the new ones per value.
+struct RefRows<'a, 't> {
+    table: &'a mut redb::Table<'t, (Str, Str, Str, i64, Str, Str), Str>,
+    counts: &'a mut BTreeMap<(String, String, String), u64>,
+}
+
+impl RefRows<'_, '_> {
+    /// The update `key` of record `(model, id)` under its reference `(name, value)`.
+    fn add(
+        &mut self,
+        (model, id): (&[u8], &[u8]),
+        (name, value): (&str, &str),
+        (t, s, p): (Micros, &str, &str),
+    ) -> Result<()> {
+        let row = (
+            model,
+            name.as_bytes(),
+            value.as_bytes(),
+            t,
+            s.as_bytes(),
+            p.as_bytes(),
+        );
+        if self.table.insert(row, id).map_err(db_err)?.is_none() {
+            *self
+                .counts
+                .entry((text_ref(model)?.to_owned(), name.to_owned(), value.to_owned()))
+                .or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Adds counted new `REF_UPDATES` rows to `REF_COUNTS`.
+fn add_ref_counts(
+    tx: &redb::WriteTransaction,
+    added: BTreeMap<(String, String, String), u64>,
+) -> Result<()> {
+    let mut counts = tx.open_table(REF_COUNTS).map_err(db_err)?;
+    for ((m, n, v), k) in added {
+        let key = (m.as_bytes(), n.as_bytes(), v.as_bytes());
+        let was = counts.get(key).map_err(db_err)?.map(|c| c.value()).unwrap_or(0);
+        counts.insert(key, was + k).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Fills `REF_UPDATES` (and `REF_COUNTS`) from the reference and record indexes: for a
+/// catalog written before they existed.
+fn build_ref_updates(tx: &redb::WriteTransaction) -> Result<()> {
+    let refs = tx.open_table(REFS).map_err(db_err)?;
+    let record_idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+    let mut table = tx.open_table(REF_UPDATES).map_err(db_err)?;
+    let mut counts = BTreeMap::new();
+    let mut rows = RefRows {
+        table: &mut table,
+        counts: &mut counts,
+    };
+    for r in refs.iter().map_err(db_err)? {
+        let (k, _) = r.map_err(db_err)?;
+        let (m, n, v, id) = k.value();
+        let (n, v) = (text_ref(n)?, text_ref(v)?);
+        for row in record_idx
+            .range((m, id, i64::MIN, EMPTY, EMPTY)..)
+            .map_err(db_err)?
+        {
+            let (k, _) = row.map_err(db_err)?;
+            let (m2, id2, t, s, p) = k.value();
+            if (m2, id2) != (m, id) {
+                break;
+            }
+            rows.add((m, id), (n, v), (t, text_ref(s)?, text_ref(p)?))?;
+        }
+    }
+    drop(table);
+    add_ref_counts(tx, counts)
 }
 
 // ---- compact value encoding (length-prefixed strings, little-endian integers) ----
@@ -455,6 +554,8 @@ impl SegmentLedger for EmbeddedCatalog {
                     let mut time_idx = tx.open_table(TIME_IDX).map_err(db_err)?;
                     let mut masters = tx.open_table(MASTERS).map_err(db_err)?;
                     let mut refs = tx.open_table(REFS).map_err(db_err)?;
+                    let mut ref_updates = tx.open_table(REF_UPDATES).map_err(db_err)?;
+                    let mut ref_counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
                     for e in &batch.entries {
                         let key = (e.source.as_bytes(), e.position.as_bytes());
                         if updates.get(key).map_err(db_err)?.is_some() {
@@ -492,10 +593,35 @@ impl SegmentLedger for EmbeddedCatalog {
                                 ..Default::default()
                             },
                         };
+                        let added: BTreeSet<&(String, String)> =
+                            e.refs.iter().filter(|r| !master.refs.contains(*r)).collect();
                         master.absorb(e);
                         masters
                             .insert(mkey, encode_master(&master).as_slice())
                             .map_err(db_err)?;
+                        // This update, under every value the record ever referenced; and
+                        // the record's earlier updates under each value it references for
+                        // the first time.
+                        let mut ref_rows = RefRows {
+                            table: &mut ref_updates,
+                            counts: &mut ref_counts,
+                        };
+                        for (n, v) in &master.refs {
+                            ref_rows.add(mkey, (n, v), e.order_key())?;
+                        }
+                        for (n, v) in added {
+                            for row in record_idx
+                                .range((mkey.0, mkey.1, i64::MIN, EMPTY, EMPTY)..)
+                                .map_err(db_err)?
+                            {
+                                let (k, _) = row.map_err(db_err)?;
+                                let (m, id, t, s, p) = k.value();
+                                if (m, id) != mkey {
+                                    break;
+                                }
+                                ref_rows.add(mkey, (n, v), (t, text_ref(s)?, text_ref(p)?))?;
+                            }
+                        }
                         for (n, v) in &e.refs {
                             refs.insert(
                                 (
@@ -509,6 +635,7 @@ impl SegmentLedger for EmbeddedCatalog {
                             .map_err(db_err)?;
                         }
                     }
+                    add_ref_counts(&tx, ref_counts)?;
                     let mut sources = tx.open_table(SOURCES).map_err(db_err)?;
                     for p in &batch.progress {
                         let mut st = match sources.get(p.source.as_bytes()).map_err(db_err)? {
@@ -716,6 +843,52 @@ impl UpdateIndex for EmbeddedCatalog {
                 .map_err(db_err)?
                 .map(|v| decode_master(model.as_bytes(), record_id.as_bytes(), v.value()))
                 .transpose()
+        })
+    }
+
+    async fn ref_updates_after(
+        &self,
+        model: &str,
+        name: &str,
+        value: &str,
+        after: Option<(Micros, &str, &str)>,
+        up_to_us: Micros,
+    ) -> Result<RefUpdatesAfter> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let rows = tx.open_table(REF_UPDATES).map_err(db_err)?;
+            let counts = tx.open_table(REF_COUNTS).map_err(db_err)?;
+            let group = (model.as_bytes(), name.as_bytes(), value.as_bytes());
+            let total = counts.get(group).map_err(db_err)?.map(|c| c.value()).unwrap_or(0);
+            let (t0, s0, p0) = after.unwrap_or((i64::MIN, "", ""));
+            let start = (group.0, group.1, group.2, t0, s0.as_bytes(), p0.as_bytes());
+            let range = match after {
+                Some(_) => rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
+                None => rows.range(start..),
+            }
+            .map_err(db_err)?;
+            let mut later = 0u64;
+            let mut updates = Vec::new();
+            for row in range {
+                let (k, id) = row.map_err(db_err)?;
+                let (m, n, v, t, s, p) = k.value();
+                if (m, n, v) != group {
+                    break;
+                }
+                later += 1;
+                if t <= up_to_us {
+                    updates.push(RefUpdate {
+                        event_time_us: t,
+                        source: text(s)?,
+                        position: text(p)?,
+                        record_id: text(id.value())?,
+                    });
+                }
+            }
+            Ok(RefUpdatesAfter {
+                updates,
+                at_or_before: total.saturating_sub(later),
+            })
         })
     }
 

@@ -41,7 +41,8 @@ use async_trait::async_trait;
 
 use crate::Result;
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdatesAfter,
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdatesAfter, SourceState,
+    UpdatesAfter,
 };
 
 #[cfg(feature = "embedded")]
@@ -140,6 +141,24 @@ pub trait UpdateIndex: Send + Sync + 'static {
 
     /// The master document of a record.
     async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>>;
+
+    /// The updates of the records of `model` that ever referenced `name = value` — every
+    /// update of such a record, also those before or without the reference — for keeping a
+    /// join's members up to date instead of reading each member again: those ordered after
+    /// `after` (an [`IndexEntry::order_key`]; `None`: from the first) with
+    /// `event_time_us <= up_to_us`, in time-travel order, and how many of them are ordered
+    /// at or before `after` now. A caller that saw `n` of them up to `after` knows that no
+    /// member changed at or before `after` since exactly when that count is `n`; a member
+    /// that changed after it is among the updates returned (or after `up_to_us`). Both
+    /// halves come from one consistent read.
+    async fn ref_updates_after(
+        &self,
+        model: &str,
+        name: &str,
+        value: &str,
+        after: Option<(Micros, &str, &str)>,
+        up_to_us: Micros,
+    ) -> Result<RefUpdatesAfter>;
 
     /// Ids of the records of `model` that ever referenced `name = value`, ascending.
     async fn records_by_ref(&self, model: &str, name: &str, value: &str) -> Result<Vec<String>>;

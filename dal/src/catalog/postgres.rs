@@ -56,7 +56,8 @@ use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement};
 
 use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, SourceState, UpdateLoc,
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdate, RefUpdatesAfter,
+    SourceState, UpdateLoc,
     UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
@@ -186,6 +187,7 @@ enum Q {
     CommittedAfter,
     RecordUpdates,
     RecordAfter,
+    RefAfter,
     Master,
     MasterRefs,
     ByRef,
@@ -207,7 +209,7 @@ enum Q {
 }
 
 impl Q {
-    const ALL: [Q; 35] = [
+    const ALL: [Q; 36] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -225,6 +227,7 @@ impl Q {
         Q::CommittedAfter,
         Q::RecordUpdates,
         Q::RecordAfter,
+        Q::RefAfter,
         Q::Master,
         Q::MasterRefs,
         Q::ByRef,
@@ -327,6 +330,25 @@ impl Q {
                  AND (event_time_us, source, position) > ($3, $4, $5) \
                  AND event_time_us <= $6 ORDER BY event_time_us, source, position) AS u ON true \
                  ORDER BY u.event_time_us, u.source, u.position"
+            }
+            // The updates of the records that ever referenced the value, from the reference
+            // and time-travel indexes (an index range per record) in one statement, so one
+            // snapshot: the members' total count, how many are ordered after the point, and
+            // those up to the time (one row of NULLs when there are none).
+            Q::RefAfter => {
+                "WITH members AS (SELECT record_id FROM {s}.refs \
+                 WHERE model = $1 AND name = $2 AND value = $3), \
+                 later AS (SELECT u.event_time_us, u.source, u.position, u.record_id \
+                 FROM members JOIN {s}.updates u \
+                 ON u.model = $1 AND u.record_id = members.record_id \
+                 AND (u.event_time_us, u.source, u.position) > ($4, $5, $6)) \
+                 SELECT l.event_time_us, l.source, l.position, l.record_id, \
+                 (SELECT coalesce(sum(m.updates), 0)::BIGINT FROM members \
+                  JOIN {s}.masters m ON m.model = $1 AND m.record_id = members.record_id), \
+                 (SELECT count(*) FROM later) \
+                 FROM (SELECT 1) AS one LEFT JOIN LATERAL (SELECT * FROM later \
+                 WHERE event_time_us <= $7) AS l ON true \
+                 ORDER BY l.event_time_us, l.source, l.position"
             }
             Q::Master => {
                 "SELECT updates, first_event_us, last_event_us FROM {s}.masters \
@@ -890,6 +912,59 @@ impl UpdateIndex for PgCatalog {
             first_event_us: get(&doc, 1)?,
             last_event_us: get(&doc, 2)?,
         }))
+    }
+
+    async fn ref_updates_after(
+        &self,
+        model: &str,
+        name: &str,
+        value: &str,
+        after: Option<(Micros, &str, &str)>,
+        up_to_us: Micros,
+    ) -> Result<RefUpdatesAfter> {
+        let c = self.shared().await?;
+        // Before every update: positions are never empty.
+        let (t0, s0, p0) = after.unwrap_or((i64::MIN, "", ""));
+        let rows = c
+            .client
+            .query(
+                c.st(Q::RefAfter),
+                &[
+                    &model.as_bytes(),
+                    &name.as_bytes(),
+                    &value.as_bytes(),
+                    &t0,
+                    &s0.as_bytes(),
+                    &p0.as_bytes(),
+                    &up_to_us,
+                ],
+            )
+            .await
+            .map_err(pg_err("reading the updates of a reference's records"))?;
+        let Some(first) = rows.first() else {
+            return Err(Error::catalog(
+                "reading the updates of a reference's records: no row",
+            ));
+        };
+        let total: i64 = get(first, 4)?;
+        let later: i64 = get(first, 5)?;
+        let at_or_before = u64::try_from(total - later).unwrap_or(0);
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let Some(t) = get::<Option<i64>>(row, 0)? else {
+                continue;
+            };
+            updates.push(RefUpdate {
+                event_time_us: t,
+                source: text(row, 1)?,
+                position: text(row, 2)?,
+                record_id: text(row, 3)?,
+            });
+        }
+        Ok(RefUpdatesAfter {
+            updates,
+            at_or_before,
+        })
     }
 
     async fn records_by_ref(&self, model: &str, name: &str, value: &str) -> Result<Vec<String>> {
