@@ -1143,3 +1143,74 @@ impl Catalog for EmbeddedCatalog {
         format!("embedded catalog {}", self.path)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::update::{Op, UpdateLoc};
+
+    fn entry(pos: &str, id: &str, t: i64, refs: &[(&str, &str)]) -> IndexEntry {
+        IndexEntry {
+            source: "s".into(),
+            position: pos.into(),
+            model: "m".into(),
+            record_id: id.into(),
+            op: Op::Update,
+            event_time_us: t,
+            ingest_time_us: t,
+            loc: UpdateLoc {
+                segment_seq: 1,
+                offset: 0,
+                len: 1,
+            },
+            refs: refs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// A catalog written before the reference updates existed gets them built when opened.
+    #[tokio::test]
+    async fn reference_updates_are_built_for_an_older_catalog() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        let cat = EmbeddedCatalog::open(&path).unwrap();
+        cat.commit(CommitBatch {
+            segment_seq: Some(1),
+            entries: vec![
+                entry("1", "a", 10, &[("acc", "X")]),
+                entry("2", "a", 20, &[]),
+                entry("3", "b", 15, &[("acc", "X"), ("asset", "USD")]),
+                entry("4", "c", 5, &[("acc", "Y")]),
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let want = |cat: EmbeddedCatalog| async move {
+            let mut out = Vec::new();
+            for (n, v) in [("acc", "X"), ("acc", "Y"), ("asset", "USD")] {
+                out.push(cat.ref_updates_after("m", n, v, None, i64::MAX).await.unwrap());
+                out.push(
+                    cat.ref_updates_after("m", n, v, Some((15, "s", "3")), i64::MAX)
+                        .await
+                        .unwrap(),
+                );
+            }
+            out
+        };
+        let before = want(cat.clone()).await;
+        assert_eq!(before[0].updates.len(), 3);
+        assert_eq!(before[1].at_or_before, 2);
+        // As an older version left it: no reference updates, no mark.
+        let tx = cat.db.begin_write().unwrap();
+        tx.delete_table(REF_UPDATES).unwrap();
+        tx.delete_table(REF_COUNTS).unwrap();
+        tx.open_table(META).unwrap().remove(REF_UPDATES_BUILT).unwrap();
+        tx.commit().unwrap();
+        drop(cat);
+        let cat = EmbeddedCatalog::open(&path).unwrap();
+        assert_eq!(want(cat).await, before);
+    }
+}
