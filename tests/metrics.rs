@@ -154,6 +154,8 @@ path = "{d}/ledger.jsonl"
         "overseer_pending_checks",
         "overseer_dal_record_reads_total",
         "overseer_dal_updates_folded_total",
+        "overseer_dal_join_reads_total",
+        "overseer_dal_join_members_read_total",
     ] {
         assert!(body.contains(name), "{name} missing from:\n{body}");
     }

@@ -39,7 +39,10 @@ use crate::cache::{CacheStats, DEFAULT_CACHE_BYTES, ReadCache};
 use crate::catalog::DynCatalog;
 use crate::keys::segment_key;
 use crate::segment::decode_record;
-use crate::state::{DEFAULT_STATE_BYTES, Folded, ReadPath, StateCache, StateStats};
+use crate::state::{
+    DEFAULT_STATE_BYTES, Folded, JoinCache, JoinKey, JoinPath, KeptJoin, Last, Member, ReadPath,
+    StateCache, StateStats,
+};
 use crate::store::DynStore;
 use crate::update::{IndexEntry, Micros, UpdateLoc, UpdateRecord};
 use crate::view::map::record_to_message;
@@ -154,6 +157,7 @@ pub struct Dal {
     store: DynStore,
     cache: Arc<ReadCache>,
     states: Arc<StateCache>,
+    joins: Arc<JoinCache>,
     builders: Builders,
     views: Arc<Views>,
 }
@@ -176,6 +180,7 @@ impl Dal {
             store,
             cache: Arc::new(ReadCache::new(DEFAULT_CACHE_BYTES)),
             states: Arc::new(StateCache::new(DEFAULT_STATE_BYTES)),
+            joins: Arc::new(JoinCache::new(DEFAULT_STATE_BYTES)),
             builders: Builders::default(),
             views: Arc::new(Views::builtin()),
         }
@@ -187,10 +192,18 @@ impl Dal {
         self
     }
 
-    /// Replaces the maintained record states with an empty map of about `bytes` (0: every
-    /// read folds the record's history).
+    /// Replaces the maintained record states with an empty map of about `bytes`, and the
+    /// kept join members with another of as many (0: every read folds the record's history
+    /// and reads every member of a join).
     pub fn with_state_bytes(mut self, bytes: u64) -> Self {
         self.states = Arc::new(StateCache::new(bytes));
+        self.joins = Arc::new(JoinCache::new(bytes));
+        self
+    }
+
+    /// Replaces the kept join members (e.g. with one keeping smaller joins).
+    pub fn with_join_cache(mut self, joins: JoinCache) -> Self {
+        self.joins = Arc::new(joins);
         self
     }
 
@@ -202,18 +215,25 @@ impl Dal {
 
     /// How record reads went: from maintained folds or from the history.
     pub fn state_stats(&self) -> StateStats {
-        self.states.stats()
+        StateStats {
+            joins: self.joins.stats(),
+            ..self.states.stats()
+        }
     }
 
-    /// Replaces the builders; the maintained folds (built by the old ones) start empty.
+    /// Replaces the builders; the maintained folds and joins (built by the old ones) start
+    /// empty.
     pub fn with_builders(mut self, builders: Builders) -> Self {
         self.builders = builders;
         self.states = Arc::new(StateCache::new(self.states.stats().capacity_bytes));
+        self.joins = Arc::new(JoinCache::new(self.joins.capacity()));
         self
     }
 
+    /// Replaces the views; the kept joins (mapped into the old ones) start empty.
     pub fn with_views(mut self, views: Views) -> Self {
         self.views = Arc::new(views);
+        self.joins = Arc::new(JoinCache::new(self.joins.capacity()));
         self
     }
 
@@ -226,7 +246,8 @@ impl Dal {
     ) -> Result<Self> {
         let mut sets = sets.into_iter().peekable();
         if sets.peek().is_some() {
-            self.views = Arc::new(self.views.with_descriptor_sets(sets)?);
+            let views = self.views.with_descriptor_sets(sets)?;
+            self = self.with_views(views);
         }
         Ok(self)
     }
@@ -358,21 +379,22 @@ impl Dal {
                     // parts the keys use has no members.
                     let list = match j.key_values(join, subject_id) {
                         Some(values) => {
-                            let members = self.members(join, &values, as_of_us).await?;
+                            let kept = self.join_members(def, join, &values, as_of_us).await?;
+                            evidence.extend(kept.members.values().filter_map(|m| m.last.clone()));
                             let target = message_of(&join.field);
-                            let mut list = Vec::with_capacity(members.len());
-                            for (m, st) in members {
-                                let msg =
-                                    record_to_message(&target, &m.record_id, &st).map_err(|e| {
-                                        Error::view(
-                                            def.name(),
-                                            format!("{} record {:?}: {e}", join.model, m.record_id),
-                                        )
-                                    })?;
-                                list.push(PValue::Message(msg));
-                                evidence.extend(m.evidence());
-                            }
-                            list
+                            kept.members
+                                .iter()
+                                .map(|(id, m)| {
+                                    DynamicMessage::decode(target.clone(), &m.encoded[..])
+                                        .map(PValue::Message)
+                                        .map_err(|e| {
+                                            Error::view(
+                                                def.name(),
+                                                format!("{} record {id:?}: {e}", join.model),
+                                            )
+                                        })
+                                })
+                                .collect::<Result<_>>()?
                         }
                         None => Vec::new(),
                     };
@@ -404,44 +426,164 @@ impl Dal {
         }))
     }
 
-    /// The members of a join as of `as_of_us`, in record-id order, with their states: the
-    /// records found through the reference index of the join's first key (every record
-    /// that ever had that reference value), kept if they exist at `as_of_us` and every key's
-    /// reference has its value (`values`, in key order) then.
-    async fn members(
+    /// The members of a join as of `as_of_us`, by record id: the records found through
+    /// the reference updates of the join's first key (every update of every record that
+    /// ever had that reference value, up to the time), kept if they exist at `as_of_us`
+    /// and every key's reference has its value (`values`, in key order) then. From the kept
+    /// members when they are as of an earlier time, reading again only the records changed
+    /// since (see [`crate::state`], "Joins").
+    async fn join_members(
         &self,
+        def: &ViewDef,
         join: &crate::view::registry::JoinField,
         values: &[&str],
         as_of_us: Micros,
-    ) -> Result<Vec<(RecordAt, State)>> {
+    ) -> Result<Arc<KeptJoin>> {
         let (Some(first), Some(value)) = (join.keys.first(), values.first()) else {
-            return Ok(Vec::new());
+            return Ok(Arc::new(KeptJoin {
+                time: as_of_us,
+                after: None,
+                n: 0,
+                members: Arc::default(),
+                bytes: 0,
+            }));
         };
-        let ids = self
+        let key: JoinKey = (
+            def.name().to_owned(),
+            join.field.number(),
+            values.iter().map(|v| (*v).to_owned()).collect(),
+        );
+        let kept = self.joins.get(&key);
+        let mut stale = false;
+        if let Some(kept) = kept.as_ref().filter(|k| k.time <= as_of_us) {
+            let since = self
+                .catalog
+                .ref_updates_after(
+                    &join.model,
+                    &first.reference,
+                    value,
+                    kept.after.as_ref().map(Last::key),
+                    as_of_us,
+                )
+                .await?;
+            if since.at_or_before == kept.n {
+                let Some(newest) = since.updates.last() else {
+                    let join = Arc::new(KeptJoin {
+                        time: as_of_us,
+                        ..KeptJoin::clone(kept)
+                    });
+                    self.joins.put(key, join.clone(), false);
+                    self.joins.count(JoinPath::Extended, 0);
+                    return Ok(join);
+                };
+                let ids: BTreeSet<&str> =
+                    since.updates.iter().map(|u| u.record_id.as_str()).collect();
+                let read = self.read_members(def, join, values, &ids, as_of_us).await?;
+                let mut members = BTreeMap::clone(&kept.members);
+                let mut bytes = kept.bytes;
+                for (id, member) in read {
+                    if let Some(old) = members.remove(&id) {
+                        bytes -= old.bytes;
+                    }
+                    if let Some(m) = member {
+                        bytes += m.bytes;
+                        members.insert(id, m);
+                    }
+                }
+                let join = Arc::new(KeptJoin {
+                    time: as_of_us,
+                    after: Some(Last {
+                        event_time_us: newest.event_time_us,
+                        source: newest.source.clone(),
+                        position: newest.position.clone(),
+                    }),
+                    n: kept.n + since.updates.len() as u64,
+                    members: Arc::new(members),
+                    bytes,
+                });
+                self.joins.put(key, join.clone(), false);
+                self.joins.count(JoinPath::Extended, ids.len());
+                return Ok(join);
+            }
+            stale = true;
+        }
+        let all = self
             .catalog
-            .records_by_ref(&join.model, &first.reference, value)
+            .ref_updates_after(&join.model, &first.reference, value, None, as_of_us)
             .await?;
-        let members: Vec<RecordAt> = futures::stream::iter(ids)
-            .map(|id| {
-                let model = join.model.clone();
-                async move { self.record(&model, &id, as_of_us).await }
-            })
+        let ids: BTreeSet<&str> = all.updates.iter().map(|u| u.record_id.as_str()).collect();
+        let read = self.read_members(def, join, values, &ids, as_of_us).await?;
+        let members: BTreeMap<String, Arc<Member>> = read
+            .into_iter()
+            .filter_map(|(id, m)| Some((id, m?)))
+            .collect();
+        let join = Arc::new(KeptJoin {
+            time: as_of_us,
+            after: all.updates.last().map(|u| Last {
+                event_time_us: u.event_time_us,
+                source: u.source.clone(),
+                position: u.position.clone(),
+            }),
+            n: all.at_or_before + all.updates.len() as u64,
+            bytes: members.values().map(|m| m.bytes).sum(),
+            members: Arc::new(members),
+        });
+        self.joins.put(key, join.clone(), stale);
+        self.joins.count(
+            if stale {
+                JoinPath::Stale
+            } else {
+                JoinPath::Built
+            },
+            ids.len(),
+        );
+        Ok(join)
+    }
+
+    /// Reads the records `ids` of a join's model as of `as_of_us` (concurrently): each, as
+    /// a member if it exists then and every key's reference has its value (`values`).
+    async fn read_members(
+        &self,
+        def: &ViewDef,
+        join: &crate::view::registry::JoinField,
+        values: &[&str],
+        ids: &BTreeSet<&str>,
+        as_of_us: Micros,
+    ) -> Result<Vec<(String, Option<Arc<Member>>)>> {
+        let target = message_of(&join.field);
+        // The futures are made first: a stream mapping borrowed ids through a closure is
+        // not `Send` for every lifetime, which the runner's spawned tasks need.
+        let reads: Vec<_> = ids
+            .iter()
+            .map(|id| self.record(&join.model, id, as_of_us))
+            .collect();
+        let records: Vec<RecordAt> = futures::stream::iter(reads)
             .buffered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
-        Ok(members
+        records
             .into_iter()
-            .filter(|m| {
-                join.keys
+            .map(|m| {
+                let joined = join
+                    .keys
                     .iter()
                     .zip(values)
-                    .all(|(k, v)| m.refs.get(&k.reference).map(String::as_str) == Some(*v))
+                    .all(|(k, v)| m.refs.get(&k.reference).map(String::as_str) == Some(*v));
+                let member = match (&m.state, joined) {
+                    (Some(st), true) => {
+                        let msg = record_to_message(&target, &m.record_id, st).map_err(|e| {
+                            Error::view(
+                                def.name(),
+                                format!("{} record {:?}: {e}", join.model, m.record_id),
+                            )
+                        })?;
+                        Some(Arc::new(Member::new(&m.record_id, &msg, m.last)))
+                    }
+                    _ => None,
+                };
+                Ok((m.record_id, member))
             })
-            .filter_map(|mut m| {
-                let st = m.state.take()?;
-                Some((m, st))
-            })
-            .collect())
+            .collect()
     }
 
     /// A typed view of the record `subject_id` as of `as_of_us`; `None` if the subject did

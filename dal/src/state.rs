@@ -30,6 +30,29 @@
 //!
 //! Memory is bounded in bytes (an estimate of each state's size), evicted by quick_cache
 //! (CLOCK-Pro: recency and frequency).
+//!
+//! ## Joins
+//!
+//! A joined view's members are kept the same way ([`JoinCache`]), per (view, join field,
+//! key values): each member's mapped message and version, the time they are as of, and the
+//! point of the catalog's list of *reference updates* (every update of every record that
+//! ever referenced the join's first key value, [`crate::catalog::UpdateIndex::ref_updates_after`])
+//! they reflect. A read at or after that time asks for the reference updates after the
+//! point, up to the time, and how many are at or before it, in one consistent read:
+//!
+//! ```text
+//!  join(view, field, values, T) ── kept as of t ≤ T, seen n updates up to point k?
+//!     │ yes: ref_updates_after(k, T) ── at_or_before == n? ── yes: read again only the
+//!     │                                 │                     records those updates name
+//!     │                                 no (late update, or a record newly referencing)
+//!     v no                              v
+//!  ref_updates_after(start, T): read every record named ──> keep it (if not older)
+//! ```
+//!
+//! A member whose state at T differs from its state at t has an update in (t, T], which is
+//! among those returned (or, if it arrived late, before k, the count says so); so the
+//! members not named are still as kept, and a record not named is still not a member. The
+//! work of a read follows the records that changed, not the size of the join.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -75,7 +98,7 @@ pub struct Last {
 }
 
 impl Last {
-    fn of(e: &IndexEntry) -> Self {
+    pub fn of(e: &IndexEntry) -> Self {
         Last {
             event_time_us: e.event_time_us,
             source: e.source.clone(),
@@ -148,6 +171,184 @@ impl quick_cache::Weighter<(String, String), Arc<Folded>> for ByWeight {
     }
 }
 
+/// A join's members as of a time (see the module documentation, "Joins").
+#[derive(Clone, Debug)]
+pub struct KeptJoin {
+    /// Reads at or after this time may start from it.
+    pub time: Micros,
+    /// The last reference update seen (`None`: none yet).
+    pub after: Option<Last>,
+    /// Reference updates seen up to `after`.
+    pub n: u64,
+    /// The members at `time`, by record id.
+    pub members: Arc<BTreeMap<String, Arc<Member>>>,
+    /// Estimated bytes of the members.
+    pub bytes: u64,
+}
+
+/// A join member as kept: its message in the view, encoded (a decoded message takes
+/// several times the memory), and its version.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub encoded: bytes::Bytes,
+    /// Its newest update as of the join's time (its evidence).
+    pub last: Option<crate::builder::UpdateRef>,
+    /// Estimated bytes.
+    pub bytes: u64,
+}
+
+/// Bytes charged per kept member on top of its encoded message: its id, its version's
+/// strings, the map node and the `Arc`.
+const MEMBER_OVERHEAD: u64 = 160;
+
+/// Joins of fewer members are not kept: reading so few again costs about what validating
+/// kept ones does, and the many small joins (a transfer's two entries) would crowd out the
+/// large ones that matter (a wallet's entries).
+pub const MIN_KEPT_MEMBERS: usize = 8;
+
+impl Member {
+    pub fn new(
+        record_id: &str,
+        msg: &prost_reflect::DynamicMessage,
+        last: Option<crate::builder::UpdateRef>,
+    ) -> Self {
+        use prost::Message;
+        let encoded = bytes::Bytes::from(msg.encode_to_vec());
+        let bytes = MEMBER_OVERHEAD
+            + encoded.len() as u64
+            + record_id.len() as u64
+            + last
+                .as_ref()
+                .map_or(0, |l| (l.source.len() + l.position.len()) as u64);
+        Member {
+            encoded,
+            last,
+            bytes,
+        }
+    }
+}
+
+/// A join's key: view, join field number, the values of its keys.
+pub type JoinKey = (String, u32, Vec<String>);
+
+#[derive(Clone)]
+struct JoinWeight;
+
+impl quick_cache::Weighter<JoinKey, Arc<KeptJoin>> for JoinWeight {
+    fn weight(&self, k: &JoinKey, j: &Arc<KeptJoin>) -> u64 {
+        ENTRY_OVERHEAD + (k.0.len() + k.2.iter().map(String::len).sum::<usize>()) as u64 + j.bytes
+    }
+}
+
+/// Which path a join read took, for [`JoinCache::count`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinPath {
+    /// From kept members, reading again only those changed.
+    Extended,
+    /// Every member read: nothing kept, or kept as of a later time.
+    Built,
+    /// Every member read: the kept members were stale.
+    Stale,
+}
+
+/// A concurrent, byte-bounded map of kept join members. See the module documentation.
+pub struct JoinCache {
+    inner: Option<quick_cache::sync::Cache<JoinKey, Arc<KeptJoin>, JoinWeight>>,
+    capacity: u64,
+    min_members: usize,
+    extended: AtomicU64,
+    built: AtomicU64,
+    stale: AtomicU64,
+    members_read: AtomicU64,
+}
+
+impl std::fmt::Debug for JoinCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinCache").finish_non_exhaustive()
+    }
+}
+
+impl JoinCache {
+    /// A cache holding about `capacity_bytes` of join members; 0 disables it.
+    pub fn new(capacity_bytes: u64) -> Self {
+        JoinCache {
+            inner: crate::cache::byte_bounded(capacity_bytes, JoinWeight),
+            capacity: capacity_bytes,
+            min_members: MIN_KEPT_MEMBERS,
+            extended: AtomicU64::new(0),
+            built: AtomicU64::new(0),
+            stale: AtomicU64::new(0),
+            members_read: AtomicU64::new(0),
+        }
+    }
+
+    /// Keeps joins of `n` or more members instead of [`MIN_KEPT_MEMBERS`].
+    pub fn keeping_from(mut self, n: usize) -> Self {
+        self.min_members = n;
+        self
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn get(&self, key: &JoinKey) -> Option<Arc<KeptJoin>> {
+        self.inner.as_ref()?.get(key)
+    }
+
+    /// Keeps `join` unless the one kept is as of a later time, or it has fewer members than
+    /// the minimum ([`MIN_KEPT_MEMBERS`] unless set; a smaller one is forgotten).
+    pub fn put(&self, key: JoinKey, join: Arc<KeptJoin>, replacing_stale: bool) {
+        let Some(c) = &self.inner else { return };
+        if join.members.len() < self.min_members {
+            c.remove(&key);
+            return;
+        }
+        if !replacing_stale && c.peek(&key).is_some_and(|kept| kept.time > join.time) {
+            return;
+        }
+        c.insert(key, join);
+    }
+
+    /// Counts one join read that took `path` and read `members` records.
+    pub fn count(&self, path: JoinPath, members: usize) {
+        let counter = match path {
+            JoinPath::Extended => &self.extended,
+            JoinPath::Built => &self.built,
+            JoinPath::Stale => &self.stale,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.members_read
+            .fetch_add(members as u64, Ordering::Relaxed);
+    }
+
+    pub fn stats(&self) -> JoinStats {
+        JoinStats {
+            extended: self.extended.load(Ordering::Relaxed),
+            built: self.built.load(Ordering::Relaxed),
+            stale: self.stale.load(Ordering::Relaxed),
+            members_read: self.members_read.load(Ordering::Relaxed),
+            entries: self.inner.as_ref().map_or(0, |c| c.len() as u64),
+            bytes: self.inner.as_ref().map_or(0, |c| c.weight()),
+        }
+    }
+}
+
+/// How reads of joins went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JoinStats {
+    /// Join reads served from kept members, reading again only the records changed.
+    pub extended: u64,
+    /// Join reads that read every member (nothing kept, or kept as of a later time).
+    pub built: u64,
+    /// Of those, reads whose kept members were stale.
+    pub stale: u64,
+    /// Member records read in all (the work done).
+    pub members_read: u64,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
 /// How reads of records went.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StateStats {
@@ -164,6 +365,8 @@ pub struct StateStats {
     pub entries: u64,
     pub bytes: u64,
     pub capacity_bytes: u64,
+    /// How join reads went.
+    pub joins: JoinStats,
 }
 
 /// A concurrent, byte-bounded map of maintained record folds. See the module
@@ -278,6 +481,7 @@ impl StateCache {
             entries: self.inner.as_ref().map_or(0, |c| c.len() as u64),
             bytes: self.inner.as_ref().map_or(0, |c| c.weight()),
             capacity_bytes: self.capacity,
+            joins: JoinStats::default(),
         }
     }
 }

@@ -34,7 +34,9 @@ pub fn watermark_age(source: &str, age_us: Micros) {
 
 /// How the DAL's record reads went (cumulative): from maintained folds extended by the
 /// updates since, or by folding the history (nothing kept, an older time than the kept
-/// fold, or a stale one); the updates folded in all; what the maintained folds hold.
+/// fold, or a stale one); the updates folded in all; what the maintained folds hold. And
+/// its join reads: from kept members (reading again only the records changed) or reading
+/// every member; the member records read in all; what the kept joins hold.
 pub fn dal_states(s: &overseer_dal::state::StateStats) {
     for (path, n) in [
         ("maintained", s.extended),
@@ -46,6 +48,17 @@ pub fn dal_states(s: &overseer_dal::state::StateStats) {
     metrics::counter!("overseer_dal_updates_folded_total").absolute(s.updates_folded);
     metrics::gauge!("overseer_dal_state_bytes").set(s.bytes as f64);
     metrics::gauge!("overseer_dal_state_entries").set(s.entries as f64);
+    let j = &s.joins;
+    for (path, n) in [
+        ("maintained", j.extended),
+        ("read_all", j.built.saturating_sub(j.stale)),
+        ("read_all_stale", j.stale),
+    ] {
+        metrics::counter!("overseer_dal_join_reads_total", "path" => path).absolute(n);
+    }
+    metrics::counter!("overseer_dal_join_members_read_total").absolute(j.members_read);
+    metrics::gauge!("overseer_dal_join_bytes").set(j.bytes as f64);
+    metrics::gauge!("overseer_dal_join_entries").set(j.entries as f64);
 }
 
 /// The scheduler's size after a step.

@@ -242,7 +242,40 @@ struct Measured {
     /// sources hold in memory for the whole run.
     start_rss_mib: Option<f64>,
     incidents_opened: u64,
+    /// How the runner's reads went.
+    reads: Reads,
     problems: Vec<String>,
+}
+
+/// How the runner's record and join reads went (see `overseer_dal::state`).
+#[derive(Clone, Debug, Default, Serialize)]
+struct Reads {
+    /// Record reads from a maintained fold / by folding the history (of those, stale).
+    records_maintained: u64,
+    records_folded: u64,
+    records_stale: u64,
+    updates_folded: u64,
+    /// Join reads from kept members / reading every member (of those, stale).
+    joins_maintained: u64,
+    joins_read_all: u64,
+    joins_stale: u64,
+    /// Member records read by join reads.
+    join_members_read: u64,
+}
+
+impl Reads {
+    fn of(s: &overseer_dal::state::StateStats) -> Self {
+        Reads {
+            records_maintained: s.extended,
+            records_folded: s.folded,
+            records_stale: s.stale,
+            updates_folded: s.updates_folded,
+            joins_maintained: s.joins.extended,
+            joins_read_all: s.joins.built,
+            joins_stale: s.joins.stale,
+            join_members_read: s.joins.members_read,
+        }
+    }
 }
 
 /// Baselines on the throughput phase's bytes and disk.
@@ -698,6 +731,7 @@ async fn measure(
         peak_rss_mib,
         start_rss_mib,
         incidents_opened: opened.load(Ordering::Relaxed),
+        reads: Reads::of(&live.dal),
         problems,
     };
     Ok((m, w))
@@ -811,6 +845,19 @@ fn print_measured(m: &Measured) {
     println!(
         "  storage       {} segments (PUTs), {:.0} updates per PUT; peak RSS {rss}",
         m.segments, m.updates_per_put
+    );
+    let r = &m.reads;
+    println!(
+        "  reads         records: {} from maintained folds, {} folded ({} stale), {} updates \
+         folded; joins: {} from kept members, {} read whole ({} stale), {} member reads",
+        r.records_maintained,
+        r.records_folded,
+        r.records_stale,
+        r.updates_folded,
+        r.joins_maintained,
+        r.joins_read_all,
+        r.joins_stale,
+        r.join_members_read
     );
     for f in &m.false_alarm_examples {
         println!("  false alarm   {f}");

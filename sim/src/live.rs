@@ -48,6 +48,8 @@ pub(crate) struct Live {
     pub drained_us: Micros,
     /// Why the wait ended before everything drained, if it did.
     pub timed_out: Option<String>,
+    /// How the runner's reads went: maintained folds and joins, or the history.
+    pub dal: overseer_dal::state::StateStats,
 }
 
 /// One system's ingestion source, and the flag set once every event of the system has
@@ -107,6 +109,7 @@ pub(crate) async fn run(
         severity: Severity::Error,
     };
     let dal = overseer_ingestion::dal::dal_over(cfg, storage)?;
+    let dal_stats = dal.clone();
     let cache = dal.cache();
     let feed = CatalogFeed::open(
         storage.catalog.clone(),
@@ -242,6 +245,7 @@ pub(crate) async fn run(
         ingested_us,
         drained_us,
         timed_out,
+        dal: dal_stats.state_stats(),
     })
 }
 

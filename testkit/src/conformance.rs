@@ -18,8 +18,8 @@ use std::sync::Arc;
 use overseer_dal::catalog::{Catalog, DynCatalog, IncidentStore, MetaStore, SegmentLedger};
 use overseer_dal::store::{ObjectStore, PutOutcome, list_all};
 use overseer_dal::update::{
-    CommitBatch, Incident, IndexEntry, Op, Progress, RefUpdatesAfter, UpdateLoc, UpdateNotification,
-    UpdatesAfter,
+    CommitBatch, Incident, IndexEntry, Op, Progress, RefUpdatesAfter, UpdateLoc,
+    UpdateNotification, UpdatesAfter,
 };
 
 /// Runs the object store suite under key prefix `ns` (unique per run for shared buckets).
@@ -726,7 +726,9 @@ async fn ref_updates_suite(cat: &dyn Catalog, seq: u64) {
         "updates up to the time only"
     );
     assert_eq!(
-        got(q("A", Some((100, "ref-src", "01")), i64::MAX).await.unwrap()),
+        got(q("A", Some((100, "ref-src", "01")), i64::MAX)
+            .await
+            .unwrap()),
         (vec!["r1@200".into()], 1)
     );
     assert_eq!(
@@ -762,7 +764,9 @@ async fn ref_updates_suite(cat: &dyn Catalog, seq: u64) {
         "a reader who saw 2 updates up to r1@200 now finds 3 there: r2's earlier one"
     );
     assert_eq!(
-        got(q("B", Some((150, "ref-src", "03")), i64::MAX).await.unwrap()),
+        got(q("B", Some((150, "ref-src", "03")), i64::MAX)
+            .await
+            .unwrap()),
         (vec!["r2@300".into()], 1),
         "a record that stopped referencing B still lists its updates under B"
     );
@@ -805,7 +809,9 @@ async fn ref_updates_suite(cat: &dyn Catalog, seq: u64) {
     )
     .await
     .unwrap();
-    let a = q("A", Some((300, "ref-src", "04")), i64::MAX).await.unwrap();
+    let a = q("A", Some((300, "ref-src", "04")), i64::MAX)
+        .await
+        .unwrap();
     let keys: Vec<_> = a
         .updates
         .iter()
@@ -851,17 +857,26 @@ async fn ref_updates_match_the_index(cat: &dyn Catalog) {
             })
             .collect();
         want.sort();
-        let got = cat.ref_updates_after(m, n, v, None, i64::MAX).await.unwrap();
+        let got = cat
+            .ref_updates_after(m, n, v, None, i64::MAX)
+            .await
+            .unwrap();
         assert_eq!(got.at_or_before, 0, "{m}/{n}={v:?}");
         let got: Vec<_> = got
             .updates
             .into_iter()
             .map(|u| (u.event_time_us, u.source, u.position, u.record_id))
             .collect();
-        assert_eq!(got, want, "updates of the records referencing {m}/{n}={v:?}");
+        assert_eq!(
+            got, want,
+            "updates of the records referencing {m}/{n}={v:?}"
+        );
         if let Some(last) = got.last() {
             let after = Some((last.0, last.1.as_str(), last.2.as_str()));
-            let rest = cat.ref_updates_after(m, n, v, after, i64::MAX).await.unwrap();
+            let rest = cat
+                .ref_updates_after(m, n, v, after, i64::MAX)
+                .await
+                .unwrap();
             assert!(rest.updates.is_empty());
             assert_eq!(rest.at_or_before, got.len() as u64, "{m}/{n}={v:?}");
         }

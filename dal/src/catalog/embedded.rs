@@ -35,8 +35,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdate, RefUpdatesAfter,
-    SourceState, UpdateLoc,
-    UpdatesAfter, op_from_u8,
+    SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
 
@@ -209,7 +208,11 @@ impl RefRows<'_, '_> {
         if self.table.insert(row, id).map_err(db_err)?.is_none() {
             *self
                 .counts
-                .entry((text_ref(model)?.to_owned(), name.to_owned(), value.to_owned()))
+                .entry((
+                    text_ref(model)?.to_owned(),
+                    name.to_owned(),
+                    value.to_owned(),
+                ))
                 .or_default() += 1;
         }
         Ok(())
@@ -224,7 +227,11 @@ fn add_ref_counts(
     let mut counts = tx.open_table(REF_COUNTS).map_err(db_err)?;
     for ((m, n, v), k) in added {
         let key = (m.as_bytes(), n.as_bytes(), v.as_bytes());
-        let was = counts.get(key).map_err(db_err)?.map(|c| c.value()).unwrap_or(0);
+        let was = counts
+            .get(key)
+            .map_err(db_err)?
+            .map(|c| c.value())
+            .unwrap_or(0);
         counts.insert(key, was + k).map_err(db_err)?;
     }
     Ok(())
@@ -593,8 +600,11 @@ impl SegmentLedger for EmbeddedCatalog {
                                 ..Default::default()
                             },
                         };
-                        let added: BTreeSet<&(String, String)> =
-                            e.refs.iter().filter(|r| !master.refs.contains(*r)).collect();
+                        let added: BTreeSet<&(String, String)> = e
+                            .refs
+                            .iter()
+                            .filter(|r| !master.refs.contains(*r))
+                            .collect();
                         master.absorb(e);
                         masters
                             .insert(mkey, encode_master(&master).as_slice())
@@ -859,11 +869,17 @@ impl UpdateIndex for EmbeddedCatalog {
             let rows = tx.open_table(REF_UPDATES).map_err(db_err)?;
             let counts = tx.open_table(REF_COUNTS).map_err(db_err)?;
             let group = (model.as_bytes(), name.as_bytes(), value.as_bytes());
-            let total = counts.get(group).map_err(db_err)?.map(|c| c.value()).unwrap_or(0);
+            let total = counts
+                .get(group)
+                .map_err(db_err)?
+                .map(|c| c.value())
+                .unwrap_or(0);
             let (t0, s0, p0) = after.unwrap_or((i64::MIN, "", ""));
             let start = (group.0, group.1, group.2, t0, s0.as_bytes(), p0.as_bytes());
             let range = match after {
-                Some(_) => rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
+                Some(_) => {
+                    rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded))
+                }
                 None => rows.range(start..),
             }
             .map_err(db_err)?;
@@ -1191,7 +1207,11 @@ mod tests {
         let want = |cat: EmbeddedCatalog| async move {
             let mut out = Vec::new();
             for (n, v) in [("acc", "X"), ("acc", "Y"), ("asset", "USD")] {
-                out.push(cat.ref_updates_after("m", n, v, None, i64::MAX).await.unwrap());
+                out.push(
+                    cat.ref_updates_after("m", n, v, None, i64::MAX)
+                        .await
+                        .unwrap(),
+                );
                 out.push(
                     cat.ref_updates_after("m", n, v, Some((15, "s", "3")), i64::MAX)
                         .await
@@ -1207,7 +1227,10 @@ mod tests {
         let tx = cat.db.begin_write().unwrap();
         tx.delete_table(REF_UPDATES).unwrap();
         tx.delete_table(REF_COUNTS).unwrap();
-        tx.open_table(META).unwrap().remove(REF_UPDATES_BUILT).unwrap();
+        tx.open_table(META)
+            .unwrap()
+            .remove(REF_UPDATES_BUILT)
+            .unwrap();
         tx.commit().unwrap();
         drop(cat);
         let cat = EmbeddedCatalog::open(&path).unwrap();

@@ -41,8 +41,8 @@ use async_trait::async_trait;
 
 use crate::Result;
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdatesAfter, SourceState,
-    UpdatesAfter,
+    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdatesAfter,
+    SourceState, UpdatesAfter,
 };
 
 #[cfg(feature = "embedded")]

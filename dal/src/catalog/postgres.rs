@@ -57,8 +57,7 @@ use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement};
 use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdate, RefUpdatesAfter,
-    SourceState, UpdateLoc,
-    UpdatesAfter, op_from_u8,
+    SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
 
