@@ -4,10 +4,11 @@
 //!  view::<TransferWithLedger>(id, T)
 //!    ├─ record(payments.transfers, id, T)   catalog: index entries ≤ T ─┐
 //!    │                                      cache / ranged GETs ────────┤ fold (builders)
-//!    ├─ records_by_ref(ledger.entries, transfer_id = id)                │
-//!    │    └─ record(ledger.entries, e, T) for each, kept if it exists   │
-//!    │       at T and still references id at T (multi-field joins: the  │
-//!    │       index of the first key, then every key's value at T)      │
+//!    ├─ join: ref_updates_after(ledger.entries, transfer_id = id)       │
+//!    │    └─ record(ledger.entries, e, T) for each record named, kept   │
+//!    │       if it exists at T and still references id at T (multi-    │
+//!    │       field joins: every key's value at T); members kept between │
+//!    │       reads, only the records changed since read again          │
 //!    └─ lookup(payments.assets, transfer.asset, T)                      │
 //!  → DynamicMessage (descriptor-driven mapping) → typed prost message ──┘
 //! ```
@@ -23,7 +24,8 @@
 //!   read), so its cost follows what changed, not how long the record has lived.
 //! - **Views** ([`Dal::view_dynamic`], [`Dal::view`]): the state mapped into the view's
 //!   message by [`crate::view::map`]; joined views add related records, each as of the same
-//!   T. Every view carries its *evidence* by reference: the newest update of each record it
+//!   T. A join's members are kept between reads ([`crate::state`], "Joins"): a read asks
+//!   the catalog which records referencing the key changed since, and reads only those. Every view carries its *evidence* by reference: the newest update of each record it
 //!   includes (bounded by the records in the view, not by their histories).
 //!
 //! Nothing here writes: a DAL can be shared by any number of readers.

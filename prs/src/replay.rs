@@ -135,6 +135,16 @@ pub async fn replay(
         .filter(|s| include(s))
         .map(|s| (s.name.as_str(), (Arc::from(s.name.as_str()), s)))
         .collect();
+    // As the runner does: the catalog keeps the reference updates its joins read.
+    let mut join_refs = BTreeSet::new();
+    for (_, spec) in specs.values() {
+        if let Ok(view) = dal.views().get(&spec.check.view_name()) {
+            join_refs.extend(view.join_refs());
+        }
+    }
+    dal.catalog()
+        .keep_ref_updates(&join_refs.into_iter().collect::<Vec<_>>())
+        .await?;
     let mut summary = ReplaySummary::default();
     let mut prog = Progress {
         at_us: window.from_us,

@@ -18,7 +18,7 @@
 //! notifications, and the restarted runner re-derives the same runs; the sink's incident
 //! state (in the catalog) makes the repeated verdicts harmless.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -230,6 +230,8 @@ pub struct Runner {
     selector: Selector,
     scheduler: Scheduler,
     options: RunnerOptions,
+    /// (model, reference) pairs the checks' joins find members by.
+    join_refs: Vec<(String, String)>,
 }
 
 impl Runner {
@@ -258,11 +260,13 @@ impl Runner {
         }
         let selector = Selector::new(&registry, dal.views(), &include)?;
         let mut scheduler = Scheduler::new();
+        let mut join_refs = BTreeSet::new();
         for spec in registry.iter().filter(|s| include(s)) {
             let view = dal
                 .views()
                 .get(&spec.check.view_name())
                 .map_err(|e| Error::Config(format!("check {:?}: {e}", spec.name)))?;
+            join_refs.extend(view.join_refs());
             let mut sources = Vec::new();
             for model in view.models() {
                 let Some(feeds) = options.model_sources.get(&model) else {
@@ -292,6 +296,7 @@ impl Runner {
             selector,
             scheduler,
             options,
+            join_refs: join_refs.into_iter().collect(),
         })
     }
 
@@ -304,6 +309,10 @@ impl Runner {
         sink: Arc<dyn Sink>,
         shutdown: CancellationToken,
     ) -> Result<RunnerReport> {
+        // The joins of the checks' views find their members by these references: the
+        // catalog keeps their reference updates as an index, so a join read costs what
+        // changed since (see `overseer_dal::state`, "Joins").
+        self.dal.catalog().keep_ref_updates(&self.join_refs).await?;
         let mut report = RunnerReport::default();
         let mut acks = Acks::default();
         let mut running: Running = JoinSet::new();

@@ -55,6 +55,9 @@ const REF_UPDATES: TableDefinition<(Str, Str, Str, i64, Str, Str), Str> =
     TableDefinition::new("ref_updates");
 /// (model, ref name, ref value) → its number of `REF_UPDATES` rows.
 const REF_COUNTS: TableDefinition<(Str, Str, Str), u64> = TableDefinition::new("ref_counts");
+/// The (model, ref name) pairs whose `REF_UPDATES` rows are kept
+/// ([`UpdateIndex::keep_ref_updates`]); others are derived on each read.
+const REF_KEPT: TableDefinition<(Str, Str), ()> = TableDefinition::new("ref_kept");
 const SOURCES: TableDefinition<Str, &[u8]> = TableDefinition::new("sources");
 const SEGMENTS: TableDefinition<u64, u8> = TableDefinition::new("segments");
 const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
@@ -66,9 +69,6 @@ const INCIDENTS_FAILING: TableDefinition<(Str, Str), ()> =
 const META_KV: TableDefinition<Str, &[u8]> = TableDefinition::new("meta_kv");
 
 const NEXT_SEQ: &[u8] = b"next_segment_seq";
-/// Set once `REF_UPDATES` holds every row the index implies: a catalog written before the
-/// table existed gets it built when opened.
-const REF_UPDATES_BUILT: &[u8] = b"ref_updates_built";
 const PENDING: u8 = 1;
 const COMMITTED: u8 = 2;
 const PUBLISHED: u8 = 3;
@@ -138,11 +138,7 @@ impl EmbeddedCatalog {
             tx.open_table(META_KV).map_err(db_err)?;
             tx.open_table(REF_UPDATES).map_err(db_err)?;
             tx.open_table(REF_COUNTS).map_err(db_err)?;
-            let mut meta = tx.open_table(META).map_err(db_err)?;
-            if meta.get(REF_UPDATES_BUILT).map_err(db_err)?.is_none() {
-                build_ref_updates(&tx)?;
-                meta.insert(REF_UPDATES_BUILT, 1).map_err(db_err)?;
-            }
+            tx.open_table(REF_KEPT).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(EmbeddedCatalog {
@@ -237,9 +233,22 @@ fn add_ref_counts(
     Ok(())
 }
 
-/// Fills `REF_UPDATES` (and `REF_COUNTS`) from the reference and record indexes: for a
-/// catalog written before they existed.
-fn build_ref_updates(tx: &redb::WriteTransaction) -> Result<()> {
+/// The (model, ref name) pairs whose reference updates are kept.
+fn kept_ref_pairs(tx: &redb::WriteTransaction) -> Result<BTreeSet<(Vec<u8>, Vec<u8>)>> {
+    let t = tx.open_table(REF_KEPT).map_err(db_err)?;
+    t.iter()
+        .map_err(db_err)?
+        .map(|r| {
+            let (k, _) = r.map_err(db_err)?;
+            let (m, n) = k.value();
+            Ok((m.to_vec(), n.to_vec()))
+        })
+        .collect()
+}
+
+/// Fills `REF_UPDATES` (and `REF_COUNTS`) for one (model, ref name) pair from the
+/// reference and record indexes, and marks it kept.
+fn build_ref_updates(tx: &redb::WriteTransaction, model: &str, name: &str) -> Result<()> {
     let refs = tx.open_table(REFS).map_err(db_err)?;
     let record_idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
     let mut table = tx.open_table(REF_UPDATES).map_err(db_err)?;
@@ -248,24 +257,87 @@ fn build_ref_updates(tx: &redb::WriteTransaction) -> Result<()> {
         table: &mut table,
         counts: &mut counts,
     };
-    for r in refs.iter().map_err(db_err)? {
+    let (m, n) = (model.as_bytes(), name.as_bytes());
+    for r in refs.range((m, n, EMPTY, EMPTY)..).map_err(db_err)? {
         let (k, _) = r.map_err(db_err)?;
-        let (m, n, v, id) = k.value();
-        let (n, v) = (text_ref(n)?, text_ref(v)?);
+        let (m2, n2, v, id) = k.value();
+        if (m2, n2) != (m, n) {
+            break;
+        }
+        let v = text_ref(v)?;
         for row in record_idx
             .range((m, id, i64::MIN, EMPTY, EMPTY)..)
             .map_err(db_err)?
         {
             let (k, _) = row.map_err(db_err)?;
+            let (m3, id3, t, s, p) = k.value();
+            if (m3, id3) != (m, id) {
+                break;
+            }
+            rows.add((m, id), (name, v), (t, text_ref(s)?, text_ref(p)?))?;
+        }
+    }
+    drop(table);
+    add_ref_counts(tx, counts)?;
+    tx.open_table(REF_KEPT)
+        .map_err(db_err)?
+        .insert((m, n), ())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// [`UpdateIndex::ref_updates_after`] from the reference and record indexes, for a pair
+/// whose reference updates are not kept: a range of the record index per record that ever
+/// referenced the value.
+fn derived_ref_updates(
+    tx: &redb::ReadTransaction,
+    (model, name, value): (&[u8], &[u8], &[u8]),
+    after: Option<(Micros, &str, &str)>,
+    up_to_us: Micros,
+) -> Result<RefUpdatesAfter> {
+    let refs = tx.open_table(REFS).map_err(db_err)?;
+    let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+    let masters = tx.open_table(MASTERS).map_err(db_err)?;
+    let (mut total, mut later) = (0u64, 0u64);
+    let mut updates = Vec::new();
+    for r in refs.range((model, name, value, EMPTY)..).map_err(db_err)? {
+        let (k, _) = r.map_err(db_err)?;
+        let (m, n, v, id) = k.value();
+        if (m, n, v) != (model, name, value) {
+            break;
+        }
+        if let Some(doc) = masters.get((m, id)).map_err(db_err)? {
+            total += Dec(doc.value()).u64()?;
+        }
+        let (t0, s0, p0) = after.unwrap_or((i64::MIN, "", ""));
+        let start = (m, id, t0, s0.as_bytes(), p0.as_bytes());
+        let range = match after {
+            Some(_) => idx.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
+            None => idx.range(start..),
+        }
+        .map_err(db_err)?;
+        for row in range {
+            let (k, _) = row.map_err(db_err)?;
             let (m2, id2, t, s, p) = k.value();
             if (m2, id2) != (m, id) {
                 break;
             }
-            rows.add((m, id), (n, v), (t, text_ref(s)?, text_ref(p)?))?;
+            later += 1;
+            if t <= up_to_us {
+                updates.push(RefUpdate {
+                    event_time_us: t,
+                    source: text(s)?,
+                    position: text(p)?,
+                    record_id: text(id)?,
+                });
+            }
         }
     }
-    drop(table);
-    add_ref_counts(tx, counts)
+    updates.sort_unstable();
+    Ok(RefUpdatesAfter {
+        updates,
+        at_or_before: total.saturating_sub(later),
+    })
 }
 
 // ---- compact value encoding (length-prefixed strings, little-endian integers) ----
@@ -563,6 +635,12 @@ impl SegmentLedger for EmbeddedCatalog {
                     let mut refs = tx.open_table(REFS).map_err(db_err)?;
                     let mut ref_updates = tx.open_table(REF_UPDATES).map_err(db_err)?;
                     let mut ref_counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
+                    // Read in this transaction: a pair kept since by another handle is
+                    // maintained from its first commit after (writes are serialized).
+                    let kept_refs = kept_ref_pairs(&tx)?;
+                    let kept = |m: &[u8], n: &str| {
+                        kept_refs.contains(&(m.to_vec(), n.as_bytes().to_vec()))
+                    };
                     for e in &batch.entries {
                         let key = (e.source.as_bytes(), e.position.as_bytes());
                         if updates.get(key).map_err(db_err)?.is_some() {
@@ -616,7 +694,7 @@ impl SegmentLedger for EmbeddedCatalog {
                             table: &mut ref_updates,
                             counts: &mut ref_counts,
                         };
-                        for (n, v) in &master.refs {
+                        for (n, v) in master.refs.iter().filter(|(n, _)| kept(mkey.0, n)) {
                             ref_rows.add(mkey, (n, v), e.order_key())?;
                         }
                         for (n, v) in added {
@@ -866,9 +944,13 @@ impl UpdateIndex for EmbeddedCatalog {
     ) -> Result<RefUpdatesAfter> {
         self.read(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
+            let group = (model.as_bytes(), name.as_bytes(), value.as_bytes());
+            let kept = tx.open_table(REF_KEPT).map_err(db_err)?;
+            if kept.get((group.0, group.1)).map_err(db_err)?.is_none() {
+                return derived_ref_updates(&tx, group, after, up_to_us);
+            }
             let rows = tx.open_table(REF_UPDATES).map_err(db_err)?;
             let counts = tx.open_table(REF_COUNTS).map_err(db_err)?;
-            let group = (model.as_bytes(), name.as_bytes(), value.as_bytes());
             let total = counts
                 .get(group)
                 .map_err(db_err)?
@@ -906,6 +988,26 @@ impl UpdateIndex for EmbeddedCatalog {
                 at_or_before: total.saturating_sub(later),
             })
         })
+    }
+
+    async fn keep_ref_updates(&self, pairs: &[(String, String)]) -> Result<()> {
+        let pairs: BTreeSet<(String, String)> = pairs.iter().cloned().collect();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let kept = kept_ref_pairs(&tx)?;
+            let mut built = false;
+            for (m, n) in &pairs {
+                if !kept.contains(&(m.as_bytes().to_vec(), n.as_bytes().to_vec())) {
+                    build_ref_updates(&tx, m, n)?;
+                    built = true;
+                }
+            }
+            if built {
+                tx.commit().map_err(db_err)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn records_by_ref(&self, model: &str, name: &str, value: &str) -> Result<Vec<String>> {
@@ -1186,54 +1288,107 @@ mod tests {
         }
     }
 
-    /// A catalog written before the reference updates existed gets them built when opened.
+    /// Keeping a pair's reference updates (built from the history when asked, then
+    /// maintained by commits) changes what reads cost, not what they return: the same
+    /// answers as deriving them from the reference and record indexes.
     #[tokio::test]
-    async fn reference_updates_are_built_for_an_older_catalog() {
+    async fn kept_reference_updates_equal_derived_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("catalog.redb");
-        let cat = EmbeddedCatalog::open(&path).unwrap();
-        cat.commit(CommitBatch {
-            segment_seq: Some(1),
-            entries: vec![
+        let cat = EmbeddedCatalog::open(dir.path().join("catalog.redb")).unwrap();
+        let commit = |seq: u64, entries: Vec<IndexEntry>| {
+            cat.commit(CommitBatch {
+                segment_seq: Some(seq),
+                entries,
+                ..Default::default()
+            })
+        };
+        commit(
+            1,
+            vec![
                 entry("1", "a", 10, &[("acc", "X")]),
                 entry("2", "a", 20, &[]),
                 entry("3", "b", 15, &[("acc", "X"), ("asset", "USD")]),
                 entry("4", "c", 5, &[("acc", "Y")]),
             ],
-            ..Default::default()
-        })
+        )
         .await
         .unwrap();
-        let want = |cat: EmbeddedCatalog| async move {
+        let reads = |cat: EmbeddedCatalog| async move {
             let mut out = Vec::new();
-            for (n, v) in [("acc", "X"), ("acc", "Y"), ("asset", "USD")] {
-                out.push(
-                    cat.ref_updates_after("m", n, v, None, i64::MAX)
-                        .await
-                        .unwrap(),
-                );
-                out.push(
-                    cat.ref_updates_after("m", n, v, Some((15, "s", "3")), i64::MAX)
-                        .await
-                        .unwrap(),
-                );
+            for (n, v) in [("acc", "X"), ("acc", "Y"), ("asset", "USD"), ("acc", "Z")] {
+                for after in [None, Some((15, "s", "3")), Some((5, "s", "4"))] {
+                    for up_to in [12, i64::MAX] {
+                        out.push(
+                            cat.ref_updates_after("m", n, v, after, up_to)
+                                .await
+                                .unwrap(),
+                        );
+                    }
+                }
             }
             out
         };
-        let before = want(cat.clone()).await;
-        assert_eq!(before[0].updates.len(), 3);
-        assert_eq!(before[1].at_or_before, 2);
-        // As an older version left it: no reference updates, no mark.
-        let tx = cat.db.begin_write().unwrap();
-        tx.delete_table(REF_UPDATES).unwrap();
-        tx.delete_table(REF_COUNTS).unwrap();
-        tx.open_table(META)
-            .unwrap()
-            .remove(REF_UPDATES_BUILT)
+        let derived = reads(cat.clone()).await;
+        assert_eq!(derived[0].updates.len(), 1);
+        assert_eq!(derived[1].updates.len(), 3);
+        assert_eq!(derived[2].at_or_before, 2);
+        cat.keep_ref_updates(&[("m".into(), "acc".into())])
+            .await
             .unwrap();
-        tx.commit().unwrap();
-        drop(cat);
-        let cat = EmbeddedCatalog::open(&path).unwrap();
-        assert_eq!(want(cat).await, before);
+        cat.keep_ref_updates(&[("m".into(), "acc".into())])
+            .await
+            .unwrap();
+        assert_eq!(reads(cat.clone()).await, derived, "built from the history");
+        // Maintained by later commits: a late update, a record newly referencing X.
+        commit(
+            2,
+            vec![
+                entry("5", "a", 1, &[]),
+                entry("6", "c", 30, &[("acc", "X")]),
+                entry("7", "d", 12, &[("acc", "Y")]),
+            ],
+        )
+        .await
+        .unwrap();
+        let kept = reads(cat.clone()).await;
+        let fresh = EmbeddedCatalog::open(dir.path().join("other.redb")).unwrap();
+        for (seq, batch) in [
+            (
+                1,
+                vec![
+                    entry("1", "a", 10, &[("acc", "X")]),
+                    entry("2", "a", 20, &[]),
+                    entry("3", "b", 15, &[("acc", "X"), ("asset", "USD")]),
+                    entry("4", "c", 5, &[("acc", "Y")]),
+                ],
+            ),
+            (
+                2,
+                vec![
+                    entry("5", "a", 1, &[]),
+                    entry("6", "c", 30, &[("acc", "X")]),
+                    entry("7", "d", 12, &[("acc", "Y")]),
+                ],
+            ),
+        ] {
+            fresh
+                .commit(CommitBatch {
+                    segment_seq: Some(seq),
+                    entries: batch,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            kept,
+            reads(fresh).await,
+            "kept equals derived after commits"
+        );
+        assert_eq!(
+            kept[1].updates.len(),
+            6,
+            "X: a's three updates, b's, and c's two (c now references X)"
+        );
     }
 }

@@ -160,6 +160,17 @@ pub trait UpdateIndex: Send + Sync + 'static {
         up_to_us: Micros,
     ) -> Result<RefUpdatesAfter>;
 
+    /// Keeps the lists [`UpdateIndex::ref_updates_after`] reads for these (model, reference
+    /// name) pairs as an index — built now from the history, then maintained by every
+    /// commit — so a read costs what changed since its point, not a range of the record
+    /// index per record that ever referenced the value. Only what a read costs depends on
+    /// it, never what it returns: a backend may derive every list on each read (the
+    /// PostgreSQL catalog does, in one statement). Idempotent; pairs are never dropped.
+    async fn keep_ref_updates(&self, pairs: &[(String, String)]) -> Result<()> {
+        let _ = pairs;
+        Ok(())
+    }
+
     /// Ids of the records of `model` that ever referenced `name = value`, ascending.
     async fn records_by_ref(&self, model: &str, name: &str, value: &str) -> Result<Vec<String>>;
 

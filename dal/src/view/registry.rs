@@ -198,6 +198,20 @@ impl ViewDef {
         }
         out
     }
+
+    /// The (model, reference name) each of its joins finds members by (the first key):
+    /// the reference updates a reader of this view asks the catalog to keep
+    /// ([`crate::catalog::UpdateIndex::keep_ref_updates`]).
+    pub fn join_refs(&self) -> Vec<(String, String)> {
+        match &self.kind {
+            ViewKind::Joined(j) => j
+                .joins
+                .iter()
+                .filter_map(|f| Some((f.model.clone(), f.keys.first()?.reference.clone())))
+                .collect(),
+            ViewKind::Record { .. } => Vec::new(),
+        }
+    }
 }
 
 /// Every view known to a DAL, by message full name.
