@@ -457,6 +457,45 @@ impl Dal {
         );
         let kept = self.joins.get(&key);
         let mut stale = false;
+        if let Some(kept) = kept.as_ref().filter(|k| k.time > as_of_us) {
+            // Kept as of a later time (runs of one subject need not come in time order):
+            // the members then, except the records that changed after `as_of_us`, read
+            // again as of it. One consistent read gives the updates in (as_of_us, kept
+            // time] and how many are at or before `as_of_us`; with those of them at or
+            // before the kept point, that is the count the kept members were validated
+            // with, unless an update arrived late before it.
+            // (`(as_of_us + 1, "", "")` is before every update after `as_of_us`: sources
+            // and positions are never empty.)
+            let since = self
+                .catalog
+                .ref_updates_after(
+                    &join.model,
+                    &first.reference,
+                    value,
+                    Some((as_of_us.saturating_add(1), "", "")),
+                    kept.time,
+                )
+                .await?;
+            let up_to_kept = since
+                .updates
+                .iter()
+                .filter(|u| {
+                    kept.after
+                        .as_ref()
+                        .is_some_and(|k| u.order_key() <= k.key())
+                })
+                .count() as u64;
+            if since.at_or_before + up_to_kept == kept.n {
+                let ids: BTreeSet<&str> =
+                    since.updates.iter().map(|u| u.record_id.as_str()).collect();
+                let join = self
+                    .joined_again(def, join, values, kept, &ids, as_of_us)
+                    .await?;
+                self.joins.count(JoinPath::Earlier, ids.len());
+                return Ok(Arc::new(join));
+            }
+            stale = true;
+        }
         if let Some(kept) = kept.as_ref().filter(|k| k.time <= as_of_us) {
             let since = self
                 .catalog
@@ -480,28 +519,16 @@ impl Dal {
                 };
                 let ids: BTreeSet<&str> =
                     since.updates.iter().map(|u| u.record_id.as_str()).collect();
-                let read = self.read_members(def, join, values, &ids, as_of_us).await?;
-                let mut members = BTreeMap::clone(&kept.members);
-                let mut bytes = kept.bytes;
-                for (id, member) in read {
-                    if let Some(old) = members.remove(&id) {
-                        bytes -= old.bytes;
-                    }
-                    if let Some(m) = member {
-                        bytes += m.bytes;
-                        members.insert(id, m);
-                    }
-                }
                 let join = Arc::new(KeptJoin {
-                    time: as_of_us,
                     after: Some(Last {
                         event_time_us: newest.event_time_us,
                         source: newest.source.clone(),
                         position: newest.position.clone(),
                     }),
                     n: kept.n + since.updates.len() as u64,
-                    members: Arc::new(members),
-                    bytes,
+                    ..self
+                        .joined_again(def, join, values, kept, &ids, as_of_us)
+                        .await?
                 });
                 self.joins.put(key, join.clone(), false);
                 self.joins.count(JoinPath::Extended, ids.len());
@@ -540,6 +567,37 @@ impl Dal {
             ids.len(),
         );
         Ok(join)
+    }
+
+    /// The kept members with the records `ids` read again as of `as_of_us` (each kept,
+    /// replaced or dropped as it is a member then or not); `after` and `n` as kept.
+    async fn joined_again(
+        &self,
+        def: &ViewDef,
+        join: &crate::view::registry::JoinField,
+        values: &[&str],
+        kept: &KeptJoin,
+        ids: &BTreeSet<&str>,
+        as_of_us: Micros,
+    ) -> Result<KeptJoin> {
+        let read = self.read_members(def, join, values, ids, as_of_us).await?;
+        let mut members = BTreeMap::clone(&kept.members);
+        let mut bytes = kept.bytes;
+        for (id, member) in read {
+            if let Some(old) = members.remove(&id) {
+                bytes -= old.bytes;
+            }
+            if let Some(m) = member {
+                bytes += m.bytes;
+                members.insert(id, m);
+            }
+        }
+        Ok(KeptJoin {
+            time: as_of_us,
+            members: Arc::new(members),
+            bytes,
+            ..kept.clone()
+        })
     }
 
     /// Reads the records `ids` of a join's model as of `as_of_us` (concurrently): each, as

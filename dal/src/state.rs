@@ -245,6 +245,9 @@ impl quick_cache::Weighter<JoinKey, Arc<KeptJoin>> for JoinWeight {
 pub enum JoinPath {
     /// From kept members, reading again only those changed.
     Extended,
+    /// From kept members as of a later time, reading again as of the time asked only
+    /// those changed in between.
+    Earlier,
     /// Every member read: nothing kept, or kept as of a later time.
     Built,
     /// Every member read: the kept members were stale.
@@ -313,7 +316,7 @@ impl JoinCache {
     /// Counts one join read that took `path` and read `members` records.
     pub fn count(&self, path: JoinPath, members: usize) {
         let counter = match path {
-            JoinPath::Extended => &self.extended,
+            JoinPath::Extended | JoinPath::Earlier => &self.extended,
             JoinPath::Built => &self.built,
             JoinPath::Stale => &self.stale,
         };
