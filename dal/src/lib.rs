@@ -30,6 +30,7 @@ pub mod update;
 pub mod view;
 
 pub use bus::Bus;
+pub use bytes::Bytes;
 pub use catalog::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
 pub use error::{Error, Result};
 pub use prost_reflect::DynamicMessage;

@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
-use prost_reflect::{DynamicMessage, Value as PValue};
+use prost_reflect::DynamicMessage;
 
 use crate::builder::{Builders, State, UpdateRef};
 use crate::cache::{CacheStats, DEFAULT_CACHE_BYTES, ReadCache};
@@ -135,6 +135,17 @@ pub struct Viewed<T> {
     /// ingested later with an earlier commit time can change a view as of T without
     /// changing these names; `overseer history` shows when each update was ingested.)
     pub evidence: Vec<UpdateRef>,
+}
+
+impl Viewed<bytes::Bytes> {
+    /// The view as its Rust type (a view built once, handed to several typed readers).
+    pub fn decode<T>(&self) -> Result<T>
+    where
+        T: prost::Message + prost::Name + Default,
+    {
+        T::decode(&self.view[..])
+            .map_err(|e| Error::view(T::full_name(), format!("decoding to the Rust type: {e}")))
+    }
 }
 
 impl Viewed<DynamicMessage> {
@@ -355,6 +366,29 @@ impl Dal {
         subject_id: &str,
         as_of_us: Micros,
     ) -> Result<Option<Viewed<DynamicMessage>>> {
+        let Some(v) = self.view_encoded(def, subject_id, as_of_us).await? else {
+            return Ok(None);
+        };
+        let view = DynamicMessage::decode(def.message.clone(), &v.view[..])
+            .map_err(|e| Error::view(def.name(), format!("record {subject_id:?}: {e}")))?;
+        Ok(Some(Viewed {
+            view,
+            as_of_us: v.as_of_us,
+            evidence: v.evidence,
+        }))
+    }
+
+    /// A view (by definition) of the record `subject_id` as of `as_of_us`, encoded (its
+    /// protobuf bytes); `None` if the subject did not exist then. A joined view's members
+    /// are kept encoded ([`crate::state`]): their bytes are copied in, not mapped again, so
+    /// a large join costs a copy per member, and one decode by its reader.
+    pub async fn view_encoded(
+        &self,
+        def: &ViewDef,
+        subject_id: &str,
+        as_of_us: Micros,
+    ) -> Result<Option<Viewed<bytes::Bytes>>> {
+        use prost::Message;
         let mut evidence = BTreeSet::new();
         let subject = self
             .record(def.subject_model(), subject_id, as_of_us)
@@ -366,41 +400,28 @@ impl Dal {
         let view_err = |e: crate::view::map::MapError| {
             Error::view(def.name(), format!("record {subject_id:?}: {e}"))
         };
-        let msg = match &def.kind {
-            ViewKind::Record { .. } => {
-                record_to_message(&def.message, subject_id, state).map_err(view_err)?
-            }
+        let encoded = match &def.kind {
+            ViewKind::Record { .. } => record_to_message(&def.message, subject_id, state)
+                .map_err(view_err)?
+                .encode_to_vec(),
             ViewKind::Joined(j) => {
-                let mut out = DynamicMessage::new(def.message.clone());
                 let subject_msg = record_to_message(&message_of(&j.subject), subject_id, state)
                     .map_err(view_err)?;
-                out.set_field(&j.subject, PValue::Message(subject_msg));
+                let mut out = Vec::new();
+                put_message(&mut out, j.subject.number(), &subject_msg.encode_to_vec());
 
                 for join in &j.joins {
                     // The value each key must have; an id that does not split into the
                     // parts the keys use has no members.
-                    let list = match j.key_values(join, subject_id) {
-                        Some(values) => {
-                            let kept = self.join_members(def, join, &values, as_of_us).await?;
-                            evidence.extend(kept.members.values().filter_map(|m| m.last.clone()));
-                            let target = message_of(&join.field);
-                            kept.members
-                                .iter()
-                                .map(|(id, m)| {
-                                    DynamicMessage::decode(target.clone(), &m.encoded[..])
-                                        .map(PValue::Message)
-                                        .map_err(|e| {
-                                            Error::view(
-                                                def.name(),
-                                                format!("{} record {id:?}: {e}", join.model),
-                                            )
-                                        })
-                                })
-                                .collect::<Result<_>>()?
+                    if let Some(values) = j.key_values(join, subject_id) {
+                        let kept = self.join_members(def, join, &values, as_of_us).await?;
+                        evidence.extend(kept.members.values().filter_map(|m| m.last.clone()));
+                        let size: usize = kept.members.values().map(|m| m.encoded.len() + 8).sum();
+                        out.reserve(size);
+                        for m in kept.members.values() {
+                            put_message(&mut out, join.field.number(), &m.encoded);
                         }
-                        None => Vec::new(),
-                    };
-                    out.set_field(&join.field, PValue::List(list));
+                    }
                 }
 
                 for lookup in &j.lookups {
@@ -415,14 +436,14 @@ impl Dal {
                         record_to_message(&message_of(&lookup.field), &id, st).map_err(|e| {
                             Error::view(def.name(), format!("{} record {id:?}: {e}", lookup.model))
                         })?;
-                    out.set_field(&lookup.field, PValue::Message(msg));
+                    put_message(&mut out, lookup.field.number(), &msg.encode_to_vec());
                     evidence.extend(m.evidence());
                 }
                 out
             }
         };
         Ok(Some(Viewed {
-            view: msg,
+            view: bytes::Bytes::from(encoded),
             as_of_us,
             evidence: evidence.into_iter().collect(),
         }))
@@ -653,11 +674,11 @@ impl Dal {
         T: prost::Message + prost::Name + Default,
     {
         let def = self.views.get(&T::full_name())?;
-        let Some(v) = self.view_dynamic(&def, subject_id, as_of_us).await? else {
+        let Some(v) = self.view_encoded(&def, subject_id, as_of_us).await? else {
             return Ok(None);
         };
         Ok(Some(Viewed {
-            view: v.transcode::<T>()?,
+            view: v.decode::<T>()?,
             as_of_us: v.as_of_us,
             evidence: v.evidence,
         }))
@@ -749,6 +770,13 @@ impl Dal {
             })
             .collect()
     }
+}
+
+/// Appends a message-typed field (`body`: the message encoded) to an encoded message.
+fn put_message(buf: &mut Vec<u8>, field: u32, body: &[u8]) {
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(body.len() as u64, buf);
+    buf.extend_from_slice(body);
 }
 
 /// The message type of a (message-typed) view field; the registry checked it is one.

@@ -142,11 +142,11 @@ pub trait ErasedCheck: Send + Sync {
         false
     }
 
-    /// Runs the function on a view already built by the DAL (as a dynamic message of this
-    /// check's view): what several checks reading one view at one time share.
+    /// Runs the function on a view already built by the DAL (encoded, as this check's view
+    /// message): what several checks reading one view at one time share.
     fn evaluate_on<'a>(
         &'a self,
-        viewed: &'a Viewed<overseer_dal::DynamicMessage>,
+        viewed: &'a Viewed<overseer_dal::Bytes>,
     ) -> BoxFuture<'a, Result<Evaluation>> {
         let _ = viewed;
         Box::pin(async {
@@ -202,10 +202,10 @@ where
 
     fn evaluate_on<'a>(
         &'a self,
-        viewed: &'a Viewed<overseer_dal::DynamicMessage>,
+        viewed: &'a Viewed<overseer_dal::Bytes>,
     ) -> BoxFuture<'a, Result<Evaluation>> {
         Box::pin(async move {
-            let view = viewed.transcode::<V>()?;
+            let view = viewed.decode::<V>()?;
             self.run(view, &viewed.evidence).await
         })
     }

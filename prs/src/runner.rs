@@ -544,7 +544,7 @@ pub async fn execute_shared(dal: &Dal, runs: &[Run]) -> Vec<RunRecord> {
     let built = match dal.views().get(&first.view_name()) {
         Ok(def) => match tokio::time::timeout(
             longest,
-            dal.view_dynamic(&def, &ready.subject, ready.eval_us),
+            dal.view_encoded(&def, &ready.subject, ready.eval_us),
         )
         .await
         {
