@@ -452,9 +452,9 @@ impl Dal {
     /// The members of a join as of `as_of_us`, by record id: the records found through
     /// the reference updates of the join's first key (every update of every record that
     /// ever had that reference value, up to the time), kept if they exist at `as_of_us`
-    /// and every key's reference has its value (`values`, in key order) then. From the kept
-    /// members when they are as of an earlier time, reading again only the records changed
-    /// since (see [`crate::state`], "Joins").
+    /// and every key's reference has its value (`values`, in key order) then. From kept
+    /// members (as of an earlier or a later time), reading again only the records changed
+    /// in between (see [`crate::state`], "Joins").
     async fn join_members(
         &self,
         def: &ViewDef,
@@ -484,7 +484,8 @@ impl Dal {
             // again as of it. One consistent read gives the updates in (as_of_us, kept
             // time] and how many are at or before `as_of_us`; with those of them at or
             // before the kept point, that is the count the kept members were validated
-            // with, unless an update arrived late before it.
+            // with, unless an update arrived late (at or before the kept point, or after it
+            // and at or before `as_of_us`, which would not be read again: both count).
             // (`(as_of_us + 1, "", "")` is before every update after `as_of_us`: sources
             // and positions are never empty.)
             let since = self

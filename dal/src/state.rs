@@ -49,6 +49,11 @@
 //!  ref_updates_after(start, T): read every record named ──> keep it (if not older)
 //! ```
 //!
+//! A read as of an earlier time T < t starts from the kept members too: the updates in
+//! (T, t] name the records to read again as of T, and with the count at or before T they
+//! must add up to n (else something arrived late: read every record). That result is not
+//! kept (the later one stays).
+//!
 //! A member whose state at T differs from its state at t has an update in (t, T], which is
 //! among those returned (or, if it arrived late, before k, the count says so); so the
 //! members not named are still as kept, and a record not named is still not a member. The
@@ -248,7 +253,7 @@ pub enum JoinPath {
     /// From kept members as of a later time, reading again as of the time asked only
     /// those changed in between.
     Earlier,
-    /// Every member read: nothing kept, or kept as of a later time.
+    /// Every member read: nothing kept (or too few members to keep).
     Built,
     /// Every member read: the kept members were stale.
     Stale,
@@ -299,9 +304,15 @@ impl JoinCache {
         self.inner.as_ref()?.get(key)
     }
 
-    /// Keeps `join` unless the one kept is as of a later time, or it has fewer members than
+    /// Keeps `join` (whose last reference update seen is never after its time) unless the
+    /// one kept is as of a later time, or it has fewer members than
     /// the minimum ([`MIN_KEPT_MEMBERS`] unless set; a smaller one is forgotten).
     pub fn put(&self, key: JoinKey, join: Arc<KeptJoin>, replacing_stale: bool) {
+        debug_assert!(
+            join.after
+                .as_ref()
+                .is_none_or(|a| a.event_time_us <= join.time)
+        );
         let Some(c) = &self.inner else { return };
         if join.members.len() < self.min_members {
             c.remove(&key);
@@ -321,6 +332,9 @@ impl JoinCache {
             JoinPath::Stale => &self.stale,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        if path == JoinPath::Stale {
+            self.built.fetch_add(1, Ordering::Relaxed);
+        }
         self.members_read
             .fetch_add(members as u64, Ordering::Relaxed);
     }
@@ -340,9 +354,10 @@ impl JoinCache {
 /// How reads of joins went.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct JoinStats {
-    /// Join reads served from kept members, reading again only the records changed.
+    /// Join reads served from kept members (as of an earlier or a later time), reading
+    /// again only the records changed in between.
     pub extended: u64,
-    /// Join reads that read every member (nothing kept, or kept as of a later time).
+    /// Join reads that read every member (nothing kept, or too few members to keep).
     pub built: u64,
     /// Of those, reads whose kept members were stale.
     pub stale: u64,

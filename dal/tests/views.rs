@@ -985,12 +985,15 @@ proptest! {
     /// moved between transfers, changed without their reference, deleted — written in
     /// batches whose commit times also go back (late updates, records that start
     /// referencing a transfer behind a kept point), read at random times before and after
-    /// the newest.
+    /// the newest. The catalog derives the reference updates from its indexes, or keeps
+    /// them as an index registered at a random point (built from the history so far, then
+    /// maintained by commits).
     #[test]
     fn maintained_joins_equal_full_reads(
         writes in proptest::collection::vec((0usize..4, -3i64..6, member_step()), 1..40),
         reads in proptest::collection::vec((0usize..2, -8i64..3), 40),
         batch in 1usize..5,
+        register_at in 0usize..50,
     ) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
@@ -1008,6 +1011,14 @@ proptest! {
             let (mut t, mut newest): (Micros, Micros) = (10, 10);
             let mut pending = Vec::new();
             for (i, (member, dt, s)) in writes.iter().enumerate() {
+                // The catalog keeps the join's reference updates from here on (built from
+                // the history so far, then maintained by commits); never, past the end.
+                if i == register_at {
+                    f.catalog
+                        .keep_ref_updates(&[("ledger.entries".into(), "transfer_id".into())])
+                        .await
+                        .unwrap();
+                }
                 t = (t + dt).max(2);
                 newest = newest.max(t);
                 let id = format!("e{member}");

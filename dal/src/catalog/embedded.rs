@@ -234,7 +234,7 @@ fn add_ref_counts(
 }
 
 /// The (model, ref name) pairs whose reference updates are kept.
-fn kept_ref_pairs(tx: &redb::WriteTransaction) -> Result<BTreeSet<(Vec<u8>, Vec<u8>)>> {
+fn kept_ref_pairs(tx: &redb::WriteTransaction) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let t = tx.open_table(REF_KEPT).map_err(db_err)?;
     t.iter()
         .map_err(db_err)?
@@ -639,7 +639,9 @@ impl SegmentLedger for EmbeddedCatalog {
                     // maintained from its first commit after (writes are serialized).
                     let kept_refs = kept_ref_pairs(&tx)?;
                     let kept = |m: &[u8], n: &str| {
-                        kept_refs.contains(&(m.to_vec(), n.as_bytes().to_vec()))
+                        kept_refs
+                            .iter()
+                            .any(|(km, kn)| km.as_slice() == m && kn.as_slice() == n.as_bytes())
                     };
                     for e in &batch.entries {
                         let key = (e.source.as_bytes(), e.position.as_bytes());
@@ -681,7 +683,7 @@ impl SegmentLedger for EmbeddedCatalog {
                         let added: BTreeSet<&(String, String)> = e
                             .refs
                             .iter()
-                            .filter(|r| !master.refs.contains(*r))
+                            .filter(|r| kept(mkey.0, &r.0) && !master.refs.contains(*r))
                             .collect();
                         master.absorb(e);
                         masters
@@ -1266,6 +1268,7 @@ impl Catalog for EmbeddedCatalog {
 mod tests {
     use super::*;
     use crate::update::{Op, UpdateLoc};
+    use redb::ReadableTableMetadata;
 
     fn entry(pos: &str, id: &str, t: i64, refs: &[(&str, &str)]) -> IndexEntry {
         IndexEntry {
@@ -1328,6 +1331,13 @@ mod tests {
             }
             out
         };
+        let rows = |cat: &EmbeddedCatalog| {
+            let tx = cat.db.begin_read().unwrap();
+            let n = tx.open_table(REF_UPDATES).unwrap().len().unwrap();
+            let c = tx.open_table(REF_COUNTS).unwrap().len().unwrap();
+            (n, c)
+        };
+        assert_eq!(rows(&cat), (0, 0), "no pair kept: no rows written");
         let derived = reads(cat.clone()).await;
         assert_eq!(derived[0].updates.len(), 1);
         assert_eq!(derived[1].updates.len(), 3);
@@ -1351,6 +1361,9 @@ mod tests {
         .await
         .unwrap();
         let kept = reads(cat.clone()).await;
+        // Only the kept pair's rows: `acc` = X (a ×3, b, c ×2) and Y (c ×2, d); none for
+        // `asset`.
+        assert_eq!(rows(&cat), (9, 2));
         let fresh = EmbeddedCatalog::open(dir.path().join("other.redb")).unwrap();
         for (seq, batch) in [
             (
