@@ -10,7 +10,7 @@
 //!    │       field joins: every key's value at T); members kept between │
 //!    │       reads, only the records changed since read again          │
 //!    └─ lookup(payments.assets, transfer.asset, T)                      │
-//!  → DynamicMessage (descriptor-driven mapping) → typed prost message ──┘
+//!  → encoded view message (mapped; kept members' bytes copied) → typed ─┘
 //! ```
 //!
 //! - **Time travel** ([`Dal::history`]): the updates of a record with commit time ≤ T, in
@@ -145,21 +145,6 @@ impl Viewed<bytes::Bytes> {
     {
         T::decode(&self.view[..])
             .map_err(|e| Error::view(T::full_name(), format!("decoding to the Rust type: {e}")))
-    }
-}
-
-impl Viewed<DynamicMessage> {
-    /// The view as its Rust type (a view built once, handed to several typed readers).
-    pub fn transcode<T>(&self) -> Result<T>
-    where
-        T: prost::Message + prost::Name + Default,
-    {
-        self.view.transcode_to::<T>().map_err(|e| {
-            Error::view(
-                prost_reflect::ReflectMessage::descriptor(&self.view).full_name(),
-                format!("transcoding to the Rust type: {e}"),
-            )
-        })
     }
 }
 
@@ -542,11 +527,7 @@ impl Dal {
                 let ids: BTreeSet<&str> =
                     since.updates.iter().map(|u| u.record_id.as_str()).collect();
                 let join = Arc::new(KeptJoin {
-                    after: Some(Last {
-                        event_time_us: newest.event_time_us,
-                        source: newest.source.clone(),
-                        position: newest.position.clone(),
-                    }),
+                    after: Some(Last::of_ref(newest)),
                     n: kept.n + since.updates.len() as u64,
                     ..self
                         .joined_again(def, join, values, kept, &ids, as_of_us)
@@ -570,11 +551,7 @@ impl Dal {
             .collect();
         let join = Arc::new(KeptJoin {
             time: as_of_us,
-            after: all.updates.last().map(|u| Last {
-                event_time_us: u.event_time_us,
-                source: u.source.clone(),
-                position: u.position.clone(),
-            }),
+            after: all.updates.last().map(Last::of_ref),
             n: all.at_or_before + all.updates.len() as u64,
             bytes: members.values().map(|m| m.bytes).sum(),
             members: Arc::new(members),

@@ -66,7 +66,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::Value;
 
 use crate::builder::State;
-use crate::update::{IndexEntry, Micros, Op};
+use crate::update::{IndexEntry, Micros, Op, RefUpdate};
 
 /// The default budget: 64 MiB.
 pub const DEFAULT_STATE_BYTES: u64 = 64 << 20;
@@ -108,6 +108,15 @@ impl Last {
             event_time_us: e.event_time_us,
             source: e.source.clone(),
             position: e.position.clone(),
+        }
+    }
+
+    /// The identity and order key of a reference update.
+    pub fn of_ref(u: &RefUpdate) -> Self {
+        Last {
+            event_time_us: u.event_time_us,
+            source: u.source.clone(),
+            position: u.position.clone(),
         }
     }
 

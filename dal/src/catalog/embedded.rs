@@ -298,8 +298,8 @@ fn derived_ref_updates(
     let refs = tx.open_table(REFS).map_err(db_err)?;
     let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
     let masters = tx.open_table(MASTERS).map_err(db_err)?;
-    let (mut total, mut later) = (0u64, 0u64);
-    let mut updates = Vec::new();
+    let mut total = 0u64;
+    let mut scan = AfterScan::up_to(up_to_us);
     for r in refs.range((model, name, value, EMPTY)..).map_err(db_err)? {
         let (k, _) = r.map_err(db_err)?;
         let (m, n, v, id) = k.value();
@@ -311,33 +311,69 @@ fn derived_ref_updates(
         }
         let (t0, s0, p0) = after.unwrap_or((i64::MIN, "", ""));
         let start = (m, id, t0, s0.as_bytes(), p0.as_bytes());
-        let range = match after {
-            Some(_) => idx.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded)),
-            None => idx.range(start..),
-        }
-        .map_err(db_err)?;
-        for row in range {
+        for row in idx
+            .range(from_point(start, after.is_some()))
+            .map_err(db_err)?
+        {
             let (k, _) = row.map_err(db_err)?;
             let (m2, id2, t, s, p) = k.value();
             if (m2, id2) != (m, id) {
                 break;
             }
-            later += 1;
-            if t <= up_to_us {
-                updates.push(RefUpdate {
-                    event_time_us: t,
-                    source: text(s)?,
-                    position: text(p)?,
-                    record_id: text(id)?,
-                });
-            }
+            scan.row(t, s, p, id)?;
         }
     }
-    updates.sort_unstable();
-    Ok(RefUpdatesAfter {
-        updates,
-        at_or_before: total.saturating_sub(later),
-    })
+    // Per record, then merged into time-travel order.
+    scan.updates.sort_unstable();
+    Ok(scan.done(total))
+}
+
+/// Keys from `start` on, without it when `exclusive` (after a point already read).
+fn from_point<K>(start: K, exclusive: bool) -> (std::ops::Bound<K>, std::ops::Bound<K>) {
+    let start = if exclusive {
+        std::ops::Bound::Excluded(start)
+    } else {
+        std::ops::Bound::Included(start)
+    };
+    (start, std::ops::Bound::Unbounded)
+}
+
+/// The rows of a reference's updates after a point: those up to a time kept, all counted.
+struct AfterScan {
+    up_to_us: Micros,
+    later: u64,
+    updates: Vec<RefUpdate>,
+}
+
+impl AfterScan {
+    fn up_to(up_to_us: Micros) -> Self {
+        AfterScan {
+            up_to_us,
+            later: 0,
+            updates: Vec::new(),
+        }
+    }
+
+    fn row(&mut self, t: Micros, s: &[u8], p: &[u8], id: &[u8]) -> Result<()> {
+        self.later += 1;
+        if t <= self.up_to_us {
+            self.updates.push(RefUpdate {
+                event_time_us: t,
+                source: text(s)?,
+                position: text(p)?,
+                record_id: text(id)?,
+            });
+        }
+        Ok(())
+    }
+
+    /// With `total` rows in all, the count at or before the point.
+    fn done(self, total: u64) -> RefUpdatesAfter {
+        RefUpdatesAfter {
+            updates: self.updates,
+            at_or_before: total.saturating_sub(self.later),
+        }
+    }
 }
 
 // ---- compact value encoding (length-prefixed strings, little-endian integers) ----
@@ -900,10 +936,7 @@ impl UpdateIndex for EmbeddedCatalog {
             );
             let mut later = 0u64;
             let mut entries = Vec::new();
-            for row in idx
-                .range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded))
-                .map_err(db_err)?
-            {
+            for row in idx.range(from_point(start, true)).map_err(db_err)? {
                 let (k, _) = row.map_err(db_err)?;
                 let (m, id, t, s, p) = k.value();
                 if m != model.as_bytes() || id != record_id.as_bytes() {
@@ -960,35 +993,19 @@ impl UpdateIndex for EmbeddedCatalog {
                 .unwrap_or(0);
             let (t0, s0, p0) = after.unwrap_or((i64::MIN, "", ""));
             let start = (group.0, group.1, group.2, t0, s0.as_bytes(), p0.as_bytes());
-            let range = match after {
-                Some(_) => {
-                    rows.range((std::ops::Bound::Excluded(start), std::ops::Bound::Unbounded))
-                }
-                None => rows.range(start..),
-            }
-            .map_err(db_err)?;
-            let mut later = 0u64;
-            let mut updates = Vec::new();
-            for row in range {
+            let mut scan = AfterScan::up_to(up_to_us);
+            for row in rows
+                .range(from_point(start, after.is_some()))
+                .map_err(db_err)?
+            {
                 let (k, id) = row.map_err(db_err)?;
                 let (m, n, v, t, s, p) = k.value();
                 if (m, n, v) != group {
                     break;
                 }
-                later += 1;
-                if t <= up_to_us {
-                    updates.push(RefUpdate {
-                        event_time_us: t,
-                        source: text(s)?,
-                        position: text(p)?,
-                        record_id: text(id.value())?,
-                    });
-                }
+                scan.row(t, s, p, id.value())?;
             }
-            Ok(RefUpdatesAfter {
-                updates,
-                at_or_before: total.saturating_sub(later),
-            })
+            Ok(scan.done(total))
         })
     }
 
