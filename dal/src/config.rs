@@ -153,6 +153,11 @@ pub struct DalSettings {
     /// updates since instead of re-folded: `overseer_dal::state`), in MiB; 0 disables
     /// them (every read folds the record's history).
     pub state_mib: u64,
+    /// A snapshot of a record's fold is stored beside the history every this many of its
+    /// updates (`overseer_dal::snapshot`), so a read as of any time folds at most this
+    /// many, also in a process that never read the record; 0: none (reads without a
+    /// maintained fold fold the record's whole history).
+    pub snapshot_every: u64,
     /// Encoded `FileDescriptorSet`s (`protoc --include_imports --descriptor_set_out`, or
     /// protox) holding the user's own view messages, added to the built-in
     /// `overseer.views.v1` views. Relative paths are taken from the working directory, like
@@ -165,6 +170,7 @@ impl Default for DalSettings {
         DalSettings {
             cache_mib: crate::cache::DEFAULT_CACHE_BYTES >> 20,
             state_mib: crate::state::DEFAULT_STATE_BYTES >> 20,
+            snapshot_every: crate::snapshot::DEFAULT_SNAPSHOT_EVERY,
             view_descriptor_sets: Vec::new(),
         }
     }

@@ -13,6 +13,8 @@
 //! - [`view`]: view messages (by descriptor) and their registry.
 //! - [`reader`]: the [`Dal`]: time travel, aggregation and (joined) views as of a time.
 //! - [`cache`]: the DAL's byte-bounded read cache of decoded update records.
+//! - [`state`]: maintained folds and joins, kept between reads.
+//! - [`snapshot`]: records' folds persisted beside the history.
 
 pub mod builder;
 pub mod bus;
@@ -24,6 +26,7 @@ pub mod keys;
 pub mod pgoutput;
 pub mod reader;
 pub mod segment;
+pub mod snapshot;
 pub mod state;
 pub mod store;
 pub mod update;
@@ -31,7 +34,9 @@ pub mod view;
 
 pub use bus::Bus;
 pub use bytes::Bytes;
-pub use catalog::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
+pub use catalog::{
+    Catalog, IncidentStore, MetaStore, SegmentLedger, SnapshotStore, SourceProgress, UpdateIndex,
+};
 pub use error::{Error, Result};
 pub use prost_reflect::DynamicMessage;
 pub use reader::{Dal, Viewed};

@@ -41,6 +41,7 @@ use crate::cache::{CacheStats, DEFAULT_CACHE_BYTES, ReadCache};
 use crate::catalog::DynCatalog;
 use crate::keys::segment_key;
 use crate::segment::decode_record;
+use crate::snapshot::{DEFAULT_SNAPSHOT_EVERY, Snapshots};
 use crate::state::{
     DEFAULT_STATE_BYTES, Folded, JoinCache, JoinKey, JoinPath, KeptJoin, Last, Member, ReadPath,
     StateCache, StateStats,
@@ -156,7 +157,10 @@ pub struct Dal {
     cache: Arc<ReadCache>,
     states: Arc<StateCache>,
     joins: Arc<JoinCache>,
+    snapshots: Arc<Snapshots>,
     builders: Builders,
+    /// `builders.fingerprint()`, stored with each snapshot.
+    fingerprint: u64,
     views: Arc<Views>,
 }
 
@@ -179,9 +183,23 @@ impl Dal {
             cache: Arc::new(ReadCache::new(DEFAULT_CACHE_BYTES)),
             states: Arc::new(StateCache::new(DEFAULT_STATE_BYTES)),
             joins: Arc::new(JoinCache::new(DEFAULT_STATE_BYTES)),
+            snapshots: Arc::new(Snapshots::new(DEFAULT_SNAPSHOT_EVERY)),
+            fingerprint: Builders::default().fingerprint(),
             builders: Builders::default(),
             views: Arc::new(Views::builtin()),
         }
+    }
+
+    /// Writes (and reads) a snapshot every `every` updates of a record ([`crate::snapshot`];
+    /// 0: none — every read without a maintained fold folds the record's history).
+    pub fn with_snapshot_every(mut self, every: u64) -> Self {
+        self.snapshots = Arc::new(Snapshots::new(every));
+        self
+    }
+
+    /// Waits until the snapshots queued so far are written.
+    pub async fn flush_snapshots(&self) {
+        self.snapshots.flush().await;
     }
 
     /// Replaces the read cache with an empty one of `bytes` (0 disables caching).
@@ -215,6 +233,7 @@ impl Dal {
     pub fn state_stats(&self) -> StateStats {
         StateStats {
             joins: self.joins.stats(),
+            snapshots: self.snapshots.stats(),
             ..self.states.stats()
         }
     }
@@ -222,6 +241,7 @@ impl Dal {
     /// Replaces the builders; the maintained folds and joins (built by the old ones) start
     /// empty.
     pub fn with_builders(mut self, builders: Builders) -> Self {
+        self.fingerprint = builders.fingerprint();
         self.builders = builders;
         self.states = Arc::new(StateCache::new(self.states.stats().capacity_bytes));
         self.joins = Arc::new(JoinCache::new(self.joins.capacity()));
@@ -292,7 +312,8 @@ impl Dal {
     }
 
     /// A record's state as of `as_of_us`: its maintained fold extended by the updates since
-    /// (see [`crate::state`]), or its history up to `as_of_us` folded.
+    /// (see [`crate::state`]), else its nearest snapshot before the time folded on (see
+    /// [`crate::snapshot`]), else its history up to `as_of_us` folded.
     pub async fn record(&self, model: &str, record_id: &str, as_of_us: Micros) -> Result<RecordAt> {
         let kept = self.states.get(model, record_id);
         let mut stale = false;
@@ -305,12 +326,9 @@ impl Dal {
                 let fold = if after.entries.is_empty() {
                     kept.clone()
                 } else {
-                    let records = self.fetch(&after.entries).await?;
                     let mut fold = Folded::clone(kept);
-                    fold.state = records
-                        .iter()
-                        .try_fold(fold.state.take(), |st, rec| self.builders.apply(st, rec))?;
-                    fold.absorb_entries(&after.entries);
+                    self.fold_on(model, record_id, &mut fold, &after.entries, None)
+                        .await?;
                     let fold = Arc::new(fold);
                     self.states.put(model, record_id, fold.clone(), false);
                     fold
@@ -320,13 +338,47 @@ impl Dal {
             }
             stale = true;
         }
-        let history = self.history(model, record_id, as_of_us).await?;
-        let mut fold = Folded {
-            state: self.builders.fold(history.iter().map(|u| &*u.record))?,
-            ..Folded::default()
+        let mut unusable = None;
+        let entries = if self.snapshots.every() > 0 {
+            let from = self
+                .catalog
+                .record_updates_from_snapshot(model, record_id, as_of_us)
+                .await?;
+            match from.snapshot {
+                // No snapshot: the updates after "it" are the history up to the time.
+                None => from.after.entries,
+                Some(snap) => {
+                    let usable = snap.fold == self.fingerprint && from.after.at_or_before == snap.n;
+                    match usable.then(|| crate::snapshot::decode(&snap)) {
+                        Some(Ok(mut fold)) => {
+                            self.fold_on(model, record_id, &mut fold, &from.after.entries, None)
+                                .await?;
+                            self.snapshots.count_read();
+                            self.states
+                                .count(ReadPath::Snapshot, from.after.entries.len());
+                            return Ok(self.keep(model, record_id, as_of_us, fold, stale));
+                        }
+                        Some(Err(e)) => {
+                            // Derived data: fold the history and replace it.
+                            tracing::warn!(error = %e, "an unreadable snapshot is replaced");
+                        }
+                        None => {}
+                    }
+                    self.snapshots.count_stale();
+                    unusable = Some((snap.event_time_us, snap.source, snap.position));
+                    self.catalog
+                        .record_updates(model, record_id, as_of_us)
+                        .await?
+                }
+            }
+        } else {
+            self.catalog
+                .record_updates(model, record_id, as_of_us)
+                .await?
         };
-        let entries: Vec<IndexEntry> = history.into_iter().map(|u| u.entry).collect();
-        fold.absorb_entries(&entries);
+        let mut fold = Folded::default();
+        self.fold_on(model, record_id, &mut fold, &entries, unusable)
+            .await?;
         self.states.count(
             if stale {
                 ReadPath::Stale
@@ -335,12 +387,80 @@ impl Dal {
             },
             entries.len(),
         );
+        Ok(self.keep(model, record_id, as_of_us, fold, stale))
+    }
+
+    /// A fold read from the catalog (not extended from a kept one) as the record's state,
+    /// kept if it is long enough.
+    fn keep(
+        &self,
+        model: &str,
+        record_id: &str,
+        as_of_us: Micros,
+        fold: Folded,
+        replacing_stale: bool,
+    ) -> RecordAt {
         if !self.states.keeps(fold.n) {
-            return Ok(RecordAt::from_fold(model, record_id, as_of_us, fold));
+            return RecordAt::from_fold(model, record_id, as_of_us, fold);
         }
         let at = RecordAt::of(model, record_id, as_of_us, &fold);
-        self.states.put(model, record_id, Arc::new(fold), stale);
-        Ok(at)
+        self.states
+            .put(model, record_id, Arc::new(fold), replacing_stale);
+        at
+    }
+
+    /// Folds the updates `entries` (which follow those `fold` holds) into it, and writes
+    /// the snapshots due on the way (one each time `every` updates passed since the last),
+    /// first clearing the record's snapshots up to `clear` (found unusable).
+    async fn fold_on(
+        &self,
+        model: &str,
+        record_id: &str,
+        fold: &mut Folded,
+        entries: &[IndexEntry],
+        clear: Option<(Micros, String, String)>,
+    ) -> Result<()> {
+        let records = self.fetch(entries).await?;
+        let every = self.snapshots.every();
+        let mut due = Vec::new();
+        let mut done = 0;
+        while done < entries.len() {
+            // Up to the next snapshot, or to the end.
+            let take = if every == 0 {
+                entries.len() - done
+            } else {
+                let to_next = (fold.snap_n + every).saturating_sub(fold.n).max(1);
+                usize::try_from(to_next)
+                    .map_or(entries.len() - done, |t| t.min(entries.len() - done))
+            };
+            let chunk = done..done + take;
+            fold.state = records[chunk.clone()]
+                .iter()
+                .try_fold(fold.state.take(), |st, rec| self.builders.apply(st, rec))?;
+            fold.absorb_entries(&entries[chunk]);
+            done += take;
+            if every > 0 && fold.n >= fold.snap_n + every {
+                due.push(crate::snapshot::encode(
+                    model,
+                    record_id,
+                    fold,
+                    self.fingerprint,
+                ));
+                fold.snap_n = fold.n;
+            }
+        }
+        if !due.is_empty() || clear.is_some() {
+            self.snapshots.write(
+                &self.catalog,
+                crate::update::SnapshotWrite {
+                    model: model.to_owned(),
+                    record_id: record_id.to_owned(),
+                    clear_up_to: clear,
+                    snapshots: due,
+                },
+            );
+        }
+        Ok(())
     }
 
     /// A view (by definition) of the record `subject_id` as of `as_of_us`, as a dynamic

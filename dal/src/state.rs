@@ -92,6 +92,9 @@ pub struct Folded {
     /// References after them: each the value carried by the latest update that carried
     /// that name since the record was last created.
     pub refs: BTreeMap<String, String>,
+    /// The `n` of the last snapshot stored (or found) on the way to this fold, 0 if none:
+    /// the next is due [`crate::snapshot::Snapshots::every`] updates after it.
+    pub snap_n: u64,
 }
 
 /// The identity and order key of the last update folded.
@@ -381,8 +384,8 @@ pub struct JoinStats {
 pub struct StateStats {
     /// Reads served from a maintained fold, extended by the updates since.
     pub extended: u64,
-    /// Reads that folded the record's history up to the time: nothing maintained, or the
-    /// maintained fold was newer than the time asked.
+    /// Reads that folded the record's history up to the time: nothing maintained or
+    /// persisted usable (a fold newer than the time asked, no snapshot before it).
     pub folded: u64,
     /// Of those, reads whose maintained fold was stale (an update had arrived late,
     /// before its last update).
@@ -394,6 +397,8 @@ pub struct StateStats {
     pub capacity_bytes: u64,
     /// How join reads went.
     pub joins: JoinStats,
+    /// How snapshots went (reads that started from one, writes).
+    pub snapshots: crate::snapshot::SnapshotStats,
 }
 
 /// A concurrent, byte-bounded map of maintained record folds. See the module
@@ -421,6 +426,9 @@ impl std::fmt::Debug for StateCache {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadPath {
     Extended,
+    /// Folded on from a snapshot ([`crate::snapshot`]): counted in its own stats, here
+    /// only the updates folded.
+    Snapshot,
     Folded,
     Stale,
 }
@@ -487,11 +495,14 @@ impl StateCache {
     /// runner publishes [`StateCache::stats`] as metrics on its own tick, off this path.)
     pub fn count(&self, path: ReadPath, updates: usize) {
         let counter = match path {
-            ReadPath::Extended => &self.extended,
-            ReadPath::Folded => &self.folded,
-            ReadPath::Stale => &self.stale,
+            ReadPath::Extended => Some(&self.extended),
+            ReadPath::Snapshot => None,
+            ReadPath::Folded => Some(&self.folded),
+            ReadPath::Stale => Some(&self.stale),
         };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         if path == ReadPath::Stale {
             self.folded.fetch_add(1, Ordering::Relaxed);
         }
@@ -509,6 +520,7 @@ impl StateCache {
             bytes: self.inner.as_ref().map_or(0, |c| c.weight()),
             capacity_bytes: self.capacity,
             joins: JoinStats::default(),
+            snapshots: Default::default(),
         }
     }
 }

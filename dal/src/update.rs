@@ -96,6 +96,58 @@ pub struct UpdatesAfter {
     pub at_or_before: u64,
 }
 
+/// A record's fold persisted beside its history (a *snapshot*): the state after its first
+/// `n` updates in time-travel order, the last of which is `(event_time_us, source,
+/// position)`. Derived data, like a cache: the DAL writes it when it has folded that far,
+/// validates it on every use (the record must still have exactly `n` updates at or before
+/// that point) and folds on from it. The catalog stores `body` as given. See
+/// [`crate::catalog::SnapshotStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub model: String,
+    pub record_id: String,
+    pub event_time_us: Micros,
+    pub source: String,
+    pub position: String,
+    /// Updates folded, the last one included.
+    pub n: u64,
+    /// What folded it (the DAL's builders' fingerprint): a snapshot made by other builders
+    /// is not used.
+    pub fold: u64,
+    /// The folded state, encoded by the DAL.
+    pub body: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Its place in time-travel order: that of its last update.
+    pub fn order_key(&self) -> (Micros, &str, &str) {
+        (self.event_time_us, &self.source, &self.position)
+    }
+}
+
+/// What [`crate::catalog::SnapshotStore::record_updates_from_snapshot`] returns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FromSnapshot {
+    /// The record's snapshot ordered last at or before the time, if any.
+    pub snapshot: Option<Snapshot>,
+    /// The record's updates after it (all of them when there is none) up to the time, and
+    /// how many are ordered at or before it.
+    pub after: UpdatesAfter,
+}
+
+/// Snapshots of one record to store ([`crate::catalog::SnapshotStore::put_snapshots`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotWrite {
+    pub model: String,
+    pub record_id: String,
+    /// First delete the record's stored snapshots ordered at or before this point (an
+    /// order key: event time, source, position): those a read found unusable (an update
+    /// arrived late before them, or other builders folded them).
+    pub clear_up_to: Option<(Micros, String, String)>,
+    /// In time-travel order.
+    pub snapshots: Vec<Snapshot>,
+}
+
 /// One update of a record that ever referenced a `(name, value)`: what
 /// [`crate::catalog::UpdateIndex::ref_updates_after`] lists.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -74,7 +74,7 @@ async fn a_schema_at_migration_1_is_migrated_forward() {
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "DROP TABLE \"{schema}\".incidents, \"{schema}\".meta_kv; \
+            "DROP TABLE \"{schema}\".incidents, \"{schema}\".meta_kv, \"{schema}\".snapshots; \
              DELETE FROM \"{schema}\".schema_migrations WHERE version >= 2;"
         ))
         .await
@@ -106,7 +106,8 @@ async fn a_schema_at_migration_1_is_migrated_forward() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2]);
+    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(cat.snapshots("m", "r").await.unwrap(), vec![]);
 }
 
 fn entry(i: usize, seq: u64) -> IndexEntry {

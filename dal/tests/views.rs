@@ -495,7 +495,7 @@ async fn cache_and_coalescing() {
     f.write(changes).await;
 
     // Without maintained states, every read fetches and folds the whole history.
-    let dal = f.dal().with_state_bytes(0);
+    let dal = f.dal().with_state_bytes(0).with_snapshot_every(0);
     let v = dal.view::<Toy>("x", i64::MAX).await.unwrap().unwrap();
     assert_eq!(v.view.r#type, "t999");
     assert_eq!(v.evidence.len(), 1, "the newest update names the version");
@@ -899,7 +899,9 @@ proptest! {
     /// history agree on every record read (state, references, count, newest update) and
     /// every view. Steps are written in arrival order, so a late one can make a fold
     /// stale or the history invalid (an update before the insert): both DALs must say
-    /// the same then too.
+    /// the same then too. A third DAL keeps nothing in memory and reads from snapshots
+    /// (one every 2 updates, so late updates make some stale), and the maintained one
+    /// writes snapshots too.
     #[test]
     fn maintained_state_equals_full_fold(
         writes in proptest::collection::vec(
@@ -914,8 +916,14 @@ proptest! {
             let mut f = Fixture::new();
             let ids = ["a", "b"];
             // Folds of any length kept, so short histories exercise the maintained path.
-            let maintained = f.dal().with_state_cache(StateCache::new(1 << 20).keeping_from(1));
-            let full = f.dal().with_state_bytes(0);
+            let maintained = f
+                .dal()
+                .with_state_cache(StateCache::new(1 << 20).keeping_from(1))
+                .with_snapshot_every(3);
+            // Nothing kept in memory: every read starts from the nearest snapshot (one
+            // every 2 updates), or folds the history when it is unusable.
+            let snapshotted = f.dal().with_state_bytes(0).with_snapshot_every(2);
+            let full = f.dal().with_state_bytes(0).with_snapshot_every(0);
             let mut t: Micros = 10;
             let mut newest: Micros = 10;
             let mut pending = Vec::new();
@@ -933,23 +941,36 @@ proptest! {
                     for (r, back) in reads.iter().skip(i % 7).take(4) {
                         let (id, at) = (ids[*r], newest + back);
                         for probe in [at, i64::MAX] {
+                            let expected = read_outcome(full.record("toys", id, probe).await);
                             prop_assert_eq!(
                                 read_outcome(maintained.record("toys", id, probe).await),
-                                read_outcome(full.record("toys", id, probe).await),
+                                expected.clone(),
                                 "record {} as of {}", id, probe
                             );
+                            prop_assert_eq!(
+                                read_outcome(snapshotted.record("toys", id, probe).await),
+                                expected,
+                                "record {} as of {} from snapshots", id, probe
+                            );
+                            // Its snapshots written before the next read.
+                            snapshotted.flush_snapshots().await;
                             let view = |d: &Dal| {
                                 let d = d.clone();
                                 async move {
                                     format!("{:?}", d.view::<Toy>(id, probe).await.map(|v| v.map(|v| (v.view, v.evidence))).map_err(|e| e.to_string()))
                                 }
                             };
-                            prop_assert_eq!(view(&maintained).await, view(&full).await);
+                            let expected = view(&full).await;
+                            prop_assert_eq!(view(&maintained).await, expected.clone());
+                            prop_assert_eq!(view(&snapshotted).await, expected);
+                            maintained.flush_snapshots().await;
                         }
                     }
                 }
             }
             let s = maintained.state_stats();
+            prop_assert!(s.updates_folded <= full.state_stats().updates_folded, "{s:?}");
+            let s = snapshotted.state_stats();
             prop_assert!(s.updates_folded <= full.state_stats().updates_folded, "{s:?}");
             Ok(())
         })?;
@@ -1007,7 +1028,7 @@ proptest! {
             .await;
             // Joins of any size kept, so these small ones exercise the kept path.
             let maintained = f.dal().with_join_cache(JoinCache::new(1 << 20).keeping_from(0));
-            let full = f.dal().with_state_bytes(0);
+            let full = f.dal().with_state_bytes(0).with_snapshot_every(0);
             let (mut t, mut newest): (Micros, Micros) = (10, 10);
             let mut pending = Vec::new();
             for (i, (member, dt, s)) in writes.iter().enumerate() {
@@ -1090,7 +1111,7 @@ async fn a_kept_join_reads_only_changed_members() {
     }
     f.write(changes).await;
     let dal = f.dal();
-    let full = f.dal().with_state_bytes(0);
+    let full = f.dal().with_state_bytes(0).with_snapshot_every(0);
     let view = |d: &Dal, t: Micros| {
         let d = d.clone();
         async move {
@@ -1130,4 +1151,131 @@ async fn a_kept_join_reads_only_changed_members() {
         "one member read again: {j:?}"
     );
     assert_eq!(j.entries, 1);
+}
+
+// ---- Snapshots ----
+
+/// A 1,000-update record: the first read folds it all and writes a snapshot every 128
+/// updates; a new DAL (a restarted runner, `overseer view`) folds only the updates since
+/// the nearest one, as of now and as of an older time; an update that arrives late before
+/// the snapshots makes them stale, which a read notices (the count), answers from the
+/// history and repairs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_record_reads_from_its_snapshots() {
+    let mut f = Fixture::new();
+    let t0: Micros = 1_000_000;
+    let mut changes = vec![insert(
+        "toys",
+        "x",
+        t0,
+        json!({"_id": "x", "type": "kite", "color": "c0"}),
+    )];
+    for i in 1..1000 {
+        changes.push(update(
+            "toys",
+            "x",
+            t0 + i * 10,
+            json!({"color": format!("c{i}")}),
+        ));
+    }
+    while !changes.is_empty() {
+        let rest = changes.split_off(changes.len().min(100));
+        f.write(std::mem::replace(&mut changes, rest)).await;
+    }
+    // Nothing kept in memory: each read shows what a fresh process does.
+    let base = f.dal().with_state_bytes(0);
+    let dal = || base.clone().with_state_bytes(0).with_snapshot_every(128);
+    let full = f.dal().with_state_bytes(0).with_snapshot_every(0);
+    let now = t0 + 10_000;
+    let mid = t0 + 5_004; // the 501st update
+
+    let first = dal();
+    let want_now = read_outcome(full.record("toys", "x", now).await);
+    assert_eq!(read_outcome(first.record("toys", "x", now).await), want_now);
+    first.flush_snapshots().await;
+    let s = first.state_stats();
+    assert_eq!(
+        (s.folded, s.updates_folded, s.snapshots.written),
+        (1, 1000, 7),
+        "{s:?}"
+    );
+    let stored = f.catalog.snapshots("toys", "x").await.unwrap();
+    let ns: Vec<u64> = stored.iter().map(|s| s.n).collect();
+    assert_eq!(ns, [128, 256, 384, 512, 640, 768, 896]);
+
+    let cold = dal();
+    assert_eq!(read_outcome(cold.record("toys", "x", now).await), want_now);
+    assert_eq!(
+        read_outcome(cold.record("toys", "x", mid).await),
+        read_outcome(full.record("toys", "x", mid).await)
+    );
+    let v = cold.view::<Toy>("x", mid).await.unwrap().unwrap();
+    assert_eq!(v.view.color, "c500");
+    let s = cold.state_stats();
+    assert_eq!(s.snapshots.read, 3, "{s:?}");
+    assert_eq!(s.folded, 0, "{s:?}");
+    assert_eq!(
+        s.updates_folded,
+        (1000 - 896) + 2 * (501 - 384),
+        "from the nearest snapshots: {s:?}"
+    );
+
+    // An update arriving late, before every snapshot.
+    f.write(vec![update(
+        "toys",
+        "x",
+        t0 + 5,
+        json!({"type": "late kite"}),
+    )])
+    .await;
+    let want_now = read_outcome(full.record("toys", "x", now).await);
+    assert!(want_now.contains("late kite"), "{want_now}");
+    let after_late = dal();
+    assert_eq!(
+        read_outcome(after_late.record("toys", "x", now).await),
+        want_now
+    );
+    after_late.flush_snapshots().await;
+    let s = after_late.state_stats();
+    assert_eq!(
+        (s.snapshots.stale, s.folded, s.updates_folded),
+        (1, 1, 1001),
+        "{s:?}"
+    );
+    // Replaced: every snapshot up to the stale one, written again at the new boundaries.
+    let stored = f.catalog.snapshots("toys", "x").await.unwrap();
+    assert_eq!(stored.len(), 7);
+    // The 896th update is now the one that was 895th (i = 894).
+    assert_eq!(stored.last().unwrap().event_time_us, t0 + 894 * 10);
+    let repaired = dal();
+    assert_eq!(
+        read_outcome(repaired.record("toys", "x", now).await),
+        want_now
+    );
+    assert_eq!(
+        read_outcome(repaired.record("toys", "x", mid).await),
+        read_outcome(full.record("toys", "x", mid).await)
+    );
+    let s = repaired.state_stats();
+    assert_eq!(
+        (s.snapshots.read, s.snapshots.stale, s.folded),
+        (2, 0, 0),
+        "{s:?}"
+    );
+
+    // A snapshot that does not decode is replaced too, never an error.
+    let mut bad = stored.last().unwrap().clone();
+    bad.body = b"not a fold".to_vec();
+    f.catalog
+        .put_snapshots(&[overseer_dal::update::SnapshotWrite {
+            model: "toys".into(),
+            record_id: "x".into(),
+            clear_up_to: None,
+            snapshots: vec![bad],
+        }])
+        .await
+        .unwrap();
+    let d = dal();
+    assert_eq!(read_outcome(d.record("toys", "x", now).await), want_now);
+    assert_eq!(d.state_stats().snapshots.stale, 1);
 }

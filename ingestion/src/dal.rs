@@ -22,7 +22,8 @@ pub async fn open_dal(cfg: &Config) -> Result<Dal> {
         .with_builders(builders)
         .with_views(views)
         .with_cache_bytes(cfg.dal.cache_bytes())
-        .with_state_bytes(cfg.dal.state_bytes()))
+        .with_state_bytes(cfg.dal.state_bytes())
+        .with_snapshot_every(cfg.dal.snapshot_every))
 }
 
 /// The DAL over already opened storage (one process running ingestion and checks shares
@@ -32,7 +33,8 @@ pub fn dal_over(cfg: &Config, storage: &crate::pipeline::Storage) -> Result<Dal>
         .with_builders(crate::format::builders(cfg)?)
         .with_views(views(&cfg.dal)?)
         .with_cache_bytes(cfg.dal.cache_bytes())
-        .with_state_bytes(cfg.dal.state_bytes()))
+        .with_state_bytes(cfg.dal.state_bytes())
+        .with_snapshot_every(cfg.dal.snapshot_every))
 }
 
 /// The built-in views plus those of every `[dal] view_descriptor_sets` file; an error names

@@ -40,11 +40,16 @@ pub fn watermark_age(source: &str, age_us: Micros) {
 pub fn dal_states(s: &overseer_dal::state::StateStats) {
     for (path, n) in [
         ("maintained", s.extended),
+        ("snapshot", s.snapshots.read),
         ("history", s.folded.saturating_sub(s.stale)),
         ("history_stale", s.stale),
     ] {
         metrics::counter!("overseer_dal_record_reads_total", "path" => path).absolute(n);
     }
+    let sn = &s.snapshots;
+    metrics::counter!("overseer_dal_snapshots_written_total").absolute(sn.written);
+    metrics::counter!("overseer_dal_snapshots_stale_total").absolute(sn.stale);
+    metrics::counter!("overseer_dal_snapshots_dropped_total").absolute(sn.dropped);
     metrics::counter!("overseer_dal_updates_folded_total").absolute(s.updates_folded);
     metrics::gauge!("overseer_dal_state_bytes").set(s.bytes as f64);
     metrics::gauge!("overseer_dal_state_entries").set(s.entries as f64);

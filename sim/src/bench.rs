@@ -127,6 +127,9 @@ pub struct Args {
     /// the record's history, as before they existed).
     #[arg(long, default_value_t = overseer_dal::state::DEFAULT_STATE_BYTES >> 20)]
     state_mib: u64,
+    /// A snapshot every this many updates of a record (`[dal] snapshot_every`; 0: none).
+    #[arg(long, default_value_t = overseer_dal::snapshot::DEFAULT_SNAPSHOT_EVERY)]
+    snapshot_every: u64,
     /// Also write the results as one JSON document to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -250,8 +253,10 @@ struct Measured {
 /// How the runner's record and join reads went (see `overseer_dal::state`).
 #[derive(Clone, Debug, Default, Serialize)]
 struct Reads {
-    /// Record reads from a maintained fold / by folding the history (of those, stale).
+    /// Record reads from a maintained fold / from a snapshot / by folding the history (of
+    /// those, stale).
     records_maintained: u64,
+    records_from_snapshot: u64,
     records_folded: u64,
     records_stale: u64,
     updates_folded: u64,
@@ -261,12 +266,15 @@ struct Reads {
     joins_stale: u64,
     /// Member records read by join reads.
     join_members_read: u64,
+    /// Snapshots written.
+    snapshots_written: u64,
 }
 
 impl Reads {
     fn of(s: &overseer_dal::state::StateStats) -> Self {
         Reads {
             records_maintained: s.extended,
+            records_from_snapshot: s.snapshots.read,
             records_folded: s.folded,
             records_stale: s.stale,
             updates_folded: s.updates_folded,
@@ -274,6 +282,7 @@ impl Reads {
             joins_read_all: s.joins.built,
             joins_stale: s.joins.stale,
             join_members_read: s.joins.members_read,
+            snapshots_written: s.snapshots.written,
         }
     }
 }
@@ -314,6 +323,7 @@ struct Env<'a> {
     /// Names each real-mode run (topics, schema, prefix, groups).
     runs: std::cell::Cell<u32>,
     state_mib: u64,
+    snapshot_every: u64,
 }
 
 pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
@@ -351,6 +361,7 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
         stack: stack.as_ref(),
         runs: std::cell::Cell::new(0),
         state_mib: args.state_mib,
+        snapshot_every: args.snapshot_every,
     };
     let per_transfer = updates_per_transfer(&args)?;
     let mut results = Results {
@@ -548,6 +559,7 @@ async fn measure(
     };
     let mut cfg = cfg;
     cfg.ingestion.dal.state_mib = env.state_mib;
+    cfg.ingestion.dal.snapshot_every = env.snapshot_every;
     let storage = Storage::open(&cfg).await?;
     if !storage.catalog.source_states().await?.is_empty() {
         bail!("{} already holds data: use an empty --dir", dir.display());
@@ -848,12 +860,15 @@ fn print_measured(m: &Measured) {
     );
     let r = &m.reads;
     println!(
-        "  reads         records: {} from maintained folds, {} folded ({} stale), {} updates \
-         folded; joins: {} from kept members, {} read whole ({} stale), {} member reads",
+        "  reads         records: {} from maintained folds, {} from snapshots, {} folded ({} \
+         stale), {} updates folded, {} snapshots written; joins: {} from kept members, {} read \
+         whole ({} stale), {} member reads",
         r.records_maintained,
+        r.records_from_snapshot,
         r.records_folded,
         r.records_stale,
         r.updates_folded,
+        r.snapshots_written,
         r.joins_maintained,
         r.joins_read_all,
         r.joins_stale,

@@ -676,6 +676,182 @@ pub async fn catalog_suite(open: OpenCatalog) {
     updates_after_suite(&*cat, s5 + 200).await;
     ref_updates_suite(&*cat, s5 + 300).await;
     ref_updates_match_the_index(&*cat).await;
+    snapshot_suite(&*cat, s5 + 400).await;
+}
+
+/// [`SnapshotStore`](overseer_dal::catalog::SnapshotStore): the nearest snapshot at or
+/// before a time, the updates after it with the count that validates it, overwrites,
+/// clearing. Commits segments `seq`, `seq + 1`.
+async fn snapshot_suite(cat: &dyn Catalog, seq: u64) {
+    use overseer_dal::update::{Snapshot, SnapshotWrite};
+    let (src, model, id) = ("snap\0src/ü", "m/snap", "r \0ü'");
+    let e = |pos: &str, t: i64, seq: u64| entry(src, pos, model, id, t, seq, &[]);
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq),
+        entries: vec![
+            e("1", 100, seq),
+            e("2", 200, seq),
+            e("3", 300, seq),
+            e("4", 400, seq),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Another record whose id extends this one's, and one in another model.
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq + 1),
+        entries: vec![
+            entry(src, "x1", model, &format!("{id}x"), 250, seq + 1, &[]),
+            entry(src, "x2", "m/snaq", id, 250, seq + 1, &[]),
+        ],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let snap = |model: &str, id: &str, t: i64, pos: &str, n: u64, body: &[u8]| Snapshot {
+        model: model.into(),
+        record_id: id.into(),
+        event_time_us: t,
+        source: src.into(),
+        position: pos.into(),
+        n,
+        fold: u64::MAX - n,
+        body: body.to_vec(),
+    };
+    let write = |snaps: Vec<Snapshot>, clear: Option<(i64, &str)>| SnapshotWrite {
+        model: snaps.first().map_or(model, |s| &s.model).to_owned(),
+        record_id: snaps.first().map_or(id, |s| &s.record_id).to_owned(),
+        clear_up_to: clear.map(|(t, p)| (t, src.to_owned(), p.to_owned())),
+        snapshots: snaps,
+    };
+    let positions = |v: Vec<Snapshot>| v.into_iter().map(|s| (s.position, s.n)).collect::<Vec<_>>();
+
+    // None yet: the whole history, counted from nothing.
+    assert_eq!(
+        cat.snapshot_at_or_before(model, id, i64::MAX)
+            .await
+            .unwrap(),
+        None
+    );
+    let from = cat
+        .record_updates_from_snapshot(model, id, 350)
+        .await
+        .unwrap();
+    assert_eq!(from.snapshot, None);
+    let pos: Vec<_> = from
+        .after
+        .entries
+        .iter()
+        .map(|e| e.position.as_str())
+        .collect();
+    assert_eq!((pos, from.after.at_or_before), (vec!["1", "2", "3"], 0));
+
+    let big = vec![0xa5u8; 100 << 10];
+    cat.put_snapshots(&[
+        write(
+            vec![
+                snap(model, id, 200, "2", 2, b"two"),
+                snap(model, id, 400, "4", 4, &big),
+            ],
+            None,
+        ),
+        write(
+            vec![snap(model, &format!("{id}x"), 250, "x1", 1, b"other id")],
+            None,
+        ),
+        write(vec![snap("m/snaq", id, 250, "x2", 1, b"other model")], None),
+    ])
+    .await
+    .unwrap();
+    let at = |t: i64| cat.snapshot_at_or_before(model, id, t);
+    assert_eq!(at(199).await.unwrap(), None, "none at or before 199");
+    assert_eq!(
+        at(200).await.unwrap(),
+        Some(snap(model, id, 200, "2", 2, b"two"))
+    );
+    assert_eq!(
+        at(399).await.unwrap().unwrap().position,
+        "2",
+        "the nearest before"
+    );
+    assert_eq!(
+        at(i64::MAX).await.unwrap(),
+        Some(snap(model, id, 400, "4", 4, &big)),
+        "a 100 KiB body and a fingerprint past i64::MAX round-trip"
+    );
+    let from = cat
+        .record_updates_from_snapshot(model, id, 350)
+        .await
+        .unwrap();
+    assert_eq!(from.snapshot.as_ref().map(|s| s.n), Some(2));
+    let pos: Vec<_> = from
+        .after
+        .entries
+        .iter()
+        .map(|e| e.position.as_str())
+        .collect();
+    assert_eq!(
+        (pos, from.after.at_or_before),
+        (vec!["3"], 2),
+        "valid: 2 at or before it"
+    );
+    assert_eq!(
+        positions(cat.snapshots(model, id).await.unwrap()),
+        [("2".into(), 2), ("4".into(), 4)]
+    );
+
+    // Overwrite: the last write of a key wins, also twice in one call.
+    cat.put_snapshots(&[
+        write(vec![snap(model, id, 200, "2", 2, b"first")], None),
+        write(vec![snap(model, id, 200, "2", 2, b"second")], None),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(at(300).await.unwrap().unwrap().body, b"second");
+
+    // An update arriving late before a snapshot: the count says it is stale; a fold of the
+    // history replaces it, clearing up to it.
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq + 1),
+        entries: vec![e("late", 150, seq + 1)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let from = cat
+        .record_updates_from_snapshot(model, id, 350)
+        .await
+        .unwrap();
+    assert_eq!(
+        (from.snapshot.map(|s| s.n), from.after.at_or_before),
+        (Some(2), 3),
+        "stale: 3 updates at or before a snapshot of 2"
+    );
+    cat.put_snapshots(&[write(
+        vec![snap(model, id, 300, "3", 4, b"refolded")],
+        Some((200, "2")),
+    )])
+    .await
+    .unwrap();
+    assert_eq!(
+        positions(cat.snapshots(model, id).await.unwrap()),
+        [("3".into(), 4), ("4".into(), 4)]
+    );
+    // Clearing alone.
+    cat.put_snapshots(&[write(vec![], Some((400, "4")))])
+        .await
+        .unwrap();
+    assert_eq!(cat.snapshots(model, id).await.unwrap(), vec![]);
+    assert_eq!(
+        positions(cat.snapshots(model, &format!("{id}x")).await.unwrap()),
+        [("x1".into(), 1)],
+        "other records untouched"
+    );
+    assert_eq!(
+        positions(cat.snapshots("m/snaq", id).await.unwrap()),
+        [("x2".into(), 1)]
+    );
 }
 
 /// [`UpdateIndex::ref_updates_after`]: every update of every record that ever referenced a

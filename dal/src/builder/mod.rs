@@ -135,6 +135,10 @@ impl BuildError {
     }
 }
 
+/// The version of what the builders do: bump it when a change to any builder folds some
+/// update differently, so snapshots folded before are not used ([`Builders::fingerprint`]).
+pub const FOLD_VERSION: u32 = 1;
+
 /// The builders of every format, with what some formats need per source: a
 /// [`ProtobufBuilder`] for each protobuf source. Cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -154,6 +158,42 @@ impl Builders {
     pub fn with_protobuf(mut self, source: impl Into<String>, b: ProtobufBuilder) -> Self {
         self.protobuf.insert(source.into(), Arc::new(b));
         self
+    }
+
+    /// What these builders fold, as a number: equal for builders that fold every update
+    /// to the same state (the same protobuf sources, message types, record fields and
+    /// descriptor files), different otherwise. Stored with each snapshot
+    /// ([`crate::update::Snapshot::fold`]) so a snapshot folded by other builders is not
+    /// used. Stable across processes and builds (SHA-256, not `Hash`); [`FOLD_VERSION`]
+    /// changes it when a builder's behaviour changes.
+    pub fn fingerprint(&self) -> u64 {
+        use prost::Message;
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        };
+        field(&FOLD_VERSION.to_le_bytes());
+        let mut sources: Vec<_> = self.protobuf.iter().collect();
+        sources.sort_unstable_by_key(|(name, _)| *name);
+        for (name, b) in sources {
+            field(name.as_bytes());
+            field(b.message().full_name().as_bytes());
+            let path: Vec<&str> = b
+                .record_field()
+                .map(|p| p.fields().iter().map(|f| f.name()).collect())
+                .unwrap_or_default();
+            field(path.join(".").as_bytes());
+            field(
+                &b.message()
+                    .parent_file()
+                    .file_descriptor_proto()
+                    .encode_to_vec(),
+            );
+        }
+        let d = h.finalize();
+        u64::from_le_bytes(d[..8].try_into().expect("a SHA-256 digest has 32 bytes"))
     }
 
     /// The protobuf builder of `source`, if one is registered.

@@ -18,6 +18,7 @@
 //! | `incidents_unsettled` | (check, subject) | () while `failing != notified_failing` |
 //! | `incidents_failing` | (check, subject) | () while `failing` |
 //! | `meta_kv` | key | value (runner cursors) |
+//! | `snapshots` | (model, record id, event time, source, position) | snapshot (n, fold, body) |
 //!
 //! Composite keys are redb tuples, which length-prefix every component but the last, so
 //! they are injective (`("a\0b", "c")` and `("a", "b\0c")` are different keys) and order
@@ -32,10 +33,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
+use super::{
+    Catalog, IncidentStore, MetaStore, SegmentLedger, SnapshotStore, SourceProgress, UpdateIndex,
+};
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdate, RefUpdatesAfter,
-    SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
+    CatalogDump, CommitBatch, FromSnapshot, Incident, IndexEntry, MasterDoc, Micros, RefUpdate,
+    RefUpdatesAfter, Snapshot, SnapshotWrite, SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
 
@@ -67,6 +70,10 @@ const INCIDENTS_UNSETTLED: TableDefinition<(Str, Str), ()> =
 const INCIDENTS_FAILING: TableDefinition<(Str, Str), ()> =
     TableDefinition::new("incidents_failing");
 const META_KV: TableDefinition<Str, &[u8]> = TableDefinition::new("meta_kv");
+/// (model, record id, event time, source, position) of its last update → the snapshot's
+/// n, fold and body ([`SnapshotStore`]).
+const SNAPSHOTS: TableDefinition<(Str, Str, i64, Str, Str), &[u8]> =
+    TableDefinition::new("snapshots");
 
 const NEXT_SEQ: &[u8] = b"next_segment_seq";
 const PENDING: u8 = 1;
@@ -139,6 +146,7 @@ impl EmbeddedCatalog {
             tx.open_table(REF_UPDATES).map_err(db_err)?;
             tx.open_table(REF_COUNTS).map_err(db_err)?;
             tx.open_table(REF_KEPT).map_err(db_err)?;
+            tx.open_table(SNAPSHOTS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(EmbeddedCatalog {
@@ -915,45 +923,7 @@ impl UpdateIndex for EmbeddedCatalog {
     ) -> Result<UpdatesAfter> {
         self.read(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
-            let updates = tx.open_table(UPDATES).map_err(db_err)?;
-            let masters = tx.open_table(MASTERS).map_err(db_err)?;
-            // The master's count is its first field: no need to decode its references.
-            let total = match masters
-                .get((model.as_bytes(), record_id.as_bytes()))
-                .map_err(db_err)?
-            {
-                Some(v) => Dec(v.value()).u64()?,
-                None => 0,
-            };
-            let (t0, s0, p0) = after;
-            let start = (
-                model.as_bytes(),
-                record_id.as_bytes(),
-                t0,
-                s0.as_bytes(),
-                p0.as_bytes(),
-            );
-            let mut later = 0u64;
-            let mut entries = Vec::new();
-            for row in idx.range(from_point(start, true)).map_err(db_err)? {
-                let (k, _) = row.map_err(db_err)?;
-                let (m, id, t, s, p) = k.value();
-                if m != model.as_bytes() || id != record_id.as_bytes() {
-                    break;
-                }
-                later += 1;
-                if t <= up_to_us {
-                    let v = updates.get((s, p)).map_err(db_err)?.ok_or_else(|| {
-                        Error::corrupt("embedded catalog", "index row without update")
-                    })?;
-                    entries.push(decode_entry(s, p, v.value())?);
-                }
-            }
-            Ok(UpdatesAfter {
-                entries,
-                at_or_before: total.saturating_sub(later),
-            })
+            updates_after(&tx, model, record_id, after, up_to_us)
         })
     }
 
@@ -1272,6 +1242,187 @@ impl MetaStore for EmbeddedCatalog {
             tx.commit().map_err(db_err)
         })
         .await
+    }
+}
+
+/// [`UpdateIndex::record_updates_after`] within a read transaction.
+fn updates_after(
+    tx: &redb::ReadTransaction,
+    model: &str,
+    record_id: &str,
+    after: (Micros, &str, &str),
+    up_to_us: Micros,
+) -> Result<UpdatesAfter> {
+    let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+    let updates = tx.open_table(UPDATES).map_err(db_err)?;
+    let masters = tx.open_table(MASTERS).map_err(db_err)?;
+    // The master's count is its first field: no need to decode its references.
+    let total = match masters
+        .get((model.as_bytes(), record_id.as_bytes()))
+        .map_err(db_err)?
+    {
+        Some(v) => Dec(v.value()).u64()?,
+        None => 0,
+    };
+    let (t0, s0, p0) = after;
+    let start = (
+        model.as_bytes(),
+        record_id.as_bytes(),
+        t0,
+        s0.as_bytes(),
+        p0.as_bytes(),
+    );
+    let mut later = 0u64;
+    let mut entries = Vec::new();
+    for row in idx.range(from_point(start, true)).map_err(db_err)? {
+        let (k, _) = row.map_err(db_err)?;
+        let (m, id, t, s, p) = k.value();
+        if m != model.as_bytes() || id != record_id.as_bytes() {
+            break;
+        }
+        later += 1;
+        if t <= up_to_us {
+            let v = updates
+                .get((s, p))
+                .map_err(db_err)?
+                .ok_or_else(|| Error::corrupt("embedded catalog", "index row without update"))?;
+            entries.push(decode_entry(s, p, v.value())?);
+        }
+    }
+    Ok(UpdatesAfter {
+        entries,
+        at_or_before: total.saturating_sub(later),
+    })
+}
+
+/// [`SnapshotStore::snapshot_at_or_before`] within a read transaction.
+fn snapshot_before(
+    tx: &redb::ReadTransaction,
+    model: &str,
+    record_id: &str,
+    up_to_us: Micros,
+) -> Result<Option<Snapshot>> {
+    let t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+    let (m, id) = (model.as_bytes(), record_id.as_bytes());
+    // Every key of the record at or before `up_to_us` sorts below (m, id, up_to + 1, "",
+    // ""): sources are never empty.
+    let start = (m, id, i64::MIN, EMPTY, EMPTY);
+    let end = (m, id, up_to_us.saturating_add(1), EMPTY, EMPTY);
+    let Some(row) = t.range(start..end).map_err(db_err)?.next_back() else {
+        return Ok(None);
+    };
+    let (k, v) = row.map_err(db_err)?;
+    decode_snapshot(k.value(), v.value()).map(Some)
+}
+
+/// A stored snapshot back from its key and value.
+fn decode_snapshot(
+    (model, id, t, s, p): (&[u8], &[u8], i64, &[u8], &[u8]),
+    v: &[u8],
+) -> Result<Snapshot> {
+    let mut d = Dec(v);
+    Ok(Snapshot {
+        model: text(model)?,
+        record_id: text(id)?,
+        event_time_us: t,
+        source: text(s)?,
+        position: text(p)?,
+        n: d.u64()?,
+        fold: d.u64()?,
+        body: d.0.to_vec(),
+    })
+}
+
+#[async_trait]
+impl SnapshotStore for EmbeddedCatalog {
+    async fn snapshot_at_or_before(
+        &self,
+        model: &str,
+        record_id: &str,
+        up_to_us: Micros,
+    ) -> Result<Option<Snapshot>> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            snapshot_before(&tx, model, record_id, up_to_us)
+        })
+    }
+
+    async fn record_updates_from_snapshot(
+        &self,
+        model: &str,
+        record_id: &str,
+        up_to_us: Micros,
+    ) -> Result<FromSnapshot> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let snapshot = snapshot_before(&tx, model, record_id, up_to_us)?;
+            let from = snapshot
+                .as_ref()
+                .map_or((Micros::MIN, "", ""), Snapshot::order_key);
+            let after = updates_after(&tx, model, record_id, from, up_to_us)?;
+            Ok(FromSnapshot { snapshot, after })
+        })
+    }
+
+    async fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<()> {
+        if writes
+            .iter()
+            .all(|w| w.snapshots.is_empty() && w.clear_up_to.is_none())
+        {
+            return Ok(());
+        }
+        let writes = writes.to_vec();
+        self.blocking(move |db| {
+            let mut tx = db.begin_write().map_err(db_err)?;
+            // Derived data: a crash may lose the last writes (readers fold the history
+            // instead); not worth an fsync on the read path.
+            tx.set_durability(redb::Durability::None).map_err(db_err)?;
+            {
+                let mut t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+                for w in &writes {
+                    let (m, id) = (w.model.as_bytes(), w.record_id.as_bytes());
+                    if let Some((time, src, pos)) = &w.clear_up_to {
+                        let start = (m, id, i64::MIN, EMPTY, EMPTY);
+                        let end = (m, id, *time, src.as_bytes(), pos.as_bytes());
+                        t.retain_in(start..=end, |_, _| false).map_err(db_err)?;
+                    }
+                    for snap in &w.snapshots {
+                        let mut v = Enc::default();
+                        v.u64(snap.n).u64(snap.fold);
+                        v.0.extend_from_slice(&snap.body);
+                        let key = (
+                            m,
+                            id,
+                            snap.event_time_us,
+                            snap.source.as_bytes(),
+                            snap.position.as_bytes(),
+                        );
+                        t.insert(key, v.0.as_slice()).map_err(db_err)?;
+                    }
+                }
+            }
+            tx.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn snapshots(&self, model: &str, record_id: &str) -> Result<Vec<Snapshot>> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+            let (m, id) = (model.as_bytes(), record_id.as_bytes());
+            let start = (m, id, i64::MIN, EMPTY, EMPTY);
+            let mut out = Vec::new();
+            for row in t.range(start..).map_err(db_err)? {
+                let (k, v) = row.map_err(db_err)?;
+                let key = k.value();
+                if key.0 != m || key.1 != id {
+                    break;
+                }
+                out.push(decode_snapshot(key, v.value())?);
+            }
+            Ok(out)
+        })
     }
 }
 

@@ -41,8 +41,8 @@ use async_trait::async_trait;
 
 use crate::Result;
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdatesAfter,
-    SourceState, UpdatesAfter,
+    CatalogDump, CommitBatch, FromSnapshot, Incident, IndexEntry, MasterDoc, Micros,
+    RefUpdatesAfter, Snapshot, SnapshotWrite, SourceState, UpdatesAfter,
 };
 
 #[cfg(feature = "embedded")]
@@ -189,6 +189,60 @@ pub trait UpdateIndex: Send + Sync + 'static {
     async fn dump(&self) -> Result<CatalogDump>;
 }
 
+/// Snapshots: records' folds persisted beside the history, so that reading a long-lived
+/// record as of a time folds at most the updates since the nearest snapshot before it, not
+/// its whole history — also in a process that never read the record before (a restarted or
+/// rebalanced runner, `overseer view`, a replay).
+///
+/// They are derived data, like a cache: written by readers (the DAL) as they fold, never by
+/// ingestion; not part of [`UpdateIndex::dump`]; rebuilt by reading (`overseer reindex`
+/// does so for every long record). Every use is validated against the index (see
+/// [`crate::state`]), so a snapshot made wrong by an update that arrived late, or by other
+/// builders, costs a fold of the history, never a wrong state. Writers may race: the last
+/// write of a key wins, and either is valid for what it says.
+#[async_trait]
+pub trait SnapshotStore: UpdateIndex {
+    /// The record's snapshot ordered last among those whose last update has a commit time
+    /// at or before `up_to_us`, if any.
+    async fn snapshot_at_or_before(
+        &self,
+        model: &str,
+        record_id: &str,
+        up_to_us: Micros,
+    ) -> Result<Option<Snapshot>>;
+
+    /// What reading a record as of `up_to_us` needs, from its nearest snapshot: the
+    /// snapshot [`SnapshotStore::snapshot_at_or_before`] gives, and
+    /// [`UpdateIndex::record_updates_after`] its last update (from the first update when
+    /// there is none: then `at_or_before` is 0). One call for a record with or without
+    /// snapshots; the embedded catalog answers from one consistent read. (A snapshot is
+    /// validated by the count either way, so two reads are correct too.)
+    async fn record_updates_from_snapshot(
+        &self,
+        model: &str,
+        record_id: &str,
+        up_to_us: Micros,
+    ) -> Result<FromSnapshot> {
+        let snapshot = self
+            .snapshot_at_or_before(model, record_id, up_to_us)
+            .await?;
+        let from = snapshot
+            .as_ref()
+            .map_or((Micros::MIN, "", ""), Snapshot::order_key);
+        let after = self
+            .record_updates_after(model, record_id, from, up_to_us)
+            .await?;
+        Ok(FromSnapshot { snapshot, after })
+    }
+
+    /// Stores snapshots (a key already stored is overwritten), each record's group after
+    /// deleting those its `clear_up_to` names. Not atomic.
+    async fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<()>;
+
+    /// Every snapshot of a record, in time-travel order (tests, `overseer history`).
+    async fn snapshots(&self, model: &str, record_id: &str) -> Result<Vec<Snapshot>>;
+}
+
 /// Per-source progress and freshness watermarks.
 #[async_trait]
 pub trait SourceProgress: Send + Sync + 'static {
@@ -230,11 +284,11 @@ pub trait MetaStore: Send + Sync + 'static {
     async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
 }
 
-/// The catalog seam: the five concerns above, each with its own conformance suite in
+/// The catalog seam: the six concerns above, each with its own conformance suite in
 /// `overseer_testkit::conformance`, in one backend. Components that need one concern can
 /// take just that trait (e.g. `&dyn IncidentStore`).
 pub trait Catalog:
-    SegmentLedger + UpdateIndex + SourceProgress + IncidentStore + MetaStore
+    SegmentLedger + UpdateIndex + SnapshotStore + SourceProgress + IncidentStore + MetaStore
 {
     /// A short human description for logs.
     fn describe(&self) -> String;
@@ -247,6 +301,7 @@ pub type DynCatalog = Arc<dyn Catalog>;
 /// `use overseer_dal::catalog::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex,
+        Catalog, IncidentStore, MetaStore, SegmentLedger, SnapshotStore, SourceProgress,
+        UpdateIndex,
     };
 }

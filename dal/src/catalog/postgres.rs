@@ -54,10 +54,12 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard, RwLock};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, IsolationLevel, NoTls, Row, Statement};
 
-use super::{Catalog, IncidentStore, MetaStore, SegmentLedger, SourceProgress, UpdateIndex};
+use super::{
+    Catalog, IncidentStore, MetaStore, SegmentLedger, SnapshotStore, SourceProgress, UpdateIndex,
+};
 use crate::update::{
     CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdate, RefUpdatesAfter,
-    SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
+    Snapshot, SnapshotWrite, SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
 
@@ -156,7 +158,28 @@ CREATE TABLE {s}.meta_kv (
 );
 "#,
     ),
+    (
+        3,
+        r#"
+-- Records' folds persisted beside the history (derived data, see SnapshotStore), keyed by
+-- the last update folded.
+CREATE TABLE {s}.snapshots (
+    model         BYTEA  NOT NULL,
+    record_id     BYTEA  NOT NULL,
+    event_time_us BIGINT NOT NULL,
+    source        BYTEA  NOT NULL,
+    position      BYTEA  NOT NULL,
+    n             BIGINT NOT NULL,
+    fold          BIGINT NOT NULL,
+    body          BYTEA  NOT NULL,
+    PRIMARY KEY (model, record_id, event_time_us, source, position)
+);
+"#,
+    ),
 ];
+
+/// Columns of a snapshot, in the order [`snapshot_from_row`] reads them.
+const SNAPSHOT_COLS: &str = "model, record_id, event_time_us, source, position, n, fold, body";
 
 /// Columns of an incident, in the order [`incident_from_row`] reads them.
 const INCIDENT_COLS: &str = "check_name, subject, failing, notified_failing, last_eval_us, \
@@ -205,10 +228,14 @@ enum Q {
     IncidentsFailing,
     MetaGet,
     MetaPut,
+    SnapshotBefore,
+    SnapshotsOf,
+    SnapshotClear,
+    SnapshotPut,
 }
 
 impl Q {
-    const ALL: [Q; 36] = [
+    const ALL: [Q; 40] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -245,10 +272,14 @@ impl Q {
         Q::IncidentsFailing,
         Q::MetaGet,
         Q::MetaPut,
+        Q::SnapshotBefore,
+        Q::SnapshotsOf,
+        Q::SnapshotClear,
+        Q::SnapshotPut,
     ];
 
-    /// The SQL, with `{s}` for the quoted schema, `{cols}` for [`ENTRY_COLS`] and `{icols}`
-    /// for [`INCIDENT_COLS`].
+    /// The SQL, with `{s}` for the quoted schema, `{cols}` for [`ENTRY_COLS`], `{icols}`
+    /// for [`INCIDENT_COLS`] and `{scols}` for [`SNAPSHOT_COLS`].
     fn template(self) -> &'static str {
         match self {
             // ON CONFLICT: a reindex may have committed a sequence number the sequence
@@ -416,6 +447,25 @@ impl Q {
                 "INSERT INTO {s}.meta_kv (name, value) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
             }
+            Q::SnapshotBefore => {
+                "SELECT {scols} FROM {s}.snapshots WHERE model = $1 AND record_id = $2 \
+                 AND event_time_us <= $3 \
+                 ORDER BY event_time_us DESC, source DESC, position DESC LIMIT 1"
+            }
+            Q::SnapshotsOf => {
+                "SELECT {scols} FROM {s}.snapshots WHERE model = $1 AND record_id = $2 \
+                 ORDER BY event_time_us, source, position"
+            }
+            Q::SnapshotClear => {
+                "DELETE FROM {s}.snapshots WHERE model = $1 AND record_id = $2 \
+                 AND (event_time_us, source, position) <= ($3, $4, $5)"
+            }
+            Q::SnapshotPut => {
+                "INSERT INTO {s}.snapshots ({scols}) SELECT * FROM UNNEST($1::bytea[], \
+                 $2::bytea[], $3::int8[], $4::bytea[], $5::bytea[], $6::int8[], $7::int8[], \
+                 $8::bytea[]) ON CONFLICT (model, record_id, event_time_us, source, position) \
+                 DO UPDATE SET n = EXCLUDED.n, fold = EXCLUDED.fold, body = EXCLUDED.body"
+            }
         }
     }
 }
@@ -477,6 +527,7 @@ impl PgCatalog {
                 q.template()
                     .replace("{cols}", ENTRY_COLS)
                     .replace("{icols}", INCIDENT_COLS)
+                    .replace("{scols}", SNAPSHOT_COLS)
                     .replace("{s}", &quoted)
             })
             .collect();
@@ -1201,6 +1252,121 @@ impl MetaStore for PgCatalog {
             .map_err(pg_err("writing a meta value"))?;
         Ok(())
     }
+}
+
+#[async_trait]
+impl SnapshotStore for PgCatalog {
+    async fn snapshot_at_or_before(
+        &self,
+        model: &str,
+        record_id: &str,
+        up_to_us: Micros,
+    ) -> Result<Option<Snapshot>> {
+        let c = self.shared().await?;
+        let row = c
+            .client
+            .query_opt(
+                c.st(Q::SnapshotBefore),
+                &[&model.as_bytes(), &record_id.as_bytes(), &up_to_us],
+            )
+            .await
+            .map_err(pg_err("reading a snapshot"))?;
+        row.map(|r| snapshot_from_row(&r)).transpose()
+    }
+
+    async fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<()> {
+        let c = self.shared().await?;
+        // One row per key (an upsert may not touch a row twice); the last one given wins.
+        let mut rows: BTreeMap<(&str, &str, Micros, &str, &str), &Snapshot> = BTreeMap::new();
+        for w in writes {
+            if let Some((time, src, pos)) = &w.clear_up_to {
+                c.client
+                    .execute(
+                        c.st(Q::SnapshotClear),
+                        &[
+                            &w.model.as_bytes(),
+                            &w.record_id.as_bytes(),
+                            time,
+                            &src.as_bytes(),
+                            &pos.as_bytes(),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_err("replacing snapshots"))?;
+            }
+            for s in &w.snapshots {
+                rows.insert(
+                    (
+                        &w.model,
+                        &w.record_id,
+                        s.event_time_us,
+                        &s.source,
+                        &s.position,
+                    ),
+                    s,
+                );
+            }
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut cols: (Vec<&[u8]>, Vec<&[u8]>, Vec<i64>, Vec<&[u8]>, Vec<&[u8]>) =
+            Default::default();
+        let mut vals: (Vec<i64>, Vec<i64>, Vec<&[u8]>) = Default::default();
+        for ((m, id, t, src, pos), s) in &rows {
+            cols.0.push(m.as_bytes());
+            cols.1.push(id.as_bytes());
+            cols.2.push(*t);
+            cols.3.push(src.as_bytes());
+            cols.4.push(pos.as_bytes());
+            vals.0.push(i64::try_from(s.n).map_err(|_| {
+                Error::invalid("snapshot", format!("{} updates is past 2^63", s.n))
+            })?);
+            // The fingerprint's bits, as the column's type holds them.
+            vals.1.push(s.fold as i64);
+            vals.2.push(&s.body);
+        }
+        c.client
+            .execute(
+                c.st(Q::SnapshotPut),
+                &[
+                    &cols.0, &cols.1, &cols.2, &cols.3, &cols.4, &vals.0, &vals.1, &vals.2,
+                ],
+            )
+            .await
+            .map_err(pg_err("writing snapshots"))?;
+        Ok(())
+    }
+
+    async fn snapshots(&self, model: &str, record_id: &str) -> Result<Vec<Snapshot>> {
+        let c = self.shared().await?;
+        let rows = c
+            .client
+            .query(
+                c.st(Q::SnapshotsOf),
+                &[&model.as_bytes(), &record_id.as_bytes()],
+            )
+            .await
+            .map_err(pg_err("listing snapshots"))?;
+        rows.iter().map(snapshot_from_row).collect()
+    }
+}
+
+/// A snapshot from a row of [`SNAPSHOT_COLS`].
+fn snapshot_from_row(row: &Row) -> Result<Snapshot> {
+    let n: i64 = get(row, 5)?;
+    let fold: i64 = get(row, 6)?;
+    let body: &[u8] = get(row, 7)?;
+    Ok(Snapshot {
+        model: text(row, 0)?,
+        record_id: text(row, 1)?,
+        event_time_us: get(row, 2)?,
+        source: text(row, 3)?,
+        position: text(row, 4)?,
+        n: u64::try_from(n).map_err(|_| Error::corrupt("catalog snapshots", format!("n {n}")))?,
+        fold: fold as u64,
+        body: body.to_vec(),
+    })
 }
 
 impl Catalog for PgCatalog {
