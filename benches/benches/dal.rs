@@ -12,7 +12,14 @@
 //! change-stream events (resume token, cluster time, namespace: ~400 bytes each) and
 //! Debezium PostgreSQL rows.
 //!
+//! Then record `y` (1 insert, 99,999 updates) alone in 100 more segments: a long-lived
+//! record, read cold as of now and as of its middle.
+//!
 //! - *warm*: the DAL's read cache already holds every update the view reads.
+//! - *cold*: … from the record's snapshots ([`overseer_dal::snapshot`]: one every 128
+//!   updates, written by the first read); *cold_no_snapshots*: a DAL that reads none (it
+//!   folds the history up to the time, as before snapshots existed). The ratio of y's cases
+//!   is to x's raw-read floor.
 //! - *cold*: a fresh `Dal` (empty read cache) per iteration over the same catalog and store.
 //!   The OS page cache is warm (the files were just written and are read over and over):
 //!   cold means "no DAL cache", not "cold disk". Building the `Dal` is outside the timing
@@ -49,6 +56,9 @@ use overseer_protos::views::{Toy, TransferWithLedger};
 const OTHER_TOYS: usize = 20;
 /// Updates of `x`, its insert included.
 const X_UPDATES: usize = 1000;
+/// Updates of `y`, a record that lives long (written after the rest, alone in its
+/// segments): read cold as of now and as of its middle, from snapshots.
+const Y_UPDATES: usize = 100_000;
 /// Events per segment: a batch cut by count (or by `batch_max_ms` at ~50k events/s).
 const SEGMENT_EVENTS: usize = 1000;
 /// Ledger entries of the transfer `T1`.
@@ -154,6 +164,8 @@ struct Setup {
     now_us: Micros,
     /// The commit time of x's 500th update (the insert counts).
     mid_us: Micros,
+    /// The commit time of y's 50,000th update.
+    y_mid_us: Micros,
     segments: usize,
     events: usize,
     bytes: usize,
@@ -162,6 +174,11 @@ struct Setup {
 impl Setup {
     fn dal(&self) -> Dal {
         Dal::new(self.catalog.clone(), self.store.clone())
+    }
+
+    /// A DAL that reads no snapshots (every cold read folds the history), as before them.
+    fn dal_without_snapshots(&self) -> Dal {
+        self.dal().with_snapshot_every(0)
     }
 }
 
@@ -244,9 +261,50 @@ async fn setup() -> Setup {
         Arc::new(EmbeddedCatalog::open(dir.path().join("catalog.redb")).unwrap());
     let now_us = overseer_dal::update::now_us();
     let (changes, mid_us) = history(now_us);
-    let events = changes.len();
-    let (mut segments, mut bytes) = (0, 0);
     let mut positions: BTreeMap<&str, u64> = BTreeMap::new();
+    let (mut segments, mut bytes) =
+        write_segments(&catalog, &store, &changes, &mut positions, now_us).await;
+    let mut events = changes.len();
+    // y: its updates 10 µs apart, after the rest.
+    let t0 = changes.last().unwrap().0 + 1_000_000;
+    let mut y = Vec::with_capacity(Y_UPDATES);
+    for i in 0..Y_UPDATES {
+        let t = t0 + i as Micros * 10;
+        let ev = if i == 0 {
+            let doc = json!({"_id": "y", "type": "type-0", "color": "blue", "size": 0});
+            json!({"operationType": "insert", "fullDocument": doc})
+        } else {
+            json!({"operationType": "update", "updateDescription": {"updatedFields":
+                {"type": format!("type-{i}"), "size": i}, "removedFields": []}})
+        };
+        y.push((t, mongo("shop", "toys", "y", i as u64, t, ev)));
+    }
+    let y_mid_us = y[Y_UPDATES / 2 - 1].0;
+    let (n, b) = write_segments(&catalog, &store, &y, &mut positions, now_us).await;
+    (segments, bytes, events) = (segments + n, bytes + b, events + y.len());
+    Setup {
+        _dir: dir,
+        catalog,
+        store,
+        now_us,
+        mid_us,
+        y_mid_us,
+        segments,
+        events,
+        bytes,
+    }
+}
+
+/// Writes `changes` as segments of [`SEGMENT_EVENTS`] and indexes them; returns the
+/// segments and bytes written.
+async fn write_segments(
+    catalog: &DynCatalog,
+    store: &DynStore,
+    changes: &[(Micros, Change)],
+    positions: &mut BTreeMap<&'static str, u64>,
+    now_us: Micros,
+) -> (usize, usize) {
+    let (mut segments, mut bytes) = (0, 0);
     for chunk in changes.chunks(SEGMENT_EVENTS) {
         let seq = catalog.reserve_segment().await.unwrap();
         let mut seg = SegmentBuilder::new(seq, SEGMENT_EVENTS * 512);
@@ -292,16 +350,7 @@ async fn setup() -> Setup {
             .unwrap();
         segments += 1;
     }
-    Setup {
-        _dir: dir,
-        catalog,
-        store,
-        now_us,
-        mid_us,
-        segments,
-        events,
-        bytes,
-    }
+    (segments, bytes)
 }
 
 /// One ranged read: segment, start, length, and the records in it.
@@ -370,6 +419,10 @@ fn toy_view(rt: &tokio::runtime::Runtime, dal: &Dal, as_of: Micros) -> Viewed<To
     rt.block_on(dal.view::<Toy>("x", as_of)).unwrap().unwrap()
 }
 
+fn y_view(rt: &tokio::runtime::Runtime, dal: &Dal, as_of: Micros) -> Viewed<Toy> {
+    rt.block_on(dal.view::<Toy>("y", as_of)).unwrap().unwrap()
+}
+
 fn joined_view(
     rt: &tokio::runtime::Runtime,
     dal: &Dal,
@@ -426,7 +479,7 @@ fn bench(c: &mut Criterion) {
     let t = Instant::now();
     let s = rt.block_on(setup());
     let setup_time = t.elapsed();
-    let (now, mid) = (s.now_us, s.mid_us);
+    let (now, mid, y_mid) = (s.now_us, s.mid_us, s.y_mid_us);
 
     // What the views read, and sanity checks that they read the right thing.
     let x_now = rt
@@ -477,6 +530,22 @@ fn bench(c: &mut Criterion) {
             "the transfer, each entry, the asset"
         );
         assert_eq!(rt.block_on(raw_read(&s.store, &plan_now)), X_UPDATES);
+        // The first reads of x and y fold their histories and write their snapshots.
+        let t = Instant::now();
+        let y = y_view(&rt, &dal, now);
+        assert_eq!(y.view.r#type, format!("type-{}", Y_UPDATES - 1));
+        let y = y_view(&rt, &dal, y_mid);
+        assert_eq!(y.view.r#type, format!("type-{}", Y_UPDATES / 2 - 1));
+        rt.block_on(dal.flush_snapshots());
+        let st = dal.state_stats();
+        println!(
+            "\nfirst reads of x and y (as of now and their middles) folded {} updates and wrote \
+             {} snapshots in {:.2} s",
+            st.updates_folded,
+            st.snapshots.written,
+            t.elapsed().as_secs_f64()
+        );
+        assert!(st.snapshots.written >= (Y_UPDATES / 128) as u64, "{st:?}");
     }
     println!(
         "\ndal setup: {} events ({} MB) in {} segments of {SEGMENT_EVENTS} events, written and \
@@ -572,6 +641,28 @@ fn bench(c: &mut Criterion) {
             t.elapsed()
         }
     };
+    let cold_toy_history = |as_of| {
+        move || {
+            let dal = s_ref.dal_without_snapshots();
+            let t = Instant::now();
+            toy_view(rt_ref, &dal, as_of);
+            t.elapsed()
+        }
+    };
+    let cold_y = |as_of| {
+        move || {
+            let dal = s_ref.dal();
+            let t = Instant::now();
+            y_view(rt_ref, &dal, as_of);
+            t.elapsed()
+        }
+    };
+    let cold_y_history = move || {
+        let dal = s_ref.dal_without_snapshots();
+        let t = Instant::now();
+        y_view(rt_ref, &dal, now);
+        t.elapsed()
+    };
     let cases: Vec<Case<'_>> = vec![
         (
             "view_1000_updates/warm/now",
@@ -600,6 +691,31 @@ fn bench(c: &mut Criterion) {
             "view_1000_updates/cold/mid",
             COLD_ITERS,
             Box::new(cold_toy(mid)),
+        ),
+        (
+            "view_1000_updates/cold_no_snapshots/now",
+            COLD_ITERS,
+            Box::new(cold_toy_history(now)),
+        ),
+        (
+            "view_1000_updates/cold_no_snapshots/mid",
+            COLD_ITERS,
+            Box::new(cold_toy_history(mid)),
+        ),
+        (
+            "view_100000_updates/cold/now",
+            COLD_ITERS,
+            Box::new(cold_y(now)),
+        ),
+        (
+            "view_100000_updates/cold/mid",
+            COLD_ITERS,
+            Box::new(cold_y(y_mid)),
+        ),
+        (
+            "view_100000_updates/cold_no_snapshots/now",
+            ROUNDS,
+            Box::new(cold_y_history),
         ),
         (
             "view_1000_updates/baseline_raw_read/now",

@@ -197,6 +197,11 @@ impl Dal {
         self
     }
 
+    /// The snapshot spacing ([`Dal::with_snapshot_every`]; 0: none).
+    pub fn snapshot_every(&self) -> u64 {
+        self.snapshots.every()
+    }
+
     /// Waits until the snapshots queued so far are written.
     pub async fn flush_snapshots(&self) {
         self.snapshots.flush().await;

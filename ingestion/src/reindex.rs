@@ -74,3 +74,76 @@ pub async fn reindex(store: &dyn ObjectStore, catalog: &dyn Catalog) -> Result<R
     }
     Ok(report)
 }
+
+/// What [`rebuild_snapshots`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotReport {
+    /// Records with at least `[dal] snapshot_every` updates, read whole.
+    pub records: u64,
+    /// Snapshots written.
+    pub snapshots: u64,
+    /// Records whose history could not be folded (each logged): they have none.
+    pub failed: u64,
+}
+
+/// Rebuilds the snapshots ([`overseer_dal::snapshot`]) of every record with at least
+/// `[dal] snapshot_every` updates, by reading it through `dal` as of the end of time (the
+/// read writes them). Run after [`reindex`]: a rebuilt catalog has none, and without them
+/// the first read of each long record after the reindex folds its whole history. Reads
+/// several records at a time; the index is scanned once in pages.
+pub async fn rebuild_snapshots(dal: &overseer_dal::Dal) -> Result<SnapshotReport> {
+    use futures::StreamExt;
+    use std::collections::HashMap;
+
+    let every = dal.snapshot_every();
+    let mut report = SnapshotReport::default();
+    if every == 0 {
+        return Ok(report);
+    }
+    let mut counts: HashMap<(String, String), u64> = HashMap::new();
+    let mut after = None;
+    loop {
+        let page = dal
+            .catalog()
+            .updates_in_window(i64::MIN, i64::MAX, after.take(), 10_000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some((
+            last.event_time_us,
+            last.source.clone(),
+            last.position.clone(),
+        ));
+        for e in page {
+            *counts.entry((e.model, e.record_id)).or_default() += 1;
+        }
+    }
+    let long: Vec<(String, String)> = counts
+        .into_iter()
+        .filter(|(_, n)| *n >= every)
+        .map(|(k, _)| k)
+        .collect();
+    report.records = long.len() as u64;
+    // Nothing kept in memory: each read only folds and writes.
+    let reader = dal.clone().with_state_bytes(0);
+    let before = reader.state_stats().snapshots.written;
+    let failed: u64 = futures::stream::iter(long)
+        .map(|(model, id)| {
+            let reader = reader.clone();
+            async move {
+                match reader.record(&model, &id, i64::MAX).await {
+                    Ok(_) => 0,
+                    Err(e) => {
+                        tracing::warn!(model, id, error = %e, "no snapshots: its history does not fold");
+                        1
+                    }
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .fold(0, |n, f| async move { n + f })
+        .await;
+    reader.flush_snapshots().await;
+    report.failed = failed;
+    report.snapshots = reader.state_stats().snapshots.written - before;
+    Ok(report)
+}

@@ -415,6 +415,31 @@ async fn reindex_rebuilds_the_same_catalog() {
             .await
             .is_err()
     );
+
+    // and its snapshots are rebuilt: every record with 3 or more updates gets one every 3
+    let fresh: overseer_dal::catalog::DynCatalog = Arc::new(fresh);
+    let dal = overseer_dal::Dal::new(fresh.clone(), storage.store.clone()).with_snapshot_every(3);
+    let rep = overseer_ingestion::reindex::rebuild_snapshots(&dal)
+        .await
+        .unwrap();
+    // 1000 updates of 300 ids: 100 ids with 4, 200 with 3; one snapshot each.
+    assert_eq!((rep.records, rep.snapshots, rep.failed), (300, 300, 0));
+    let snaps = fresh.snapshots("ledger.entries", "e0").await.unwrap();
+    assert_eq!(snaps.iter().map(|s| s.n).collect::<Vec<_>>(), [3]);
+    let reader = overseer_dal::Dal::new(fresh.clone(), storage.store.clone())
+        .with_snapshot_every(3)
+        .with_state_bytes(0);
+    let a = reader
+        .record("ledger.entries", "e0", i64::MAX)
+        .await
+        .unwrap();
+    let b = overseer_dal::Dal::new(storage.catalog.clone(), storage.store.clone())
+        .with_snapshot_every(0)
+        .record("ledger.entries", "e0", i64::MAX)
+        .await
+        .unwrap();
+    assert_eq!((a.state, a.updates, a.last), (b.state, b.updates, b.last));
+    assert_eq!(reader.state_stats().snapshots.read, 1);
 }
 
 /// The shipped malformed corpus (ingestion/tests/fixtures/malformed.jsonl, each line's

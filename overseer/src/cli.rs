@@ -257,6 +257,24 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
                 "reindexed {} segments: {} updates ({} duplicates ignored, {} foreign keys skipped)",
                 report.segments, report.updates, report.duplicates, report.foreign
             );
+            let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
+            let snaps = overseer_ingestion::reindex::rebuild_snapshots(&dal)
+                .await
+                .context("rebuilding snapshots")?;
+            eprintln!(
+                "rebuilt {} snapshots of {} records with {} or more updates{}",
+                snaps.snapshots,
+                snaps.records,
+                dal.snapshot_every(),
+                if snaps.failed > 0 {
+                    format!(
+                        " ({} records whose history does not fold have none)",
+                        snaps.failed
+                    )
+                } else {
+                    String::new()
+                }
+            );
         }
         Engine::Replay(args) => replay::run(args, &checks).await?,
         Engine::Validate { config } => crate::validate::run(&config, &checks).await?,

@@ -107,6 +107,8 @@ fn text(b: &[u8]) -> Result<String> {
 }
 
 const EMPTY: &[u8] = b"";
+/// Greater than every stored text (no UTF-8 text holds the byte 0xFF): an upper bound.
+const MAX_TEXT: &[u8] = b"\xff";
 
 /// redb's page cache. Its default (1 GiB) would hold most of a large catalog in the
 /// process; past this, pages come from the OS page cache at the cost of a read call.
@@ -1272,21 +1274,39 @@ fn updates_after(
         s0.as_bytes(),
         p0.as_bytes(),
     );
-    let mut later = 0u64;
+    // Every key of the record up to `up_to_us` sorts at or before (m, id, up_to, FF, FF),
+    // and every key of the record before (m, id, MAX, FF, FF): no UTF-8 text holds 0xFF.
+    let (m, id) = (model.as_bytes(), record_id.as_bytes());
+    let up_to = (m, id, up_to_us, MAX_TEXT, MAX_TEXT);
     let mut entries = Vec::new();
-    for row in idx.range(from_point(start, true)).map_err(db_err)? {
-        let (k, _) = row.map_err(db_err)?;
-        let (m, id, t, s, p) = k.value();
-        if m != model.as_bytes() || id != record_id.as_bytes() {
-            break;
-        }
-        later += 1;
-        if t <= up_to_us {
+    if (t0, s0.as_bytes(), p0.as_bytes()) < (up_to_us, MAX_TEXT, MAX_TEXT) {
+        let range = (
+            std::ops::Bound::Excluded(start),
+            std::ops::Bound::Included(up_to),
+        );
+        for row in idx.range(range).map_err(db_err)? {
+            let (k, _) = row.map_err(db_err)?;
+            let (_, _, _, s, p) = k.value();
             let v = updates
                 .get((s, p))
                 .map_err(db_err)?
                 .ok_or_else(|| Error::corrupt("embedded catalog", "index row without update"))?;
             entries.push(decode_entry(s, p, v.value())?);
+        }
+    }
+    // The rest is only counted, without decoding a key (a read well behind the head of a
+    // long history: a snapshot's validation as of an older time).
+    let mut later = entries.len() as u64;
+    let end = (m, id, i64::MAX, MAX_TEXT, MAX_TEXT);
+    let rest_from = start.max(up_to);
+    if rest_from < end {
+        let range = (
+            std::ops::Bound::Excluded(rest_from),
+            std::ops::Bound::Included(end),
+        );
+        for row in idx.range(range).map_err(db_err)? {
+            row.map_err(db_err)?;
+            later += 1;
         }
     }
     Ok(UpdatesAfter {

@@ -58,8 +58,8 @@ use super::{
     Catalog, IncidentStore, MetaStore, SegmentLedger, SnapshotStore, SourceProgress, UpdateIndex,
 };
 use crate::update::{
-    CatalogDump, CommitBatch, Incident, IndexEntry, MasterDoc, Micros, RefUpdate, RefUpdatesAfter,
-    Snapshot, SnapshotWrite, SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
+    CatalogDump, CommitBatch, FromSnapshot, Incident, IndexEntry, MasterDoc, Micros, RefUpdate,
+    RefUpdatesAfter, Snapshot, SnapshotWrite, SourceState, UpdateLoc, UpdatesAfter, op_from_u8,
 };
 use crate::{Error, Result};
 
@@ -232,10 +232,11 @@ enum Q {
     SnapshotsOf,
     SnapshotClear,
     SnapshotPut,
+    RecordFromSnapshot,
 }
 
 impl Q {
-    const ALL: [Q; 40] = [
+    const ALL: [Q; 41] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -276,6 +277,7 @@ impl Q {
         Q::SnapshotsOf,
         Q::SnapshotClear,
         Q::SnapshotPut,
+        Q::RecordFromSnapshot,
     ];
 
     /// The SQL, with `{s}` for the quoted schema, `{cols}` for [`ENTRY_COLS`], `{icols}`
@@ -459,6 +461,30 @@ impl Q {
             Q::SnapshotClear => {
                 "DELETE FROM {s}.snapshots WHERE model = $1 AND record_id = $2 \
                  AND (event_time_us, source, position) <= ($3, $4, $5)"
+            }
+            // RecordAfter from the nearest snapshot at or before $3 (from the first update
+            // when there is none), with that snapshot's columns; its body on the first row
+            // only.
+            Q::RecordFromSnapshot => {
+                "WITH snap AS (SELECT event_time_us, source, position, n, fold, body \
+                 FROM {s}.snapshots WHERE model = $1 AND record_id = $2 AND event_time_us <= $3 \
+                 ORDER BY event_time_us DESC, source DESC, position DESC LIMIT 1), \
+                 pt AS (SELECT coalesce((SELECT event_time_us FROM snap), \
+                 (-9223372036854775807 - 1)::int8) AS t, \
+                 coalesce((SELECT source FROM snap), ''::bytea) AS s, \
+                 coalesce((SELECT position FROM snap), ''::bytea) AS p) \
+                 SELECT u.*, \
+                 (SELECT updates FROM {s}.masters WHERE model = $1 AND record_id = $2), \
+                 (SELECT count(*) FROM {s}.updates x WHERE x.model = $1 AND x.record_id = $2 \
+                  AND (x.event_time_us, x.source, x.position) > (pt.t, pt.s, pt.p)), \
+                 snap.event_time_us, snap.source, snap.position, snap.n, snap.fold, \
+                 CASE WHEN row_number() OVER (ORDER BY u.event_time_us, u.source, u.position) = 1 \
+                 THEN snap.body END \
+                 FROM pt LEFT JOIN snap ON true LEFT JOIN LATERAL (SELECT {cols} FROM {s}.updates \
+                 WHERE model = $1 AND record_id = $2 \
+                 AND (event_time_us, source, position) > (pt.t, pt.s, pt.p) \
+                 AND event_time_us <= $3 ORDER BY event_time_us, source, position) AS u ON true \
+                 ORDER BY u.event_time_us, u.source, u.position"
             }
             Q::SnapshotPut => {
                 "INSERT INTO {s}.snapshots ({scols}) SELECT * FROM UNNEST($1::bytea[], \
@@ -1272,6 +1298,65 @@ impl SnapshotStore for PgCatalog {
             .await
             .map_err(pg_err("reading a snapshot"))?;
         row.map(|r| snapshot_from_row(&r)).transpose()
+    }
+
+    async fn record_updates_from_snapshot(
+        &self,
+        model: &str,
+        record_id: &str,
+        up_to_us: Micros,
+    ) -> Result<FromSnapshot> {
+        let c = self.shared().await?;
+        let rows = c
+            .client
+            .query(
+                c.st(Q::RecordFromSnapshot),
+                &[&model.as_bytes(), &record_id.as_bytes(), &up_to_us],
+            )
+            .await
+            .map_err(pg_err("reading a record from its snapshot"))?;
+        let Some(first) = rows.first() else {
+            return Err(Error::catalog("reading a record from its snapshot: no row"));
+        };
+        let total: Option<i64> = get(first, 11)?;
+        let later: i64 = get(first, 12)?;
+        let at_or_before = u64::try_from(total.unwrap_or(0) - later).unwrap_or(0);
+        let snap_time: Option<i64> = get(first, 13)?;
+        let snapshot = match snap_time {
+            None => None,
+            Some(event_time_us) => {
+                let n: i64 = get(first, 16)?;
+                let fold: i64 = get(first, 17)?;
+                let body: Option<&[u8]> = get(first, 18)?;
+                Some(Snapshot {
+                    model: model.to_owned(),
+                    record_id: record_id.to_owned(),
+                    event_time_us,
+                    source: text(first, 14)?,
+                    position: text(first, 15)?,
+                    n: u64::try_from(n)
+                        .map_err(|_| Error::corrupt("catalog snapshots", format!("n {n}")))?,
+                    fold: fold as u64,
+                    body: body
+                        .ok_or_else(|| Error::corrupt("catalog snapshots", "no body"))?
+                        .to_vec(),
+                })
+            }
+        };
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let source: Option<&[u8]> = get(row, 0)?;
+            if source.is_some() {
+                entries.push(entry_from_row(row)?);
+            }
+        }
+        Ok(FromSnapshot {
+            snapshot,
+            after: UpdatesAfter {
+                entries,
+                at_or_before,
+            },
+        })
     }
 
     async fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<()> {
