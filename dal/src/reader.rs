@@ -28,7 +28,9 @@
 //!   the catalog which records referencing the key changed since, and reads only those. Every view carries its *evidence* by reference: the newest update of each record it
 //!   includes (bounded by the records in the view, not by their histories).
 //!
-//! Nothing here writes: a DAL can be shared by any number of readers.
+//! A DAL can be shared by any number of readers. The only thing it writes is derived data:
+//! the snapshots of the records it folds ([`crate::snapshot`]), in the background; a
+//! catalog that refuses them (read-only) costs only work.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -325,7 +327,7 @@ impl Dal {
         if let Some(kept) = kept.as_ref().filter(|k| k.time() <= as_of_us) {
             let after = self
                 .catalog
-                .record_updates_after(model, record_id, kept.after(), as_of_us)
+                .record_updates_after_seen(model, record_id, kept.after(), as_of_us, kept.n)
                 .await?;
             if after.at_or_before == kept.n {
                 let fold = if after.entries.is_empty() {
@@ -423,7 +425,7 @@ impl Dal {
         record_id: &str,
         fold: &mut Folded,
         entries: &[IndexEntry],
-        clear: Option<(Micros, String, String)>,
+        mut clear: Option<(Micros, String, String)>,
     ) -> Result<()> {
         let records = self.fetch(entries).await?;
         let every = self.snapshots.every();
@@ -453,15 +455,30 @@ impl Dal {
                 ));
                 fold.snap_n = fold.n;
             }
+            // Queued in pieces (in order: the first clears), not all at the end.
+            if due.len() >= crate::snapshot::WRITE_PIECE
+                || (done == entries.len() && (!due.is_empty() || clear.is_some()))
+            {
+                self.snapshots.write(
+                    &self.catalog,
+                    crate::update::SnapshotWrite {
+                        model: model.to_owned(),
+                        record_id: record_id.to_owned(),
+                        clear_up_to: clear.take(),
+                        snapshots: std::mem::take(&mut due),
+                    },
+                );
+            }
         }
-        if !due.is_empty() || clear.is_some() {
+        if let Some(clear) = clear {
+            // Nothing folded (an unusable snapshot, no update up to the time).
             self.snapshots.write(
                 &self.catalog,
                 crate::update::SnapshotWrite {
                     model: model.to_owned(),
                     record_id: record_id.to_owned(),
-                    clear_up_to: clear,
-                    snapshots: due,
+                    clear_up_to: Some(clear),
+                    snapshots: Vec::new(),
                 },
             );
         }

@@ -37,8 +37,13 @@ use crate::{Error, Result};
 /// storage as one update in a hundred.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 128;
 
-/// Snapshot bytes queued for writing past which new ones are dropped.
+/// Snapshot bytes queued for writing past which new ones are dropped (one batch being
+/// written is not counted).
 pub const MAX_PENDING_BYTES: usize = 16 << 20;
+
+/// Snapshots per queued write: a fold of a long history queues its snapshots in pieces
+/// of this many as it goes, so none is dropped for the size of the whole.
+pub const WRITE_PIECE: usize = 32;
 
 /// What a snapshot's body holds: the fold but its count and last update (the key).
 #[derive(Serialize, Deserialize)]
@@ -193,6 +198,17 @@ impl Snapshots {
         }
         let (inner, catalog) = (self.inner.clone(), catalog.clone());
         rt.spawn(async move {
+            // However the task ends (its runtime shut down, a panic), the next write
+            // starts another and `flush` does not wait for it.
+            struct Running(Option<Arc<Writer>>);
+            impl Drop for Running {
+                fn drop(&mut self) {
+                    if let Some(w) = &self.0 {
+                        w.running.store(false, Ordering::SeqCst);
+                    }
+                }
+            }
+            let mut running = Running(Some(inner.clone()));
             loop {
                 let writes = {
                     let mut q = inner.queue.lock().expect("snapshot queue poisoned");
@@ -212,6 +228,9 @@ impl Snapshots {
                     if more && !inner.running.swap(true, Ordering::SeqCst) {
                         continue;
                     }
+                    // Another task owns `running` now (or nothing is queued): do not
+                    // clear it on the way out.
+                    running.0 = None;
                     return;
                 }
                 let n: u64 = writes.iter().map(|w| w.snapshots.len() as u64).sum();
@@ -251,6 +270,51 @@ impl Snapshots {
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A snapshot gives back exactly the fold it was made of: every number (integers
+        /// past 2^53, any f64, bit for bit), string and reference.
+        #[test]
+        fn a_fold_round_trips(
+            floats in proptest::collection::vec(any::<f64>().prop_filter("finite", |f| f.is_finite()), 0..20),
+            ints in proptest::collection::vec(any::<i64>(), 0..5),
+            text in "\\PC{0,40}",
+            refs in proptest::collection::btree_map("[a-z_]{1,8}", "\\PC{0,12}", 0..4),
+        ) {
+            let mut state = State::new();
+            for (i, f) in floats.iter().enumerate() {
+                state.insert(format!("f{i}"), serde_json::json!(f));
+            }
+            for (i, n) in ints.iter().enumerate() {
+                state.insert(format!("i{i}"), serde_json::json!(n));
+                state.insert(format!("u{i}"), serde_json::json!(n.unsigned_abs() | (1 << 63)));
+            }
+            state.insert("nested".into(), serde_json::json!({"t": text, "a": [floats, ints]}));
+            let fold = Folded {
+                n: 300,
+                last: Some(Last { event_time_us: -5, source: "s".into(), position: "p".into() }),
+                state: Some(state),
+                refs,
+                snap_n: 300,
+            };
+            let snap = encode("m", "id", &fold, 7);
+            let back = decode(&snap).unwrap();
+            prop_assert_eq!(&back, &fold);
+            if let (Some(a), Some(b)) = (&back.state, &fold.state) {
+                for (k, v) in b {
+                    if let Some(f) = v.as_f64().filter(|_| v.is_f64()) {
+                        prop_assert_eq!(a[k].as_f64().unwrap().to_bits(), f.to_bits(), "{}", k);
+                    }
+                }
+            }
         }
     }
 }

@@ -7,7 +7,8 @@
 //!     │                                            │                    entries after k
 //!     │                                            no (an update arrived late, before k)
 //!     v no                                         v
-//!  record_updates(m, id, T): fold the whole history ──> cache it (if not behind the cached one)
+//!  the nearest snapshot before T, folded on (crate::snapshot), else the whole history up
+//!  to T folded ──> cache it (if not behind the cached one)
 //! ```
 //!
 //! Nothing here is trusted from memory: every read asks the catalog, in one consistent
@@ -16,7 +17,7 @@
 //! folded": an update that arrived later with an earlier commit time makes the count
 //! larger, and the read falls back to the whole history. So the cache is correct with any
 //! catalog, any number of runner instances and any delivery order, and a restarted or
-//! rebalanced runner simply starts cold. What it saves: the fetch (cache or ranged GET),
+//! rebalanced runner simply starts cold (from the snapshots, [`crate::snapshot`]). What it saves: the fetch (cache or ranged GET),
 //! decode and fold of every update before the cached point — a read costs one catalog
 //! range read of the index entries after that point (those up to the time read are
 //! fetched and folded; later ones are only counted), so at the head of a record's history

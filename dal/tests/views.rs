@@ -1278,4 +1278,28 @@ async fn a_long_record_reads_from_its_snapshots() {
     let d = dal();
     assert_eq!(read_outcome(d.record("toys", "x", now).await), want_now);
     assert_eq!(d.state_stats().snapshots.stale, 1);
+    d.flush_snapshots().await;
+
+    // One folded by other builders (another fingerprint) is not used either.
+    let mut other = f
+        .catalog
+        .snapshots("toys", "x")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
+    other.fold ^= 1;
+    f.catalog
+        .put_snapshots(&[overseer_dal::update::SnapshotWrite {
+            model: "toys".into(),
+            record_id: "x".into(),
+            clear_up_to: None,
+            snapshots: vec![other],
+        }])
+        .await
+        .unwrap();
+    let d = dal();
+    assert_eq!(read_outcome(d.record("toys", "x", now).await), want_now);
+    let s = d.state_stats();
+    assert_eq!((s.snapshots.stale, s.folded), (1, 1), "{s:?}");
 }

@@ -84,6 +84,8 @@ pub struct SnapshotReport {
     pub snapshots: u64,
     /// Records whose history could not be folded (each logged): they have none.
     pub failed: u64,
+    /// Snapshots the catalog refused (logged): reads fold the history instead.
+    pub dropped: u64,
 }
 
 /// Rebuilds the snapshots ([`overseer_dal::snapshot`]) of every record with at least
@@ -126,24 +128,29 @@ pub async fn rebuild_snapshots(dal: &overseer_dal::Dal) -> Result<SnapshotReport
     // Nothing kept in memory: each read only folds and writes.
     let reader = dal.clone().with_state_bytes(0);
     let before = reader.state_stats().snapshots.written;
-    let failed: u64 = futures::stream::iter(long)
-        .map(|(model, id)| {
-            let reader = reader.clone();
-            async move {
-                match reader.record(&model, &id, i64::MAX).await {
-                    Ok(_) => 0,
-                    Err(e) => {
-                        tracing::warn!(model, id, error = %e, "no snapshots: its history does not fold");
-                        1
+    let dropped_before = reader.state_stats().snapshots.dropped;
+    // In groups, each written before the next is read: the writer's queue is bounded.
+    for group in long.chunks(64) {
+        report.failed += futures::stream::iter(group)
+            .map(|(model, id)| {
+                let reader = reader.clone();
+                async move {
+                    match reader.record(model, id, i64::MAX).await {
+                        Ok(_) => 0,
+                        Err(e) => {
+                            tracing::warn!(model, id, error = %e, "no snapshots: its history does not fold");
+                            1
+                        }
                     }
                 }
-            }
-        })
-        .buffer_unordered(8)
-        .fold(0, |n, f| async move { n + f })
-        .await;
-    reader.flush_snapshots().await;
-    report.failed = failed;
-    report.snapshots = reader.state_stats().snapshots.written - before;
+            })
+            .buffer_unordered(8)
+            .fold(0, |n, f| async move { n + f })
+            .await;
+        reader.flush_snapshots().await;
+    }
+    let stats = reader.state_stats().snapshots;
+    report.snapshots = stats.written - before;
+    report.dropped = stats.dropped - dropped_before;
     Ok(report)
 }

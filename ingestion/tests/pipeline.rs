@@ -423,7 +423,10 @@ async fn reindex_rebuilds_the_same_catalog() {
         .await
         .unwrap();
     // 1000 updates of 300 ids: 100 ids with 4, 200 with 3; one snapshot each.
-    assert_eq!((rep.records, rep.snapshots, rep.failed), (300, 300, 0));
+    assert_eq!(
+        (rep.records, rep.snapshots, rep.failed, rep.dropped),
+        (300, 300, 0, 0)
+    );
     let snaps = fresh.snapshots("ledger.entries", "e0").await.unwrap();
     assert_eq!(snaps.iter().map(|s| s.n).collect::<Vec<_>>(), [3]);
     let reader = overseer_dal::Dal::new(fresh.clone(), storage.store.clone())

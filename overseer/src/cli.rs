@@ -266,13 +266,12 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
                 snaps.snapshots,
                 snaps.records,
                 dal.snapshot_every(),
-                if snaps.failed > 0 {
-                    format!(
-                        " ({} records whose history does not fold have none)",
-                        snaps.failed
-                    )
-                } else {
-                    String::new()
+                match (snaps.failed, snaps.dropped) {
+                    (0, 0) => String::new(),
+                    (f, d) => format!(
+                        " ({f} records whose history does not fold have none; {d} snapshots \
+                         the catalog refused)"
+                    ),
                 }
             );
         }

@@ -801,6 +801,20 @@ async fn snapshot_suite(cat: &dyn Catalog, seq: u64) {
         [("2".into(), 2), ("4".into(), 4)]
     );
 
+    // The snapshot as the last update up to the time: nothing after it, its count.
+    let from = cat
+        .record_updates_from_snapshot(model, id, 400)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            from.snapshot.map(|s| s.n),
+            from.after.entries.len(),
+            from.after.at_or_before
+        ),
+        (Some(4), 0, 4)
+    );
+
     // Overwrite: the last write of a key wins, also twice in one call.
     cat.put_snapshots(&[
         write(vec![snap(model, id, 200, "2", 2, b"first")], None),
@@ -837,6 +851,30 @@ async fn snapshot_suite(cat: &dyn Catalog, seq: u64) {
     assert_eq!(
         positions(cat.snapshots(model, id).await.unwrap()),
         [("3".into(), 4), ("4".into(), 4)]
+    );
+    // Updates at the snapshot's commit time, ordered before and after it by position.
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq + 1),
+        entries: vec![e("3a", 300, seq + 1), e("3", 300, seq + 1)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let from = cat
+        .record_updates_from_snapshot(model, id, 300)
+        .await
+        .unwrap();
+    let pos: Vec<_> = from
+        .after
+        .entries
+        .iter()
+        .map(|e| e.position.as_str())
+        .collect();
+    assert_eq!(from.snapshot.map(|s| s.position), Some("3".to_owned()));
+    assert_eq!(
+        (pos, from.after.at_or_before),
+        (vec!["3a"], 4),
+        "same time: \"3a\" sorts after \"3\"; the first \"3\" was already indexed"
     );
     // Clearing alone.
     cat.put_snapshots(&[write(vec![], Some((400, "4")))])
@@ -1136,6 +1174,36 @@ async fn updates_after_suite(cat: &dyn Catalog, seq: u64) {
         got(q(after(300, "2"), i64::MAX).await.unwrap()),
         (vec![], 3),
         "a fold of the 2 updates up to 300 is stale: 3 are at or before it now"
+    );
+    // A caller that saw 2 then is told 3 (an update came late since), whether the backend
+    // counts or knows; before the late one, a count seen still holds.
+    let seen = |a: (i64, &'static str, &'static str), up_to: i64, n: u64| {
+        cat.record_updates_after_seen("m", "late", a, up_to, n)
+    };
+    assert_eq!(
+        got(seen(after(300, "2"), i64::MAX, 2).await.unwrap()),
+        (vec![], 3)
+    );
+    assert_eq!(
+        got(seen(after(100, "1"), 250, 1).await.unwrap()),
+        (vec!["3".into()], 1)
+    );
+    cat.commit(CommitBatch {
+        segment_seq: Some(seq + 1),
+        entries: vec![late("4", 400, seq + 1)],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        got(seen(after(300, "2"), i64::MAX, 3).await.unwrap()),
+        (vec!["4".into()], 3),
+        "an update after the newest: the count seen holds"
+    );
+    assert_eq!(
+        got(seen(after(300, "2"), 350, 3).await.unwrap()),
+        (vec![], 3),
+        "up to a time before the rest"
     );
     assert_eq!(
         got(cat

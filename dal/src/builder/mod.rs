@@ -137,7 +137,7 @@ impl BuildError {
 
 /// The version of what the builders do: bump it when a change to any builder folds some
 /// update differently, so snapshots folded before are not used ([`Builders::fingerprint`]).
-pub const FOLD_VERSION: u32 = 1;
+pub const FOLD_VERSION: u32 = 2;
 
 /// The builders of every format, with what some formats need per source: a
 /// [`ProtobufBuilder`] for each protobuf source. Cheap to clone.
@@ -162,7 +162,7 @@ impl Builders {
 
     /// What these builders fold, as a number: equal for builders that fold every update
     /// to the same state (the same protobuf sources, message types, record fields and
-    /// descriptor files), different otherwise. Stored with each snapshot
+    /// descriptor files, imports included), different otherwise. Stored with each snapshot
     /// ([`crate::update::Snapshot::fold`]) so a snapshot folded by other builders is not
     /// used. Stable across processes and builds (SHA-256, not `Hash`); [`FOLD_VERSION`]
     /// changes it when a builder's behaviour changes.
@@ -185,12 +185,10 @@ impl Builders {
                 .map(|p| p.fields().iter().map(|f| f.name()).collect())
                 .unwrap_or_default();
             field(path.join(".").as_bytes());
-            field(
-                &b.message()
-                    .parent_file()
-                    .file_descriptor_proto()
-                    .encode_to_vec(),
-            );
+            // Every file of its pool: the message's own and those it imports.
+            for file in b.message().parent_pool().files() {
+                field(&file.file_descriptor_proto().encode_to_vec());
+            }
         }
         let d = h.finalize();
         u64::from_le_bytes(d[..8].try_into().expect("a SHA-256 digest has 32 bytes"))

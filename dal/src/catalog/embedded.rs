@@ -19,6 +19,7 @@
 //! | `incidents_failing` | (check, subject) | () while `failing` |
 //! | `meta_kv` | key | value (runner cursors) |
 //! | `snapshots` | (model, record id, event time, source, position) | snapshot (n, fold, body) |
+//! | `late` | (model, record id) | its update count after its last update that came late |
 //!
 //! Composite keys are redb tuples, which length-prefix every component but the last, so
 //! they are injective (`("a\0b", "c")` and `("a", "b\0c")` are different keys) and order
@@ -74,6 +75,10 @@ const META_KV: TableDefinition<Str, &[u8]> = TableDefinition::new("meta_kv");
 /// n, fold and body ([`SnapshotStore`]).
 const SNAPSHOTS: TableDefinition<(Str, Str, i64, Str, Str), &[u8]> =
     TableDefinition::new("snapshots");
+/// (model, record id) → the record's update count right after its last update that may
+/// have arrived late (a commit time at or before its newest one then); no row: none did.
+/// Lets a read trust a count seen before instead of counting the rest of the history.
+const LATE: TableDefinition<(Str, Str), u64> = TableDefinition::new("late");
 
 const NEXT_SEQ: &[u8] = b"next_segment_seq";
 const PENDING: u8 = 1;
@@ -149,6 +154,7 @@ impl EmbeddedCatalog {
             tx.open_table(REF_COUNTS).map_err(db_err)?;
             tx.open_table(REF_KEPT).map_err(db_err)?;
             tx.open_table(SNAPSHOTS).map_err(db_err)?;
+            tx.open_table(LATE).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
         Ok(EmbeddedCatalog {
@@ -678,6 +684,7 @@ impl SegmentLedger for EmbeddedCatalog {
                     let mut record_idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
                     let mut time_idx = tx.open_table(TIME_IDX).map_err(db_err)?;
                     let mut masters = tx.open_table(MASTERS).map_err(db_err)?;
+                    let mut late_table = tx.open_table(LATE).map_err(db_err)?;
                     let mut refs = tx.open_table(REFS).map_err(db_err)?;
                     let mut ref_updates = tx.open_table(REF_UPDATES).map_err(db_err)?;
                     let mut ref_counts: BTreeMap<(String, String, String), u64> = BTreeMap::new();
@@ -731,10 +738,17 @@ impl SegmentLedger for EmbeddedCatalog {
                             .iter()
                             .filter(|r| kept(mkey.0, &r.0) && !master.refs.contains(*r))
                             .collect();
+                        // At or before its newest commit time: it may land before updates
+                        // a reader already counted (equal times too: the master keeps no
+                        // source or position to tell).
+                        let late = master.updates > 0 && e.event_time_us <= master.last_event_us;
                         master.absorb(e);
                         masters
                             .insert(mkey, encode_master(&master).as_slice())
                             .map_err(db_err)?;
+                        if late {
+                            late_table.insert(mkey, master.updates).map_err(db_err)?;
+                        }
                         // This update, under every value the record ever referenced; and
                         // the record's earlier updates under each value it references for
                         // the first time.
@@ -888,31 +902,9 @@ impl UpdateIndex for EmbeddedCatalog {
         record_id: &str,
         up_to_us: Micros,
     ) -> Result<Vec<IndexEntry>> {
-        let (model, record_id) = (model.to_owned(), record_id.to_owned());
         self.read(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
-            let updates = tx.open_table(UPDATES).map_err(db_err)?;
-            let start = (
-                model.as_bytes(),
-                record_id.as_bytes(),
-                i64::MIN,
-                EMPTY,
-                EMPTY,
-            );
-            let mut out = Vec::new();
-            for row in idx.range(start..).map_err(db_err)? {
-                let (k, _) = row.map_err(db_err)?;
-                let (m, id, t, s, p) = k.value();
-                if m != model.as_bytes() || id != record_id.as_bytes() || t > up_to_us {
-                    break;
-                }
-                let v = updates.get((s, p)).map_err(db_err)?.ok_or_else(|| {
-                    Error::corrupt("embedded catalog", "index row without update")
-                })?;
-                out.push(decode_entry(s, p, v.value())?);
-            }
-            Ok(out)
+            record_entries(&tx, model, record_id, up_to_us)
         })
     }
 
@@ -925,7 +917,21 @@ impl UpdateIndex for EmbeddedCatalog {
     ) -> Result<UpdatesAfter> {
         self.read(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            updates_after(&tx, model, record_id, after, up_to_us)
+            updates_after(&tx, model, record_id, after, up_to_us, None)
+        })
+    }
+
+    async fn record_updates_after_seen(
+        &self,
+        model: &str,
+        record_id: &str,
+        after: (Micros, &str, &str),
+        up_to_us: Micros,
+        seen: u64,
+    ) -> Result<UpdatesAfter> {
+        self.read(move |db| {
+            let tx = db.begin_read().map_err(db_err)?;
+            updates_after(&tx, model, record_id, after, up_to_us, Some(seen))
         })
     }
 
@@ -1247,6 +1253,30 @@ impl MetaStore for EmbeddedCatalog {
     }
 }
 
+/// [`UpdateIndex::record_updates`] within a read transaction.
+fn record_entries(
+    tx: &redb::ReadTransaction,
+    model: &str,
+    record_id: &str,
+    up_to_us: Micros,
+) -> Result<Vec<IndexEntry>> {
+    let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
+    let updates = tx.open_table(UPDATES).map_err(db_err)?;
+    let (m, id) = (model.as_bytes(), record_id.as_bytes());
+    let range = (m, id, i64::MIN, EMPTY, EMPTY)..=(m, id, up_to_us, MAX_TEXT, MAX_TEXT);
+    let mut out = Vec::new();
+    for row in idx.range(range).map_err(db_err)? {
+        let (k, _) = row.map_err(db_err)?;
+        let (_, _, _, s, p) = k.value();
+        let v = updates
+            .get((s, p))
+            .map_err(db_err)?
+            .ok_or_else(|| Error::corrupt("embedded catalog", "index row without update"))?;
+        out.push(decode_entry(s, p, v.value())?);
+    }
+    Ok(out)
+}
+
 /// [`UpdateIndex::record_updates_after`] within a read transaction.
 fn updates_after(
     tx: &redb::ReadTransaction,
@@ -1254,6 +1284,7 @@ fn updates_after(
     record_id: &str,
     after: (Micros, &str, &str),
     up_to_us: Micros,
+    seen: Option<u64>,
 ) -> Result<UpdatesAfter> {
     let idx = tx.open_table(RECORD_IDX).map_err(db_err)?;
     let updates = tx.open_table(UPDATES).map_err(db_err)?;
@@ -1296,6 +1327,18 @@ fn updates_after(
     }
     // The rest is only counted, without decoding a key (a read well behind the head of a
     // long history: a snapshot's validation as of an older time).
+    // A count seen before still holds if no update came late since the record had that
+    // many: every later one then sorts after every update counted (see `LATE`).
+    if let Some(seen) = seen {
+        let late = tx.open_table(LATE).map_err(db_err)?;
+        let late_at = late.get((m, id)).map_err(db_err)?.map_or(0, |v| v.value());
+        if late_at <= seen {
+            return Ok(UpdatesAfter {
+                entries,
+                at_or_before: seen,
+            });
+        }
+    }
     let mut later = entries.len() as u64;
     let end = (m, id, i64::MAX, MAX_TEXT, MAX_TEXT);
     let rest_from = start.max(up_to);
@@ -1379,7 +1422,14 @@ impl SnapshotStore for EmbeddedCatalog {
             let from = snapshot
                 .as_ref()
                 .map_or((Micros::MIN, "", ""), Snapshot::order_key);
-            let after = updates_after(&tx, model, record_id, from, up_to_us)?;
+            let after = match &snapshot {
+                Some(s) => updates_after(&tx, model, record_id, from, up_to_us, Some(s.n))?,
+                // The whole history up to the time; nothing is at or before "no snapshot".
+                None => UpdatesAfter {
+                    entries: record_entries(&tx, model, record_id, up_to_us)?,
+                    at_or_before: 0,
+                },
+            };
             Ok(FromSnapshot { snapshot, after })
         })
     }

@@ -1,8 +1,8 @@
 //! The catalog: the queryable index of the object store.
 //!
 //! It holds the per-record update index (time travel), master documents and the reference
-//! index (joins), per-source progress and freshness watermarks, and the segment ledger that
-//! makes ingestion crash-safe. Two backends pass `overseer_testkit::conformance::catalog_suite`:
+//! index (joins), per-source progress and freshness watermarks, the segment ledger that
+//! makes ingestion crash-safe, and (derived, written by readers) records' snapshots. Two backends pass `overseer_testkit::conformance::catalog_suite`:
 //! [`embedded::EmbeddedCatalog`] (a redb file, no server; the default) and
 //! [`postgres::PgCatalog`] (tokio-postgres, production).
 //!
@@ -139,6 +139,26 @@ pub trait UpdateIndex: Send + Sync + 'static {
         up_to_us: Micros,
     ) -> Result<UpdatesAfter>;
 
+    /// [`UpdateIndex::record_updates_after`] for a caller that saw `seen` updates at or
+    /// before `after` in an earlier read of this catalog (its fold's count). When the
+    /// catalog can tell that no update of the record arrived late since it had `seen`
+    /// updates (none with a commit time at or before its newest one), every update since
+    /// sorts after `after`, so `at_or_before` is `seen` without counting the rest of the
+    /// history: a read far behind the head of a long history (a replay, an older time)
+    /// costs the updates it returns. Otherwise, or if the backend cannot tell, it counts.
+    async fn record_updates_after_seen(
+        &self,
+        model: &str,
+        record_id: &str,
+        after: (Micros, &str, &str),
+        up_to_us: Micros,
+        seen: u64,
+    ) -> Result<UpdatesAfter> {
+        let _ = seen;
+        self.record_updates_after(model, record_id, after, up_to_us)
+            .await
+    }
+
     /// The master document of a record.
     async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>>;
 
@@ -213,10 +233,10 @@ pub trait SnapshotStore: UpdateIndex {
 
     /// What reading a record as of `up_to_us` needs, from its nearest snapshot: the
     /// snapshot [`SnapshotStore::snapshot_at_or_before`] gives, and
-    /// [`UpdateIndex::record_updates_after`] its last update (from the first update when
-    /// there is none: then `at_or_before` is 0). One call for a record with or without
-    /// snapshots; the embedded catalog answers from one consistent read. (A snapshot is
-    /// validated by the count either way, so two reads are correct too.)
+    /// [`UpdateIndex::record_updates_after_seen`] its last update and count (from the
+    /// first update when there is none: then `at_or_before` is 0). One call for a record
+    /// with or without snapshots; the embedded catalog answers from one consistent read. (A
+    /// snapshot is validated by the count either way, so two reads are correct too.)
     async fn record_updates_from_snapshot(
         &self,
         model: &str,
@@ -226,12 +246,16 @@ pub trait SnapshotStore: UpdateIndex {
         let snapshot = self
             .snapshot_at_or_before(model, record_id, up_to_us)
             .await?;
-        let from = snapshot
-            .as_ref()
-            .map_or((Micros::MIN, "", ""), Snapshot::order_key);
-        let after = self
-            .record_updates_after(model, record_id, from, up_to_us)
-            .await?;
+        let after = match &snapshot {
+            Some(s) => {
+                self.record_updates_after_seen(model, record_id, s.order_key(), up_to_us, s.n)
+                    .await?
+            }
+            None => {
+                self.record_updates_after(model, record_id, (Micros::MIN, "", ""), up_to_us)
+                    .await?
+            }
+        };
         Ok(FromSnapshot { snapshot, after })
     }
 

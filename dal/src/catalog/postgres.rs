@@ -463,8 +463,8 @@ impl Q {
                  AND (event_time_us, source, position) <= ($3, $4, $5)"
             }
             // RecordAfter from the nearest snapshot at or before $3 (from the first update
-            // when there is none), with that snapshot's columns; its body on the first row
-            // only.
+            // when there is none, then nothing is counted: 0 are at or before "it"), with
+            // that snapshot's columns; its body on the first row only.
             Q::RecordFromSnapshot => {
                 "WITH snap AS (SELECT event_time_us, source, position, n, fold, body \
                  FROM {s}.snapshots WHERE model = $1 AND record_id = $2 AND event_time_us <= $3 \
@@ -474,9 +474,11 @@ impl Q {
                  coalesce((SELECT source FROM snap), ''::bytea) AS s, \
                  coalesce((SELECT position FROM snap), ''::bytea) AS p) \
                  SELECT u.*, \
-                 (SELECT updates FROM {s}.masters WHERE model = $1 AND record_id = $2), \
+                 CASE WHEN EXISTS (SELECT 1 FROM snap) THEN \
+                 (SELECT updates FROM {s}.masters WHERE model = $1 AND record_id = $2) END, \
+                 CASE WHEN EXISTS (SELECT 1 FROM snap) THEN \
                  (SELECT count(*) FROM {s}.updates x WHERE x.model = $1 AND x.record_id = $2 \
-                  AND (x.event_time_us, x.source, x.position) > (pt.t, pt.s, pt.p)), \
+                  AND (x.event_time_us, x.source, x.position) > (pt.t, pt.s, pt.p)) ELSE 0 END, \
                  snap.event_time_us, snap.source, snap.position, snap.n, snap.fold, \
                  CASE WHEN row_number() OVER (ORDER BY u.event_time_us, u.source, u.position) = 1 \
                  THEN snap.body END \
