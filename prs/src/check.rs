@@ -228,10 +228,13 @@ where
         let verdict = tokio::task::spawn_blocking(move || f(&view))
             .await
             .map_err(|e| Error::Panicked(panic_message(e)))?;
-        Ok(Evaluation::Ran {
-            verdict,
-            evidence: evidence.iter().map(ToString::to_string).collect(),
-        })
+        // Named only for a failure: that is what incidents and reports show, while a pass
+        // is not kept anywhere, and a wallet's view names thousands of records.
+        let evidence = match verdict {
+            Verdict::Pass => Vec::new(),
+            Verdict::Fail { .. } => evidence.iter().map(ToString::to_string).collect(),
+        };
+        Ok(Evaluation::Ran { verdict, evidence })
     }
 }
 

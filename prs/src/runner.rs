@@ -87,8 +87,10 @@ pub struct RunRecord {
     /// Earliest source commit time among the coalesced triggers.
     pub first_event_us: Micros,
     pub outcome: Outcome,
-    /// Evidence by reference: the newest update (`source@position`) of each record the
-    /// view includes, as of the evaluation time.
+    /// Evidence by reference, of a failing (or stale) verdict: the newest update
+    /// (`source@position`) of each record the view includes, as of the evaluation time.
+    /// Empty for a pass (nothing escalates or reports it; naming every member of a large
+    /// join on every run cost more than the check).
     pub evidence: Vec<String>,
     pub triggers: u32,
     /// Wall-clock time the verdict was reached (time to detect = this − first_event_us).
