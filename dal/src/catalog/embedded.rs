@@ -93,6 +93,24 @@ pub struct EmbeddedCatalog {
     /// Bumped after every commit, abandoned segment and heartbeat: see
     /// [`SegmentLedger::commit_signal`].
     commits: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Hashes of the (model, record id)s that have or had snapshots: a read of any other
+    /// record (most records are short and never get one) skips the snapshot lookup. Exact
+    /// because the file is open in one process at a time (redb locks it) and every snapshot
+    /// is written through a handle of this one; a hash collision only costs a lookup.
+    snapshotted: Arc<std::sync::RwLock<std::collections::HashSet<u64>>>,
+}
+
+/// The key of [`EmbeddedCatalog::snapshotted`].
+fn record_hash(model: &[u8], record_id: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // Fixed keys: the set lives in one process, but there is no reason to vary.
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
+    h.write(model);
+    h.write_u8(0xff);
+    h.write(record_id);
+    h.finish()
 }
 
 impl std::fmt::Debug for EmbeddedCatalog {
@@ -157,10 +175,21 @@ impl EmbeddedCatalog {
             tx.open_table(LATE).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)?;
+        let mut snapshotted = std::collections::HashSet::new();
+        {
+            let tx = db.begin_read().map_err(db_err)?;
+            let t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+            for row in t.iter().map_err(db_err)? {
+                let (k, _) = row.map_err(db_err)?;
+                let (m, id, _, _, _) = k.value();
+                snapshotted.insert(record_hash(m, id));
+            }
+        }
         Ok(EmbeddedCatalog {
             db: Arc::new(db),
             path: path.display().to_string(),
             commits: Arc::new(tokio::sync::watch::Sender::new(0)),
+            snapshotted: Arc::new(std::sync::RwLock::new(snapshotted)),
         })
     }
 
@@ -1416,9 +1445,18 @@ impl SnapshotStore for EmbeddedCatalog {
         record_id: &str,
         up_to_us: Micros,
     ) -> Result<FromSnapshot> {
+        let maybe = self
+            .snapshotted
+            .read()
+            .expect("snapshot set poisoned")
+            .contains(&record_hash(model.as_bytes(), record_id.as_bytes()));
         self.read(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            let snapshot = snapshot_before(&tx, model, record_id, up_to_us)?;
+            let snapshot = if maybe {
+                snapshot_before(&tx, model, record_id, up_to_us)?
+            } else {
+                None
+            };
             let from = snapshot
                 .as_ref()
                 .map_or((Micros::MIN, "", ""), Snapshot::order_key);
@@ -1440,6 +1478,14 @@ impl SnapshotStore for EmbeddedCatalog {
             .all(|w| w.snapshots.is_empty() && w.clear_up_to.is_none())
         {
             return Ok(());
+        }
+        {
+            // Before the write: a reader that finds the hash and no snapshot yet only
+            // looked in vain.
+            let mut set = self.snapshotted.write().expect("snapshot set poisoned");
+            for w in writes.iter().filter(|w| !w.snapshots.is_empty()) {
+                set.insert(record_hash(w.model.as_bytes(), w.record_id.as_bytes()));
+            }
         }
         let writes = writes.to_vec();
         self.blocking(move |db| {
@@ -1527,6 +1573,87 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), v.to_string()))
                 .collect(),
         }
+    }
+
+    /// Which records have snapshots is known in memory (the lookup is skipped for the
+    /// others), also after the file is opened again; and the `late` table records exactly
+    /// the updates at or before their record's newest commit time.
+    #[tokio::test]
+    async fn snapshotted_records_and_late_updates_survive_a_reopen() {
+        use crate::update::{Snapshot, SnapshotWrite};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        let cat = EmbeddedCatalog::open(&path).unwrap();
+        let entries = vec![
+            entry("1", "a", 10, &[]),
+            entry("2", "a", 20, &[]),
+            entry("3", "b", 5, &[]),
+        ];
+        cat.commit(CommitBatch {
+            segment_seq: Some(1),
+            entries,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let late_of = |cat: &EmbeddedCatalog, id: &str| {
+            let tx = cat.db.begin_read().unwrap();
+            let t = tx.open_table(LATE).unwrap();
+            t.get(("m".as_bytes(), id.as_bytes()))
+                .unwrap()
+                .map(|v| v.value())
+        };
+        assert_eq!(late_of(&cat, "a"), None, "in order");
+        cat.commit(CommitBatch {
+            segment_seq: Some(2),
+            entries: vec![entry("4", "a", 20, &[]), entry("5", "a", 30, &[])],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            late_of(&cat, "a"),
+            Some(3),
+            "same time as the newest: may sort before it"
+        );
+        cat.put_snapshots(&[SnapshotWrite {
+            model: "m".into(),
+            record_id: "a".into(),
+            clear_up_to: None,
+            snapshots: vec![Snapshot {
+                model: "m".into(),
+                record_id: "a".into(),
+                event_time_us: 20,
+                source: "s".into(),
+                position: "2".into(),
+                n: 2,
+                fold: 1,
+                body: b"{}".to_vec(),
+            }],
+        }])
+        .await
+        .unwrap();
+        drop(cat);
+        let cat = EmbeddedCatalog::open(&path).unwrap();
+        let from = cat
+            .record_updates_from_snapshot("m", "a", 100)
+            .await
+            .unwrap();
+        assert_eq!(from.snapshot.map(|s| s.n), Some(2));
+        let pos: Vec<_> = from
+            .after
+            .entries
+            .iter()
+            .map(|e| e.position.as_str())
+            .collect();
+        // "4" (time 20) sorts after "2"; it came late after the record had 2 updates, so
+        // the 2 at or before the snapshot are counted, not taken on trust.
+        assert_eq!((pos, from.after.at_or_before), (vec!["4", "5"], 2));
+        let from = cat
+            .record_updates_from_snapshot("m", "b", 100)
+            .await
+            .unwrap();
+        assert_eq!((from.snapshot, from.after.entries.len()), (None, 1));
     }
 
     /// Keeping a pair's reference updates (built from the history when asked, then
