@@ -112,8 +112,9 @@ pub enum Evaluation {
     /// The function ran.
     Ran {
         verdict: Verdict,
-        /// Evidence by reference: the newest update (`source@position`) of each record
-        /// the view includes, as of the evaluation time.
+        /// Evidence by reference, of a failing verdict: the newest update
+        /// (`source@position`) of each record the view includes, as of the evaluation
+        /// time. Empty for a pass.
         evidence: Vec<String>,
     },
     /// The subject did not exist as of the evaluation time (created later, or deleted).

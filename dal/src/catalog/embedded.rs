@@ -32,7 +32,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use super::{
     Catalog, IncidentStore, MetaStore, SegmentLedger, SnapshotStore, SourceProgress, UpdateIndex,
@@ -98,6 +98,24 @@ pub struct EmbeddedCatalog {
     /// because the file is open in one process at a time (redb locks it) and every snapshot
     /// is written through a handle of this one; a hash collision only costs a lookup.
     snapshotted: Arc<std::sync::RwLock<std::collections::HashSet<u64>>>,
+}
+
+/// `META` key: the number of indexed updates when the `LATE` table was last known to
+/// cover them all (written by every commit of a build that keeps it).
+const LATE_COVERS: &[u8] = b"late_covers";
+
+/// Records, in a write transaction, that `LATE` covers every update indexed so far.
+fn mark_late_covered(tx: &redb::WriteTransaction) -> Result<()> {
+    let indexed = tx
+        .open_table(UPDATES)
+        .map_err(db_err)?
+        .len()
+        .map_err(db_err)?;
+    tx.open_table(META)
+        .map_err(db_err)?
+        .insert(LATE_COVERS, indexed)
+        .map_err(db_err)?;
+    Ok(())
 }
 
 /// The key of [`EmbeddedCatalog::snapshotted`].
@@ -173,16 +191,53 @@ impl EmbeddedCatalog {
             tx.open_table(REF_KEPT).map_err(db_err)?;
             tx.open_table(SNAPSHOTS).map_err(db_err)?;
             tx.open_table(LATE).map_err(db_err)?;
+            // Updates indexed by a build that did not keep `LATE` (an older one, after a
+            // downgrade) may have made snapshots stale without saying so: they are derived
+            // data, drop them.
+            let covered = tx
+                .open_table(META)
+                .map_err(db_err)?
+                .get(LATE_COVERS)
+                .map_err(db_err)?
+                .map(|v| v.value());
+            let indexed = tx
+                .open_table(UPDATES)
+                .map_err(db_err)?
+                .len()
+                .map_err(db_err)?;
+            if covered != Some(indexed) {
+                let mut snaps = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+                if !snaps.is_empty().map_err(db_err)? {
+                    tracing::warn!(
+                        "{}: updates were indexed by a build that does not track late ones; \
+                         its snapshots are dropped (reads rebuild them)",
+                        path.display()
+                    );
+                    snaps.retain(|_, _| false).map_err(db_err)?;
+                }
+                drop(snaps);
+                mark_late_covered(&tx)?;
+            }
         }
         tx.commit().map_err(db_err)?;
         let mut snapshotted = std::collections::HashSet::new();
         {
             let tx = db.begin_read().map_err(db_err)?;
             let t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
-            for row in t.iter().map_err(db_err)? {
-                let (k, _) = row.map_err(db_err)?;
-                let (m, id, _, _, _) = k.value();
-                snapshotted.insert(record_hash(m, id));
+            // One seek per record: past its last snapshot to the next record's first.
+            let mut next = t.first().map_err(db_err)?.map(|(k, _)| {
+                let (m, id, ..) = k.value();
+                (m.to_vec(), id.to_vec())
+            });
+            while let Some((m, id)) = next.take() {
+                snapshotted.insert(record_hash(&m, &id));
+                let past = (m.as_slice(), id.as_slice(), i64::MAX, MAX_TEXT, MAX_TEXT);
+                let range = (std::ops::Bound::Excluded(past), std::ops::Bound::Unbounded);
+                if let Some(row) = t.range(range).map_err(db_err)?.next() {
+                    let (k, _) = row.map_err(db_err)?;
+                    let (m, id, ..) = k.value();
+                    next = Some((m.to_vec(), id.to_vec()));
+                }
             }
         }
         Ok(EmbeddedCatalog {
@@ -850,6 +905,7 @@ impl SegmentLedger for EmbeddedCatalog {
                         }
                     }
                 }
+                mark_late_covered(&tx)?;
                 tx.commit().map_err(db_err)?;
                 Self::signal(&commits);
                 Ok(fresh)
@@ -1654,6 +1710,41 @@ mod tests {
             .await
             .unwrap();
         assert_eq!((from.snapshot, from.after.entries.len()), (None, 1));
+
+        // An update indexed by a build that does not keep `LATE` (a downgrade): the
+        // snapshots are dropped at the next open, not trusted.
+        {
+            let tx = cat.db.begin_write().unwrap();
+            tx.open_table(UPDATES)
+                .unwrap()
+                .insert(("s".as_bytes(), "old".as_bytes()), [0u8].as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        drop(cat);
+        let cat = EmbeddedCatalog::open(&path).unwrap();
+        assert_eq!(cat.snapshots("m", "a").await.unwrap(), vec![]);
+        // A snapshot written now survives the next open: the marker holds.
+        cat.put_snapshots(&[SnapshotWrite {
+            model: "m".into(),
+            record_id: "a".into(),
+            clear_up_to: None,
+            snapshots: vec![Snapshot {
+                model: "m".into(),
+                record_id: "a".into(),
+                event_time_us: 30,
+                source: "s".into(),
+                position: "5".into(),
+                n: 5,
+                fold: 1,
+                body: b"{}".to_vec(),
+            }],
+        }])
+        .await
+        .unwrap();
+        drop(cat);
+        let cat = EmbeddedCatalog::open(&path).unwrap();
+        assert_eq!(cat.snapshots("m", "a").await.unwrap().len(), 1);
     }
 
     /// Keeping a pair's reference updates (built from the history when asked, then
