@@ -327,7 +327,7 @@ impl Dal {
         if let Some(kept) = kept.as_ref().filter(|k| k.time() <= as_of_us) {
             let after = self
                 .catalog
-                .record_updates_after_seen(model, record_id, kept.after(), as_of_us, kept.n)
+                .record_updates_after(model, record_id, kept.after(), as_of_us, Some(kept.n))
                 .await?;
             if after.at_or_before == kept.n {
                 let fold = if after.entries.is_empty() {
@@ -455,34 +455,35 @@ impl Dal {
                 ));
                 fold.snap_n = fold.n;
             }
-            // Queued in pieces (in order: the first clears), not all at the end.
-            if due.len() >= crate::snapshot::WRITE_PIECE
-                || (done == entries.len() && (!due.is_empty() || clear.is_some()))
-            {
-                self.snapshots.write(
-                    &self.catalog,
-                    crate::update::SnapshotWrite {
-                        model: model.to_owned(),
-                        record_id: record_id.to_owned(),
-                        clear_up_to: clear.take(),
-                        snapshots: std::mem::take(&mut due),
-                    },
-                );
+            // Queued in pieces as they fill (in order: the first one clears), the rest at
+            // the end below.
+            if due.len() >= crate::snapshot::WRITE_PIECE {
+                self.queue_snapshots(model, record_id, clear.take(), std::mem::take(&mut due));
             }
         }
-        if let Some(clear) = clear {
-            // Nothing folded (an unusable snapshot, no update up to the time).
-            self.snapshots.write(
-                &self.catalog,
-                crate::update::SnapshotWrite {
-                    model: model.to_owned(),
-                    record_id: record_id.to_owned(),
-                    clear_up_to: Some(clear),
-                    snapshots: Vec::new(),
-                },
-            );
+        if !due.is_empty() || clear.is_some() {
+            self.queue_snapshots(model, record_id, clear, due);
         }
         Ok(())
+    }
+
+    /// Queues snapshots of a record for the background writer.
+    fn queue_snapshots(
+        &self,
+        model: &str,
+        record_id: &str,
+        clear_up_to: Option<(Micros, String, String)>,
+        snapshots: Vec<crate::update::Snapshot>,
+    ) {
+        self.snapshots.write(
+            &self.catalog,
+            crate::update::SnapshotWrite {
+                model: model.to_owned(),
+                record_id: record_id.to_owned(),
+                clear_up_to,
+                snapshots,
+            },
+        );
     }
 
     /// A view (by definition) of the record `subject_id` as of `as_of_us`, as a dynamic

@@ -1129,7 +1129,7 @@ async fn updates_after_suite(cat: &dyn Catalog, seq: u64) {
     .await
     .unwrap();
     let q = |a: (i64, &'static str, &'static str), up_to: i64| {
-        cat.record_updates_after("m", "late", a, up_to)
+        cat.record_updates_after("m", "late", a, up_to, None)
     };
     assert_eq!(
         got(q(after(100, "1"), i64::MAX).await.unwrap()),
@@ -1178,7 +1178,7 @@ async fn updates_after_suite(cat: &dyn Catalog, seq: u64) {
     // A caller that saw 2 then is told 3 (an update came late since), whether the backend
     // counts or knows; before the late one, a count seen still holds.
     let seen = |a: (i64, &'static str, &'static str), up_to: i64, n: u64| {
-        cat.record_updates_after_seen("m", "late", a, up_to, n)
+        cat.record_updates_after("m", "late", a, up_to, Some(n))
     };
     assert_eq!(
         got(seen(after(300, "2"), i64::MAX, 2).await.unwrap()),
@@ -1207,7 +1207,7 @@ async fn updates_after_suite(cat: &dyn Catalog, seq: u64) {
     );
     assert_eq!(
         got(cat
-            .record_updates_after("m", "nope", after(0, ""), i64::MAX)
+            .record_updates_after("m", "nope", after(0, ""), i64::MAX, None)
             .await
             .unwrap()),
         (vec![], 0)
@@ -1227,7 +1227,7 @@ async fn updates_after_suite(cat: &dyn Catalog, seq: u64) {
     assert_eq!(order, ["p", "p\0", "pa", "é"]);
     assert_eq!(
         got(cat
-            .record_updates_after("m", "ord", (500, "late-src", "p"), i64::MAX)
+            .record_updates_after("m", "ord", (500, "late-src", "p"), i64::MAX, None)
             .await
             .unwrap()),
         (vec!["p\0".into(), "pa".into(), "é".into()], 1)

@@ -999,24 +999,11 @@ impl UpdateIndex for EmbeddedCatalog {
         record_id: &str,
         after: (Micros, &str, &str),
         up_to_us: Micros,
+        seen: Option<u64>,
     ) -> Result<UpdatesAfter> {
         self.read(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
-            updates_after(&tx, model, record_id, after, up_to_us, None)
-        })
-    }
-
-    async fn record_updates_after_seen(
-        &self,
-        model: &str,
-        record_id: &str,
-        after: (Micros, &str, &str),
-        up_to_us: Micros,
-        seen: u64,
-    ) -> Result<UpdatesAfter> {
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            updates_after(&tx, model, record_id, after, up_to_us, Some(seen))
+            updates_after(&tx, model, record_id, after, up_to_us, seen)
         })
     }
 

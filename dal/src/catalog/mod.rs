@@ -131,33 +131,22 @@ pub trait UpdateIndex: Send + Sync + 'static {
     /// still the record's history up to there exactly when that count is `n` (an update
     /// that arrived late, with an earlier commit time, makes it larger). Both halves come
     /// from one consistent read.
+    ///
+    /// `seen`: the count at or before `after` the caller saw in an earlier read of this
+    /// catalog (its fold's `n`), if any. When the catalog can tell that no update of the
+    /// record arrived late since it had `seen` updates (none with a commit time at or
+    /// before its newest one), every update since sorts after `after`, so the count is
+    /// `seen` without counting the rest of the history: a read far behind the head of a
+    /// long history (a replay, an older time) costs the updates it returns. Otherwise, or
+    /// if the backend cannot tell, it counts.
     async fn record_updates_after(
         &self,
         model: &str,
         record_id: &str,
         after: (Micros, &str, &str),
         up_to_us: Micros,
+        seen: Option<u64>,
     ) -> Result<UpdatesAfter>;
-
-    /// [`UpdateIndex::record_updates_after`] for a caller that saw `seen` updates at or
-    /// before `after` in an earlier read of this catalog (its fold's count). When the
-    /// catalog can tell that no update of the record arrived late since it had `seen`
-    /// updates (none with a commit time at or before its newest one), every update since
-    /// sorts after `after`, so `at_or_before` is `seen` without counting the rest of the
-    /// history: a read far behind the head of a long history (a replay, an older time)
-    /// costs the updates it returns. Otherwise, or if the backend cannot tell, it counts.
-    async fn record_updates_after_seen(
-        &self,
-        model: &str,
-        record_id: &str,
-        after: (Micros, &str, &str),
-        up_to_us: Micros,
-        seen: u64,
-    ) -> Result<UpdatesAfter> {
-        let _ = seen;
-        self.record_updates_after(model, record_id, after, up_to_us)
-            .await
-    }
 
     /// The master document of a record.
     async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>>;
@@ -233,7 +222,7 @@ pub trait SnapshotStore: UpdateIndex {
 
     /// What reading a record as of `up_to_us` needs, from its nearest snapshot: the
     /// snapshot [`SnapshotStore::snapshot_at_or_before`] gives, and
-    /// [`UpdateIndex::record_updates_after_seen`] its last update and count (from the
+    /// [`UpdateIndex::record_updates_after`] its last update and count (from the
     /// first update when there is none: then `at_or_before` is 0). One call for a record
     /// with or without snapshots; the embedded catalog answers from one consistent read. (A
     /// snapshot is validated by the count either way, so two reads are correct too.)
@@ -246,16 +235,13 @@ pub trait SnapshotStore: UpdateIndex {
         let snapshot = self
             .snapshot_at_or_before(model, record_id, up_to_us)
             .await?;
-        let after = match &snapshot {
-            Some(s) => {
-                self.record_updates_after_seen(model, record_id, s.order_key(), up_to_us, s.n)
-                    .await?
-            }
-            None => {
-                self.record_updates_after(model, record_id, (Micros::MIN, "", ""), up_to_us)
-                    .await?
-            }
-        };
+        let from = snapshot
+            .as_ref()
+            .map_or((Micros::MIN, "", ""), Snapshot::order_key);
+        let seen = snapshot.as_ref().map(|s| s.n);
+        let after = self
+            .record_updates_after(model, record_id, from, up_to_us, seen)
+            .await?;
         Ok(FromSnapshot { snapshot, after })
     }
 

@@ -927,7 +927,9 @@ impl UpdateIndex for PgCatalog {
         record_id: &str,
         after: (Micros, &str, &str),
         up_to_us: Micros,
+        _seen: Option<u64>,
     ) -> Result<UpdatesAfter> {
+        // No late tracking here: always counted.
         let c = self.shared().await?;
         let (t0, s0, p0) = after;
         let rows = c
@@ -945,25 +947,7 @@ impl UpdateIndex for PgCatalog {
             )
             .await
             .map_err(pg_err("reading a record's recent updates"))?;
-        let Some(first) = rows.first() else {
-            return Err(Error::catalog("reading a record's recent updates: no row"));
-        };
-        let total: Option<i64> = get(first, 11)?;
-        let later: i64 = get(first, 12)?;
-        // A count below the rows (never written so) reads as 0: the caller then folds the
-        // history, as with the embedded catalog.
-        let at_or_before = u64::try_from(total.unwrap_or(0) - later).unwrap_or(0);
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let source: Option<&[u8]> = get(row, 0)?;
-            if source.is_some() {
-                entries.push(entry_from_row(row)?);
-            }
-        }
-        Ok(UpdatesAfter {
-            entries,
-            at_or_before,
-        })
+        updates_after_from_rows(&rows, "reading a record's recent updates")
     }
 
     async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>> {
@@ -1317,48 +1301,13 @@ impl SnapshotStore for PgCatalog {
             )
             .await
             .map_err(pg_err("reading a record from its snapshot"))?;
-        let Some(first) = rows.first() else {
-            return Err(Error::catalog("reading a record from its snapshot: no row"));
-        };
-        let total: Option<i64> = get(first, 11)?;
-        let later: i64 = get(first, 12)?;
-        let at_or_before = u64::try_from(total.unwrap_or(0) - later).unwrap_or(0);
+        let after = updates_after_from_rows(&rows, "reading a record from its snapshot")?;
+        let first = &rows[0];
         let snap_time: Option<i64> = get(first, 13)?;
-        let snapshot = match snap_time {
-            None => None,
-            Some(event_time_us) => {
-                let n: i64 = get(first, 16)?;
-                let fold: i64 = get(first, 17)?;
-                let body: Option<&[u8]> = get(first, 18)?;
-                Some(Snapshot {
-                    model: model.to_owned(),
-                    record_id: record_id.to_owned(),
-                    event_time_us,
-                    source: text(first, 14)?,
-                    position: text(first, 15)?,
-                    n: u64::try_from(n)
-                        .map_err(|_| Error::corrupt("catalog snapshots", format!("n {n}")))?,
-                    fold: fold as u64,
-                    body: body
-                        .ok_or_else(|| Error::corrupt("catalog snapshots", "no body"))?
-                        .to_vec(),
-                })
-            }
-        };
-        let mut entries = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let source: Option<&[u8]> = get(row, 0)?;
-            if source.is_some() {
-                entries.push(entry_from_row(row)?);
-            }
-        }
-        Ok(FromSnapshot {
-            snapshot,
-            after: UpdatesAfter {
-                entries,
-                at_or_before,
-            },
-        })
+        let snapshot = snap_time
+            .map(|_| snapshot_at(first, 13, model.to_owned(), record_id.to_owned()))
+            .transpose()?;
+        Ok(FromSnapshot { snapshot, after })
     }
 
     async fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<()> {
@@ -1439,20 +1388,54 @@ impl SnapshotStore for PgCatalog {
     }
 }
 
+/// The rows of [`Q::RecordAfter`] or [`Q::RecordFromSnapshot`]: an entry per row (none
+/// when the only row has empty entry columns), the record's update count in column 11 and
+/// the updates after the point in column 12.
+fn updates_after_from_rows(rows: &[Row], what: &str) -> Result<UpdatesAfter> {
+    let Some(first) = rows.first() else {
+        return Err(Error::catalog(format!("{what}: no row")));
+    };
+    let total: Option<i64> = get(first, 11)?;
+    let later: i64 = get(first, 12)?;
+    // A count below the rows (never written so) reads as 0: the caller then folds the
+    // history, as with the embedded catalog.
+    let at_or_before = u64::try_from(total.unwrap_or(0) - later).unwrap_or(0);
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let source: Option<&[u8]> = get(row, 0)?;
+        if source.is_some() {
+            entries.push(entry_from_row(row)?);
+        }
+    }
+    Ok(UpdatesAfter {
+        entries,
+        at_or_before,
+    })
+}
+
 /// A snapshot from a row of [`SNAPSHOT_COLS`].
 fn snapshot_from_row(row: &Row) -> Result<Snapshot> {
-    let n: i64 = get(row, 5)?;
-    let fold: i64 = get(row, 6)?;
-    let body: &[u8] = get(row, 7)?;
+    snapshot_at(row, 2, text(row, 0)?, text(row, 1)?)
+}
+
+/// A snapshot of `model`/`record_id` from the columns of [`SNAPSHOT_COLS`] after the
+/// first two (event time, source, position, n, fold, body), starting at column `at`.
+fn snapshot_at(row: &Row, at: usize, model: String, record_id: String) -> Result<Snapshot> {
+    let n: i64 = get(row, at + 3)?;
+    let fold: i64 = get(row, at + 4)?;
+    let body: Option<&[u8]> = get(row, at + 5)?;
     Ok(Snapshot {
-        model: text(row, 0)?,
-        record_id: text(row, 1)?,
-        event_time_us: get(row, 2)?,
-        source: text(row, 3)?,
-        position: text(row, 4)?,
+        model,
+        record_id,
+        event_time_us: get(row, at)?,
+        source: text(row, at + 1)?,
+        position: text(row, at + 2)?,
         n: u64::try_from(n).map_err(|_| Error::corrupt("catalog snapshots", format!("n {n}")))?,
+        // The fingerprint's bits, as the column's type holds them.
         fold: fold as u64,
-        body: body.to_vec(),
+        body: body
+            .ok_or_else(|| Error::corrupt("catalog snapshots", "no body"))?
+            .to_vec(),
     })
 }
 
