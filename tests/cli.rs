@@ -553,6 +553,32 @@ path = "{d}/ledger.jsonl"
         "{out}"
     );
     assert!(out.contains("status: TRANSFER_STATUS_COMPLETED"), "{out}");
+    // with the content digest a failing verdict on this view names (the same on every
+    // rebuild, another at another time)
+    let digest_at = |as_of: &str| {
+        let out = ok(&view(&[
+            "--model",
+            "payments.transfers",
+            "--id",
+            "t-1",
+            "--view",
+            "TransferWithLedger",
+            "--as-of",
+            as_of,
+        ]));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("# content digest sha256:"))
+            .unwrap_or_else(|| panic!("{out}"))
+            .to_owned();
+        assert_eq!(line.len(), "# content digest sha256:".len() + 64, "{line}");
+        line
+    };
+    assert!(out.contains(&digest_at("2024-01-02T04:00:01Z")), "{out}");
+    assert_ne!(
+        digest_at("2024-01-02T04:00:01Z"),
+        digest_at("2024-01-02T04:00:00.500Z")
+    );
 
     // a model without a view message: its state as JSON
     let out = ok(&view(&["--model", "crm.customers", "--id", "c-1"]));

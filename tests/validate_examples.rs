@@ -36,7 +36,7 @@ fn every_example_config_fits_the_payments_checks() {
         assert_eq!(
             texts,
             ["check \"wallet_balance_matches_entries\": view \
-              overseer.views.v1.WalletWithEntries field \"entries\" joins ledger.entries on \
+              overseer.views.v1.WalletWithTotals field \"entries\" joins ledger.entries on \
               reference \"asset\", which [[models]] \"ledger.entries\" does not declare"],
             "{path:?}"
         );

@@ -25,8 +25,11 @@
 //! - **Views** ([`Dal::view_dynamic`], [`Dal::view`]): the state mapped into the view's
 //!   message by [`crate::view::map`]; joined views add related records, each as of the same
 //!   T. A join's members are kept between reads ([`crate::state`], "Joins"): a read asks
-//!   the catalog which records referencing the key changed since, and reads only those. Every view carries its *evidence* by reference: the newest update of each record it
-//!   includes (bounded by the records in the view, not by their histories).
+//!   the catalog which records referencing the key changed since, and reads only those. A
+//!   join declared as an aggregate (`(aggregate)`) is its members' totals, kept with them
+//!   and adjusted by the members that changed. Every view carries its *evidence* by
+//!   reference: the newest update of each record it shows (bounded by the records in the
+//!   view, not by their histories); an aggregate names its newest member's.
 //!
 //! A DAL can be shared by any number of readers. The only thing it writes is derived data:
 //! the snapshots of the records it folds ([`crate::snapshot`]), in the background; a
@@ -81,6 +84,8 @@ pub struct RecordAt {
     pub updates: u64,
     /// The newest of them: which version of the record `state` is (`None`: no update).
     pub last: Option<UpdateRef>,
+    /// That update's commit time (its order key with `last`).
+    pub last_time_us: Option<Micros>,
     /// References as of `as_of_us` (name → value): each the value carried by the latest
     /// update that carried that name since the record was last created.
     pub refs: BTreeMap<String, String>,
@@ -98,6 +103,7 @@ impl RecordAt {
                 source: l.source.clone(),
                 position: l.position.clone(),
             }),
+            last_time_us: fold.last.as_ref().map(|l| l.event_time_us),
             refs: fold.refs.clone(),
         }
     }
@@ -110,6 +116,7 @@ impl RecordAt {
             as_of_us,
             state: fold.state,
             updates: fold.n,
+            last_time_us: fold.last.as_ref().map(|l| l.event_time_us),
             last: fold.last.map(|l| UpdateRef {
                 source: l.source,
                 position: l.position,
@@ -287,6 +294,15 @@ impl Dal {
 
     pub fn views(&self) -> &Views {
         &self.views
+    }
+
+    /// The content digest ([`crate::view::digest`]) of an encoded message of the view
+    /// `view_name`; `None` if the DAL does not know that view (a custom view function's
+    /// message not registered) or the bytes are not one.
+    pub fn view_digest(&self, view_name: &str, encoded: &[u8]) -> Option<String> {
+        let def = self.views.get(view_name).ok()?;
+        let msg = DynamicMessage::decode(def.message.clone(), encoded).ok()?;
+        Some(crate::view::digest(&msg))
     }
 
     /// The read cache, to share (e.g. with a [`crate::bus::feed::CatalogFeed::warming`]).
@@ -541,8 +557,20 @@ impl Dal {
                 for join in &j.joins {
                     // The value each key must have; an id that does not split into the
                     // parts the keys use has no members.
-                    if let Some(values) = j.key_values(join, subject_id) {
-                        let kept = self.join_members(def, join, &values, as_of_us).await?;
+                    let Some(values) = j.key_values(join, subject_id) else {
+                        continue;
+                    };
+                    let kept = self.join_members(def, join, &values, as_of_us).await?;
+                    if join.aggregate.is_some() {
+                        // The totals, not the members: what changed since the last read
+                        // was applied to them.
+                        let totals = overseer_protos::views::Totals {
+                            count: kept.members.len() as u64,
+                            sum: kept.sum.to_string(),
+                        };
+                        put_message(&mut out, join.field.number(), &totals.encode_to_vec());
+                        evidence.extend(kept.newest.as_ref().map(|n| n.update.clone()));
+                    } else {
                         evidence.extend(kept.members.values().filter_map(|m| m.last.clone()));
                         let size: usize = kept.members.values().map(|m| m.encoded.len() + 8).sum();
                         out.reserve(size);
@@ -591,13 +619,7 @@ impl Dal {
         as_of_us: Micros,
     ) -> Result<Arc<KeptJoin>> {
         let (Some(first), Some(value)) = (join.keys.first(), values.first()) else {
-            return Ok(Arc::new(KeptJoin {
-                time: as_of_us,
-                after: None,
-                n: 0,
-                members: Arc::default(),
-                bytes: 0,
-            }));
+            return Ok(Arc::new(KeptJoin::empty(as_of_us)));
         };
         let key: JoinKey = (
             def.name().to_owned(),
@@ -688,17 +710,15 @@ impl Dal {
             .await?;
         let ids: BTreeSet<&str> = all.updates.iter().map(|u| u.record_id.as_str()).collect();
         let read = self.read_members(def, join, values, &ids, as_of_us).await?;
-        let members: BTreeMap<String, Arc<Member>> = read
-            .into_iter()
-            .filter_map(|(id, m)| Some((id, m?)))
-            .collect();
-        let join = Arc::new(KeptJoin {
-            time: as_of_us,
+        let mut built = KeptJoin {
             after: all.updates.last().map(Last::of_ref),
             n: all.at_or_before + all.updates.len() as u64,
-            bytes: members.values().map(|m| m.bytes).sum(),
-            members: Arc::new(members),
-        });
+            ..KeptJoin::empty(as_of_us)
+        };
+        built
+            .apply(read)
+            .map_err(|e| Error::view(def.name(), format!("{}: {e}", join.field.name())))?;
+        let join = Arc::new(built);
         self.joins.put(key, join.clone(), stale);
         self.joins.count(
             if stale {
@@ -723,23 +743,14 @@ impl Dal {
         as_of_us: Micros,
     ) -> Result<KeptJoin> {
         let read = self.read_members(def, join, values, ids, as_of_us).await?;
-        let mut members = BTreeMap::clone(&kept.members);
-        let mut bytes = kept.bytes;
-        for (id, member) in read {
-            if let Some(old) = members.remove(&id) {
-                bytes -= old.bytes;
-            }
-            if let Some(m) = member {
-                bytes += m.bytes;
-                members.insert(id, m);
-            }
-        }
-        Ok(KeptJoin {
+        let mut again = KeptJoin {
             time: as_of_us,
-            members: Arc::new(members),
-            bytes,
             ..kept.clone()
-        })
+        };
+        again
+            .apply(read)
+            .map_err(|e| Error::view(def.name(), format!("{}: {e}", join.field.name())))?;
+        Ok(again)
     }
 
     /// Reads the records `ids` of a join's model as of `as_of_us` (concurrently): each, as
@@ -771,15 +782,40 @@ impl Dal {
                     .iter()
                     .zip(values)
                     .all(|(k, v)| m.refs.get(&k.reference).map(String::as_str) == Some(*v));
-                let member = match (&m.state, joined) {
-                    (Some(st), true) => {
+                let last_time_us = m.last_time_us.unwrap_or_default();
+                let member = match (&m.state, joined, &join.aggregate) {
+                    (Some(st), true, Some(agg)) => {
+                        let value = agg.contribution(st).map_err(|e| {
+                            Error::view(
+                                def.name(),
+                                format!(
+                                    "{}: {} record {:?}: {e}",
+                                    join.field.name(),
+                                    join.model,
+                                    m.record_id
+                                ),
+                            )
+                        })?;
+                        Some(Arc::new(Member::counted(
+                            &m.record_id,
+                            value,
+                            m.last,
+                            last_time_us,
+                        )))
+                    }
+                    (Some(st), true, None) => {
                         let msg = record_to_message(&target, &m.record_id, st).map_err(|e| {
                             Error::view(
                                 def.name(),
                                 format!("{} record {:?}: {e}", join.model, m.record_id),
                             )
                         })?;
-                        Some(Arc::new(Member::new(&m.record_id, &msg, m.last)))
+                        Some(Arc::new(Member::new(
+                            &m.record_id,
+                            &msg,
+                            m.last,
+                            last_time_us,
+                        )))
                     }
                     _ => None,
                 };

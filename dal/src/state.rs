@@ -59,6 +59,14 @@
 //! among those returned (or, if it arrived late, before k, the count says so); so the
 //! members not named are still as kept, and a record not named is still not a member. The
 //! work of a read follows the records that changed, not the size of the join.
+//!
+//! The members are a persistent map ([`imbl::OrdMap`]): a read that changes a few members
+//! of thousands clones the kept map in O(1) and replaces them in O(log n). A join declared
+//! as an aggregate (`(aggregate)` in `views.proto`, [`crate::view::registry::Aggregate`])
+//! keeps per member only what it adds to the sum, and the sum and newest update across
+//! them ([`KeptJoin::apply`]): the view is its totals, so a read after one new member costs
+//! that member's read and O(log n), whatever the join's size. (A listed join's view still
+//! copies every member's bytes into the view, and names each as evidence.)
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -198,19 +206,87 @@ pub struct KeptJoin {
     pub after: Option<Last>,
     /// Reference updates seen up to `after`.
     pub n: u64,
-    /// The members at `time`, by record id.
-    pub members: Arc<BTreeMap<String, Arc<Member>>>,
+    /// The members at `time`, by record id: a persistent map, so a read that changes a
+    /// few members of thousands copies O(log n) nodes, not the map.
+    pub members: imbl::OrdMap<String, Arc<Member>>,
     /// Estimated bytes of the members.
     pub bytes: u64,
+    /// A declared aggregate's sum over the members (their `value`s); 0 otherwise.
+    pub sum: i128,
+    /// The newest update of any member (by time-travel order): a declared aggregate's
+    /// evidence.
+    pub newest: Option<Newest>,
+}
+
+/// A member's newest update, with its order key.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Newest {
+    pub event_time_us: Micros,
+    pub update: crate::builder::UpdateRef,
+}
+
+impl KeptJoin {
+    /// An empty join as of `time`.
+    pub fn empty(time: Micros) -> Self {
+        KeptJoin {
+            time,
+            after: None,
+            n: 0,
+            members: imbl::OrdMap::new(),
+            bytes: 0,
+            sum: 0,
+            newest: None,
+        }
+    }
+
+    /// The members `read` (record id → the member, or `None`: not a member) put in place
+    /// of the kept ones, adjusting the bytes, the sum and the newest update by the
+    /// members that changed. `Err` names a sum that leaves 128 bits.
+    pub fn apply(
+        &mut self,
+        read: impl IntoIterator<Item = (String, Option<Arc<Member>>)>,
+    ) -> Result<(), String> {
+        let overflow = || "the aggregate's sum leaves 128 bits".to_owned();
+        // Whether the newest member was replaced by one not known to be newer: then it is
+        // found again among all of them.
+        let mut lost_newest = false;
+        for (id, member) in read {
+            if let Some(old) = self.members.remove(&id) {
+                self.bytes -= old.bytes;
+                self.sum = self.sum.checked_sub(old.value).ok_or_else(overflow)?;
+                lost_newest |= old.newest().is_some() && old.newest() == self.newest;
+            }
+            if let Some(m) = member {
+                self.bytes += m.bytes;
+                self.sum = self.sum.checked_add(m.value).ok_or_else(overflow)?;
+                if let Some(n) = m.newest()
+                    && self.newest.as_ref().is_none_or(|cur| n >= *cur)
+                {
+                    self.newest = Some(n);
+                    lost_newest = false;
+                }
+                self.members.insert(id, m);
+            }
+        }
+        if lost_newest {
+            self.newest = self.members.values().filter_map(|m| m.newest()).max();
+        }
+        Ok(())
+    }
 }
 
 /// A join member as kept: its message in the view, encoded (a decoded message takes
-/// several times the memory), and its version.
+/// several times the memory), and its version. A declared aggregate's member keeps only
+/// what it adds to the sum.
 #[derive(Clone, Debug)]
 pub struct Member {
     pub encoded: bytes::Bytes,
-    /// Its newest update as of the join's time (its evidence).
+    /// Its newest update as of the join's time (its evidence), and that update's commit
+    /// time.
     pub last: Option<crate::builder::UpdateRef>,
+    pub last_time_us: Micros,
+    /// What it adds to a declared aggregate's sum (0 in a listed join).
+    pub value: i128,
     /// Estimated bytes.
     pub bytes: u64,
 }
@@ -225,13 +301,40 @@ const MEMBER_OVERHEAD: u64 = 160;
 pub const MIN_KEPT_MEMBERS: usize = 8;
 
 impl Member {
+    /// A listed member: its message in the view.
     pub fn new(
         record_id: &str,
         msg: &prost_reflect::DynamicMessage,
         last: Option<crate::builder::UpdateRef>,
+        last_time_us: Micros,
     ) -> Self {
         use prost::Message;
-        let encoded = bytes::Bytes::from(msg.encode_to_vec());
+        Member::with(
+            record_id,
+            bytes::Bytes::from(msg.encode_to_vec()),
+            last,
+            last_time_us,
+            0,
+        )
+    }
+
+    /// A declared aggregate's member: what it adds to the sum.
+    pub fn counted(
+        record_id: &str,
+        value: i128,
+        last: Option<crate::builder::UpdateRef>,
+        last_time_us: Micros,
+    ) -> Self {
+        Member::with(record_id, bytes::Bytes::new(), last, last_time_us, value)
+    }
+
+    fn with(
+        record_id: &str,
+        encoded: bytes::Bytes,
+        last: Option<crate::builder::UpdateRef>,
+        last_time_us: Micros,
+        value: i128,
+    ) -> Self {
         let bytes = MEMBER_OVERHEAD
             + encoded.len() as u64
             + record_id.len() as u64
@@ -241,8 +344,18 @@ impl Member {
         Member {
             encoded,
             last,
+            last_time_us,
+            value,
             bytes,
         }
+    }
+
+    /// Its newest update with its order key.
+    pub fn newest(&self) -> Option<Newest> {
+        self.last.clone().map(|update| Newest {
+            event_time_us: self.last_time_us,
+            update,
+        })
     }
 }
 

@@ -738,6 +738,33 @@ message AssetWallet {
 }
 "#;
 
+/// The `entries` totals of a view holding a declared aggregate: (count, sum).
+fn totals_of(view: &prost_reflect::DynamicMessage) -> (u64, String) {
+    let totals = view.get_field_by_name("entries").unwrap();
+    let totals = totals.as_message().unwrap();
+    let count = totals.get_field_by_name("count").unwrap().as_u64().unwrap();
+    let sum = totals.get_field_by_name("sum").unwrap();
+    (count, sum.as_str().unwrap().to_owned())
+}
+
+/// A declared aggregate over a transfer's entries: their count and signed sum.
+const TOTALS_PROTO: &str = r#"
+syntax = "proto3";
+package team.v1;
+import "overseer/views.proto";
+
+message TransferTotals {
+  overseer.views.v1.Transfer transfer = 1 [(overseer.views.v1.subject) = true];
+  overseer.views.v1.Totals entries = 2 [
+    (overseer.views.v1.join_ref) = "transfer_id",
+    (overseer.views.v1.aggregate) = {
+      model: "ledger.entries", sum: "amount_minor",
+      sign_by: "direction", add: "credit", subtract: "debit"
+    }
+  ];
+}
+"#;
+
 fn compile(proto: &str) -> Vec<u8> {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("team.proto"), proto).unwrap();
@@ -877,6 +904,210 @@ fn multi_field_joins_are_checked_at_load() {
         r#"(overseer.views.v1.from) = "x""#,
     );
     assert!(e.contains("declares no (id_separator)"), "{e}");
+}
+
+/// A mistake in an `(aggregate)` is one error at load naming the view and field.
+#[test]
+fn declared_aggregates_are_checked_at_load() {
+    let load = |field: &str| {
+        let proto = format!(
+            "syntax = \"proto3\";\npackage team.v1;\nimport \"overseer/views.proto\";\n\
+             message Bad {{\n  overseer.views.v1.Transfer transfer = 1 \
+             [(overseer.views.v1.subject) = true];\n  {field}\n}}\n"
+        );
+        let set = compile(&proto);
+        match overseer_dal::view::Views::builtin().with_descriptor_sets([set.as_slice()]) {
+            Ok(_) => "loaded".to_owned(),
+            Err(e) => e.to_string(),
+        }
+    };
+    let agg = r#"(overseer.views.v1.aggregate) = { model: "ledger.entries", sum: "amount_minor" }"#;
+    let join = r#"(overseer.views.v1.join_ref) = "transfer_id""#;
+    assert_eq!(
+        load(&format!("overseer.views.v1.Totals t = 2 [{join}, {agg}];")),
+        "loaded"
+    );
+    let cases = [
+        (
+            format!("overseer.views.v1.Totals t = 2 [{agg}];"),
+            "needs join_ref or join keys",
+        ),
+        (
+            format!("repeated overseer.views.v1.Totals t = 2 [{join}, {agg}];"),
+            "must be a single overseer.views.v1.Totals",
+        ),
+        (
+            format!("overseer.views.v1.LedgerEntry t = 2 [{join}, {agg}];"),
+            "must be a single overseer.views.v1.Totals",
+        ),
+        (
+            format!(
+                "overseer.views.v1.Totals t = 2 [{join}, (overseer.views.v1.aggregate) = \
+                 {{ sum: \"amount_minor\" }}];"
+            ),
+            "names no model",
+        ),
+        (
+            format!(
+                "overseer.views.v1.Totals t = 2 [{join}, (overseer.views.v1.aggregate) = \
+                 {{ model: \"ledger.entries\", sum: \"a\", sign_by: \"direction\" }}];"
+            ),
+            "lists no add or subtract values",
+        ),
+        (
+            format!(
+                "overseer.views.v1.Totals t = 2 [{join}, (overseer.views.v1.aggregate) = \
+                 {{ model: \"ledger.entries\", sum: \"a\", add: \"credit\" }}];"
+            ),
+            "no sign_by field",
+        ),
+        (
+            format!(
+                "overseer.views.v1.Totals t = 2 [{join}, (overseer.views.v1.aggregate) = \
+                 {{ model: \"ledger.entries\", sum: \"a\", sign_by: \"d\", add: \"x\", \
+                 subtract: \"x\" }}];"
+            ),
+            "both adds and subtracts \"x\"",
+        ),
+    ];
+    for (field, want) in cases {
+        let e = load(&field);
+        assert!(
+            e.contains("team.v1.Bad") && e.contains("field t") && e.contains(want),
+            "{field}: {e}"
+        );
+    }
+}
+
+/// The shipped wallet view declares its entries' count and signed sum: a read after one
+/// new entry reads that entry alone and adjusts the totals; moves out of the wallet,
+/// deletes and other accounts' entries are followed; a value that is not an integer is an
+/// error naming the record.
+#[tokio::test]
+async fn a_declared_aggregate_reads_only_what_changed() {
+    use overseer_protos::views::{WalletWithEntries, WalletWithTotals};
+    let mut f = Fixture::new();
+    let t0 = 1_000;
+    let mut changes = vec![insert(
+        "ledger.wallets",
+        "acc:USD",
+        t0,
+        json!({"_id": "acc:USD", "balance_minor": {"$numberLong": "0"}}),
+    )];
+    let mut want: i128 = 0;
+    for i in 0..200i64 {
+        let dir = if i % 3 == 0 { "debit" } else { "credit" };
+        want += if dir == "debit" { -i } else { i } as i128 * 1_000_000_000_000;
+        changes.push(entry_at(
+            &format!("e{i:03}"),
+            t0 + i,
+            "acc",
+            "USD",
+            dir,
+            i * 1_000_000_000_000,
+        ));
+        // Another account, and another asset of the same account: not members.
+        changes.push(entry_at(
+            &format!("o{i:03}"),
+            t0 + i,
+            "other",
+            "USD",
+            "credit",
+            7,
+        ));
+        changes.push(entry_at(
+            &format!("x{i:03}"),
+            t0 + i,
+            "acc",
+            "EUR",
+            "credit",
+            9,
+        ));
+    }
+    f.write(changes).await;
+    let dal = f.dal();
+    let full = f.dal().with_state_bytes(0).with_snapshot_every(0);
+    let totals = |d: &Dal, t: Micros| {
+        let d = d.clone();
+        async move {
+            let v = d
+                .view::<WalletWithTotals>("acc:USD", t)
+                .await
+                .unwrap()
+                .unwrap();
+            let e = v.view.entries.unwrap();
+            (e.count, e.sum.parse::<i128>().unwrap(), v.evidence)
+        }
+    };
+    let now = 10_000;
+    let first = totals(&dal, now).await;
+    assert_eq!((first.0, first.1), (200, want));
+    assert_eq!(first, totals(&full, now).await);
+    // The wallet's version and the newest entry.
+    let names: Vec<String> = first.2.iter().map(ToString::to_string).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let read = dal.state_stats().joins.members_read;
+
+    // One more entry: read alone, added to the totals.
+    f.write(vec![entry_at("e200", 20_000, "acc", "USD", "credit", 5)])
+        .await;
+    let next = totals(&dal, 20_000).await;
+    assert_eq!((next.0, next.1), (201, want + 5));
+    assert_eq!(next, totals(&full, 20_000).await);
+    assert_eq!(dal.state_stats().joins.members_read, read + 1);
+    // Its evidence: the wallet's version (unchanged) and the new entry, the newest.
+    let e200 = format!("src@{:012}", f.next_pos);
+    let names: Vec<String> = next.2.iter().map(ToString::to_string).collect();
+    assert_eq!(names, [first.2[0].to_string(), e200], "{names:?}");
+
+    // e001 (credit 1e12) moves to EUR, e003 (debit 3e12) is deleted, e004 changes amount.
+    let mut moved = update("ledger.entries", "e001", 30_000, json!({"asset": "EUR"}));
+    moved.refs = vec![("asset", "EUR".into())];
+    f.write(vec![
+        moved,
+        delete("ledger.entries", "e003", 30_001),
+        update(
+            "ledger.entries",
+            "e004",
+            30_002,
+            json!({"amount_minor": {"$numberLong": "1"}}),
+        ),
+    ])
+    .await;
+    let later = totals(&dal, 40_000).await;
+    let want_later = want + 5 - 1_000_000_000_000 + 3_000_000_000_000 - 4_000_000_000_000 + 1;
+    assert_eq!((later.0, later.1), (199, want_later));
+    assert_eq!(later, totals(&full, 40_000).await);
+    // As of an earlier time, from the kept (later) totals: as before the changes.
+    assert_eq!(totals(&dal, 20_000).await, next);
+    // The totals equal the listed entries' count and signed sum.
+    let listed = full
+        .view::<WalletWithEntries>("acc:USD", 40_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(listed.view.entries.len(), 199);
+
+    // A value the sum cannot take: an error naming the view, the field and the record.
+    f.write(vec![update(
+        "ledger.entries",
+        "e005",
+        50_000,
+        json!({"amount_minor": "12.5"}),
+    )])
+    .await;
+    let e = dal
+        .view::<WalletWithTotals>("acc:USD", 50_000)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("WalletWithTotals")
+            && e.contains("entries")
+            && e.contains("\"e005\"")
+            && e.contains("amount_minor is \"12.5\", not an integer"),
+        "{e}"
+    );
 }
 
 // ---- Property: maintained states == the full-history fold ----
@@ -1027,8 +1258,19 @@ proptest! {
             ])
             .await;
             // Joins of any size kept, so these small ones exercise the kept path.
-            let maintained = f.dal().with_join_cache(JoinCache::new(1 << 20).keeping_from(0));
-            let full = f.dal().with_state_bytes(0).with_snapshot_every(0);
+            let totals = compile(TOTALS_PROTO);
+            let maintained = f
+                .dal()
+                .with_descriptor_sets([totals.as_slice()])
+                .unwrap()
+                .with_join_cache(JoinCache::new(1 << 20).keeping_from(0));
+            let full = f
+                .dal()
+                .with_descriptor_sets([totals.as_slice()])
+                .unwrap()
+                .with_state_bytes(0)
+                .with_snapshot_every(0);
+            let def = full.views().get("team.v1.TransferTotals").unwrap();
             let (mut t, mut newest): (Micros, Micros) = (10, 10);
             let mut pending = Vec::new();
             for (i, (member, dt, s)) in writes.iter().enumerate() {
@@ -1044,8 +1286,12 @@ proptest! {
                 newest = newest.max(t);
                 let id = format!("e{member}");
                 pending.push(match s {
-                    MemberStep::Insert(tr, a) => insert(
-                        "ledger.entries", &id, t, entry_doc(&id, transfers[*tr], "debit", *a)),
+                    MemberStep::Insert(tr, a) => {
+                        // Odd amounts credit, even ones debit; a third of them carry a
+                        // direction the aggregate neither adds nor subtracts.
+                        let dir = ["credit", "debit", "reversal"][(*a % 3) as usize];
+                        insert("ledger.entries", &id, t, entry_doc(&id, transfers[*tr], dir, *a))
+                    }
                     MemberStep::Move(tr) => update(
                         "ledger.entries", &id, t, json!({"transfer_id": transfers[*tr]})),
                     MemberStep::Amount(a) => update(
@@ -1070,6 +1316,31 @@ proptest! {
                             view(&maintained).await, view(&full).await,
                             "{} as of {}", transfers[*tr], probe
                         );
+                        // The declared aggregate over the same join: kept (adjusted by the
+                        // members that changed) equals read in full, and both equal the
+                        // count and signed sum of the listed members.
+                        let totals = |d: &Dal| {
+                            let (d, def) = (d.clone(), def.clone());
+                            async move {
+                                d.view_dynamic(&def, transfers[*tr], probe)
+                                    .await
+                                    .map(|v| v.map(|v| (totals_of(&v.view), v.evidence)))
+                                    .map_err(|e| e.to_string())
+                            }
+                        };
+                        let kept = totals(&maintained).await;
+                        prop_assert_eq!(&kept, &totals(&full).await, "{} as of {}", transfers[*tr], probe);
+                        let listed = full.view::<TransferWithLedger>(transfers[*tr], probe).await;
+                        if let (Ok(Some((got, evidence))), Ok(Some(l))) = (&kept, &listed) {
+                            let sum: i128 = l.view.entries.iter().map(|e| match e.direction() {
+                                overseer_protos::views::Direction::Credit => i128::from(e.amount_minor),
+                                overseer_protos::views::Direction::Debit => -i128::from(e.amount_minor),
+                                _ => 0,
+                            }).sum();
+                            prop_assert_eq!(got, &(l.view.entries.len() as u64, sum.to_string()));
+                            // Evidence: the subject's version and the newest member update.
+                            prop_assert!(evidence.len() <= 2 && evidence.iter().all(|e| l.evidence.contains(e)));
+                        }
                     }
                 }
             }

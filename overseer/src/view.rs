@@ -93,6 +93,13 @@ pub(crate) async fn run(req: Request, checks: &crate::engine::Checks) -> Result<
                         .collect::<Vec<_>>()
                         .join(" ")
                 )?;
+                // What a failing verdict on this view as of this time names as its
+                // view_digest: the view reproduced is the view the check saw.
+                writeln!(
+                    out,
+                    "# content digest {}",
+                    overseer_dal::view::digest(&v.view)
+                )?;
                 writeln!(out, "{:#}", v.view)?;
             }
         }

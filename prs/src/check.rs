@@ -116,6 +116,11 @@ pub enum Evaluation {
         /// (`source@position`) of each record the view includes, as of the evaluation
         /// time. Empty for a pass.
         evidence: Vec<String>,
+        /// The content digest of the view a failing verdict saw
+        /// ([`overseer_dal::view::digest`]; `overseer view --as-of` prints the same for
+        /// the view it rebuilds). `None` for a pass, or a custom view the DAL does not
+        /// know.
+        view_digest: Option<String>,
     },
     /// The subject did not exist as of the evaluation time (created later, or deleted).
     NoSubject,
@@ -147,9 +152,10 @@ pub trait ErasedCheck: Send + Sync {
     /// message): what several checks reading one view at one time share.
     fn evaluate_on<'a>(
         &'a self,
+        dal: &'a Dal,
         viewed: &'a Viewed<overseer_dal::Bytes>,
     ) -> BoxFuture<'a, Result<Evaluation>> {
-        let _ = viewed;
+        let _ = (dal, viewed);
         Box::pin(async {
             Err(Error::Config(
                 "this check builds its own view: it cannot take a shared one".into(),
@@ -193,7 +199,7 @@ where
             let Some(Viewed { view, evidence, .. }) = viewed else {
                 return Ok(Evaluation::NoSubject);
             };
-            self.run(view, &evidence).await
+            self.run(dal, view, &evidence, None).await
         })
     }
 
@@ -203,11 +209,13 @@ where
 
     fn evaluate_on<'a>(
         &'a self,
+        dal: &'a Dal,
         viewed: &'a Viewed<overseer_dal::Bytes>,
     ) -> BoxFuture<'a, Result<Evaluation>> {
         Box::pin(async move {
             let view = viewed.decode::<V>()?;
-            self.run(view, &viewed.evidence).await
+            self.run(dal, view, &viewed.evidence, Some(&viewed.view))
+                .await
         })
     }
 }
@@ -220,22 +228,36 @@ where
     /// Runs the function on the view. It is synchronous and user-written: it runs off the
     /// async workers so a slow one cannot stall the runtime, and so a panic is a
     /// JoinError, not a crash.
+    /// `encoded`: the view's bytes as the DAL built them, when at hand (else the view is
+    /// encoded again for a failure's digest).
     async fn run(
         &self,
+        dal: &Dal,
         view: V,
         evidence: &[overseer_dal::builder::UpdateRef],
+        encoded: Option<&[u8]>,
     ) -> Result<Evaluation> {
         let f = self.f.clone();
-        let verdict = tokio::task::spawn_blocking(move || f(&view))
+        let (verdict, view) = tokio::task::spawn_blocking(move || (f(&view), view))
             .await
             .map_err(|e| Error::Panicked(panic_message(e)))?;
         // Named only for a failure: that is what incidents and reports show, while a pass
         // is not kept anywhere, and a wallet's view names thousands of records.
-        let evidence = match verdict {
-            Verdict::Pass => Vec::new(),
-            Verdict::Fail { .. } => evidence.iter().map(ToString::to_string).collect(),
+        let (evidence, view_digest) = match verdict {
+            Verdict::Pass => (Vec::new(), None),
+            Verdict::Fail { .. } => {
+                let digest = match encoded {
+                    Some(bytes) => dal.view_digest(&V::full_name(), bytes),
+                    None => dal.view_digest(&V::full_name(), &view.encode_to_vec()),
+                };
+                (evidence.iter().map(ToString::to_string).collect(), digest)
+            }
         };
-        Ok(Evaluation::Ran { verdict, evidence })
+        Ok(Evaluation::Ran {
+            verdict,
+            evidence,
+            view_digest,
+        })
     }
 }
 

@@ -109,6 +109,7 @@ impl Escalator {
                     "details": details,
                     "evaluated_as_of_us": run.eval_us,
                     "evidence": run.evidence,
+                    "view_digest": run.view_digest,
                 });
                 (true, message.clone(), details.to_string())
             }

@@ -262,6 +262,9 @@ pub struct Failure {
     /// Evidence by reference: the newest update (`source@position`) of each record the
     /// view includes, as of the evaluation time.
     pub evidence: Vec<String>,
+    /// The content digest of the view the check saw (`overseer view --as-of` prints the
+    /// same for the view it rebuilds).
+    pub view_digest: Option<String>,
 }
 
 /// One run that ended in an error (same fields as a failure, no details or evidence).
@@ -422,6 +425,7 @@ impl Sink for ReportSink {
                     message: message.clone(),
                     details: details.clone(),
                     evidence: run.evidence.clone(),
+                    view_digest: run.view_digest.clone(),
                 });
             }
             Outcome::Error { message } => {
@@ -450,10 +454,11 @@ impl Report {
 
     /// CSV, one row per failure (the counts are in the table and JSON forms): `check,
     /// subject, evaluated_at, eval_us, trigger_us, message, details (JSON), evidence
-    /// (space-separated)`. A header row always, so an empty report is a valid file.
+    /// (space-separated), view_digest`. A header row always, so an empty report is a valid
+    /// file.
     pub fn to_csv(&self) -> String {
         let mut out = String::from(
-            "check,subject,evaluated_at,eval_us,trigger_us,message,details,evidence\n",
+            "check,subject,evaluated_at,eval_us,trigger_us,message,details,evidence,view_digest\n",
         );
         for f in &self.failures {
             let row = [
@@ -465,6 +470,7 @@ impl Report {
                 f.message.clone(),
                 f.details.to_string(),
                 f.evidence.join(" "),
+                f.view_digest.clone().unwrap_or_default(),
             ];
             let row: Vec<String> = row.iter().map(|c| csv_field(c)).collect();
             out.push_str(&row.join(","));
@@ -517,6 +523,9 @@ impl Report {
                     let _ = writeln!(out, "    details: {}", f.details);
                 }
                 let _ = writeln!(out, "    evidence: {}", f.evidence.join(" "));
+                if let Some(d) = &f.view_digest {
+                    let _ = writeln!(out, "    view: {d}");
+                }
             }
         }
         if !self.errors.is_empty() {

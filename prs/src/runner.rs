@@ -92,6 +92,9 @@ pub struct RunRecord {
     /// Empty for a pass (nothing escalates or reports it; naming every member of a large
     /// join on every run cost more than the check).
     pub evidence: Vec<String>,
+    /// The content digest of the view a failing (or stale) verdict saw; `None` otherwise
+    /// (see [`Evaluation::Ran`]).
+    pub view_digest: Option<String>,
     pub triggers: u32,
     /// Wall-clock time the verdict was reached (time to detect = this − first_event_us).
     pub finished_us: Micros,
@@ -562,7 +565,7 @@ pub async fn execute_shared(dal: &Dal, runs: &[Run]) -> Vec<RunRecord> {
         let result = match built {
             _ if Instant::now() >= deadline => Err(Error::TimedOut(*timeout).to_string()),
             Ok(None) => Ok(Evaluation::NoSubject),
-            Ok(Some(viewed)) => tokio::time::timeout_at(deadline, check.evaluate_on(viewed))
+            Ok(Some(viewed)) => tokio::time::timeout_at(deadline, check.evaluate_on(dal, viewed))
                 .await
                 .unwrap_or(Err(Error::TimedOut(*timeout)))
                 .map_err(|e| e.to_string()),
@@ -575,9 +578,13 @@ pub async fn execute_shared(dal: &Dal, runs: &[Run]) -> Vec<RunRecord> {
 
 /// The record of a run from what evaluating it gave (an error as its message).
 fn record_of(ready: &Ready, result: std::result::Result<Evaluation, String>) -> RunRecord {
-    let (outcome, evidence) = match result {
-        Ok(Evaluation::NoSubject) => (Outcome::NoSubject, Vec::new()),
-        Ok(Evaluation::Ran { verdict, evidence }) => {
+    let (outcome, evidence, view_digest) = match result {
+        Ok(Evaluation::NoSubject) => (Outcome::NoSubject, Vec::new(), None),
+        Ok(Evaluation::Ran {
+            verdict,
+            evidence,
+            view_digest,
+        }) => {
             let outcome = match verdict {
                 Verdict::Pass => Outcome::Pass,
                 Verdict::Fail { message, details } if !ready.stale.is_empty() => Outcome::Stale {
@@ -587,9 +594,9 @@ fn record_of(ready: &Ready, result: std::result::Result<Evaluation, String>) -> 
                 },
                 Verdict::Fail { message, details } => Outcome::Fail { message, details },
             };
-            (outcome, evidence)
+            (outcome, evidence, view_digest)
         }
-        Err(message) => (Outcome::Error { message }, Vec::new()),
+        Err(message) => (Outcome::Error { message }, Vec::new(), None),
     };
     RunRecord {
         check: ready.check.to_string(),
@@ -598,6 +605,7 @@ fn record_of(ready: &Ready, result: std::result::Result<Evaluation, String>) -> 
         first_event_us: ready.first_event_us,
         outcome,
         evidence,
+        view_digest,
         triggers: ready.triggers,
         finished_us: now_us(),
     }

@@ -34,6 +34,7 @@ fn run(check: &str, subject: &str, eval_us: i64, fail: bool) -> RunRecord {
             Outcome::Pass
         },
         evidence: vec!["pg@1".into(), "ledger@2".into()],
+        view_digest: fail.then(|| "sha256:00".into()),
         triggers: 1,
         finished_us: eval_us,
     }
@@ -106,6 +107,10 @@ async fn one_incident_per_failure_resolved_on_recovery() {
     assert_eq!(
         body["payload"]["custom_details"]["evidence"],
         json!(["pg@1", "ledger@2"])
+    );
+    assert_eq!(
+        body["payload"]["custom_details"]["view_digest"],
+        "sha256:00"
     );
     assert_eq!(body["routing_key"], KEY);
 

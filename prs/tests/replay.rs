@@ -175,6 +175,18 @@ async fn shadow_checks_replay_and_the_report_lists_failures_with_evidence() {
         f.evidence
     );
     assert!(f.evidence.iter().all(|e| e.starts_with("src@")));
+    // The digest of the view the check saw is the digest of the view rebuilt as of that
+    // time (what `overseer view --as-of` prints), and differs from another time's.
+    let def = dal.views().get("Toy").unwrap();
+    let digest_at = |t| {
+        let (dal, def) = (dal.clone(), def.clone());
+        async move {
+            let v = dal.view_dynamic(&def, "a", t).await.unwrap().unwrap();
+            overseer_dal::view::digest(&v.view)
+        }
+    };
+    assert_eq!(f.view_digest, Some(digest_at(f.eval_us).await));
+    assert_ne!(f.view_digest, Some(digest_at(40).await));
     let csv = report.to_csv();
     assert_eq!(csv.lines().count(), 1 + report.failures.len(), "{csv}");
     assert!(report.to_table().contains("never_red (shadow)"));
@@ -306,6 +318,8 @@ async fn live_verdicts_are_replayed_verdicts_at_the_same_times() {
             .unwrap_or_else(|| panic!("live ran {l:?}, replay did not"));
         assert_eq!(r.outcome, l.outcome, "at {}", l.eval_us);
         assert_eq!(r.evidence, l.evidence);
+        assert_eq!(r.view_digest, l.view_digest);
+        assert_eq!(r.view_digest.is_some(), !r.evidence.is_empty());
     }
     // Every pair failing live fails in replay. Replay may find more: live coalesces the
     // triggers that arrive together (a's three updates ran once, as of 35), so a failure

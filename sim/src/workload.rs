@@ -1060,6 +1060,7 @@ pub mod live {
                     first_event_us: run.first_event_us,
                     outcome,
                     evidence: Vec::new(),
+                    view_digest: None,
                     triggers: run.triggers,
                     finished_us: run.finished_us,
                 }
@@ -1146,8 +1147,8 @@ mod tests {
     use super::*;
     use overseer_checks::decimal::to_minor;
     use overseer_protos::views::{
-        Asset, Direction, LedgerEntry, Transfer as TransferView, TransferStatus,
-        TransferWithLedger, Wallet, WalletWithEntries,
+        Asset, Direction, LedgerEntry, Totals, Transfer as TransferView, TransferStatus,
+        TransferWithLedger, Wallet, WalletWithTotals,
     };
 
     fn config(transfers: u64) -> WorkloadConfig {
@@ -1409,16 +1410,26 @@ mod tests {
         let all: Vec<LedgerEntry> = entries.values().flatten().cloned().collect();
         for (id, balance) in &wallets {
             let (account, asset) = id.rsplit_once(':').unwrap();
-            let view = WalletWithEntries {
+            let of_wallet: Vec<&LedgerEntry> = all
+                .iter()
+                .filter(|e| e.account_id == account && e.asset == asset)
+                .collect();
+            let sum: i128 = of_wallet
+                .iter()
+                .map(|e| match e.direction() {
+                    Direction::Credit => i128::from(e.amount_minor),
+                    _ => -i128::from(e.amount_minor),
+                })
+                .sum();
+            let view = WalletWithTotals {
                 wallet: Some(Wallet {
                     id: id.clone(),
                     balance_minor: *balance,
                 }),
-                entries: all
-                    .iter()
-                    .filter(|e| e.account_id == account && e.asset == asset)
-                    .cloned()
-                    .collect(),
+                entries: Some(Totals {
+                    count: of_wallet.len() as u64,
+                    sum: sum.to_string(),
+                }),
             };
             if !overseer_checks::wallet_balance_matches_entries(&view).is_pass() {
                 failed.insert((WALLET_BALANCE, id.clone()));

@@ -486,7 +486,7 @@ impl Bounded for u64 {
 }
 
 /// An exact integer: a JSON integer, an integer string, `$numberLong`/`$numberInt`.
-fn integer(v: &Value) -> Option<i128> {
+pub(crate) fn integer(v: &Value) -> Option<i128> {
     match v {
         Value::Number(n) => n
             .as_i64()

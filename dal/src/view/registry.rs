@@ -23,6 +23,9 @@ pub mod options {
     pub const JOIN: &str = "overseer.views.v1.join";
     pub const ID_SEPARATOR: &str = "overseer.views.v1.id_separator";
     pub const LOOKUP_REF: &str = "overseer.views.v1.lookup_ref";
+    pub const AGGREGATE: &str = "overseer.views.v1.aggregate";
+    /// The message type of an `(aggregate)` field.
+    pub const TOTALS: &str = "overseer.views.v1.Totals";
 }
 
 /// How a view message is filled.
@@ -132,7 +135,8 @@ fn message_shows_path(msg: &MessageDescriptor, path: &str) -> bool {
     })
 }
 
-/// A field holding the records of `model` that reference the subject.
+/// A field holding the records of `model` that reference the subject (or, with an
+/// `aggregate`, their totals).
 #[derive(Clone, Debug)]
 pub struct JoinField {
     pub field: FieldDescriptor,
@@ -140,6 +144,44 @@ pub struct JoinField {
     /// The references a member must have, as of the view's time; members are found
     /// through the index of the first. One key with `id_part: None` is a `(join_ref)`.
     pub keys: Vec<JoinKey>,
+    /// `(aggregate)`: the field holds the members' `Totals`, not the members.
+    pub aggregate: Option<Aggregate>,
+}
+
+/// A declared aggregate over a join's members (`(aggregate)` in `views.proto`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Aggregate {
+    /// Path of the summed integer in a member's state; `None`: members are only counted.
+    pub sum: Option<String>,
+    /// Path of the field deciding the sign, and the values that add and subtract; `None`:
+    /// every member adds.
+    pub sign_by: Option<String>,
+    pub add: Vec<String>,
+    pub subtract: Vec<String>,
+}
+
+impl Aggregate {
+    /// What a member with this state adds to the sum; the error says what was wrong
+    /// with its value.
+    pub fn contribution(&self, state: &crate::builder::State) -> std::result::Result<i128, String> {
+        let Some(path) = &self.sum else {
+            return Ok(0);
+        };
+        let value = match crate::builder::path::get(state, path) {
+            None | Some(serde_json::Value::Null) => return Ok(0),
+            Some(v) => crate::view::map::integer(v)
+                .ok_or_else(|| format!("{path} is {v}, not an integer"))?,
+        };
+        let Some(by) = &self.sign_by else {
+            return Ok(value);
+        };
+        let sign = crate::builder::path::get(state, by).and_then(crate::builder::scalar_text);
+        Ok(match sign {
+            Some(s) if self.add.contains(&s) => value,
+            Some(s) if self.subtract.contains(&s) => -value,
+            _ => 0,
+        })
+    }
 }
 
 /// One reference of a join and the subject-id part it must equal.
@@ -223,7 +265,7 @@ pub struct Views {
 
 impl Views {
     /// The built-in views (`overseer.views.v1`: Toy, Transfer, Asset, LedgerEntry, Wallet,
-    /// TransferWithLedger).
+    /// TransferWithLedger, WalletWithEntries, WalletWithTotals).
     pub fn builtin() -> Self {
         static BUILTIN: OnceLock<Views> = OnceLock::new();
         BUILTIN
@@ -280,6 +322,7 @@ impl Views {
             join: ext(options::JOIN),
             id_separator: ext(options::ID_SEPARATOR),
             lookup_ref: ext(options::LOOKUP_REF),
+            aggregate: ext(options::AGGREGATE),
         };
         let mut defs = BTreeMap::new();
         for m in pool.all_messages() {
@@ -356,6 +399,62 @@ struct Opts {
     join: Option<ExtensionDescriptor>,
     id_separator: Option<ExtensionDescriptor>,
     lookup_ref: Option<ExtensionDescriptor>,
+    aggregate: Option<ExtensionDescriptor>,
+}
+
+/// The `(aggregate)` option of a field, if set; the error says what is wrong with it.
+fn aggregate_opt(
+    options: &DynamicMessage,
+    ext: &Option<ExtensionDescriptor>,
+) -> std::result::Result<Option<(String, Aggregate)>, String> {
+    let Some(ext) = ext.as_ref() else {
+        return Ok(None);
+    };
+    if !options.has_extension(ext) {
+        return Ok(None);
+    }
+    let value = options.get_extension(ext);
+    let Value::Message(m) = value.as_ref() else {
+        return Err("(aggregate) is not an Aggregate".into());
+    };
+    let text = |name: &str| match m.get_field_by_name(name).as_deref() {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    let list = |name: &str| match m.get_field_by_name(name).as_deref() {
+        Some(Value::List(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let Some(model) = text("model") else {
+        return Err("(aggregate) names no model (the joined records' model)".into());
+    };
+    let agg = Aggregate {
+        sum: text("sum"),
+        sign_by: text("sign_by"),
+        add: list("add"),
+        subtract: list("subtract"),
+    };
+    match (&agg.sign_by, agg.add.is_empty() && agg.subtract.is_empty()) {
+        (Some(by), true) => {
+            return Err(format!(
+                "(aggregate) signs by {by:?} but lists no add or subtract values"
+            ));
+        }
+        (None, false) => {
+            return Err("(aggregate) lists add or subtract values but no sign_by field".into());
+        }
+        _ => {}
+    }
+    if agg.sign_by.is_some() && agg.sum.is_none() {
+        return Err("(aggregate) signs a sum but names no sum field".into());
+    }
+    if let Some(both) = agg.add.iter().find(|a| agg.subtract.contains(a)) {
+        return Err(format!("(aggregate) both adds and subtracts {both:?}"));
+    }
+    Ok(Some((model, agg)))
 }
 
 /// The `(join)` keys of a field's options: (reference, id_part) in declaration order.
@@ -393,6 +492,15 @@ fn join_keys(
             })
         })
         .collect()
+}
+
+/// A join's keys name each reference once.
+fn distinct_references(keys: &[JoinKey]) -> std::result::Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    match keys.iter().find(|k| !seen.insert(&k.reference)) {
+        Some(k) => Err(format!("joins on reference {:?} twice", k.reference)),
+        None => Ok(()),
+    }
 }
 
 fn string_opt(options: &DynamicMessage, ext: &Option<ExtensionDescriptor>) -> Option<String> {
@@ -441,6 +549,10 @@ impl Opts {
             let lookup = string_opt(&o, &self.lookup);
             let separator = string_opt(&o, &self.id_separator);
             let lookup_ref = string_opt(&o, &self.lookup_ref);
+            let aggregate = match aggregate_opt(&o, &self.aggregate) {
+                Ok(a) => a,
+                Err(e) => return bad(&f, e),
+            };
             let roles = usize::from(is_subject)
                 + usize::from(join_ref.is_some())
                 + usize::from(!multi.is_empty())
@@ -450,6 +562,39 @@ impl Opts {
             }
             if lookup_ref.is_some() && lookup.is_none() {
                 return bad(&f, "lookup_ref belongs on a (lookup) field".into());
+            }
+            if let Some((model, agg)) = aggregate {
+                if join_ref.is_none() && multi.is_empty() {
+                    return bad(&f, "an (aggregate) needs join_ref or join keys".into());
+                }
+                if roles > 1 {
+                    return bad(&f, "an (aggregate) field is not a subject or lookup".into());
+                }
+                let is_totals =
+                    matches!(f.kind(), Kind::Message(m) if m.full_name() == options::TOTALS);
+                if !is_totals || f.is_list() {
+                    return bad(
+                        &f,
+                        format!("an (aggregate) field must be a single {}", options::TOTALS),
+                    );
+                }
+                let keys = match join_ref {
+                    Some(reference) => vec![JoinKey {
+                        reference,
+                        id_part: None,
+                    }],
+                    None => multi,
+                };
+                if let Err(e) = distinct_references(&keys) {
+                    return bad(&f, e);
+                }
+                joins.push(JoinField {
+                    field: f,
+                    model,
+                    keys,
+                    aggregate: Some(agg),
+                });
+                continue;
             }
             if roles == 0 {
                 continue;
@@ -483,16 +628,14 @@ impl Opts {
                 if !f.is_list() {
                     return bad(&f, "a join_ref or join field must be repeated".into());
                 }
-                let mut seen = std::collections::BTreeSet::new();
-                for k in &keys {
-                    if !seen.insert(&k.reference) {
-                        return bad(&f, format!("joins on reference {:?} twice", k.reference));
-                    }
+                if let Err(e) = distinct_references(&keys) {
+                    return bad(&f, e);
                 }
                 joins.push(JoinField {
                     field: f,
                     model,
                     keys,
+                    aggregate: None,
                 });
             } else if f.is_list() {
                 return bad(&f, "only join_ref and join fields may be repeated".into());
@@ -628,6 +771,23 @@ mod tests {
             w.subject_id(&w.joins[0], &["acc:1", "BTC"]).as_deref(),
             Some("acc:1:BTC")
         );
+        // The wallet's totals: the same join, declared as an aggregate.
+        let t = v.get("WalletWithTotals").unwrap();
+        assert_eq!(t.models(), ["ledger.wallets", "ledger.entries"]);
+        let ViewKind::Joined(t) = &t.kind else {
+            panic!("joined")
+        };
+        assert_eq!(t.joins[0].keys, [key("account_id", 0), key("asset", 1)]);
+        assert_eq!(
+            t.joins[0].aggregate,
+            Some(Aggregate {
+                sum: Some("amount_minor".into()),
+                sign_by: Some("direction".into()),
+                add: vec!["credit".into()],
+                subtract: vec!["debit".into()],
+            })
+        );
+        assert_eq!(w.joins[0].aggregate, None);
         assert_eq!(
             v.record_view("ledger.entries").unwrap().name(),
             "overseer.views.v1.LedgerEntry"
@@ -640,5 +800,57 @@ mod tests {
         );
         // Enums, nested and option messages are not views.
         assert!(v.get("google.protobuf.Timestamp").is_err());
+    }
+
+    #[test]
+    fn aggregate_contributions() {
+        let agg = Aggregate {
+            sum: Some("m.amount".into()),
+            sign_by: Some("dir".into()),
+            add: vec!["credit".into()],
+            subtract: vec!["debit".into()],
+        };
+        let of = |doc: serde_json::Value| {
+            let serde_json::Value::Object(st) = doc else {
+                panic!()
+            };
+            agg.contribution(&st)
+        };
+        use serde_json::json;
+        assert_eq!(of(json!({"m": {"amount": 5}, "dir": "credit"})), Ok(5));
+        assert_eq!(of(json!({"m": {"amount": "7"}, "dir": "debit"})), Ok(-7));
+        let big = json!({"m": {"amount": {"$numberLong": "9223372036854775807"}}, "dir": "credit"});
+        assert_eq!(of(big), Ok(i128::from(i64::MAX)));
+        // Exact past 64 bits, from text.
+        assert_eq!(
+            of(json!({"m": {"amount": "100000000000000000000"}, "dir": "debit"})),
+            Ok(-100_000_000_000_000_000_000)
+        );
+        // Neither adds nor subtracts, or no sign: nothing.
+        assert_eq!(of(json!({"m": {"amount": 5}, "dir": "reversal"})), Ok(0));
+        assert_eq!(of(json!({"m": {"amount": 5}})), Ok(0));
+        // Missing or null value: nothing.
+        assert_eq!(of(json!({"dir": "credit"})), Ok(0));
+        assert_eq!(of(json!({"m": {"amount": null}, "dir": "credit"})), Ok(0));
+        // Not an integer: what and where.
+        assert_eq!(
+            of(json!({"m": {"amount": 1.5}, "dir": "credit"})),
+            Err("m.amount is 1.5, not an integer".into())
+        );
+        assert_eq!(
+            of(json!({"m": {"amount": "1e3"}, "dir": "credit"})),
+            Err("m.amount is \"1e3\", not an integer".into())
+        );
+        // Without a sign, every member adds; without a sum, nothing is summed.
+        let plain = Aggregate {
+            sign_by: None,
+            add: vec![],
+            subtract: vec![],
+            ..agg.clone()
+        };
+        let st = json!({"m": {"amount": -3}});
+        assert_eq!(plain.contribution(st.as_object().unwrap()), Ok(-3));
+        let count = Aggregate { sum: None, ..plain };
+        assert_eq!(count.contribution(st.as_object().unwrap()), Ok(0));
     }
 }
