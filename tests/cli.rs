@@ -426,7 +426,7 @@ path = "{d}/ledger.jsonl"
             "{out}"
         );
         assert!(
-            out.contains("from 1 record (each named by its newest update: "),
+            out.contains("evidence: 1 update (the newest of each record shown, "),
             "{out}"
         );
         assert!(
@@ -443,7 +443,7 @@ path = "{d}/ledger.jsonl"
     ] {
         let out = toy(as_of);
         assert!(
-            out.contains("from 1 record (each named by its newest update: "),
+            out.contains("evidence: 1 update (the newest of each record shown, "),
             "{out}"
         );
         assert!(
@@ -543,7 +543,7 @@ path = "{d}/ledger.jsonl"
     );
     // the transfer, 2 entries, 1 asset (the moved entry is not part of it)
     assert!(
-        out.contains("from 4 records (each named by its newest update: "),
+        out.contains("evidence: 4 updates (the newest of each record shown, "),
         "{out}"
     );
     assert!(out.contains("entries: [{"), "{out}");

@@ -183,7 +183,7 @@ pub fn wallet_balance_matches_entries(v: &WalletWithTotals) -> Verdict {
                 i128::from(w.balance_minor) - sum
             ),
             json!({"wallet": w.id, "balance_minor": w.balance_minor,
-                   "entries_sum": sum.to_string(), "entries": count}),
+                   "entries_sum": sum.to_string(), "entry_count": count}),
         )
     })
 }

@@ -302,7 +302,7 @@ impl Dal {
     pub fn view_digest(&self, view_name: &str, encoded: &[u8]) -> Option<String> {
         let def = self.views.get(view_name).ok()?;
         let msg = DynamicMessage::decode(def.message.clone(), encoded).ok()?;
-        Some(crate::view::digest(&msg))
+        crate::view::digest(&msg)
     }
 
     /// The read cache, to share (e.g. with a [`crate::bus::feed::CatalogFeed::warming`]).
@@ -716,7 +716,7 @@ impl Dal {
             ..KeptJoin::empty(as_of_us)
         };
         built
-            .apply(read)
+            .apply(read, join.aggregate.is_some())
             .map_err(|e| Error::view(def.name(), format!("{}: {e}", join.field.name())))?;
         let join = Arc::new(built);
         self.joins.put(key, join.clone(), stale);
@@ -748,7 +748,7 @@ impl Dal {
             ..kept.clone()
         };
         again
-            .apply(read)
+            .apply(read, join.aggregate.is_some())
             .map_err(|e| Error::view(def.name(), format!("{}: {e}", join.field.name())))?;
         Ok(again)
     }

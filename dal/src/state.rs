@@ -35,7 +35,8 @@
 //! ## Joins
 //!
 //! A joined view's members are kept the same way ([`JoinCache`]), per (view, join field,
-//! key values): each member's mapped message and version, the time they are as of, and the
+//! key values): each member's mapped message (or, for an aggregate, what it adds) and
+//! version, the time they are as of, and the
 //! point of the catalog's list of *reference updates* (every update of every record that
 //! ever referenced the join's first key value, [`crate::catalog::UpdateIndex::ref_updates_after`])
 //! they reflect. A read at or after that time asks for the reference updates after the
@@ -65,8 +66,10 @@
 //! as an aggregate (`(aggregate)` in `views.proto`, [`crate::view::registry::Aggregate`])
 //! keeps per member only what it adds to the sum, and the sum and newest update across
 //! them ([`KeptJoin::apply`]): the view is its totals, so a read after one new member costs
-//! that member's read and O(log n), whatever the join's size. (A listed join's view still
-//! copies every member's bytes into the view, and names each as evidence.)
+//! that member's read and O(log n), whatever the join's size (a read behind the kept time,
+//! or the delete of the newest member, finds the newest again among all: O(n)). A listed
+//! join's view still copies every member's bytes into the view and names each as
+//! evidence.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -214,7 +217,8 @@ pub struct KeptJoin {
     /// A declared aggregate's sum over the members (their `value`s); 0 otherwise.
     pub sum: i128,
     /// The newest update of any member (by time-travel order): a declared aggregate's
-    /// evidence.
+    /// evidence (kept for aggregates only; `None` for a listed join, whose evidence is
+    /// every member's version).
     pub newest: Option<Newest>,
 }
 
@@ -240,11 +244,16 @@ impl KeptJoin {
     }
 
     /// The members `read` (record id → the member, or `None`: not a member) put in place
-    /// of the kept ones, adjusting the bytes, the sum and the newest update by the
-    /// members that changed. `Err` names a sum that leaves 128 bits.
+    /// of the kept ones, adjusting the bytes, the sum and (with `newest`: a declared
+    /// aggregate) the newest update by the members that changed. When the newest member
+    /// is replaced by an older version or leaves (a read behind the kept time, a delete),
+    /// the newest is found again among all members: O(members), the one case that is.
+    /// `Err` names a sum that leaves 128 bits (it cannot with values bounded by
+    /// [`crate::view::registry::MAX_AGGREGATE_VALUE`] and fewer than 2^31 members).
     pub fn apply(
         &mut self,
         read: impl IntoIterator<Item = (String, Option<Arc<Member>>)>,
+        newest: bool,
     ) -> Result<(), String> {
         let overflow = || "the aggregate's sum leaves 128 bits".to_owned();
         // Whether the newest member was replaced by one not known to be newer: then it is
@@ -254,12 +263,13 @@ impl KeptJoin {
             if let Some(old) = self.members.remove(&id) {
                 self.bytes -= old.bytes;
                 self.sum = self.sum.checked_sub(old.value).ok_or_else(overflow)?;
-                lost_newest |= old.newest().is_some() && old.newest() == self.newest;
+                lost_newest |= newest && old.newest().is_some() && old.newest() == self.newest;
             }
             if let Some(m) = member {
                 self.bytes += m.bytes;
                 self.sum = self.sum.checked_add(m.value).ok_or_else(overflow)?;
-                if let Some(n) = m.newest()
+                if newest
+                    && let Some(n) = m.newest()
                     && self.newest.as_ref().is_none_or(|cur| n >= *cur)
                 {
                     self.newest = Some(n);

@@ -738,6 +738,15 @@ message AssetWallet {
 }
 "#;
 
+/// The `n` totals of [`TOTALS_PROTO`]'s view (a count-only aggregate): its count, and
+/// that its sum is "0".
+fn count_of(view: &prost_reflect::DynamicMessage) -> u64 {
+    let totals = view.get_field_by_name("n").unwrap();
+    let totals = totals.as_message().unwrap();
+    assert_eq!(totals.get_field_by_name("sum").unwrap().as_str(), Some("0"));
+    totals.get_field_by_name("count").unwrap().as_u64().unwrap()
+}
+
 /// The `entries` totals of a view holding a declared aggregate: (count, sum).
 fn totals_of(view: &prost_reflect::DynamicMessage) -> (u64, String) {
     let totals = view.get_field_by_name("entries").unwrap();
@@ -761,6 +770,11 @@ message TransferTotals {
       model: "ledger.entries", sum: "amount_minor",
       sign_by: "direction", add: "credit", subtract: "debit"
     }
+  ];
+  // Count only.
+  overseer.views.v1.Totals n = 3 [
+    (overseer.views.v1.join_ref) = "transfer_id",
+    (overseer.views.v1.aggregate) = { model: "ledger.entries" }
   ];
 }
 "#;
@@ -1078,15 +1092,40 @@ async fn a_declared_aggregate_reads_only_what_changed() {
     let want_later = want + 5 - 1_000_000_000_000 + 3_000_000_000_000 - 4_000_000_000_000 + 1;
     assert_eq!((later.0, later.1), (199, want_later));
     assert_eq!(later, totals(&full, 40_000).await);
-    // As of an earlier time, from the kept (later) totals: as before the changes.
+    // As of an earlier time, from the kept (later) totals: as before the changes, reading
+    // again only the three records changed in between.
+    let read = dal.state_stats().joins.members_read;
     assert_eq!(totals(&dal, 20_000).await, next);
+    assert_eq!(dal.state_stats().joins.members_read, read + 3);
     // The totals equal the listed entries' count and signed sum.
     let listed = full
         .view::<WalletWithEntries>("acc:USD", 40_000)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(listed.view.entries.len(), 199);
+    let signed: i128 = listed
+        .view
+        .entries
+        .iter()
+        .map(|e| match e.direction() {
+            overseer_protos::views::Direction::Credit => i128::from(e.amount_minor),
+            _ => -i128::from(e.amount_minor),
+        })
+        .sum();
+    assert_eq!(
+        (listed.view.entries.len() as u64, signed),
+        (later.0, later.1)
+    );
+
+    // The newest entry (e200) is deleted: the newest is found again among the rest (e004,
+    // changed at 30,002), and the evidence names it.
+    f.write(vec![delete("ledger.entries", "e200", 45_000)])
+        .await;
+    let pos_e004 = format!("src@{:012}", f.next_pos - 1);
+    let gone = totals(&dal, 45_000).await;
+    assert_eq!((gone.0, gone.1), (198, want_later - 5));
+    assert_eq!(gone, totals(&full, 45_000).await);
+    assert_eq!(gone.2[1].to_string(), pos_e004);
 
     // A value the sum cannot take: an error naming the view, the field and the record.
     f.write(vec![update(
@@ -1287,10 +1326,12 @@ proptest! {
                 let id = format!("e{member}");
                 pending.push(match s {
                     MemberStep::Insert(tr, a) => {
-                        // Odd amounts credit, even ones debit; a third of them carry a
-                        // direction the aggregate neither adds nor subtracts.
-                        let dir = ["credit", "debit", "reversal"][(*a % 3) as usize];
-                        insert("ledger.entries", &id, t, entry_doc(&id, transfers[*tr], dir, *a))
+                        // By amount mod 3: a credit, a debit, or no direction (null: the
+                        // listed view's DIRECTION_UNSPECIFIED, which the aggregate neither
+                        // adds nor subtracts).
+                        let mut doc = entry_doc(&id, transfers[*tr], "credit", *a);
+                        doc["direction"] = [json!("credit"), json!("DEBIT"), Value::Null][(*a % 3) as usize].clone();
+                        insert("ledger.entries", &id, t, doc)
                     }
                     MemberStep::Move(tr) => update(
                         "ledger.entries", &id, t, json!({"transfer_id": transfers[*tr]})),
@@ -1324,20 +1365,22 @@ proptest! {
                             async move {
                                 d.view_dynamic(&def, transfers[*tr], probe)
                                     .await
-                                    .map(|v| v.map(|v| (totals_of(&v.view), v.evidence)))
+                                    .map(|v| v.map(|v| (totals_of(&v.view), count_of(&v.view), v.evidence)))
                                     .map_err(|e| e.to_string())
                             }
                         };
                         let kept = totals(&maintained).await;
                         prop_assert_eq!(&kept, &totals(&full).await, "{} as of {}", transfers[*tr], probe);
                         let listed = full.view::<TransferWithLedger>(transfers[*tr], probe).await;
-                        if let (Ok(Some((got, evidence))), Ok(Some(l))) = (&kept, &listed) {
+                        prop_assert!(listed.is_ok(), "{:?}", listed);
+                        if let (Ok(Some((got, count, evidence))), Ok(Some(l))) = (&kept, &listed) {
                             let sum: i128 = l.view.entries.iter().map(|e| match e.direction() {
                                 overseer_protos::views::Direction::Credit => i128::from(e.amount_minor),
                                 overseer_protos::views::Direction::Debit => -i128::from(e.amount_minor),
                                 _ => 0,
                             }).sum();
                             prop_assert_eq!(got, &(l.view.entries.len() as u64, sum.to_string()));
+                            prop_assert_eq!(*count, l.view.entries.len() as u64);
                             // Evidence: the subject's version and the newest member update.
                             prop_assert!(evidence.len() <= 2 && evidence.iter().all(|e| l.evidence.contains(e)));
                         }

@@ -85,8 +85,9 @@ pub(crate) async fn run(req: Request, checks: &crate::engine::Checks) -> Result<
                 writeln!(out, "# view {} of {model} {id:?}", def.name())?;
                 writeln!(
                     out,
-                    "# as of {at}, from {n} {} (each named by its newest update: {})",
-                    if n == 1 { "record" } else { "records" },
+                    "# as of {at}, evidence: {n} {} (the newest of each record shown, of an \
+                     aggregate its newest member's): {}",
+                    if n == 1 { "update" } else { "updates" },
                     v.evidence
                         .iter()
                         .map(ToString::to_string)
@@ -95,11 +96,9 @@ pub(crate) async fn run(req: Request, checks: &crate::engine::Checks) -> Result<
                 )?;
                 // What a failing verdict on this view as of this time names as its
                 // view_digest: the view reproduced is the view the check saw.
-                writeln!(
-                    out,
-                    "# content digest {}",
-                    overseer_dal::view::digest(&v.view)
-                )?;
+                if let Some(d) = overseer_dal::view::digest(&v.view) {
+                    writeln!(out, "# content digest {d}")?;
+                }
                 writeln!(out, "{:#}", v.view)?;
             }
         }

@@ -113,8 +113,8 @@ pub enum Evaluation {
     Ran {
         verdict: Verdict,
         /// Evidence by reference, of a failing verdict: the newest update
-        /// (`source@position`) of each record the view includes, as of the evaluation
-        /// time. Empty for a pass.
+        /// (`source@position`) of each record the view shows, as of the evaluation time
+        /// (of a declared aggregate, its newest member's). Empty for a pass.
         evidence: Vec<String>,
         /// The content digest of the view a failing verdict saw
         /// ([`overseer_dal::view::digest`]; `overseer view --as-of` prints the same for
@@ -192,11 +192,19 @@ where
         as_of_us: Micros,
     ) -> BoxFuture<'a, Result<Evaluation>> {
         Box::pin(async move {
-            let viewed = match &self.view_fn {
-                Some(custom) => custom(dal, subject, as_of_us).await?,
-                None => dal.view::<V>(subject, as_of_us).await?,
+            let Some(custom) = &self.view_fn else {
+                // The DAL's view, encoded: its bytes are what a failure's digest hashes,
+                // as when the view is shared.
+                let def = dal.views().get(&V::full_name())?;
+                let Some(viewed) = dal.view_encoded(&def, subject, as_of_us).await? else {
+                    return Ok(Evaluation::NoSubject);
+                };
+                let view = viewed.decode::<V>()?;
+                return self
+                    .run(dal, view, &viewed.evidence, Some(&viewed.view))
+                    .await;
             };
-            let Some(Viewed { view, evidence, .. }) = viewed else {
+            let Some(Viewed { view, evidence, .. }) = custom(dal, subject, as_of_us).await? else {
                 return Ok(Evaluation::NoSubject);
             };
             self.run(dal, view, &evidence, None).await

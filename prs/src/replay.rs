@@ -260,7 +260,8 @@ pub struct Failure {
     pub message: String,
     pub details: Value,
     /// Evidence by reference: the newest update (`source@position`) of each record the
-    /// view includes, as of the evaluation time.
+    /// view shows, as of the evaluation time (of a declared aggregate, its newest
+    /// member's).
     pub evidence: Vec<String>,
     /// The content digest of the view the check saw (`overseer view --as-of` prints the
     /// same for the view it rebuilds).

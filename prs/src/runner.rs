@@ -88,7 +88,8 @@ pub struct RunRecord {
     pub first_event_us: Micros,
     pub outcome: Outcome,
     /// Evidence by reference, of a failing (or stale) verdict: the newest update
-    /// (`source@position`) of each record the view includes, as of the evaluation time.
+    /// (`source@position`) of each record the view shows, as of the evaluation time (of a
+    /// declared aggregate, its newest member's).
     /// Empty for a pass (nothing escalates or reports it; naming every member of a large
     /// join on every run cost more than the check).
     pub evidence: Vec<String>,

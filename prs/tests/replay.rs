@@ -182,7 +182,7 @@ async fn shadow_checks_replay_and_the_report_lists_failures_with_evidence() {
         let (dal, def) = (dal.clone(), def.clone());
         async move {
             let v = dal.view_dynamic(&def, "a", t).await.unwrap().unwrap();
-            overseer_dal::view::digest(&v.view)
+            overseer_dal::view::digest(&v.view).unwrap()
         }
     };
     assert_eq!(f.view_digest, Some(digest_at(f.eval_us).await));

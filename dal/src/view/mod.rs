@@ -18,10 +18,11 @@ use serde_json::Value;
 /// (proto3 JSON names, defaults left out, object keys sorted at every level, so map
 /// fields hash the same in any order). A failing verdict carries it beside its evidence;
 /// `overseer view --as-of` prints the same digest for the view it rebuilds, so an auditor
-/// can tell the view reproduced is the view the check saw.
-pub fn digest(view: &DynamicMessage) -> String {
+/// can tell the view reproduced is the view the check saw. `None` if the view has no JSON
+/// form (an `Any` of an unknown type, a timestamp out of range).
+pub fn digest(view: &DynamicMessage) -> Option<String> {
     use sha2::Digest;
-    let json = serde_json::to_value(view).unwrap_or(Value::Null);
+    let json = serde_json::to_value(view).ok()?;
     let mut canonical = Vec::new();
     write_canonical(&json, &mut canonical);
     let hash = sha2::Sha256::digest(&canonical);
@@ -31,7 +32,7 @@ pub fn digest(view: &DynamicMessage) -> String {
         use std::fmt::Write;
         let _ = write!(out, "{b:02x}");
     }
-    out
+    Some(out)
 }
 
 /// JSON with every object's keys in sorted order (whatever order the map iterates in).
@@ -79,10 +80,10 @@ mod tests {
             m.set_field_by_name("color", prost_reflect::Value::String(color.into()));
             m
         };
-        let d = digest(&toy("blue"));
+        let d = digest(&toy("blue")).unwrap();
         assert!(d.starts_with("sha256:") && d.len() == 7 + 64, "{d}");
-        assert_eq!(d, digest(&toy("blue")));
-        assert_ne!(d, digest(&toy("red")));
+        assert_eq!(Some(&d), digest(&toy("blue")).as_ref());
+        assert_ne!(Some(d), digest(&toy("red")));
         let mut a = Vec::new();
         write_canonical(
             &serde_json::json!({"b": {"y": 1, "x": [2, {"d": 3, "c": 4}]}, "a": "s"}),

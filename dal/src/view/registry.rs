@@ -160,9 +160,18 @@ pub struct Aggregate {
     pub subtract: Vec<String>,
 }
 
+/// The largest magnitude of one member's value: 2^96, so that no join of fewer than 2^31
+/// members can overflow the 128-bit sum, whatever order members are added and removed in
+/// (reads that take different paths give the same sum or the same error).
+pub const MAX_AGGREGATE_VALUE: i128 = 1 << 96;
+
 impl Aggregate {
     /// What a member with this state adds to the sum; the error says what was wrong
-    /// with its value.
+    /// with its value. A member without the value (or null) adds nothing; one whose sign
+    /// field is missing or null adds nothing; one whose sign field has a value that is
+    /// neither in `add` nor in `subtract` is an error (as an unknown enum value is in a
+    /// listed view). Sign values match the listed ones ignoring ASCII case and an enum
+    /// prefix: `credit`, `CREDIT` and `DIRECTION_CREDIT` all match `credit`.
     pub fn contribution(&self, state: &crate::builder::State) -> std::result::Result<i128, String> {
         let Some(path) = &self.sum else {
             return Ok(0);
@@ -172,16 +181,44 @@ impl Aggregate {
             Some(v) => crate::view::map::integer(v)
                 .ok_or_else(|| format!("{path} is {v}, not an integer"))?,
         };
+        if value.unsigned_abs() > MAX_AGGREGATE_VALUE.unsigned_abs() {
+            return Err(format!(
+                "{path} is {value}, beyond the ±2^96 an aggregate sums"
+            ));
+        }
         let Some(by) = &self.sign_by else {
             return Ok(value);
         };
-        let sign = crate::builder::path::get(state, by).and_then(crate::builder::scalar_text);
-        Ok(match sign {
-            Some(s) if self.add.contains(&s) => value,
-            Some(s) if self.subtract.contains(&s) => -value,
-            _ => 0,
-        })
+        let sign = match crate::builder::path::get(state, by) {
+            None | Some(serde_json::Value::Null) => return Ok(0),
+            Some(v) => crate::builder::scalar_text(v)
+                .ok_or_else(|| format!("{by} is {v}, not a value to sign by"))?,
+        };
+        if self.add.iter().any(|a| sign_matches(&sign, a)) {
+            Ok(value)
+        } else if self.subtract.iter().any(|a| sign_matches(&sign, a)) {
+            Ok(-value)
+        } else {
+            Err(format!(
+                "{by} is {sign:?}, which the aggregate neither adds ({}) nor subtracts ({})",
+                self.add.join(", "),
+                self.subtract.join(", ")
+            ))
+        }
     }
+}
+
+/// Whether a sign field's value names `listed`: equal ignoring ASCII case, or ending in
+/// `_` + `listed` (an enum value name with its prefix, `DIRECTION_CREDIT`).
+fn sign_matches(value: &str, listed: &str) -> bool {
+    if value.eq_ignore_ascii_case(listed) {
+        return true;
+    }
+    value.len() > listed.len()
+        && value.is_char_boundary(value.len() - listed.len() - 1)
+        && value[value.len() - listed.len() - 1..]
+            .strip_prefix('_')
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(listed))
 }
 
 /// One reference of a join and the subject-id part it must equal.
@@ -568,7 +605,12 @@ impl Opts {
                     return bad(&f, "an (aggregate) needs join_ref or join keys".into());
                 }
                 if roles > 1 {
-                    return bad(&f, "an (aggregate) field is not a subject or lookup".into());
+                    return bad(
+                        &f,
+                        "an (aggregate) field has one join (join_ref or join keys) and is \
+                         not a subject or lookup"
+                            .into(),
+                    );
                 }
                 let is_totals =
                     matches!(f.kind(), Kind::Message(m) if m.full_name() == options::TOTALS);
@@ -608,6 +650,13 @@ impl Opts {
             let Kind::Message(target) = f.kind() else {
                 return bad(&f, "must be a message type with a (model) option".into());
             };
+            if target.full_name() == options::TOTALS {
+                return bad(
+                    &f,
+                    "a Totals field needs an (aggregate) option saying what it counts and sums"
+                        .into(),
+                );
+            }
             let Some(model) = self.model_of(&target) else {
                 return bad(
                     &f,
@@ -826,9 +875,41 @@ mod tests {
             of(json!({"m": {"amount": "100000000000000000000"}, "dir": "debit"})),
             Ok(-100_000_000_000_000_000_000)
         );
-        // Neither adds nor subtracts, or no sign: nothing.
-        assert_eq!(of(json!({"m": {"amount": 5}, "dir": "reversal"})), Ok(0));
+        // Past 2^96 (down to i128::MIN, whose negation would overflow): refused.
+        let min = i128::MIN.to_string();
+        assert_eq!(
+            of(json!({"m": {"amount": min}, "dir": "debit"})),
+            Err(format!(
+                "m.amount is {min}, beyond the ±2^96 an aggregate sums"
+            ))
+        );
+        let edge = MAX_AGGREGATE_VALUE.to_string();
+        assert_eq!(
+            of(json!({"m": {"amount": edge}, "dir": "debit"})),
+            Ok(-MAX_AGGREGATE_VALUE)
+        );
+        // Sign values as enum names: any case, with a prefix.
+        for dir in ["CREDIT", "Credit", "DIRECTION_CREDIT", "direction_credit"] {
+            assert_eq!(of(json!({"m": {"amount": 5}, "dir": dir})), Ok(5), "{dir}");
+        }
+        assert_eq!(
+            of(json!({"m": {"amount": 5}, "dir": "DIRECTION_DEBIT"})),
+            Ok(-5)
+        );
+        // A value neither listed: an error naming it (not a silent 0).
+        assert_eq!(
+            of(json!({"m": {"amount": 5}, "dir": "reversal"})),
+            Err(
+                "dir is \"reversal\", which the aggregate neither adds (credit) nor \
+                 subtracts (debit)"
+                    .into()
+            )
+        );
+        assert!(of(json!({"m": {"amount": 5}, "dir": "XCREDIT"})).is_err());
+        assert!(of(json!({"m": {"amount": 5}, "dir": ["credit"]})).is_err());
+        // No sign: nothing.
         assert_eq!(of(json!({"m": {"amount": 5}})), Ok(0));
+        assert_eq!(of(json!({"m": {"amount": 5}, "dir": null})), Ok(0));
         // Missing or null value: nothing.
         assert_eq!(of(json!({"dir": "credit"})), Ok(0));
         assert_eq!(of(json!({"m": {"amount": null}, "dir": "credit"})), Ok(0));
