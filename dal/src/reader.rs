@@ -713,6 +713,7 @@ impl Dal {
         let mut built = KeptJoin {
             after: all.updates.last().map(Last::of_ref),
             n: all.at_or_before + all.updates.len() as u64,
+            aggregate: join.aggregate.is_some(),
             ..KeptJoin::empty(as_of_us)
         };
         built

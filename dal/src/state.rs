@@ -220,6 +220,9 @@ pub struct KeptJoin {
     /// evidence (kept for aggregates only; `None` for a listed join, whose evidence is
     /// every member's version).
     pub newest: Option<Newest>,
+    /// A declared aggregate's members (what each adds, no message): kept whatever their
+    /// number, see [`JoinCache::put`].
+    pub aggregate: bool,
 }
 
 /// A member's newest update, with its order key.
@@ -240,6 +243,7 @@ impl KeptJoin {
             bytes: 0,
             sum: 0,
             newest: None,
+            aggregate: false,
         }
     }
 
@@ -441,8 +445,10 @@ impl JoinCache {
     }
 
     /// Keeps `join` (whose last reference update seen is never after its time) unless the
-    /// one kept is as of a later time, or it has fewer members than
-    /// the minimum ([`MIN_KEPT_MEMBERS`] unless set; a smaller one is forgotten).
+    /// one kept is as of a later time, or it is a listed join with fewer members than the
+    /// minimum ([`MIN_KEPT_MEMBERS`] unless set; a smaller one is forgotten). A declared
+    /// aggregate's join is kept at any size: its members are a few dozen bytes each, and
+    /// keeping it saves reading every member again on the next read.
     pub fn put(&self, key: JoinKey, join: Arc<KeptJoin>, replacing_stale: bool) {
         debug_assert!(
             join.after
@@ -450,7 +456,7 @@ impl JoinCache {
                 .is_none_or(|a| a.event_time_us <= join.time)
         );
         let Some(c) = &self.inner else { return };
-        if join.members.len() < self.min_members {
+        if !join.aggregate && join.members.len() < self.min_members {
             c.remove(&key);
             return;
         }
