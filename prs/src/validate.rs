@@ -98,6 +98,7 @@ pub(crate) fn validate_checks(
 struct Ctx<'a> {
     check: &'a str,
     view: &'a str,
+    views: &'a Views,
     models: &'a Models,
     out: &'a mut Vec<Problem>,
 }
@@ -143,6 +144,7 @@ fn check_spec(spec: &CheckSpec, views: &Views, models: &Models, out: &mut Vec<Pr
             &mut Ctx {
                 check: &spec.name,
                 view: &view_name,
+                views,
                 models,
                 out,
             },
@@ -197,6 +199,21 @@ fn check_view(def: &ViewDef, cx: &mut Ctx<'_>) {
     }
     for join in &j.joins {
         let field = Some(join.field.name());
+        // A declared aggregate's paths, against the joined model's record view (when it has
+        // one): a misspelt path would sum nothing, silently.
+        if let (Some(agg), Some(record)) = (&join.aggregate, cx.views.record_view(&join.model)) {
+            for (what, path) in [("sums", &agg.sum), ("signs by", &agg.sign_by)] {
+                let Some(path) = path else { continue };
+                if !record.shows_path(path) {
+                    let m = format!(
+                        "{what} path {path:?} of {}, which is not a field of its record view {}",
+                        join.model,
+                        record.name()
+                    );
+                    cx.push(field, &join.model, m);
+                }
+            }
+        }
         let Some(refs) = models.get(&join.model) else {
             let m = format!("joins model {}", cx.not_configured(&join.model));
             cx.push(field, &join.model, m);

@@ -196,6 +196,18 @@ message TransferWithCurrency {
   overseer.views.v1.Asset currency = 2 [(overseer.views.v1.lookup) = "currency"];
 }
 
+// An aggregate whose sum path is misspelt (the record view LedgerEntry has amount_minor).
+message TransferNet {
+  overseer.views.v1.Transfer transfer = 1 [(overseer.views.v1.subject) = true];
+  overseer.views.v1.Totals entries = 2 [
+    (overseer.views.v1.join_ref) = "transfer_id",
+    (overseer.views.v1.aggregate) = {
+      model: "ledger.entries", sum: "amount_minr",
+      sign_by: "direction", add: "credit", subtract: "debit"
+    }
+  ];
+}
+
 // The payments example's TransferWithLedger with the asset lookup opted into triggering.
 message TransferWithLedger {
   overseer.views.v1.Transfer transfer = 1 [(overseer.views.v1.subject) = true];
@@ -251,6 +263,42 @@ fn team_descriptor_set() -> &'static [u8] {
     c.include_imports(true);
     c.open_file("team.proto").unwrap();
     Box::leak(c.encode_file_descriptor_set().into_boxed_slice())
+}
+
+/// The Rust type of `team.v1.TransferNet`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct TransferNet {
+    #[prost(message, optional, tag = "1")]
+    transfer: Option<Transfer>,
+    #[prost(message, optional, tag = "2")]
+    entries: Option<overseer_protos::views::Totals>,
+}
+
+impl prost::Name for TransferNet {
+    const NAME: &'static str = "TransferNet";
+    const PACKAGE: &'static str = "team.v1";
+}
+
+#[test]
+fn aggregate_path_not_a_field() {
+    let mut r = Registry::new();
+    r.views(team_descriptor_set());
+    r.check("net", |_: &TransferNet| Verdict::Pass);
+    let text = one_problem(&r, &payments(), "net", "entries", "ledger.entries");
+    assert!(
+        text.contains(
+            "sums path \"amount_minr\" of ledger.entries, which is not a field of its \
+             record view overseer.views.v1.LedgerEntry"
+        ),
+        "{text}"
+    );
+    // The shipped wallet totals' paths are fields of LedgerEntry.
+    let mut shipped = Registry::new();
+    shipped.check("wallet", |_: &overseer_protos::views::WalletWithTotals| {
+        Verdict::Pass
+    });
+    let problems = validate(&shipped, &Views::builtin(), &payments());
+    assert!(problems.is_empty(), "{problems:#?}");
 }
 
 #[test]

@@ -255,6 +255,12 @@ impl ViewDef {
         self.message.full_name()
     }
 
+    /// Whether the record path `path` is shown by a field of this view's message (by the
+    /// fields' source paths, `(from)` or name, descending into nested message fields).
+    pub fn shows_path(&self, path: &str) -> bool {
+        message_shows_path(&self.message, path)
+    }
+
     /// The model whose records are this view's subjects (what `--id` names).
     pub fn subject_model(&self) -> &str {
         match &self.kind {
