@@ -717,7 +717,7 @@ impl Dal {
             ..KeptJoin::empty(as_of_us)
         };
         built
-            .apply(read, join.aggregate.is_some())
+            .apply(read)
             .map_err(|e| Error::view(def.name(), format!("{}: {e}", join.field.name())))?;
         let join = Arc::new(built);
         self.joins.put(key, join.clone(), stale);
@@ -749,7 +749,7 @@ impl Dal {
             ..kept.clone()
         };
         again
-            .apply(read, join.aggregate.is_some())
+            .apply(read)
             .map_err(|e| Error::view(def.name(), format!("{}: {e}", join.field.name())))?;
         Ok(again)
     }

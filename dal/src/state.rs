@@ -248,8 +248,8 @@ impl KeptJoin {
     }
 
     /// The members `read` (record id → the member, or `None`: not a member) put in place
-    /// of the kept ones, adjusting the bytes, the sum and (with `newest`: a declared
-    /// aggregate) the newest update by the members that changed. When the newest member
+    /// of the kept ones, adjusting the bytes, the sum and (for a declared aggregate,
+    /// `aggregate`) the newest update by the members that changed. When the newest member
     /// is replaced by an older version or leaves (a read behind the kept time, a delete),
     /// the newest is found again among all members: O(members), the one case that is.
     /// `Err` names a sum that leaves 128 bits (it cannot with values bounded by
@@ -257,8 +257,8 @@ impl KeptJoin {
     pub fn apply(
         &mut self,
         read: impl IntoIterator<Item = (String, Option<Arc<Member>>)>,
-        newest: bool,
     ) -> Result<(), String> {
+        let newest = self.aggregate;
         let overflow = || "the aggregate's sum leaves 128 bits".to_owned();
         // Whether the newest member was replaced by one not known to be newer: then it is
         // found again among all of them.
@@ -309,7 +309,8 @@ pub struct Member {
 /// strings, the map node and the `Arc`.
 const MEMBER_OVERHEAD: u64 = 160;
 
-/// Joins of fewer members are not kept: reading so few again costs about what validating
+/// Listed joins of fewer members are not kept (declared aggregates are kept at any size,
+/// see [`JoinCache::put`]): reading so few again costs about what validating
 /// kept ones does, and the many small joins (a transfer's two entries) would crowd out the
 /// large ones that matter (a wallet's entries).
 pub const MIN_KEPT_MEMBERS: usize = 8;
@@ -447,7 +448,7 @@ impl JoinCache {
     /// Keeps `join` (whose last reference update seen is never after its time) unless the
     /// one kept is as of a later time, or it is a listed join with fewer members than the
     /// minimum ([`MIN_KEPT_MEMBERS`] unless set; a smaller one is forgotten). A declared
-    /// aggregate's join is kept at any size: its members are a few dozen bytes each, and
+    /// aggregate's join is kept at any size: its members are ~200 bytes each (no message), and
     /// keeping it saves reading every member again on the next read.
     pub fn put(&self, key: JoinKey, join: Arc<KeptJoin>, replacing_stale: bool) {
         debug_assert!(

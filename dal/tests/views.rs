@@ -979,9 +979,16 @@ fn declared_aggregates_are_checked_at_load() {
             format!(
                 "overseer.views.v1.Totals t = 2 [{join}, (overseer.views.v1.aggregate) = \
                  {{ model: \"ledger.entries\", sum: \"a\", sign_by: \"d\", add: \"x\", \
-                 subtract: \"x\" }}];"
+                 subtract: \"X\" }}];"
             ),
             "both adds and subtracts \"x\"",
+        ),
+        (
+            format!(
+                "overseer.views.v1.Totals t = 2 [{join}, (overseer.views.v1.aggregate) = \
+                 {{ model: \"ledger.entries\", sum: \"a\", sign_by: \"d\", add: \"\" }}];"
+            ),
+            "lists an empty add or subtract value",
         ),
     ];
     for (field, want) in cases {

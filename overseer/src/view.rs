@@ -96,8 +96,9 @@ pub(crate) async fn run(req: Request, checks: &crate::engine::Checks) -> Result<
                 )?;
                 // What a failing verdict on this view as of this time names as its
                 // view_digest: the view reproduced is the view the check saw.
-                if let Some(d) = overseer_dal::view::digest(&v.view) {
-                    writeln!(out, "# content digest {d}")?;
+                match overseer_dal::view::digest(&v.view) {
+                    Some(d) => writeln!(out, "# content digest {d}")?,
+                    None => writeln!(out, "# content digest: none (the view has no JSON form)")?,
                 }
                 writeln!(out, "{:#}", v.view)?;
             }

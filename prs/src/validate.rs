@@ -201,14 +201,21 @@ fn check_view(def: &ViewDef, cx: &mut Ctx<'_>) {
         let field = Some(join.field.name());
         // A declared aggregate's paths, against the joined model's record view (when it has
         // one): a misspelt path would sum nothing, silently.
-        if let (Some(agg), Some(record)) = (&join.aggregate, cx.views.record_view(&join.model)) {
-            for (what, path) in [("sums", &agg.sum), ("signs by", &agg.sign_by)] {
+        let records: Vec<_> = cx
+            .views
+            .iter()
+            .filter(|d| matches!(&d.kind, ViewKind::Record { model } if *model == join.model))
+            .collect();
+        if let (Some(agg), false) = (&join.aggregate, records.is_empty()) {
+            for (what, path) in [("sum", &agg.sum), ("sign_by", &agg.sign_by)] {
                 let Some(path) = path else { continue };
-                if !record.shows_path(path) {
+                if !records.iter().any(|r| r.shows_path(path)) {
+                    let names: Vec<&str> = records.iter().map(|r| r.name()).collect();
                     let m = format!(
-                        "{what} path {path:?} of {}, which is not a field of its record view {}",
+                        "(aggregate) {what} {path:?}: no field of {}'s record view ({}) shows \
+                         that record path",
                         join.model,
-                        record.name()
+                        names.join(", ")
                     );
                     cx.push(field, &join.model, m);
                 }

@@ -287,8 +287,8 @@ fn aggregate_path_not_a_field() {
     let text = one_problem(&r, &payments(), "net", "entries", "ledger.entries");
     assert!(
         text.contains(
-            "sums path \"amount_minr\" of ledger.entries, which is not a field of its \
-             record view overseer.views.v1.LedgerEntry"
+            "(aggregate) sum \"amount_minr\": no field of ledger.entries's record view \
+             (overseer.views.v1.LedgerEntry) shows that record path"
         ),
         "{text}"
     );

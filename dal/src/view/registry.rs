@@ -194,9 +194,17 @@ impl Aggregate {
             Some(v) => crate::builder::scalar_text(v)
                 .ok_or_else(|| format!("{by} is {v}, not a value to sign by"))?,
         };
-        if self.add.iter().any(|a| sign_matches(&sign, a)) {
+        // Exact (ignoring case) matches first, in both lists, then prefixed ones: with
+        // `add: credit, subtract: reversal_credit`, "REVERSAL_CREDIT" subtracts.
+        let exact = |l: &[String]| l.iter().any(|a| sign.eq_ignore_ascii_case(a));
+        let prefixed = |l: &[String]| l.iter().any(|a| sign_matches(&sign, a));
+        if exact(&self.add) {
             Ok(value)
-        } else if self.subtract.iter().any(|a| sign_matches(&sign, a)) {
+        } else if exact(&self.subtract) {
+            Ok(-value)
+        } else if prefixed(&self.add) {
+            Ok(value)
+        } else if prefixed(&self.subtract) {
             Ok(-value)
         } else {
             Err(format!(
@@ -209,7 +217,8 @@ impl Aggregate {
 }
 
 /// Whether a sign field's value names `listed`: equal ignoring ASCII case, or ending in
-/// `_` + `listed` (an enum value name with its prefix, `DIRECTION_CREDIT`).
+/// `_` + `listed` (an enum value name with its prefix, `DIRECTION_CREDIT`; any prefix
+/// ending in `_` counts, so list the longer names when one ends another).
 fn sign_matches(value: &str, listed: &str) -> bool {
     if value.eq_ignore_ascii_case(listed) {
         return true;
@@ -494,7 +503,14 @@ fn aggregate_opt(
     if agg.sign_by.is_some() && agg.sum.is_none() {
         return Err("(aggregate) signs a sum but names no sum field".into());
     }
-    if let Some(both) = agg.add.iter().find(|a| agg.subtract.contains(a)) {
+    if agg.add.iter().chain(&agg.subtract).any(String::is_empty) {
+        return Err("(aggregate) lists an empty add or subtract value".into());
+    }
+    if let Some(both) = agg
+        .add
+        .iter()
+        .find(|a| agg.subtract.iter().any(|s| s.eq_ignore_ascii_case(a)))
+    {
         return Err(format!("(aggregate) both adds and subtracts {both:?}"));
     }
     Ok(Some((model, agg)))
@@ -912,6 +928,15 @@ mod tests {
             )
         );
         assert!(of(json!({"m": {"amount": 5}, "dir": "XCREDIT"})).is_err());
+        // An exact match in either list wins over a prefixed one.
+        let rev = Aggregate {
+            subtract: vec!["reversal_credit".into()],
+            ..agg.clone()
+        };
+        let st = json!({"m": {"amount": 5}, "dir": "REVERSAL_CREDIT"});
+        assert_eq!(rev.contribution(st.as_object().unwrap()), Ok(-5));
+        let st = json!({"m": {"amount": 5}, "dir": "DIRECTION_CREDIT"});
+        assert_eq!(rev.contribution(st.as_object().unwrap()), Ok(5));
         assert!(of(json!({"m": {"amount": 5}, "dir": ["credit"]})).is_err());
         // No sign: nothing.
         assert_eq!(of(json!({"m": {"amount": 5}})), Ok(0));
