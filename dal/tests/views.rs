@@ -780,13 +780,7 @@ message TransferTotals {
 "#;
 
 fn compile(proto: &str) -> Vec<u8> {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("team.proto"), proto).unwrap();
-    let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../protos/proto");
-    let mut c = protox::Compiler::new([dir.path(), std::path::Path::new(protos)]).unwrap();
-    c.include_imports(true);
-    c.open_file("team.proto").unwrap();
-    c.encode_file_descriptor_set()
+    overseer_testkit::proto::compile(proto)
 }
 
 /// A ledger entry insert carrying its account and asset references, as ingestion extracts

@@ -68,13 +68,8 @@ mod tests {
     /// Compiles `text` (a .proto that may import `overseer/views.proto`) into an encoded
     /// descriptor set in `dir`. Encoded by protox itself, which keeps the custom options.
     fn descriptor_set(dir: &Path, name: &str, text: &str) -> PathBuf {
-        std::fs::write(dir.join(format!("{name}.proto")), text).unwrap();
-        let protos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../protos/proto");
-        let mut c = protox::Compiler::new([dir.to_path_buf(), protos]).unwrap();
-        c.include_imports(true);
-        c.open_file(format!("{name}.proto")).unwrap();
         let out = dir.join(format!("{name}.binpb"));
-        std::fs::write(&out, c.encode_file_descriptor_set()).unwrap();
+        std::fs::write(&out, overseer_testkit::proto::compile(text)).unwrap();
         out
     }
 

@@ -256,13 +256,7 @@ impl prost::Name for TransferWithCurrency {
 
 /// [`TEAM_PROTO`] compiled with its imports, as a team's build script embeds it.
 fn team_descriptor_set() -> &'static [u8] {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("team.proto"), TEAM_PROTO).unwrap();
-    let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../protos/proto");
-    let mut c = protox::Compiler::new([dir.path(), std::path::Path::new(protos)]).unwrap();
-    c.include_imports(true);
-    c.open_file("team.proto").unwrap();
-    Box::leak(c.encode_file_descriptor_set().into_boxed_slice())
+    overseer_testkit::proto::compile_static(TEAM_PROTO)
 }
 
 /// The Rust type of `team.v1.TransferNet`.

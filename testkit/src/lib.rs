@@ -11,11 +11,14 @@
 //!   every attempt (usable under paused Tokio time).
 //! - [`sink`]: [`sink::CollectSink`], a runner sink that keeps every run record.
 //! - [`pgoutput`]: pgoutput messages encoded the way the walsender does, and samples.
+//! - [`proto`]: a team's `.proto` views compiled at test time (importing
+//!   `overseer/views.proto`), as its build script would.
 
 pub mod conformance;
 pub mod history;
 pub mod memory;
 pub mod pagerduty;
+pub mod proto;
 pub mod servers;
 pub mod sink;
 

@@ -795,14 +795,8 @@ message Everything {
     /// [`TEST_PROTO`] compiled with protox, imports included (encoded with
     /// `encode_file_descriptor_set`, which keeps extension options such as `(from)`).
     static TEST: LazyLock<DescriptorPool> = LazyLock::new(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("everything.proto"), TEST_PROTO).expect("write proto");
-        let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/../protos/proto");
-        let mut compiler =
-            protox::Compiler::new([dir.path(), std::path::Path::new(protos)]).expect("compiler");
-        compiler.include_imports(true);
-        compiler.open_file("everything.proto").expect("compile");
-        DescriptorPool::decode(compiler.encode_file_descriptor_set().as_slice()).expect("pool")
+        let set = overseer_testkit::proto::compile(TEST_PROTO);
+        DescriptorPool::decode(set.as_slice()).expect("pool")
     });
 
     fn views(name: &str) -> MessageDescriptor {
