@@ -491,8 +491,8 @@ path = "{d}/ledger.jsonl"
     assert_eq!(j["updatedAt"], "2024-01-02T04:00:01Z");
 
     // the joined view: the transfer, the entries referencing it then, its asset
-    let joined = |as_of: &str| {
-        json(&[
+    fn joined_args(as_of: &str) -> [&str; 8] {
+        [
             "--model",
             "payments.transfers",
             "--id",
@@ -501,8 +501,9 @@ path = "{d}/ledger.jsonl"
             "TransferWithLedger",
             "--as-of",
             as_of,
-        ])
-    };
+        ]
+    }
+    let joined = |as_of: &str| json(&joined_args(as_of));
     let j = joined("2024-01-02T04:00:01Z");
     assert_eq!(j["transfer"]["status"], "TRANSFER_STATUS_COMPLETED");
     assert_eq!(
@@ -556,16 +557,7 @@ path = "{d}/ledger.jsonl"
     // with the content digest a failing verdict on this view names (the same on every
     // rebuild, another at another time)
     let digest_at = |as_of: &str| {
-        let out = ok(&view(&[
-            "--model",
-            "payments.transfers",
-            "--id",
-            "t-1",
-            "--view",
-            "TransferWithLedger",
-            "--as-of",
-            as_of,
-        ]));
+        let out = ok(&view(&joined_args(as_of)));
         let line = out
             .lines()
             .find(|l| l.starts_with("# content digest sha256:"))

@@ -232,6 +232,12 @@ pub struct Newest {
     pub update: crate::builder::UpdateRef,
 }
 
+impl Newest {
+    fn key(&self) -> (Micros, &crate::builder::UpdateRef) {
+        (self.event_time_us, &self.update)
+    }
+}
+
 impl KeptJoin {
     /// An empty join as of `time`.
     pub fn empty(time: Micros) -> Self {
@@ -267,23 +273,29 @@ impl KeptJoin {
             if let Some(old) = self.members.remove(&id) {
                 self.bytes -= old.bytes;
                 self.sum = self.sum.checked_sub(old.value).ok_or_else(overflow)?;
-                lost_newest |= newest && old.newest().is_some() && old.newest() == self.newest;
+                lost_newest |= newest
+                    && old.key().is_some()
+                    && old.key() == self.newest.as_ref().map(Newest::key);
             }
             if let Some(m) = member {
                 self.bytes += m.bytes;
                 self.sum = self.sum.checked_add(m.value).ok_or_else(overflow)?;
                 if newest
-                    && let Some(n) = m.newest()
-                    && self.newest.as_ref().is_none_or(|cur| n >= *cur)
+                    && let Some(k) = m.key()
+                    && self.newest.as_ref().is_none_or(|cur| k >= cur.key())
                 {
-                    self.newest = Some(n);
+                    self.newest = m.newest();
                     lost_newest = false;
                 }
                 self.members.insert(id, m);
             }
         }
         if lost_newest {
-            self.newest = self.members.values().filter_map(|m| m.newest()).max();
+            self.newest = self
+                .members
+                .values()
+                .max_by(|a, b| a.key().cmp(&b.key()))
+                .and_then(|m| m.newest());
         }
         Ok(())
     }
@@ -363,6 +375,11 @@ impl Member {
             value,
             bytes,
         }
+    }
+
+    /// Its newest update's order key, borrowed (`None`: no update).
+    fn key(&self) -> Option<(Micros, &crate::builder::UpdateRef)> {
+        self.last.as_ref().map(|u| (self.last_time_us, u))
     }
 
     /// Its newest update with its order key.

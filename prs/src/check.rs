@@ -193,16 +193,13 @@ where
     ) -> BoxFuture<'a, Result<Evaluation>> {
         Box::pin(async move {
             let Some(custom) = &self.view_fn else {
-                // The DAL's view, encoded: its bytes are what a failure's digest hashes,
-                // as when the view is shared.
+                // The DAL's view, encoded, run as a shared one is: its bytes are what a
+                // failure's digest hashes.
                 let def = dal.views().get(&V::full_name())?;
-                let Some(viewed) = dal.view_encoded(&def, subject, as_of_us).await? else {
-                    return Ok(Evaluation::NoSubject);
+                return match dal.view_encoded(&def, subject, as_of_us).await? {
+                    Some(viewed) => self.evaluate_on(dal, &viewed).await,
+                    None => Ok(Evaluation::NoSubject),
                 };
-                let view = viewed.decode::<V>()?;
-                return self
-                    .run(dal, view, &viewed.evidence, Some(&viewed.view))
-                    .await;
             };
             let Some(Viewed { view, evidence, .. }) = custom(dal, subject, as_of_us).await? else {
                 return Ok(Evaluation::NoSubject);

@@ -622,8 +622,19 @@ impl Opts {
             if lookup_ref.is_some() && lookup.is_none() {
                 return bad(&f, "lookup_ref belongs on a (lookup) field".into());
             }
+            // The join's keys: one `(join_ref)` (the whole subject id), or the `(join)` keys.
+            let keys = match join_ref {
+                Some(reference) => vec![JoinKey {
+                    reference,
+                    id_part: None,
+                }],
+                None => multi,
+            };
+            if let Err(e) = distinct_references(&keys) {
+                return bad(&f, e);
+            }
             if let Some((model, agg)) = aggregate {
-                if join_ref.is_none() && multi.is_empty() {
+                if keys.is_empty() {
                     return bad(&f, "an (aggregate) needs join_ref or join keys".into());
                 }
                 if roles > 1 {
@@ -641,16 +652,6 @@ impl Opts {
                         &f,
                         format!("an (aggregate) field must be a single {}", options::TOTALS),
                     );
-                }
-                let keys = match join_ref {
-                    Some(reference) => vec![JoinKey {
-                        reference,
-                        id_part: None,
-                    }],
-                    None => multi,
-                };
-                if let Err(e) = distinct_references(&keys) {
-                    return bad(&f, e);
                 }
                 joins.push(JoinField {
                     field: f,
@@ -688,19 +689,9 @@ impl Opts {
             if f.is_map() {
                 return bad(&f, "must not be a map".into());
             }
-            let keys = match join_ref {
-                Some(reference) => vec![JoinKey {
-                    reference,
-                    id_part: None,
-                }],
-                None => multi,
-            };
             if !keys.is_empty() {
                 if !f.is_list() {
                     return bad(&f, "a join_ref or join field must be repeated".into());
-                }
-                if let Err(e) = distinct_references(&keys) {
-                    return bad(&f, e);
                 }
                 joins.push(JoinField {
                     field: f,
