@@ -2,6 +2,7 @@
 //! checks, plus `demo` and `bench` on generated payments traffic. A team's binary is the
 //! same call with its own checks (see `examples/custom-checks`).
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use overseer_dal::update::{Micros, UpdateNotification};
@@ -225,6 +225,84 @@ where
     }
 }
 
+/// Check functions running at once in this process: one per core (at least two). Each
+/// runs on a blocking thread; with 64 runs in flight, a thread each came to ~100 threads,
+/// each with its own allocator heap (BENCHMARKS.md, "Where the memory goes"). Waiting for a
+/// slot does not count against a run's timeout ([`within`]), so a slow check delays
+/// others' verdicts but does not turn them into timeouts. A run that times out gives its
+/// slot back though its function cannot be stopped: a hung check keeps one thread, not a
+/// slot.
+static CHECK_SLOTS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cores.max(2))
+});
+
+/// Time a run has spent waiting for a [`CHECK_SLOTS`] slot, read by [`within`].
+#[derive(Debug, Default)]
+struct Queued {
+    waited: std::time::Duration,
+    /// Waiting now, since then.
+    since: Option<tokio::time::Instant>,
+}
+
+impl Queued {
+    fn total(&self, now: tokio::time::Instant) -> std::time::Duration {
+        self.waited + self.since.map_or_else(Default::default, |s| now - s)
+    }
+}
+
+tokio::task_local! {
+    static QUEUED: Arc<std::sync::Mutex<Queued>>;
+}
+
+/// Runs `fut` (a run: its view build and its check function) within `timeout` from
+/// `start`, not counting the time it waits for a check slot: the budget is the check's
+/// own work. [`Error::TimedOut`] when it runs out.
+pub async fn within<T>(
+    start: tokio::time::Instant,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    let queued = Arc::new(std::sync::Mutex::new(Queued::default()));
+    let waited = |now| queued.lock().expect("queue lock").total(now);
+    QUEUED
+        .scope(queued.clone(), async {
+            tokio::pin!(fut);
+            loop {
+                let deadline = start + timeout + waited(tokio::time::Instant::now());
+                tokio::select! {
+                    out = &mut fut => return out,
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let now = tokio::time::Instant::now();
+                        if now >= start + timeout + waited(now) {
+                            return Err(Error::TimedOut(timeout));
+                        }
+                    }
+                }
+            }
+        })
+        .await
+}
+
+/// A [`CHECK_SLOTS`] slot, the wait for it counted out of the run's budget ([`within`]).
+async fn check_slot() -> tokio::sync::SemaphorePermit<'static> {
+    if let Ok(slot) = CHECK_SLOTS.try_acquire() {
+        return slot;
+    }
+    let queued = QUEUED.try_with(Arc::clone).ok();
+    let since = tokio::time::Instant::now();
+    if let Some(q) = &queued {
+        q.lock().expect("queue lock").since = Some(since);
+    }
+    let slot = CHECK_SLOTS.acquire().await.expect("never closed");
+    if let Some(q) = &queued {
+        let mut q = q.lock().expect("queue lock");
+        q.since = None;
+        q.waited += since.elapsed();
+    }
+    slot
+}
+
 impl<V, F> Typed<V, F>
 where
     V: prost::Message + prost::Name + Default + Send + Sync + 'static,
@@ -232,7 +310,7 @@ where
 {
     /// Runs the function on the view. It is synchronous and user-written: it runs off the
     /// async workers so a slow one cannot stall the runtime, and so a panic is a
-    /// JoinError, not a crash.
+    /// JoinError, not a crash. At most [`CHECK_SLOTS`] run at once.
     /// `encoded`: the view's bytes as the DAL built them, when at hand (else the view is
     /// encoded again for a failure's digest).
     async fn run(
@@ -243,9 +321,11 @@ where
         encoded: Option<&[u8]>,
     ) -> Result<Evaluation> {
         let f = self.f.clone();
+        let slot = check_slot().await;
         let (verdict, view) = tokio::task::spawn_blocking(move || (f(&view), view))
             .await
             .map_err(|e| Error::Panicked(panic_message(e)))?;
+        drop(slot);
         // Named only for a failure: that is what incidents and reports show, while a pass
         // is not kept anywhere, and a wallet's view names thousands of records.
         let (evidence, view_digest) = match verdict {
@@ -294,7 +374,8 @@ pub struct CheckSpec {
     /// The (model, reference) pairs the custom selection reads from notifications, so
     /// start-up validation can check the models declare them ([`CheckSpec::reads_refs`]).
     pub reads: Vec<(String, String)>,
-    /// Longest a run may take (view + function) before it is an error verdict.
+    /// Longest a run may take (view + function, not counting a wait for a check slot:
+    /// [`within`]) before it is an error verdict.
     pub timeout: Duration,
     /// Registered but not run live (replay can still run it: a shadow check).
     pub enabled: bool,
@@ -496,5 +577,36 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.checks.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that waits for a check slot longer than its timeout still runs: the budget is
+    /// its own work. A run whose own work takes longer times out.
+    #[tokio::test]
+    async fn waiting_for_a_slot_is_not_the_runs_time() {
+        let total = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(2);
+        let held = CHECK_SLOTS.acquire_many(total as u32).await.unwrap();
+        let timeout = Duration::from_millis(50);
+        let queued = tokio::spawn(within(tokio::time::Instant::now(), timeout, async {
+            let _slot = check_slot().await;
+            Ok(())
+        }));
+        tokio::time::sleep(timeout * 4).await;
+        assert!(!queued.is_finished(), "still waiting for a slot");
+        drop(held);
+        queued.await.unwrap().unwrap();
+
+        let slow = within(tokio::time::Instant::now(), timeout, async {
+            let _slot = check_slot().await;
+            tokio::time::sleep(timeout * 4).await;
+            Ok(())
+        });
+        assert!(matches!(slow.await, Err(Error::TimedOut(t)) if t == timeout));
     }
 }

@@ -515,16 +515,17 @@ fn trigger(note: &UpdateNotification, ack: u64) -> Trigger {
 }
 
 /// Runs one released run to a record: the view as of the evaluation time, the function, a
-/// timeout, and panics turned into error outcomes.
+/// timeout (not counting a wait for a check slot: [`crate::check::within`]), and panics
+/// turned into error outcomes.
 pub async fn execute(
     dal: &Dal,
     check: &dyn crate::check::ErasedCheck,
     timeout: Duration,
     ready: &Ready,
 ) -> RunRecord {
-    let result = tokio::time::timeout(timeout, check.evaluate(dal, &ready.subject, ready.eval_us))
+    let run = check.evaluate(dal, &ready.subject, ready.eval_us);
+    let result = crate::check::within(Instant::now(), timeout, run)
         .await
-        .unwrap_or(Err(Error::TimedOut(timeout)))
         .map_err(|e| e.to_string());
     record_of(ready, result)
 }
@@ -566,10 +567,11 @@ pub async fn execute_shared(dal: &Dal, runs: &[Run]) -> Vec<RunRecord> {
         let result = match built {
             _ if Instant::now() >= deadline => Err(Error::TimedOut(*timeout).to_string()),
             Ok(None) => Ok(Evaluation::NoSubject),
-            Ok(Some(viewed)) => tokio::time::timeout_at(deadline, check.evaluate_on(dal, viewed))
-                .await
-                .unwrap_or(Err(Error::TimedOut(*timeout)))
-                .map_err(|e| e.to_string()),
+            Ok(Some(viewed)) => {
+                crate::check::within(start, *timeout, check.evaluate_on(dal, viewed))
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Err(message) => Err(message.clone()),
         };
         record_of(ready, result)

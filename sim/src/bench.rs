@@ -626,7 +626,7 @@ async fn measure(
         }
         _ => crate::live::in_process(&w, clock),
     };
-    let live =
+    let mut live =
         crate::live::run(&cfg, &storage, w.clone(), clock, feeds, notifier, patience).await?;
     while let Some(p) = producers.join_next().await {
         p.context("a producer task")?
@@ -640,7 +640,7 @@ async fn measure(
 
     let updates = w.unique_events() as u64;
     let secs = |until: Micros| (until - start_us).max(1) as f64 / 1e6;
-    let score = Score::of(&w, &live.runs);
+    let score = Score::of_verdicts(&w, &live.verdicts);
     let total = |f: fn(&overseer_ingestion::pipeline::SourceReport) -> u64| {
         live.reports.values().map(f).sum::<u64>()
     };
@@ -686,7 +686,7 @@ async fn measure(
             ));
         }
     }
-    let runs = live.runs.len() as u64;
+    let runs = live.verdicts.runs();
     let e2e = secs(live.drained_us);
     let ingest_s = live.ingested_us.map(secs);
     let lag = match w.config.ledger_lag {
@@ -714,12 +714,7 @@ async fn measure(
         runs,
         runs_per_s: runs as f64 / e2e,
         ttd: Quantiles::of(score.detected.values().copied().collect()),
-        run_latency: Quantiles::of(
-            live.runs
-                .iter()
-                .map(|r| r.finished_us - r.first_event_us)
-                .collect(),
-        ),
+        run_latency: Quantiles::of(std::mem::take(&mut live.verdicts.latencies_us)),
         expected_failures: score.expected,
         detected: score.detected.len(),
         recall: score.recall(),

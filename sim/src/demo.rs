@@ -250,7 +250,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         ),
         None => println!("\nnot every event was delivered by +{}", at(drained_us)),
     }
-    let score = Score::of(&workload, &live.runs);
+    let score = Score::of_verdicts(&workload, &live.verdicts);
     let mut problems = summarize(&args, &workload, &score, &live, &console);
     if let Some(why) = &live.timed_out {
         problems.push(why.clone());
@@ -322,7 +322,7 @@ fn summarize(
 ) -> Vec<String> {
     let Live {
         reports,
-        runs,
+        verdicts,
         by_outcome,
         failing_now,
         ..
@@ -396,10 +396,7 @@ fn summarize(
             args.grace_ms
         );
     }
-    let mut latency: Vec<Micros> = runs
-        .iter()
-        .map(|r| r.finished_us - r.first_event_us)
-        .collect();
+    let mut latency = verdicts.latencies_us.clone();
     latency.sort_unstable();
     if !latency.is_empty() {
         println!(

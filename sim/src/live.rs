@@ -7,7 +7,7 @@
 //!  workload ─ ReplaySource per system ─> ingestion ─> store + catalog
 //!                                                       │ catalog feed (Tracked)
 //!  notifier <── incidents <── runner (the shipped checks) <┘
-//!  Live { runs, per-source reports, when delivered / ingested / drained } <── Collector
+//!  Live { verdicts, per-source reports, when delivered / ingested / drained } <── Collector
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::workload::live::{Clock, Collector, ReplaySource, Tracked};
+use crate::workload::live::{Clock, Collector, ReplaySource, Tracked, Verdicts};
 use crate::workload::{System, Workload};
 use overseer::Config;
 use overseer_dal::bus::feed::CatalogFeed;
@@ -28,14 +28,14 @@ use overseer_ingestion::pipeline::{Ingestor, SourceReport, Storage};
 use overseer_ingestion::source::Source;
 use overseer_prs::escalate::{Notifier, Severity};
 use overseer_prs::incident::Routes;
-use overseer_prs::runner::RunRecord;
 
 /// What a live run observed. Times are on the run's [`Clock`], µs since the epoch.
 pub(crate) struct Live {
     /// Ingestion's totals per source.
     pub reports: BTreeMap<String, SourceReport>,
-    /// Every run record, in the order the runner handed them over.
-    pub runs: Vec<RunRecord>,
+    /// The runs' verdicts: every run's outcome and latency, the records of those that
+    /// did not pass.
+    pub verdicts: Verdicts,
     /// The runner's own count of runs by outcome.
     pub by_outcome: BTreeMap<String, u64>,
     /// (check, subject) pairs whose incident is open at the end.
@@ -238,7 +238,7 @@ pub(crate) async fn run(
         .collect();
     Ok(Live {
         reports,
-        runs: collector.runs(),
+        verdicts: collector.take_verdicts(),
         by_outcome: report.by_outcome,
         failing_now,
         delivered_us,

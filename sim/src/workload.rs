@@ -839,6 +839,15 @@ impl Score {
         s
     }
 
+    /// Scores the verdicts a [`live::Collector::verdicts_only`] gathered: as [`Score::of`]
+    /// their records of runs that did not pass, with every run counted by outcome.
+    pub fn of_verdicts(workload: &Workload, verdicts: &live::Verdicts) -> Score {
+        Score {
+            by_outcome: verdicts.by_outcome.clone(),
+            ..Score::of(workload, &verdicts.not_passed)
+        }
+    }
+
     /// Detected / expected (1 when nothing was expected).
     pub fn recall(&self) -> f64 {
         if self.expected == 0 {
@@ -864,6 +873,7 @@ impl Score {
 /// time, a sink that keeps verdicts, and a subscription that says when every notification
 /// has been fully checked.
 pub mod live {
+    use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -1004,12 +1014,76 @@ pub mod live {
         }
     }
 
-    /// A sink that keeps every run record.
+    /// A sink that keeps run records: every one ([`Collector::new`]), or only what
+    /// scoring reads ([`Collector::verdicts_only`]).
     #[derive(Debug, Default)]
     pub struct Collector {
         runs: Mutex<Vec<RunRecord>>,
-        /// Drop each record's evidence and failure details (what scoring does not read).
+        /// Keep [`Verdicts`] instead of every record.
         verdicts_only: bool,
+        verdicts: Mutex<Verdicts>,
+    }
+
+    /// What scoring and the bench read of a long run's verdicts, gathered as they come:
+    /// every run's outcome and latency, and the records of the runs that did not pass
+    /// (without their evidence and failure details). A million passes cost 8 bytes each,
+    /// not a record each.
+    #[derive(Clone, Debug, Default)]
+    pub struct Verdicts {
+        /// Every run that did not pass (fail, stale, error, no subject), in the order
+        /// handed over: what [`Score::of`] reads besides the counts.
+        ///
+        /// [`Score::of`]: crate::workload::Score::of
+        pub not_passed: Vec<RunRecord>,
+        /// Runs by outcome label.
+        pub by_outcome: BTreeMap<String, u64>,
+        /// Each run's `finished_us − first_event_us`, in the order handed over.
+        pub latencies_us: Vec<Micros>,
+    }
+
+    impl Verdicts {
+        /// Runs seen.
+        pub fn runs(&self) -> u64 {
+            self.latencies_us.len() as u64
+        }
+
+        fn add(&mut self, run: &RunRecord) {
+            self.latencies_us.push(run.finished_us - run.first_event_us);
+            let label = run.outcome.label();
+            match self.by_outcome.get_mut(label) {
+                Some(n) => *n += 1,
+                None => {
+                    self.by_outcome.insert(label.to_owned(), 1);
+                }
+            }
+            let outcome = match &run.outcome {
+                Outcome::Pass => return,
+                // Built without the evidence and details rather than cloned and cleared.
+                Outcome::Fail { message, .. } => Outcome::Fail {
+                    message: message.clone(),
+                    details: serde_json::Value::Null,
+                },
+                Outcome::Stale {
+                    sources, message, ..
+                } => Outcome::Stale {
+                    sources: sources.clone(),
+                    message: message.clone(),
+                    details: serde_json::Value::Null,
+                },
+                other => other.clone(),
+            };
+            self.not_passed.push(RunRecord {
+                check: run.check.clone(),
+                subject: run.subject.clone(),
+                eval_us: run.eval_us,
+                first_event_us: run.first_event_us,
+                outcome,
+                evidence: Vec::new(),
+                view_digest: None,
+                triggers: run.triggers,
+                finished_us: run.finished_us,
+            });
+        }
     }
 
     impl Collector {
@@ -1017,10 +1091,8 @@ pub mod live {
             Arc::new(Collector::default())
         }
 
-        /// A collector that keeps each record without its evidence and failure details:
-        /// a fraction of the memory on long runs, and all [`Score::of`] reads.
-        ///
-        /// [`Score::of`]: crate::workload::Score::of
+        /// A collector that keeps only [`Verdicts`]: what scoring and the bench read, a
+        /// fraction of the memory on long runs ([`Collector::runs`] stays empty).
         pub fn verdicts_only() -> Arc<Collector> {
             Arc::new(Collector {
                 verdicts_only: true,
@@ -1028,46 +1100,27 @@ pub mod live {
             })
         }
 
-        /// The records so far, in the order they were handed over.
+        /// The records so far, in the order they were handed over (of a
+        /// [`Collector::new`]).
         pub fn runs(&self) -> Vec<RunRecord> {
             self.runs.lock().expect("collector lock").clone()
+        }
+
+        /// Takes the verdicts gathered so far (of a [`Collector::verdicts_only`]), leaving
+        /// none.
+        pub fn take_verdicts(&self) -> Verdicts {
+            std::mem::take(&mut *self.verdicts.lock().expect("collector lock"))
         }
     }
 
     #[async_trait]
     impl Sink for Collector {
         async fn record(&self, run: &RunRecord) -> overseer_prs::Result<()> {
-            let run = if self.verdicts_only {
-                // Built without the evidence and details rather than cloned and cleared.
-                let outcome = match &run.outcome {
-                    Outcome::Fail { message, .. } => Outcome::Fail {
-                        message: message.clone(),
-                        details: serde_json::Value::Null,
-                    },
-                    Outcome::Stale {
-                        sources, message, ..
-                    } => Outcome::Stale {
-                        sources: sources.clone(),
-                        message: message.clone(),
-                        details: serde_json::Value::Null,
-                    },
-                    other => other.clone(),
-                };
-                RunRecord {
-                    check: run.check.clone(),
-                    subject: run.subject.clone(),
-                    eval_us: run.eval_us,
-                    first_event_us: run.first_event_us,
-                    outcome,
-                    evidence: Vec::new(),
-                    view_digest: None,
-                    triggers: run.triggers,
-                    finished_us: run.finished_us,
-                }
+            if self.verdicts_only {
+                self.verdicts.lock().expect("collector lock").add(run);
             } else {
-                run.clone()
-            };
-            self.runs.lock().expect("collector lock").push(run);
+                self.runs.lock().expect("collector lock").push(run.clone());
+            }
             Ok(())
         }
     }

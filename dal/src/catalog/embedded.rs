@@ -98,7 +98,14 @@ pub struct EmbeddedCatalog {
     /// because the file is open in one process at a time (redb locks it) and every snapshot
     /// is written through a handle of this one; a hash collision only costs a lookup.
     snapshotted: Arc<std::sync::RwLock<std::collections::HashSet<u64>>>,
+    /// Blocking-pool tasks of this catalog at once ([`BLOCKING_TASKS`]).
+    tasks: Arc<tokio::sync::Semaphore>,
 }
+
+/// The catalog's work on the blocking pool at once. Writes take redb's one write
+/// transaction in turn anyway: more of them at once would each hold a thread (and its
+/// allocator heap) to wait on a lock, where waiting for a permit holds nothing.
+const BLOCKING_TASKS: usize = 4;
 
 /// `META` key: the number of indexed updates when the `LATE` table was last known to
 /// cover them all (written by every commit of a build that keeps it).
@@ -245,6 +252,7 @@ impl EmbeddedCatalog {
             path: path.display().to_string(),
             commits: Arc::new(tokio::sync::watch::Sender::new(0)),
             snapshotted: Arc::new(std::sync::RwLock::new(snapshotted)),
+            tasks: Arc::new(tokio::sync::Semaphore::new(BLOCKING_TASKS)),
         })
     }
 
@@ -262,15 +270,25 @@ impl EmbeddedCatalog {
         commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// Runs blocking redb work off the async executor.
+    /// Runs blocking redb work off the async executor, [`BLOCKING_TASKS`] at once. The
+    /// permit moves into the task: a caller dropped while it runs does not let another in.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        let permit = self
+            .tasks
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|e| Error::catalog(format!("catalog task failed: {e}")))?
+            .expect("never closed");
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            f(&db)
+        })
+        .await
+        .map_err(|e| Error::catalog(format!("catalog task failed: {e}")))?
     }
 }
 
