@@ -236,6 +236,89 @@ async fn redelivery_changes_nothing() {
     );
 }
 
+/// A source that forwards what the test hands it, as it hands it.
+struct Handed(tokio::sync::Mutex<tokio::sync::mpsc::Receiver<SourceMsg>>);
+
+#[async_trait]
+impl Source for Handed {
+    async fn run(self: Box<Self>, ctx: SourceContext) -> overseer_ingestion::Result<()> {
+        while let Some(m) = self.0.lock().await.recv().await {
+            if ctx.tx.send(m).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two changes of one transaction (same commit time) committed in two batches: after the
+/// first, the source is complete only up to just before that time, so a check waiting
+/// for it does not run on half a transaction. The second batch, or a heartbeat, completes
+/// it.
+#[tokio::test]
+async fn a_batch_does_not_claim_its_newest_time_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &dir.path().join("unused.jsonl"), "");
+    let storage = Storage::open(&cfg).await.unwrap();
+    let ing = Ingestor::new(storage.clone(), cfg.ingest.clone());
+    let consumer = overseer_ingestion::format::build(&cfg.sources[0], &cfg).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let task = {
+        let (src, stop) = (cfg.sources[0].clone(), stop.clone());
+        let source = Box::new(Handed(tokio::sync::Mutex::new(rx)));
+        tokio::spawn(async move { ing.run_source(&src, consumer, source, stop).await })
+    };
+    let mut all = events(3).into_iter();
+    let mut at = |secs: i64| {
+        let mut e = all.next().unwrap();
+        e.raw = Bytes::from(insert_event(&e.position, "t1", secs));
+        SourceMsg::Event(e)
+    };
+    let state = || async {
+        let states = storage.catalog.source_states().await.unwrap();
+        let s = states.iter().find(|s| s.source == "ledger");
+        s.map(|s| (s.watermark_us, s.last_event_us))
+    };
+    let wait_for = |want: (i64, i64)| async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let got = state().await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{got:?}, want {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let t = 7_000_000_000; // 7,000 s in µs: the events' clusterTime
+    tx.send(at(6_999)).await.unwrap();
+    tx.send(at(7_000)).await.unwrap();
+    wait_for((t - 1, t)).await;
+    // The same time again (the rest of the transaction): still only up to before it.
+    tx.send(at(7_000)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while storage.catalog.dump().await.unwrap().entries.len() < 3 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the third event indexed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(state().await, Some((t - 1, t)));
+    // The source says it is complete up to that time.
+    tx.send(SourceMsg::Heartbeat { watermark_us: t })
+        .await
+        .unwrap();
+    wait_for((t, t)).await;
+    stop.cancel();
+    drop(tx);
+    task.await.unwrap().unwrap();
+}
+
 #[tokio::test]
 async fn malformed_events_are_quarantined_and_hostile_ids_stored_safely() {
     let dir = tempfile::tempdir().unwrap();

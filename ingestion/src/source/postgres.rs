@@ -62,7 +62,9 @@
 //! at or past it), every transaction that committed before `t` has been received and the
 //! source sends `SourceMsg::Heartbeat { watermark_us: t }`. An idle, caught-up source thus
 //! sends one heartbeat per `ctx.heartbeat`, with `t` a moment ago; a lagging one sends
-//! none until it catches up, and its watermark stays at its last event's commit time.
+//! none until it catches up, and its watermark stays just before its last event's commit
+//! time (a batch never claims its newest time complete: more of that transaction may
+//! follow in the next batch).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
