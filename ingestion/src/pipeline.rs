@@ -251,7 +251,15 @@ pub(crate) fn batch_from_segment(seg: &overseer_dal::segment::Segment) -> Commit
                 source: c.source.clone(),
                 checkpoint: c.checkpoint.clone(),
                 watermark_us: c.watermark_us,
-                last_event_us: c.watermark_us,
+                // The newest event's time, as the live commit records it (the watermark
+                // stops just before it).
+                last_event_us: seg
+                    .records
+                    .iter()
+                    .filter(|(_, r)| r.source == c.source)
+                    .map(|(_, r)| r.event_time_us)
+                    .max()
+                    .unwrap_or(c.watermark_us),
             })
             .collect(),
         quarantined: 0,

@@ -225,13 +225,14 @@ where
     }
 }
 
-/// Check functions running at once in this process: one per core (at least two). Each
+/// Slots for check functions in this process: one per core (at least two). Each function
 /// runs on a blocking thread; with 64 runs in flight, a thread each came to ~100 threads,
 /// each with its own allocator heap (BENCHMARKS.md, "Where the memory goes"). Waiting for a
-/// slot does not count against a run's timeout ([`within`]), so a slow check delays
-/// others' verdicts but does not turn them into timeouts. A run that times out gives its
-/// slot back though its function cannot be stopped: a hung check keeps one thread, not a
-/// slot.
+/// slot does not count against a run's timeout ([`within`]): a slow check holds a slot up
+/// to its timeout and delays others' verdicts, but does not turn them into timeouts. A run
+/// that times out gives its slot back though its function cannot be stopped: a hung
+/// function keeps its thread (outside the slots, as before them, up to tokio's blocking
+/// pool limit), not a slot.
 static CHECK_SLOTS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     tokio::sync::Semaphore::new(cores.max(2))
@@ -265,16 +266,24 @@ pub async fn within<T>(
 ) -> Result<T> {
     let queued = Arc::new(std::sync::Mutex::new(Queued::default()));
     let waited = |now| queued.lock().expect("queue lock").total(now);
+    // A timeout too long to add (`Duration::MAX`) is no timeout.
+    let far = || start + Duration::from_secs(100 * 365 * 86_400);
+    let due = |waited: Duration| {
+        timeout
+            .checked_add(waited)
+            .and_then(|d| start.checked_add(d))
+            .unwrap_or_else(far)
+    };
     QUEUED
         .scope(queued.clone(), async {
             tokio::pin!(fut);
             loop {
-                let deadline = start + timeout + waited(tokio::time::Instant::now());
+                let deadline = due(waited(tokio::time::Instant::now()));
                 tokio::select! {
                     out = &mut fut => return out,
                     _ = tokio::time::sleep_until(deadline) => {
                         let now = tokio::time::Instant::now();
-                        if now >= start + timeout + waited(now) {
+                        if now >= due(waited(now)) {
                             return Err(Error::TimedOut(timeout));
                         }
                     }
