@@ -233,13 +233,18 @@ where
 /// that times out gives its slot back though its function cannot be stopped: a hung
 /// function keeps its thread (outside the slots, as before them, up to tokio's blocking
 /// pool limit), not a slot.
-static CHECK_SLOTS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    tokio::sync::Semaphore::new(cores.max(2))
-});
+static CHECK_SLOTS: LazyLock<tokio::sync::Semaphore> =
+    LazyLock::new(|| tokio::sync::Semaphore::new(slot_count()));
+
+/// How many [`CHECK_SLOTS`] there are: one per core, at least two.
+fn slot_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .max(2)
+}
 
 /// Time a run has spent waiting for a [`CHECK_SLOTS`] slot, read by [`within`].
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct Queued {
     waited: std::time::Duration,
     /// Waiting now, since then.
@@ -253,7 +258,8 @@ impl Queued {
 }
 
 tokio::task_local! {
-    static QUEUED: Arc<std::sync::Mutex<Queued>>;
+    /// The wait of the run [`within`] is timing (the task's own: no lock, no allocation).
+    static QUEUED: std::cell::Cell<Queued>;
 }
 
 /// Runs `fut` (a run: its view build and its check function) within `timeout` from
@@ -264,8 +270,7 @@ pub async fn within<T>(
     timeout: Duration,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let queued = Arc::new(std::sync::Mutex::new(Queued::default()));
-    let waited = |now| queued.lock().expect("queue lock").total(now);
+    let waited = |now| QUEUED.with(|q| q.get().total(now));
     // A timeout too long to add (`Duration::MAX`) is no timeout.
     let far = || start + Duration::from_secs(100 * 365 * 86_400);
     let due = |waited: Duration| {
@@ -275,7 +280,7 @@ pub async fn within<T>(
             .unwrap_or_else(far)
     };
     QUEUED
-        .scope(queued.clone(), async {
+        .scope(std::cell::Cell::new(Queued::default()), async {
             tokio::pin!(fut);
             loop {
                 let deadline = due(waited(tokio::time::Instant::now()));
@@ -298,17 +303,21 @@ async fn check_slot() -> tokio::sync::SemaphorePermit<'static> {
     if let Ok(slot) = CHECK_SLOTS.try_acquire() {
         return slot;
     }
-    let queued = QUEUED.try_with(Arc::clone).ok();
     let since = tokio::time::Instant::now();
-    if let Some(q) = &queued {
-        q.lock().expect("queue lock").since = Some(since);
-    }
+    let _ = QUEUED.try_with(|q| {
+        q.set(Queued {
+            since: Some(since),
+            ..q.get()
+        })
+    });
     let slot = CHECK_SLOTS.acquire().await.expect("never closed");
-    if let Some(q) = &queued {
-        let mut q = q.lock().expect("queue lock");
-        q.since = None;
-        q.waited += since.elapsed();
-    }
+    let _ = QUEUED.try_with(|q| {
+        let waited = q.get().waited + since.elapsed();
+        q.set(Queued {
+            waited,
+            since: None,
+        })
+    });
     slot
 }
 
@@ -597,10 +606,7 @@ mod tests {
     /// its own work. A run whose own work takes longer times out.
     #[tokio::test]
     async fn waiting_for_a_slot_is_not_the_runs_time() {
-        let total = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .max(2);
-        let held = CHECK_SLOTS.acquire_many(total as u32).await.unwrap();
+        let held = CHECK_SLOTS.acquire_many(slot_count() as u32).await.unwrap();
         let timeout = Duration::from_millis(50);
         let queued = tokio::spawn(within(tokio::time::Instant::now(), timeout, async {
             let _slot = check_slot().await;
