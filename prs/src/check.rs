@@ -25,13 +25,14 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use overseer_dal::update::{Micros, UpdateNotification};
 use overseer_dal::{Dal, Viewed};
 use serde_json::Value;
 
+use crate::pool::CheckPool;
 use crate::{Error, Result};
 
 /// What a check says about its subject.
@@ -225,52 +226,37 @@ where
     }
 }
 
-/// Slots for check functions in this process: one per core (at least two). Each function
-/// runs on a blocking thread; with 64 runs in flight, a thread each came to ~100 threads,
-/// each with its own allocator heap (BENCHMARKS.md, "Where the memory goes"). Waiting for a
-/// slot does not count against a run's timeout ([`within`]): a slow check holds a slot up
-/// to its timeout and delays others' verdicts, but does not turn them into timeouts. A run
-/// that times out gives its slot back though its function cannot be stopped: a hung
-/// function keeps its thread (outside the slots, as before them, up to tokio's blocking
-/// pool limit), not a slot.
-static CHECK_SLOTS: LazyLock<tokio::sync::Semaphore> =
-    LazyLock::new(|| tokio::sync::Semaphore::new(slot_count()));
-
-/// How many [`CHECK_SLOTS`] there are: one per core, at least two.
-fn slot_count() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .max(2)
+/// What [`within`] keeps for the run it times: the pool its check functions go to and the
+/// time they waited in its queue (the task's own: no lock).
+#[derive(Default)]
+struct RunCtx {
+    pool: Option<CheckPool>,
+    /// Queue waits of the run's finished jobs.
+    waited: Duration,
+    /// The job in the queue or running now.
+    job: Option<Arc<crate::pool::JobState>>,
 }
 
-/// Time a run has spent waiting for a [`CHECK_SLOTS`] slot, read by [`within`].
-#[derive(Clone, Copy, Debug, Default)]
-struct Queued {
-    waited: std::time::Duration,
-    /// Waiting now, since then.
-    since: Option<tokio::time::Instant>,
-}
-
-impl Queued {
-    fn total(&self, now: tokio::time::Instant) -> std::time::Duration {
-        self.waited + self.since.map_or_else(Default::default, |s| now - s)
+impl RunCtx {
+    fn waited(&self) -> Duration {
+        self.waited + self.job.as_ref().map_or(Duration::ZERO, |j| j.queue_wait())
     }
 }
 
 tokio::task_local! {
-    /// The wait of the run [`within`] is timing (the task's own: no lock, no allocation).
-    static QUEUED: std::cell::Cell<Queued>;
+    static RUN: std::cell::RefCell<RunCtx>;
 }
 
-/// Runs `fut` (a run: its view build and its check function) within `timeout` from
-/// `start`, not counting the time it waits for a check slot: the budget is the check's
-/// own work. [`Error::TimedOut`] when it runs out.
+/// Runs `fut` (a run: its view build and its check function, which goes to `pool`) within
+/// `timeout` from `start`, not counting the time the function waits in the pool's queue:
+/// the budget is the check's own work. [`Error::TimedOut`] when it runs out.
 pub async fn within<T>(
+    pool: &CheckPool,
     start: tokio::time::Instant,
     timeout: Duration,
     fut: impl Future<Output = Result<T>>,
 ) -> Result<T> {
-    let waited = |now| QUEUED.with(|q| q.get().total(now));
+    let waited = || RUN.with(|r| r.borrow().waited());
     // A timeout too long to add (`Duration::MAX`) is no timeout.
     let far = || start + Duration::from_secs(100 * 365 * 86_400);
     let due = |waited: Duration| {
@@ -279,46 +265,54 @@ pub async fn within<T>(
             .and_then(|d| start.checked_add(d))
             .unwrap_or_else(far)
     };
-    QUEUED
-        .scope(std::cell::Cell::new(Queued::default()), async {
-            tokio::pin!(fut);
-            loop {
-                let deadline = due(waited(tokio::time::Instant::now()));
-                tokio::select! {
-                    out = &mut fut => return out,
-                    _ = tokio::time::sleep_until(deadline) => {
-                        let now = tokio::time::Instant::now();
-                        if now >= due(waited(now)) {
-                            return Err(Error::TimedOut(timeout));
-                        }
+    let ctx = RunCtx {
+        pool: Some(pool.clone()),
+        ..RunCtx::default()
+    };
+    RUN.scope(std::cell::RefCell::new(ctx), async {
+        tokio::pin!(fut);
+        loop {
+            let deadline = due(waited());
+            tokio::select! {
+                out = &mut fut => return out,
+                _ = tokio::time::sleep_until(deadline) => {
+                    if tokio::time::Instant::now() >= due(waited()) {
+                        return Err(Error::TimedOut(timeout));
                     }
                 }
             }
-        })
-        .await
+        }
+    })
+    .await
 }
 
-/// A [`CHECK_SLOTS`] slot, the wait for it counted out of the run's budget ([`within`]).
-async fn check_slot() -> tokio::sync::SemaphorePermit<'static> {
-    if let Ok(slot) = CHECK_SLOTS.try_acquire() {
-        return slot;
-    }
-    let since = tokio::time::Instant::now();
-    let _ = QUEUED.try_with(|q| {
-        q.set(Queued {
-            since: Some(since),
-            ..q.get()
-        })
+/// Runs a check function off the async workers: on the pool of the run [`within`] times
+/// (its queue wait counted out of the run's budget), else on a blocking thread of its own
+/// (a check evaluated outside a runner or replay; such calls are not bounded by a pool).
+/// `Err`: the function panicked, with its message.
+async fn run_function<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, String> {
+    let pool = RUN.try_with(|r| r.borrow().pool.clone()).ok().flatten();
+    let Some(pool) = pool else {
+        return tokio::task::spawn_blocking(f).await.map_err(|e| {
+            if e.is_panic() {
+                panic_text(e.into_panic())
+            } else {
+                e.to_string()
+            }
+        });
+    };
+    let submitted = pool.submit(f);
+    RUN.with(|r| r.borrow_mut().job = Some(submitted.job().clone()));
+    let out = submitted.await;
+    RUN.with(|r| {
+        let mut r = r.borrow_mut();
+        if let Some(job) = r.job.take() {
+            r.waited += job.queue_wait();
+        }
     });
-    let slot = CHECK_SLOTS.acquire().await.expect("never closed");
-    let _ = QUEUED.try_with(|q| {
-        let waited = q.get().waited + since.elapsed();
-        q.set(Queued {
-            waited,
-            since: None,
-        })
-    });
-    slot
+    out.map_err(panic_text)
 }
 
 impl<V, F> Typed<V, F>
@@ -327,8 +321,8 @@ where
     F: Fn(&V) -> Verdict + Send + Sync + 'static,
 {
     /// Runs the function on the view. It is synchronous and user-written: it runs off the
-    /// async workers so a slow one cannot stall the runtime, and so a panic is a
-    /// JoinError, not a crash. At most [`CHECK_SLOTS`] run at once.
+    /// async workers ([`run_function`], [`crate::pool`]) so a slow one cannot stall the
+    /// runtime, and so a panic is an error, not a crash.
     /// `encoded`: the view's bytes as the DAL built them, when at hand (else the view is
     /// encoded again for a failure's digest).
     async fn run(
@@ -339,11 +333,9 @@ where
         encoded: Option<&[u8]>,
     ) -> Result<Evaluation> {
         let f = self.f.clone();
-        let slot = check_slot().await;
-        let (verdict, view) = tokio::task::spawn_blocking(move || (f(&view), view))
+        let (verdict, view) = run_function(move || (f(&view), view))
             .await
-            .map_err(|e| Error::Panicked(panic_message(e)))?;
-        drop(slot);
+            .map_err(Error::Panicked)?;
         // Named only for a failure: that is what incidents and reports show, while a pass
         // is not kept anywhere, and a wallet's view names thousands of records.
         let (evidence, view_digest) = match verdict {
@@ -364,11 +356,8 @@ where
     }
 }
 
-fn panic_message(e: tokio::task::JoinError) -> String {
-    if !e.is_panic() {
-        return e.to_string();
-    }
-    let p = e.into_panic();
+/// A panic's message (`&str` or `String` payloads).
+pub(crate) fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())
@@ -392,8 +381,8 @@ pub struct CheckSpec {
     /// The (model, reference) pairs the custom selection reads from notifications, so
     /// start-up validation can check the models declare them ([`CheckSpec::reads_refs`]).
     pub reads: Vec<(String, String)>,
-    /// Longest a run may take (view + function, not counting a wait for a check slot:
-    /// [`within`]) before it is an error verdict.
+    /// Longest a run may take (view + function, not counting a wait in the check pool's
+    /// queue: [`within`]) before it is an error verdict.
     pub timeout: Duration,
     /// Registered but not run live (replay can still run it: a shadow check).
     pub enabled: bool,
@@ -602,26 +591,45 @@ impl Registry {
 mod tests {
     use super::*;
 
-    /// A run that waits for a check slot longer than its timeout still runs: the budget is
-    /// its own work. A run whose own work takes longer times out.
-    #[tokio::test]
-    async fn waiting_for_a_slot_is_not_the_runs_time() {
-        let held = CHECK_SLOTS.acquire_many(slot_count() as u32).await.unwrap();
+    /// A run that waits in the pool's queue longer than its timeout still runs: the budget
+    /// is its own work. A run whose own work takes longer times out.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_in_the_queue_is_not_the_runs_time() {
+        let pool = CheckPool::new(1);
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let busy = pool.submit(move || {
+            let _ = hold.recv();
+        });
         let timeout = Duration::from_millis(50);
-        let queued = tokio::spawn(within(tokio::time::Instant::now(), timeout, async {
-            let _slot = check_slot().await;
-            Ok(())
-        }));
+        let p = pool.clone();
+        let queued = tokio::spawn(async move {
+            within(&p, tokio::time::Instant::now(), timeout, async {
+                run_function(|| 5).await.map_err(Error::Panicked)
+            })
+            .await
+        });
         tokio::time::sleep(timeout * 4).await;
-        assert!(!queued.is_finished(), "still waiting for a slot");
-        drop(held);
-        queued.await.unwrap().unwrap();
+        assert!(!queued.is_finished(), "still in the queue");
+        release.send(()).unwrap();
+        busy.await.unwrap();
+        assert_eq!(queued.await.unwrap().unwrap(), 5);
 
-        let slow = within(tokio::time::Instant::now(), timeout, async {
-            let _slot = check_slot().await;
-            tokio::time::sleep(timeout * 4).await;
-            Ok(())
+        let slow = within(&pool, tokio::time::Instant::now(), timeout, async {
+            run_function(move || std::thread::sleep(timeout * 4))
+                .await
+                .map_err(Error::Panicked)
         });
         assert!(matches!(slow.await, Err(Error::TimedOut(t)) if t == timeout));
+        // (A budget for the panic hook: printing a backtrace can take a while.)
+        let panicked = within(&pool, tokio::time::Instant::now(), timeout * 200, async {
+            run_function(|| -> u8 { panic!("a check's bug") })
+                .await
+                .map_err(Error::Panicked)
+        });
+        let panicked = panicked.await;
+        assert!(
+            matches!(&panicked, Err(Error::Panicked(m)) if m == "a check's bug"),
+            "{panicked:?}"
+        );
     }
 }

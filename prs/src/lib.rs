@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod escalate;
 pub mod incident;
+pub mod pool;
 pub mod replay;
 pub mod runner;
 pub mod schedule;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  catalog.updates_in_window (pages, time-travel order) ──> selection (same as live)
-//!     ──(check, subject, commit time + grace)──> dedupe ──> execute (bounded concurrency)
+//!     ──(check, subject, commit time + grace)──> dedupe ──> run_group (every core, bounded)
 //!     ──sorted by (eval time, check, subject)──> Sink (a Report; the escalator with --escalate)
 //! ```
 //!
@@ -27,25 +27,28 @@
 //! # Determinism and memory
 //! The window is read page by page in time-travel order (commit time, source, position),
 //! which the catalog defines independently of how segments were written or listed. A
-//! page's runs are evaluated concurrently, then handed to the sink sorted by
-//! (evaluation time, check, subject). Nothing reads the wall clock except the runner's
-//! `RunRecord::finished_us`, which the [`Report`] leaves out. Memory is bounded by one page
-//! and its runs, plus the dedupe set of the current commit time, plus the report's
-//! failures.
+//! page's runs are spread over the runtime's workers (every core; runs of checks sharing a
+//! view of one subject at one time build it once, as live does) while the next page is read
+//! and selected, then handed to the sink sorted by (evaluation time, check, subject).
+//! Nothing reads the wall clock except the runner's `RunRecord::finished_us`, which the
+//! [`Report`] leaves out. Memory is bounded by two pages and their runs, plus the dedupe set
+//! of the current commit time, plus the report's failures.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 
 use overseer_dal::Dal;
 use overseer_dal::update::Micros;
 
 use crate::check::{CheckSpec, Registry};
-use crate::runner::{Outcome, RunRecord, Sink, execute};
+use crate::pool::CheckPool;
+use crate::runner::{Outcome, RunRecord, Sink, run_group, share_groups};
 use crate::schedule::Ready;
 use crate::select::Selector;
 use crate::{Error, Result};
@@ -76,7 +79,8 @@ impl Window {
 pub struct ReplayOptions {
     /// Index entries read per catalog page (bounds memory).
     pub page: usize,
-    /// Runs evaluated at once.
+    /// Runs evaluated at once, over every core (checks sharing one view of a subject at a
+    /// time count once).
     pub concurrency: usize,
     /// Take only the updates of this model from the window (`--model`).
     pub model: Option<String>,
@@ -126,8 +130,8 @@ pub async fn replay(
     sink: &dyn Sink,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<ReplaySummary> {
-    // The views registered in code, added to the DAL's.
-    let dal = &registry.dal_with_views(dal.clone())?;
+    // The views registered in code, added to the DAL's (shared by the runs' tasks).
+    let dal = Arc::new(registry.dal_with_views(dal.clone())?);
     let selector = Selector::new(registry, dal.views(), &include)?;
     // Interned names and settings of the replayed checks.
     let specs: BTreeMap<&str, (Arc<str>, &CheckSpec)> = registry
@@ -156,6 +160,10 @@ pub async fn replay(
     let mut seen_at: Micros = Micros::MIN;
     let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
     let page_size = options.page.max(1);
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let pool = CheckPool::default();
+    // The previous page's runs, still running while this page is read.
+    let mut in_flight: Option<(JoinSet<Vec<RunRecord>>, Progress)> = None;
     loop {
         let page = dal
             .catalog()
@@ -206,30 +214,57 @@ pub async fn replay(
             }
         }
 
-        let mut runs: Vec<RunRecord> = futures::stream::iter(ready)
-            .map(|r| {
-                let spec = specs[&*r.check].1;
-                let (check, timeout) = (spec.check.clone(), spec.timeout);
-                async move { execute(dal, &*check, timeout, &r).await }
-            })
-            .buffer_unordered(options.concurrency.max(1))
-            .collect()
-            .await;
-        runs.sort_by(|a, b| {
-            (a.eval_us, &a.check, &a.subject).cmp(&(b.eval_us, &b.check, &b.subject))
+        // This page's runs go to the runtime's workers (every core) while the next page is
+        // read and selected; the previous page's are handed over first, in order.
+        let groups = share_groups(ready, |name| {
+            let spec = specs[name].1;
+            (spec.check.clone(), spec.timeout)
         });
-        for run in &runs {
-            sink.record(run).await?;
+        let mut running = JoinSet::new();
+        for group in groups {
+            let (dal, permits, pool) = (dal.clone(), permits.clone(), pool.clone());
+            running.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("never closed");
+                run_group(&dal, &pool, &group).await
+            });
         }
-        summary.runs += runs.len() as u64;
         prog.updates = summary.updates;
-        prog.runs = summary.runs;
-        progress(&prog);
+        // A page's progress is reported once its runs are handed over: one call per page.
+        if let Some((prev, mut at)) = in_flight.replace((running, prog)) {
+            summary.runs += hand_over(prev, sink).await?;
+            at.runs = summary.runs;
+            progress(&at);
+        }
         if !full {
             break;
         }
     }
+    if let Some((last, mut at)) = in_flight {
+        summary.runs += hand_over(last, sink).await?;
+        at.runs = summary.runs;
+        progress(&at);
+    }
     Ok(summary)
+}
+
+/// Waits for a page's runs and hands them to `sink` sorted by (evaluation time, check,
+/// subject): unique within a replay, so the order does not depend on which finished first.
+async fn hand_over(mut running: JoinSet<Vec<RunRecord>>, sink: &dyn Sink) -> Result<u64> {
+    let mut runs = Vec::new();
+    while let Some(done) = running.join_next().await {
+        runs.extend(done.map_err(|e| {
+            Error::Panicked(if e.is_panic() {
+                crate::check::panic_text(e.into_panic())
+            } else {
+                e.to_string()
+            })
+        })?);
+    }
+    runs.sort_by(|a, b| (a.eval_us, &a.check, &a.subject).cmp(&(b.eval_us, &b.check, &b.subject)));
+    for run in &runs {
+        sink.record(run).await?;
+    }
+    Ok(runs.len() as u64)
 }
 
 /// Counts of one check in a report.

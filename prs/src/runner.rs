@@ -30,6 +30,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use overseer_dal::Dal;
+
+use crate::pool::CheckPool;
 use overseer_dal::bus::{DeliveryTag, Subscription};
 use overseer_dal::update::{Micros, UpdateNotification, now_us};
 
@@ -238,6 +240,8 @@ pub struct Runner {
     options: RunnerOptions,
     /// (model, reference) pairs the checks' joins find members by.
     join_refs: Vec<(String, String)>,
+    /// Where the check functions run.
+    pool: CheckPool,
 }
 
 impl Runner {
@@ -303,6 +307,7 @@ impl Runner {
             scheduler,
             options,
             join_refs: join_refs.into_iter().collect(),
+            pool: CheckPool::default(),
         })
     }
 
@@ -440,32 +445,15 @@ impl Runner {
         Ok(())
     }
 
-    /// Groups released runs that can share one view build: runs of checks reading the
-    /// same view (by definition) of the same subject at the same time, in release order,
-    /// each with its check and timeout.
+    /// Groups released runs that can share one view build ([`share_groups`]).
     fn share_groups(&self, ready: Vec<Ready>) -> Vec<Vec<Run>> {
-        let mut groups: Vec<Vec<Run>> = Vec::with_capacity(ready.len());
-        let mut by_key: HashMap<(String, String, Micros), usize> = HashMap::new();
-        for r in ready {
+        share_groups(ready, |name| {
             let spec = self
                 .registry
-                .get(&r.check)
+                .get(name)
                 .expect("the scheduler only knows registered checks");
-            let run = (spec.check.clone(), spec.timeout, r);
-            if !run.0.shares_view() {
-                groups.push(vec![run]);
-                continue;
-            }
-            let key = (run.0.view_name(), run.2.subject.clone(), run.2.eval_us);
-            match by_key.get(&key) {
-                Some(&i) => groups[i].push(run),
-                None => {
-                    by_key.insert(key, groups.len());
-                    groups.push(vec![run]);
-                }
-            }
-        }
-        groups
+            (spec.check.clone(), spec.timeout)
+        })
     }
 
     /// Runs a group of released runs (see [`Runner::share_groups`]) and hands their verdicts
@@ -480,14 +468,11 @@ impl Runner {
         sink: &Arc<dyn Sink>,
         runs: Vec<Run>,
     ) {
-        let dal = self.dal.clone();
+        let (dal, pool) = (self.dal.clone(), self.pool.clone());
         let (permits, sink) = (permits.clone(), sink.clone());
         running.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
-            let recs = match &runs[..] {
-                [(check, timeout, ready)] => vec![execute(&dal, &**check, *timeout, ready).await],
-                _ => execute_shared(&dal, &runs).await,
-            };
+            let recs = run_group(&dal, &pool, &runs).await;
             let mut out = Vec::with_capacity(recs.len());
             for ((_, _, ready), rec) in runs.into_iter().zip(recs) {
                 telemetry::run_finished(&rec);
@@ -502,6 +487,43 @@ impl Runner {
 /// A released run with its check and timeout.
 pub type Run = (Arc<dyn ErasedCheck>, Duration, Ready);
 
+/// Groups released runs that can share one view build: runs of checks reading the same
+/// view (by definition) of the same subject at the same time, in release order, each with
+/// its check and timeout (`check_of` gives them by check name).
+pub fn share_groups(
+    ready: Vec<Ready>,
+    check_of: impl Fn(&str) -> (Arc<dyn ErasedCheck>, Duration),
+) -> Vec<Vec<Run>> {
+    let mut groups: Vec<Vec<Run>> = Vec::with_capacity(ready.len());
+    let mut by_key: HashMap<(String, String, Micros), usize> = HashMap::new();
+    for r in ready {
+        let (check, timeout) = check_of(&r.check);
+        let run = (check, timeout, r);
+        if !run.0.shares_view() {
+            groups.push(vec![run]);
+            continue;
+        }
+        let key = (run.0.view_name(), run.2.subject.clone(), run.2.eval_us);
+        match by_key.get(&key) {
+            Some(&i) => groups[i].push(run),
+            None => {
+                by_key.insert(key, groups.len());
+                groups.push(vec![run]);
+            }
+        }
+    }
+    groups
+}
+
+/// Runs a group from [`share_groups`]: one run alone ([`execute`]), several sharing their
+/// view ([`execute_shared`]). The records are in `runs` order.
+pub async fn run_group(dal: &Dal, pool: &CheckPool, runs: &[Run]) -> Vec<RunRecord> {
+    match runs {
+        [(check, timeout, ready)] => vec![execute(dal, pool, &**check, *timeout, ready).await],
+        _ => execute_shared(dal, pool, runs).await,
+    }
+}
+
 /// The runs in flight: each task gives, per run of its group, the acks it held and its
 /// record.
 type Running = JoinSet<Result<Vec<(Vec<u64>, RunRecord)>>>;
@@ -515,16 +537,17 @@ fn trigger(note: &UpdateNotification, ack: u64) -> Trigger {
 }
 
 /// Runs one released run to a record: the view as of the evaluation time, the function, a
-/// timeout (not counting a wait for a check slot: [`crate::check::within`]), and panics
+/// timeout (not counting a wait in the check pool's queue: [`crate::check::within`]), and panics
 /// turned into error outcomes.
 pub async fn execute(
     dal: &Dal,
+    pool: &CheckPool,
     check: &dyn crate::check::ErasedCheck,
     timeout: Duration,
     ready: &Ready,
 ) -> RunRecord {
     let run = check.evaluate(dal, &ready.subject, ready.eval_us);
-    let result = crate::check::within(Instant::now(), timeout, run)
+    let result = crate::check::within(pool, Instant::now(), timeout, run)
         .await
         .map_err(|e| e.to_string());
     record_of(ready, result)
@@ -538,7 +561,7 @@ pub async fn execute(
 /// evidence), in `runs` order.
 ///
 /// [`ErasedCheck::shares_view`]: crate::check::ErasedCheck::shares_view
-pub async fn execute_shared(dal: &Dal, runs: &[Run]) -> Vec<RunRecord> {
+pub async fn execute_shared(dal: &Dal, pool: &CheckPool, runs: &[Run]) -> Vec<RunRecord> {
     let Some((first, _, ready)) = runs.first() else {
         return Vec::new();
     };
@@ -568,7 +591,7 @@ pub async fn execute_shared(dal: &Dal, runs: &[Run]) -> Vec<RunRecord> {
             _ if Instant::now() >= deadline => Err(Error::TimedOut(*timeout).to_string()),
             Ok(None) => Ok(Evaluation::NoSubject),
             Ok(Some(viewed)) => {
-                crate::check::within(start, *timeout, check.evaluate_on(dal, viewed))
+                crate::check::within(pool, start, *timeout, check.evaluate_on(dal, viewed))
                     .await
                     .map_err(|e| e.to_string())
             }
