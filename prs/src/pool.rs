@@ -3,8 +3,8 @@
 //! A check function is synchronous, user-written code: it runs off the async workers, so a
 //! slow one cannot stall the runtime and a panic is an error verdict, not a crash. Handing
 //! each function to tokio's blocking pool on its own cost a thread wake-up and a park per
-//! run — on the shipped checks (a few microseconds of work each) that was ~40% of a
-//! replay's time (BENCHMARKS.md, "Issue 12, sixth step"). A [`CheckPool`] queues the
+//! run; on the shipped checks (a few microseconds of work each), doing without it took ~40%
+//! off a replay's time (BENCHMARKS.md, "Issue 12, sixth step"). A [`CheckPool`] queues the
 //! functions instead, and a few *drainers* (blocking tasks, one per core) take them from
 //! the queue one after another, ending when it has stayed empty for a moment:
 //!
@@ -111,7 +111,8 @@ impl Inner {
     }
 
     /// Runs jobs until the queue stays empty (or this drainer is surplus after a stuck
-    /// job). The caller's [`Drainer`] takes the drainer off the count.
+    /// job), then takes itself off the count in the same critical section that decided
+    /// to end: a submit sees either this drainer taking its job or one drainer fewer.
     fn drain(&self) {
         loop {
             let Some(job) = self.next_job() else { return };
@@ -120,13 +121,15 @@ impl Inner {
                 let mut st = self.lock();
                 st.stuck -= 1;
                 if st.drainers - st.stuck > self.target {
+                    st.drainers -= 1;
                     return;
                 }
             }
         }
     }
 
-    /// The next job; `None` when none came for a while (the drainer ends). An empty queue
+    /// The next job; `None` when none came for a while (the drainer ends, already off the
+    /// count). An empty queue
     /// is checked again a few times, yielding the core in between, then the drainer sleeps
     /// up to [`LINGER`]: under load the next job comes within microseconds, and a drainer
     /// that is still there takes it with no thread wake-up.
@@ -146,6 +149,7 @@ impl Inner {
             }
             let now = std::time::Instant::now();
             if now >= until {
+                st.drainers -= 1;
                 return None;
             }
             st.sleeping += 1;
@@ -159,13 +163,26 @@ impl Inner {
     }
 }
 
-/// A counted drainer: taken off the count when it ends however it ends (its jobs done, a
-/// panic outside a job, or never run because the runtime shut down first).
-struct Drainer(Arc<Inner>);
+/// A counted drainer. [`Inner::drain`] takes it off the count when it ends; if it never
+/// ends that way (a panic outside a job, or never run because the runtime shut down
+/// first), dropping this does.
+struct Drainer {
+    inner: Arc<Inner>,
+    counted: bool,
+}
+
+impl Drainer {
+    fn run(mut self) {
+        self.inner.drain();
+        self.counted = false;
+    }
+}
 
 impl Drop for Drainer {
     fn drop(&mut self) {
-        self.0.lock().drainers -= 1;
+        if self.counted {
+            self.inner.lock().drainers -= 1;
+        }
     }
 }
 
@@ -193,8 +210,11 @@ impl CheckPool {
 
     /// Starts a drainer already counted ([`Inner::wants_drainer`]).
     fn spawn_drainer(&self) {
-        let drainer = Drainer(self.inner.clone());
-        tokio::task::spawn_blocking(move || drainer.0.drain());
+        let drainer = Drainer {
+            inner: self.inner.clone(),
+            counted: true,
+        };
+        tokio::task::spawn_blocking(move || drainer.run());
     }
 
     /// Queues `f`; the returned [`Submitted`] gives its result (or its panic), and how
@@ -397,6 +417,19 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(pool.submit(|| 2).await.unwrap(), 2);
+    }
+
+    /// Jobs submitted around the moment idle drainers end are still run (a drainer that
+    /// decided to end is off the count before a submit can see it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_job_submitted_as_drainers_end_is_run() {
+        let pool = CheckPool::new(2);
+        for i in 0..60u64 {
+            let linger = LINGER + Duration::from_micros(i % 7 * 250) - Duration::from_millis(1);
+            tokio::time::sleep(linger).await;
+            let out = tokio::time::timeout(Duration::from_secs(5), pool.submit(move || i)).await;
+            assert_eq!(out.expect("a drainer took it").unwrap(), i);
+        }
     }
 
     /// A job dropped while queued never runs.
