@@ -295,13 +295,9 @@ async fn run_function<T: Send + 'static>(
 ) -> std::result::Result<T, String> {
     let pool = RUN.try_with(|r| r.borrow().pool.clone()).ok().flatten();
     let Some(pool) = pool else {
-        return tokio::task::spawn_blocking(f).await.map_err(|e| {
-            if e.is_panic() {
-                panic_text(e.into_panic())
-            } else {
-                e.to_string()
-            }
-        });
+        return tokio::task::spawn_blocking(f)
+            .await
+            .map_err(join_error_text);
     };
     let submitted = pool.submit(f);
     RUN.with(|r| r.borrow_mut().job = Some(submitted.job().clone()));
@@ -356,8 +352,17 @@ where
     }
 }
 
+/// A failed task's message: its panic's, else why it did not finish.
+pub(crate) fn join_error_text(e: tokio::task::JoinError) -> String {
+    if e.is_panic() {
+        panic_text(e.into_panic())
+    } else {
+        e.to_string()
+    }
+}
+
 /// A panic's message (`&str` or `String` payloads).
-pub(crate) fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
+fn panic_text(p: Box<dyn std::any::Any + Send>) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| p.downcast_ref::<String>().cloned())

@@ -265,12 +265,6 @@ impl CheckPool {
             pool: self.clone(),
         }
     }
-
-    /// Jobs queued and drainers running (stuck ones included), for tests and metrics.
-    pub fn load(&self) -> (usize, usize) {
-        let st = self.inner.lock();
-        (st.jobs.len(), st.drainers)
-    }
 }
 
 const QUEUED: u8 = 0;
@@ -365,6 +359,11 @@ impl<T> Drop for Submitted<T> {
 mod tests {
     use super::*;
 
+    /// Drainers running, stuck ones included.
+    fn drainers(pool: &CheckPool) -> usize {
+        pool.inner.lock().drainers
+    }
+
     /// Blocks until released: a hung check function.
     fn gate() -> (std::sync::mpsc::Sender<()>, impl FnOnce() + Send + 'static) {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -409,11 +408,11 @@ mod tests {
         );
         drop(hung); // both runs time out
         assert_eq!(queued.await.unwrap(), 1, "replacements run the queue");
-        assert!(pool.load().1 >= 2, "the stuck drainers are still there");
+        assert!(drainers(&pool) >= 2, "the stuck drainers are still there");
         release_a.send(()).unwrap();
         release_b.send(()).unwrap();
         // Every drainer ends once its function returns and the queue is empty.
-        while pool.load().1 > 0 {
+        while drainers(&pool) > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(pool.submit(|| 2).await.unwrap(), 2);

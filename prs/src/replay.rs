@@ -252,13 +252,7 @@ pub async fn replay(
 async fn hand_over(mut running: JoinSet<Vec<RunRecord>>, sink: &dyn Sink) -> Result<u64> {
     let mut runs = Vec::new();
     while let Some(done) = running.join_next().await {
-        runs.extend(done.map_err(|e| {
-            Error::Panicked(if e.is_panic() {
-                crate::check::panic_text(e.into_panic())
-            } else {
-                e.to_string()
-            })
-        })?);
+        runs.extend(done.map_err(|e| Error::Panicked(crate::check::join_error_text(e)))?);
     }
     runs.sort_by(|a, b| (a.eval_us, &a.check, &a.subject).cmp(&(b.eval_us, &b.check, &b.subject)));
     for run in &runs {

@@ -30,12 +30,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use overseer_dal::Dal;
-
-use crate::pool::CheckPool;
 use overseer_dal::bus::{DeliveryTag, Subscription};
 use overseer_dal::update::{Micros, UpdateNotification, now_us};
 
 use crate::check::{CheckSpec, ErasedCheck, Evaluation, Registry, Verdict};
+use crate::pool::CheckPool;
 use crate::schedule::{Plan, Ready, Scheduler, Trigger};
 use crate::select::Selector;
 use crate::telemetry;
@@ -348,7 +347,7 @@ impl Runner {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(done) = running.join_next() => {
-                    for (ids, rec) in done.map_err(|e| Error::Panicked(e.to_string()))?? {
+                    for (ids, rec) in done.map_err(|e| Error::Panicked(crate::check::join_error_text(e)))?? {
                         report.runs += 1;
                         *report.by_outcome.entry(rec.outcome.label().to_owned()).or_default() += 1;
                         for id in ids {
@@ -414,7 +413,9 @@ impl Runner {
 
         // Let running checks finish and hand their verdicts over, then commit.
         while let Some(done) = running.join_next().await {
-            for (ids, rec) in done.map_err(|e| Error::Panicked(e.to_string()))?? {
+            for (ids, rec) in
+                done.map_err(|e| Error::Panicked(crate::check::join_error_text(e)))??
+            {
                 report.runs += 1;
                 *report
                     .by_outcome
