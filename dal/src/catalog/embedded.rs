@@ -109,16 +109,56 @@ pub struct EmbeddedCatalog {
 /// two writes: beginning a transaction and opening its tables cost more than a point read
 /// from redb's cache (~8% of the runner's CPU when each read did both).
 ///
-/// Freshness: every write through this handle bumps `generation` right after its commit
-/// (before the write's caller sees it return) and drops the shared snapshot; a read uses
-/// the shared one only if it was begun after the current generation was reached, so a
-/// read sees every write completed before it started, as its own transaction would. The
-/// file is open in one process at a time (redb locks it), so no write goes around this.
-/// Dropping the snapshot on a write keeps a reader-less snapshot from pinning old pages.
+/// Freshness: every commit through this handle ([`Writing::commit`]) counts itself in
+/// `committing` before redb publishes it, and when it returns bumps `generation` and drops
+/// the shared snapshot, then stops counting. A read shares a snapshot only while no commit
+/// is under way and only one begun after the current generation was reached; otherwise it
+/// begins its own. So a read sees every commit completed (or seen by any earlier read)
+/// before it started, as its own transaction would: reads never go back in time. The file
+/// is open in one process at a time (redb locks it), so no write goes around this.
+/// Dropping the snapshot on a write keeps a reader-less snapshot from pinning old pages
+/// for longer than until the next commit.
 #[derive(Default)]
 struct SharedSnap {
     generation: std::sync::atomic::AtomicU64,
+    /// Commits under way ([`Writing::commit`]): redb publishes a commit inside
+    /// `commit()`, before the generation moves, so meanwhile reads take a fresh snapshot of
+    /// their own and none is shared (else a read could see less than an earlier one saw).
+    committing: std::sync::atomic::AtomicUsize,
     current: std::sync::RwLock<Option<Arc<Snap>>>,
+}
+
+/// What a write closure of [`EmbeddedCatalog::blocking`] is given: the database, and the
+/// commit that keeps the shared read snapshot honest.
+struct Writing<'a> {
+    db: &'a Database,
+    snap: &'a SharedSnap,
+}
+
+impl std::ops::Deref for Writing<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.db
+    }
+}
+
+impl Writing<'_> {
+    /// Commits `tx`; from before it is published until the generation has moved, reads
+    /// share no snapshot.
+    fn commit(&self, tx: redb::WriteTransaction) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        struct Done<'a>(&'a SharedSnap);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.written();
+                self.0.committing.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        self.snap.committing.fetch_add(1, Ordering::AcqRel);
+        let _done = Done(self.snap);
+        tx.commit().map_err(db_err)
+    }
 }
 
 /// Defines [`Snap`] with one lazily opened table per listed table definition.
@@ -167,6 +207,15 @@ impl SharedSnap {
     /// A snapshot at least as new as every write completed so far.
     fn get(&self, db: &Database) -> Result<Arc<Snap>> {
         use std::sync::atomic::Ordering;
+        if self.committing.load(Ordering::Acquire) > 0 {
+            // A commit may be published and not yet counted: a snapshot of this read's
+            // own, not shared.
+            let generation = self.generation.load(Ordering::Acquire);
+            return Ok(Arc::new(Snap::new(
+                generation,
+                db.begin_read().map_err(db_err)?,
+            )));
+        }
         let generation = self.generation.load(Ordering::Acquire);
         if let Some(s) = self
             .current
@@ -188,7 +237,8 @@ impl SharedSnap {
     fn offer(&self, snap: &Arc<Snap>) {
         use std::sync::atomic::Ordering;
         let mut current = self.current.write().expect("snapshot lock poisoned");
-        if self.generation.load(Ordering::Acquire) == snap.generation
+        if self.committing.load(Ordering::Acquire) == 0
+            && self.generation.load(Ordering::Acquire) == snap.generation
             && current
                 .as_ref()
                 .is_none_or(|s| s.generation < snap.generation)
@@ -375,10 +425,9 @@ impl EmbeddedCatalog {
 
     /// Bumps the commit signal. Called inside the blocking closure, right after the redb
     /// commit, so a caller dropped while awaiting it cannot commit without a signal.
-    /// The shared read snapshot is dropped first: a reader woken by the signal reads the
-    /// commit.
-    fn signal(commits: &tokio::sync::watch::Sender<u64>, snap: &SharedSnap) {
-        snap.written();
+    /// (The commit, [`Writing::commit`], has moved the shared read snapshot on: a reader
+    /// woken by the signal reads it.)
+    fn signal(commits: &tokio::sync::watch::Sender<u64>) {
         commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
@@ -408,7 +457,7 @@ impl EmbeddedCatalog {
     /// into the task: a caller dropped while it runs does not let another in.
     async fn blocking<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+        f: impl FnOnce(&Writing) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
         let snap = self.snap.clone();
@@ -420,10 +469,10 @@ impl EmbeddedCatalog {
             .expect("never closed");
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let out = f(&db);
-            // It may have written (committed or not): later reads begin a new snapshot.
-            snap.written();
-            out
+            f(&Writing {
+                db: &db,
+                snap: &snap,
+            })
         })
         .await
         .map_err(|e| Error::catalog(format!("catalog task failed: {e}")))?
@@ -885,7 +934,7 @@ impl SegmentLedger for EmbeddedCatalog {
                     .insert(seq, PENDING)
                     .map_err(db_err)?;
             }
-            tx.commit().map_err(db_err)?;
+            db.commit(tx)?;
             Ok(seq)
         })
         .await
@@ -897,7 +946,7 @@ impl SegmentLedger for EmbeddedCatalog {
     }
 
     async fn abandon_segment(&self, seq: u64) -> Result<()> {
-        let (commits, snap) = (self.commits.clone(), self.snap.clone());
+        let commits = self.commits.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
             {
@@ -907,15 +956,15 @@ impl SegmentLedger for EmbeddedCatalog {
                     t.remove(seq).map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)?;
-            Self::signal(&commits, &snap);
+            db.commit(tx)?;
+            Self::signal(&commits);
             Ok(())
         })
         .await
     }
 
     async fn commit(&self, batch: CommitBatch) -> Result<Vec<bool>> {
-        let (commits, snap) = (self.commits.clone(), self.snap.clone());
+        let commits = self.commits.clone();
         let new = self
             .blocking(move |db| {
                 let tx = db.begin_write().map_err(db_err)?;
@@ -1063,8 +1112,8 @@ impl SegmentLedger for EmbeddedCatalog {
                     }
                 }
                 mark_late_covered(&tx)?;
-                tx.commit().map_err(db_err)?;
-                Self::signal(&commits, &snap);
+                db.commit(tx)?;
+                Self::signal(&commits);
                 Ok(fresh)
             })
             .await?;
@@ -1089,7 +1138,7 @@ impl SegmentLedger for EmbeddedCatalog {
                     }
                 }
             }
-            tx.commit().map_err(db_err)
+            db.commit(tx)
         })
         .await
     }
@@ -1226,7 +1275,7 @@ impl UpdateIndex for EmbeddedCatalog {
                 }
             }
             if built {
-                tx.commit().map_err(db_err)?;
+                db.commit(tx)?;
             }
             Ok(())
         })
@@ -1347,7 +1396,7 @@ impl SourceProgress for EmbeddedCatalog {
 
     async fn heartbeat(&self, source: &str, watermark_us: Micros, now_us: Micros) -> Result<()> {
         let source = source.to_owned();
-        let (commits, snap) = (self.commits.clone(), self.snap.clone());
+        let commits = self.commits.clone();
         self.blocking(move |db| {
             let tx = db.begin_write().map_err(db_err)?;
             {
@@ -1364,8 +1413,8 @@ impl SourceProgress for EmbeddedCatalog {
                 t.insert(source.as_bytes(), encode_state(&st).as_slice())
                     .map_err(db_err)?;
             }
-            tx.commit().map_err(db_err)?;
-            Self::signal(&commits, &snap);
+            db.commit(tx)?;
+            Self::signal(&commits);
             Ok(())
         })
         .await
@@ -1420,7 +1469,7 @@ impl IncidentStore for EmbeddedCatalog {
                     failing.remove(key).map_err(db_err)?;
                 }
             }
-            tx.commit().map_err(db_err)?;
+            db.commit(tx)?;
             Ok(Some(next))
         })
         .await
@@ -1472,7 +1521,7 @@ impl MetaStore for EmbeddedCatalog {
                 .map_err(db_err)?
                 .insert(key.as_bytes(), value.as_bytes())
                 .map_err(db_err)?;
-            tx.commit().map_err(db_err)
+            db.commit(tx)
         })
         .await
     }
@@ -1709,7 +1758,7 @@ impl SnapshotStore for EmbeddedCatalog {
                     }
                 }
             }
-            tx.commit().map_err(db_err)
+            db.commit(tx)
         })
         .await
     }
@@ -1829,6 +1878,18 @@ mod tests {
         cat.put_incident(&inc).await.unwrap();
         cat.snap.offer(&early);
         assert_eq!(cat.incident("c", "s").await.unwrap().unwrap().version, 302);
+
+        // While a commit is under way (published by redb, the generation not yet moved), a
+        // read neither takes the shared snapshot nor shares its own: a read then could
+        // otherwise see less than one before it.
+        let shared = cat.snap.get(&cat.db).unwrap();
+        cat.snap.committing.fetch_add(1, Ordering::AcqRel);
+        let during = cat.snap.get(&cat.db).unwrap();
+        assert!(!Arc::ptr_eq(&shared, &during));
+        cat.snap.offer(&during);
+        assert!(!Arc::ptr_eq(&during, &cat.snap.get(&cat.db).unwrap()));
+        cat.snap.committing.fetch_sub(1, Ordering::AcqRel);
+        assert!(Arc::ptr_eq(&shared, &cat.snap.get(&cat.db).unwrap()));
     }
 
     /// Which records have snapshots is known in memory (the lookup is skipped for the
