@@ -203,6 +203,8 @@ snap_tables! {
     incidents: INCIDENTS: (Str, Str) => &'static [u8],
     snapshots: SNAPSHOTS: (Str, Str, i64, Str, Str) => &'static [u8],
     late: LATE: (Str, Str) => u64,
+    sources: SOURCES: Str => &'static [u8],
+    meta_kv: META_KV: Str => &'static [u8],
 }
 
 impl SharedSnap {
@@ -210,26 +212,21 @@ impl SharedSnap {
     /// read.
     fn get(&self, db: &Database) -> Result<Arc<Snap>> {
         use std::sync::atomic::Ordering;
-        if self.committing.load(Ordering::Acquire) > 0 {
-            // A commit may be published and not yet in `generation`: a snapshot of this
-            // read's own, not shared.
-            let generation = self.generation.load(Ordering::Acquire);
-            return Ok(Arc::new(Snap::new(
-                generation,
-                db.begin_read().map_err(db_err)?,
-            )));
-        }
+        // While a commit is under way it may be published and not yet in `generation`:
+        // the read begins a snapshot of its own (`offer` does not share it either).
+        let quiet = self.committing.load(Ordering::Acquire) == 0;
         let generation = self.generation.load(Ordering::Acquire);
-        if let Some(s) = self
-            .current
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .as_ref()
-            .filter(|s| s.generation == generation)
+        if quiet
+            && let Some(s) = self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .as_ref()
+                .filter(|s| s.generation == generation)
         {
             return Ok(s.clone());
         }
-        // Begun after `generation` was read: it sees every write up to it.
+        // Begun after `generation` was read: it sees every commit up to it.
         let snap = Arc::new(Snap::new(generation, db.begin_read().map_err(db_err)?));
         self.offer(&snap);
         Ok(snap)
@@ -427,12 +424,8 @@ impl EmbeddedCatalog {
     /// Handing it to the blocking pool costs more than the read itself: two futex
     /// wake-ups and context switches (~60 µs under load, where the read from redb's page
     /// cache takes a few µs); the check runner does several per view.
-    fn read<T>(&self, f: impl FnOnce(&Database) -> Result<T>) -> Result<T> {
-        f(&self.db)
-    }
-
-    /// [`EmbeddedCatalog::read`] on the shared read snapshot ([`SharedSnap`]).
-    fn read_snap<T>(&self, f: impl FnOnce(&Snap) -> Result<T>) -> Result<T> {
+    /// It runs on the shared read snapshot ([`SharedSnap`]).
+    fn read<T>(&self, f: impl FnOnce(&Snap) -> Result<T>) -> Result<T> {
         f(&*self.snap.get(&self.db)?)
     }
 
@@ -444,31 +437,10 @@ impl EmbeddedCatalog {
         commits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    /// [`EmbeddedCatalog::blocking`] for work that only reads: the shared read snapshot
-    /// stays.
-    async fn blocking_read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let db = self.db.clone();
-        let permit = self
-            .tasks
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed");
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            f(&db)
-        })
-        .await
-        .map_err(|e| Error::catalog(format!("catalog task failed: {e}")))?
-    }
-
-    /// Runs blocking redb work that may write off the async executor, [`BLOCKING_TASKS`]
-    /// at once; it commits with [`Writing::commit`], after which later reads begin a new
-    /// read snapshot ([`SharedSnap`]). The permit moves
-    /// into the task: a caller dropped while it runs does not let another in.
+    /// Runs blocking redb work (long reads, writes) off the async executor,
+    /// [`BLOCKING_TASKS`] at once. A write commits with [`Writing::commit`], after which
+    /// later reads begin a new read snapshot ([`SharedSnap`]). The permit moves into the
+    /// task: a caller dropped while it runs does not let another in.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Writing) -> Result<T> + Send + 'static,
@@ -955,8 +927,7 @@ impl SegmentLedger for EmbeddedCatalog {
     }
 
     async fn pending_segments(&self) -> Result<Vec<u64>> {
-        self.blocking_read(|db| segments_in_state(db, PENDING))
-            .await
+        self.blocking(|db| segments_in_state(db, PENDING)).await
     }
 
     async fn abandon_segment(&self, seq: u64) -> Result<()> {
@@ -1135,8 +1106,7 @@ impl SegmentLedger for EmbeddedCatalog {
     }
 
     async fn unpublished_segments(&self) -> Result<Vec<u64>> {
-        self.blocking_read(|db| segments_in_state(db, COMMITTED))
-            .await
+        self.blocking(|db| segments_in_state(db, COMMITTED)).await
     }
 
     async fn mark_published(&self, seqs: &[u64]) -> Result<()> {
@@ -1162,7 +1132,7 @@ impl SegmentLedger for EmbeddedCatalog {
     }
 
     async fn committed_segments_after(&self, after: u64, limit: usize) -> Result<Vec<u64>> {
-        self.blocking_read(move |db| {
+        self.blocking(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
             let t = tx.open_table(SEGMENTS).map_err(db_err)?;
             let mut out = Vec::new();
@@ -1188,7 +1158,7 @@ impl UpdateIndex for EmbeddedCatalog {
             .iter()
             .map(|(s, p)| ((*s).to_owned(), (*p).to_owned()))
             .collect();
-        self.blocking_read(move |db| {
+        self.blocking(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
             let t = tx.open_table(UPDATES).map_err(db_err)?;
             ids.iter()
@@ -1208,7 +1178,7 @@ impl UpdateIndex for EmbeddedCatalog {
         record_id: &str,
         up_to_us: Micros,
     ) -> Result<Vec<IndexEntry>> {
-        self.read_snap(move |tx| record_entries(tx, model, record_id, up_to_us))
+        self.read(move |tx| record_entries(tx, model, record_id, up_to_us))
     }
 
     async fn record_updates_after(
@@ -1219,12 +1189,12 @@ impl UpdateIndex for EmbeddedCatalog {
         up_to_us: Micros,
         seen: Option<u64>,
     ) -> Result<UpdatesAfter> {
-        self.read_snap(move |tx| updates_after(tx, model, record_id, after, up_to_us, seen))
+        self.read(move |tx| updates_after(tx, model, record_id, after, up_to_us, seen))
     }
 
     async fn master(&self, model: &str, record_id: &str) -> Result<Option<MasterDoc>> {
         let (model, record_id) = (model.to_owned(), record_id.to_owned());
-        self.read_snap(move |tx| {
+        self.read(move |tx| {
             tx.masters()?
                 .get((model.as_bytes(), record_id.as_bytes()))
                 .map_err(db_err)?
@@ -1241,7 +1211,7 @@ impl UpdateIndex for EmbeddedCatalog {
         after: Option<(Micros, &str, &str)>,
         up_to_us: Micros,
     ) -> Result<RefUpdatesAfter> {
-        self.read_snap(move |tx| {
+        self.read(move |tx| {
             let group = (model.as_bytes(), name.as_bytes(), value.as_bytes());
             if tx
                 .ref_kept()?
@@ -1298,9 +1268,8 @@ impl UpdateIndex for EmbeddedCatalog {
 
     async fn records_by_ref(&self, model: &str, name: &str, value: &str) -> Result<Vec<String>> {
         let (model, name, value) = (model.to_owned(), name.to_owned(), value.to_owned());
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(REFS).map_err(db_err)?;
+        self.read(move |tx| {
+            let t = tx.refs()?;
             let start = (model.as_bytes(), name.as_bytes(), value.as_bytes(), EMPTY);
             let mut out = Vec::new();
             for row in t.range(start..).map_err(db_err)? {
@@ -1322,7 +1291,7 @@ impl UpdateIndex for EmbeddedCatalog {
         after: Option<(Micros, String, String)>,
         limit: usize,
     ) -> Result<Vec<IndexEntry>> {
-        self.blocking_read(move |db| {
+        self.blocking(move |db| {
             let tx = db.begin_read().map_err(db_err)?;
             let idx = tx.open_table(TIME_IDX).map_err(db_err)?;
             let updates = tx.open_table(UPDATES).map_err(db_err)?;
@@ -1354,7 +1323,7 @@ impl UpdateIndex for EmbeddedCatalog {
     }
 
     async fn dump(&self) -> Result<CatalogDump> {
-        self.blocking_read(|db| {
+        self.blocking(|db| {
             let tx = db.begin_read().map_err(db_err)?;
             let mut dump = CatalogDump::default();
             for row in tx
@@ -1396,9 +1365,8 @@ impl UpdateIndex for EmbeddedCatalog {
 #[async_trait]
 impl SourceProgress for EmbeddedCatalog {
     async fn source_states(&self) -> Result<Vec<SourceState>> {
-        self.read(|db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(SOURCES).map_err(db_err)?;
+        self.read(|tx| {
+            let t = tx.sources()?;
             let mut out = Vec::new();
             for row in t.iter().map_err(db_err)? {
                 let (k, v) = row.map_err(db_err)?;
@@ -1439,7 +1407,7 @@ impl SourceProgress for EmbeddedCatalog {
 impl IncidentStore for EmbeddedCatalog {
     async fn incident(&self, check: &str, subject: &str) -> Result<Option<Incident>> {
         let (check, subject) = (check.to_owned(), subject.to_owned());
-        self.read_snap(move |tx| {
+        self.read(move |tx| {
             let key = (check.as_bytes(), subject.as_bytes());
             tx.incidents()?
                 .get(key)
@@ -1490,12 +1458,12 @@ impl IncidentStore for EmbeddedCatalog {
     }
 
     async fn unsettled_incidents(&self, limit: usize) -> Result<Vec<Incident>> {
-        self.blocking_read(move |db| incidents_by_index(db, INCIDENTS_UNSETTLED, limit))
+        self.blocking(move |db| incidents_by_index(db, INCIDENTS_UNSETTLED, limit))
             .await
     }
 
     async fn incidents(&self, failing_only: bool) -> Result<Vec<Incident>> {
-        self.blocking_read(move |db| {
+        self.blocking(move |db| {
             if failing_only {
                 return incidents_by_index(db, INCIDENTS_FAILING, usize::MAX);
             }
@@ -1517,10 +1485,9 @@ impl IncidentStore for EmbeddedCatalog {
 impl MetaStore for EmbeddedCatalog {
     async fn get_meta(&self, key: &str) -> Result<Option<String>> {
         let key = key.to_owned();
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(META_KV).map_err(db_err)?;
-            t.get(key.as_bytes())
+        self.read(move |tx| {
+            tx.meta_kv()?
+                .get(key.as_bytes())
                 .map_err(db_err)?
                 .map(|v| text(v.value()))
                 .transpose()
@@ -1692,7 +1659,7 @@ impl SnapshotStore for EmbeddedCatalog {
         record_id: &str,
         up_to_us: Micros,
     ) -> Result<Option<Snapshot>> {
-        self.read_snap(move |tx| snapshot_before(tx, model, record_id, up_to_us))
+        self.read(move |tx| snapshot_before(tx, model, record_id, up_to_us))
     }
 
     async fn record_updates_from_snapshot(
@@ -1706,7 +1673,7 @@ impl SnapshotStore for EmbeddedCatalog {
             .read()
             .expect("snapshot set poisoned")
             .contains(&record_hash(model.as_bytes(), record_id.as_bytes()));
-        self.read_snap(move |tx| {
+        self.read(move |tx| {
             let snapshot = if maybe {
                 snapshot_before(tx, model, record_id, up_to_us)?
             } else {
@@ -1778,9 +1745,8 @@ impl SnapshotStore for EmbeddedCatalog {
     }
 
     async fn snapshots(&self, model: &str, record_id: &str) -> Result<Vec<Snapshot>> {
-        self.read(move |db| {
-            let tx = db.begin_read().map_err(db_err)?;
-            let t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
+        self.read(move |tx| {
+            let t = tx.snapshots()?;
             let (m, id) = (model.as_bytes(), record_id.as_bytes());
             let start = (m, id, i64::MIN, EMPTY, EMPTY);
             let mut out = Vec::new();
