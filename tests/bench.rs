@@ -127,6 +127,9 @@ fn bench_refuses_bad_settings() {
     let out = run(&["--strategy", "sometimes"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("sometimes"));
+    let out = run(&["--skew-ms", "5000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--ledger-partitions"));
 }
 
 /// Real mode: the same traffic through the broker (tansu), the S3 server (garage) and a
@@ -182,5 +185,69 @@ fn bench_runs_on_the_real_stack() {
             .unwrap()
             > 0.0,
         "{v}"
+    );
+}
+
+/// The partition-skew profile: the ledger's topic in four partitions, the last 3 s behind
+/// the others, checked with a 1 s grace. Freshness-aware waits for the slowest partition
+/// (the watermark is the minimum over them): every fault found, no false alarm; immediate,
+/// on the same traffic, raises false alarms.
+#[test]
+fn bench_partition_skew_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("results.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args([
+            "bench",
+            "--phases",
+            "accuracy",
+            "--strategy",
+            "immediate,freshness-aware",
+            "--paced-rate",
+            "3000",
+            "--paced-secs",
+            "1.5",
+            "--lag-ms",
+            "0",
+            "--ledger-partitions",
+            "4",
+            "--skew-ms",
+            "3000",
+            "--grace-ms",
+            "1000",
+            "--fault-rate",
+            "0.05",
+            "--dir",
+        ])
+        .arg(dir.path().join("data"))
+        .arg("--json")
+        .arg(&json)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("4 ledger partitions, the last 3000 ms behind"),
+        "{stdout}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let phases = v["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2);
+    let (immediate, aware) = (&phases[0], &phases[1]);
+    assert_eq!(aware["strategy"], "freshness-aware", "{aware}");
+    assert_eq!(aware["recall"], 1.0, "{aware}");
+    assert_eq!(aware["false_alarms"], 0, "{aware}");
+    assert!(aware["problems"].as_array().unwrap().is_empty(), "{aware}");
+    assert_eq!(immediate["strategy"], "immediate", "{immediate}");
+    assert!(
+        immediate["false_alarms"].as_u64().unwrap() > 0,
+        "looking at once sees the skewed partition's entries missing: {immediate}"
     );
 }

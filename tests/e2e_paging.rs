@@ -9,9 +9,10 @@
 //! store), and `overseer run` as a child process. PagerDuty is the local Events API v2
 //! server of `overseer_testkit`, in this test's process.
 
+mod common;
+
 use overseer_dal::catalog::prelude::*;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -23,12 +24,18 @@ use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::update::Incident;
 use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
 use overseer_testkit::{Server, unique_name};
+use tokio_util::sync::CancellationToken;
+
+use common::{Overseer, change, mongo_heartbeats, now_ms, trigger_requests, wait_until};
 
 const CHECK: &str = "transfer_nets_to_zero";
 const TRANSFER: &str = "T1";
 const DEBIT: &str = "65e1f1c0a1b2c3d4e5f60001";
 const CREDIT: &str = "65e1f1c0a1b2c3d4e5f60002";
 const EVENTS_TOPIC: &str = "overseer.events";
+/// The MongoDB connector's heartbeat topic: what moves the ledger's watermark while it is
+/// idle (being at the end of the topic says nothing about the connector).
+const HEARTBEATS_TOPIC: &str = "__mongodb_heartbeats";
 
 fn config(s3: &Server, prefix: &str, schema: &str, brokers: &str, pd_url: &str) -> String {
     format!(
@@ -106,6 +113,7 @@ format = "mongo-change-stream"
 [sources.kafka]
 brokers = "{brokers}"
 topics = ["ledger"]
+heartbeat_topic = "{HEARTBEATS_TOPIC}"
 group = "e2e-ingest"
 properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
 "#,
@@ -113,115 +121,6 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
         endpoint = s3.var("S3_ENDPOINT"),
         region = s3.var("S3_REGION"),
     )
-}
-
-/// `overseer run` as a child process, its stderr in a file. Killed when dropped; a test
-/// that panics meanwhile prints its log.
-struct Overseer {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Overseer {
-    fn start(cfg: &Path, url: &str, s3: &Server, log: &Path) -> Overseer {
-        let file = std::fs::File::create(log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_overseer"))
-            .args(["run", "--config"])
-            .arg(cfg)
-            .env("E2E_CATALOG_URL", url)
-            .env("E2E_SOURCE_URL", url)
-            .env("E2E_PD_KEY", TEST_ROUTING_KEY)
-            // The log is kept in a file: plain text.
-            .env("NO_COLOR", "1")
-            .env("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID"))
-            .env("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY"))
-            .env(
-                "RUST_LOG",
-                std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| {
-                    "warn,overseer=info,overseer_ingestion=info,overseer_prs=debug".into()
-                }),
-            )
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("spawn overseer run");
-        Overseer {
-            child,
-            log: log.to_owned(),
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Panics if the process has exited.
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().unwrap() {
-            panic!("overseer run exited early: {status}");
-        }
-    }
-}
-
-impl Drop for Overseer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- overseer run stderr ({}) ----\n{}\n---- end ----",
-                self.log.display(),
-                self.log()
-            );
-        }
-    }
-}
-
-/// Polls `done` every 100 ms until it holds; panics with `what` after `limit`.
-async fn wait_until(
-    ov: &mut Overseer,
-    limit: Duration,
-    what: &str,
-    mut done: impl AsyncFnMut() -> bool,
-) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done().await {
-            return;
-        }
-        ov.assert_running();
-        if Instant::now() > deadline {
-            panic!("timed out after {limit:?} waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
-
-/// A MongoDB change-stream event of `ledger.entries` (relaxed extended JSON), at `wall_ms`.
-fn change(n: u32, op: &str, id: &str, wall_ms: i64, body: Value) -> Value {
-    let mut ev = json!({
-        "_id": {"_data": format!("8265E1F1C0{n:08}")},
-        "operationType": op,
-        "ns": {"db": "ledger", "coll": "entries"},
-        "documentKey": {"_id": {"$oid": id}},
-        "clusterTime": {"$timestamp": {"t": wall_ms / 1000, "i": n}},
-        "wallTime": {"$date": {"$numberLong": wall_ms.to_string()}},
-    });
-    if op == "update" {
-        ev["updateDescription"] = json!({"updatedFields": body, "removedFields": []});
-    } else {
-        let mut doc = body;
-        doc["_id"] = json!({"$oid": id});
-        ev["fullDocument"] = doc;
-    }
-    ev
 }
 
 fn entry(account: &str, direction: &str, minor: i64) -> Value {
@@ -244,17 +143,6 @@ async fn produce(producer: &FutureProducer, key: &str, ev: &Value) {
 
 async fn incident(cat: &PgCatalog) -> Option<Incident> {
     cat.incident(CHECK, TRANSFER).await.unwrap()
-}
-
-fn trigger_requests(pd: &FakePagerDuty) -> usize {
-    pd.requests()
-        .iter()
-        .filter(|r| {
-            r.json
-                .as_ref()
-                .is_some_and(|j| j["event_action"] == "trigger")
-        })
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -299,6 +187,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
         .create_topics(
             &[
                 NewTopic::new("ledger", 1, TopicReplication::Fixed(1)),
+                NewTopic::new(HEARTBEATS_TOPIC, 1, TopicReplication::Fixed(1)),
                 NewTopic::new(EVENTS_TOPIC, 4, TopicReplication::Fixed(1)),
             ],
             &AdminOptions::new(),
@@ -316,6 +205,16 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
         .set("batch.num.messages", "1")
         .create()
         .unwrap();
+
+    // The ledger's connector is idle but healthy: its heartbeats keep coming.
+    let stop_beats = CancellationToken::new();
+    let beats = mongo_heartbeats(
+        producer.clone(),
+        HEARTBEATS_TOPIC,
+        Duration::from_millis(250),
+        Duration::ZERO,
+        stop_beats.clone(),
+    );
 
     let cfg = dir.path().join("overseer.toml");
     std::fs::write(&cfg, config(&s3, &prefix, &schema, &brokers, &pd.url())).unwrap();
@@ -542,6 +441,8 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    stop_beats.cancel();
+    beats.await.unwrap();
     eprintln!(
         "time to detect {detected:?}; whole test {:?}",
         started.elapsed()

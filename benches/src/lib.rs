@@ -35,6 +35,7 @@ pub fn ledger_events(n: usize) -> Vec<SourceEvent> {
                 commit_time_us: None,
                 ack: Some(AckToken::Offset(i as u64 + 1)),
                 checkpoint: Some((i + 1).to_string()),
+                lane: 0,
             }
         })
         .collect()

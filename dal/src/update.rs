@@ -260,6 +260,14 @@ pub fn now_us() -> Micros {
         .unwrap_or(0)
 }
 
+/// RFC 3339 in UTC with microseconds (`2024-01-02T03:04:05.000000Z`), for logs and
+/// reports; a time outside chrono's range as its microseconds.
+pub fn rfc3339(us: Micros) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+        .unwrap_or_else(|| format!("{us}us since the epoch"))
+}
+
 /// Op from its stored byte; unknown values map to `Unspecified`.
 pub fn op_from_u8(v: u8) -> Op {
     Op::try_from(v as i32).unwrap_or(Op::Unspecified)

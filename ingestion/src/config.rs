@@ -151,6 +151,18 @@ pub struct SourceConfig {
     /// Overrides `[ingest].max_event_bytes` for this source.
     #[serde(default)]
     pub max_event_bytes: Option<usize>,
+    /// How far out of commit order events may arrive within one lane (a partition, the
+    /// file): the watermark trails the newest commit time seen by this much (Flink's
+    /// bounded out-of-orderness). 0: each lane delivers in commit order.
+    #[serde(default)]
+    pub max_out_of_order_ms: u64,
+    /// Take "caught up at the transport" (the end of every assigned partition, of a
+    /// followed file) as "complete up to now". Only for a source with no upstream lag,
+    /// whose producer writes at commit time; off by default, when only commit times and
+    /// upstream heartbeats move the watermark (see `overseer_ingestion::freshness`).
+    /// Not for `postgres` sources, whose server clock is the evidence.
+    #[serde(default)]
+    pub caught_up_means_now: bool,
     #[serde(default)]
     pub file: Option<FileSourceConfig>,
     #[serde(default)]
@@ -187,6 +199,13 @@ pub struct KafkaSourceConfig {
     /// Extra librdkafka properties (no secrets: use the environment for SASL passwords).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// The connector's heartbeat topic (Debezium `__debezium-heartbeat.<prefix>` with
+    /// `heartbeat.interval.ms` set; the MongoDB connector's `heartbeat.topic.name`,
+    /// default `__mongodb_heartbeats`): an idle but healthy connector keeps the watermark
+    /// moving, and a stopped one does not. Read by every instance from its end, without
+    /// committing offsets.
+    #[serde(default)]
+    pub heartbeat_topic: Option<String>,
 }
 
 fn default_group() -> String {
@@ -309,6 +328,16 @@ impl Config {
             {
                 return bad(format!("{at}: model {m:?} is not in [[models]]"));
             }
+            if s.caught_up_means_now && s.postgres.is_some() {
+                return bad(format!(
+                    "{at}: caught_up_means_now does not apply to a postgres source: its watermark is the server's clock at a WAL position the stream reached"
+                ));
+            }
+            if s.file.as_ref().is_some_and(|f| !f.follow) && s.caught_up_means_now {
+                return bad(format!(
+                    "{at}: caught_up_means_now needs a followed file (follow = true); a drained file is complete anyway"
+                ));
+            }
             if let Some(k) = &s.kafka {
                 if k.topics.len() != 1 {
                     // Several topics of one source are read by one group member per topic;
@@ -322,6 +351,18 @@ impl Config {
                     return bad(format!(
                         "{at}: kafka.auto_offset_reset must be \"earliest\" or \"latest\""
                     ));
+                }
+                if let Some(h) = &k.heartbeat_topic {
+                    if k.topics.contains(h) {
+                        return bad(format!(
+                            "{at}: kafka.heartbeat_topic {h:?} is also in kafka.topics: heartbeats are not changes"
+                        ));
+                    }
+                    if matches!(s.format, Format::Protobuf) {
+                        return bad(format!(
+                            "{at}: kafka.heartbeat_topic is read as a Debezium or MongoDB connector's heartbeat; format \"protobuf\" has none"
+                        ));
+                    }
                 }
                 if let Some(key) = k
                     .properties
@@ -432,5 +473,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown variant `json`"), "{e}");
+    }
+
+    #[test]
+    fn freshness_settings_are_checked_against_the_source_kind() {
+        let c = parse(
+            "[[sources]]\nname='s'\nformat='mongo-change-stream'\nmax_out_of_order_ms = 5000\ncaught_up_means_now = true\n[sources.file]\npath='f'\nfollow = true",
+        )
+        .unwrap();
+        assert_eq!(c.sources[0].max_out_of_order_ms, 5000);
+        assert!(c.sources[0].caught_up_means_now);
+        let e = parse(
+            "[[sources]]\nname='s'\nformat='pgoutput'\ncaught_up_means_now = true\n[sources.postgres]\nurl_env='U'\nslot='x'\npublication='p'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("caught_up_means_now does not apply to a postgres source"),
+            "{e}"
+        );
+        let e = parse(
+            "[[sources]]\nname='s'\nformat='mongo-change-stream'\ncaught_up_means_now = true\n[sources.file]\npath='f'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("needs a followed file"), "{e}");
+        let e = parse(
+            "[[sources]]\nname='s'\nformat='debezium-postgres'\n[sources.kafka]\nbrokers='b'\ntopics=['t']\nheartbeat_topic='t'",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("heartbeat_topic \"t\" is also in kafka.topics"),
+            "{e}"
+        );
     }
 }

@@ -9,6 +9,7 @@
 //! - [`source`]: where events come from (file, Kafka, PostgreSQL logical replication) and
 //!   how they are acknowledged.
 //! - [`format`]: consumers that read one input format into an update's metadata.
+//! - [`freshness`]: a source's watermark from upstream evidence only.
 //! - [`pipeline`]: batching, segments, the catalog commit, notifications, acknowledgement,
 //!   and crash recovery of the segment ledger.
 //! - [`deadletter`]: quarantine of events that cannot be decoded.
@@ -22,6 +23,7 @@ pub mod dal;
 pub mod deadletter;
 pub mod error;
 pub mod format;
+pub mod freshness;
 pub mod pipeline;
 pub mod reindex;
 pub mod service;

@@ -33,12 +33,14 @@ use overseer_dal::keys::{deadletter_key, segment_key};
 use overseer_dal::segment::{SegmentBuilder, decode_segment};
 use overseer_dal::store::{DynStore, PutOutcome};
 use overseer_dal::update::{
-    CommitBatch, IndexEntry, Progress, Reference, SourceCheckpoint, UpdateRecord, now_us,
+    CommitBatch, IndexEntry, Micros, Progress, Reference, SourceCheckpoint, UpdateRecord, now_us,
+    rfc3339 as fmt_time,
 };
 
 use crate::config::{Config, IngestSettings, SourceConfig};
 use crate::deadletter::{self, DeadLetter};
 use crate::format::Consumer;
+use crate::freshness::{Evidence, Freshness};
 use crate::source::{Acks, Source, SourceContext, SourceEvent, SourceMsg};
 use crate::telemetry::{BatchCommitted, EventQuarantined, RETRIES};
 use crate::{Error, Result};
@@ -204,6 +206,17 @@ impl Ingestor {
             .await?
             .into_iter()
             .find(|s| s.source == cfg.name);
+        let freshness = Freshness::new(
+            resume.as_ref().map_or(0, |s| s.watermark_us),
+            cfg.max_out_of_order_ms,
+        );
+        tracing::info!(
+            source = %cfg.name,
+            stored_watermark = %fmt_time(freshness.watermark()),
+            max_out_of_order_ms = cfg.max_out_of_order_ms,
+            caught_up_means_now = cfg.caught_up_means_now,
+            "watermark from commit times per lane and upstream heartbeats"
+        );
         let ctx = SourceContext {
             name: cfg.name.clone(),
             tx,
@@ -211,6 +224,7 @@ impl Ingestor {
             shutdown: shutdown.clone(),
             resume,
             heartbeat: Duration::from_millis(self.settings.heartbeat_ms),
+            caught_up_means_now: cfg.caught_up_means_now,
         };
         let source_task = tokio::spawn(source.run(ctx));
         let batcher = Batcher {
@@ -220,7 +234,7 @@ impl Ingestor {
             max_event_bytes: cfg.max_event_bytes.unwrap_or(self.settings.max_event_bytes),
             acks,
         };
-        let result = batcher.drain(rx, &self.settings).await;
+        let result = batcher.drain(rx, &self.settings, freshness).await;
         if result.is_err() {
             // Storage failed: stop the source; nothing unacknowledged is lost.
             shutdown.cancel();
@@ -280,6 +294,7 @@ impl Batcher<'_> {
         &self,
         mut rx: mpsc::Receiver<SourceMsg>,
         s: &IngestSettings,
+        mut fresh: Freshness,
     ) -> Result<SourceReport> {
         let mut report = SourceReport::default();
         let max = s.batch_max_events;
@@ -299,26 +314,70 @@ impl Batcher<'_> {
                     Ok(_) => {}
                 }
             }
+            // Lane changes first (the assignment now is the one the commit's claim must
+            // use), then the events, then the heartbeats: a heartbeat follows the events
+            // sent before it, and committing those first keeps a claim from reaching the
+            // catalog ahead of what it covers.
             let mut events = Vec::with_capacity(msgs.len());
-            let mut heartbeat = None;
+            let mut beats = Vec::new();
             for m in msgs.drain(..) {
                 match m {
                     SourceMsg::Event(e) => events.push(e),
-                    SourceMsg::Heartbeat { watermark_us } => {
-                        heartbeat = heartbeat.max(Some(watermark_us));
+                    SourceMsg::Heartbeat {
+                        watermark_us,
+                        evidence,
+                    } => beats.push((watermark_us, evidence)),
+                    SourceMsg::Lanes(lanes) => {
+                        tracing::info!(
+                            source = self.source,
+                            lanes = ?lanes.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+                            "lanes read by this instance"
+                        );
+                        fresh.assign(lanes);
                     }
                 }
             }
             if !events.is_empty() {
-                self.commit_batch(events, started, &mut report).await?;
+                self.commit_batch(events, started, &mut report, &mut fresh)
+                    .await?;
             }
-            if let Some(wm) = heartbeat {
+            for (t, evidence) in beats {
+                fresh.complete_up_to(t, evidence);
+            }
+            // A batch records its watermark with its commit; what moved it since (a
+            // heartbeat, a lane revoked) is recorded on its own.
+            if let Some(wm) = fresh.advance() {
                 let cat = &self.storage.catalog;
                 retry("heartbeat", || cat.heartbeat(self.source, wm, now_us())).await?;
-                metrics::gauge!(crate::telemetry::WATERMARK, "source" => self.source.to_owned())
-                    .set(wm as f64 / 1e6);
+                self.report_watermark(&fresh, wm);
             }
         }
+    }
+
+    /// The watermark and its evidence, per source and lane, in metrics.
+    fn report_watermark(&self, fresh: &Freshness, wm: Micros) {
+        let (evidence, lane) = fresh.evidence();
+        metrics::gauge!(crate::telemetry::WATERMARK, "source" => self.source.to_owned())
+            .set(wm as f64 / 1e6);
+        for e in [
+            Evidence::Stored,
+            Evidence::Events,
+            Evidence::Heartbeat,
+            Evidence::Drained,
+            Evidence::CaughtUp,
+        ] {
+            metrics::gauge!(crate::telemetry::WATERMARK_EVIDENCE,
+                "source" => self.source.to_owned(), "evidence" => e.name())
+            .set(if e == evidence { 1.0 } else { 0.0 });
+        }
+        for (name, t) in fresh.lanes() {
+            metrics::gauge!(crate::telemetry::LANE_NEWEST,
+                "source" => self.source.to_owned(), "lane" => name)
+            .set(t as f64 / 1e6);
+        }
+        tracing::debug!(source = self.source, watermark = %fmt_time(wm),
+            evidence = evidence.name(), held_by = lane.as_deref().unwrap_or("-"),
+            "watermark moved");
     }
 
     async fn commit_batch(
@@ -326,6 +385,7 @@ impl Batcher<'_> {
         events: Vec<SourceEvent>,
         started: Instant,
         report: &mut SourceReport,
+        lanes: &mut Freshness,
     ) -> Result<()> {
         let (store, catalog, bus) = (
             &self.storage.store,
@@ -368,6 +428,9 @@ impl Batcher<'_> {
                     None => Ok(d),
                 }
             });
+            if let Ok(d) = &verdict {
+                lanes.observe(ev.lane, d.event_time_us);
+            }
             match verdict {
                 Ok(d) => records.push(UpdateRecord {
                     source: self.source.to_owned(),
@@ -421,14 +484,16 @@ impl Batcher<'_> {
         }
         let duplicates = before - records.len();
 
-        // A batch shows its source complete strictly before its newest event time, not at
-        // it: more changes of that very time (the rest of one transaction, split from this
-        // batch by its size or linger) may still be on their way. The next batch, or the
-        // source's heartbeat, says when that time is complete. Claiming it here let a
-        // wallet be checked against a transaction's ledger entry without the same
-        // transaction's balance update (a false alarm, BENCHMARKS.md).
+        // The batch's events moved the lanes' evidence (`crate::freshness`): each lane
+        // claims strictly before its newest commit time, not at it, since more changes of
+        // that very time (the rest of one transaction, split from this batch by its size
+        // or linger) may still be on their way; and the source is the minimum over its
+        // lanes. Claiming a batch's newest time let a wallet be checked against a
+        // transaction's ledger entry without the same transaction's balance update (a
+        // false alarm, BENCHMARKS.md); claiming it across partitions let a lagging
+        // partition's entries miss their transfer's check.
         let newest_us = records.iter().map(|r| r.event_time_us).max().unwrap_or(0);
-        let watermark_us = newest_us.saturating_sub(1).max(0);
+        let watermark_us = lanes.watermark().max(0);
         let progress: Vec<Progress> = checkpoint
             .map(|c| Progress {
                 source: self.source.to_owned(),
@@ -505,6 +570,10 @@ impl Batcher<'_> {
             retry("mark_published", || catalog.mark_published(&seqs)).await?;
         }
         self.acks.ack(tokens);
+        if !batch.progress.is_empty() {
+            lanes.recorded(watermark_us);
+            self.report_watermark(lanes, watermark_us);
+        }
 
         let updates = notes.len();
         report.updates += updates as u64;

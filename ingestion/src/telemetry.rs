@@ -18,6 +18,12 @@ pub const SEGMENT_BYTES: &str = "overseer_ingest_segment_bytes_total";
 pub const BATCH_SECONDS: &str = "overseer_ingest_batch_seconds";
 /// Source watermark (complete-up-to), seconds since the Unix epoch, by source.
 pub const WATERMARK: &str = "overseer_source_watermark_seconds";
+/// What a source's watermark rests on now (1 for the current evidence, 0 for the others),
+/// by source and evidence (`stored`, `events`, `heartbeat`, `drained`, `caught-up`).
+pub const WATERMARK_EVIDENCE: &str = "overseer_source_watermark_evidence";
+/// Newest commit time seen on each lane (Kafka partition) of a source, seconds since the
+/// Unix epoch, by source and lane: the lane lowest here holds the source's watermark.
+pub const LANE_NEWEST: &str = "overseer_source_lane_newest_commit_seconds";
 /// Storage operations retried after a transient failure, by operation.
 pub const RETRIES: &str = "overseer_ingest_retries_total";
 
@@ -44,6 +50,7 @@ impl BatchCommitted<'_> {
             quarantined = self.quarantined,
             bytes = self.bytes,
             elapsed_ms = self.elapsed.as_secs_f64() * 1e3,
+            watermark_us = self.watermark_us,
             "batch committed"
         );
         let src = self.source.to_owned();
@@ -53,9 +60,7 @@ impl BatchCommitted<'_> {
             metrics::counter!(SEGMENTS, "source" => src.clone()).increment(1);
             metrics::counter!(SEGMENT_BYTES, "source" => src.clone()).increment(self.bytes as u64);
         }
-        metrics::histogram!(BATCH_SECONDS, "source" => src.clone())
-            .record(self.elapsed.as_secs_f64());
-        metrics::gauge!(WATERMARK, "source" => src).set(self.watermark_us as f64 / 1e6);
+        metrics::histogram!(BATCH_SECONDS, "source" => src).record(self.elapsed.as_secs_f64());
     }
 }
 

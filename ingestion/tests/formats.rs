@@ -97,6 +97,7 @@ fn event(raw: impl Into<Bytes>, position: usize) -> SourceEvent {
         commit_time_us: None,
         ack: None,
         checkpoint: None,
+        lane: 0,
     }
 }
 

@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use overseer_dal::update::now_us;
-use overseer_ingestion::config::KafkaSourceConfig;
+use overseer_ingestion::config::{Format, KafkaSourceConfig};
 use overseer_ingestion::source::kafka::KafkaSource;
-use overseer_ingestion::source::{AckToken, Acks, Source, SourceContext, SourceEvent, SourceMsg};
+use overseer_ingestion::source::{
+    AckToken, Acks, Evidence, Source, SourceContext, SourceEvent, SourceMsg,
+};
 use overseer_testkit::{Server, unique_name};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -85,20 +87,37 @@ struct Running {
 }
 
 fn start(brokers: &str, topic: &str, group: &str) -> Running {
-    start_with(brokers, topic, group, &[])
+    start_with(brokers, topic, group, &Opts::default())
 }
 
-fn start_with(brokers: &str, topic: &str, group: &str, props: &[(&str, &str)]) -> Running {
+/// How a test's source is set up beyond its topic and group.
+#[derive(Default)]
+struct Opts<'a> {
+    props: &'a [(&'a str, &'a str)],
+    caught_up_means_now: bool,
+    heartbeat_topic: Option<String>,
+}
+
+fn start_with(brokers: &str, topic: &str, group: &str, opts: &Opts<'_>) -> Running {
     let mut properties = BTreeMap::from([("session.timeout.ms".into(), "10000".into())]);
-    properties.extend(props.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    properties.extend(
+        opts.props
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let cfg = KafkaSourceConfig {
         brokers: brokers.to_owned(),
         topics: vec![topic.to_owned()],
         group: group.to_owned(),
         auto_offset_reset: "earliest".into(),
         properties,
+        heartbeat_topic: opts.heartbeat_topic.clone(),
     };
-    let source: Box<dyn Source> = Box::new(KafkaSource::new(cfg).unwrap());
+    let source: Box<dyn Source> = Box::new(
+        KafkaSource::new(cfg)
+            .unwrap()
+            .with_format(Format::DebeziumPostgres),
+    );
     // A small channel: the source spends most of the test blocked on it (backpressure).
     let (tx, rx) = mpsc::channel(64);
     let acks = Acks::new();
@@ -110,6 +129,7 @@ fn start_with(brokers: &str, topic: &str, group: &str, props: &[(&str, &str)]) -
         shutdown: shutdown.clone(),
         resume: None,
         heartbeat: HEARTBEAT,
+        caught_up_means_now: opts.caught_up_means_now,
     };
     Running {
         rx,
@@ -141,11 +161,18 @@ impl Running {
         got
     }
 
-    /// The next message, which must be a heartbeat; returns its watermark.
-    async fn heartbeat(&mut self) -> i64 {
-        match self.next().await {
-            SourceMsg::Heartbeat { watermark_us } => watermark_us,
-            SourceMsg::Event(e) => panic!("unexpected event while caught up: {e:?}"),
+    /// The next heartbeat, skipping lane declarations (no event may come first); returns
+    /// its watermark and evidence.
+    async fn heartbeat(&mut self) -> (i64, Evidence) {
+        loop {
+            match self.next().await {
+                SourceMsg::Heartbeat {
+                    watermark_us,
+                    evidence,
+                } => return (watermark_us, evidence),
+                SourceMsg::Lanes(_) => {}
+                SourceMsg::Event(e) => panic!("unexpected event while caught up: {e:?}"),
+            }
         }
     }
 
@@ -214,8 +241,13 @@ async fn a_restart_redelivers_what_was_not_acknowledged() {
     produce(brokers, &topic, 1000).await;
     let per_partition = 1000 / PARTITIONS as i64;
 
-    // First run: everything, in order per partition.
-    let mut run = start(brokers, &topic, &group);
+    // First run: everything, in order per partition. This test writes the topic, so its
+    // producer has no upstream lag: caught up means now.
+    let opts = Opts {
+        caught_up_means_now: true,
+        ..Opts::default()
+    };
+    let mut run = start_with(brokers, &topic, &group, &opts);
     let events = run.events_until(|g| g.len() >= 1000).await;
     let caught_up_at = now_us();
     let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
@@ -230,6 +262,15 @@ async fn a_restart_redelivers_what_was_not_acknowledged() {
         assert_eq!((e.context.as_ref(), e.commit_time_us), (None, None));
     }
     assert_eq!(offsets.len(), PARTITIONS as usize);
+    let lanes: BTreeSet<(i32, u32)> = events
+        .iter()
+        .map(|e| (partition_offset(e).0, e.lane))
+        .collect();
+    assert_eq!(
+        lanes.len(),
+        PARTITIONS as usize,
+        "one lane per partition: {lanes:?}"
+    );
     for (p, os) in &offsets {
         assert_eq!(
             os,
@@ -245,12 +286,13 @@ async fn a_restart_redelivers_what_was_not_acknowledged() {
     assert_eq!(sorted, by_partition, "positions sort in offset order");
 
     // Caught up: heartbeats, not before the last event.
-    let w1 = run.heartbeat().await;
-    let w2 = run.heartbeat().await;
+    let (w1, e1) = run.heartbeat().await;
+    let (w2, _) = run.heartbeat().await;
     assert!(
         w1 >= caught_up_at && w2 > w1,
         "heartbeats carry the current time"
     );
+    assert_eq!(e1, Evidence::CaughtUp);
 
     // Acknowledge the first half of every partition; the group commits exactly that.
     let half = per_partition / 2;
@@ -276,12 +318,12 @@ async fn a_restart_redelivers_what_was_not_acknowledged() {
     let rest = run.stop().await;
     assert!(
         rest.iter()
-            .all(|m| matches!(m, SourceMsg::Heartbeat { .. })),
+            .all(|m| matches!(m, SourceMsg::Heartbeat { .. } | SourceMsg::Lanes(_))),
         "nothing new after catching up"
     );
 
     // Second run, same group: the unacknowledged halves again, nothing acknowledged.
-    let mut run = start(brokers, &topic, &group);
+    let mut run = start_with(brokers, &topic, &group, &opts);
     let want: BTreeSet<(i32, i64)> = (0..PARTITIONS)
         .flat_map(|p| (half..per_partition).map(move |o| (p, o)))
         .collect();
@@ -315,10 +357,16 @@ async fn tombstones_pass_through_and_an_idle_source_heartbeats() {
     let group = unique_name("ingest");
     create_topic(brokers, &topic).await;
 
-    // An empty topic: caught up from the start.
-    let mut run = start(brokers, &topic, &group);
-    let w = run.heartbeat().await;
+    // An empty topic: caught up from the start. Its producer has no upstream lag (this
+    // test writes it), which the source is told.
+    let opts = Opts {
+        caught_up_means_now: true,
+        ..Opts::default()
+    };
+    let mut run = start_with(brokers, &topic, &group, &opts);
+    let (w, evidence) = run.heartbeat().await;
     assert!(w > 0);
+    assert_eq!(evidence, Evidence::CaughtUp);
 
     let p = producer(brokers);
     p.send(
@@ -344,7 +392,7 @@ async fn tombstones_pass_through_and_an_idle_source_heartbeats() {
         })
     );
     run.acks.ack([e.ack.clone().unwrap()]);
-    let after = run.heartbeat().await;
+    let (after, _) = run.heartbeat().await;
     assert!(after > w);
     run.stop().await;
     let c = committed(brokers, &topic, &group).await;
@@ -368,12 +416,14 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
 
     // A reads everything; auto-commit is too slow to matter here, so only the commit on
     // revocation can move the group's offsets.
-    let mut a = start_with(
-        brokers,
-        &topic,
-        &group,
-        &[("auto.commit.interval.ms", "600000")],
-    );
+    // Heartbeats (caught up, this test writing the topic) mark the points where A has
+    // read everything.
+    let opts = Opts {
+        props: &[("auto.commit.interval.ms", "600000")],
+        caught_up_means_now: true,
+        ..Opts::default()
+    };
+    let mut a = start_with(brokers, &topic, &group, &opts);
     let events = a.events_until(|g| g.len() >= 400).await;
     a.heartbeat().await;
     a.acks.ack(
@@ -399,6 +449,7 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
         .collect();
     let mut seen_a = Vec::new();
     let mut seen_b = Vec::new();
+    let (mut lanes_a, mut lanes_b) = (Vec::new(), Vec::new());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all: BTreeSet<(i32, i64)> = seen_a.iter().chain(&seen_b).copied().collect();
@@ -410,8 +461,35 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
             "the second halves arrive again within 60 s"
         );
         tokio::select! {
-            Some(m) = a.rx.recv() => if let SourceMsg::Event(e) = m { seen_a.push(partition_offset(&e)) },
-            Some(m) = b.rx.recv() => if let SourceMsg::Event(e) = m { seen_b.push(partition_offset(&e)) },
+            Some(m) = a.rx.recv() => match m {
+                SourceMsg::Event(e) => seen_a.push(partition_offset(&e)),
+                SourceMsg::Lanes(l) => lanes_a = l,
+                SourceMsg::Heartbeat { .. } => {}
+            },
+            Some(m) = b.rx.recv() => match m {
+                SourceMsg::Event(e) => seen_b.push(partition_offset(&e)),
+                SourceMsg::Lanes(l) => lanes_b = l,
+                SourceMsg::Heartbeat { .. } => {}
+            },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    // Each declares its own share of the partitions as its lanes (the pipeline's
+    // watermark is the minimum over them), once its assignment has settled.
+    let names = |l: &[(u32, String)]| l.iter().map(|(_, n)| n.clone()).collect::<BTreeSet<_>>();
+    let all: BTreeSet<String> = (0..PARTITIONS).map(|p| format!("{topic}/{p}")).collect();
+    loop {
+        let (na, nb) = (names(&lanes_a), names(&lanes_b));
+        if na.is_disjoint(&nb) && na.union(&nb).cloned().collect::<BTreeSet<_>>() == all {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(30),
+            "the members declare the partitions they read as lanes: {na:?} {nb:?}"
+        );
+        tokio::select! {
+            Some(m) = a.rx.recv() => if let SourceMsg::Lanes(l) = m { lanes_a = l },
+            Some(m) = b.rx.recv() => if let SourceMsg::Lanes(l) = m { lanes_b = l },
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
@@ -427,4 +505,90 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
     assert!(c.values().all(|o| *o == Offset::Offset(half)), "{c:?}");
     a.stop().await;
     b.stop().await;
+}
+
+/// Caught up at the transport is not evidence: an idle source with no opt-in sends no
+/// heartbeat, however long it sits at the end of its partitions. Its connector's
+/// heartbeats are: each is passed on (after it settles) while every partition is at its
+/// end; one that cannot be read is reported and ignored.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_source_claims_nothing_but_its_connectors_heartbeats() {
+    let tansu = Server::start("tansu");
+    let brokers = tansu.var("KAFKA_BROKERS");
+    let topic = unique_name("cdc");
+    let beats = unique_name("__debezium-heartbeat");
+    let group = unique_name("ingest");
+    create_topic(brokers, &topic).await;
+    create_topic(brokers, &beats).await;
+    produce(brokers, &topic, 8).await;
+    let opts = Opts {
+        heartbeat_topic: Some(beats.clone()),
+        ..Opts::default()
+    };
+    let mut run = start_with(brokers, &topic, &group, &opts);
+
+    // No lane before the assignment is known, then the four partitions.
+    match run.next().await {
+        SourceMsg::Lanes(l) => assert!(l.is_empty(), "{l:?}"),
+        other => panic!("the first message declares no lanes yet: {other:?}"),
+    }
+    let mut events = 0;
+    let mut lanes = Vec::new();
+    let quiet_until = Instant::now() + HEARTBEAT * 15;
+    while Instant::now() < quiet_until {
+        match tokio::time::timeout(HEARTBEAT, run.rx.recv()).await {
+            Ok(Some(SourceMsg::Event(_))) => events += 1,
+            Ok(Some(SourceMsg::Lanes(l))) => lanes = l,
+            Ok(Some(hb @ SourceMsg::Heartbeat { .. })) => {
+                panic!("caught up at the transport is not evidence: {hb:?}")
+            }
+            Ok(None) => panic!("the source stopped"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(events, 8);
+    let names: Vec<&str> = lanes.iter().map(|(_, n)| n.as_str()).collect();
+    let want: Vec<String> = (0..PARTITIONS).map(|p| format!("{topic}/{p}")).collect();
+    assert_eq!(names, want);
+
+    // The connector's heartbeats, as Debezium writes them with the JSON converter's
+    // schemas, every 300 ms as a connector would (the first ones may come before the
+    // heartbeat consumer, which starts at the topic's end, has its partitions). One that
+    // cannot be read comes first.
+    let p = producer(brokers);
+    let send = |value: &'static str| {
+        let p = p.clone();
+        let beats = beats.clone();
+        async move {
+            p.send(
+                FutureRecord::to(&beats)
+                    .partition(0)
+                    .key("{\"serverName\":\"dbz\"}")
+                    .payload(value),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        assert!(
+            Instant::now() < deadline,
+            "a connector heartbeat is passed on within 30 s"
+        );
+        send("not json").await;
+        send(r#"{"schema":{"type":"struct"},"payload":{"ts_ms":1700000000123}}"#).await;
+        match tokio::time::timeout(Duration::from_millis(300), run.rx.recv()).await {
+            Ok(Some(SourceMsg::Heartbeat {
+                watermark_us,
+                evidence,
+            })) => break (watermark_us, evidence),
+            Ok(Some(SourceMsg::Event(e))) => panic!("a heartbeat is not an event: {e:?}"),
+            Ok(Some(SourceMsg::Lanes(_))) | Err(_) => {}
+            Ok(None) => panic!("the source stopped"),
+        }
+    };
+    assert_eq!(got, (1_700_000_000_123_000, Evidence::Heartbeat));
+    run.stop().await;
 }

@@ -18,7 +18,9 @@ use overseer_ingestion::config::{ModelConfig, PgSourceConfig};
 use overseer_ingestion::format::pgoutput::{Cell, ChangeOp, PgoutputConsumer, decode_change};
 use overseer_ingestion::format::{Consumer, Models};
 use overseer_ingestion::source::postgres::PgSource;
-use overseer_ingestion::source::{AckToken, Acks, Source, SourceContext, SourceEvent, SourceMsg};
+use overseer_ingestion::source::{
+    AckToken, Acks, Evidence, Source, SourceContext, SourceEvent, SourceMsg,
+};
 use overseer_testkit::Server;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -115,6 +117,7 @@ fn start_source(cfg: PgSourceConfig, capacity: usize) -> Running {
         shutdown: shutdown.clone(),
         resume: None,
         heartbeat: HEARTBEAT,
+        caught_up_means_now: false,
     };
     let source = Box::new(PgSource::new(cfg).expect("valid source config"));
     let task = tokio::spawn(source.run(ctx));
@@ -134,9 +137,14 @@ impl Running {
         while out.len() < n {
             match tokio::time::timeout(WAIT, self.rx.recv()).await {
                 Ok(Some(SourceMsg::Event(e))) => out.push(e),
-                Ok(Some(SourceMsg::Heartbeat { watermark_us })) => {
+                Ok(Some(SourceMsg::Heartbeat {
+                    watermark_us,
+                    evidence,
+                })) => {
+                    assert_eq!(evidence, Evidence::Heartbeat, "the server's clock");
                     self.heartbeats.push(watermark_us)
                 }
+                Ok(Some(SourceMsg::Lanes(l))) => panic!("a slot is one lane: {l:?}"),
                 Ok(None) => panic!(
                     "source ended after {} of {n} events: {:?}",
                     out.len(),
@@ -155,7 +163,10 @@ impl Running {
         while let Ok(msg) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
             match msg {
                 Some(SourceMsg::Event(e)) => out.push(e),
-                Some(SourceMsg::Heartbeat { watermark_us }) => self.heartbeats.push(watermark_us),
+                Some(SourceMsg::Heartbeat { watermark_us, .. }) => {
+                    self.heartbeats.push(watermark_us)
+                }
+                Some(SourceMsg::Lanes(l)) => panic!("a slot is one lane: {l:?}"),
                 None => break,
             }
         }

@@ -21,7 +21,9 @@ use overseer_dal::store::{ObjectStore, list_all};
 use overseer_dal::update::{Op, UpdateRecord};
 use overseer_ingestion::config::Config;
 use overseer_ingestion::pipeline::{Ingestor, Storage};
-use overseer_ingestion::source::{AckToken, Source, SourceContext, SourceEvent, SourceMsg};
+use overseer_ingestion::source::{
+    AckToken, Evidence, Source, SourceContext, SourceEvent, SourceMsg,
+};
 use overseer_testkit::conformance;
 
 fn config(dir: &Path, file: &Path, extra: &str) -> Config {
@@ -170,6 +172,7 @@ fn events(n: usize) -> Vec<SourceEvent> {
             commit_time_us: None,
             ack: Some(AckToken::Offset(i as u64 + 1)),
             checkpoint: Some((i + 1).to_string()),
+            lane: 0,
         })
         .collect()
 }
@@ -310,10 +313,94 @@ async fn a_batch_does_not_claim_its_newest_time_complete() {
     }
     assert_eq!(state().await, Some((t - 1, t)));
     // The source says it is complete up to that time.
-    tx.send(SourceMsg::Heartbeat { watermark_us: t })
-        .await
-        .unwrap();
+    tx.send(SourceMsg::Heartbeat {
+        watermark_us: t,
+        evidence: Evidence::Heartbeat,
+    })
+    .await
+    .unwrap();
     wait_for((t, t)).await;
+    stop.cancel();
+    drop(tx);
+    task.await.unwrap().unwrap();
+}
+
+/// A source read as several lanes (Kafka partitions) is complete only up to its slowest
+/// lane, less its declared out-of-order bound; a lane that delivered nothing holds it
+/// where it was; a lane no longer read stops holding it; an upstream heartbeat covers
+/// every lane.
+#[tokio::test]
+async fn the_slowest_lane_holds_the_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &dir.path().join("unused.jsonl"), "");
+    cfg.sources[0].max_out_of_order_ms = 1000;
+    let storage = Storage::open(&cfg).await.unwrap();
+    let ing = Ingestor::new(storage.clone(), cfg.ingest.clone());
+    let consumer = overseer_ingestion::format::build(&cfg.sources[0], &cfg).unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let task = {
+        let (src, stop) = (cfg.sources[0].clone(), stop.clone());
+        let source = Box::new(Handed(tokio::sync::Mutex::new(rx)));
+        tokio::spawn(async move { ing.run_source(&src, consumer, source, stop).await })
+    };
+    let mut all = events(4).into_iter();
+    let mut at = |lane: u32, secs: i64| {
+        let mut e = all.next().unwrap();
+        e.raw = Bytes::from(insert_event(&e.position, "t1", secs));
+        e.lane = lane;
+        SourceMsg::Event(e)
+    };
+    let state = || async {
+        let states = storage.catalog.source_states().await.unwrap();
+        let s = states.iter().find(|s| s.source == "ledger");
+        s.map(|s| (s.watermark_us, s.last_event_us))
+    };
+    let wait_for = |want: (i64, i64)| async move {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let got = state().await;
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{got:?}, want {want:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    };
+    let s = |secs: i64| secs * 1_000_000;
+    let claim = |secs: i64| s(secs) - 1 - 1_000_000;
+    let lanes = |ls: &[u32]| SourceMsg::Lanes(ls.iter().map(|l| (*l, format!("p{l}"))).collect());
+    tx.send(lanes(&[0, 1])).await.unwrap();
+    tx.send(at(0, 7_000)).await.unwrap();
+    wait_for((0, s(7_000))).await;
+    tx.send(at(1, 6_000)).await.unwrap();
+    wait_for((claim(6_000), s(7_000))).await;
+    tx.send(at(1, 8_000)).await.unwrap();
+    wait_for((claim(7_000), s(8_000))).await;
+    // Lane 0 revoked: lane 1 alone says how far the source is.
+    tx.send(lanes(&[1])).await.unwrap();
+    wait_for((claim(8_000), s(8_000))).await;
+    // Lane 0 back with an older event than its last: nothing moves back (the catalog keeps
+    // the highest claim).
+    tx.send(lanes(&[0, 1])).await.unwrap();
+    tx.send(at(0, 6_500)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while storage.catalog.dump().await.unwrap().entries.len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "the event indexed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(state().await, Some((claim(8_000), s(8_000))));
+    // An upstream heartbeat covers every lane.
+    tx.send(SourceMsg::Heartbeat {
+        watermark_us: s(9_000),
+        evidence: Evidence::Heartbeat,
+    })
+    .await
+    .unwrap();
+    wait_for((s(9_000), s(8_000))).await;
     stop.cancel();
     drop(tx);
     task.await.unwrap().unwrap();

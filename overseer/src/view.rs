@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow, bail};
-use chrono::{DateTime, SecondsFormat};
+use chrono::DateTime;
 use prost_reflect::{DynamicMessage, SerializeOptions};
 
 use crate::config::Config;
@@ -197,12 +197,7 @@ fn op_name(op: Op) -> String {
     op.as_str_name().trim_start_matches("OP_").to_lowercase()
 }
 
-/// RFC 3339 in UTC with microseconds (`2024-01-02T03:04:05.000000Z`).
-pub(crate) fn rfc3339(us: Micros) -> String {
-    DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(SecondsFormat::Micros, true))
-        .unwrap_or_else(|| format!("{us}us since the epoch"))
-}
+pub(crate) use overseer_dal::update::rfc3339;
 
 /// `--as-of`: an RFC 3339 time (fractional seconds and any offset; below microseconds is
 /// cut off) or integer milliseconds since the epoch, as microseconds since the epoch.

@@ -581,12 +581,7 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// RFC 3339 in UTC with microseconds.
-pub fn rfc3339(us: Micros) -> String {
-    chrono::DateTime::from_timestamp_micros(us)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-        .unwrap_or_else(|| format!("{us}us since the epoch"))
-}
+pub use overseer_dal::update::rfc3339;
 
 #[cfg(test)]
 mod tests {

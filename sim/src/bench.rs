@@ -99,6 +99,14 @@ pub struct Args {
     lag_ms: u64,
     #[arg(long, value_enum, default_value_t = LagKind::Jitter)]
     lag: LagKind,
+    /// Partitions of the ledger's topic in the accuracy phase: each record's events go to
+    /// one by its id.
+    #[arg(long, default_value_t = 1)]
+    ledger_partitions: u32,
+    /// How much later than the others the last of the ledger's partitions delivers in the
+    /// accuracy phase, ms (with `--ledger-partitions` above 1).
+    #[arg(long, default_value_t = 0)]
+    skew_ms: u64,
     /// The checks' grace in the accuracy phase, ms.
     #[arg(long, default_value_t = 2_000)]
     grace_ms: u64,
@@ -336,6 +344,12 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
     if !(args.rate >= 0.0 && args.rate.is_finite()) {
         bail!("--rate must be ≥ 0 (0: as fast as the pipeline takes them)");
     }
+    if args.ledger_partitions == 0 {
+        bail!("--ledger-partitions must be ≥ 1");
+    }
+    if args.skew_ms > 0 && args.ledger_partitions < 2 {
+        bail!("--skew-ms needs --ledger-partitions of 2 or more (one partition behind the others)");
+    }
     let (dir, _tmp) = crate::live::data_dir(args.dir.as_deref())?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mode = match (&args.mode, &stack) {
@@ -442,7 +456,11 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
                     LagKind::Constant => Lag::Constant(lag),
                     LagKind::Jitter => Lag::Jitter { max: lag },
                 };
-                let w = workload(&args, transfers, tps, lag);
+                let w = WorkloadConfig {
+                    ledger_partitions: args.ledger_partitions,
+                    partition_skew: Duration::from_millis(args.skew_ms),
+                    ..workload(&args, transfers, tps, lag)
+                };
                 for (k, strategy) in args.strategy.iter().enumerate() {
                     let (m, _) = measure(
                         &env,
@@ -584,6 +602,8 @@ async fn measure(
     let rss_reset = reset_peak_rss();
     let start_rss_mib = status_mib("VmRSS:");
     let mut producers = tokio::task::JoinSet::new();
+    // The connector heartbeats of real mode go on until the run is measured.
+    let stop_producers = tokio_util::sync::CancellationToken::new();
     let feeds = match (env.stack, &run_name) {
         (Some(stack), Some(run)) => {
             let mut feeds = Vec::new();
@@ -613,6 +633,7 @@ async fn measure(
                             clock,
                             paced,
                             delivered.clone(),
+                            stop_producers.clone(),
                         ));
                     }
                 }
@@ -628,6 +649,7 @@ async fn measure(
     };
     let mut live =
         crate::live::run(&cfg, &storage, w.clone(), clock, feeds, notifier, patience).await?;
+    stop_producers.cancel();
     while let Some(p) = producers.join_next().await {
         p.context("a producer task")?
             .context("producing to the broker")?;
@@ -689,11 +711,18 @@ async fn measure(
     let runs = live.verdicts.runs();
     let e2e = secs(live.drained_us);
     let ingest_s = live.ingested_us.map(secs);
-    let lag = match w.config.ledger_lag {
+    let mut lag = match w.config.ledger_lag {
         Lag::None => "in sync".to_owned(),
         Lag::Constant(d) => format!("ledger {} ms behind", d.as_millis()),
         Lag::Jitter { max } => format!("ledger 0–{} ms behind, drifting", max.as_millis()),
     };
+    if w.config.ledger_partitions > 1 {
+        lag.push_str(&format!(
+            "; {} ledger partitions, the last {} ms behind the others",
+            w.config.ledger_partitions,
+            w.config.partition_skew.as_millis()
+        ));
+    }
     let m = Measured {
         run: run_name,
         phase,

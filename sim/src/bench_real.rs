@@ -201,6 +201,7 @@ format = "mongo-change-stream"
 [sources.kafka]
 brokers = "{brokers}"
 topics = ["{topic}"]
+heartbeat_topic = "{topic}.heartbeats"
 group = "{run}-ingest"
 properties = {{ "fetch.wait.max.ms" = "10" }}
 "#,
@@ -253,7 +254,10 @@ properties = {{ "fetch.wait.max.ms" = "10" }}
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", self.brokers())
             .create()?;
-        let names = [topic(run, System::Ledger)];
+        let names = [
+            topic(run, System::Ledger),
+            format!("{}.heartbeats", topic(run, System::Ledger)),
+        ];
         let topics: Vec<NewTopic> = names
             .iter()
             .map(|n| NewTopic::new(n, 1, TopicReplication::Fixed(1)))
@@ -284,6 +288,11 @@ pub(crate) fn topic(run: &str, system: System) -> String {
 
 /// Publishes `system`'s events of `w` to its topic, each at its arrival time (`paced`) or
 /// as fast as the broker takes them; sets `done` once the broker acknowledged them all.
+/// Meanwhile, and until `stop`, it publishes the MongoDB connector's heartbeats to the
+/// topic's `.heartbeats` twin, as a connector reading that system would: every 100 ms,
+/// the cluster time it has read up to (the system's lag behind the clock, and never past
+/// an event still to publish).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn produce(
     brokers: String,
     topic: String,
@@ -292,6 +301,7 @@ pub(crate) async fn produce(
     clock: Clock,
     paced: bool,
     done: Arc<AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -300,14 +310,25 @@ pub(crate) async fn produce(
         .set("queue.buffering.max.messages", "200000")
         .set("compression.type", "none")
         .create()?;
+    let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let beats = tokio::spawn(heartbeats(
+        producer.clone(),
+        format!("{topic}.heartbeats"),
+        w.clone(),
+        system,
+        clock,
+        published.clone(),
+        stop,
+    ));
     let mut in_flight = VecDeque::new();
     tokio::time::sleep_until(clock.instant(w.config.start_us)).await;
-    for e in w.events(system) {
+    for (i, e) in w.events(system).iter().enumerate() {
         if paced {
             tokio::time::sleep_until(clock.instant(e.arrive_us)).await;
         }
         let record = FutureRecord::<(), [u8]>::to(&topic).payload(&e.raw[..]);
         in_flight.push_back(producer.send_result(record).map_err(|(e, _)| e)?);
+        published.store(i + 1, Ordering::SeqCst);
         // Bounded: wait for the oldest acknowledgement past 50k in flight.
         while in_flight.len() > 50_000 {
             let ack = in_flight.pop_front().expect("non-empty");
@@ -318,7 +339,43 @@ pub(crate) async fn produce(
         ack.await?.map_err(|(e, _)| e)?;
     }
     done.store(true, Ordering::SeqCst);
-    Ok(())
+    beats.await?
+}
+
+/// The connector heartbeats of [`produce`]: the key is a post-batch resume token whose
+/// cluster time (seconds) is how far the connector has read.
+async fn heartbeats(
+    producer: FutureProducer,
+    topic: String,
+    w: Arc<Workload>,
+    system: System,
+    clock: Clock,
+    published: Arc<std::sync::atomic::AtomicUsize>,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    let next_commit = w.next_commits(system);
+    let mut n = 0u32;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        let now_us = clock.now_us();
+        let read_up_to = (now_us - w.lag_us(system, now_us))
+            .min(next_commit[published.load(Ordering::SeqCst)].saturating_sub(1));
+        if read_up_to < 1_000_000 {
+            continue;
+        }
+        n += 1;
+        let secs = read_up_to / 1_000_000;
+        let key = format!(r#"{{"_data": "82{secs:08X}{n:08X}2B022C0100296E5A1004"}}"#);
+        let record = FutureRecord::<str, [u8]>::to(&topic).key(&key);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .context("publishing a connector heartbeat")?;
+    }
 }
 
 /// Writes the payments system's changes of `w` to the payments database, each at its

@@ -198,6 +198,12 @@ pub struct WorkloadConfig {
     /// Fraction of events delivered twice (same bytes, same position).
     pub duplicate_rate: f64,
     pub ledger_lag: Lag,
+    /// Partitions the ledger's topic has (lanes of its source): each record's events go
+    /// to one, by its id, in commit order.
+    pub ledger_partitions: u32,
+    /// How much later than the others the ledger's last partition delivers (with more than
+    /// one partition): a partition behind the rest of its topic.
+    pub partition_skew: Duration,
     /// Transfers created per second of commit time.
     pub transfers_per_sec: f64,
 }
@@ -216,6 +222,8 @@ impl Default for WorkloadConfig {
             ledger_lag: Lag::Jitter {
                 max: Duration::from_secs(2),
             },
+            ledger_partitions: 1,
+            partition_skew: Duration::ZERO,
             transfers_per_sec: 1_000.0,
         }
     }
@@ -247,6 +255,8 @@ pub struct Event {
     pub raw: Bytes,
     /// A redelivery of an event delivered before.
     pub duplicate: bool,
+    /// The partition (lane) it is delivered on.
+    pub lane: u32,
 }
 
 impl Event {
@@ -260,6 +270,7 @@ impl Event {
             commit_time_us: None,
             ack: None,
             checkpoint: Some(self.position.clone()),
+            lane: self.lane,
         }
     }
 }
@@ -420,12 +431,21 @@ impl Workload {
         let lag_points = Self::lag_curve(c, &transfers);
         let mut payments = Self::payments_events(c, &transfers);
         let mut ledger = Self::ledger_events(c, &transfers, &mut Rng::new(c.seed, 2));
-        // The ledger delivers in commit order, each event no earlier than commit + lag.
-        let mut last = Micros::MIN;
+        // The ledger delivers each partition in commit order, each event no earlier than
+        // commit + lag (+ the skew, on the last of several partitions).
+        let partitions = c.ledger_partitions.max(1);
+        let skewed = (partitions > 1).then_some(partitions - 1);
+        let skew = c.partition_skew.as_micros() as Micros;
+        let mut last = vec![Micros::MIN; partitions as usize];
         for e in &mut ledger {
-            e.arrive_us = (e.commit_us + lag_at(&lag_points, e.commit_us)).max(last);
-            last = e.arrive_us;
+            e.lane = lane_of(&e.raw, partitions);
+            let behind = if Some(e.lane) == skewed { skew } else { 0 };
+            let l = &mut last[e.lane as usize];
+            e.arrive_us = (e.commit_us + lag_at(&lag_points, e.commit_us) + behind).max(*l);
+            *l = e.arrive_us;
         }
+        // Arrival order across partitions; stable, so each keeps its commit order.
+        ledger.sort_by_key(|e| e.arrive_us);
         let mut dup_rng = Rng::new(c.seed, 3);
         for events in [&mut payments, &mut ledger] {
             let mut with_dups = Vec::with_capacity(events.len() + events.len() / 50);
@@ -568,6 +588,7 @@ impl Workload {
                     position: format!("{seq:012}"),
                     raw: Bytes::from(raw.to_string()),
                     duplicate: false,
+                    lane: 0,
                 }
             })
             .collect()
@@ -676,6 +697,7 @@ impl Workload {
                     position: format!("{seq:012}"),
                     raw: Bytes::from(ev.to_string()),
                     duplicate: false,
+                    lane: 0,
                 });
             }
         }
@@ -690,6 +712,21 @@ impl Workload {
         }
     }
 
+    /// For each index `i` into [`Workload::events`] (and one past the end), the earliest
+    /// commit time among the first deliveries at or after it (`Micros::MAX`: none): a
+    /// source that has delivered the events before `i` is complete just before it.
+    pub fn next_commits(&self, system: System) -> Vec<Micros> {
+        let events = self.events(system);
+        let mut next = vec![Micros::MAX; events.len() + 1];
+        for i in (0..events.len()).rev() {
+            next[i] = next[i + 1];
+            if !events[i].duplicate {
+                next[i] = next[i].min(events[i].commit_us);
+            }
+        }
+        next
+    }
+
     /// How late `system` delivers what commits at `at_us`.
     pub fn lag_us(&self, system: System, at_us: Micros) -> Micros {
         match system {
@@ -698,11 +735,18 @@ impl Workload {
         }
     }
 
-    /// The largest lag `system` ever has.
+    /// The largest lag `system` ever has (the skewed partition's, if any).
     pub fn max_lag_us(&self, system: System) -> Micros {
         match system {
             System::Payments => 0,
-            System::Ledger => self.lag_points.iter().map(|p| p.1).max().unwrap_or(0),
+            System::Ledger => {
+                let skew = if self.config.ledger_partitions > 1 {
+                    self.config.partition_skew.as_micros() as Micros
+                } else {
+                    0
+                };
+                self.lag_points.iter().map(|p| p.1).max().unwrap_or(0) + skew
+            }
         }
     }
 
@@ -764,6 +808,20 @@ impl Workload {
             .max()
             .unwrap_or(self.config.start_us)
     }
+}
+
+/// The partition of a ledger event: its record's id (`documentKey._id`) hashed (FNV-1a),
+/// as a keyed producer partitions.
+fn lane_of(raw: &[u8], partitions: u32) -> u32 {
+    if partitions <= 1 {
+        return 0;
+    }
+    let v: serde_json::Value = serde_json::from_slice(raw).expect("generated events are JSON");
+    let id = v["documentKey"]["_id"].to_string();
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (h % u64::from(partitions)) as u32
 }
 
 fn lag_at(points: &[(Micros, Micros)], at: Micros) -> Micros {
@@ -883,7 +941,7 @@ pub mod live {
 
     use overseer_dal::bus::{Delivered, DeliveryTag, Subscription};
     use overseer_dal::update::Micros;
-    use overseer_ingestion::source::{Source, SourceContext, SourceMsg};
+    use overseer_ingestion::source::{Evidence, Source, SourceContext, SourceMsg};
     use overseer_prs::runner::{Outcome, RunRecord, Sink};
 
     use super::{System, Workload};
@@ -956,12 +1014,22 @@ pub mod live {
     impl Source for ReplaySource {
         async fn run(self: Box<Self>, ctx: SourceContext) -> overseer_ingestion::Result<()> {
             let events = self.workload.events(self.system);
-            // next_commit[i]: the earliest commit time of a first delivery at or after i.
-            let mut next_commit = vec![Micros::MAX; events.len() + 1];
-            for i in (0..events.len()).rev() {
-                next_commit[i] = next_commit[i + 1];
-                if !events[i].duplicate {
-                    next_commit[i] = next_commit[i].min(events[i].commit_us);
+            let next_commit = self.workload.next_commits(self.system);
+            // A topic of several partitions declares them, as the Kafka source does: the
+            // pipeline's watermark is the slowest one's.
+            let partitions = match self.system {
+                System::Ledger => self.workload.config.ledger_partitions,
+                System::Payments => 1,
+            };
+            if partitions > 1 {
+                let lanes = (0..partitions).map(|l| (l, format!("{}/{l}", self.system.name())));
+                if ctx
+                    .tx
+                    .send(SourceMsg::Lanes(lanes.collect()))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
                 }
             }
             let every = ctx.heartbeat.max(std::time::Duration::from_millis(1));
@@ -976,7 +1044,12 @@ pub mod live {
                     let wm = complete.min(next_commit[i].saturating_sub(1));
                     if wm > watermark {
                         watermark = wm;
-                        let beat = SourceMsg::Heartbeat { watermark_us: wm };
+                        // What an upstream connector's heartbeat would say: the simulated
+                        // system knows how far behind it is.
+                        let beat = SourceMsg::Heartbeat {
+                            watermark_us: wm,
+                            evidence: Evidence::Heartbeat,
+                        };
                         if ctx.tx.send(beat).await.is_err() {
                             return Ok(());
                         }
@@ -1574,6 +1647,7 @@ mod tests {
                 shutdown: shutdown.clone(),
                 resume: None,
                 heartbeat: Duration::from_millis(20),
+                caught_up_means_now: false,
             };
             let task = tokio::spawn(src.run(ctx));
             let mut got = Vec::new();
@@ -1582,9 +1656,10 @@ mod tests {
             while clock.now_us() < end {
                 match rx.recv().await.unwrap() {
                     SourceMsg::Event(e) => got.push((clock.now_us(), e)),
-                    SourceMsg::Heartbeat { watermark_us } => {
+                    SourceMsg::Heartbeat { watermark_us, .. } => {
                         beats.push((got.len(), clock.now_us(), watermark_us))
                     }
+                    SourceMsg::Lanes(l) => panic!("one lane per simulated system: {l:?}"),
                 }
             }
             assert!(done.load(std::sync::atomic::Ordering::SeqCst));

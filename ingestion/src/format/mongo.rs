@@ -171,6 +171,7 @@ mod tests {
             commit_time_us: None,
             ack: None,
             checkpoint: None,
+            lane: 0,
         }
     }
 

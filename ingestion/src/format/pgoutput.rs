@@ -108,6 +108,7 @@ mod tests {
             commit_time_us: time,
             ack: None,
             checkpoint: None,
+            lane: 0,
         }
     }
     #[test]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{AckToken, Source, SourceContext, SourceEvent, SourceMsg};
+use super::{AckToken, Evidence, Source, SourceContext, SourceEvent, SourceMsg};
 use crate::config::{FileSourceConfig, Format};
 use crate::{Error, Result};
 
@@ -188,6 +188,7 @@ impl Source for FileSource {
                         commit_time_us: None,
                         ack: Some(AckToken::Offset(end)),
                         checkpoint: Some(end.to_string()),
+                        lane: 0,
                     };
                     tokio::select! {
                         r = ctx.tx.send(SourceMsg::Event(ev)) => if r.is_err() { return Ok(()) },
@@ -199,16 +200,23 @@ impl Source for FileSource {
                     // waiting on it run rather than time out as stale.
                     let hb = SourceMsg::Heartbeat {
                         watermark_us: overseer_dal::update::now_us(),
+                        evidence: Evidence::Drained,
                     };
                     let _ = ctx.tx.send(hb).await;
                     return Ok(());
                 }
                 Frame::Eof => {
-                    let hb = SourceMsg::Heartbeat {
-                        watermark_us: overseer_dal::update::now_us(),
-                    };
-                    if ctx.tx.send(hb).await.is_err() {
-                        return Ok(());
+                    // A followed file's end says nothing about its writer: the watermark
+                    // stays at the newest commit time read, unless the source declares
+                    // that its writer has no lag.
+                    if ctx.caught_up_means_now {
+                        let hb = SourceMsg::Heartbeat {
+                            watermark_us: overseer_dal::update::now_us(),
+                            evidence: Evidence::CaughtUp,
+                        };
+                        if ctx.tx.send(hb).await.is_err() {
+                            return Ok(());
+                        }
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(ctx.heartbeat.min(Duration::from_millis(200))) => {}
@@ -264,6 +272,67 @@ mod tests {
             for (i, (start, end, bytes)) in got.iter().enumerate() {
                 assert_eq!((*start, *end), ((i * 341) as u64, ((i + 1) * 341) as u64));
                 assert_eq!(bytes, &docs[i]);
+            }
+        }
+    }
+
+    /// What a file's end says: nothing while following (its writer may be behind), unless
+    /// the source declares that writer has no lag; complete once drained without
+    /// following.
+    #[tokio::test]
+    async fn a_followed_files_end_is_not_evidence() {
+        use crate::config::FileSourceConfig;
+        use crate::source::{Acks, Evidence};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n").unwrap();
+        let cases = [
+            (true, false, None),
+            (true, true, Some(Evidence::CaughtUp)),
+            (false, false, Some(Evidence::Drained)),
+        ];
+        for (follow, caught_up_means_now, want) in cases {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let ctx = SourceContext {
+                name: "f".into(),
+                tx,
+                acks: Acks::new(),
+                shutdown: shutdown.clone(),
+                resume: None,
+                heartbeat: Duration::from_millis(20),
+                caught_up_means_now,
+            };
+            let cfg = FileSourceConfig {
+                path: path.clone(),
+                follow,
+            };
+            let task =
+                tokio::spawn(Box::new(FileSource::new(cfg, Format::MongoChangeStream)).run(ctx));
+            let (mut events, mut beats) = (0, Vec::new());
+            let until = tokio::time::Instant::now() + Duration::from_millis(500);
+            while let Ok(Some(m)) = tokio::time::timeout_at(until, rx.recv()).await {
+                match m {
+                    SourceMsg::Event(e) => {
+                        assert_eq!(e.lane, 0);
+                        events += 1;
+                    }
+                    SourceMsg::Heartbeat { evidence, .. } => beats.push(evidence),
+                    SourceMsg::Lanes(l) => panic!("a file is one lane: {l:?}"),
+                }
+            }
+            shutdown.cancel();
+            task.await.unwrap().unwrap();
+            assert_eq!(events, 2, "follow {follow}");
+            match want {
+                None => assert!(
+                    beats.is_empty(),
+                    "a followed file's end claims nothing: {beats:?}"
+                ),
+                Some(e) => assert!(
+                    !beats.is_empty() && beats.iter().all(|b| *b == e),
+                    "follow {follow}: {beats:?}"
+                ),
             }
         }
     }

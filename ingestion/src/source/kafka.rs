@@ -35,17 +35,26 @@
 //!
 //! # Freshness
 //!
-//! With `enable.partition.eof`, librdkafka reports when a partition's end is reached. When
-//! every partition assigned to this instance has reported its end since its last message,
-//! and nothing arrived for `ctx.heartbeat`, the source is caught up and sends
-//! [`SourceMsg::Heartbeat`] with the current time, once per heartbeat interval. An
+//! Each partition is a lane ([`crate::freshness`]): the pipeline takes the watermark from
+//! the commit times each partition delivered, the minimum over the partitions assigned to
+//! this instance. The source declares its assignment ([`SourceMsg::Lanes`]): none at
+//! start, then the settled assignment after every rebalance, so no partition counts before
+//! the others are known. Being at the end of every partition says nothing about the
+//! connector upstream, so it moves the watermark only with evidence:
+//! - `heartbeat_topic`: the connector's heartbeats (Debezium's `ts_ms`, the MongoDB
+//!   connector's post-batch resume token) — the newest one is passed on as
+//!   [`SourceMsg::Heartbeat`] once every assigned partition has reported its end after it;
+//! - `caught_up_means_now` (opt-in, for producers with no upstream lag): every assigned
+//!   partition at its end and nothing for `ctx.heartbeat` claims the current time.
+//!
+//! With `enable.partition.eof`, librdkafka reports when a partition's end is reached. An
 //! end-of-partition report names the partition but not the topic, which is why there is
 //! one consumer (one group member) per topic: each report is then unambiguous.
 //!
 //! A message without a payload (a tombstone) is passed on with empty `raw`: the consumer
 //! quarantines it with its reason, and its offset is acknowledged like any other.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,10 +71,10 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use overseer_dal::update::now_us;
+use overseer_dal::update::{Micros, now_us};
 
-use super::{AckToken, Acks, Source, SourceContext, SourceEvent, SourceMsg};
-use crate::config::KafkaSourceConfig;
+use super::{AckToken, Acks, Evidence, Lane, Source, SourceContext, SourceEvent, SourceMsg};
+use crate::config::{Format, KafkaSourceConfig};
 use crate::{Error, Result};
 
 /// librdkafka properties this source sets itself; `properties` may not override them
@@ -90,6 +99,8 @@ const WARN_EVERY: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct KafkaSource {
     cfg: KafkaSourceConfig,
+    /// The source's format, for reading its connector's heartbeats.
+    format: Option<Format>,
 }
 
 impl KafkaSource {
@@ -113,11 +124,54 @@ impl KafkaSource {
                 )));
             }
         }
-        let src = KafkaSource { cfg };
+        let src = KafkaSource { cfg, format: None };
         src.client_config("check")
             .create_native_config()
             .map_err(|e| Error::Config(format!("kafka.properties: {e}")))?;
         Ok(src)
+    }
+
+    /// Reads `format`'s connector heartbeats from `heartbeat_topic` (see
+    /// [`crate::freshness::connector_heartbeat`]).
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = Some(format);
+        self
+    }
+
+    /// The heartbeat topic's consumer: a group of its own per process (every instance
+    /// needs every heartbeat), from the topic's end, committing nothing.
+    fn heartbeats(&self, source: &str, topic: &str) -> Result<Heartbeats> {
+        let format = self.format.ok_or_else(|| {
+            Error::Config(format!(
+                "sources {source:?}: kafka.heartbeat_topic needs the source's format to read heartbeats"
+            ))
+        })?;
+        let mut c = self.client_config(source);
+        let unique = format!(
+            "{}.heartbeats.{}.{}",
+            self.cfg.group,
+            std::process::id(),
+            now_us()
+        );
+        c.set("group.id", unique)
+            .set("auto.offset.reset", "latest")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false");
+        let consumer: StreamConsumer = c.create().map_err(|e| {
+            Error::source(
+                source,
+                format!("creating the heartbeat consumer: {e}"),
+                false,
+            )
+        })?;
+        consumer
+            .subscribe(&[topic])
+            .map_err(|e| Error::source(source, format!("subscribing to {topic}: {e}"), false))?;
+        Ok(Heartbeats {
+            consumer,
+            format,
+            topic: topic.to_owned(),
+        })
     }
 
     /// The consumers' configuration: defaults, then `properties`, then what this source
@@ -299,8 +353,13 @@ fn store_acks(consumers: &[Arc<TopicConsumer>], tokens: Vec<AckToken>) {
     }
 }
 
-/// The event of one message.
-fn to_event(m: &BorrowedMessage<'_>) -> SourceEvent {
+/// The lane of a topic's partition: topics (one consumer each) apart in the high bits.
+fn lane(consumer: usize, partition: i32) -> Lane {
+    ((consumer as u32) << 20) | (partition as u32 & 0xF_FFFF)
+}
+
+/// The event of one message, read by consumer `i`.
+fn to_event(i: usize, m: &BorrowedMessage<'_>) -> SourceEvent {
     let topic = m.topic().to_owned();
     let (partition, offset) = (m.partition(), m.offset());
     let position = format!("{topic}/{partition:05}/{offset:020}");
@@ -316,6 +375,7 @@ fn to_event(m: &BorrowedMessage<'_>) -> SourceEvent {
             next_offset: offset + 1,
         }),
         checkpoint: Some(position),
+        lane: lane(i, partition),
     }
 }
 
@@ -345,14 +405,30 @@ async fn send(ctx: &SourceContext, consumers: &[Arc<TopicConsumer>], msg: Source
     }
 }
 
+/// How long a connector heartbeat waits, with every partition at its end, before it is
+/// passed on: what the connector wrote before it to other partitions is fetched by then.
+const BEAT_SETTLE: Duration = Duration::from_millis(500);
+
+/// The connector's heartbeat topic, as read: its consumer and how to read a heartbeat.
+struct Heartbeats {
+    consumer: StreamConsumer,
+    format: Format,
+    topic: String,
+}
+
 /// Reads until shutdown (or the pipeline goes away).
-async fn read(consumers: &[Arc<TopicConsumer>], ctx: &SourceContext) -> Result<()> {
+async fn read(
+    consumers: &[Arc<TopicConsumer>],
+    heartbeats: Option<&Heartbeats>,
+    ctx: &SourceContext,
+) -> Result<()> {
     let mut streams = futures::stream::select_all(
         consumers
             .iter()
             .enumerate()
             .map(|(i, c)| c.stream().map(move |r| (i, r))),
     );
+    let mut beats = heartbeats.map(|h| h.consumer.stream());
     let heartbeat = ctx.heartbeat.max(Duration::from_millis(10));
     let mut tick = tokio::time::interval(heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -362,6 +438,18 @@ async fn read(consumers: &[Arc<TopicConsumer>], ctx: &SourceContext) -> Result<(
     let mut generations = vec![0u64; consumers.len()];
     let mut last_message = Instant::now();
     let mut last_warning: BTreeMap<usize, Instant> = BTreeMap::new();
+    // The lanes last declared to the pipeline: none until every consumer has settled, so
+    // no partition's events count before the others' are known.
+    let mut declared: Vec<(Lane, String)> = Vec::new();
+    if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(Vec::new())).await {
+        return Ok(());
+    }
+    // Connector heartbeats not yet passed on, with when each arrived. One is passed on
+    // once it has settled (data the connector wrote before it, on other partitions, has
+    // had the time to be fetched) and every partition assigned here is at its end.
+    let mut beats_held: VecDeque<(Micros, Instant)> = VecDeque::new();
+    let settle = heartbeat.min(BEAT_SETTLE);
+    let mut last_beat_warning: Option<Instant> = None;
     let forget_old = |i: usize, at_end: &mut HashSet<(usize, i32)>, generations: &mut [u64]| {
         let g = consumers[i].context().generation.load(Ordering::SeqCst);
         if g != generations[i] {
@@ -381,10 +469,54 @@ async fn read(consumers: &[Arc<TopicConsumer>], ctx: &SourceContext) -> Result<(
                 for i in 0..consumers.len() {
                     forget_old(i, &mut at_end, &mut generations);
                 }
-                if last_message.elapsed() >= heartbeat && caught_up(consumers, &at_end) {
-                    let hb = SourceMsg::Heartbeat { watermark_us: now_us() };
+                let lanes = assigned_lanes(consumers).unwrap_or_default();
+                if lanes != declared {
+                    declared = lanes.clone();
+                    if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(lanes)).await {
+                        return Ok(());
+                    }
+                }
+                if !caught_up(consumers, &at_end) {
+                    continue;
+                }
+                let mut settled = None;
+                while let Some((t, _)) = beats_held.front().filter(|(_, at)| at.elapsed() >= settle) {
+                    settled = settled.max(Some(*t));
+                    beats_held.pop_front();
+                }
+                let claim = if ctx.caught_up_means_now && last_message.elapsed() >= heartbeat {
+                    Some((now_us(), Evidence::CaughtUp))
+                } else {
+                    settled.map(|t| (t, Evidence::Heartbeat))
+                };
+                if let Some((watermark_us, evidence)) = claim {
+                    let hb = SourceMsg::Heartbeat { watermark_us, evidence };
                     if let Sent::Stop = send(ctx, consumers, hb).await {
                         return Ok(());
+                    }
+                }
+                continue;
+            }
+            Some(m) = next_beat(&mut beats) => {
+                let h = heartbeats.expect("a heartbeat stream has its settings");
+                match m.map_err(|e| e.to_string()).and_then(|m| {
+                    crate::freshness::connector_heartbeat(h.format, m.key(), m.payload())
+                }) {
+                    Ok(t) => {
+                        // Bounded while a partition lags: newer heartbeats claim more anyway.
+                        if beats_held.len() >= 1024 {
+                            beats_held.pop_front();
+                        }
+                        beats_held.push_back((t, Instant::now()));
+                    }
+                    Err(e) => {
+                        if last_beat_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                            last_beat_warning = Some(Instant::now());
+                            tracing::warn!(
+                                source = %ctx.name, topic = %h.topic, error = %e,
+                                "connector heartbeat not understood; the watermark does not move on it"
+                            );
+                        }
                     }
                 }
                 continue;
@@ -396,7 +528,7 @@ async fn read(consumers: &[Arc<TopicConsumer>], ctx: &SourceContext) -> Result<(
             Ok(m) => {
                 at_end.remove(&(i, m.partition()));
                 last_message = Instant::now();
-                to_event(&m)
+                to_event(i, &m)
             }
             Err(KafkaError::PartitionEOF(p)) => {
                 at_end.insert((i, p));
@@ -426,6 +558,38 @@ async fn read(consumers: &[Arc<TopicConsumer>], ctx: &SourceContext) -> Result<(
             return Ok(());
         }
     }
+}
+
+/// The next message of the heartbeat topic; pending forever without one.
+async fn next_beat<'a>(
+    beats: &mut Option<
+        rdkafka::consumer::MessageStream<'a, rdkafka::consumer::DefaultConsumerContext>,
+    >,
+) -> Option<KafkaResult<BorrowedMessage<'a>>> {
+    match beats {
+        Some(s) => s.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The lanes (partitions) assigned to this instance, in order; `None` while any topic's
+/// consumer has no settled assignment.
+fn assigned_lanes(consumers: &[Arc<TopicConsumer>]) -> Option<Vec<(Lane, String)>> {
+    let mut lanes = Vec::new();
+    for (i, c) in consumers.iter().enumerate() {
+        if !c.context().settled.load(Ordering::SeqCst) {
+            return None;
+        }
+        let tpl = c.assignment().ok()?;
+        for e in tpl.elements() {
+            lanes.push((
+                lane(i, e.partition()),
+                format!("{}/{}", e.topic(), e.partition()),
+            ));
+        }
+    }
+    lanes.sort();
+    Some(lanes)
 }
 
 /// Whether every partition assigned to this instance has reported its end since its last
@@ -473,11 +637,17 @@ impl Source for KafkaSource {
             })?;
             consumers.push(Arc::new(consumer));
         }
+        let heartbeats = match &self.cfg.heartbeat_topic {
+            Some(topic) => Some(self.heartbeats(&ctx.name, topic)?),
+            None => None,
+        };
         tracing::info!(
             source = %ctx.name, topics = ?self.cfg.topics, group = %self.cfg.group,
+            heartbeat_topic = self.cfg.heartbeat_topic.as_deref().unwrap_or("-"),
+            caught_up_means_now = ctx.caught_up_means_now,
             "kafka source started"
         );
-        let result = read(&consumers, &ctx).await;
+        let result = read(&consumers, heartbeats.as_ref(), &ctx).await;
         // Store what is durable by now, commit it, and leave the group. All of it blocks
         // (commit round trip, leave-group), hence the blocking thread.
         let acks = ctx.acks.clone();
@@ -508,6 +678,7 @@ mod tests {
             group: "g".into(),
             auto_offset_reset: "earliest".into(),
             properties: BTreeMap::new(),
+            heartbeat_topic: None,
         }
     }
 

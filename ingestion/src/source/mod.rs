@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use overseer_dal::update::{Micros, SourceState};
 
 use crate::Result;
+pub use crate::freshness::{Evidence, Lane};
 
 pub mod file;
 #[cfg(feature = "kafka")]
@@ -43,16 +44,25 @@ pub struct SourceEvent {
     /// Resume point after this event, stored in the catalog with the batch (the file
     /// source resumes from it; for the others it is informational).
     pub checkpoint: Option<String>,
+    /// The ordered stream it came on (a Kafka partition; 0 for a file or a slot): the
+    /// watermark is the minimum over lanes ([`crate::freshness`]).
+    pub lane: Lane,
 }
 
 /// What flows from a source into the pipeline.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceMsg {
     Event(SourceEvent),
-    /// The source is known complete up to this time (an idle or caught-up source).
+    /// Upstream evidence that every lane of the source is complete up to this time (see
+    /// [`crate::freshness`] for what counts).
     Heartbeat {
         watermark_us: Micros,
+        evidence: Evidence,
     },
+    /// The lanes this instance reads from now on, with names for logs and metrics (a Kafka
+    /// source's partitions, sent at start — none yet — and after every rebalance). A
+    /// source that never sends it has the lanes its events come on.
+    Lanes(Vec<(Lane, String)>),
 }
 
 /// An upstream acknowledgement, cumulative within its key (a Kafka partition, the LSN, ...).
@@ -151,6 +161,10 @@ pub struct SourceContext {
     pub resume: Option<SourceState>,
     /// How often an idle source sends a heartbeat.
     pub heartbeat: std::time::Duration,
+    /// `[[sources]] caught_up_means_now`: being caught up at the transport (the end of
+    /// every partition, of a followed file) is taken to mean complete up to now. Only for
+    /// a source with no upstream lag; off by default.
+    pub caught_up_means_now: bool,
 }
 
 /// A source of change events.
@@ -168,7 +182,9 @@ pub fn build(cfg: &crate::config::SourceConfig) -> Result<Box<dyn Source>> {
     }
     #[cfg(feature = "kafka")]
     if let Some(k) = &cfg.kafka {
-        return Ok(Box::new(kafka::KafkaSource::new(k.clone())?));
+        return Ok(Box::new(
+            kafka::KafkaSource::new(k.clone())?.with_format(cfg.format),
+        ));
     }
     #[cfg(feature = "postgres")]
     if let Some(p) = &cfg.postgres {

@@ -57,14 +57,17 @@
 //!
 //! The walsender only sends committed transactions, whole, so between transactions the
 //! source knows it has everything the server sent. To know whether the server has more,
-//! each heartbeat tick (between transactions) samples `pg_current_wal_lsn()` at time `t`
-//! on the SQL connection; once the stream has reached that LSN (a Commit or a keepalive
-//! at or past it), every transaction that committed before `t` has been received and the
-//! source sends `SourceMsg::Heartbeat { watermark_us: t }`. An idle, caught-up source thus
-//! sends one heartbeat per `ctx.heartbeat`, with `t` a moment ago; a lagging one sends
-//! none until it catches up, and its watermark stays just before its last event's commit
-//! time (a batch never claims its newest time complete: more of that transaction may
-//! follow in the next batch).
+//! each heartbeat tick (between transactions) asks the server, in one statement, for its
+//! clock `t` (`clock_timestamp()`, the clock commit times come from) and then its WAL
+//! insert position (`pg_current_wal_lsn()`); once the stream has reached that LSN (a
+//! Commit or a keepalive at or past it), every transaction that committed before `t` has
+//! been received and the source sends `SourceMsg::Heartbeat { watermark_us: t }`. The
+//! local clock is never used: a skewed client clock would otherwise claim times the
+//! server has not reached. An idle, caught-up source thus sends one heartbeat per
+//! `ctx.heartbeat`, with `t` a moment ago by the server's clock; a lagging one sends none
+//! until it catches up, and its watermark stays just before its last event's commit time
+//! (a batch never claims its newest time complete: more of that transaction may follow in
+//! the next batch).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -77,9 +80,12 @@ use pgwire_replication::{
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::{debug, info, warn};
 
-use overseer_dal::update::{Micros, now_us};
+use overseer_dal::update::Micros;
 
-use super::{AckToken, Source, SourceContext, SourceEvent, SourceMsg};
+use super::{AckToken, Evidence, Source, SourceContext, SourceEvent, SourceMsg};
+
+/// How far before the server's clock a freshness probe claims (see `Stream::on_tick`).
+const PROBE_MARGIN_US: Micros = 10_000;
 use crate::config::PgSourceConfig;
 use crate::format::pgoutput;
 use crate::{Error, Result};
@@ -627,6 +633,7 @@ impl Stream<'_> {
                     commit_time_us: Some(txn.commit_time_us),
                     ack: None,
                     checkpoint: Some(Lsn(txn.commit_lsn).to_string()),
+                    lane: 0,
                 };
                 txn.seq += 1;
                 match txn.held.replace(ev) {
@@ -696,7 +703,11 @@ impl Stream<'_> {
         match self.probe {
             Some((target, t)) if self.received >= target => {
                 self.probe = None;
-                self.send(SourceMsg::Heartbeat { watermark_us: t }).await
+                self.send(SourceMsg::Heartbeat {
+                    watermark_us: t,
+                    evidence: Evidence::Heartbeat,
+                })
+                .await
             }
             _ => Ok(Flow::Continue),
         }
@@ -707,18 +718,23 @@ impl Stream<'_> {
         if self.txn.is_some() || self.probe.is_some() {
             return Ok(Flow::Continue);
         }
-        let t = now_us();
+        // The clock first, then the position: a transaction that committed before `t`
+        // has its commit record before the position read after it — but for the moment
+        // between a backend taking its commit time and inserting the record, which
+        // `PROBE_MARGIN` covers.
         let row = timed(
             &self.ctx.name,
             "probing pg_current_wal_lsn()",
             self.sql.query_one(
-                "SELECT pg_current_wal_lsn()::text, current_setting('wal_block_size')::int4",
+                "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8, \
+                        pg_current_wal_lsn()::text, current_setting('wal_block_size')::int4",
                 &[],
             ),
         )
         .await?;
-        let lsn: String = row.get(0);
-        let block: i32 = row.get(1);
+        let t: Micros = row.get::<_, Micros>(0) - PROBE_MARGIN_US;
+        let lsn: String = row.get(1);
+        let block: i32 = row.get(2);
         let lsn = Lsn::parse(&lsn)
             .map_err(|e| Error::source(&self.ctx.name, format!("pg_current_wal_lsn: {e}"), true))?
             .as_u64();

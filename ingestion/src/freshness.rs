@@ -1,0 +1,330 @@
+//! Freshness: a source's watermark from upstream evidence only (DESIGN invariant 4).
+//!
+//! A source's watermark says "every change committed upstream at or before this time has
+//! been received". Being caught up *at the transport* (at the end of a Kafka partition, at
+//! the end of a followed file) says nothing of the kind: the connector or the writer
+//! upstream may be seconds behind its database. So the watermark is taken only from:
+//!
+//! - **commit times of the events themselves**, per *lane* — a Kafka partition, or the one
+//!   ordered stream of a file or a replication slot. A lane delivers in commit order, so
+//!   when it has delivered an event committed at `t`, everything it carries before `t` has
+//!   arrived. The time `t` itself is not complete (the rest of that transaction may be in
+//!   the next batch), so a lane claims `t - 1`; a source whose lanes do not arrive in
+//!   commit order declares a bound (`max_out_of_order_ms`, Flink's bounded
+//!   out-of-orderness) and claims `t - 1 - bound`.
+//! - **the minimum over the lanes this instance reads**: one partition behind the others
+//!   holds the source back. A lane that has delivered nothing since this process started
+//!   says nothing, so it holds the watermark where the other evidence leaves it (the
+//!   catalog's stored watermark at start, or heartbeats).
+//! - **heartbeats from upstream**, which cover every lane: the PostgreSQL server's clock
+//!   sampled with its WAL position once the stream has reached that position; a
+//!   connector's heartbeat topic (Debezium `ts_ms`, the MongoDB connector's post-batch
+//!   resume token) once every lane is caught up after it; a drained file that is not
+//!   followed (it is complete).
+//! - **the opt-in `caught_up_means_now`**, for a source known to have no upstream lag (the
+//!   producer writes the topic or the file at commit time): caught up at the transport then
+//!   claims the current time. Off by default.
+//!
+//! [`Freshness`] keeps this per source inside the pipeline; the catalog keeps the highest
+//! watermark ever claimed (it never goes back).
+
+use std::collections::{BTreeMap, HashMap};
+
+use overseer_dal::update::Micros;
+
+/// A lane of a source: one stream delivered in order (a Kafka partition; the only stream
+/// of a file or a replication slot, lane 0). Numbered by its source.
+pub type Lane = u32;
+
+/// What a heartbeat's claim rests on (logs and metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Evidence {
+    /// The catalog's stored watermark, from before this start.
+    Stored,
+    /// Commit times of events, per lane.
+    Events,
+    /// An upstream heartbeat: the PostgreSQL server clock at a WAL position the stream
+    /// reached, or a connector's heartbeat message.
+    Heartbeat,
+    /// A file read to its end and not followed: complete.
+    Drained,
+    /// Caught up at the transport, with `caught_up_means_now` (opt-in).
+    CaughtUp,
+}
+
+impl Evidence {
+    pub fn name(self) -> &'static str {
+        match self {
+            Evidence::Stored => "stored",
+            Evidence::Events => "events",
+            Evidence::Heartbeat => "heartbeat",
+            Evidence::Drained => "drained",
+            Evidence::CaughtUp => "caught-up",
+        }
+    }
+}
+
+/// A source's watermark, from the evidence its events and heartbeats carry.
+#[derive(Debug)]
+pub struct Freshness {
+    out_of_order_us: Micros,
+    /// The lanes this instance reads, as the source last declared them (with names for
+    /// logs); `None` until a source declares any: then every lane an event came on.
+    assigned: Option<BTreeMap<Lane, String>>,
+    /// Newest commit time seen per lane.
+    newest: HashMap<Lane, Micros>,
+    /// Complete up to this time on every lane (stored watermark, heartbeats).
+    floor: Micros,
+    floor_evidence: Evidence,
+    /// The watermark last reported by [`Freshness::advance`].
+    reported: Micros,
+}
+
+impl Freshness {
+    /// A source's freshness at start: `stored` is the watermark the catalog holds for it
+    /// (complete up to then, from evidence gathered before), `max_out_of_order_ms` its
+    /// declared bound on out-of-order arrival within a lane.
+    pub fn new(stored: Micros, max_out_of_order_ms: u64) -> Self {
+        let out_of_order_us =
+            Micros::try_from(max_out_of_order_ms.saturating_mul(1000)).unwrap_or(Micros::MAX);
+        Freshness {
+            out_of_order_us,
+            assigned: None,
+            newest: HashMap::new(),
+            floor: stored,
+            floor_evidence: Evidence::Stored,
+            reported: stored,
+        }
+    }
+
+    /// An event committed at `commit_us` arrived on `lane`.
+    pub fn observe(&mut self, lane: Lane, commit_us: Micros) {
+        let n = self.newest.entry(lane).or_insert(commit_us);
+        *n = (*n).max(commit_us);
+    }
+
+    /// Upstream evidence that every lane is complete up to `t`.
+    pub fn complete_up_to(&mut self, t: Micros, evidence: Evidence) {
+        if t > self.floor {
+            self.floor = t;
+            self.floor_evidence = evidence;
+        }
+    }
+
+    /// The lanes this instance reads now (a Kafka source's assignment). Lanes keep what
+    /// they delivered while assigned before: it remains true.
+    pub fn assign(&mut self, lanes: impl IntoIterator<Item = (Lane, String)>) {
+        self.assigned = Some(lanes.into_iter().collect());
+    }
+
+    /// What the lanes' events show: the lowest lane's claim, or `None` when a lane read
+    /// has delivered nothing yet (or none is read).
+    fn events_claim(&self) -> Option<(Micros, Lane)> {
+        let claim = |l: &Lane| {
+            self.newest
+                .get(l)
+                .map(|t| (t.saturating_sub(1).saturating_sub(self.out_of_order_us), *l))
+        };
+        let claims: Option<Vec<(Micros, Lane)>> = match &self.assigned {
+            Some(a) => a.keys().map(claim).collect(),
+            None => self.newest.keys().map(claim).collect(),
+        };
+        claims?.into_iter().min()
+    }
+
+    /// The watermark now: complete up to this time.
+    pub fn watermark(&self) -> Micros {
+        match self.events_claim() {
+            Some((t, _)) => t.max(self.floor),
+            None => self.floor,
+        }
+    }
+
+    /// What the watermark rests on: the evidence, and the lane holding it back when that
+    /// is a lane's events (or a lane that delivered nothing yet, holding it at the floor).
+    pub fn evidence(&self) -> (Evidence, Option<String>) {
+        let name = |l: Lane| match &self.assigned {
+            Some(a) => a.get(&l).cloned().unwrap_or_else(|| l.to_string()),
+            None => l.to_string(),
+        };
+        match self.events_claim() {
+            Some((t, lane)) if t > self.floor => (Evidence::Events, Some(name(lane))),
+            Some(_) => (self.floor_evidence, None),
+            None => {
+                let silent = self
+                    .assigned
+                    .as_ref()
+                    .and_then(|a| a.keys().find(|l| !self.newest.contains_key(l)).copied());
+                (self.floor_evidence, silent.map(name))
+            }
+        }
+    }
+
+    /// Newest commit time per lane (metrics), with the lane's name.
+    pub fn lanes(&self) -> impl Iterator<Item = (String, Micros)> + '_ {
+        self.newest.iter().map(|(l, t)| {
+            let name = match &self.assigned {
+                Some(a) => a.get(l).cloned().unwrap_or_else(|| l.to_string()),
+                None => l.to_string(),
+            };
+            (name, *t)
+        })
+    }
+
+    /// `w` was recorded (with a batch's commit): [`Freshness::advance`] reports only past it.
+    pub fn recorded(&mut self, w: Micros) {
+        self.reported = self.reported.max(w);
+    }
+
+    /// The watermark if it moved past the last one reported (which it then becomes).
+    pub fn advance(&mut self) -> Option<Micros> {
+        let w = self.watermark();
+        (w > self.reported).then(|| {
+            self.reported = w;
+            w
+        })
+    }
+}
+
+/// The time an upstream connector's heartbeat message certifies, for a source of
+/// `format`: everything the connector read committed before it has been sent.
+///
+/// - Debezium (`debezium-postgres`, `debezium-mongo`): the value's `ts_ms` (at the top,
+///   or under `payload` with the JSON converter's schemas). It is the connector's clock
+///   when it sent the heartbeat.
+/// - The MongoDB Kafka connector (`mongo-change-stream`, `mongo-change-stream-bson`): the
+///   key is the post-batch resume token as JSON (`{"_data": "82…"}`), whose first bytes
+///   are the cluster time (seconds, increment). Changes later in the same second may
+///   still come, so the claim ends just before that second.
+pub fn connector_heartbeat(
+    format: crate::config::Format,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> Result<Micros, String> {
+    use crate::config::Format;
+    match format {
+        Format::DebeziumPostgres | Format::DebeziumMongo => {
+            let v: serde_json::Value = serde_json::from_slice(value.unwrap_or_default())
+                .map_err(|e| overseer_dal::builder::json_error("invalid JSON", &e))?;
+            let ts = v
+                .get("payload")
+                .and_then(|p| p.get("ts_ms"))
+                .or_else(|| v.get("ts_ms"))
+                .and_then(serde_json::Value::as_i64)
+                .ok_or("a Debezium heartbeat has no integer ts_ms (nor payload.ts_ms)")?;
+            ts.checked_mul(1000)
+                .filter(|t| *t > 0)
+                .ok_or_else(|| format!("ts_ms {ts} is out of range"))
+        }
+        Format::MongoChangeStream | Format::MongoChangeStreamBson => {
+            let k: serde_json::Value = serde_json::from_slice(key.unwrap_or_default())
+                .map_err(|e| overseer_dal::builder::json_error("invalid JSON key", &e))?;
+            let data = k
+                .get("_data")
+                .and_then(serde_json::Value::as_str)
+                .ok_or("a MongoDB connector heartbeat's key has no _data resume token")?;
+            // KeyString: type byte 130 (timestamp), then seconds and increment, big-endian.
+            let hex = data
+                .get(..10)
+                .filter(|h| h.starts_with("82"))
+                .ok_or_else(|| {
+                    format!("resume token {data:?} does not start with a cluster time")
+                })?;
+            let secs = u32::from_str_radix(&hex[2..], 16)
+                .map_err(|_| format!("resume token {data:?} does not start with a cluster time"))?;
+            Ok(Micros::from(secs) * 1_000_000 - 1)
+        }
+        Format::Pgoutput | Format::Protobuf => Err(format!(
+            "format {:?} has no connector heartbeat",
+            format.name()
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Format;
+
+    fn lanes(n: u32) -> Vec<(Lane, String)> {
+        (0..n).map(|l| (l, format!("t/{l}"))).collect()
+    }
+
+    #[test]
+    fn one_lane_claims_just_before_its_newest_commit() {
+        let mut f = Freshness::new(0, 0);
+        assert_eq!(f.advance(), None);
+        f.observe(0, 1_000);
+        f.observe(0, 900);
+        assert_eq!(f.watermark(), 999);
+        assert_eq!(f.advance(), Some(999));
+        assert_eq!(f.advance(), None, "reported once");
+        assert_eq!(f.evidence(), (Evidence::Events, Some("0".into())));
+    }
+
+    #[test]
+    fn the_slowest_assigned_lane_holds_the_source_and_a_silent_one_holds_it_at_the_floor() {
+        let mut f = Freshness::new(50, 0);
+        f.assign(lanes(4));
+        for l in 0..3 {
+            f.observe(l, 10_000);
+        }
+        assert_eq!(
+            f.watermark(),
+            50,
+            "lane 3 delivered nothing: no claim past the stored"
+        );
+        assert_eq!(f.evidence(), (Evidence::Stored, Some("t/3".into())));
+        f.observe(3, 5_000);
+        assert_eq!(f.watermark(), 4_999);
+        assert_eq!(f.evidence(), (Evidence::Events, Some("t/3".into())));
+        // Lane 3 revoked: this instance no longer reads it.
+        f.assign(lanes(3));
+        assert_eq!(f.watermark(), 9_999);
+        // Nothing assigned: nothing known beyond the floor.
+        f.assign([]);
+        assert_eq!(f.watermark(), 50);
+    }
+
+    #[test]
+    fn a_declared_bound_holds_the_claim_back_and_heartbeats_cover_every_lane() {
+        let mut f = Freshness::new(0, 5);
+        f.assign(lanes(2));
+        f.observe(0, 100_000);
+        f.observe(1, 20_000);
+        assert_eq!(f.watermark(), 20_000 - 1 - 5_000);
+        f.complete_up_to(30_000, Evidence::Heartbeat);
+        assert_eq!(f.watermark(), 30_000);
+        assert_eq!(f.evidence(), (Evidence::Heartbeat, None));
+        f.complete_up_to(10, Evidence::CaughtUp);
+        assert_eq!(
+            f.evidence().0,
+            Evidence::Heartbeat,
+            "an older claim changes nothing"
+        );
+    }
+
+    #[test]
+    fn connector_heartbeats_are_read_by_format() {
+        let dbz = br#"{"schema":{"type":"struct"},"payload":{"ts_ms":1700000000123}}"#;
+        assert_eq!(
+            connector_heartbeat(Format::DebeziumPostgres, None, Some(dbz)),
+            Ok(1_700_000_000_123_000)
+        );
+        assert_eq!(
+            connector_heartbeat(Format::DebeziumMongo, None, Some(br#"{"ts_ms":5}"#)),
+            Ok(5_000)
+        );
+        let e = connector_heartbeat(Format::DebeziumMongo, None, Some(br#"{"ts":5}"#));
+        assert!(e.unwrap_err().contains("ts_ms"));
+        // 0x6553F100 = 1700000000 s.
+        let key = br#"{"_data": "826553F100000000022B022C0100296E5A1004"}"#;
+        assert_eq!(
+            connector_heartbeat(Format::MongoChangeStream, Some(key), None),
+            Ok(1_700_000_000_000_000 - 1)
+        );
+        let e = connector_heartbeat(Format::MongoChangeStream, Some(br#"{"_data":"zz"}"#), None);
+        assert!(e.unwrap_err().contains("cluster time"));
+        assert!(connector_heartbeat(Format::Pgoutput, None, None).is_err());
+    }
+}
