@@ -339,8 +339,8 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
     assert_eq!(trigger_requests(&pd), want.len(), "one trigger per fault");
     let log_text = ov.log();
     assert!(
-        log_text.contains("lanes read by this instance"),
-        "the ledger declares its partitions"
+        log_text.contains("the source's lanes") && log_text.contains("ledger/3"),
+        "the ledger declares its partitions as lanes"
     );
     stop_beats.cancel();
     beats.await.unwrap();

@@ -12,15 +12,18 @@
 //!   the next batch), so a lane claims `t - 1`; a source whose lanes do not arrive in
 //!   commit order declares a bound (`max_out_of_order_ms`, Flink's bounded
 //!   out-of-orderness) and claims `t - 1 - bound`.
-//! - **the minimum over the lanes this instance reads**: one partition behind the others
-//!   holds the source back. A lane that has delivered nothing since this process started
-//!   says nothing, so it holds the watermark where the other evidence leaves it (the
-//!   catalog's stored watermark at start, or heartbeats).
-//! - **heartbeats from upstream**, which cover every lane: the PostgreSQL server's clock
-//!   sampled with its WAL position once the stream has reached that position; a
-//!   connector's heartbeat topic (Debezium `ts_ms`, the MongoDB connector's post-batch
-//!   resume token) once every lane is caught up after it; a drained file that is not
-//!   followed (it is complete).
+//! - **the minimum over the source's lanes**: one partition behind the others holds the
+//!   source back. A Kafka source declares every partition of its topic, including those
+//!   another instance of its consumer group reads: the catalog keeps one watermark per
+//!   source, so an instance may claim only what it knows of the whole topic. A lane that
+//!   has shown nothing since this process started says nothing, so it holds the watermark
+//!   where the other evidence leaves it (the catalog's stored watermark at start, or
+//!   source-wide heartbeats).
+//! - **heartbeats from upstream**, for every lane or for the lanes they name: the
+//!   PostgreSQL server's clock sampled with its WAL insert position once the stream has
+//!   reached that position; a connector's heartbeat topic (Debezium `ts_ms`, the MongoDB
+//!   connector's post-batch resume token), for the partitions read here that are at their
+//!   end once it has settled; a drained file that is not followed (it is complete).
 //! - **the opt-in `caught_up_means_now`**, for a source known to have no upstream lag (the
 //!   producer writes the topic or the file at commit time): caught up at the transport then
 //!   claims the current time. Off by default.
@@ -37,7 +40,7 @@ use overseer_dal::update::Micros;
 pub type Lane = u32;
 
 /// What a heartbeat's claim rests on (logs and metrics).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Evidence {
     /// The catalog's stored watermark, from before this start.
     Stored,
@@ -53,6 +56,14 @@ pub enum Evidence {
 }
 
 impl Evidence {
+    pub const ALL: [Evidence; 5] = [
+        Evidence::Stored,
+        Evidence::Events,
+        Evidence::Heartbeat,
+        Evidence::Drained,
+        Evidence::CaughtUp,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Evidence::Stored => "stored",
@@ -68,15 +79,17 @@ impl Evidence {
 #[derive(Debug)]
 pub struct Freshness {
     out_of_order_us: Micros,
-    /// The lanes this instance reads, as the source last declared them (with names for
-    /// logs); `None` until a source declares any: then every lane an event came on.
-    assigned: Option<BTreeMap<Lane, String>>,
-    /// Newest commit time seen per lane.
+    /// The lanes the source has (a Kafka topic's partitions, whether this instance reads
+    /// them or not), with names for logs; `None` until a source declares any: then every
+    /// lane an event came on.
+    lanes: Option<BTreeMap<Lane, String>>,
+    /// Per lane: newest commit time seen, and the newest upstream heartbeat that covered it.
     newest: HashMap<Lane, Micros>,
-    /// Complete up to this time on every lane (stored watermark, heartbeats).
+    lane_floor: HashMap<Lane, (Micros, Evidence)>,
+    /// Complete up to this time on every lane (stored watermark, source-wide heartbeats).
     floor: Micros,
     floor_evidence: Evidence,
-    /// The watermark last reported by [`Freshness::advance`].
+    /// The highest watermark recorded in the catalog by this process.
     reported: Micros,
 }
 
@@ -89,8 +102,9 @@ impl Freshness {
             Micros::try_from(max_out_of_order_ms.saturating_mul(1000)).unwrap_or(Micros::MAX);
         Freshness {
             out_of_order_us,
-            assigned: None,
+            lanes: None,
             newest: HashMap::new(),
+            lane_floor: HashMap::new(),
             floor: stored,
             floor_evidence: Evidence::Stored,
             reported: stored,
@@ -103,77 +117,103 @@ impl Freshness {
         *n = (*n).max(commit_us);
     }
 
-    /// Upstream evidence that every lane is complete up to `t`.
-    pub fn complete_up_to(&mut self, t: Micros, evidence: Evidence) {
-        if t > self.floor {
-            self.floor = t;
-            self.floor_evidence = evidence;
+    /// Upstream evidence that `lanes` (every lane: `None`) are complete up to `t`.
+    pub fn complete_up_to(&mut self, t: Micros, evidence: Evidence, lanes: Option<&[Lane]>) {
+        match lanes {
+            None => {
+                if t > self.floor {
+                    self.floor = t;
+                    self.floor_evidence = evidence;
+                }
+            }
+            Some(lanes) => {
+                for l in lanes {
+                    let f = self.lane_floor.entry(*l).or_insert((t, evidence));
+                    if t > f.0 {
+                        *f = (t, evidence);
+                    }
+                }
+            }
         }
     }
 
-    /// The lanes this instance reads now (a Kafka source's assignment). Lanes keep what
-    /// they delivered while assigned before: it remains true.
+    /// The lanes the source has (a Kafka source: every partition of its topics). A lane
+    /// keeps what it showed before: it remains true whoever reads it now.
     pub fn assign(&mut self, lanes: impl IntoIterator<Item = (Lane, String)>) {
-        self.assigned = Some(lanes.into_iter().collect());
+        self.lanes = Some(lanes.into_iter().collect());
     }
 
-    /// What the lanes' events show: the lowest lane's claim, or `None` when a lane read
-    /// has delivered nothing yet (or none is read).
-    fn events_claim(&self) -> Option<(Micros, Lane)> {
-        let claim = |l: &Lane| {
-            self.newest
-                .get(l)
-                .map(|t| (t.saturating_sub(1).saturating_sub(self.out_of_order_us), *l))
-        };
-        let claims: Option<Vec<(Micros, Lane)>> = match &self.assigned {
+    fn name(&self, l: Lane) -> String {
+        self.lanes
+            .as_ref()
+            .and_then(|a| a.get(&l).cloned())
+            .unwrap_or_else(|| l.to_string())
+    }
+
+    /// One lane's claim and what it rests on; `None` when it has shown nothing.
+    fn lane_claim(&self, l: Lane) -> Option<(Micros, Evidence)> {
+        let events = self.newest.get(&l).map(|t| {
+            (
+                t.saturating_sub(1).saturating_sub(self.out_of_order_us),
+                Evidence::Events,
+            )
+        });
+        events.max(self.lane_floor.get(&l).copied())
+    }
+
+    /// The lowest lane's claim (and the lane), or `None` when some lane has shown
+    /// nothing yet (or there is none).
+    fn lanes_claim(&self) -> Option<(Micros, Evidence, Lane)> {
+        let claim = |l: &Lane| self.lane_claim(*l).map(|(t, e)| (t, e, *l));
+        let claims: Option<Vec<(Micros, Evidence, Lane)>> = match &self.lanes {
             Some(a) => a.keys().map(claim).collect(),
-            None => self.newest.keys().map(claim).collect(),
+            None => self
+                .newest
+                .keys()
+                .chain(self.lane_floor.keys())
+                .map(claim)
+                .collect(),
         };
-        claims?.into_iter().min()
+        claims?.into_iter().min_by_key(|(t, _, l)| (*t, *l))
     }
 
     /// The watermark now: complete up to this time.
     pub fn watermark(&self) -> Micros {
-        match self.events_claim() {
-            Some((t, _)) => t.max(self.floor),
+        match self.lanes_claim() {
+            Some((t, _, _)) => t.max(self.floor),
             None => self.floor,
         }
     }
 
-    /// What the watermark rests on: the evidence, and the lane holding it back when that
-    /// is a lane's events (or a lane that delivered nothing yet, holding it at the floor).
+    /// What the watermark rests on: the evidence, and the lane holding it back (when a
+    /// lane's claim sets it, or a lane that has shown nothing holds it at the floor).
     pub fn evidence(&self) -> (Evidence, Option<String>) {
-        let name = |l: Lane| match &self.assigned {
-            Some(a) => a.get(&l).cloned().unwrap_or_else(|| l.to_string()),
-            None => l.to_string(),
-        };
-        match self.events_claim() {
-            Some((t, lane)) if t > self.floor => (Evidence::Events, Some(name(lane))),
+        match self.lanes_claim() {
+            Some((t, e, lane)) if t > self.floor => (e, Some(self.name(lane))),
             Some(_) => (self.floor_evidence, None),
             None => {
                 let silent = self
-                    .assigned
+                    .lanes
                     .as_ref()
-                    .and_then(|a| a.keys().find(|l| !self.newest.contains_key(l)).copied());
-                (self.floor_evidence, silent.map(name))
+                    .and_then(|a| a.keys().find(|l| self.lane_claim(**l).is_none()).copied());
+                (self.floor_evidence, silent.map(|l| self.name(l)))
             }
         }
     }
 
     /// Newest commit time per lane (metrics), with the lane's name.
     pub fn lanes(&self) -> impl Iterator<Item = (String, Micros)> + '_ {
-        self.newest.iter().map(|(l, t)| {
-            let name = match &self.assigned {
-                Some(a) => a.get(l).cloned().unwrap_or_else(|| l.to_string()),
-                None => l.to_string(),
-            };
-            (name, *t)
-        })
+        self.newest.iter().map(|(l, t)| (self.name(*l), *t))
     }
 
     /// `w` was recorded (with a batch's commit): [`Freshness::advance`] reports only past it.
     pub fn recorded(&mut self, w: Micros) {
         self.reported = self.reported.max(w);
+    }
+
+    /// The highest watermark recorded: what the catalog holds from this process.
+    pub fn reported(&self) -> Micros {
+        self.reported
     }
 
     /// The watermark if it moved past the last one reported (which it then becomes).
@@ -186,12 +226,23 @@ impl Freshness {
     }
 }
 
+/// The key of a MongoDB Kafka connector heartbeat whose resume token is at cluster time
+/// `secs` (increment `n`), as the connector writes it (the token as JSON); what
+/// [`connector_heartbeat`] reads. For tests and the bench's simulated connector.
+pub fn mongo_heartbeat_key(secs: u32, n: u32) -> String {
+    format!(r#"{{"_data": "82{secs:08X}{n:08X}2B022C0100296E5A1004"}}"#)
+}
+
 /// The time an upstream connector's heartbeat message certifies, for a source of
 /// `format`: everything the connector read committed before it has been sent.
 ///
 /// - Debezium (`debezium-postgres`, `debezium-mongo`): the value's `ts_ms` (at the top,
 ///   or under `payload` with the JSON converter's schemas). It is the connector's clock
-///   when it sent the heartbeat.
+///   when it sent the heartbeat, not a position in the database's log: it shows the
+///   connector alive and, when it has nothing in flight, caught up. A connector busy with
+///   a transaction it has not emitted yet still sends it, so it may run ahead of that
+///   transaction's commit time; where that matters, Debezium's `heartbeat.action.query`
+///   (a heartbeat row written in the database) makes the evidence a commit time.
 /// - The MongoDB Kafka connector (`mongo-change-stream`, `mongo-change-stream-bson`): the
 ///   key is the post-batch resume token as JSON (`{"_data": "82…"}`), whose first bytes
 ///   are the cluster time (seconds, increment). Changes later in the same second may
@@ -217,8 +268,17 @@ pub fn connector_heartbeat(
                 .ok_or_else(|| format!("ts_ms {ts} is out of range"))
         }
         Format::MongoChangeStream | Format::MongoChangeStreamBson => {
-            let k: serde_json::Value = serde_json::from_slice(key.unwrap_or_default())
+            let mut k: serde_json::Value = serde_json::from_slice(key.unwrap_or_default())
                 .map_err(|e| overseer_dal::builder::json_error("invalid JSON key", &e))?;
+            // Kafka Connect's JSON converter wraps the key (a string) in an envelope with
+            // schemas, and writes it as a JSON string without.
+            if let Some(p) = k.get_mut("payload") {
+                k = p.take();
+            }
+            if let serde_json::Value::String(text) = &k {
+                k = serde_json::from_str(text)
+                    .map_err(|e| overseer_dal::builder::json_error("invalid JSON key", &e))?;
+            }
             let data = k
                 .get("_data")
                 .and_then(serde_json::Value::as_str)
@@ -263,7 +323,7 @@ mod tests {
     }
 
     #[test]
-    fn the_slowest_assigned_lane_holds_the_source_and_a_silent_one_holds_it_at_the_floor() {
+    fn the_slowest_lane_holds_the_source_and_a_silent_one_holds_it_at_the_floor() {
         let mut f = Freshness::new(50, 0);
         f.assign(lanes(4));
         for l in 0..3 {
@@ -278,10 +338,14 @@ mod tests {
         f.observe(3, 5_000);
         assert_eq!(f.watermark(), 4_999);
         assert_eq!(f.evidence(), (Evidence::Events, Some("t/3".into())));
-        // Lane 3 revoked: this instance no longer reads it.
-        f.assign(lanes(3));
-        assert_eq!(f.watermark(), 9_999);
-        // Nothing assigned: nothing known beyond the floor.
+        // A heartbeat covering lanes 2 and 3 (those at their end): lane 3 moves to it,
+        // lane 2's events are ahead anyway.
+        f.complete_up_to(8_000, Evidence::Heartbeat, Some(&[2, 3]));
+        assert_eq!(f.watermark(), 8_000);
+        assert_eq!(f.evidence(), (Evidence::Heartbeat, Some("t/3".into())));
+        f.complete_up_to(20_000, Evidence::Heartbeat, Some(&[3]));
+        assert_eq!(f.watermark(), 9_999, "lanes 0-2 hold it at their events");
+        // Declaring no lanes: nothing known beyond the floor.
         f.assign([]);
         assert_eq!(f.watermark(), 50);
     }
@@ -293,10 +357,10 @@ mod tests {
         f.observe(0, 100_000);
         f.observe(1, 20_000);
         assert_eq!(f.watermark(), 20_000 - 1 - 5_000);
-        f.complete_up_to(30_000, Evidence::Heartbeat);
+        f.complete_up_to(30_000, Evidence::Heartbeat, None);
         assert_eq!(f.watermark(), 30_000);
         assert_eq!(f.evidence(), (Evidence::Heartbeat, None));
-        f.complete_up_to(10, Evidence::CaughtUp);
+        f.complete_up_to(10, Evidence::CaughtUp, None);
         assert_eq!(
             f.evidence().0,
             Evidence::Heartbeat,
@@ -323,6 +387,21 @@ mod tests {
             connector_heartbeat(Format::MongoChangeStream, Some(key), None),
             Ok(1_700_000_000_000_000 - 1)
         );
+        let key = mongo_heartbeat_key(1_700_000_000, 7);
+        assert_eq!(
+            connector_heartbeat(Format::MongoChangeStreamBson, Some(key.as_bytes()), None),
+            Ok(1_700_000_000_000_000 - 1)
+        );
+        // The JSON converter's forms: a JSON string, and the envelope with schemas.
+        let quoted = serde_json::to_string(&key).unwrap();
+        let enveloped = format!(r#"{{"schema":{{"type":"string"}},"payload":{quoted}}}"#);
+        for k in [quoted, enveloped] {
+            assert_eq!(
+                connector_heartbeat(Format::MongoChangeStream, Some(k.as_bytes()), None),
+                Ok(1_700_000_000_000_000 - 1),
+                "{k}"
+            );
+        }
         let e = connector_heartbeat(Format::MongoChangeStream, Some(br#"{"_data":"zz"}"#), None);
         assert!(e.unwrap_err().contains("cluster time"));
         assert!(connector_heartbeat(Format::Pgoutput, None, None).is_err());

@@ -281,6 +281,10 @@ pub(crate) fn batch_from_segment(seg: &overseer_dal::segment::Segment) -> Commit
     }
 }
 
+/// How far ahead of this machine's clock an upstream heartbeat may claim before it is
+/// taken for a broken clock or message and ignored.
+const MAX_CLAIM_AHEAD_US: Micros = 60_000_000;
+
 struct Batcher<'a> {
     storage: &'a Storage,
     source: &'a str,
@@ -314,24 +318,39 @@ impl Batcher<'_> {
                     Ok(_) => {}
                 }
             }
-            // Lane changes first (the assignment now is the one the commit's claim must
-            // use), then the events, then the heartbeats: a heartbeat follows the events
-            // sent before it, and committing those first keeps a claim from reaching the
-            // catalog ahead of what it covers.
+            // What the heartbeats and lane declarations among the events say first: the
+            // commit below holds every event sent before a heartbeat, so its claim may
+            // include the heartbeat's, and the lanes declared now are those the claim
+            // must cover. One catalog write carries both.
             let mut events = Vec::with_capacity(msgs.len());
-            let mut beats = Vec::new();
             for m in msgs.drain(..) {
                 match m {
                     SourceMsg::Event(e) => events.push(e),
                     SourceMsg::Heartbeat {
                         watermark_us,
                         evidence,
-                    } => beats.push((watermark_us, evidence)),
+                        lanes,
+                    } => {
+                        // The local clock is no evidence, but it bounds what a sane
+                        // upstream can claim: a heartbeat from the future would hold the
+                        // catalog's watermark (which never goes back) past the truth.
+                        if watermark_us > now_us() + MAX_CLAIM_AHEAD_US {
+                            tracing::warn!(
+                                source = self.source,
+                                claimed = %fmt_time(watermark_us),
+                                evidence = evidence.name(),
+                                "a heartbeat claims a time more than a minute ahead of this \
+                                 clock: ignored"
+                            );
+                            continue;
+                        }
+                        fresh.complete_up_to(watermark_us, evidence, lanes.as_deref());
+                    }
                     SourceMsg::Lanes(lanes) => {
                         tracing::info!(
                             source = self.source,
                             lanes = ?lanes.iter().map(|(_, n)| n).collect::<Vec<_>>(),
-                            "lanes read by this instance"
+                            "the source's lanes"
                         );
                         fresh.assign(lanes);
                     }
@@ -341,31 +360,23 @@ impl Batcher<'_> {
                 self.commit_batch(events, started, &mut report, &mut fresh)
                     .await?;
             }
-            for (t, evidence) in beats {
-                fresh.complete_up_to(t, evidence);
-            }
-            // A batch records its watermark with its commit; what moved it since (a
-            // heartbeat, a lane revoked) is recorded on its own.
+            // What moved the watermark without events (a heartbeat, a lane declared) is
+            // recorded on its own.
             if let Some(wm) = fresh.advance() {
                 let cat = &self.storage.catalog;
                 retry("heartbeat", || cat.heartbeat(self.source, wm, now_us())).await?;
-                self.report_watermark(&fresh, wm);
+                self.report_watermark(&fresh);
             }
         }
     }
 
-    /// The watermark and its evidence, per source and lane, in metrics.
-    fn report_watermark(&self, fresh: &Freshness, wm: Micros) {
+    /// The watermark recorded and its evidence, per source and lane, in metrics.
+    fn report_watermark(&self, fresh: &Freshness) {
+        let wm = fresh.reported();
         let (evidence, lane) = fresh.evidence();
         metrics::gauge!(crate::telemetry::WATERMARK, "source" => self.source.to_owned())
             .set(wm as f64 / 1e6);
-        for e in [
-            Evidence::Stored,
-            Evidence::Events,
-            Evidence::Heartbeat,
-            Evidence::Drained,
-            Evidence::CaughtUp,
-        ] {
+        for e in Evidence::ALL {
             metrics::gauge!(crate::telemetry::WATERMARK_EVIDENCE,
                 "source" => self.source.to_owned(), "evidence" => e.name())
             .set(if e == evidence { 1.0 } else { 0.0 });
@@ -377,7 +388,7 @@ impl Batcher<'_> {
         }
         tracing::debug!(source = self.source, watermark = %fmt_time(wm),
             evidence = evidence.name(), held_by = lane.as_deref().unwrap_or("-"),
-            "watermark moved");
+            "watermark");
     }
 
     async fn commit_batch(
@@ -570,9 +581,9 @@ impl Batcher<'_> {
             retry("mark_published", || catalog.mark_published(&seqs)).await?;
         }
         self.acks.ack(tokens);
-        if !batch.progress.is_empty() {
+        if !batch.progress.is_empty() && watermark_us > lanes.reported() {
             lanes.recorded(watermark_us);
-            self.report_watermark(lanes, watermark_us);
+            self.report_watermark(lanes);
         }
 
         let updates = notes.len();

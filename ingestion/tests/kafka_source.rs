@@ -81,6 +81,8 @@ async fn produce(brokers: &str, topic: &str, n: usize) {
 
 struct Running {
     rx: mpsc::Receiver<SourceMsg>,
+    /// The lanes last declared through [`Running::next`].
+    lanes: Vec<(u32, String)>,
     acks: Arc<Acks>,
     shutdown: CancellationToken,
     task: JoinHandle<overseer_ingestion::Result<()>>,
@@ -133,6 +135,7 @@ fn start_with(brokers: &str, topic: &str, group: &str, opts: &Opts<'_>) -> Runni
     };
     Running {
         rx,
+        lanes: Vec::new(),
         acks,
         shutdown,
         task: tokio::spawn(source.run(ctx)),
@@ -141,10 +144,14 @@ fn start_with(brokers: &str, topic: &str, group: &str, opts: &Opts<'_>) -> Runni
 
 impl Running {
     async fn next(&mut self) -> SourceMsg {
-        tokio::time::timeout(Duration::from_secs(30), self.rx.recv())
+        let m = tokio::time::timeout(Duration::from_secs(30), self.rx.recv())
             .await
             .expect("the source sends something within 30 s")
-            .expect("the source is running")
+            .expect("the source is running");
+        if let SourceMsg::Lanes(l) = &m {
+            self.lanes = l.clone();
+        }
+        m
     }
 
     /// Events until `done`, skipping heartbeats.
@@ -169,6 +176,7 @@ impl Running {
                 SourceMsg::Heartbeat {
                     watermark_us,
                     evidence,
+                    ..
                 } => return (watermark_us, evidence),
                 SourceMsg::Lanes(_) => {}
                 SourceMsg::Event(e) => panic!("unexpected event while caught up: {e:?}"),
@@ -262,14 +270,17 @@ async fn a_restart_redelivers_what_was_not_acknowledged() {
         assert_eq!((e.context.as_ref(), e.commit_time_us), (None, None));
     }
     assert_eq!(offsets.len(), PARTITIONS as usize);
-    let lanes: BTreeSet<(i32, u32)> = events
-        .iter()
-        .map(|e| (partition_offset(e).0, e.lane))
-        .collect();
-    assert_eq!(
-        lanes.len(),
-        PARTITIONS as usize,
-        "one lane per partition: {lanes:?}"
+    let mut lanes: BTreeMap<i32, BTreeSet<u32>> = BTreeMap::new();
+    for e in &events {
+        lanes
+            .entry(partition_offset(e).0)
+            .or_default()
+            .insert(e.lane);
+    }
+    let distinct: BTreeSet<u32> = lanes.values().flatten().copied().collect();
+    assert!(
+        lanes.values().all(|l| l.len() == 1) && distinct.len() == PARTITIONS as usize,
+        "one lane per partition, each its own: {lanes:?}"
     );
     for (p, os) in &offsets {
         assert_eq!(
@@ -449,7 +460,7 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
         .collect();
     let mut seen_a = Vec::new();
     let mut seen_b = Vec::new();
-    let (mut lanes_a, mut lanes_b) = (Vec::new(), Vec::new());
+    let (mut lanes_a, mut lanes_b) = (a.lanes.clone(), b.lanes.clone());
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let all: BTreeSet<(i32, i64)> = seen_a.iter().chain(&seen_b).copied().collect();
@@ -474,18 +485,19 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    // Each declares its own share of the partitions as its lanes (the pipeline's
-    // watermark is the minimum over them), once its assignment has settled.
+    // Each declares every partition of the topic as a lane, whoever reads it: the
+    // catalog keeps one watermark for the source, so neither may claim past a partition
+    // the other reads.
     let names = |l: &[(u32, String)]| l.iter().map(|(_, n)| n.clone()).collect::<BTreeSet<_>>();
     let all: BTreeSet<String> = (0..PARTITIONS).map(|p| format!("{topic}/{p}")).collect();
     loop {
         let (na, nb) = (names(&lanes_a), names(&lanes_b));
-        if na.is_disjoint(&nb) && na.union(&nb).cloned().collect::<BTreeSet<_>>() == all {
+        if na == all && nb == all {
             break;
         }
         assert!(
             Instant::now() < deadline + Duration::from_secs(30),
-            "the members declare the partitions they read as lanes: {na:?} {nb:?}"
+            "both members declare every partition as a lane: {na:?} {nb:?}"
         );
         tokio::select! {
             Some(m) = a.rx.recv() => if let SourceMsg::Lanes(l) = m { lanes_a = l },
@@ -527,23 +539,36 @@ async fn an_idle_source_claims_nothing_but_its_connectors_heartbeats() {
     };
     let mut run = start_with(brokers, &topic, &group, &opts);
 
-    // No lane before the assignment is known, then the four partitions.
+    // No lane before the topic's partitions are known, then the four of them.
     match run.next().await {
         SourceMsg::Lanes(l) => assert!(l.is_empty(), "{l:?}"),
         other => panic!("the first message declares no lanes yet: {other:?}"),
     }
     let mut events = 0;
     let mut lanes = Vec::new();
+    let take = |m: Option<SourceMsg>, events: &mut usize, lanes: &mut Vec<(u32, String)>| match m {
+        Some(SourceMsg::Event(_)) => *events += 1,
+        Some(SourceMsg::Lanes(l)) => *lanes = l,
+        Some(hb @ SourceMsg::Heartbeat { .. }) => {
+            panic!("caught up at the transport is not evidence: {hb:?}")
+        }
+        None => panic!("the source stopped"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events < 8 || lanes.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "8 events and the lanes within 30 s"
+        );
+        if let Ok(m) = tokio::time::timeout(HEARTBEAT, run.rx.recv()).await {
+            take(m, &mut events, &mut lanes);
+        }
+    }
+    // Caught up now, and quiet for many heartbeat intervals: still no claim.
     let quiet_until = Instant::now() + HEARTBEAT * 15;
     while Instant::now() < quiet_until {
-        match tokio::time::timeout(HEARTBEAT, run.rx.recv()).await {
-            Ok(Some(SourceMsg::Event(_))) => events += 1,
-            Ok(Some(SourceMsg::Lanes(l))) => lanes = l,
-            Ok(Some(hb @ SourceMsg::Heartbeat { .. })) => {
-                panic!("caught up at the transport is not evidence: {hb:?}")
-            }
-            Ok(None) => panic!("the source stopped"),
-            Err(_) => {}
+        if let Ok(m) = tokio::time::timeout(HEARTBEAT, run.rx.recv()).await {
+            take(m, &mut events, &mut lanes);
         }
     }
     assert_eq!(events, 8);
@@ -583,12 +608,20 @@ async fn an_idle_source_claims_nothing_but_its_connectors_heartbeats() {
             Ok(Some(SourceMsg::Heartbeat {
                 watermark_us,
                 evidence,
-            })) => break (watermark_us, evidence),
+                lanes,
+            })) => break (watermark_us, evidence, lanes),
             Ok(Some(SourceMsg::Event(e))) => panic!("a heartbeat is not an event: {e:?}"),
             Ok(Some(SourceMsg::Lanes(_))) | Err(_) => {}
             Ok(None) => panic!("the source stopped"),
         }
     };
-    assert_eq!(got, (1_700_000_000_123_000, Evidence::Heartbeat));
+    assert_eq!((got.0, got.1), (1_700_000_000_123_000, Evidence::Heartbeat));
+    // It covers the partitions read here that are at their end: all four.
+    let mut covered = got
+        .2
+        .expect("a connector heartbeat names the partitions it covers");
+    covered.sort_unstable();
+    let declared: Vec<u32> = lanes.iter().map(|(l, _)| *l).collect();
+    assert_eq!(covered, declared);
     run.stop().await;
 }

@@ -140,7 +140,9 @@ impl Running {
                 Ok(Some(SourceMsg::Heartbeat {
                     watermark_us,
                     evidence,
+                    lanes,
                 })) => {
+                    assert_eq!(lanes, None, "a slot is one lane");
                     assert_eq!(evidence, Evidence::Heartbeat, "the server's clock");
                     self.heartbeats.push(watermark_us)
                 }

@@ -347,6 +347,12 @@ pub(crate) async fn run(args: Args, stack: Option<Stack>) -> Result<()> {
     if args.ledger_partitions == 0 {
         bail!("--ledger-partitions must be ≥ 1");
     }
+    if args.ledger_partitions > 1 && matches!(args.mode, Mode::Real) {
+        bail!(
+            "--ledger-partitions: real mode publishes the ledger to a topic of one partition \
+             (the partition-skew profile is embedded only)"
+        );
+    }
     if args.skew_ms > 0 && args.ledger_partitions < 2 {
         bail!("--skew-ms needs --ledger-partitions of 2 or more (one partition behind the others)");
     }

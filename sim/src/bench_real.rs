@@ -367,8 +367,8 @@ async fn heartbeats(
             continue;
         }
         n += 1;
-        let secs = read_up_to / 1_000_000;
-        let key = format!(r#"{{"_data": "82{secs:08X}{n:08X}2B022C0100296E5A1004"}}"#);
+        let secs = u32::try_from(read_up_to / 1_000_000).context("a cluster time past 2106")?;
+        let key = overseer_ingestion::freshness::mongo_heartbeat_key(secs, n);
         let record = FutureRecord::<str, [u8]>::to(&topic).key(&key);
         producer
             .send(record, Duration::from_secs(10))

@@ -1049,6 +1049,7 @@ pub mod live {
                         let beat = SourceMsg::Heartbeat {
                             watermark_us: wm,
                             evidence: Evidence::Heartbeat,
+                            lanes: None,
                         };
                         if ctx.tx.send(beat).await.is_err() {
                             return Ok(());

@@ -201,6 +201,7 @@ impl Source for FileSource {
                     let hb = SourceMsg::Heartbeat {
                         watermark_us: overseer_dal::update::now_us(),
                         evidence: Evidence::Drained,
+                        lanes: None,
                     };
                     let _ = ctx.tx.send(hb).await;
                     return Ok(());
@@ -213,6 +214,7 @@ impl Source for FileSource {
                         let hb = SourceMsg::Heartbeat {
                             watermark_us: overseer_dal::update::now_us(),
                             evidence: Evidence::CaughtUp,
+                            lanes: None,
                         };
                         if ctx.tx.send(hb).await.is_err() {
                             return Ok(());

@@ -36,16 +36,26 @@
 //! # Freshness
 //!
 //! Each partition is a lane ([`crate::freshness`]): the pipeline takes the watermark from
-//! the commit times each partition delivered, the minimum over the partitions assigned to
-//! this instance. The source declares its assignment ([`SourceMsg::Lanes`]): none at
-//! start, then the settled assignment after every rebalance, so no partition counts before
-//! the others are known. Being at the end of every partition says nothing about the
-//! connector upstream, so it moves the watermark only with evidence:
+//! the commit times each partition delivered, the minimum over *every* partition of the
+//! topic. The source declares them ([`SourceMsg::Lanes`]) from the topic's metadata: none
+//! at start, so no event counts before all partitions are known, and again after a
+//! rebalance if the topic grew. A partition this instance does not read (another member of
+//! the group reads it) holds the watermark at what this instance last saw of it: the
+//! catalog keeps one watermark per source, so an instance may claim only what it knows
+//! of the whole topic. With several instances the watermark thus moves only as far as
+//! each one's knowledge (per-partition progress in the catalog would lift that).
+//!
+//! Being at the end of a partition says nothing about the connector upstream, so it moves
+//! the watermark only with evidence:
 //! - `heartbeat_topic`: the connector's heartbeats (Debezium's `ts_ms`, the MongoDB
-//!   connector's post-batch resume token) — the newest one is passed on as
-//!   [`SourceMsg::Heartbeat`] once every assigned partition has reported its end after it;
-//! - `caught_up_means_now` (opt-in, for producers with no upstream lag): every assigned
-//!   partition at its end and nothing for `ctx.heartbeat` claims the current time.
+//!   connector's post-batch resume token), read from the topic's end by every instance.
+//!   The newest one is passed on as [`SourceMsg::Heartbeat`] for the partitions read here
+//!   that are at their end once it has waited [`BEAT_SETTLE`] (for what the connector
+//!   wrote before it to other partitions to be fetched); a partition that is behind gets
+//!   its evidence from its events, or from a later heartbeat;
+//! - `caught_up_means_now` (opt-in, for producers with no upstream lag): the partitions
+//!   read here that are at their end, with nothing received for `ctx.heartbeat`, are
+//!   complete up to the current time.
 //!
 //! With `enable.partition.eof`, librdkafka reports when a partition's end is reached. An
 //! end-of-partition report names the partition but not the topic, which is why there is
@@ -147,12 +157,23 @@ impl KafkaSource {
             ))
         })?;
         let mut c = self.client_config(source);
+        // A group of its own per source and process: every instance needs every
+        // heartbeat. It commits nothing; the broker expires it after the process ends.
         let unique = format!(
-            "{}.heartbeats.{}.{}",
+            "{}.{source}.heartbeats.{}.{}",
             self.cfg.group,
             std::process::id(),
             now_us()
         );
+        if topic == "__mongodb_heartbeats" {
+            tracing::warn!(
+                source,
+                topic,
+                "the MongoDB connector's default heartbeat topic is shared by every connector \
+                 that keeps the default: another connector's heartbeats would move this \
+                 source. Give each connector its own heartbeat.topic.name"
+            );
+        }
         c.set("group.id", unique)
             .set("auto.offset.reset", "latest")
             .set("enable.auto.commit", "false")
@@ -405,9 +426,12 @@ async fn send(ctx: &SourceContext, consumers: &[Arc<TopicConsumer>], msg: Source
     }
 }
 
-/// How long a connector heartbeat waits, with every partition at its end, before it is
-/// passed on: what the connector wrote before it to other partitions is fetched by then.
+/// How long a connector heartbeat waits before it is passed on for the partitions at
+/// their end: what the connector wrote before it to other partitions is fetched by then.
 const BEAT_SETTLE: Duration = Duration::from_millis(500);
+
+/// How often the topics' partition counts are asked for while unknown.
+const LANES_RETRY: Duration = Duration::from_secs(5);
 
 /// The connector's heartbeat topic, as read: its consumer and how to read a heartbeat.
 struct Heartbeats {
@@ -438,9 +462,14 @@ async fn read(
     let mut generations = vec![0u64; consumers.len()];
     let mut last_message = Instant::now();
     let mut last_warning: BTreeMap<usize, Instant> = BTreeMap::new();
-    // The lanes last declared to the pipeline: none until every consumer has settled, so
-    // no partition's events count before the others' are known.
-    let mut declared: Vec<(Lane, String)> = Vec::new();
+    // The lanes declared to the pipeline: every partition of the topics, whoever reads
+    // it, so one this instance does not read holds the watermark at what was last seen
+    // of it (another instance's progress is not known here). None until the topics'
+    // partition counts are known: no event counts before then. Learned again after every
+    // rebalance (a topic may have gained partitions), and retried while unknown.
+    let mut declared: Option<Vec<(Lane, String)>> = None;
+    let mut owned_before: Option<Vec<(usize, i32)>> = None;
+    let mut lanes_asked: Option<Instant> = None;
     if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(Vec::new())).await {
         return Ok(());
     }
@@ -448,7 +477,7 @@ async fn read(
     // once it has settled (data the connector wrote before it, on other partitions, has
     // had the time to be fetched) and every partition assigned here is at its end.
     let mut beats_held: VecDeque<(Micros, Instant)> = VecDeque::new();
-    let settle = heartbeat.min(BEAT_SETTLE);
+
     let mut last_beat_warning: Option<Instant> = None;
     let forget_old = |i: usize, at_end: &mut HashSet<(usize, i32)>, generations: &mut [u64]| {
         let g = consumers[i].context().generation.load(Ordering::SeqCst);
@@ -469,28 +498,59 @@ async fn read(
                 for i in 0..consumers.len() {
                     forget_old(i, &mut at_end, &mut generations);
                 }
-                let lanes = assigned_lanes(consumers).unwrap_or_default();
-                if lanes != declared {
-                    declared = lanes.clone();
-                    if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(lanes)).await {
-                        return Ok(());
+                let owned = assignment(consumers);
+                let relearn = owned.is_some() && owned != owned_before;
+                let retry = declared.is_none()
+                    && lanes_asked.is_none_or(|t| t.elapsed() >= LANES_RETRY);
+                if relearn || retry {
+                    lanes_asked = Some(Instant::now());
+                    if let Some(lanes) = topic_lanes(consumers).await {
+                        if declared.as_ref() != Some(&lanes) {
+                            declared = Some(lanes.clone());
+                            if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(lanes)).await {
+                                return Ok(());
+                            }
+                        }
+                        owned_before = owned.clone();
                     }
                 }
-                if !caught_up(consumers, &at_end) {
-                    continue;
+                let Some(owned) = owned else { continue };
+                if let Some(d) = &declared
+                    && owned.len() < d.len()
+                    && relearn
+                {
+                    tracing::info!(
+                        source = %ctx.name, reads = owned.len(), partitions = d.len(),
+                        "this instance reads some of the partitions: the others hold the \
+                         watermark at what it last saw of them (upstream heartbeats cover \
+                         only the partitions read here)"
+                    );
                 }
+                // The partitions read here that are at their end: what a heartbeat covers.
+                let caught_up: Vec<Lane> = owned
+                    .iter()
+                    .filter(|ip| at_end.contains(ip))
+                    .map(|(i, p)| lane(*i, *p))
+                    .collect();
                 let mut settled = None;
-                while let Some((t, _)) = beats_held.front().filter(|(_, at)| at.elapsed() >= settle) {
+                while let Some((t, _)) = beats_held.front().filter(|(_, at)| at.elapsed() >= BEAT_SETTLE) {
                     settled = settled.max(Some(*t));
                     beats_held.pop_front();
                 }
-                let claim = if ctx.caught_up_means_now && last_message.elapsed() >= heartbeat {
-                    Some((now_us(), Evidence::CaughtUp))
+                // With the opt-in, partitions at their end and quiet for an interval are
+                // complete up to now (the interval keeps a message on its way from
+                // being passed over).
+                let claim = if ctx.caught_up_means_now {
+                    (last_message.elapsed() >= heartbeat).then(|| (now_us(), Evidence::CaughtUp))
                 } else {
                     settled.map(|t| (t, Evidence::Heartbeat))
                 };
-                if let Some((watermark_us, evidence)) = claim {
-                    let hb = SourceMsg::Heartbeat { watermark_us, evidence };
+                if let (Some((watermark_us, evidence)), false) = (claim, caught_up.is_empty()) {
+                    let hb = SourceMsg::Heartbeat {
+                        watermark_us,
+                        evidence,
+                        lanes: Some(caught_up),
+                    };
                     if let Sent::Stop = send(ctx, consumers, hb).await {
                         return Ok(());
                     }
@@ -572,47 +632,42 @@ async fn next_beat<'a>(
     }
 }
 
-/// The lanes (partitions) assigned to this instance, in order; `None` while any topic's
-/// consumer has no settled assignment.
-fn assigned_lanes(consumers: &[Arc<TopicConsumer>]) -> Option<Vec<(Lane, String)>> {
-    let mut lanes = Vec::new();
+/// The partitions assigned to this instance, as (consumer, partition), sorted; `None`
+/// while any topic's consumer has no settled assignment (before joining the group,
+/// mid-rebalance).
+fn assignment(consumers: &[Arc<TopicConsumer>]) -> Option<Vec<(usize, i32)>> {
+    let mut owned = Vec::new();
     for (i, c) in consumers.iter().enumerate() {
         if !c.context().settled.load(Ordering::SeqCst) {
             return None;
         }
         let tpl = c.assignment().ok()?;
-        for e in tpl.elements() {
-            lanes.push((
-                lane(i, e.partition()),
-                format!("{}/{}", e.topic(), e.partition()),
-            ));
-        }
+        owned.extend(tpl.elements().iter().map(|e| (i, e.partition())));
     }
-    lanes.sort();
-    Some(lanes)
+    owned.sort_unstable();
+    Some(owned)
 }
 
-/// Whether every partition assigned to this instance has reported its end since its last
-/// message. False while any topic's consumer has no settled assignment (before joining the
-/// group, mid-rebalance: its topic may have a backlog nobody reads yet), and while nothing
-/// at all is assigned (then this instance knows nothing).
-fn caught_up(consumers: &[Arc<TopicConsumer>], at_end: &HashSet<(usize, i32)>) -> bool {
-    let mut assigned = 0;
+/// Every partition of each consumer's topic as a lane (whoever reads it), from the
+/// topics' metadata; `None` if a topic's partition count cannot be learned now.
+async fn topic_lanes(consumers: &[Arc<TopicConsumer>]) -> Option<Vec<(Lane, String)>> {
+    let mut lanes = Vec::new();
     for (i, c) in consumers.iter().enumerate() {
-        if !c.context().settled.load(Ordering::SeqCst) {
-            return false;
-        }
-        let Ok(tpl) = c.assignment() else {
-            return false;
-        };
-        for e in tpl.elements() {
-            assigned += 1;
-            if !at_end.contains(&(i, e.partition())) {
-                return false;
-            }
-        }
+        let c = c.clone();
+        let topic = c.context().topic.clone();
+        let count = tokio::task::spawn_blocking(move || {
+            let md = c
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .ok()?;
+            let t = md.topics().iter().find(|t| t.name() == topic)?;
+            (t.error().is_none() && !t.partitions().is_empty()).then(|| t.partitions().len())
+        })
+        .await
+        .ok()??;
+        let topic = &consumers[i].context().topic;
+        lanes.extend((0..count as i32).map(|p| (lane(i, p), format!("{topic}/{p}"))));
     }
-    assigned > 0
+    Some(lanes)
 }
 
 #[async_trait]
@@ -648,7 +703,7 @@ impl Source for KafkaSource {
             "kafka source started"
         );
         let result = read(&consumers, heartbeats.as_ref(), &ctx).await;
-        // Store what is durable by now, commit it, and leave the group. All of it blocks
+        // Store what is durable by now, commit it, and leave the groups. All of it blocks
         // (commit round trip, leave-group), hence the blocking thread.
         let acks = ctx.acks.clone();
         let closed = tokio::task::spawn_blocking(move || {
@@ -657,6 +712,7 @@ impl Source for KafkaSource {
                 c.context().commit_now(c.as_ref(), "shutdown");
             }
             drop(consumers);
+            drop(heartbeats);
         })
         .await;
         if let Err(e) = closed {

@@ -53,14 +53,16 @@ pub struct SourceEvent {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SourceMsg {
     Event(SourceEvent),
-    /// Upstream evidence that every lane of the source is complete up to this time (see
-    /// [`crate::freshness`] for what counts).
+    /// Upstream evidence that the source's `lanes` (every lane: `None`) are complete up
+    /// to this time (see [`crate::freshness`] for what counts).
     Heartbeat {
         watermark_us: Micros,
         evidence: Evidence,
+        lanes: Option<Vec<Lane>>,
     },
-    /// The lanes this instance reads from now on, with names for logs and metrics (a Kafka
-    /// source's partitions, sent at start — none yet — and after every rebalance). A
+    /// The lanes the source has, with names for logs and metrics: a Kafka source's
+    /// partitions, all of them whether this instance reads them or not (none at start,
+    /// until its topics' metadata is known; again when a topic gains partitions). A
     /// source that never sends it has the lanes its events come on.
     Lanes(Vec<(Lane, String)>),
 }

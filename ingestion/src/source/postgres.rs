@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!                     SQL connection (tokio-postgres): create the publication and the slot,
-//!                     read confirmed_flush_lsn, probe pg_current_wal_lsn() for freshness
+//!                     read confirmed_flush_lsn, probe pg_current_wal_insert_lsn() for freshness
 //!   ┌─────────────┐ ◄──────────────────────────────────────────────────────┐
 //!   │ PostgreSQL  │   replication connection (pgwire-replication worker)   │
 //!   │  walsender  │ ── Begin, R, I/U/D..., Commit, KeepAlive ──────► PgSource ── events ──► ctx.tx
@@ -59,7 +59,8 @@
 //! source knows it has everything the server sent. To know whether the server has more,
 //! each heartbeat tick (between transactions) asks the server, in one statement, for its
 //! clock `t` (`clock_timestamp()`, the clock commit times come from) and then its WAL
-//! insert position (`pg_current_wal_lsn()`); once the stream has reached that LSN (a
+//! insert position (`pg_current_wal_insert_lsn()`: past every record begun so far, where
+//! `pg_current_wal_lsn()` is only what has been written out); once the stream has reached that LSN (a
 //! Commit or a keepalive at or past it), every transaction that committed before `t` has
 //! been received and the source sends `SourceMsg::Heartbeat { watermark_us: t }`. The
 //! local clock is never used: a skewed client clock would otherwise claim times the
@@ -83,13 +84,12 @@ use tracing::{debug, info, warn};
 use overseer_dal::update::Micros;
 
 use super::{AckToken, Evidence, Source, SourceContext, SourceEvent, SourceMsg};
-
-/// How far before the server's clock a freshness probe claims (see `Stream::on_tick`).
-const PROBE_MARGIN_US: Micros = 10_000;
 use crate::config::PgSourceConfig;
 use crate::format::pgoutput;
 use crate::{Error, Result};
 
+/// How far before the server's clock a freshness probe claims (see `Stream::on_tick`).
+const PROBE_MARGIN_US: Micros = 10_000;
 /// Microseconds from the Unix epoch to the PostgreSQL epoch (2000-01-01).
 const PG_EPOCH_US: Micros = 946_684_800_000_000;
 /// First and largest pause between reconnect attempts.
@@ -706,6 +706,7 @@ impl Stream<'_> {
                 self.send(SourceMsg::Heartbeat {
                     watermark_us: t,
                     evidence: Evidence::Heartbeat,
+                    lanes: None,
                 })
                 .await
             }
@@ -721,13 +722,13 @@ impl Stream<'_> {
         // The clock first, then the position: a transaction that committed before `t`
         // has its commit record before the position read after it — but for the moment
         // between a backend taking its commit time and inserting the record, which
-        // `PROBE_MARGIN` covers.
+        // `PROBE_MARGIN_US` covers.
         let row = timed(
             &self.ctx.name,
-            "probing pg_current_wal_lsn()",
+            "probing pg_current_wal_insert_lsn()",
             self.sql.query_one(
                 "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8, \
-                        pg_current_wal_lsn()::text, current_setting('wal_block_size')::int4",
+                        pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::int4",
                 &[],
             ),
         )
@@ -736,7 +737,13 @@ impl Stream<'_> {
         let lsn: String = row.get(1);
         let block: i32 = row.get(2);
         let lsn = Lsn::parse(&lsn)
-            .map_err(|e| Error::source(&self.ctx.name, format!("pg_current_wal_lsn: {e}"), true))?
+            .map_err(|e| {
+                Error::source(
+                    &self.ctx.name,
+                    format!("pg_current_wal_insert_lsn: {e}"),
+                    true,
+                )
+            })?
             .as_u64();
         // At a page boundary the insert position is after the next page's header, where
         // the walsender's position is the end of the last record: the same place.
