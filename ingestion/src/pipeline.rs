@@ -217,6 +217,19 @@ impl Ingestor {
             caught_up_means_now = cfg.caught_up_means_now,
             "watermark from commit times per lane and upstream heartbeats"
         );
+        let idle_evidence = match (&cfg.kafka, &cfg.file) {
+            (Some(k), _) => k.heartbeat_topic.is_some(),
+            (None, Some(f)) => !f.follow,
+            (None, None) => true, // PostgreSQL: the server's clock
+        };
+        if !idle_evidence && !cfg.caught_up_means_now {
+            tracing::warn!(
+                source = %cfg.name,
+                "nothing moves this source's watermark while it is idle (no heartbeat_topic, \
+                 no caught_up_means_now): checks waiting on it then wait until their \
+                 max_delay and are recorded stale"
+            );
+        }
         let ctx = SourceContext {
             name: cfg.name.clone(),
             tx,
@@ -411,6 +424,7 @@ impl Batcher<'_> {
         let mut dead: Vec<DeadLetter> = Vec::new();
         let mut tokens = Vec::new();
         let mut checkpoint = None;
+        let mut future = 0usize;
         for mut ev in events {
             if let Some(t) = ev.ack.take() {
                 tokens.push(t);
@@ -440,7 +454,14 @@ impl Batcher<'_> {
                 }
             });
             if let Ok(d) = &verdict {
-                lanes.observe(ev.lane, d.event_time_us);
+                // A commit time from the future (a broken clock upstream) would hold the
+                // catalog's watermark, which never goes back, past the truth: it counts
+                // only up to what a sane upstream could claim.
+                let t = d.event_time_us.min(received_us + MAX_CLAIM_AHEAD_US);
+                if t < d.event_time_us {
+                    future += 1;
+                }
+                lanes.observe(ev.lane, t);
             }
             match verdict {
                 Ok(d) => records.push(UpdateRecord {
@@ -478,6 +499,15 @@ impl Batcher<'_> {
                     ));
                 }
             }
+        }
+
+        if future > 0 {
+            tracing::warn!(
+                source = self.source,
+                events = future,
+                "events committed more than a minute ahead of this clock: the watermark \
+                 counts them only up to a minute ahead"
+            );
         }
 
         // 2. drop what is already indexed (redelivery), within the batch and in the catalog

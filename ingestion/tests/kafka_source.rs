@@ -257,7 +257,7 @@ async fn a_restart_redelivers_what_was_not_acknowledged() {
     };
     let mut run = start_with(brokers, &topic, &group, &opts);
     let events = run.events_until(|g| g.len() >= 1000).await;
-    let caught_up_at = now_us();
+    let caught_up_at = now_us() - HEARTBEAT.as_micros() as i64 * 10;
     let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for e in &events {
         let (p, o) = partition_offset(e);
@@ -505,6 +505,28 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
+    // A's claims (it is caught up, with the opt-in) cover only partitions A reads.
+    let parts = |seen: &[(i32, i64)]| {
+        seen.iter()
+            .map(|(p, _)| *p as u32)
+            .collect::<BTreeSet<u32>>()
+    };
+    let (mine, theirs) = (parts(&seen_a), parts(&seen_b));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let covered = loop {
+        assert!(Instant::now() < deadline, "A claims within 30 s");
+        match tokio::time::timeout(Duration::from_secs(1), a.rx.recv()).await {
+            Ok(Some(SourceMsg::Heartbeat { lanes: Some(l), .. })) => break l,
+            Ok(Some(SourceMsg::Event(e))) => panic!("nothing new for A: {e:?}"),
+            Ok(Some(_)) | Err(_) => {}
+            Ok(None) => panic!("A stopped"),
+        }
+    };
+    let covered: BTreeSet<u32> = covered.into_iter().collect();
+    assert!(
+        !covered.is_empty() && covered.is_subset(&mine) && covered.is_disjoint(&theirs),
+        "A's claim covers {covered:?}; A reads {mine:?}, B {theirs:?}"
+    );
     let early: Vec<_> = seen_a
         .iter()
         .chain(&seen_b)

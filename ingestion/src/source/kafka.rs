@@ -119,6 +119,21 @@ impl KafkaSource {
         if cfg.brokers.trim().is_empty() {
             return Err(Error::Config("kafka.brokers is empty".into()));
         }
+        // End-of-partition marks are forgotten at every rebalance (a revoked partition's
+        // end says nothing any more) and come back when the fetch restarts, which only the
+        // eager protocols do for the partitions an instance keeps.
+        let incremental = cfg.properties.iter().any(|(k, v)| {
+            (k == "partition.assignment.strategy" && v.to_ascii_lowercase().contains("cooperative"))
+                || (k == "group.protocol" && v.eq_ignore_ascii_case("consumer"))
+        });
+        if incremental {
+            return Err(Error::Config(
+                "kafka.properties: incremental (cooperative) rebalancing is not supported: \
+                 the source's freshness relies on every partition's end being reported again \
+                 after each rebalance, as the eager strategies (range, roundrobin) do"
+                    .into(),
+            ));
+        }
         if cfg.topics.is_empty() || cfg.topics.iter().any(|t| t.is_empty()) {
             return Err(Error::Config(
                 "kafka.topics is empty or has an empty name".into(),
@@ -469,7 +484,13 @@ async fn read(
     // rebalance (a topic may have gained partitions), and retried while unknown.
     let mut declared: Option<Vec<(Lane, String)>> = None;
     let mut owned_before: Option<Vec<(usize, i32)>> = None;
+    let mut learned_at: Vec<u64> = Vec::new();
+    let mut relearn = false;
     let mut lanes_asked: Option<Instant> = None;
+    // Set by a tick; the claims of partitions at their end are made in the last branch of
+    // the loop's select, which runs only when no stream has a message ready: a claim never
+    // passes over a message already fetched.
+    let mut release_due = false;
     if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(Vec::new())).await {
         return Ok(());
     }
@@ -498,35 +519,82 @@ async fn read(
                 for i in 0..consumers.len() {
                     forget_old(i, &mut at_end, &mut generations);
                 }
+                // The topics' partitions, learned again after any rebalance (a topic may
+                // have grown) and retried at most every LANES_RETRY while that fails.
                 let owned = assignment(consumers);
-                let relearn = owned.is_some() && owned != owned_before;
-                let retry = declared.is_none()
-                    && lanes_asked.is_none_or(|t| t.elapsed() >= LANES_RETRY);
-                if relearn || retry {
+                if owned.is_some() && (owned != owned_before || generations != learned_at) {
+                    owned_before = owned.clone();
+                    learned_at = generations.clone();
+                    relearn = true;
+                    lanes_asked = None;
+                }
+                if (relearn || declared.is_none())
+                    && lanes_asked.is_none_or(|t| t.elapsed() >= LANES_RETRY)
+                {
                     lanes_asked = Some(Instant::now());
                     if let Some(lanes) = topic_lanes(consumers).await {
-                        if declared.as_ref() != Some(&lanes) {
-                            declared = Some(lanes.clone());
-                            if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(lanes)).await {
+                        relearn = false;
+                        // Lanes only ever grow: a broker's stale metadata must not drop
+                        // one that holds the watermark.
+                        let mut all: BTreeMap<Lane, String> =
+                            declared.take().unwrap_or_default().into_iter().collect();
+                        let before = all.len();
+                        all.extend(lanes);
+                        let grew = all.len() > before || before == 0;
+                        let all: Vec<(Lane, String)> = all.into_iter().collect();
+                        declared = Some(all.clone());
+                        if grew {
+                            if let Some(o) = &owned
+                                && o.len() < all.len()
+                            {
+                                tracing::info!(
+                                    source = %ctx.name, reads = o.len(), partitions = all.len(),
+                                    "this instance reads some of the partitions: the others \
+                                     hold the watermark at what it last saw of them \
+                                     (upstream heartbeats cover only the partitions read here)"
+                                );
+                            }
+                            if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(all)).await {
                                 return Ok(());
                             }
                         }
-                        owned_before = owned.clone();
                     }
                 }
-                let Some(owned) = owned else { continue };
-                if let Some(d) = &declared
-                    && owned.len() < d.len()
-                    && relearn
-                {
-                    tracing::info!(
-                        source = %ctx.name, reads = owned.len(), partitions = d.len(),
-                        "this instance reads some of the partitions: the others hold the \
-                         watermark at what it last saw of them (upstream heartbeats cover \
-                         only the partitions read here)"
-                    );
+                // What the partitions at their end may claim is decided in the branch
+                // below, once every message already fetched has been taken.
+                release_due = owned.is_some() && !relearn;
+                continue;
+            }
+            Some(m) = next_beat(&mut beats) => {
+                let h = heartbeats.expect("a heartbeat stream has its settings");
+                match m.map_err(|e| e.to_string()).and_then(|m| {
+                    crate::freshness::connector_heartbeat(h.format, m.key(), m.payload())
+                }) {
+                    Ok(t) => {
+                        // Bounded while a partition lags: newer heartbeats claim more anyway.
+                        if beats_held.len() >= 1024 {
+                            beats_held.pop_front();
+                        }
+                        beats_held.push_back((t, Instant::now()));
+                    }
+                    Err(e) => {
+                        if last_beat_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                            last_beat_warning = Some(Instant::now());
+                            tracing::warn!(
+                                source = %ctx.name, topic = %h.topic, error = %e,
+                                "connector heartbeat not understood; the watermark does not move on it"
+                            );
+                        }
+                    }
                 }
-                // The partitions read here that are at their end: what a heartbeat covers.
+                continue;
+            }
+            item = streams.next() => item.expect("kafka message streams never end"),
+            // Last: only when no stream above has anything ready.
+            _ = std::future::ready(()), if release_due => {
+                release_due = false;
+                let Some(owned) = assignment(consumers) else { continue };
+                // The partitions read here that are at their end: what a claim covers.
                 let caught_up: Vec<Lane> = owned
                     .iter()
                     .filter(|ip| at_end.contains(ip))
@@ -557,31 +625,6 @@ async fn read(
                 }
                 continue;
             }
-            Some(m) = next_beat(&mut beats) => {
-                let h = heartbeats.expect("a heartbeat stream has its settings");
-                match m.map_err(|e| e.to_string()).and_then(|m| {
-                    crate::freshness::connector_heartbeat(h.format, m.key(), m.payload())
-                }) {
-                    Ok(t) => {
-                        // Bounded while a partition lags: newer heartbeats claim more anyway.
-                        if beats_held.len() >= 1024 {
-                            beats_held.pop_front();
-                        }
-                        beats_held.push_back((t, Instant::now()));
-                    }
-                    Err(e) => {
-                        if last_beat_warning.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-                            last_beat_warning = Some(Instant::now());
-                            tracing::warn!(
-                                source = %ctx.name, topic = %h.topic, error = %e,
-                                "connector heartbeat not understood; the watermark does not move on it"
-                            );
-                        }
-                    }
-                }
-                continue;
-            }
-            item = streams.next() => item.expect("kafka message streams never end"),
         };
         forget_old(i, &mut at_end, &mut generations);
         let event = match item {
@@ -756,5 +799,12 @@ mod tests {
         c.properties
             .insert("session.timeout.ms".into(), "10000".into());
         KafkaSource::new(c).unwrap();
+        let mut c = cfg();
+        c.properties.insert(
+            "partition.assignment.strategy".into(),
+            "cooperative-sticky".into(),
+        );
+        let e = KafkaSource::new(c).unwrap_err().to_string();
+        assert!(e.contains("cooperative"), "{e}");
     }
 }
