@@ -15,8 +15,6 @@ use overseer_dal::catalog::prelude::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
@@ -26,101 +24,26 @@ use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
 use overseer_testkit::{Server, unique_name};
 use tokio_util::sync::CancellationToken;
 
-use common::{Overseer, change, mongo_heartbeats, now_ms, trigger_requests, wait_until};
+use common::{
+    EVENTS_TOPIC, HEARTBEATS_TOPIC, Overseer, change, mongo_heartbeats, now_ms, trigger_requests,
+    wait_until,
+};
 
 const CHECK: &str = "transfer_nets_to_zero";
 const TRANSFER: &str = "T1";
 const DEBIT: &str = "65e1f1c0a1b2c3d4e5f60001";
 const CREDIT: &str = "65e1f1c0a1b2c3d4e5f60002";
-const EVENTS_TOPIC: &str = "overseer.events";
-/// The MongoDB connector's heartbeat topic: what moves the ledger's watermark while it is
-/// idle (being at the end of the topic says nothing about the connector).
-const HEARTBEATS_TOPIC: &str = "__mongodb_heartbeats";
 
 fn config(s3: &Server, prefix: &str, schema: &str, brokers: &str, pd_url: &str) -> String {
-    format!(
-        r#"
-[store]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-region = "{region}"
-path_style = true
-
-[bus]
-kind = "kafka"
-brokers = "{brokers}"
-topic = "{EVENTS_TOPIC}"
-
-[catalog]
-kind = "postgres"
-url_env = "E2E_CATALOG_URL"
-schema = "{schema}"
-
-[ingest]
-batch_max_events = 100
-batch_max_ms = 20
-heartbeat_ms = 200
-
-[prs]
-group = "e2e-prs"
-default_escalation = "pd"
-grace_ms = 1000
+    let prs = r#"grace_ms = 1000
 max_delay_ms = 20000
 
 [prs.checks.entries_match_amount]
 enabled = false
 
 [prs.checks.wallet_balance_matches_entries]
-enabled = false
-
-[escalation.pd]
-kind = "pagerduty"
-routing_key_env = "E2E_PD_KEY"
-url = "{pd_url}"
-
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = {{ account_id = "account_id", asset = "asset" }}
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = {{ transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }}
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-
-[[sources]]
-name = "payments-wal"
-format = "pgoutput"
-[sources.postgres]
-url_env = "E2E_SOURCE_URL"
-slot = "e2e_slot"
-publication = "e2e_pub"
-status_interval_ms = 200
-
-[[sources]]
-name = "ledger-kafka"
-format = "mongo-change-stream"
-[sources.kafka]
-brokers = "{brokers}"
-topics = ["ledger"]
-heartbeat_topic = "{HEARTBEATS_TOPIC}"
-group = "e2e-ingest"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-"#,
-        bucket = s3.var("S3_BUCKET"),
-        endpoint = s3.var("S3_ENDPOINT"),
-        region = s3.var("S3_REGION"),
-    )
+enabled = false"#;
+    common::real_config(s3, prefix, schema, brokers, pd_url, "e2e", prs)
 }
 
 fn entry(account: &str, direction: &str, minor: i64) -> Value {
@@ -158,53 +81,13 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     let schema = unique_name("e2e");
     let dir = tempfile::tempdir().unwrap();
 
-    // The source tables, the publication, then the slot (WAL written before a slot exists
-    // is not decoded for it).
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(
-            "CREATE SCHEMA payments;
-             CREATE TABLE payments.transfers (id text PRIMARY KEY, account_id text, asset text,
-                 amount numeric, status text, updated_at timestamptz);
-             CREATE TABLE payments.assets (symbol text PRIMARY KEY, decimals int);
-             CREATE PUBLICATION e2e_pub FOR TABLE payments.transfers, payments.assets;",
-        )
-        .await
-        .unwrap();
-    client
-        .batch_execute("SELECT pg_create_logical_replication_slot('e2e_slot', 'pgoutput')")
-        .await
-        .unwrap();
-
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[
-                NewTopic::new("ledger", 1, TopicReplication::Fixed(1)),
-                NewTopic::new(HEARTBEATS_TOPIC, 1, TopicReplication::Fixed(1)),
-                NewTopic::new(EVENTS_TOPIC, 4, TopicReplication::Fixed(1)),
-            ],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    for r in created {
-        r.unwrap_or_else(|(topic, e)| panic!("creating topic {topic}: {e}"));
-    }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "0")
-        // One record per batch: tansu 0.6 loses the rest of a record batch when a group
-        // resumes from an offset inside it (see crash.rs and the issue notes).
-        .set("batch.num.messages", "1")
-        .create()
-        .unwrap();
+    let client = common::payments_db(&url, "e2e_pub", "e2e_slot").await;
+    common::create_topics(
+        &brokers,
+        &[("ledger", 1), (HEARTBEATS_TOPIC, 1), (EVENTS_TOPIC, 4)],
+    )
+    .await;
+    let producer = common::producer(&brokers);
 
     // The ledger's connector is idle but healthy: its heartbeats keep coming.
     let stop_beats = CancellationToken::new();
@@ -224,21 +107,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     let log = std::env::temp_dir().join(format!("overseer-e2e-paging-{}.log", std::process::id()));
     let mut ov = Overseer::start(&cfg, &url, &s3, &log);
 
-    // Ready: both sources have reported a watermark (they are connected and caught up).
-    wait_until(
-        &mut ov,
-        Duration::from_secs(60),
-        "both sources report a watermark",
-        async || {
-            let states = cat.source_states().await.unwrap();
-            ["payments-wal", "ledger-kafka"].iter().all(|s| {
-                states
-                    .iter()
-                    .any(|st| st.source == *s && st.watermark_us > 0)
-            })
-        },
-    )
-    .await;
+    common::wait_ready(&mut ov, &cat).await;
     eprintln!("overseer ready after {:?}", started.elapsed());
 
     // 1. The transfer (with its asset) in one transaction, then its unbalanced entries.

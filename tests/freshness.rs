@@ -16,8 +16,6 @@ use overseer_dal::catalog::prelude::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
@@ -26,11 +24,12 @@ use overseer_testkit::pagerduty::FakePagerDuty;
 use overseer_testkit::{Server, unique_name};
 use tokio_util::sync::CancellationToken;
 
-use common::{Overseer, change, mongo_heartbeats, now_ms, trigger_requests, wait_until};
+use common::{
+    EVENTS_TOPIC, HEARTBEATS_TOPIC, Overseer, change, mongo_heartbeats, now_ms, trigger_requests,
+    wait_until,
+};
 
 const CHECK: &str = "transfer_nets_to_zero";
-const EVENTS_TOPIC: &str = "overseer.events";
-const HEARTBEATS_TOPIC: &str = "__mongodb_heartbeats";
 const PARTITIONS: i32 = 4;
 /// The partition that is behind, and by how much.
 const LAGGING: i32 = 3;
@@ -41,35 +40,8 @@ const TRANSFERS: usize = 48;
 const FAULT_EVERY: usize = 6;
 
 fn config(s3: &Server, prefix: &str, schema: &str, brokers: &str, pd_url: &str) -> String {
-    format!(
-        r#"
-[store]
-kind = "s3"
-bucket = "{bucket}"
-prefix = "{prefix}"
-endpoint = "{endpoint}"
-region = "{region}"
-path_style = true
-
-[bus]
-kind = "kafka"
-brokers = "{brokers}"
-topic = "{EVENTS_TOPIC}"
-
-[catalog]
-kind = "postgres"
-url_env = "E2E_CATALOG_URL"
-schema = "{schema}"
-
-[ingest]
-batch_max_events = 100
-batch_max_ms = 20
-heartbeat_ms = 200
-
-[prs]
-group = "freshness-prs"
-default_escalation = "pd"
-grace_ms = {GRACE_MS}
+    let prs = format!(
+        r#"grace_ms = {GRACE_MS}
 max_delay_ms = 60000
 
 [prs.checks.{CHECK}]
@@ -79,54 +51,9 @@ strategy = "freshness-aware"
 enabled = false
 
 [prs.checks.wallet_balance_matches_entries]
-enabled = false
-
-[escalation.pd]
-kind = "pagerduty"
-routing_key_env = "E2E_PD_KEY"
-url = "{pd_url}"
-
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = {{ account_id = "account_id", asset = "asset" }}
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = {{ transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }}
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-
-[[sources]]
-name = "payments-wal"
-format = "pgoutput"
-[sources.postgres]
-url_env = "E2E_SOURCE_URL"
-slot = "fresh_slot"
-publication = "fresh_pub"
-status_interval_ms = 200
-
-[[sources]]
-name = "ledger-kafka"
-format = "mongo-change-stream"
-[sources.kafka]
-brokers = "{brokers}"
-topics = ["ledger"]
-heartbeat_topic = "{HEARTBEATS_TOPIC}"
-group = "fresh-ingest"
-properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-"#,
-        bucket = s3.var("S3_BUCKET"),
-        endpoint = s3.var("S3_ENDPOINT"),
-        region = s3.var("S3_REGION"),
-    )
+enabled = false"#
+    );
+    common::real_config(s3, prefix, schema, brokers, pd_url, "fresh", &prs)
 }
 
 fn entry(transfer: &str, account: &str, direction: &str, minor: i64) -> Value {
@@ -163,49 +90,17 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
     let schema = unique_name("fresh");
     let dir = tempfile::tempdir().unwrap();
 
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .batch_execute(
-            "CREATE SCHEMA payments;
-             CREATE TABLE payments.transfers (id text PRIMARY KEY, account_id text, asset text,
-                 amount numeric, status text, updated_at timestamptz);
-             CREATE TABLE payments.assets (symbol text PRIMARY KEY, decimals int);
-             CREATE PUBLICATION fresh_pub FOR TABLE payments.transfers, payments.assets;",
-        )
-        .await
-        .unwrap();
-    client
-        .batch_execute("SELECT pg_create_logical_replication_slot('fresh_slot', 'pgoutput')")
-        .await
-        .unwrap();
-    let admin: AdminClient<_> = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .unwrap();
-    let created = admin
-        .create_topics(
-            &[
-                NewTopic::new("ledger", PARTITIONS, TopicReplication::Fixed(1)),
-                NewTopic::new(HEARTBEATS_TOPIC, 1, TopicReplication::Fixed(1)),
-                NewTopic::new(EVENTS_TOPIC, 4, TopicReplication::Fixed(1)),
-            ],
-            &AdminOptions::new(),
-        )
-        .await
-        .unwrap();
-    for r in created {
-        r.unwrap_or_else(|(topic, e)| panic!("creating topic {topic}: {e}"));
-    }
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "0")
-        // One record per batch (tansu 0.6, see e2e_paging.rs).
-        .set("batch.num.messages", "1")
-        .create()
-        .unwrap();
+    let client = common::payments_db(&url, "fresh_pub", "fresh_slot").await;
+    common::create_topics(
+        &brokers,
+        &[
+            ("ledger", PARTITIONS),
+            (HEARTBEATS_TOPIC, 1),
+            (EVENTS_TOPIC, 4),
+        ],
+    )
+    .await;
+    let producer = common::producer(&brokers);
     // The connector's heartbeats are honest: it has written everything up to its read
     // position, which trails the clock by more than the lagging partition does.
     let stop_beats = CancellationToken::new();
@@ -222,20 +117,7 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
     let cat = PgCatalog::connect(&url, &schema).await.unwrap();
     let log = std::env::temp_dir().join(format!("overseer-freshness-{}.log", std::process::id()));
     let mut ov = Overseer::start(&cfg, &url, &s3, &log);
-    wait_until(
-        &mut ov,
-        Duration::from_secs(60),
-        "both sources report a watermark",
-        async || {
-            let states = cat.source_states().await.unwrap();
-            ["payments-wal", "ledger-kafka"].iter().all(|s| {
-                states
-                    .iter()
-                    .any(|st| st.source == *s && st.watermark_us > 0)
-            })
-        },
-    )
-    .await;
+    common::wait_ready(&mut ov, &cat).await;
     eprintln!("overseer ready after {:?}", started.elapsed());
     client
         .batch_execute("INSERT INTO payments.assets VALUES ('USD', 2)")

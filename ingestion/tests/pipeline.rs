@@ -254,39 +254,51 @@ impl Source for Handed {
     }
 }
 
-/// Two changes of one transaction (same commit time) committed in two batches: after the
-/// first, the source is complete only up to just before that time, so a check waiting
-/// for it does not run on half a transaction. The second batch, or a heartbeat, completes
-/// it.
-#[tokio::test]
-async fn a_batch_does_not_claim_its_newest_time_complete() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(dir.path(), &dir.path().join("unused.jsonl"), "");
-    let storage = Storage::open(&cfg).await.unwrap();
-    let ing = Ingestor::new(storage.clone(), cfg.ingest.clone());
-    let consumer = overseer_ingestion::format::build(&cfg.sources[0], &cfg).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let stop = CancellationToken::new();
-    let task = {
-        let (src, stop) = (cfg.sources[0].clone(), stop.clone());
-        let source = Box::new(Handed(tokio::sync::Mutex::new(rx)));
-        tokio::spawn(async move { ing.run_source(&src, consumer, source, stop).await })
-    };
-    let mut all = events(3).into_iter();
-    let mut at = |secs: i64| {
-        let mut e = all.next().unwrap();
-        e.raw = Bytes::from(insert_event(&e.position, "t1", secs));
-        SourceMsg::Event(e)
-    };
-    let state = || async {
-        let states = storage.catalog.source_states().await.unwrap();
+/// The `ledger` source of `cfg` run by a pipeline, fed by the test through `tx`.
+struct Fed {
+    storage: Storage,
+    tx: tokio::sync::mpsc::Sender<SourceMsg>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<
+        overseer_ingestion::Result<overseer_ingestion::pipeline::SourceReport>,
+    >,
+}
+
+impl Fed {
+    async fn start(cfg: &Config) -> Fed {
+        let storage = Storage::open(cfg).await.unwrap();
+        let ing = Ingestor::new(storage.clone(), cfg.ingest.clone());
+        let consumer = overseer_ingestion::format::build(&cfg.sources[0], cfg).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let task = {
+            let (src, stop) = (cfg.sources[0].clone(), stop.clone());
+            let source = Box::new(Handed(tokio::sync::Mutex::new(rx)));
+            tokio::spawn(async move { ing.run_source(&src, consumer, source, stop).await })
+        };
+        Fed {
+            storage,
+            tx,
+            stop,
+            task,
+        }
+    }
+
+    async fn send(&self, m: SourceMsg) {
+        self.tx.send(m).await.unwrap();
+    }
+
+    /// The source's (watermark, newest commit time) in the catalog.
+    async fn state(&self) -> Option<(i64, i64)> {
+        let states = self.storage.catalog.source_states().await.unwrap();
         let s = states.iter().find(|s| s.source == "ledger");
         s.map(|s| (s.watermark_us, s.last_event_us))
-    };
-    let wait_for = |want: (i64, i64)| async move {
+    }
+
+    async fn wait_for(&self, want: (i64, i64)) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let got = state().await;
+            let got = self.state().await;
             if got == Some(want) {
                 return;
             }
@@ -296,34 +308,55 @@ async fn a_batch_does_not_claim_its_newest_time_complete() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+    }
+
+    async fn wait_indexed(&self, n: usize) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.storage.catalog.dump().await.unwrap().entries.len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "{n} events indexed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        drop(self.tx);
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// Two changes of one transaction (same commit time) committed in two batches: after the
+/// first, the source is complete only up to just before that time, so a check waiting
+/// for it does not run on half a transaction. The second batch, or a heartbeat, completes
+/// it.
+#[tokio::test]
+async fn a_batch_does_not_claim_its_newest_time_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &dir.path().join("unused.jsonl"), "");
+    let fed = Fed::start(&cfg).await;
+    let mut all = events(3).into_iter();
+    let mut at = |secs: i64| {
+        let mut e = all.next().unwrap();
+        e.raw = Bytes::from(insert_event(&e.position, "t1", secs));
+        SourceMsg::Event(e)
     };
     let t = 7_000_000_000; // 7,000 s in µs: the events' clusterTime
-    tx.send(at(6_999)).await.unwrap();
-    tx.send(at(7_000)).await.unwrap();
-    wait_for((t - 1, t)).await;
+    fed.send(at(6_999)).await;
+    fed.send(at(7_000)).await;
+    fed.wait_for((t - 1, t)).await;
     // The same time again (the rest of the transaction): still only up to before it.
-    tx.send(at(7_000)).await.unwrap();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while storage.catalog.dump().await.unwrap().entries.len() < 3 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the third event indexed"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    assert_eq!(state().await, Some((t - 1, t)));
+    fed.send(at(7_000)).await;
+    fed.wait_indexed(3).await;
+    assert_eq!(fed.state().await, Some((t - 1, t)));
     // The source says it is complete up to that time.
-    tx.send(SourceMsg::Heartbeat {
+    fed.send(SourceMsg::Heartbeat {
         watermark_us: t,
         evidence: Evidence::Heartbeat,
         lanes: None,
     })
-    .await
-    .unwrap();
-    wait_for((t, t)).await;
-    stop.cancel();
-    drop(tx);
-    task.await.unwrap().unwrap();
+    .await;
+    fed.wait_for((t, t)).await;
+    fed.stop().await;
 }
 
 /// A source read as several lanes (Kafka partitions) is complete only up to its slowest
@@ -335,16 +368,7 @@ async fn the_slowest_lane_holds_the_watermark() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &dir.path().join("unused.jsonl"), "");
     cfg.sources[0].max_out_of_order_ms = 1000;
-    let storage = Storage::open(&cfg).await.unwrap();
-    let ing = Ingestor::new(storage.clone(), cfg.ingest.clone());
-    let consumer = overseer_ingestion::format::build(&cfg.sources[0], &cfg).unwrap();
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let stop = CancellationToken::new();
-    let task = {
-        let (src, stop) = (cfg.sources[0].clone(), stop.clone());
-        let source = Box::new(Handed(tokio::sync::Mutex::new(rx)));
-        tokio::spawn(async move { ing.run_source(&src, consumer, source, stop).await })
-    };
+    let fed = Fed::start(&cfg).await;
     let mut all = events(4).into_iter();
     let mut at = |lane: u32, secs: i64| {
         let mut e = all.next().unwrap();
@@ -352,54 +376,37 @@ async fn the_slowest_lane_holds_the_watermark() {
         e.lane = lane;
         SourceMsg::Event(e)
     };
-    let state = || async {
-        let states = storage.catalog.source_states().await.unwrap();
-        let s = states.iter().find(|s| s.source == "ledger");
-        s.map(|s| (s.watermark_us, s.last_event_us))
-    };
-    let wait_for = |want: (i64, i64)| async move {
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let got = state().await;
-            if got == Some(want) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{got:?}, want {want:?}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
-    };
     let s = |secs: i64| secs * 1_000_000;
     let claim = |secs: i64| s(secs) - 1 - 1_000_000;
     let lanes = |ls: &[u32]| SourceMsg::Lanes(ls.iter().map(|l| (*l, format!("p{l}"))).collect());
-    tx.send(lanes(&[0, 1])).await.unwrap();
-    tx.send(at(0, 7_000)).await.unwrap();
-    wait_for((0, s(7_000))).await;
-    tx.send(at(1, 6_000)).await.unwrap();
-    wait_for((claim(6_000), s(7_000))).await;
-    tx.send(at(1, 8_000)).await.unwrap();
-    wait_for((claim(7_000), s(8_000))).await;
-    // An upstream heartbeat for lane 0 alone (the lanes at their end): lane 1 still holds.
+    fed.send(lanes(&[0, 1])).await;
+    fed.send(at(0, 7_000)).await;
+    fed.wait_for((0, s(7_000))).await;
+    fed.send(at(1, 6_000)).await;
+    fed.wait_for((claim(6_000), s(7_000))).await;
+    fed.send(at(1, 8_000)).await;
+    fed.wait_for((claim(7_000), s(8_000))).await;
+    // An upstream heartbeat for lane 1 alone (the lane at its end): lane 0 still holds.
     let beat = |t: i64, lanes: Option<Vec<u32>>| SourceMsg::Heartbeat {
         watermark_us: t,
         evidence: Evidence::Heartbeat,
         lanes,
     };
-    tx.send(beat(s(8_500), Some(vec![0]))).await.unwrap();
-    wait_for((claim(8_000), s(8_000))).await;
+    fed.send(beat(s(8_500), Some(vec![1]))).await;
+    fed.send(at(0, 6_500)).await;
+    fed.wait_indexed(4).await;
+    assert_eq!(fed.state().await, Some((claim(7_000), s(8_000))));
+    fed.send(beat(s(8_500), Some(vec![0]))).await;
+    fed.wait_for((s(8_500), s(8_000))).await;
     // One for every lane.
-    tx.send(beat(s(9_000), None)).await.unwrap();
-    wait_for((s(9_000), s(8_000))).await;
+    fed.send(beat(s(9_000), None)).await;
+    fed.wait_for((s(9_000), s(8_000))).await;
     // One from an hour ahead of this clock is a broken clock or message: ignored (the
     // catalog would keep it forever). The next sane one is taken.
-    tx.send(beat(now_us() + 3_600_000_000, None)).await.unwrap();
-    tx.send(beat(s(9_500), None)).await.unwrap();
-    wait_for((s(9_500), s(8_000))).await;
-    stop.cancel();
-    drop(tx);
-    task.await.unwrap().unwrap();
+    fed.send(beat(now_us() + 3_600_000_000, None)).await;
+    fed.send(beat(s(9_500), None)).await;
+    fed.wait_for((s(9_500), s(8_000))).await;
+    fed.stop().await;
 }
 
 #[tokio::test]

@@ -7,11 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use overseer_dal::catalog::SourceProgress;
 use overseer_testkit::Server;
 use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
 
@@ -171,4 +174,181 @@ pub(crate) fn mongo_heartbeats(
             }
         }
     })
+}
+
+/// The payments system in `url`'s database: its tables, the publication `publication` of
+/// them, then the slot `slot` (WAL written before a slot exists is not decoded for it).
+pub(crate) async fn payments_db(
+    url: &str,
+    publication: &str,
+    slot: &str,
+) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "CREATE SCHEMA payments;
+             CREATE TABLE payments.transfers (id text PRIMARY KEY, account_id text, asset text,
+                 amount numeric, status text, updated_at timestamptz);
+             CREATE TABLE payments.assets (symbol text PRIMARY KEY, decimals int);
+             CREATE PUBLICATION {publication} FOR TABLE payments.transfers, payments.assets;"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute(&format!(
+            "SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+        ))
+        .await
+        .unwrap();
+    client
+}
+
+/// Creates `topics` (name, partitions) on the broker.
+pub(crate) async fn create_topics(brokers: &str, topics: &[(&str, i32)]) {
+    let admin: AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap_or_else(|(topic, e)| panic!("creating topic {topic}: {e}"));
+    }
+}
+
+/// A producer that puts every record in a batch of its own: tansu 0.6 loses the rest of
+/// a record batch when a group resumes from an offset inside it (see crash.rs).
+pub(crate) fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "0")
+        .set("batch.num.messages", "1")
+        .create()
+        .unwrap()
+}
+
+/// The topic of the Kafka bus in these tests.
+pub(crate) const EVENTS_TOPIC: &str = "overseer.events";
+/// The ledger connector's heartbeat topic: what moves the ledger's watermark while it is
+/// idle (being at the end of the topic says nothing about the connector).
+pub(crate) const HEARTBEATS_TOPIC: &str = "ledger.heartbeats";
+
+/// The configuration of the real stack: the garage store, the Kafka bus, the PostgreSQL
+/// catalog (schema `schema`), PagerDuty at `pd_url` as the default escalation, the
+/// payments WAL (slot and publication `{name}_slot`, `{name}_pub`) and the ledger topic
+/// with its connector's heartbeats, read by group `{name}-ingest`; `prs` is the `[prs]`
+/// table's body after its group (`{name}-prs`) and default escalation.
+pub(crate) fn real_config(
+    s3: &Server,
+    prefix: &str,
+    schema: &str,
+    brokers: &str,
+    pd_url: &str,
+    name: &str,
+    prs: &str,
+) -> String {
+    format!(
+        r#"
+[store]
+kind = "s3"
+bucket = "{bucket}"
+prefix = "{prefix}"
+endpoint = "{endpoint}"
+region = "{region}"
+path_style = true
+
+[bus]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "{EVENTS_TOPIC}"
+
+[catalog]
+kind = "postgres"
+url_env = "E2E_CATALOG_URL"
+schema = "{schema}"
+
+[ingest]
+batch_max_events = 100
+batch_max_ms = 20
+heartbeat_ms = 200
+
+[prs]
+group = "{name}-prs"
+default_escalation = "pd"
+{prs}
+
+[escalation.pd]
+kind = "pagerduty"
+routing_key_env = "E2E_PD_KEY"
+url = "{pd_url}"
+
+[[models]]
+name = "payments.transfers"
+id_field = "id"
+references = {{ account_id = "account_id", asset = "asset" }}
+
+[[models]]
+name = "payments.assets"
+id_field = "symbol"
+
+[[models]]
+name = "ledger.entries"
+id_field = "_id"
+references = {{ transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }}
+
+[[models]]
+name = "ledger.wallets"
+id_field = "_id"
+
+[[sources]]
+name = "payments-wal"
+format = "pgoutput"
+[sources.postgres]
+url_env = "E2E_SOURCE_URL"
+slot = "{name}_slot"
+publication = "{name}_pub"
+status_interval_ms = 200
+
+[[sources]]
+name = "ledger-kafka"
+format = "mongo-change-stream"
+[sources.kafka]
+brokers = "{brokers}"
+topics = ["ledger"]
+heartbeat_topic = "{HEARTBEATS_TOPIC}"
+group = "{name}-ingest"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+"#,
+        bucket = s3.var("S3_BUCKET"),
+        endpoint = s3.var("S3_ENDPOINT"),
+        region = s3.var("S3_REGION"),
+    )
+}
+
+/// Waits until both sources of [`real_config`] have reported a watermark (connected, and
+/// caught up by their evidence).
+pub(crate) async fn wait_ready(ov: &mut Overseer, cat: &impl SourceProgress) {
+    wait_until(
+        ov,
+        Duration::from_secs(60),
+        "both sources report a watermark",
+        async || {
+            let states = cat.source_states().await.unwrap();
+            ["payments-wal", "ledger-kafka"].iter().all(|s| {
+                states
+                    .iter()
+                    .any(|st| st.source == *s && st.watermark_us > 0)
+            })
+        },
+    )
+    .await;
 }
