@@ -27,17 +27,29 @@ pub(crate) struct Overseer {
 
 impl Overseer {
     pub(crate) fn start(cfg: &Path, url: &str, s3: &Server, log: &Path) -> Overseer {
+        Overseer::start_with(
+            cfg,
+            &[
+                ("E2E_CATALOG_URL", url),
+                ("E2E_SOURCE_URL", url),
+                ("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID")),
+                ("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY")),
+            ],
+            log,
+        )
+    }
+
+    /// `overseer run --config cfg` with `env` set (and the PagerDuty routing key in
+    /// `E2E_PD_KEY`).
+    pub(crate) fn start_with(cfg: &Path, env: &[(&str, &str)], log: &Path) -> Overseer {
         let file = std::fs::File::create(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_overseer"))
             .args(["run", "--config"])
             .arg(cfg)
-            .env("E2E_CATALOG_URL", url)
-            .env("E2E_SOURCE_URL", url)
+            .envs(env.iter().copied())
             .env("E2E_PD_KEY", TEST_ROUTING_KEY)
             // The log is kept in a file: plain text.
             .env("NO_COLOR", "1")
-            .env("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID"))
-            .env("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY"))
             .env(
                 "RUST_LOG",
                 std::env::var("E2E_RUST_LOG").unwrap_or_else(|_| {
@@ -52,6 +64,24 @@ impl Overseer {
             child,
             log: log.to_owned(),
         }
+    }
+
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    pub(crate) async fn stop(&mut self) {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(status.success(), "clean shutdown on SIGTERM: {status}");
     }
 
     pub(crate) fn log(&self) -> String {
