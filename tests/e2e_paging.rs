@@ -6,13 +6,13 @@
 //! Every part is real except PagerDuty (which cannot be reached from here): PostgreSQL 15
 //! with logical WAL (the `payments` source and the catalog), the tansu broker (the ledger
 //! CDC topic and the events topic of the Kafka bus), the garage S3 server (the object
-//! store), and `overseer run` as a child process. PagerDuty is the local Events API v2
+//! store), and `overseer run` as a child process; the ledger connector's heartbeats, on a
+//! topic of their own, are what moves the idle ledger's watermark. PagerDuty is the local Events API v2
 //! server of `overseer_testkit`, in this test's process.
 
 mod common;
 
 use overseer_dal::catalog::prelude::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -272,20 +272,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     }
 
     // 4. A polite stop; the incident row is settled: passing, and PagerDuty told so.
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(ov.child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = ov.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no exit within 30 s of SIGTERM");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(status.success(), "clean shutdown on SIGTERM: {status}");
+    ov.stop().await;
     let settled = incident(&cat).await.expect("the incident row");
     assert!(
         !settled.failing && !settled.notified_failing && !settled.unsettled(),

@@ -1,4 +1,4 @@
-//! Freshness from upstream evidence, end to end on real components: a ledger topic with
+//! Freshness from upstream evidence, end to end. On real components: a ledger topic with
 //! four partitions, one of them 5 s behind the others, checked with a 2 s grace. Being at
 //! the end of every partition says nothing about the partition still to be written, so
 //! the ledger's watermark is the slowest partition's: every transfer is checked once both
@@ -9,6 +9,9 @@
 //! the tansu broker (the ledger topic, the MongoDB connector's heartbeat topic, the
 //! events topic of the Kafka bus), the garage S3 server, and `overseer run` as a child
 //! process; PagerDuty is the local Events API v2 server of `overseer_testkit`.
+//!
+//! With no servers: followed files whose events arrive out of commit order within the
+//! source's declared bound: live pages what `overseer replay` of the stored history finds.
 
 mod common;
 
@@ -294,7 +297,7 @@ follow = true
 "#,
             d = d.display(),
             pd_url = pd.url(),
-            models = MODELS,
+            models = common::MODELS,
             payments = payments.display(),
             ledger = ledger.display(),
         ),
@@ -431,27 +434,6 @@ follow = true
     );
     eprintln!("{} faults, live = replay", faulty.len());
 }
-
-/// The four payments models and their references.
-const MODELS: &str = r#"
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = { account_id = "account_id", asset = "asset" }
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-"#;
 
 /// A Debezium PostgreSQL change event (JSON without schemas) creating `row` in
 /// `payments.{table}`, committed at `at_ms`.

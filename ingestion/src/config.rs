@@ -74,7 +74,8 @@ pub struct IngestSettings {
     pub max_event_bytes: usize,
     /// Capacity of each source's channel into the pipeline (backpressure beyond it).
     pub queue_capacity: usize,
-    /// How often idle sources report their watermark.
+    /// How often sources look for evidence of how far they are complete: the PostgreSQL
+    /// probe, the Kafka partitions' ends (see `overseer_ingestion::freshness`).
     pub heartbeat_ms: u64,
 }
 
@@ -156,8 +157,8 @@ pub struct SourceConfig {
     /// bounded out-of-orderness). 0: each lane delivers in commit order.
     #[serde(default)]
     pub max_out_of_order_ms: u64,
-    /// Take "caught up at the transport" (the end of every assigned partition, of a
-    /// followed file) as "complete up to now". Only for a source with no upstream lag,
+    /// Take "caught up at the transport" (a partition at its end and quiet for
+    /// `heartbeat_ms`, a followed file at its end) as "complete up to now". Only for a source with no upstream lag,
     /// whose producer writes at commit time; off by default, when only commit times and
     /// upstream heartbeats move the watermark (see `overseer_ingestion::freshness`).
     /// Not for `postgres` sources, whose server clock is the evidence.
@@ -353,6 +354,11 @@ impl Config {
                     ));
                 }
                 if let Some(h) = &k.heartbeat_topic {
+                    if s.caught_up_means_now {
+                        return bad(format!(
+                            "{at}: kafka.heartbeat_topic and caught_up_means_now together: the opt-in claims now, so the heartbeats would be read for nothing; choose one"
+                        ));
+                    }
                     if k.topics.contains(h) {
                         return bad(format!(
                             "{at}: kafka.heartbeat_topic {h:?} is also in kafka.topics: heartbeats are not changes"

@@ -39,7 +39,7 @@ use overseer_dal::update::Micros;
 /// of a file or a replication slot, lane 0). Numbered by its source.
 pub type Lane = u32;
 
-/// What a heartbeat's claim rests on (logs and metrics).
+/// What a watermark rests on (logs and metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Evidence {
     /// The catalog's stored watermark, from before this start.
@@ -83,8 +83,9 @@ pub struct Freshness {
     /// them or not), with names for logs; `None` until a source declares any: then every
     /// lane an event came on.
     lanes: Option<BTreeMap<Lane, String>>,
-    /// Per lane: newest commit time seen, and the newest upstream heartbeat that covered it.
+    /// Per lane: the newest commit time seen.
     newest: HashMap<Lane, Micros>,
+    /// Per lane: the newest upstream heartbeat that covered it.
     lane_floor: HashMap<Lane, (Micros, Evidence)>,
     /// Complete up to this time on every lane (stored watermark, source-wide heartbeats).
     floor: Micros,

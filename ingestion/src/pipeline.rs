@@ -360,11 +360,13 @@ impl Batcher<'_> {
                         fresh.complete_up_to(watermark_us, evidence, lanes.as_deref());
                     }
                     SourceMsg::Lanes(lanes) => {
-                        tracing::info!(
-                            source = self.source,
-                            lanes = ?lanes.iter().map(|(_, n)| n).collect::<Vec<_>>(),
-                            "the source's lanes"
-                        );
+                        if !lanes.is_empty() {
+                            tracing::info!(
+                                source = self.source,
+                                lanes = ?lanes.iter().map(|(_, n)| n).collect::<Vec<_>>(),
+                                "the source's lanes"
+                            );
+                        }
                         fresh.assign(lanes);
                     }
                 }
@@ -378,8 +380,10 @@ impl Batcher<'_> {
             if let Some(wm) = fresh.advance() {
                 let cat = &self.storage.catalog;
                 retry("heartbeat", || cat.heartbeat(self.source, wm, now_us())).await?;
-                self.report_watermark(&fresh);
             }
+            // Every batch: what holds the watermark is worth seeing most when it does not
+            // move.
+            self.report_watermark(&fresh);
         }
     }
 
@@ -409,7 +413,7 @@ impl Batcher<'_> {
         events: Vec<SourceEvent>,
         started: Instant,
         report: &mut SourceReport,
-        lanes: &mut Freshness,
+        freshness: &mut Freshness,
     ) -> Result<()> {
         let (store, catalog, bus) = (
             &self.storage.store,
@@ -461,7 +465,7 @@ impl Batcher<'_> {
                 if t < d.event_time_us {
                     future += 1;
                 }
-                lanes.observe(ev.lane, t);
+                freshness.observe(ev.lane, t);
             }
             match verdict {
                 Ok(d) => records.push(UpdateRecord {
@@ -534,7 +538,7 @@ impl Batcher<'_> {
         // false alarm, BENCHMARKS.md); claiming it across partitions let a lagging
         // partition's entries miss their transfer's check.
         let newest_us = records.iter().map(|r| r.event_time_us).max().unwrap_or(0);
-        let watermark_us = lanes.watermark().max(0);
+        let watermark_us = freshness.watermark().max(0);
         let progress: Vec<Progress> = checkpoint
             .map(|c| Progress {
                 source: self.source.to_owned(),
@@ -611,9 +615,8 @@ impl Batcher<'_> {
             retry("mark_published", || catalog.mark_published(&seqs)).await?;
         }
         self.acks.ack(tokens);
-        if !batch.progress.is_empty() && watermark_us > lanes.reported() {
-            lanes.recorded(watermark_us);
-            self.report_watermark(lanes);
+        if !batch.progress.is_empty() {
+            freshness.recorded(watermark_us);
         }
 
         let updates = notes.len();
@@ -632,7 +635,7 @@ impl Batcher<'_> {
             quarantined: dead.len(),
             bytes: bytes_written,
             elapsed: started.elapsed(),
-            watermark_us,
+            watermark_us: watermark_us.max(freshness.reported()),
         }
         .emit();
         Ok(())

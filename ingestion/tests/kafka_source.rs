@@ -1,5 +1,7 @@
 //! The Kafka source against a real broker (tansu, started by `scripts/tansu.sh`): order,
-//! acknowledgement-driven commits, redelivery after a restart, heartbeats, tombstones.
+//! acknowledgement-driven commits, redelivery after a restart, tombstones, one lane per
+//! partition, and what moves the watermark: the connector's heartbeats, or with the opt-in
+//! the partitions' ends, never the transport alone.
 //! Each test has its own topic and group; a broker that cannot start fails the test.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -361,7 +363,7 @@ async fn a_restart_redelivers_what_was_not_acknowledged() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn tombstones_pass_through_and_an_idle_source_heartbeats() {
+async fn tombstones_pass_through_and_an_idle_source_with_the_opt_in_claims_now() {
     let tansu = Server::start("tansu");
     let brokers = tansu.var("KAFKA_BROKERS");
     let topic = unique_name("cdc");
@@ -543,8 +545,8 @@ async fn revoked_partitions_are_committed_before_another_member_takes_them() {
 
 /// Caught up at the transport is not evidence: an idle source with no opt-in sends no
 /// heartbeat, however long it sits at the end of its partitions. Its connector's
-/// heartbeats are: each is passed on (after it settles) while every partition is at its
-/// end; one that cannot be read is reported and ignored.
+/// heartbeats are: each is passed on (after it settles) for the partitions at their end;
+/// one that cannot be read is reported and ignored.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_source_claims_nothing_but_its_connectors_heartbeats() {
     let tansu = Server::start("tansu");

@@ -185,10 +185,9 @@ pub(crate) fn mongo_heartbeats(
         let mut n = 0u32;
         while !stop.is_cancelled() {
             n += 1;
-            let secs = (now_ms() - behind.as_millis() as i64) / 1000;
+            let secs = ((now_ms() - behind.as_millis() as i64) / 1000) as u32;
             // The connector's heartbeat key is the token document as JSON; its value is null.
-            let key =
-                json!({"_data": format!("82{secs:08X}{n:08X}2B022C0100296E5A1004")}).to_string();
+            let key = overseer_ingestion::freshness::mongo_heartbeat_key(secs, n);
             let sent = producer
                 .send(
                     FutureRecord::<str, [u8]>::to(&topic).key(&key),
@@ -266,6 +265,27 @@ pub(crate) fn producer(brokers: &str) -> FutureProducer {
         .unwrap()
 }
 
+/// The four payments models and the references the shipped checks select and join by.
+pub(crate) const MODELS: &str = r#"
+[[models]]
+name = "payments.transfers"
+id_field = "id"
+references = { account_id = "account_id", asset = "asset" }
+
+[[models]]
+name = "payments.assets"
+id_field = "symbol"
+
+[[models]]
+name = "ledger.entries"
+id_field = "_id"
+references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
+
+[[models]]
+name = "ledger.wallets"
+id_field = "_id"
+"#;
+
 /// The topic of the Kafka bus in these tests.
 pub(crate) const EVENTS_TOPIC: &str = "overseer.events";
 /// The ledger connector's heartbeat topic: what moves the ledger's watermark while it is
@@ -321,24 +341,7 @@ kind = "pagerduty"
 routing_key_env = "E2E_PD_KEY"
 url = "{pd_url}"
 
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = {{ account_id = "account_id", asset = "asset" }}
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = {{ transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }}
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-
+{MODELS}
 [[sources]]
 name = "payments-wal"
 format = "pgoutput"

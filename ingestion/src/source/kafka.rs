@@ -172,8 +172,6 @@ impl KafkaSource {
             ))
         })?;
         let mut c = self.client_config(source);
-        // A group of its own per source and process: every instance needs every
-        // heartbeat. It commits nothing; the broker expires it after the process ends.
         let unique = format!(
             "{}.{source}.heartbeats.{}.{}",
             self.cfg.group,
@@ -494,9 +492,9 @@ async fn read(
     if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(Vec::new())).await {
         return Ok(());
     }
-    // Connector heartbeats not yet passed on, with when each arrived. One is passed on
-    // once it has settled (data the connector wrote before it, on other partitions, has
-    // had the time to be fetched) and every partition assigned here is at its end.
+    // Connector heartbeats not yet passed on, with when each arrived. One is passed on,
+    // for the partitions read here that are at their end, once it has settled (data the
+    // connector wrote before it, on other partitions, has had the time to be fetched).
     let mut beats_held: VecDeque<(Micros, Instant)> = VecDeque::new();
 
     let mut last_beat_warning: Option<Instant> = None;

@@ -161,10 +161,11 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     /// The catalog's record of this source's progress, if it ran before.
     pub resume: Option<SourceState>,
-    /// How often an idle source sends a heartbeat.
+    /// How often a source looks for upstream evidence (`[ingest] heartbeat_ms`).
     pub heartbeat: std::time::Duration,
-    /// `[[sources]] caught_up_means_now`: being caught up at the transport (the end of
-    /// every partition, of a followed file) is taken to mean complete up to now. Only for
+    /// `[[sources]] caught_up_means_now`: being caught up at the transport (a partition at
+    /// its end and quiet for `heartbeat`, a followed file at its end) is taken to mean
+    /// complete up to now. Only for
     /// a source with no upstream lag; off by default.
     pub caught_up_means_now: bool,
 }

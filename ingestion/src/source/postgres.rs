@@ -60,15 +60,16 @@
 //! each heartbeat tick (between transactions) asks the server, in one statement, for its
 //! clock `t` (`clock_timestamp()`, the clock commit times come from) and then its WAL
 //! insert position (`pg_current_wal_insert_lsn()`: past every record begun so far, where
-//! `pg_current_wal_lsn()` is only what has been written out); once the stream has reached that LSN (a
-//! Commit or a keepalive at or past it), every transaction that committed before `t` has
-//! been received and the source sends `SourceMsg::Heartbeat { watermark_us: t }`. The
-//! local clock is never used: a skewed client clock would otherwise claim times the
-//! server has not reached. An idle, caught-up source thus sends one heartbeat per
-//! `ctx.heartbeat`, with `t` a moment ago by the server's clock; a lagging one sends none
-//! until it catches up, and its watermark stays just before its last event's commit time
-//! (a batch never claims its newest time complete: more of that transaction may follow in
-//! the next batch).
+//! `pg_current_wal_lsn()` is only what has been written out). Once the stream has reached
+//! that LSN (a Commit or a keepalive at or past it), every transaction that committed
+//! before `t` has been received, and the source sends `SourceMsg::Heartbeat` with
+//! `t − 10 ms` (the margin covers a backend between taking its commit time and inserting
+//! its commit record). The local clock is never used: a skewed client clock would
+//! otherwise claim times the server has not reached. An idle, caught-up source thus sends
+//! one heartbeat per `ctx.heartbeat`, with `t` a moment ago by the server's clock; a
+//! lagging one sends none until it catches up, and its watermark stays just before its
+//! last event's commit time (a batch never claims its newest time complete: more of that
+//! transaction may follow in the next batch).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
