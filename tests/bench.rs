@@ -6,40 +6,49 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_measures_every_phase_and_writes_json() {
+/// `overseer bench ARGS --dir D --json J` in a fresh directory: must succeed; its standard
+/// output and its JSON results.
+fn bench_embedded(args: &[&str]) -> (String, serde_json::Value) {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("results.json");
     let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
-        .args([
-            "bench",
-            "--updates",
-            "6000",
-            "--paced-rate",
-            "3000",
-            "--paced-secs",
-            "1.5",
-            "--lag-ms",
-            "1000",
-            "--grace-ms",
-            "1500",
-            "--fault-rate",
-            "0.05",
-            "--dir",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--dir")
         .arg(dir.path().join("data"))
         .arg("--json")
         .arg(&json)
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{}\nstdout:\n{stdout}\nstderr:\n{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
+    let v = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
+        .expect("the --json file is one JSON document");
+    (stdout, v)
+}
+
+#[test]
+fn bench_measures_every_phase_and_writes_json() {
+    let (stdout, v) = bench_embedded(&[
+        "--updates",
+        "6000",
+        "--paced-rate",
+        "3000",
+        "--paced-secs",
+        "1.5",
+        "--lag-ms",
+        "1000",
+        "--grace-ms",
+        "1500",
+        "--fault-rate",
+        "0.05",
+    ]);
     for text in [
         "Throughput",
         "Latency",
@@ -50,8 +59,6 @@ fn bench_measures_every_phase_and_writes_json() {
         assert!(stdout.contains(text), "{text} missing from:\n{stdout}");
     }
 
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap())
-        .expect("the --json file is one JSON document");
     assert_eq!(v["mode"], "embedded");
     let phases = v["phases"].as_array().unwrap();
     let names: Vec<(&str, &str)> = phases
@@ -194,50 +201,30 @@ fn bench_runs_on_the_real_stack() {
 /// on the same traffic, raises false alarms.
 #[test]
 fn bench_partition_skew_profile() {
-    let dir = tempfile::tempdir().unwrap();
-    let json = dir.path().join("results.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_overseer"))
-        .args([
-            "bench",
-            "--phases",
-            "accuracy",
-            "--strategy",
-            "immediate,freshness-aware",
-            "--paced-rate",
-            "3000",
-            "--paced-secs",
-            "1.5",
-            "--lag-ms",
-            "0",
-            "--ledger-partitions",
-            "4",
-            "--skew-ms",
-            "3000",
-            "--grace-ms",
-            "1000",
-            "--fault-rate",
-            "0.05",
-            "--dir",
-        ])
-        .arg(dir.path().join("data"))
-        .arg("--json")
-        .arg(&json)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (stdout, v) = bench_embedded(&[
+        "--phases",
+        "accuracy",
+        "--strategy",
+        "immediate,freshness-aware",
+        "--paced-rate",
+        "3000",
+        "--paced-secs",
+        "1.5",
+        "--lag-ms",
+        "0",
+        "--ledger-partitions",
+        "4",
+        "--skew-ms",
+        "3000",
+        "--grace-ms",
+        "1000",
+        "--fault-rate",
+        "0.05",
+    ]);
     assert!(
         stdout.contains("4 ledger partitions, the last 3000 ms behind"),
         "{stdout}"
     );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     let phases = v["phases"].as_array().unwrap();
     assert_eq!(phases.len(), 2);
     let (immediate, aware) = (&phases[0], &phases[1]);

@@ -15,27 +15,22 @@ mod common;
 use overseer_dal::catalog::prelude::*;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
 
 use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::update::Incident;
-use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
-use overseer_testkit::{Server, unique_name};
-use tokio_util::sync::CancellationToken;
+use overseer_testkit::pagerduty::TEST_ROUTING_KEY;
 
-use common::{
-    EVENTS_TOPIC, HEARTBEATS_TOPIC, Overseer, change, mongo_heartbeats, now_ms, trigger_requests,
-    wait_until,
-};
+use common::{RealStack, change, now_ms, trigger_requests, wait_until};
 
 const CHECK: &str = "transfer_nets_to_zero";
 const TRANSFER: &str = "T1";
 const DEBIT: &str = "65e1f1c0a1b2c3d4e5f60001";
 const CREDIT: &str = "65e1f1c0a1b2c3d4e5f60002";
 
-fn config(s3: &Server, prefix: &str, schema: &str, brokers: &str, pd_url: &str) -> String {
-    let prs = r#"grace_ms = 1000
+/// The `[prs]` settings: the other two shipped checks off.
+const PRS: &str = r#"grace_ms = 1000
 max_delay_ms = 20000
 
 [prs.checks.entries_match_amount]
@@ -43,8 +38,6 @@ enabled = false
 
 [prs.checks.wallet_balance_matches_entries]
 enabled = false"#;
-    common::real_config(s3, prefix, schema, brokers, pd_url, "e2e", prs)
-}
 
 fn entry(account: &str, direction: &str, minor: i64) -> Value {
     json!({"transfer_id": TRANSFER, "account_id": account, "asset": "USD",
@@ -53,15 +46,7 @@ fn entry(account: &str, direction: &str, minor: i64) -> Value {
 }
 
 async fn produce(producer: &FutureProducer, key: &str, ev: &Value) {
-    let payload = ev.to_string();
-    producer
-        .send(
-            FutureRecord::to("ledger").key(key).payload(&payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce to the ledger topic");
+    common::produce_ledger(producer, None, key, ev).await;
 }
 
 async fn incident(cat: &PgCatalog) -> Option<Incident> {
@@ -71,44 +56,15 @@ async fn incident(cat: &PgCatalog) -> Option<Incident> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     let started = Instant::now();
-    let pg = Server::start("postgres");
-    let kafka = Server::start("tansu");
-    let s3 = Server::start("garage");
-    let pd = FakePagerDuty::start().await.unwrap();
-    let url = pg.var("PG_URL").to_owned();
-    let brokers = kafka.var("KAFKA_BROKERS").to_owned();
-    let prefix = unique_name("e2e");
-    let schema = unique_name("e2e");
-    let dir = tempfile::tempdir().unwrap();
-
-    let client = common::payments_db(&url, "e2e_pub", "e2e_slot").await;
-    common::create_topics(
-        &brokers,
-        &[("ledger", 1), (HEARTBEATS_TOPIC, 1), (EVENTS_TOPIC, 4)],
-    )
-    .await;
-    let producer = common::producer(&brokers);
-
     // The ledger's connector is idle but healthy: its heartbeats keep coming.
-    let stop_beats = CancellationToken::new();
-    let beats = mongo_heartbeats(
-        producer.clone(),
-        HEARTBEATS_TOPIC,
-        Duration::from_millis(250),
-        Duration::ZERO,
-        stop_beats.clone(),
-    );
-
-    let cfg = dir.path().join("overseer.toml");
-    std::fs::write(&cfg, config(&s3, &prefix, &schema, &brokers, &pd.url())).unwrap();
-    // The catalog, migrated here first (migrations take an advisory lock, so the child's
-    // own connect is harmless).
-    let cat = PgCatalog::connect(&url, &schema).await.unwrap();
-    let log = std::env::temp_dir().join(format!("overseer-e2e-paging-{}.log", std::process::id()));
-    let mut ov = Overseer::start(&cfg, &url, &s3, &log);
-
-    common::wait_ready(&mut ov, &cat).await;
-    eprintln!("overseer ready after {:?}", started.elapsed());
+    let (stack, mut ov) = RealStack::start("e2e", 1, Duration::ZERO, PRS).await;
+    let RealStack {
+        pd,
+        client,
+        producer,
+        cat,
+        ..
+    } = &stack;
 
     // 1. The transfer (with its asset) in one transaction, then its unbalanced entries.
     client
@@ -122,13 +78,13 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
         .unwrap();
     let inserted = Instant::now();
     produce(
-        &producer,
+        producer,
         DEBIT,
         &change(1, "insert", DEBIT, now_ms(), entry("acc-1", "debit", 1250)),
     )
     .await;
     produce(
-        &producer,
+        producer,
         CREDIT,
         &change(
             2,
@@ -202,11 +158,11 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     // More failing runs add nothing: a change to T1's entries that leaves them unbalanced
     // re-runs the check (its incident's last evaluation moves past it), and PagerDuty
     // hears nothing more.
-    let before = incident(&cat).await.expect("the incident row");
+    let before = incident(cat).await.expect("the incident row");
     assert!(before.failing && before.notified_failing, "{before:?}");
     let noop_ms = now_ms();
     produce(
-        &producer,
+        producer,
         DEBIT,
         &change(3, "update", DEBIT, noop_ms, json!({"memo": "retried"})),
     )
@@ -216,19 +172,19 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
         Duration::from_secs(60),
         "the check re-ran after the no-op update",
         async || {
-            incident(&cat)
+            incident(cat)
                 .await
                 .is_some_and(|i| i.last_eval_us >= noop_ms * 1000)
         },
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let again = incident(&cat).await.unwrap();
+    let again = incident(cat).await.unwrap();
     assert!(again.failing && again.notified_failing, "{again:?}");
     assert_eq!(pd.incidents_opened_total(), 1);
     assert_eq!(pd.open_incidents().len(), 1);
     assert_eq!(
-        trigger_requests(&pd),
+        trigger_requests(pd),
         1,
         "fail→fail sends nothing: {:#?}",
         pd.requests()
@@ -238,7 +194,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
 
     // 3. The fix: the credit becomes 1250. The incident resolves.
     produce(
-        &producer,
+        producer,
         CREDIT,
         &change(
             4,
@@ -273,7 +229,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
 
     // 4. A polite stop; the incident row is settled: passing, and PagerDuty told so.
     ov.stop().await;
-    let settled = incident(&cat).await.expect("the incident row");
+    let settled = incident(cat).await.expect("the incident row");
     assert!(
         !settled.failing && !settled.notified_failing && !settled.unsettled(),
         "{settled:?}"
@@ -282,7 +238,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     let failing = cat.incidents(true).await.unwrap();
     assert!(failing.is_empty(), "{failing:?}");
     assert_eq!(pd.incidents_opened_total(), 1);
-    assert_eq!(trigger_requests(&pd), 1);
+    assert_eq!(trigger_requests(pd), 1);
 
     let log_text = ov.log();
     eprintln!(
@@ -297,8 +253,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
             .collect::<Vec<_>>()
             .join("\n")
     );
-    stop_beats.cancel();
-    beats.await.unwrap();
+    stack.stop_heartbeats().await;
     eprintln!(
         "time to detect {detected:?}; whole test {:?}",
         started.elapsed()

@@ -19,17 +19,12 @@ use overseer_dal::catalog::prelude::*;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
-use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_testkit::pagerduty::FakePagerDuty;
-use overseer_testkit::{Server, unique_name};
-use tokio_util::sync::CancellationToken;
 
 use common::{
-    EVENTS_TOPIC, HEARTBEATS_TOPIC, Overseer, change, mongo_heartbeats, now_ms, trigger_requests,
-    wait_until,
+    Overseer, RealStack, change, now_ms, open_keys, produce_ledger, trigger_requests, wait_until,
 };
 
 const CHECK: &str = "transfer_nets_to_zero";
@@ -42,8 +37,9 @@ const TRANSFERS: usize = 48;
 /// Every this many transfers, one whose credit is off by one minor unit.
 const FAULT_EVERY: usize = 6;
 
-fn config(s3: &Server, prefix: &str, schema: &str, brokers: &str, pd_url: &str) -> String {
-    let prs = format!(
+/// The `[prs]` settings: the check freshness-aware with a 2 s grace, the other two off.
+fn prs() -> String {
+    format!(
         r#"grace_ms = {GRACE_MS}
 max_delay_ms = 60000
 
@@ -55,8 +51,7 @@ enabled = false
 
 [prs.checks.wallet_balance_matches_entries]
 enabled = false"#
-    );
-    common::real_config(s3, prefix, schema, brokers, pd_url, "fresh", &prs)
+    )
 }
 
 fn entry(transfer: &str, account: &str, direction: &str, minor: i64) -> Value {
@@ -65,63 +60,20 @@ fn entry(transfer: &str, account: &str, direction: &str, minor: i64) -> Value {
            "decimals": 2})
 }
 
-async fn produce(producer: &FutureProducer, partition: i32, key: &str, ev: &Value) {
-    let payload = ev.to_string();
-    producer
-        .send(
-            FutureRecord::to("ledger")
-                .partition(partition)
-                .key(key)
-                .payload(&payload),
-            Duration::from_secs(30),
-        )
-        .await
-        .map_err(|(e, _)| e)
-        .expect("produce to the ledger topic");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
     let started = Instant::now();
-    let pg = Server::start("postgres");
-    let kafka = Server::start("tansu");
-    let s3 = Server::start("garage");
-    let pd = FakePagerDuty::start().await.unwrap();
-    let url = pg.var("PG_URL").to_owned();
-    let brokers = kafka.var("KAFKA_BROKERS").to_owned();
-    let prefix = unique_name("fresh");
-    let schema = unique_name("fresh");
-    let dir = tempfile::tempdir().unwrap();
-
-    let client = common::payments_db(&url, "fresh_pub", "fresh_slot").await;
-    common::create_topics(
-        &brokers,
-        &[
-            ("ledger", PARTITIONS),
-            (HEARTBEATS_TOPIC, 1),
-            (EVENTS_TOPIC, 4),
-        ],
-    )
-    .await;
-    let producer = common::producer(&brokers);
     // The connector's heartbeats are honest: it has written everything up to its read
     // position, which trails the clock by more than the lagging partition does.
-    let stop_beats = CancellationToken::new();
-    let beats = mongo_heartbeats(
-        producer.clone(),
-        HEARTBEATS_TOPIC,
-        Duration::from_millis(250),
-        LAG + Duration::from_secs(1),
-        stop_beats.clone(),
-    );
-
-    let cfg = dir.path().join("overseer.toml");
-    std::fs::write(&cfg, config(&s3, &prefix, &schema, &brokers, &pd.url())).unwrap();
-    let cat = PgCatalog::connect(&url, &schema).await.unwrap();
-    let log = std::env::temp_dir().join(format!("overseer-freshness-{}.log", std::process::id()));
-    let mut ov = Overseer::start(&cfg, &url, &s3, &log);
-    common::wait_ready(&mut ov, &cat).await;
-    eprintln!("overseer ready after {:?}", started.elapsed());
+    let (stack, mut ov) =
+        RealStack::start("fresh", PARTITIONS, LAG + Duration::from_secs(1), &prs()).await;
+    let RealStack {
+        pd,
+        client,
+        producer,
+        cat,
+        ..
+    } = &stack;
     client
         .batch_execute("INSERT INTO payments.assets VALUES ('USD', 2)")
         .await
@@ -156,7 +108,7 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
             at,
             entry(&id, "acc-d", "debit", 1250),
         );
-        produce(&producer, i as i32 % LAGGING, &debit, &ev).await;
+        produce_ledger(producer, Some(i as i32 % LAGGING), &debit, &ev).await;
         let minor = if fault { 1249 } else { 1250 };
         let ev = change(
             n + 2,
@@ -168,7 +120,7 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
         let producer = producer.clone();
         late.spawn(async move {
             tokio::time::sleep(LAG).await;
-            produce(&producer, LAGGING, &credit, &ev).await;
+            produce_ledger(&producer, Some(LAGGING), &credit, &ev).await;
         });
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
@@ -185,11 +137,7 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
         Duration::from_secs(90),
         "every unbalanced transfer pages",
         async || {
-            let open: BTreeSet<String> = pd
-                .open_incidents()
-                .into_iter()
-                .map(|i| i.dedup_key)
-                .collect();
+            let open = open_keys(pd);
             want.is_subset(&open)
         },
     )
@@ -210,25 +158,20 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let opened: BTreeSet<String> = pd
-        .open_incidents()
-        .into_iter()
-        .map(|i| i.dedup_key)
-        .collect();
+    let opened = open_keys(pd);
     let false_alarms: Vec<_> = opened.difference(&want).collect();
     assert!(
         false_alarms.is_empty(),
         "balanced transfers paged (their credit, on the lagging partition, was not waited for): {false_alarms:?}"
     );
     assert_eq!(opened, want);
-    assert_eq!(trigger_requests(&pd), want.len(), "one trigger per fault");
+    assert_eq!(trigger_requests(pd), want.len(), "one trigger per fault");
     let log_text = ov.log();
     assert!(
         log_text.contains("the source's lanes") && log_text.contains("ledger/3"),
         "the ledger declares its partitions as lanes"
     );
-    stop_beats.cancel();
-    beats.await.unwrap();
+    stack.stop_heartbeats().await;
     eprintln!(
         "{} faults paged, 0 false alarms; whole test {:?}",
         want.len(),
@@ -382,11 +325,7 @@ follow = true
         Duration::from_secs(60),
         "every unbalanced transfer pages",
         async || {
-            let open: BTreeSet<String> = pd
-                .open_incidents()
-                .into_iter()
-                .map(|i| i.dedup_key)
-                .collect();
+            let open = open_keys(&pd);
             faulty.is_subset(&open)
         },
     )
@@ -395,11 +334,7 @@ follow = true
     // run in flight a moment, then stop.
     tokio::time::sleep(Duration::from_secs(3)).await;
     ov.stop().await;
-    let live: BTreeSet<String> = pd
-        .open_incidents()
-        .into_iter()
-        .map(|i| i.dedup_key)
-        .collect();
+    let live = open_keys(&pd);
     assert_eq!(
         live, faulty,
         "live pages the unbalanced transfers and nothing else (an entry read late within the bound is waited for)"

@@ -165,17 +165,23 @@ impl Freshness {
     /// The lowest lane's claim (and the lane), or `None` when some lane has shown
     /// nothing yet (or there is none).
     fn lanes_claim(&self) -> Option<(Micros, Evidence, Lane)> {
-        let claim = |l: &Lane| self.lane_claim(*l).map(|(t, e)| (t, e, *l));
-        let claims: Option<Vec<(Micros, Evidence, Lane)>> = match &self.lanes {
-            Some(a) => a.keys().map(claim).collect(),
+        let mut lowest: Option<(Micros, Evidence, Lane)> = None;
+        let mut take = |l: Lane| {
+            let (t, e) = self.lane_claim(l)?;
+            if lowest.is_none_or(|(lt, _, ll)| (t, l) < (lt, ll)) {
+                lowest = Some((t, e, l));
+            }
+            Some(())
+        };
+        match &self.lanes {
+            Some(a) => a.keys().try_for_each(|l| take(*l))?,
             None => self
                 .newest
                 .keys()
                 .chain(self.lane_floor.keys())
-                .map(claim)
-                .collect(),
-        };
-        claims?.into_iter().min_by_key(|(t, _, l)| (*t, *l))
+                .try_for_each(|l| take(*l))?,
+        }
+        lowest
     }
 
     /// The watermark now: complete up to this time.

@@ -3,6 +3,7 @@
 //! connector's heartbeats, and counting PagerDuty triggers.
 #![allow(dead_code)] // each test crate uses its own share of this module
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,8 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use overseer_dal::catalog::SourceProgress;
-use overseer_testkit::Server;
+use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
+use overseer_testkit::{Server, unique_name};
 
 /// `overseer run` as a child process, its stderr in a file. Killed when dropped; a test
 /// that panics meanwhile prints its log.
@@ -265,26 +267,9 @@ pub(crate) fn producer(brokers: &str) -> FutureProducer {
         .unwrap()
 }
 
-/// The four payments models and the references the shipped checks select and join by.
-pub(crate) const MODELS: &str = r#"
-[[models]]
-name = "payments.transfers"
-id_field = "id"
-references = { account_id = "account_id", asset = "asset" }
-
-[[models]]
-name = "payments.assets"
-id_field = "symbol"
-
-[[models]]
-name = "ledger.entries"
-id_field = "_id"
-references = { transfer_id = "transfer_id", account_id = "account_id", asset = "asset" }
-
-[[models]]
-name = "ledger.wallets"
-id_field = "_id"
-"#;
+/// The four payments models and the references the shipped checks select and join by
+/// (the bench's, shared).
+pub(crate) const MODELS: &str = overseer_sim::workload::MODELS_TOML;
 
 /// The topic of the Kafka bus in these tests.
 pub(crate) const EVENTS_TOPIC: &str = "overseer.events";
@@ -297,7 +282,7 @@ pub(crate) const HEARTBEATS_TOPIC: &str = "ledger.heartbeats";
 /// payments WAL (slot and publication `{name}_slot`, `{name}_pub`) and the ledger topic
 /// with its connector's heartbeats, read by group `{name}-ingest`; `prs` is the `[prs]`
 /// table's body after its group (`{name}-prs`) and default escalation.
-pub(crate) fn real_config(
+fn real_config(
     s3: &Server,
     prefix: &str,
     schema: &str,
@@ -369,7 +354,7 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 
 /// Waits until both sources of [`real_config`] have reported a watermark (connected, and
 /// caught up by their evidence).
-pub(crate) async fn wait_ready(ov: &mut Overseer, cat: &impl SourceProgress) {
+async fn wait_ready(ov: &mut Overseer, cat: &impl SourceProgress) {
     wait_until(
         ov,
         Duration::from_secs(60),
@@ -384,4 +369,127 @@ pub(crate) async fn wait_ready(ov: &mut Overseer, cat: &impl SourceProgress) {
         },
     )
     .await;
+}
+
+/// Open PagerDuty incidents, by dedup key.
+pub(crate) fn open_keys(pd: &FakePagerDuty) -> BTreeSet<String> {
+    pd.open_incidents()
+        .into_iter()
+        .map(|i| i.dedup_key)
+        .collect()
+}
+
+/// Produces `ev` to the ledger topic with key `key`, on `partition` (else by key).
+pub(crate) async fn produce_ledger(
+    producer: &FutureProducer,
+    partition: Option<i32>,
+    key: &str,
+    ev: &Value,
+) {
+    let payload = ev.to_string();
+    let mut record = FutureRecord::to("ledger").key(key).payload(&payload);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce to the ledger topic");
+}
+
+/// The real stack of these tests, with `overseer run` on it: PostgreSQL (the payments
+/// source and the catalog), tansu (the ledger topic, its connector's heartbeats, the
+/// events topic of the bus), garage, and PagerDuty's local stand-in.
+pub(crate) struct RealStack {
+    _pg: Server,
+    _kafka: Server,
+    _s3: Server,
+    _dir: tempfile::TempDir,
+    pub(crate) pd: FakePagerDuty,
+    /// On the payments database.
+    pub(crate) client: tokio_postgres::Client,
+    pub(crate) producer: FutureProducer,
+    pub(crate) cat: PgCatalog,
+    beats: (CancellationToken, JoinHandle<()>),
+}
+
+impl RealStack {
+    /// Starts the servers; the payments database (`{name}_slot`, `{name}_pub`); the
+    /// ledger topic with `partitions`, the heartbeat and events topics; the ledger
+    /// connector's heartbeats every 250 ms, its read position `behind` the clock; the
+    /// configuration of [`real_config`] with `prs`; the catalog (migrated here first:
+    /// migrations take an advisory lock, so the child's own connect is harmless); then
+    /// `overseer run`, once both sources report a watermark.
+    pub(crate) async fn start(
+        name: &str,
+        partitions: i32,
+        behind: Duration,
+        prs: &str,
+    ) -> (RealStack, Overseer) {
+        let started = Instant::now();
+        let pg = Server::start("postgres");
+        let kafka = Server::start("tansu");
+        let s3 = Server::start("garage");
+        let pd = FakePagerDuty::start().await.unwrap();
+        let url = pg.var("PG_URL").to_owned();
+        let brokers = kafka.var("KAFKA_BROKERS").to_owned();
+        let schema = unique_name(name);
+        let dir = tempfile::tempdir().unwrap();
+
+        let client = payments_db(&url, &format!("{name}_pub"), &format!("{name}_slot")).await;
+        create_topics(
+            &brokers,
+            &[
+                ("ledger", partitions),
+                (HEARTBEATS_TOPIC, 1),
+                (EVENTS_TOPIC, 4),
+            ],
+        )
+        .await;
+        let producer = producer(&brokers);
+        let stop = CancellationToken::new();
+        let beats = mongo_heartbeats(
+            producer.clone(),
+            HEARTBEATS_TOPIC,
+            Duration::from_millis(250),
+            behind,
+            stop.clone(),
+        );
+        let cfg = dir.path().join("overseer.toml");
+        let text = real_config(
+            &s3,
+            &unique_name(name),
+            &schema,
+            &brokers,
+            &pd.url(),
+            name,
+            prs,
+        );
+        std::fs::write(&cfg, text).unwrap();
+        let cat = PgCatalog::connect(&url, &schema).await.unwrap();
+        let log = std::env::temp_dir().join(format!("overseer-{name}-{}.log", std::process::id()));
+        let mut ov = Overseer::start(&cfg, &url, &s3, &log);
+        wait_ready(&mut ov, &cat).await;
+        eprintln!("overseer ready after {:?}", started.elapsed());
+        let stack = RealStack {
+            _pg: pg,
+            _kafka: kafka,
+            _s3: s3,
+            _dir: dir,
+            pd,
+            client,
+            producer,
+            cat,
+            beats: (stop, beats),
+        };
+        (stack, ov)
+    }
+
+    /// Stops the connector's heartbeats.
+    pub(crate) async fn stop_heartbeats(self) {
+        let (stop, beats) = self.beats;
+        stop.cancel();
+        beats.await.unwrap();
+    }
 }
