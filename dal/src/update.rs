@@ -283,6 +283,12 @@ pub struct Incident {
     pub failing: bool,
     /// What the escalation target was last told successfully: an open (triggered) incident or not.
     pub notified_failing: bool,
+    /// Evaluation time of the verdict the target was last told about (0: told nothing yet).
+    pub notified_eval_us: Micros,
+    /// While an outbox is delivering this incident's notice, the wall-clock time until which
+    /// it holds the delivery (0: nobody does). Other outboxes leave the incident alone until
+    /// then, so one incident's notices reach the target one at a time, in order.
+    pub sending_until_us: Micros,
     /// Evaluation time of the latest applied verdict; verdicts for earlier times are ignored.
     pub last_eval_us: Micros,
     /// Evaluation time at which the current failing (or passing) streak began.

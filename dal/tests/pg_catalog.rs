@@ -106,8 +106,51 @@ async fn a_schema_at_migration_1_is_migrated_forward() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3]);
+    assert_eq!(versions, vec![1, 2, 3, 4]);
     assert_eq!(cat.snapshots("m", "r").await.unwrap(), vec![]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incidents_stored_before_migration_4_read_as_told_nothing() {
+    let (_server, url) = pg();
+    let schema = unique_name("cat_incident_upgrade");
+    drop(PgCatalog::connect(&url, &schema).await.unwrap());
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    // A schema at migration 3 with an open, notified incident in it.
+    client
+        .batch_execute(&format!(
+            "ALTER TABLE \"{schema}\".incidents DROP COLUMN notified_eval_us, \
+                 DROP COLUMN sending_until_us; \
+             DELETE FROM \"{schema}\".schema_migrations WHERE version >= 4; \
+             INSERT INTO \"{schema}\".incidents VALUES \
+                 ('c', 's', true, true, 30, 20, 'm', '{{}}', 40, 2);"
+        ))
+        .await
+        .unwrap();
+    let cat = PgCatalog::connect(&url, &schema).await.unwrap();
+    let inc = cat.incident("c", "s").await.unwrap().unwrap();
+    assert!(
+        inc.failing && inc.notified_failing && inc.version == 2,
+        "{inc:?}"
+    );
+    assert_eq!((inc.notified_eval_us, inc.sending_until_us), (0, 0));
+    // and it is written like any other
+    let next = Incident {
+        notified_eval_us: 30,
+        ..inc
+    };
+    assert_eq!(cat.put_incident(&next).await.unwrap(), Some(3));
+    assert_eq!(
+        cat.incident("c", "s")
+            .await
+            .unwrap()
+            .unwrap()
+            .notified_eval_us,
+        30
+    );
 }
 
 fn entry(i: usize, seq: u64) -> IndexEntry {

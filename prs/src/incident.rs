@@ -4,8 +4,8 @@
 //!  verdict ──> Escalator::record ──CAS──> catalog incident (check, subject)
 //!                                              │ failing ≠ notified_failing: a notice is owed
 //!                                              v
-//!                     Outbox worker ──Notice──> policy (PagerDuty, webhook, log, custom)
-//!                          └──on delivery──CAS notified_failing = failing
+//!   Outbox worker ──CAS take the delivery (lease)──> Notice ──> policy (PagerDuty, webhook, …)
+//!        └──on delivery──CAS notified_failing, notified_eval_us = what was sent; lease released
 //! ```
 //!
 //! The incident of a (check, subject) is a small state machine kept in the catalog:
@@ -14,8 +14,13 @@
 //! than the last one applied is ignored, so redelivered or reordered runs never move it
 //! back. The verdict is recorded before anything is sent, and what was sent is recorded
 //! after: a restart between the two finds the notice still owed (the outbox) and sends it
-//! then — never twice for one transition (PagerDuty dedups a repeated trigger of an open
-//! incident by its dedup_key anyway), never lost.
+//! then — never lost (PagerDuty dedups a repeated trigger of an open incident by its
+//! dedup_key; a webhook notice carries an `Idempotency-Key`).
+//!
+//! The incident records what the target was last told (`notified_failing`, for
+//! `notified_eval_us`), not what it should have been told: a pass applied while the
+//! trigger is in flight leaves a resolve owed, a fail applied while the resolve is in
+//! flight leaves a trigger owed (see [`Outbox`]).
 //!
 //! A muted check (kill switch) still records its verdicts but owes nothing: its
 //! transitions are marked as told without being sent.
@@ -93,6 +98,7 @@ impl Escalator {
                 routes,
                 wake,
                 retry_after: Duration::from_secs(5),
+                send_lease: SEND_LEASE,
             },
         ))
     }
@@ -143,6 +149,7 @@ impl Escalator {
             }
             if muted {
                 next.notified_failing = failing;
+                next.notified_eval_us = run.eval_us;
             }
             next.updated_us = now_us();
             if let Some(version) = self.catalog.put_incident(&next).await? {
@@ -166,26 +173,70 @@ impl Sink for Escalator {
 
 /// Delivers owed notices: at start everything left owed by a previous run, then whatever
 /// new verdicts owe, retrying later what a policy could not take.
+///
+/// Exactly right after any race:
+/// - **What was told is recorded as told.** After a delivery the incident records the
+///   notice sent (`notified_failing`, `notified_eval_us`), whatever verdicts were applied
+///   while it was in flight. If the incident changed meanwhile (a pass landed while its
+///   trigger was in flight, or a fail while its resolve was), it is still owed, and the
+///   next notice brings the target to the incident's current state.
+/// - **One sender per incident.** Before sending, an outbox takes the incident's delivery
+///   (`sending_until_us`, a lease of [`SEND_LEASE`] renewed while the send lasts), so the
+///   outboxes of several runner instances never send one incident's notices concurrently
+///   and the last notice recorded is the last the target received. The lease of an outbox
+///   that died mid-send lapses after [`SEND_LEASE`]; the notice is then sent again
+///   (at-least-once: PagerDuty dedups by dedup_key, webhooks get an `Idempotency-Key`).
 pub struct Outbox {
     catalog: DynCatalog,
     routes: Arc<Routes>,
     wake: Arc<Notify>,
     /// Pause before retrying notices whose delivery failed transiently.
     retry_after: Duration,
+    /// How long a delivery is held without renewal ([`SEND_LEASE`] unless set).
+    send_lease: Duration,
 }
 
 /// Incidents handled per catalog read.
 const OUTBOX_PAGE: usize = 256;
 
+/// How long an outbox holds an incident's delivery without renewing it, by default.
+/// Renewed every third of it while a send lasts (retries and rate limiting included).
+pub const SEND_LEASE: Duration = Duration::from_secs(30);
+
+/// What became of one incident's owed notice.
+enum Delivery {
+    /// Delivered (or definitely refused and dropped), or nothing was owed any more.
+    Done,
+    /// Not delivered now: a transient failure, or another outbox is sending it.
+    Later,
+}
+
 impl Outbox {
+    /// Sets how long a delivery is held without renewal (default [`SEND_LEASE`]); the
+    /// notice of an outbox that died mid-send is sent again after at most that long.
+    pub fn with_send_lease(mut self, lease: Duration) -> Self {
+        self.send_lease = lease;
+        self
+    }
+
+    /// Sets the pause before retrying what could not be delivered (default 5 s).
+    pub fn with_retry_after(mut self, pause: Duration) -> Self {
+        self.retry_after = pause;
+        self
+    }
+
     /// Runs until `shutdown`; delivers what is owed at that point first if it can.
+    /// Catalog errors that may pass are retried; only definite ones end it.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
         loop {
-            let failed = self.drain().await?;
-            let pause = if failed {
-                self.retry_after
-            } else {
-                Duration::from_secs(3600)
+            let pause = match self.drain().await {
+                Ok(false) => Duration::from_secs(3600),
+                Ok(true) => self.retry_after,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, "escalation outbox: catalog error, will retry");
+                    self.retry_after
+                }
+                Err(e) => return Err(e),
             };
             tokio::select! {
                 _ = shutdown.cancelled() => {
@@ -198,9 +249,10 @@ impl Outbox {
         }
     }
 
-    /// Sends every owed notice once; returns whether some could not be delivered.
+    /// Sends every owed notice once; returns whether some are still owed (a transient
+    /// failure, or another outbox holds their delivery).
     pub async fn drain(&self) -> Result<bool> {
-        let mut failed = false;
+        let mut later = false;
         let mut skip: BTreeSet<(String, String)> = BTreeSet::new();
         loop {
             let page = self
@@ -212,22 +264,72 @@ impl Outbox {
                 .filter(|i| !skip.contains(&(i.check.clone(), i.subject.clone())))
                 .collect();
             if todo.is_empty() {
-                return Ok(failed);
+                return Ok(later);
             }
             for inc in todo {
-                if !self.deliver(&inc).await? {
-                    failed = true;
-                    skip.insert((inc.check.clone(), inc.subject.clone()));
+                if let Delivery::Later = self.deliver(&inc).await? {
+                    later = true;
+                    skip.insert((inc.check, inc.subject));
                 }
             }
         }
     }
 
-    /// Sends the notice `inc` owes and records it as told. False if the policy failed
-    /// transiently (it stays owed).
-    async fn deliver(&self, inc: &Incident) -> Result<bool> {
+    /// Takes `inc`'s delivery, sends the notice it owes, and records what was told.
+    async fn deliver(&self, inc: &Incident) -> Result<Delivery> {
         let policy = self.routes.policy_of(&inc.check)?;
-        let notice = if inc.failing {
+        let held = match self.take(inc).await? {
+            Take::Held(held) => held,
+            Take::Settled => return Ok(Delivery::Done),
+            Take::Busy => return Ok(Delivery::Later),
+        };
+        let notice = self.notice(&held);
+        let mut lease = held.sending_until_us;
+        let sent = {
+            let send = policy.send(&notice);
+            tokio::pin!(send);
+            let every = self.send_lease / 3;
+            let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    sent = &mut send => break sent,
+                    _ = renew.tick() => lease = self.renew(inc, lease).await,
+                }
+            }
+        };
+        let told = match sent {
+            Ok(()) => true,
+            Err(e) if e.is_transient() => {
+                tracing::warn!(check = %inc.check, policy = policy.policy(), error = %e,
+                    "escalation failed, will retry");
+                false
+            }
+            Err(e) => {
+                // A definite refusal (e.g. PagerDuty's 400) will not change on retry: log it
+                // loudly and stop owing it, or the outbox would resend it forever.
+                tracing::error!(check = %inc.check, policy = policy.policy(), error = %e,
+                    "escalation refused; the notice is dropped");
+                true
+            }
+        };
+        let told = told.then_some((held.failing, notice.eval_time_us));
+        self.release(inc, lease, told).await?;
+        Ok(if told.is_some() {
+            Delivery::Done
+        } else {
+            Delivery::Later
+        })
+    }
+
+    /// The end of a delivery lease taken at `now_us`.
+    fn lease_from(&self, now_us: i64) -> i64 {
+        let lease = i64::try_from(self.send_lease.as_micros()).unwrap_or(i64::MAX);
+        now_us.saturating_add(lease)
+    }
+
+    /// The notice that brings the target to `inc`'s state.
+    fn notice(&self, inc: &Incident) -> Notice {
+        if inc.failing {
             let details: serde_json::Value =
                 serde_json::from_str(&inc.details).unwrap_or(serde_json::Value::Null);
             Notice::trigger(
@@ -240,34 +342,105 @@ impl Outbox {
             )
         } else {
             Notice::resolve(&inc.check, &inc.subject, inc.last_eval_us)
-        };
-        match policy.send(&notice).await {
-            Ok(()) => {}
-            Err(e) if e.is_transient() => {
-                tracing::warn!(check = %inc.check, policy = policy.policy(), error = %e,
-                    "escalation failed, will retry");
-                return Ok(false);
-            }
-            Err(e) => {
-                // A definite refusal (e.g. PagerDuty's 400) will not change on retry: log it
-                // loudly and stop owing it, or the outbox would resend it forever.
-                tracing::error!(check = %inc.check, policy = policy.policy(), error = %e,
-                    "escalation refused; the notice is dropped");
-            }
         }
-        // Record it as told, unless a newer verdict changed what is owed meanwhile.
+    }
+
+    /// Takes the delivery of `inc` for the send lease, unless nothing is owed any more or
+    /// another outbox holds it.
+    async fn take(&self, inc: &Incident) -> Result<Take> {
         let mut cur = inc.clone();
         loop {
-            cur.notified_failing = inc.failing;
-            cur.updated_us = now_us();
-            if self.catalog.put_incident(&cur).await?.is_some() {
-                return Ok(true);
+            if !cur.unsettled() {
+                return Ok(Take::Settled);
+            }
+            let now = now_us();
+            if cur.sending_until_us > now {
+                return Ok(Take::Busy);
+            }
+            let mut held = cur.clone();
+            held.sending_until_us = self.lease_from(now);
+            held.updated_us = now;
+            if let Some(version) = self.catalog.put_incident(&held).await? {
+                held.version = version;
+                return Ok(Take::Held(held));
             }
             match self.catalog.incident(&inc.check, &inc.subject).await? {
-                Some(now) if now.failing == inc.failing => cur = now,
-                // It flipped again: what is owed now is the next drain's business.
-                _ => return Ok(true),
+                Some(again) => cur = again,
+                None => return Ok(Take::Settled),
             }
         }
     }
+
+    /// Extends the delivery this outbox holds (`lease`); returns the lease now held. A
+    /// catalog error is logged and the old lease kept: the send goes on, and the next
+    /// renewal may succeed.
+    async fn renew(&self, inc: &Incident, lease: i64) -> i64 {
+        let renewed = async {
+            loop {
+                let Some(mut cur) = self.catalog.incident(&inc.check, &inc.subject).await? else {
+                    return Ok(lease);
+                };
+                if cur.sending_until_us != lease {
+                    tracing::warn!(check = %inc.check,
+                        "escalation: the delivery lease lapsed during a send; another outbox \
+                         may send this incident's notice too");
+                    return Ok(lease);
+                }
+                let now = now_us();
+                cur.sending_until_us = self.lease_from(now);
+                cur.updated_us = now;
+                if self.catalog.put_incident(&cur).await?.is_some() {
+                    return Ok::<_, Error>(cur.sending_until_us);
+                }
+            }
+        };
+        renewed.await.unwrap_or_else(|e| {
+            tracing::warn!(check = %inc.check, error = %e,
+                "escalation: could not renew the delivery lease");
+            lease
+        })
+    }
+
+    /// Ends this outbox's delivery (`lease`) of `inc`, recording `told` (what the target
+    /// was told: failing or not, for which evaluation time) whatever the incident's state
+    /// is now: if a verdict changed it meanwhile, the difference is owed and the next
+    /// drain sends it.
+    async fn release(&self, inc: &Incident, lease: i64, told: Option<(bool, i64)>) -> Result<()> {
+        loop {
+            let Some(cur) = self.catalog.incident(&inc.check, &inc.subject).await? else {
+                return Ok(());
+            };
+            let ours = cur.sending_until_us == lease;
+            if !ours && told.is_none() {
+                return Ok(());
+            }
+            let mut next = cur;
+            if let Some((failing, eval_us)) = told {
+                next.notified_failing = failing;
+                next.notified_eval_us = eval_us;
+            }
+            if ours {
+                next.sending_until_us = 0;
+            }
+            next.updated_us = now_us();
+            if self.catalog.put_incident(&next).await?.is_some() {
+                if next.unsettled() {
+                    tracing::info!(check = %inc.check, failing = next.failing,
+                        "escalation: the incident changed while its notice was in flight; \
+                         the notice bringing the target to its state is owed");
+                }
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Outcome of [`Outbox::take`].
+enum Take {
+    /// This outbox holds the delivery; the incident as held (its state is what to send).
+    Held(Incident),
+    /// Nothing is owed any more.
+    Settled,
+    /// Another outbox holds the delivery.
+    Busy,
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::future::join_all;
 use overseer_prs::Error;
 use overseer_prs::escalate::{
-    Action, Backoff, CustomNotifier, LogNotifier, Notice, Notifier, PagerDutyNotifier, RateLimit,
-    RateLimited, Retrying, Severity, WebhookNotifier, dedup_key,
+    Action, Backoff, CustomNotifier, IDEMPOTENCY_KEY, LogNotifier, Notice, Notifier,
+    PagerDutyNotifier, RateLimit, RateLimited, Retrying, Severity, WebhookNotifier, dedup_key,
 };
 use overseer_testkit::memory::MemoryNotifier;
 use overseer_testkit::pagerduty::{FakePagerDuty, TEST_ROUTING_KEY};
@@ -361,10 +361,12 @@ fn unset_routing_key_variable_is_a_clear_error() {
 
 // ---------------------------------------------------------------- webhook
 
-/// A tiny webhook receiver: records JSON bodies, answers the status it is told.
+/// A tiny webhook receiver: records JSON bodies and their `Idempotency-Key` headers,
+/// answers the status it is told.
 struct Receiver {
     url: String,
     bodies: Arc<Mutex<Vec<Value>>>,
+    keys: Arc<Mutex<Vec<Option<String>>>>,
     status: Arc<AtomicU16>,
     server: tokio::task::JoinHandle<()>,
 }
@@ -377,17 +379,25 @@ impl Drop for Receiver {
 
 async fn receiver() -> Receiver {
     let bodies = Arc::new(Mutex::new(Vec::new()));
+    let keys = Arc::new(Mutex::new(Vec::new()));
     let status = Arc::new(AtomicU16::new(200));
-    let (b, s) = (bodies.clone(), status.clone());
+    let (b, k, s) = (bodies.clone(), keys.clone(), status.clone());
     let app = axum::Router::new().route(
         "/hooks/{token}",
-        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
-            let (b, s) = (b.clone(), s.clone());
-            async move {
-                b.lock().unwrap().push(body);
-                axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
-            }
-        }),
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+                let (b, k, s) = (b.clone(), k.clone(), s.clone());
+                async move {
+                    b.lock().unwrap().push(body);
+                    k.lock().unwrap().push(
+                        headers
+                            .get(IDEMPOTENCY_KEY)
+                            .map(|v| v.to_str().unwrap().to_owned()),
+                    );
+                    axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
@@ -402,6 +412,7 @@ async fn receiver() -> Receiver {
     Receiver {
         url,
         bodies,
+        keys,
         status,
         server,
     }
@@ -420,6 +431,28 @@ async fn webhook_posts_the_notice_json() {
     let back: Notice = serde_json::from_value(bodies[0].clone()).unwrap();
     assert_eq!(back, notice);
     assert_eq!(back.action, Action::Trigger);
+
+    // Every redelivery of one notice carries one idempotency key; another notice
+    // (the resolve, or a later verdict) another.
+    hook.send(&notice).await.unwrap();
+    let resolve = Notice::resolve("net_zero", "t-1", notice.eval_time_us);
+    hook.send(&resolve).await.unwrap();
+    let later = Notice {
+        eval_time_us: notice.eval_time_us + 1,
+        ..notice.clone()
+    };
+    hook.send(&later).await.unwrap();
+    let keys = rx.keys.lock().unwrap().clone();
+    let keys: Vec<String> = keys.into_iter().map(|k| k.expect("a key")).collect();
+    assert_eq!(keys[0], notice.idempotency_key());
+    assert_eq!(keys[0], keys[1], "a redelivery carries the same key");
+    assert!(
+        keys[0].starts_with(&notice.dedup_key),
+        "the key names its incident"
+    );
+    assert_ne!(keys[2], keys[0], "a resolve is another notice");
+    assert_ne!(keys[3], keys[0], "a later verdict is another notice");
+    assert_ne!(keys[3], keys[2]);
 }
 
 #[tokio::test]

@@ -1,18 +1,23 @@
 //! The incident state machine against a local server implementing the PagerDuty Events v2
 //! contract, through the real HTTP client, with its state in a real (embedded) catalog:
 //! one incident per failure, none added by repeated failures, recovery resolves, a restart
-//! mid-incident neither re-triggers nor loses the resolve, 429 retried, 400 not.
+//! mid-incident neither re-triggers nor loses the resolve, 429 retried, 400 not; a verdict
+//! applied while a notice is in flight ends with the target in the incident's state, and
+//! two outboxes never send one incident at once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use overseer_dal::catalog::DynCatalog;
 use overseer_dal::catalog::embedded::EmbeddedCatalog;
-use overseer_prs::escalate::{Backoff, Notifier, PagerDutyNotifier, Retrying, Severity};
+use overseer_dal::update::Incident;
+use overseer_prs::escalate::{Backoff, Notice, Notifier, PagerDutyNotifier, Retrying, Severity};
 use overseer_prs::incident::{Escalator, Outbox, Routes};
 use overseer_prs::runner::{Outcome, RunRecord};
 use overseer_testkit::pagerduty::FakePagerDuty;
@@ -41,16 +46,28 @@ fn run(check: &str, subject: &str, eval_us: i64, fail: bool) -> RunRecord {
 }
 
 fn escalator(catalog: &DynCatalog, pd: &FakePagerDuty, muted: &[&str]) -> (Escalator, Outbox) {
+    escalator_to(catalog, pagerduty(pd), muted)
+}
+
+/// The PagerDuty policy: the real client to `pd`, retrying fast.
+fn pagerduty(pd: &FakePagerDuty) -> Arc<dyn Notifier> {
     let fast = Backoff {
         initial: Duration::from_millis(10),
         max_delay: Duration::from_millis(50),
         max_attempts: 5,
         ..Backoff::default()
     };
-    let pd: Arc<dyn Notifier> = Arc::new(Retrying::with_backoff(
+    Arc::new(Retrying::with_backoff(
         PagerDutyNotifier::new(KEY, Some(&pd.url())).unwrap(),
         fast,
-    ));
+    ))
+}
+
+fn escalator_to(
+    catalog: &DynCatalog,
+    pd: Arc<dyn Notifier>,
+    muted: &[&str],
+) -> (Escalator, Outbox) {
     let routes = Routes {
         policies: BTreeMap::from([("pagerduty".to_owned(), pd)]),
         default_policy: "pagerduty".into(),
@@ -218,4 +235,222 @@ async fn muted_check_records_but_does_not_page() {
     let inc = cat.incident("nets", "T1").await.unwrap().unwrap();
     assert!(inc.failing, "the verdict is recorded");
     assert_eq!(cat.incidents(true).await.unwrap().len(), 1);
+}
+
+// ------------------------------------------------------------- races with a notice in flight
+
+/// A policy in front of another that holds a send when told to: the notice is in flight
+/// (taken by the outbox, not yet at the target) until the test lets it go.
+struct Gate {
+    inner: Arc<dyn Notifier>,
+    hold_next: AtomicBool,
+    arrived: Notify,
+    go: Semaphore,
+    in_flight: AtomicUsize,
+    most_in_flight: AtomicUsize,
+}
+
+impl Gate {
+    fn new(inner: Arc<dyn Notifier>) -> Arc<Gate> {
+        Arc::new(Gate {
+            inner,
+            hold_next: AtomicBool::new(false),
+            arrived: Notify::new(),
+            go: Semaphore::new(0),
+            in_flight: AtomicUsize::new(0),
+            most_in_flight: AtomicUsize::new(0),
+        })
+    }
+
+    /// Holds the next send until [`Gate::release`].
+    fn hold_next(&self) {
+        self.hold_next.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the held send has been handed to this policy.
+    async fn wait_in_flight(&self) {
+        tokio::time::timeout(Duration::from_secs(10), self.arrived.notified())
+            .await
+            .expect("the outbox sends the owed notice");
+    }
+
+    fn release(&self) {
+        self.go.add_permits(1);
+    }
+}
+
+#[async_trait::async_trait]
+impl Notifier for Gate {
+    async fn send(&self, notice: &Notice) -> overseer_prs::Result<()> {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+        if self.hold_next.swap(false, Ordering::SeqCst) {
+            self.arrived.notify_one();
+            self.go.acquire().await.unwrap().forget();
+        }
+        let sent = self.inner.send(notice).await;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        sent
+    }
+    fn describe(&self) -> String {
+        "gate".into()
+    }
+}
+
+/// The `event_action`s PagerDuty received, in order.
+fn actions(pd: &FakePagerDuty) -> Vec<String> {
+    pd.requests()
+        .iter()
+        .map(|r| {
+            r.json.as_ref().unwrap()["event_action"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Waits (at most 10 s) until the incident is settled at `told_eval_us`, then returns it.
+async fn settled_at(cat: &DynCatalog, told_eval_us: i64) -> Incident {
+    for _ in 0..1000 {
+        let inc = cat.incident("nets", "T1").await.unwrap().unwrap();
+        if !inc.unsettled() && inc.notified_eval_us == told_eval_us && inc.sending_until_us == 0 {
+            return inc;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!(
+        "the incident never settled at {told_eval_us}: {:?}",
+        cat.incident("nets", "T1").await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_pass_applied_while_the_trigger_is_in_flight_ends_resolved() {
+    let pd = FakePagerDuty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(&dir);
+    let gate = Gate::new(pagerduty(&pd));
+    let (esc, outbox) = escalator_to(&cat, gate.clone(), &[]);
+    let stop = CancellationToken::new();
+
+    esc.apply(&run("nets", "T1", 10, true)).await.unwrap();
+    gate.hold_next();
+    let worker = tokio::spawn(outbox.run(stop.clone()));
+    gate.wait_in_flight().await;
+    // The trigger is in flight; the subject passes again.
+    esc.apply(&run("nets", "T1", 20, false)).await.unwrap();
+    gate.release();
+
+    let inc = settled_at(&cat, 20).await;
+    assert!(!inc.failing && !inc.notified_failing, "{inc:?}");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(actions(&pd), ["trigger", "resolve"]);
+    assert!(
+        pd.open_incidents().is_empty(),
+        "nothing left open at PagerDuty"
+    );
+    assert_eq!(pd.incidents_opened_total(), 1);
+}
+
+#[tokio::test]
+async fn a_fail_applied_while_the_resolve_is_in_flight_ends_triggered() {
+    let pd = FakePagerDuty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(&dir);
+    let gate = Gate::new(pagerduty(&pd));
+    let (esc, outbox) = escalator_to(&cat, gate.clone(), &[]);
+
+    esc.apply(&run("nets", "T1", 10, true)).await.unwrap();
+    outbox.drain().await.unwrap();
+    assert_eq!(pd.open_incidents().len(), 1);
+    esc.apply(&run("nets", "T1", 20, false)).await.unwrap();
+    gate.hold_next();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(outbox.run(stop.clone()));
+    gate.wait_in_flight().await;
+    // The resolve is in flight; the subject fails again.
+    esc.apply(&run("nets", "T1", 30, true)).await.unwrap();
+    gate.release();
+
+    let inc = settled_at(&cat, 30).await;
+    assert!(inc.failing && inc.notified_failing, "{inc:?}");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(actions(&pd), ["trigger", "resolve", "trigger"]);
+    assert_eq!(
+        pd.open_incidents().len(),
+        1,
+        "exactly one open incident at PagerDuty"
+    );
+}
+
+#[tokio::test]
+async fn two_outboxes_never_send_one_incident_at_once() {
+    let pd = FakePagerDuty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(&dir);
+    let gate = Gate::new(pagerduty(&pd));
+    // Two runner instances on one catalog, each with its outbox.
+    let (esc, first) = escalator_to(&cat, gate.clone(), &[]);
+    let (_, second) = escalator_to(&cat, gate.clone(), &[]);
+
+    esc.apply(&run("nets", "T1", 10, true)).await.unwrap();
+    gate.hold_next();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(first.run(stop.clone()));
+    gate.wait_in_flight().await;
+    // The first outbox holds the delivery: the second leaves it alone, and says it is
+    // still owed.
+    assert!(second.drain().await.unwrap(), "still owed");
+    esc.apply(&run("nets", "T1", 20, false)).await.unwrap();
+    second.drain().await.unwrap();
+    assert_eq!(gate.in_flight.load(Ordering::SeqCst), 1);
+    assert!(pd.requests().is_empty(), "{:?}", actions(&pd));
+    gate.release();
+
+    settled_at(&cat, 20).await;
+    assert!(!second.drain().await.unwrap(), "nothing owed");
+    stop.cancel();
+    worker.await.unwrap().unwrap();
+    assert_eq!(actions(&pd), ["trigger", "resolve"]);
+    assert_eq!(gate.most_in_flight.load(Ordering::SeqCst), 1);
+    assert!(pd.open_incidents().is_empty());
+}
+
+#[tokio::test]
+async fn a_send_longer_than_the_lease_keeps_it_and_a_dead_outboxs_lease_lapses() {
+    let pd = FakePagerDuty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(&dir);
+    let gate = Gate::new(pagerduty(&pd));
+    let lease = Duration::from_millis(300);
+    let (esc, first) = escalator_to(&cat, gate.clone(), &[]);
+    let (_, second) = escalator_to(&cat, gate.clone(), &[]);
+    let (first, second) = (first.with_send_lease(lease), second.with_send_lease(lease));
+
+    esc.apply(&run("nets", "T1", 10, true)).await.unwrap();
+    gate.hold_next();
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(first.run(stop.clone()));
+    gate.wait_in_flight().await;
+    // Held for three leases: renewed, so the second outbox never takes it.
+    for _ in 0..9 {
+        tokio::time::sleep(lease / 3).await;
+        assert!(
+            second.drain().await.unwrap(),
+            "the first outbox still holds it"
+        );
+    }
+    assert!(pd.requests().is_empty());
+    // The first outbox dies mid-send: its lease lapses and the second delivers.
+    worker.abort();
+    let _ = worker.await;
+    tokio::time::sleep(lease + lease / 2).await;
+    assert!(!second.drain().await.unwrap(), "delivered");
+    assert_eq!(actions(&pd), ["trigger"]);
+    let inc = settled_at(&cat, 10).await;
+    assert!(inc.failing && inc.notified_failing);
+    drop(gate);
 }

@@ -1250,6 +1250,8 @@ fn incident(check: &str, subject: &str, failing: bool, notified_failing: bool) -
         details: r#"{"evidence":[1,2,3]}"#.into(),
         updated_us: 5_000,
         version: 0,
+        notified_eval_us: if notified_failing { 950 } else { 0 },
+        sending_until_us: 0,
     }
 }
 
@@ -1282,6 +1284,8 @@ pub async fn incident_store_suite(cat: &Arc<dyn IncidentStore>) {
     first.last_eval_us = i64::MAX;
     first.since_us = i64::MIN;
     first.updated_us = -1;
+    first.notified_eval_us = i64::MIN + 1;
+    first.sending_until_us = i64::MAX - 1;
     let stored = put_ok(cat, &first).await;
     assert_eq!(stored.version, 1);
     assert_eq!(
@@ -1291,6 +1295,8 @@ pub async fn incident_store_suite(cat: &Arc<dyn IncidentStore>) {
     );
     let mut settled = stored.clone();
     settled.notified_failing = true;
+    settled.notified_eval_us = 42;
+    settled.sending_until_us = 0;
     let settled = put_ok(cat, &settled).await;
     assert_eq!(settled.version, 2);
     assert_eq!(

@@ -47,7 +47,7 @@ pub use log::LogNotifier;
 pub use pagerduty::{PAGERDUTY_EVENTS_URL, PagerDutyNotifier};
 pub use rate::{RateLimit, RateLimited};
 pub use retry::{Backoff, Retrying};
-pub use webhook::WebhookNotifier;
+pub use webhook::{IDEMPOTENCY_KEY, WebhookNotifier};
 
 use crate::{Error, Result};
 
@@ -168,6 +168,19 @@ impl Notice {
             eval_time_us,
             details: serde_json::Value::Object(Default::default()),
         }
+    }
+
+    /// What identifies this notice across redeliveries: `<dedup_key>:<action>:<eval_time_us>`.
+    /// The outbox delivers at least once; a notice sent again after a crash or a lost
+    /// response carries the same key, a different notice (the other action, or a later
+    /// verdict) a different one. Webhooks send it as the `Idempotency-Key` header.
+    pub fn idempotency_key(&self) -> String {
+        format!(
+            "{}:{}:{}",
+            self.dedup_key,
+            self.action.as_str(),
+            self.eval_time_us
+        )
     }
 
     /// The same notice with the `sensitive` fields of its details blanked ([`redact`]).

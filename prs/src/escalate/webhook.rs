@@ -9,8 +9,13 @@ use super::http::{self, DEFAULT_TIMEOUT};
 use super::{Notice, Notifier, error};
 use crate::{Error, Result};
 
-/// POSTs each [`Notice`] as a JSON body to a URL. 2xx is delivered; 429, 408, 5xx,
-/// timeouts and connection errors are transient; any other status is definite.
+/// The header naming a notice's identity (IETF draft `Idempotency-Key`).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// POSTs each [`Notice`] as a JSON body to a URL, with an `Idempotency-Key` header
+/// ([`Notice::idempotency_key`]: the same for every redelivery of one notice, so a
+/// receiver can drop repeats). 2xx is delivered; 429, 408, 5xx, timeouts and connection
+/// errors are transient; any other status is definite.
 ///
 /// Webhook URLs often carry a token in their path, so `Debug`, `describe` and error
 /// messages show only `scheme://host/…`.
@@ -65,6 +70,7 @@ impl WebhookNotifier {
             .client
             .post(self.url.clone())
             .timeout(self.timeout)
+            .header(IDEMPOTENCY_KEY, notice.idempotency_key())
             .json(notice)
             .send()
             .await
