@@ -25,6 +25,7 @@ pub mod escalate;
 pub mod incident;
 pub mod pool;
 pub mod replay;
+pub mod retry;
 pub mod runner;
 pub mod schedule;
 pub mod select;

@@ -48,6 +48,8 @@ use overseer_dal::update::Micros;
 
 use crate::check::{CheckSpec, Registry};
 use crate::pool::CheckPool;
+use tokio_util::sync::CancellationToken;
+
 use crate::runner::{Outcome, RunRecord, Sink, run_group, share_groups};
 use crate::schedule::Ready;
 use crate::select::Selector;
@@ -225,7 +227,10 @@ pub async fn replay(
             let (dal, permits, pool) = (dal.clone(), permits.clone(), pool.clone());
             running.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
-                run_group(&dal, &pool, &group).await
+                // Storage faults are retried until the runs reach their verdicts.
+                run_group(&dal, &pool, &group, &CancellationToken::new())
+                    .await
+                    .expect("never stopped")
             });
         }
         prog.updates = summary.updates;

@@ -17,6 +17,22 @@
 //! notifications. A crash with delayed runs pending therefore re-delivers their
 //! notifications, and the restarted runner re-derives the same runs; the sink's incident
 //! state (in the catalog) makes the repeated verdicts harmless.
+//!
+//! # One evaluation at a time per (check, subject)
+//! Verdicts of one (check, subject) reach the sink in evaluation-time order: a run
+//! released while another of the same (check, subject) is running waits behind it
+//! ([`Serial`]), coalescing with any other that arrives meanwhile, and runs at an
+//! evaluation time no older than the one before. Otherwise a slow failing run completing
+//! after a newer passing one would open an incident for a failure already over (a pass
+//! with no incident leaves no row for the incident state to order it by).
+//!
+//! # Transient faults
+//! A storage fault that may pass (see [`crate::retry`]) while building a view, handing a
+//! verdict to the sink, selecting, reading watermarks or reading and committing the bus is
+//! retried with backoff; the notifications the step serves stay uncommitted meanwhile. A
+//! run is never given an `error` verdict for one: its (check, subject, evaluation time)
+//! is evaluated again, exactly as it would have been. Only definite errors (an undecodable
+//! record, a panic, the check's own timeout) are `error` verdicts.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,6 +51,7 @@ use overseer_dal::update::{Micros, UpdateNotification, now_us};
 
 use crate::check::{CheckSpec, ErasedCheck, Evaluation, Registry, Verdict};
 use crate::pool::CheckPool;
+use crate::retry::retrying;
 use crate::schedule::{Plan, Ready, Scheduler, Trigger};
 use crate::select::Selector;
 use crate::telemetry;
@@ -241,6 +258,8 @@ pub struct Runner {
     join_refs: Vec<(String, String)>,
     /// Where the check functions run.
     pool: CheckPool,
+    /// Transient faults in a row reading the watermarks.
+    watermark_faults: u32,
 }
 
 impl Runner {
@@ -307,6 +326,7 @@ impl Runner {
             options,
             join_refs: join_refs.into_iter().collect(),
             pool: CheckPool::default(),
+            watermark_faults: 0,
         })
     }
 
@@ -322,8 +342,21 @@ impl Runner {
         // The joins of the checks' views find their members by these references: the
         // catalog keeps their reference updates as an index, so a join read costs what
         // changed since (see `overseer_dal::state`, "Joins").
-        self.dal.catalog().keep_ref_updates(&self.join_refs).await?;
+        let catalog = self.dal.catalog().clone();
+        let refs = &self.join_refs;
+        match retrying("select", &shutdown, || async {
+            Ok(catalog.keep_ref_updates(refs).await?)
+        })
+        .await
+        {
+            Some(kept) => kept?,
+            None => return Ok(RunnerReport::default()),
+        }
         let mut report = RunnerReport::default();
+        let mut bus_faults = 0u32;
+        let mut serial = Serial::default();
+        // Runs that were waiting behind one that completed, to start now.
+        let mut resumed: Vec<Ready> = Vec::new();
         let mut acks = Acks::default();
         let mut running: Running = JoinSet::new();
         let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
@@ -335,6 +368,9 @@ impl Runner {
         // Watermarks are read again as soon as a batch commits in this process (push), and
         // on the poll interval (commits by other processes).
         let mut commit_signal = self.dal.catalog().commit_signal();
+        // Done prefixes not yet committed on the bus (a commit that failed transiently is
+        // tried again with the next one).
+        let mut to_commit = ToCommit::default();
 
         loop {
             let accepting = self.scheduler.len() < self.options.max_pending
@@ -353,6 +389,7 @@ impl Runner {
                         for id in ids {
                             acks.release(id);
                         }
+                        resumed.extend(serial.done(&rec));
                     }
                 }
                 _ = overseer_dal::catalog::committed(&mut commit_signal) => {
@@ -362,33 +399,48 @@ impl Runner {
                     self.refresh_watermarks().await?;
                 }
                 _ = commits.tick() => {
-                    let tags = acks.committable();
-                    if !tags.is_empty() {
-                        sub.commit(&tags).await?;
-                    }
+                    to_commit.add(acks.committable());
+                    to_commit.try_commit(&mut *sub).await?;
                 }
                 _ = tokio::time::sleep_until(next_timer) => {}
                 batch = sub.recv(self.options.batch), if accepting => {
-                    let batch = batch?;
+                    let batch = match batch {
+                        Ok(batch) => {
+                            bus_faults = 0;
+                            batch
+                        }
+                        Err(e) if e.is_transient() => {
+                            bus_faults += 1;
+                            crate::retry::note_fault("bus", bus_faults, &e);
+                            tokio::time::sleep(crate::retry::pause(bus_faults)).await;
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     // Selections may read the catalog: run them concurrently (a round trip
                     // each on a server catalog), then take them in delivery order.
                     let (selector, catalog, notes) =
                         (&self.selector, &**self.dal.catalog(), &batch);
-                    let selected: Vec<Result<Vec<(String, String)>>> =
+                    let stop = &shutdown;
+                    let selected: Vec<Option<Result<Selected>>> =
                         futures::stream::iter(0..notes.len())
                             .map(|i| async move {
                                 let note = &notes[i].note;
-                                if selector.triggers(&note.model) {
-                                    selector.select(catalog, note).await
-                                } else {
-                                    Ok(Vec::new())
+                                if !selector.triggers(&note.model) {
+                                    return Some(Ok(Vec::new()));
                                 }
+                                retrying("select", stop, || selector.select(catalog, note)).await
                             })
                             .buffered(SELECT_CONCURRENCY)
                             .collect()
                             .await;
+                    if selected.iter().any(Option::is_none) {
+                        // Stopped while a selection waited to retry: none of this batch is
+                        // taken (nor committed), so it is delivered again after a restart.
+                        break;
+                    }
                     for (d, pairs) in batch.into_iter().zip(selected) {
-                        let pairs = pairs?;
+                        let pairs = pairs.expect("checked above")?;
                         report.notifications += 1;
                         let id = acks.register(d.tag);
                         let now = Instant::now();
@@ -404,9 +456,15 @@ impl Runner {
                     }
                 }
             }
-            let ready = self.scheduler.take_ready(Instant::now());
+            let mut ready = std::mem::take(&mut resumed);
+            ready.extend(
+                self.scheduler
+                    .take_ready(Instant::now())
+                    .into_iter()
+                    .filter_map(|r| serial.admit(r)),
+            );
             for group in self.share_groups(ready) {
-                self.spawn(&mut running, &permits, &sink, group);
+                self.spawn(&mut running, &permits, &sink, &shutdown, group);
             }
             telemetry::pending(self.scheduler.len());
         }
@@ -426,16 +484,31 @@ impl Runner {
                 }
             }
         }
-        let tags = acks.committable();
-        if !tags.is_empty() {
-            sub.commit(&tags).await?;
+        to_commit.add(acks.committable());
+        to_commit.try_commit(&mut *sub).await?;
+        if !to_commit.is_empty() {
+            // One more try: nothing done is left uncommitted for want of a retry.
+            tokio::time::sleep(crate::retry::MAX_PAUSE).await;
+            to_commit.try_commit(&mut *sub).await?;
         }
         Ok(report)
     }
 
-    /// Reads every source's watermark into the scheduler.
+    /// Reads every source's watermark into the scheduler. A transient fault keeps the
+    /// watermarks as they were (the next poll reads them again).
     async fn refresh_watermarks(&mut self) -> Result<()> {
-        let states = self.dal.catalog().source_states().await?;
+        let states = match self.dal.catalog().source_states().await {
+            Ok(states) => {
+                self.watermark_faults = 0;
+                states
+            }
+            Err(e) if e.is_transient() => {
+                self.watermark_faults += 1;
+                crate::retry::note_fault("watermarks", self.watermark_faults, &e);
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let now = now_us();
         for s in &states {
             telemetry::watermark_age(&s.source, now - s.watermark_us);
@@ -467,17 +540,25 @@ impl Runner {
         running: &mut Running,
         permits: &Arc<Semaphore>,
         sink: &Arc<dyn Sink>,
+        stop: &CancellationToken,
         runs: Vec<Run>,
     ) {
         let (dal, pool) = (self.dal.clone(), self.pool.clone());
-        let (permits, sink) = (permits.clone(), sink.clone());
+        let (permits, sink, stop) = (permits.clone(), sink.clone(), stop.clone());
         running.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
-            let recs = run_group(&dal, &pool, &runs).await;
+            // Stopped while retrying: the runs are abandoned, their notifications stay
+            // uncommitted and are delivered again after a restart.
+            let Some(recs) = run_group(&dal, &pool, &runs, &stop).await else {
+                return Ok(Vec::new());
+            };
             let mut out = Vec::with_capacity(recs.len());
             for ((_, _, ready), rec) in runs.into_iter().zip(recs) {
                 telemetry::run_finished(&rec);
-                sink.record(&rec).await?;
+                match retrying("verdict", &stop, || sink.record(&rec)).await {
+                    Some(recorded) => recorded?,
+                    None => break,
+                }
                 out.push((ready.acks, rec));
             }
             Ok(out)
@@ -517,13 +598,30 @@ pub fn share_groups(
 }
 
 /// Runs a group from [`share_groups`]: one run alone ([`execute`]), several sharing their
-/// view ([`execute_shared`]). The records are in `runs` order.
-pub async fn run_group(dal: &Dal, pool: &CheckPool, runs: &[Run]) -> Vec<RunRecord> {
-    match runs {
-        [(check, timeout, ready)] => vec![execute(dal, pool, &**check, *timeout, ready).await],
-        _ => execute_shared(dal, pool, runs).await,
-    }
+/// view ([`execute_shared`]). The records are in `runs` order. A transient storage fault
+/// runs the group again, after a pause ([`crate::retry`]), until it reaches its verdicts;
+/// `None` if `stop` is cancelled meanwhile.
+pub async fn run_group(
+    dal: &Dal,
+    pool: &CheckPool,
+    runs: &[Run],
+    stop: &CancellationToken,
+) -> Option<Vec<RunRecord>> {
+    let attempt = || async {
+        match runs {
+            [(check, timeout, ready)] => {
+                Ok(vec![execute(dal, pool, &**check, *timeout, ready).await?])
+            }
+            _ => execute_shared(dal, pool, runs).await,
+        }
+    };
+    retrying("run", stop, attempt)
+        .await
+        .map(|recs| recs.expect("only transient faults are errors here"))
 }
+
+/// The (check, subject) pairs a notification selects.
+type Selected = Vec<(String, String)>;
 
 /// The runs in flight: each task gives, per run of its group, the acks it held and its
 /// record.
@@ -538,19 +636,17 @@ fn trigger(note: &UpdateNotification, ack: u64) -> Trigger {
 }
 
 /// Runs one released run to a record: the view as of the evaluation time, the function, a
-/// timeout (not counting a wait in the check pool's queue: [`crate::check::within`]), and panics
-/// turned into error outcomes.
+/// timeout (not counting a wait in the check pool's queue: [`crate::check::within`]), and
+/// panics turned into error outcomes. `Err` only for a transient storage fault (retry it).
 pub async fn execute(
     dal: &Dal,
     pool: &CheckPool,
     check: &dyn crate::check::ErasedCheck,
     timeout: Duration,
     ready: &Ready,
-) -> RunRecord {
+) -> Result<RunRecord> {
     let run = check.evaluate(dal, &ready.subject, ready.eval_us);
-    let result = crate::check::within(pool, Instant::now(), timeout, run)
-        .await
-        .map_err(|e| e.to_string());
+    let result = crate::check::within(pool, Instant::now(), timeout, run).await;
     record_of(ready, result)
 }
 
@@ -559,12 +655,12 @@ pub async fn execute(
 /// Each run keeps its own budget — a run whose timeout passes while the view is being
 /// built, or while its function runs, times out as it would alone — and the functions run
 /// concurrently. The records are those [`execute`] would give each run (same view, same
-/// evidence), in `runs` order.
+/// evidence), in `runs` order; `Err` only for a transient storage fault (retry them all).
 ///
 /// [`ErasedCheck::shares_view`]: crate::check::ErasedCheck::shares_view
-pub async fn execute_shared(dal: &Dal, pool: &CheckPool, runs: &[Run]) -> Vec<RunRecord> {
+pub async fn execute_shared(dal: &Dal, pool: &CheckPool, runs: &[Run]) -> Result<Vec<RunRecord>> {
     let Some((first, _, ready)) = runs.first() else {
-        return Vec::new();
+        return Ok(Vec::new());
     };
     debug_assert!(runs.iter().all(|(c, _, r)| c.shares_view()
         && c.view_name() == first.view_name()
@@ -579,32 +675,37 @@ pub async fn execute_shared(dal: &Dal, pool: &CheckPool, runs: &[Run]) -> Vec<Ru
         )
         .await
         {
-            Ok(built) => built.map_err(|e| Error::from(e).to_string()),
+            Ok(built) => built.map_err(Error::from),
             // Past every run's deadline: each reports its own timeout below.
-            Err(_) => Err(String::new()),
+            Err(_) => Err(Error::TimedOut(longest)),
         },
-        Err(e) => Err(Error::from(e).to_string()),
+        Err(e) => Err(Error::from(e)),
+    };
+    let built = match built {
+        Err(e) if crate::retry::is_storage_blip(&e) => return Err(e),
+        other => other,
     };
     let built = &built;
     futures::future::join_all(runs.iter().map(|(check, timeout, ready)| async move {
         let deadline = start + *timeout;
         let result = match built {
-            _ if Instant::now() >= deadline => Err(Error::TimedOut(*timeout).to_string()),
+            _ if Instant::now() >= deadline => Err(Error::TimedOut(*timeout)),
             Ok(None) => Ok(Evaluation::NoSubject),
             Ok(Some(viewed)) => {
-                crate::check::within(pool, start, *timeout, check.evaluate_on(dal, viewed))
-                    .await
-                    .map_err(|e| e.to_string())
+                crate::check::within(pool, start, *timeout, check.evaluate_on(dal, viewed)).await
             }
-            Err(message) => Err(message.clone()),
+            Err(e) => return Ok(error_record(ready, e.to_string())),
         };
         record_of(ready, result)
     }))
     .await
+    .into_iter()
+    .collect()
 }
 
-/// The record of a run from what evaluating it gave (an error as its message).
-fn record_of(ready: &Ready, result: std::result::Result<Evaluation, String>) -> RunRecord {
+/// The record of a run from what evaluating it gave: a definite error is an `error`
+/// verdict (its message); a transient storage fault is returned, to retry the run.
+fn record_of(ready: &Ready, result: Result<Evaluation>) -> Result<RunRecord> {
     let (outcome, evidence, view_digest) = match result {
         Ok(Evaluation::NoSubject) => (Outcome::NoSubject, Vec::new(), None),
         Ok(Evaluation::Ran {
@@ -623,8 +724,23 @@ fn record_of(ready: &Ready, result: std::result::Result<Evaluation, String>) -> 
             };
             (outcome, evidence, view_digest)
         }
-        Err(message) => (Outcome::Error { message }, Vec::new(), None),
+        Err(e) if crate::retry::is_storage_blip(&e) => return Err(e),
+        Err(e) => return Ok(error_record(ready, e.to_string())),
     };
+    Ok(record(ready, outcome, evidence, view_digest))
+}
+
+/// The `error` record of a run that could not reach a verdict.
+fn error_record(ready: &Ready, message: String) -> RunRecord {
+    record(ready, Outcome::Error { message }, Vec::new(), None)
+}
+
+fn record(
+    ready: &Ready,
+    outcome: Outcome,
+    evidence: Vec<String>,
+    view_digest: Option<String>,
+) -> RunRecord {
     RunRecord {
         check: ready.check.to_string(),
         subject: ready.subject.clone(),
@@ -638,6 +754,147 @@ fn record_of(ready: &Ready, result: std::result::Result<Evaluation, String>) -> 
     }
 }
 
+/// The (check, subject)s with a run in flight, each with the run waiting behind it: see
+/// the module docs, "One evaluation at a time per (check, subject)". Holds only what is
+/// running or waiting.
+#[derive(Debug, Default)]
+pub struct Serial {
+    /// check → subject → the running evaluation and the run waiting behind it.
+    running: HashMap<Arc<str>, HashMap<String, InFlight>>,
+}
+
+#[derive(Debug)]
+struct InFlight {
+    eval_us: Micros,
+    stale: Vec<String>,
+    next: Option<Ready>,
+}
+
+impl Serial {
+    /// `r`, if it may run now; otherwise it waits behind the running one of its
+    /// (check, subject), coalesced with whatever waits there already.
+    pub fn admit(&mut self, r: Ready) -> Option<Ready> {
+        let subjects = self.running.entry(r.check.clone()).or_default();
+        match subjects.get_mut(&r.subject) {
+            Some(flight) => {
+                flight.next = Some(match flight.next.take() {
+                    Some(waiting) => coalesce(waiting, r),
+                    None => r,
+                });
+                None
+            }
+            None => {
+                let flight = InFlight {
+                    eval_us: r.eval_us,
+                    stale: r.stale.clone(),
+                    next: None,
+                };
+                subjects.insert(r.subject.clone(), flight);
+                Some(r)
+            }
+        }
+    }
+
+    /// The run of `rec`'s (check, subject) completed: the run waiting behind it, if any,
+    /// to start now, at an evaluation time no older than the completed one's.
+    pub fn done(&mut self, rec: &RunRecord) -> Option<Ready> {
+        let subjects = self.running.get_mut(rec.check.as_str())?;
+        let flight = subjects.remove(rec.subject.as_str())?;
+        let Some(mut next) = flight.next else {
+            if subjects.is_empty() {
+                self.running.remove(rec.check.as_str());
+            }
+            return None;
+        };
+        if next.eval_us < flight.eval_us {
+            // Late triggers: evaluate where the last verdict was, not before it.
+            next.eval_us = flight.eval_us;
+            next.stale = flight.stale;
+        }
+        subjects.insert(
+            next.subject.clone(),
+            InFlight {
+                eval_us: next.eval_us,
+                stale: next.stale.clone(),
+                next: None,
+            },
+        );
+        Some(next)
+    }
+
+    /// (check, subject)s with a run in flight.
+    pub fn len(&self) -> usize {
+        self.running.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Two released runs of one (check, subject) as one: the later evaluation time (with its
+/// stale sources), every trigger's ack.
+fn coalesce(a: Ready, b: Ready) -> Ready {
+    let (mut keep, other) = if b.eval_us >= a.eval_us {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    if other.eval_us == keep.eval_us {
+        for s in other.stale {
+            if !keep.stale.contains(&s) {
+                keep.stale.push(s);
+            }
+        }
+    }
+    keep.first_event_us = keep.first_event_us.min(other.first_event_us);
+    keep.acks.extend(other.acks);
+    keep.triggers += other.triggers;
+    keep
+}
+
+/// Done prefixes waiting to be committed on the bus: the newest offset per partition.
+#[derive(Debug, Default)]
+struct ToCommit(BTreeMap<i32, i64>, u32);
+
+impl ToCommit {
+    fn add(&mut self, tags: Vec<DeliveryTag>) {
+        for t in tags {
+            let top = self.0.entry(t.partition).or_insert(t.offset);
+            *top = (*top).max(t.offset);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Commits what is waiting; a transient fault keeps it for the next try.
+    async fn try_commit(&mut self, sub: &mut dyn Subscription) -> Result<()> {
+        if self.0.is_empty() {
+            return Ok(());
+        }
+        let tags: Vec<DeliveryTag> = self
+            .0
+            .iter()
+            .map(|(&partition, &offset)| DeliveryTag { partition, offset })
+            .collect();
+        match sub.commit(&tags).await {
+            Ok(()) => {
+                self.0.clear();
+                self.1 = 0;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                self.1 += 1;
+                crate::retry::note_fault("bus", self.1, &e);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -647,6 +904,62 @@ mod tests {
             partition: p,
             offset: o,
         }
+    }
+
+    fn ready(subject: &str, eval_us: Micros, ack: u64) -> Ready {
+        Ready {
+            check: Arc::from("c"),
+            subject: subject.into(),
+            eval_us,
+            first_event_us: eval_us,
+            stale: Vec::new(),
+            acks: vec![ack],
+            triggers: 1,
+        }
+    }
+
+    fn rec(subject: &str, eval_us: Micros) -> RunRecord {
+        RunRecord {
+            check: "c".into(),
+            subject: subject.into(),
+            eval_us,
+            first_event_us: eval_us,
+            outcome: Outcome::Pass,
+            evidence: Vec::new(),
+            view_digest: None,
+            triggers: 1,
+            finished_us: 0,
+        }
+    }
+
+    #[test]
+    fn one_run_at_a_time_per_subject_in_evaluation_order() {
+        let mut s = Serial::default();
+        assert!(s.admit(ready("a", 10, 0)).is_some());
+        assert!(
+            s.admit(ready("b", 10, 1)).is_some(),
+            "another subject runs at once"
+        );
+        // Two more of `a` wait behind it, coalesced into one.
+        assert!(s.admit(ready("a", 30, 2)).is_none());
+        assert!(s.admit(ready("a", 20, 3)).is_none());
+        assert_eq!(s.len(), 2);
+        let next = s.done(&rec("a", 10)).unwrap();
+        assert_eq!(
+            (next.eval_us, next.acks.clone(), next.triggers),
+            (30, vec![2, 3], 2)
+        );
+        assert_eq!(next.first_event_us, 20);
+        assert!(s.done(&rec("b", 10)).is_none());
+        // A late trigger (older evaluation time) behind a newer run: run where the last
+        // verdict was.
+        let mut late = ready("a", 5, 4);
+        late.stale = vec!["ledger".into()];
+        assert!(s.admit(late).is_none());
+        let next = s.done(&rec("a", 30)).unwrap();
+        assert_eq!((next.eval_us, next.stale.clone()), (30, vec![]));
+        assert!(s.done(&rec("a", 30)).is_none());
+        assert!(s.is_empty());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`history`]: update records of each format built from a few fields, written as
 //!   segments and indexed, so layers above ingestion can be tested on real storage.
 //! - [`conformance`]: the one test suite every backend of each storage seam passes.
+//! - [`faults`]: a catalog and an object store that fail a fraction of their calls
+//!   transiently, for what must retry and end as without faults.
 //! - [`pagerduty`]: [`pagerduty::FakePagerDuty`], a local server that implements the
 //!   PagerDuty Events API v2 contract on 127.0.0.1, with scriptable faults.
 //! - [`memory`]: [`memory::MemoryNotifier`], an in-memory escalation notifier that records
@@ -15,6 +17,7 @@
 //!   `overseer/views.proto`), as its build script would.
 
 pub mod conformance;
+pub mod faults;
 pub mod history;
 pub mod memory;
 pub mod pagerduty;
