@@ -57,7 +57,7 @@ async fn incident(cat: &PgCatalog) -> Option<Incident> {
 async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     let started = Instant::now();
     // The ledger's connector is idle but healthy: its heartbeats keep coming.
-    let (stack, mut ov) = RealStack::start("e2e", 1, Duration::ZERO, PRS).await;
+    let (mut stack, mut ov) = RealStack::start("e2e", 1, Duration::ZERO, PRS).await;
     let RealStack {
         pd,
         client,

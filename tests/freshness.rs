@@ -10,6 +10,9 @@
 //! events topic of the Kafka bus), the garage S3 server, and `overseer run` as a child
 //! process; PagerDuty is the local Events API v2 server of `overseer_testkit`.
 //!
+//! On the same stack, a ledger connector that stops past the checks' max delay: stale
+//! verdicts, then every stale evaluation runs again when it resumes.
+//!
 //! With no servers: followed files whose events arrive out of commit order within the
 //! source's declared bound: live pages what `overseer replay` of the stored history finds.
 
@@ -37,11 +40,12 @@ const TRANSFERS: usize = 48;
 /// Every this many transfers, one whose credit is off by one minor unit.
 const FAULT_EVERY: usize = 6;
 
-/// The `[prs]` settings: the check freshness-aware with a 2 s grace, the other two off.
-fn prs() -> String {
+/// The `[prs]` settings: the check freshness-aware with a 2 s grace and `max_delay_ms`,
+/// the other two off.
+fn prs(max_delay_ms: u64) -> String {
     format!(
         r#"grace_ms = {GRACE_MS}
-max_delay_ms = 60000
+max_delay_ms = {max_delay_ms}
 
 [prs.checks.{CHECK}]
 strategy = "freshness-aware"
@@ -65,8 +69,13 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
     let started = Instant::now();
     // The connector's heartbeats are honest: it has written everything up to its read
     // position, which trails the clock by more than the lagging partition does.
-    let (stack, mut ov) =
-        RealStack::start("fresh", PARTITIONS, LAG + Duration::from_secs(1), &prs()).await;
+    let (mut stack, mut ov) = RealStack::start(
+        "fresh",
+        PARTITIONS,
+        LAG + Duration::from_secs(1),
+        &prs(60_000),
+    )
+    .await;
     let RealStack {
         pd,
         client,
@@ -174,6 +183,147 @@ async fn a_lagging_partition_holds_the_checks_until_its_entries_arrive() {
     stack.stop_heartbeats().await;
     eprintln!(
         "{} faults paged, 0 false alarms; whole test {:?}",
+        want.len(),
+        started.elapsed()
+    );
+}
+
+/// The ledger's connector stops — no events, no heartbeats — for longer than the checks'
+/// max delay (3 s), then resumes. Transfers whose entries came in before it stopped, and
+/// transfers whose entries it had not read yet, all go `stale`: nothing pages, and each
+/// incident row records the evaluation still owed. When the connector resumes (the late
+/// entries, then its heartbeats), every stale evaluation runs again — for the first group
+/// with no new event at all — the unbalanced transfers page and nothing else does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes() {
+    const MAX_DELAY_MS: u64 = 3000;
+    let started = Instant::now();
+    let (mut stack, mut ov) =
+        RealStack::start("stale", 1, Duration::from_secs(1), &prs(MAX_DELAY_MS)).await;
+    stack
+        .client
+        .batch_execute("INSERT INTO payments.assets VALUES ('USD', 2)")
+        .await
+        .unwrap();
+    // The connector stops heartbeating; it still delivers the first group's entries.
+    stack.stop_heartbeats().await;
+    let mut faulty = BTreeSet::new();
+    let mut all = Vec::new();
+    let mut unread = Vec::new();
+    for i in 0..12usize {
+        let id = format!("S{i:03}");
+        let fault = i % 4 == 3;
+        if fault {
+            faulty.insert(id.clone());
+        }
+        stack
+            .client
+            .batch_execute(&format!(
+                "INSERT INTO payments.transfers VALUES ('{id}', 'acc-{}', 'USD', 12.50, 'completed', now())",
+                i % 5
+            ))
+            .await
+            .unwrap();
+        let at = now_ms();
+        let minor = if fault { 1249 } else { 1250 };
+        let n = 2 * i as u32;
+        let events = [
+            (
+                format!("{:024x}", 2 * i + 1),
+                change(
+                    n + 1,
+                    "insert",
+                    &format!("{:024x}", 2 * i + 1),
+                    at,
+                    entry(&id, "acc-d", "debit", 1250),
+                ),
+            ),
+            (
+                format!("{:024x}", 2 * i + 2),
+                change(
+                    n + 2,
+                    "insert",
+                    &format!("{:024x}", 2 * i + 2),
+                    at,
+                    entry(&id, "acc-c", "credit", minor),
+                ),
+            ),
+        ];
+        if i < 6 {
+            for (key, ev) in &events {
+                produce_ledger(&stack.producer, None, key, ev).await;
+            }
+        } else {
+            // Not read by the stopped connector yet.
+            unread.extend(events);
+        }
+        all.push(id);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Past the max delay with the connector stopped: every check is stale, and owed.
+    let cat = &stack.cat;
+    wait_until(
+        &mut ov,
+        Duration::from_secs(30),
+        "every transfer's check goes stale and is re-armed",
+        async || {
+            let mut owed = 0;
+            for id in &all {
+                if let Some(inc) = cat.incident(CHECK, id).await.unwrap() {
+                    owed += usize::from(inc.rearm_eval_us != 0 && !inc.failing);
+                }
+            }
+            owed == all.len()
+        },
+    )
+    .await;
+    assert!(
+        stack.pd.requests().is_empty(),
+        "a stale verdict pages nothing: {:?}",
+        stack.pd.requests()
+    );
+
+    // The connector resumes: what it had not read, then its heartbeats.
+    for (key, ev) in &unread {
+        produce_ledger(&stack.producer, None, key, ev).await;
+    }
+    stack.resume_heartbeats(Duration::from_secs(1));
+    let cat = &stack.cat;
+    let want: BTreeSet<String> = faulty
+        .iter()
+        .map(|t| overseer_prs::escalate::dedup_key(CHECK, t))
+        .collect();
+    let pd = &stack.pd;
+    wait_until(
+        &mut ov,
+        Duration::from_secs(60),
+        "every stale check ran again",
+        async || {
+            let mut done = 0;
+            for id in &all {
+                if let Some(inc) = cat.incident(CHECK, id).await.unwrap() {
+                    done += usize::from(inc.rearm_eval_us == 0);
+                }
+            }
+            done == all.len() && want.is_subset(&open_keys(pd))
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        open_keys(pd),
+        want,
+        "the unbalanced transfers page, nothing else"
+    );
+    assert_eq!(trigger_requests(pd), want.len());
+    for id in &all {
+        let inc = cat.incident(CHECK, id).await.unwrap().unwrap();
+        assert_eq!(inc.failing, faulty.contains(id), "{inc:?}");
+    }
+    stack.stop_heartbeats().await;
+    eprintln!(
+        "{} stale checks re-ran, {} faults paged; whole test {:?}",
+        all.len(),
         want.len(),
         started.elapsed()
     );

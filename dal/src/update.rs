@@ -289,6 +289,10 @@ pub struct Incident {
     /// it holds the delivery (0: nobody does). Other outboxes leave the incident alone until
     /// then, so one incident's notices reach the target one at a time, in order.
     pub sending_until_us: Micros,
+    /// An evaluation at this time ran on sources not yet complete up to it (forced by the
+    /// check's max delay: a `stale` verdict) and is owed a run once they are (0: none). A
+    /// verdict at or after it clears it. Kept here so a restart re-arms it.
+    pub rearm_eval_us: Micros,
     /// Evaluation time of the latest applied verdict; verdicts for earlier times are ignored.
     pub last_eval_us: Micros,
     /// Evaluation time at which the current failing (or passing) streak began.

@@ -111,7 +111,7 @@ async fn a_schema_at_migration_1_is_migrated_forward() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn incidents_stored_before_migration_4_read_as_told_nothing() {
+async fn incidents_stored_before_migration_4_read_as_told_nothing_and_owed_no_run() {
     let (_server, url) = pg();
     let schema = unique_name("cat_incident_upgrade");
     drop(PgCatalog::connect(&url, &schema).await.unwrap());
@@ -123,7 +123,7 @@ async fn incidents_stored_before_migration_4_read_as_told_nothing() {
     client
         .batch_execute(&format!(
             "ALTER TABLE \"{schema}\".incidents DROP COLUMN notified_eval_us, \
-                 DROP COLUMN sending_until_us; \
+                 DROP COLUMN sending_until_us, DROP COLUMN rearm_eval_us; \
              DELETE FROM \"{schema}\".schema_migrations WHERE version >= 4; \
              INSERT INTO \"{schema}\".incidents VALUES \
                  ('c', 's', true, true, 30, 20, 'm', '{{}}', 40, 2);"
@@ -136,7 +136,14 @@ async fn incidents_stored_before_migration_4_read_as_told_nothing() {
         inc.failing && inc.notified_failing && inc.version == 2,
         "{inc:?}"
     );
-    assert_eq!((inc.notified_eval_us, inc.sending_until_us), (0, 0));
+    assert_eq!(
+        (
+            inc.notified_eval_us,
+            inc.sending_until_us,
+            inc.rearm_eval_us
+        ),
+        (0, 0, 0)
+    );
     // and it is written like any other
     let next = Incident {
         notified_eval_us: 30,

@@ -25,7 +25,11 @@
 //! A muted check (kill switch) still records its verdicts but owes nothing: its
 //! transitions are marked as told without being sent.
 //!
-//! Subjects that never failed leave no row: a pass with no incident writes nothing.
+//! Subjects that never failed leave no row: a pass with no incident writes nothing. A
+//! `stale` run (forced by the max delay on incomplete sources) opens and resolves nothing,
+//! but its row records that the evaluation is owed again (`rearm_eval_us`), so a runner
+//! that restarts re-arms it ([`crate::schedule::Scheduler::rearm`]); the next verdict at
+//! or after that time clears it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -119,8 +123,11 @@ impl Escalator {
                 });
                 (true, message.clone(), details.to_string())
             }
+            // Not a verdict on the subject yet: nothing opens or resolves; the run is owed
+            // again once its sources are complete, which the row keeps across a restart.
+            Outcome::Stale { .. } => return self.rearm(run).await,
             // Not a verdict on the subject: nothing to open or resolve.
-            Outcome::Stale { .. } | Outcome::Error { .. } | Outcome::NoSubject => {
+            Outcome::Error { .. } | Outcome::NoSubject => {
                 return Ok(None);
             }
         };
@@ -143,6 +150,9 @@ impl Escalator {
             }
             next.failing = failing;
             next.last_eval_us = run.eval_us;
+            if next.rearm_eval_us <= run.eval_us {
+                next.rearm_eval_us = 0;
+            }
             if failing {
                 next.message = message.clone();
                 next.details = details.clone();
@@ -160,6 +170,33 @@ impl Escalator {
                 return Ok(Some(next));
             }
             // Another runner wrote it first: read again and re-apply.
+        }
+    }
+}
+
+impl Escalator {
+    /// Records that `run` (a stale one) is owed again: the incident row keeps the latest
+    /// such evaluation time until a verdict at or after it is applied. Nothing if one is
+    /// applied already.
+    async fn rearm(&self, run: &RunRecord) -> Result<Option<Incident>> {
+        loop {
+            let mut next = match self.catalog.incident(&run.check, &run.subject).await? {
+                Some(c) if run.eval_us <= c.last_eval_us || run.eval_us <= c.rearm_eval_us => {
+                    return Ok(None);
+                }
+                Some(c) => c,
+                None => Incident {
+                    check: run.check.clone(),
+                    subject: run.subject.clone(),
+                    ..Incident::default()
+                },
+            };
+            next.rearm_eval_us = run.eval_us;
+            next.updated_us = now_us();
+            if let Some(version) = self.catalog.put_incident(&next).await? {
+                next.version = version;
+                return Ok(Some(next));
+            }
         }
     }
 }

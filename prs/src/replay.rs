@@ -443,9 +443,9 @@ impl Sink for ReportSink {
             });
         c.runs += 1;
         match &run.outcome {
-            Outcome::Pass => c.passes += 1,
             // Replay reads complete history, so it never forces a run; a stale outcome
-            // could only come from another caller's records, and is a failure seen early.
+            // could only come from another caller's records: a verdict seen early.
+            Outcome::Pass | Outcome::Stale { passed: true, .. } => c.passes += 1,
             Outcome::Fail { message, details }
             | Outcome::Stale {
                 message, details, ..

@@ -66,10 +66,16 @@ pub enum Outcome {
         message: String,
         details: Value,
     },
-    /// A mismatch seen while some sources were not complete up to the evaluation time
-    /// (the run was forced by the max delay): reported, not escalated as a failure.
+    /// A run forced by the max delay while some sources were not complete up to the
+    /// evaluation time: reported, not escalated either way (a pass on incomplete data
+    /// resolves nothing, a mismatch opens nothing), and re-armed: the same evaluation runs
+    /// again once the sources are complete, and that verdict counts.
     Stale {
+        /// The sources behind the evaluation time.
         sources: Vec<String>,
+        /// What the check said on the incomplete view.
+        passed: bool,
+        /// The mismatch's message and details (empty and null when it passed).
         message: String,
         details: Value,
     },
@@ -352,6 +358,31 @@ impl Runner {
             Some(kept) => kept?,
             None => return Ok(RunnerReport::default()),
         }
+        // Stale runs owed again, as the incident rows keep them (see `crate::incident`).
+        let rows = match retrying("select", &shutdown, || async {
+            Ok(catalog.incidents(false).await?)
+        })
+        .await
+        {
+            Some(rows) => rows?,
+            None => return Ok(RunnerReport::default()),
+        };
+        let now = Instant::now();
+        let rearmed = rows
+            .iter()
+            .filter(|i| i.rearm_eval_us != 0)
+            .filter(|i| {
+                self.scheduler
+                    .rearm(&i.check, &i.subject, i.rearm_eval_us, i.rearm_eval_us, now)
+            })
+            .count();
+        if rearmed > 0 {
+            tracing::info!(
+                rearmed,
+                "stale runs re-armed: each runs again once its sources \
+                are complete"
+            );
+        }
         let mut report = RunnerReport::default();
         let mut bus_faults = 0u32;
         let mut serial = Serial::default();
@@ -466,7 +497,7 @@ impl Runner {
             for group in self.share_groups(ready) {
                 self.spawn(&mut running, &permits, &sink, &shutdown, group);
             }
-            telemetry::pending(self.scheduler.len());
+            telemetry::pending(self.scheduler.len(), self.scheduler.rearmed());
         }
 
         // Let running checks finish and hand their verdicts over, then commit.
@@ -714,9 +745,16 @@ fn record_of(ready: &Ready, result: Result<Evaluation>) -> Result<RunRecord> {
             view_digest,
         }) => {
             let outcome = match verdict {
+                Verdict::Pass if !ready.stale.is_empty() => Outcome::Stale {
+                    sources: ready.stale.clone(),
+                    passed: true,
+                    message: String::new(),
+                    details: Value::Null,
+                },
                 Verdict::Pass => Outcome::Pass,
                 Verdict::Fail { message, details } if !ready.stale.is_empty() => Outcome::Stale {
                     sources: ready.stale.clone(),
+                    passed: false,
                     message,
                     details,
                 },

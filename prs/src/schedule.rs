@@ -9,6 +9,14 @@
 //!   row is missing, not late), but no later than `max_delay` after the trigger was
 //!   received; a run forced by that bound is marked with the sources that were stale.
 //!
+//! **Stale is not final.** A freshness-aware run forced by `max_delay` is released marked
+//! stale (its verdict is reported, not escalated) and **re-armed**: a run at the same
+//! evaluation time waits, with no deadline and holding no notification, until every
+//! source is complete up to it, and its verdict counts. A new trigger of that (check,
+//! subject) turns the re-armed run into an ordinary one (with the trigger's deadline, at
+//! the later evaluation time). Re-armed runs do not count toward [`Scheduler::len`] (the
+//! runner's backpressure): a source down for an hour must not stop the others.
+//!
 //! Pending runs of one (check, subject) **coalesce**: a new trigger while one is pending
 //! joins it. Immediate and fixed-delay runs take the later evaluation time (their due time
 //! stays the first trigger's). A freshness-aware run keeps its evaluation time, and later
@@ -83,6 +91,8 @@ struct Pending {
     triggers: u32,
     /// Waiting on freshness (in `waiting[check]`).
     freshness: bool,
+    /// A re-armed run ([`Scheduler::rearm`]): no deadline (not in `timers`), no acks.
+    rearm: bool,
     /// Freshness runs only: triggers whose evaluation time is later than this run's. They
     /// run as a follow-up once this one is released, instead of moving this one's
     /// evaluation time (which would starve a subject that keeps changing: its run would
@@ -111,6 +121,8 @@ pub struct Scheduler {
     /// Freshness-aware runs per check, by evaluation time.
     waiting: HashMap<Arc<str>, BTreeSet<(Micros, String)>>,
     watermarks: HashMap<String, Micros>,
+    /// Re-armed runs among `pending`.
+    rearmed: usize,
 }
 
 impl Scheduler {
@@ -135,13 +147,73 @@ impl Scheduler {
         self.plans.get_key_value(check).map(|(k, _)| k.clone())
     }
 
-    /// Runs pending (not yet released).
+    /// Runs pending (not yet released), re-armed ones aside.
     pub fn len(&self) -> usize {
-        self.pending.len()
+        self.pending.len() - self.rearmed
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
+        self.len() == 0
+    }
+
+    /// Re-armed runs waiting for their sources ([`Scheduler::rearm`]).
+    pub fn rearmed(&self) -> usize {
+        self.rearmed
+    }
+
+    /// Re-arms the stale evaluation of `check` (a freshness-aware check) for `subject` at
+    /// `eval_us`: a run at that time once every source of the check is complete up to it,
+    /// with no deadline. Nothing if a run of that (check, subject) is pending already (it
+    /// evaluates no earlier, or carries a later follow-up that does). Returns whether it
+    /// was re-armed. `now` is the time of the call (a follow-up's max delay counts from it).
+    pub fn rearm(
+        &mut self,
+        check: &str,
+        subject: &str,
+        eval_us: Micros,
+        first_event_us: Micros,
+        now: Instant,
+    ) -> bool {
+        let Some((name, plan)) = self.plans.get_key_value(check) else {
+            return false;
+        };
+        if !matches!(plan.strategy, Strategy::FreshnessAware { .. }) {
+            return false;
+        }
+        let key: JobKey = (name.clone(), subject.to_owned());
+        if let Some(p) = self.pending.get_mut(&key) {
+            if p.eval_us < eval_us && p.later.as_ref().is_none_or(|l| l.eval_us < eval_us) {
+                // Pending at an earlier time: the re-armed evaluation follows it.
+                let l = p.later.get_or_insert(Later {
+                    eval_us,
+                    first_event_us,
+                    received: now,
+                    acks: Vec::new(),
+                    triggers: 0,
+                });
+                l.eval_us = l.eval_us.max(eval_us);
+            }
+            return false;
+        }
+        self.waiting
+            .entry(key.0.clone())
+            .or_default()
+            .insert((eval_us, key.1.clone()));
+        self.pending.insert(
+            key,
+            Pending {
+                eval_us,
+                first_event_us,
+                timer: now,
+                acks: Vec::new(),
+                triggers: 0,
+                freshness: true,
+                rearm: true,
+                later: None,
+            },
+        );
+        self.rearmed += 1;
+        true
     }
 
     /// The watermark of a source (0 if never reported).
@@ -172,6 +244,28 @@ impl Scheduler {
             .saturating_add(plan.grace.as_micros().min(i64::MAX as u128) as i64);
         let key: JobKey = (check.clone(), subject.to_owned());
         if let Some(p) = self.pending.get_mut(&key) {
+            if p.rearm {
+                // A trigger for a re-armed run: an ordinary run now, with the trigger's
+                // deadline, at the later of the two evaluation times.
+                let max_delay = match plan.strategy {
+                    Strategy::FreshnessAware { max_delay } => max_delay,
+                    _ => Duration::ZERO,
+                };
+                p.rearm = false;
+                self.rearmed -= 1;
+                p.timer = now + max_delay;
+                self.timers.insert((p.timer, key.clone()));
+                if eval_us > p.eval_us {
+                    let w = self.waiting.entry(check.clone()).or_default();
+                    w.remove(&(p.eval_us, key.1.clone()));
+                    w.insert((eval_us, key.1.clone()));
+                    p.eval_us = eval_us;
+                }
+                p.first_event_us = p.first_event_us.min(trig.event_time_us);
+                p.acks.extend(trig.ack);
+                p.triggers += 1;
+                return true;
+            }
             if p.freshness && eval_us > p.eval_us {
                 let l = p.later.get_or_insert(Later {
                     eval_us,
@@ -213,6 +307,7 @@ impl Scheduler {
                 acks: trig.ack.into_iter().collect(),
                 triggers: 1,
                 freshness,
+                rearm: false,
                 later: None,
             },
         );
@@ -240,6 +335,7 @@ impl Scheduler {
                 acks: l.acks,
                 triggers: l.triggers,
                 freshness: true,
+                rearm: false,
                 later: None,
             },
         );
@@ -256,6 +352,7 @@ impl Scheduler {
     /// whose sources are complete up to their evaluation time.
     pub fn take_ready(&mut self, now: Instant) -> Vec<Ready> {
         let mut out = Vec::new();
+        let mut rearm = Vec::new();
         loop {
             let mut follow = Vec::new();
             // Freshness first, so a run whose sources caught up exactly at its deadline is
@@ -271,7 +368,11 @@ impl Scheduler {
                     let (_, subject) = w.pop_first().expect("checked non-empty");
                     let key = (check.clone(), subject);
                     if let Some(mut p) = self.pending.remove(&key) {
-                        self.timers.remove(&(p.timer, key.clone()));
+                        if p.rearm {
+                            self.rearmed -= 1;
+                        } else {
+                            self.timers.remove(&(p.timer, key.clone()));
+                        }
                         if let Some(l) = p.later.take() {
                             follow.push((key.clone(), l));
                         }
@@ -295,10 +396,19 @@ impl Scheduler {
                 } else {
                     Vec::new()
                 };
-                if let Some(l) = p.later.take() {
+                let later = p.later.take();
+                if !stale.is_empty() && later.is_none() {
+                    // Stale is not final: the same evaluation again once its sources are
+                    // complete (a follow-up, if any, evaluates later and does instead).
+                    rearm.push((key.clone(), p.eval_us, p.first_event_us));
+                }
+                if let Some(l) = later {
                     follow.push((key.clone(), l));
                 }
                 out.push(ready(key, p, stale));
+            }
+            for (key, eval_us, first_event_us) in rearm.drain(..) {
+                self.rearm(&key.0, &key.1, eval_us, first_event_us, now);
             }
             self.waiting.retain(|_, w| !w.is_empty());
             if follow.is_empty() {
@@ -448,8 +558,95 @@ mod tests {
         let r = s.take_ready(t0 + Duration::from_secs(60));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].stale, ["ledger"]);
-        assert!(s.is_empty());
+        assert!(s.is_empty(), "a re-armed run is not pending work");
+        assert_eq!(s.rearmed(), 1);
         assert!(s.take_ready(t0 + Duration::from_secs(600)).is_empty());
+    }
+
+    #[test]
+    fn a_stale_run_is_rearmed_and_runs_again_once_its_sources_are_complete() {
+        let mut s = Scheduler::new();
+        let c = s.plan("nets", plan(fresh(60), 30, &["ledger", "pg"]));
+        let t0 = Instant::now();
+        s.set_watermarks([("pg", 200 * S), ("ledger", 50 * S)]);
+        s.add(&c, "T1", trig(100 * S, 1), t0);
+        let r = s.take_ready(t0 + Duration::from_secs(60));
+        assert_eq!(
+            (r[0].stale.clone(), r[0].acks.clone()),
+            (vec!["ledger".into()], vec![1])
+        );
+        // No deadline: hours later it still waits.
+        assert!(s.take_ready(t0 + Duration::from_secs(36_000)).is_empty());
+        assert_eq!(s.next_timer(), None, "a re-armed run sets no timer");
+        s.set_watermarks([("ledger", 129 * S)]);
+        assert!(s.take_ready(t0 + Duration::from_secs(36_000)).is_empty());
+        s.set_watermarks([("ledger", 130 * S)]);
+        let r = s.take_ready(t0 + Duration::from_secs(36_000));
+        assert_eq!(r.len(), 1);
+        assert_eq!(
+            (
+                r[0].eval_us,
+                r[0].stale.clone(),
+                r[0].acks.clone(),
+                r[0].triggers
+            ),
+            (130 * S, vec![], vec![], 0),
+            "the same evaluation, complete this time, holding no notification"
+        );
+        assert_eq!(r[0].first_event_us, 100 * S);
+        assert_eq!((s.len(), s.rearmed()), (0, 0));
+    }
+
+    #[test]
+    fn a_trigger_turns_a_rearmed_run_into_an_ordinary_one() {
+        let mut s = Scheduler::new();
+        let c = s.plan("nets", plan(fresh(60), 0, &["ledger"]));
+        let t0 = Instant::now();
+        s.add(&c, "T1", trig(100 * S, 1), t0);
+        let r = s.take_ready(t0 + Duration::from_secs(60));
+        assert_eq!(r[0].stale, ["ledger"]);
+        assert_eq!(s.rearmed(), 1);
+        // A new trigger at a later time, still with the ledger behind: its deadline holds.
+        let t1 = t0 + Duration::from_secs(100);
+        assert!(s.add(&c, "T1", trig(150 * S, 2), t1));
+        assert_eq!((s.len(), s.rearmed()), (1, 0));
+        assert!(s.take_ready(t1 + Duration::from_secs(59)).is_empty());
+        let r = s.take_ready(t1 + Duration::from_secs(60));
+        assert_eq!(
+            (r[0].eval_us, r[0].acks.clone(), r[0].stale.clone()),
+            (150 * S, vec![2], vec!["ledger".into()])
+        );
+        // Stale again: re-armed at the later time.
+        assert_eq!(s.rearmed(), 1);
+        s.set_watermarks([("ledger", 150 * S)]);
+        let r = s.take_ready(t1 + Duration::from_secs(61));
+        assert_eq!((r[0].eval_us, r[0].stale.clone()), (150 * S, vec![]));
+        assert!(s.is_empty() && s.rearmed() == 0);
+    }
+
+    #[test]
+    fn rearming_behind_a_pending_run_follows_it() {
+        let mut s = Scheduler::new();
+        let c = s.plan("nets", plan(fresh(60), 0, &["pg"]));
+        s.plan("now", plan(Strategy::Immediate, 0, &["pg"]));
+        let t0 = Instant::now();
+        assert!(
+            !s.rearm("now", "T1", 5 * S, 5 * S, t0),
+            "only freshness-aware checks"
+        );
+        assert!(!s.rearm("unknown", "T1", 5 * S, 5 * S, t0));
+        s.add(&c, "T1", trig(10 * S, 1), t0);
+        assert!(!s.rearm(&c, "T1", 20 * S, 20 * S, t0));
+        s.set_watermarks([("pg", 20 * S)]);
+        let r = s.take_ready(t0);
+        let evals: Vec<Micros> = r.iter().map(|r| r.eval_us).collect();
+        assert_eq!(
+            evals,
+            [10 * S, 20 * S],
+            "the pending run, then the re-armed time"
+        );
+        assert!(s.rearm(&c, "T2", 30 * S, 30 * S, t0));
+        assert_eq!((s.len(), s.rearmed()), (0, 1));
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub const TTD_SECONDS: &str = "overseer_time_to_detect_seconds";
 pub const WATERMARK_AGE_SECONDS: &str = "overseer_watermark_age_seconds";
 /// Runs waiting in the scheduler.
 pub const PENDING_CHECKS: &str = "overseer_pending_checks";
+/// Stale runs re-armed, waiting for their sources to be complete.
+pub const REARMED_CHECKS: &str = "overseer_rearmed_checks";
 
 /// A run finished.
 pub fn run_finished(rec: &RunRecord) {
@@ -66,7 +68,8 @@ pub fn dal_states(s: &overseer_dal::state::StateStats) {
     metrics::gauge!("overseer_dal_join_entries").set(j.entries as f64);
 }
 
-/// The scheduler's size after a step.
-pub fn pending(n: usize) {
+/// The scheduler's size after a step: runs pending, and re-armed stale runs.
+pub fn pending(n: usize, rearmed: usize) {
     metrics::gauge!(PENDING_CHECKS).set(n as f64);
+    metrics::gauge!(REARMED_CHECKS).set(rearmed as f64);
 }

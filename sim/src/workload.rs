@@ -877,7 +877,12 @@ impl Score {
                         *e = r;
                     }
                 }
-                Outcome::Stale { message, .. } => s.stale.push((key.0, key.1, message.clone())),
+                Outcome::Stale {
+                    passed: false,
+                    message,
+                    ..
+                } => s.stale.push((key.0, key.1, message.clone())),
+                Outcome::Stale { .. } => {}
                 Outcome::Error { message } => s.errors.push((key.0, key.1, message.clone())),
                 Outcome::Pass | Outcome::NoSubject => {}
             }
@@ -1138,9 +1143,13 @@ pub mod live {
                     details: serde_json::Value::Null,
                 },
                 Outcome::Stale {
-                    sources, message, ..
+                    sources,
+                    passed,
+                    message,
+                    ..
                 } => Outcome::Stale {
                     sources: sources.clone(),
+                    passed: *passed,
                     message: message.clone(),
                     details: serde_json::Value::Null,
                 },

@@ -1252,6 +1252,7 @@ fn incident(check: &str, subject: &str, failing: bool, notified_failing: bool) -
         version: 0,
         notified_eval_us: if notified_failing { 950 } else { 0 },
         sending_until_us: 0,
+        rearm_eval_us: if failing { 0 } else { 1_100 },
     }
 }
 
@@ -1286,6 +1287,7 @@ pub async fn incident_store_suite(cat: &Arc<dyn IncidentStore>) {
     first.updated_us = -1;
     first.notified_eval_us = i64::MIN + 1;
     first.sending_until_us = i64::MAX - 1;
+    first.rearm_eval_us = 77;
     let stored = put_ok(cat, &first).await;
     assert_eq!(stored.version, 1);
     assert_eq!(
@@ -1297,6 +1299,7 @@ pub async fn incident_store_suite(cat: &Arc<dyn IncidentStore>) {
     settled.notified_failing = true;
     settled.notified_eval_us = 42;
     settled.sending_until_us = 0;
+    settled.rearm_eval_us = 0;
     let settled = put_ok(cat, &settled).await;
     assert_eq!(settled.version, 2);
     assert_eq!(

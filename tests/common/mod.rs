@@ -411,7 +411,8 @@ pub(crate) struct RealStack {
     pub(crate) client: tokio_postgres::Client,
     pub(crate) producer: FutureProducer,
     pub(crate) cat: PgCatalog,
-    beats: (CancellationToken, JoinHandle<()>),
+    /// The ledger connector's heartbeats, while it runs.
+    beats: Option<(CancellationToken, JoinHandle<()>)>,
 }
 
 impl RealStack {
@@ -481,15 +482,32 @@ impl RealStack {
             client,
             producer,
             cat,
-            beats: (stop, beats),
+            beats: Some((stop, beats)),
         };
         (stack, ov)
     }
 
     /// Stops the connector's heartbeats.
-    pub(crate) async fn stop_heartbeats(self) {
-        let (stop, beats) = self.beats;
-        stop.cancel();
-        beats.await.unwrap();
+    pub(crate) async fn stop_heartbeats(&mut self) {
+        if let Some((stop, beats)) = self.beats.take() {
+            stop.cancel();
+            beats.await.unwrap();
+        }
+    }
+
+    /// Starts the connector's heartbeats again (every 250 ms, its read position `behind`
+    /// the clock).
+    pub(crate) fn resume_heartbeats(&mut self, behind: Duration) {
+        self.beats.get_or_insert_with(|| {
+            let stop = CancellationToken::new();
+            let beats = mongo_heartbeats(
+                self.producer.clone(),
+                HEARTBEATS_TOPIC,
+                Duration::from_millis(250),
+                behind,
+                stop.clone(),
+            );
+            (stop, beats)
+        });
     }
 }

@@ -846,7 +846,8 @@ fn encode_incident(inc: &Incident) -> Vec<u8> {
         .str(&inc.message)
         .str(&inc.details)
         .i64(inc.notified_eval_us)
-        .i64(inc.sending_until_us);
+        .i64(inc.sending_until_us)
+        .i64(inc.rearm_eval_us);
     w.0
 }
 
@@ -867,10 +868,12 @@ fn decode_incident(check: &[u8], subject: &[u8], bytes: &[u8]) -> Result<Inciden
         version,
         ..Incident::default()
     };
-    // Incidents written before these fields existed end here: told nothing, held by none.
+    // Incidents written before these fields existed end here: told nothing, held by
+    // none, owed no run.
     if !r.0.is_empty() {
         inc.notified_eval_us = r.i64()?;
         inc.sending_until_us = r.i64()?;
+        inc.rearm_eval_us = r.i64()?;
     }
     Ok(inc)
 }
@@ -1810,7 +1813,7 @@ mod tests {
     /// snapshots), every write is read back at once; reads with no write between them
     /// share a snapshot; a write leaves none cached (none pins old pages).
     #[test]
-    fn an_incident_stored_before_the_delivery_fields_reads_as_told_nothing() {
+    fn an_incident_stored_before_the_delivery_fields_reads_as_told_nothing_and_owed_no_run() {
         let inc = Incident {
             check: "c".into(),
             subject: "s".into(),
@@ -1821,17 +1824,19 @@ mod tests {
             version: 2,
             notified_eval_us: 30,
             sending_until_us: 99,
+            rearm_eval_us: 40,
             ..Incident::default()
         };
         let bytes = encode_incident(&inc);
         assert_eq!(decode_incident(b"c", b"s", &bytes).unwrap(), inc);
-        // The older encoding ends before the two delivery fields.
-        let old = decode_incident(b"c", b"s", &bytes[..bytes.len() - 16]).unwrap();
+        // The older encoding ends before the delivery and re-arm fields.
+        let old = decode_incident(b"c", b"s", &bytes[..bytes.len() - 24]).unwrap();
         assert_eq!(
             old,
             Incident {
                 notified_eval_us: 0,
                 sending_until_us: 0,
+                rearm_eval_us: 0,
                 ..inc
             }
         );

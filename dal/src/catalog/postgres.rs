@@ -179,11 +179,13 @@ CREATE TABLE {s}.snapshots (
     (
         4,
         r#"
--- What the escalation target was last told (for which evaluation time), and the delivery
--- an outbox holds while it sends (so one incident's notices go out one at a time).
+-- What the escalation target was last told (for which evaluation time), the delivery an
+-- outbox holds while it sends (so one incident's notices go out one at a time), and the
+-- stale evaluation owed a run once its sources are complete.
 ALTER TABLE {s}.incidents
     ADD COLUMN notified_eval_us BIGINT NOT NULL DEFAULT 0,
-    ADD COLUMN sending_until_us BIGINT NOT NULL DEFAULT 0;
+    ADD COLUMN sending_until_us BIGINT NOT NULL DEFAULT 0,
+    ADD COLUMN rearm_eval_us    BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
 ];
@@ -194,7 +196,7 @@ const SNAPSHOT_COLS: &str = "model, record_id, event_time_us, source, position, 
 /// Columns of an incident, in the order [`incident_from_row`] reads them.
 const INCIDENT_COLS: &str = "check_name, subject, failing, notified_failing, last_eval_us, \
                              since_us, message, details, updated_us, version, \
-                             notified_eval_us, sending_until_us";
+                             notified_eval_us, sending_until_us, rearm_eval_us";
 
 /// Columns of an index entry, in the order [`entry_from_row`] reads them.
 const ENTRY_COLS: &str = "source, position, model, record_id, op, event_time_us, \
@@ -438,14 +440,15 @@ impl Q {
             // Version 0 (never stored): create only; a row that exists is a conflict.
             Q::IncidentInsert => {
                 "INSERT INTO {s}.incidents ({icols}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                  ON CONFLICT (check_name, subject) DO NOTHING RETURNING version"
             }
             Q::IncidentUpdate => {
                 "UPDATE {s}.incidents SET failing = $3, notified_failing = $4, \
                  last_eval_us = $5, since_us = $6, message = $7, details = $8, updated_us = $9, \
-                 version = $10, notified_eval_us = $11, sending_until_us = $12 \
-                 WHERE check_name = $1 AND subject = $2 AND version = $13 RETURNING version"
+                 version = $10, notified_eval_us = $11, sending_until_us = $12, \
+                 rearm_eval_us = $13 \
+                 WHERE check_name = $1 AND subject = $2 AND version = $14 RETURNING version"
             }
             Q::IncidentsUnsettled => {
                 "SELECT {icols} FROM {s}.incidents WHERE failing <> notified_failing \
@@ -1201,7 +1204,7 @@ impl IncidentStore for PgCatalog {
         let next = read.checked_add(1).ok_or_else(|| bad(inc.version))?;
         let (check, subject) = (inc.check.as_bytes(), inc.subject.as_bytes());
         let (message, details) = (inc.message.as_bytes(), inc.details.as_bytes());
-        let row: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+        let row: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
             &check,
             &subject,
             &inc.failing,
@@ -1214,6 +1217,7 @@ impl IncidentStore for PgCatalog {
             &next,
             &inc.notified_eval_us,
             &inc.sending_until_us,
+            &inc.rearm_eval_us,
         ];
         let c = self.shared().await?;
         let written = if read == 0 {
@@ -1725,6 +1729,7 @@ fn incident_from_row(row: &Row) -> Result<Incident> {
         version: version_from(row, 9)?,
         notified_eval_us: get(row, 10)?,
         sending_until_us: get(row, 11)?,
+        rearm_eval_us: get(row, 12)?,
     })
 }
 
