@@ -379,6 +379,9 @@ pub struct CheckSpec {
     pub grace: Duration,
     /// Whether the code set [`CheckSpec::grace`]; otherwise `[prs] grace_ms` applies.
     grace_in_code: bool,
+    /// Whether the code set [`CheckSpec::strategy`]; otherwise a freshness-aware check's
+    /// max delay is `[prs] max_delay_ms`.
+    strategy_in_code: bool,
     /// Escalation policy name (see the escalation config); `None`: the default policy.
     pub escalation: Option<String>,
     /// Custom selection; `None`: derived from the view.
@@ -418,8 +421,17 @@ impl CheckSpec {
         self.grace_in_code
     }
 
+    /// Whether the code set [`CheckSpec::strategy`] (its max delay is then kept over
+    /// `[prs] max_delay_ms`).
+    pub fn strategy_in_code(&self) -> bool {
+        self.strategy_in_code
+    }
+
+    /// The check's strategy. Without it, freshness-aware with `[prs] max_delay_ms`;
+    /// `[prs.checks.NAME]` overrides both.
     pub fn strategy(&mut self, s: Strategy) -> &mut Self {
         self.strategy = s;
+        self.strategy_in_code = true;
         self
     }
 
@@ -559,6 +571,7 @@ impl Registry {
                 strategy: Strategy::default(),
                 grace: Duration::ZERO,
                 grace_in_code: false,
+                strategy_in_code: false,
                 escalation: None,
                 select: None,
                 reads: Vec::new(),

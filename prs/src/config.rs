@@ -22,8 +22,12 @@ pub struct RunnerConfig {
     pub models: crate::validate::Models,
 }
 
-/// Default `[prs] grace_ms`.
-pub const DEFAULT_GRACE: Duration = Duration::ZERO;
+/// Default `[prs] grace_ms`: 2 s. Safe for the shipped checks, whose ledger entries are
+/// committed a few milliseconds after their transfer (a grace of 0 evaluates a transfer
+/// at its own commit time, before its entries exist, and every check fails); set it to the
+/// longest time your systems take to reflect one another's changes. Source lag is not the
+/// grace's business: freshness-aware checks wait for the watermarks.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
 
 /// `[prs]`: the processor runner.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -35,7 +39,8 @@ pub struct PrsSettings {
     /// Check runs executing at once.
     pub concurrency: usize,
     /// Grace of checks that set none, ms: how long other systems may take to reflect a
-    /// trigger (a check evaluates as of the trigger's commit time plus this).
+    /// trigger (a check evaluates as of the trigger's commit time plus this). Default
+    /// [`DEFAULT_GRACE`].
     pub grace_ms: u64,
     /// Longest freshness-aware wait, ms, for checks that set none.
     pub max_delay_ms: u64,

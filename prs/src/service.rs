@@ -26,8 +26,10 @@ use crate::runner::{Runner, RunnerOptions, RunnerReport, Sink};
 use crate::{Error, Result};
 
 /// Applies the configuration's per-check settings (and its default grace and max delay)
-/// to the registered checks. A grace set in code is kept over `[prs] grace_ms`; a
-/// `[prs.checks.NAME]` setting overrides the code.
+/// to the registered checks. A grace or strategy set in code is kept over `[prs]
+/// grace_ms` and `max_delay_ms` (the defaults); a `[prs.checks.NAME]` setting overrides
+/// the code. A `max_delay_ms` for a check that is not freshness-aware is refused (it
+/// would be ignored).
 pub fn configure(registry: &mut Registry, prs: &PrsSettings) -> Result<()> {
     let known: Vec<String> = registry.iter().map(|s| s.name.clone()).collect();
     for name in prs.checks.keys() {
@@ -44,7 +46,9 @@ pub fn configure(registry: &mut Registry, prs: &PrsSettings) -> Result<()> {
         if !spec.grace_in_code() {
             spec.grace = Duration::from_millis(prs.grace_ms);
         }
-        if let Strategy::FreshnessAware { .. } = spec.strategy {
+        if let Strategy::FreshnessAware { .. } = spec.strategy
+            && !spec.strategy_in_code()
+        {
             spec.strategy = Strategy::FreshnessAware {
                 max_delay: default_max,
             };
@@ -69,10 +73,19 @@ pub fn configure(registry: &mut Registry, prs: &PrsSettings) -> Result<()> {
             }
             Some(StrategyName::FreshnessAware) | None => {}
         }
-        if let (Strategy::FreshnessAware { .. }, Some(ms)) = (spec.strategy, c.max_delay_ms) {
-            spec.strategy = Strategy::FreshnessAware {
-                max_delay: Duration::from_millis(ms),
-            };
+        match (spec.strategy, c.max_delay_ms) {
+            (Strategy::FreshnessAware { .. }, Some(ms)) => {
+                spec.strategy = Strategy::FreshnessAware {
+                    max_delay: Duration::from_millis(ms),
+                };
+            }
+            (other, Some(_)) => {
+                return Err(Error::Config(format!(
+                    "[prs.checks.{name}] max_delay_ms bounds a freshness-aware wait, but the \
+                     check's strategy is {other:?}: set strategy = \"freshness-aware\" or drop it"
+                )));
+            }
+            (_, None) => {}
         }
     }
     Ok(())

@@ -59,6 +59,84 @@ fn overrides_apply_and_unknown_checks_are_errors() {
     );
 }
 
+#[test]
+fn settings_given_in_code_are_kept_over_the_config_defaults() {
+    let mut r = Registry::new();
+    r.check("defaults", |_: &Toy| Verdict::Pass);
+    r.check("coded", |_: &Toy| Verdict::Pass)
+        .grace(Duration::from_millis(750))
+        .strategy(Strategy::FreshnessAware {
+            max_delay: Duration::from_secs(900),
+        });
+    r.check("overridden", |_: &Toy| Verdict::Pass)
+        .strategy(Strategy::FreshnessAware {
+            max_delay: Duration::from_secs(900),
+        });
+    let mut prs = PrsSettings {
+        max_delay_ms: 5_000,
+        ..PrsSettings::default()
+    };
+    prs.checks.insert(
+        "overridden".into(),
+        CheckSettings {
+            max_delay_ms: Some(1_000),
+            ..CheckSettings::default()
+        },
+    );
+    configure(&mut r, &prs).unwrap();
+    let fresh = |s: u64| Strategy::FreshnessAware {
+        max_delay: Duration::from_millis(s),
+    };
+    let defaults = r.get("defaults").unwrap();
+    assert_eq!(
+        defaults.strategy,
+        fresh(5_000),
+        "the config's default applies"
+    );
+    assert_eq!(
+        defaults.grace,
+        overseer_prs::config::DEFAULT_GRACE,
+        "the documented default grace"
+    );
+    assert_eq!(overseer_prs::config::DEFAULT_GRACE, Duration::from_secs(2));
+    let coded = r.get("coded").unwrap();
+    assert_eq!(
+        coded.strategy,
+        fresh(900_000),
+        "the code's max delay is kept"
+    );
+    assert_eq!(
+        coded.grace,
+        Duration::from_millis(750),
+        "the code's grace is kept"
+    );
+    assert_eq!(
+        r.get("overridden").unwrap().strategy,
+        fresh(1_000),
+        "[prs.checks.NAME] overrides the code"
+    );
+}
+
+#[test]
+fn a_max_delay_for_a_check_that_does_not_wait_is_refused() {
+    let mut r = Registry::new();
+    r.check("now", |_: &Toy| Verdict::Pass)
+        .strategy(Strategy::Immediate);
+    let mut prs = PrsSettings::default();
+    prs.checks.insert(
+        "now".into(),
+        CheckSettings {
+            max_delay_ms: Some(1_000),
+            ..CheckSettings::default()
+        },
+    );
+    let e = configure(&mut r, &prs).unwrap_err().to_string();
+    assert!(
+        e.contains("[prs.checks.now] max_delay_ms") && e.contains("Immediate"),
+        "{e}"
+    );
+}
+
 #[tokio::test]
 async fn configured_fields_are_redacted_before_they_leave() {
     // The fake PagerDuty records every body it receives, valid or not: a webhook pointed
