@@ -126,6 +126,12 @@ impl Escalator {
             // Not a verdict on the subject yet: nothing opens or resolves; the run is owed
             // again once its sources are complete, which the row keeps across a restart.
             Outcome::Stale { .. } => return self.rearm(run).await,
+            // A re-armed run (no trigger of its own) that ended without a verdict: what it
+            // owed is settled as far as it can be (re-arming it at every restart would
+            // only repeat it).
+            Outcome::Error { .. } | Outcome::NoSubject if run.triggers == 0 => {
+                return self.settle_rearm(run).await;
+            }
             // Not a verdict on the subject: nothing to open or resolve.
             Outcome::Error { .. } | Outcome::NoSubject => {
                 return Ok(None);
@@ -175,6 +181,24 @@ impl Escalator {
 }
 
 impl Escalator {
+    /// Clears the re-arm `run` (a re-armed run that reached no verdict) was for.
+    async fn settle_rearm(&self, run: &RunRecord) -> Result<Option<Incident>> {
+        loop {
+            let Some(mut next) = self.catalog.incident(&run.check, &run.subject).await? else {
+                return Ok(None);
+            };
+            if next.rearm_eval_us == 0 || next.rearm_eval_us > run.eval_us {
+                return Ok(None);
+            }
+            next.rearm_eval_us = 0;
+            next.updated_us = now_us();
+            if let Some(version) = self.catalog.put_incident(&next).await? {
+                next.version = version;
+                return Ok(Some(next));
+            }
+        }
+    }
+
     /// Records that `run` (a stale one) is owed again: the incident row keeps the latest
     /// such evaluation time until a verdict at or after it is applied. Nothing if one is
     /// applied already.
@@ -252,7 +276,7 @@ impl Outbox {
     /// Sets how long a delivery is held without renewal (default [`SEND_LEASE`]); the
     /// notice of an outbox that died mid-send is sent again after at most that long.
     pub fn with_send_lease(mut self, lease: Duration) -> Self {
-        self.send_lease = lease;
+        self.send_lease = lease.max(Duration::from_millis(3));
         self
     }
 
@@ -277,7 +301,14 @@ impl Outbox {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    self.drain().await?;
+                    match self.drain().await {
+                        Err(e) if e.is_transient() => tracing::warn!(error = %e,
+                            "escalation outbox: catalog error at shutdown; what is owed is \
+                             sent after the restart"),
+                        drained => {
+                            drained?;
+                        }
+                    }
                     return Ok(());
                 }
                 _ = self.wake.notified() => {}
@@ -350,7 +381,18 @@ impl Outbox {
             }
         };
         let told = told.then_some((held.failing, notice.eval_time_us));
-        self.release(inc, lease, told).await?;
+        // What was sent must be recorded (or the lease would block the incident until it
+        // lapses, and the notice go out again): a few tries through a catalog blip.
+        let mut attempt = 0;
+        loop {
+            match self.release(inc, lease, told).await {
+                Err(e) if e.is_transient() && attempt < 5 => {
+                    attempt += 1;
+                    tokio::time::sleep(crate::retry::pause(attempt)).await;
+                }
+                released => break released?,
+            }
+        }
         Ok(if told.is_some() {
             Delivery::Done
         } else {
@@ -377,8 +419,9 @@ impl Outbox {
                 inc.last_eval_us,
                 details,
             )
+            .since(inc.since_us)
         } else {
-            Notice::resolve(&inc.check, &inc.subject, inc.last_eval_us)
+            Notice::resolve(&inc.check, &inc.subject, inc.last_eval_us).since(inc.since_us)
         }
     }
 
@@ -448,7 +491,9 @@ impl Outbox {
                 return Ok(());
             };
             let ours = cur.sending_until_us == lease;
-            if !ours && told.is_none() {
+            if !ours && told.is_none_or(|(_, eval_us)| cur.notified_eval_us > eval_us) {
+                // Our lease lapsed and another outbox has since recorded a newer notice:
+                // that record stands.
                 return Ok(());
             }
             let mut next = cur;

@@ -19,12 +19,14 @@
 //! state (in the catalog) makes the repeated verdicts harmless.
 //!
 //! # One evaluation at a time per (check, subject)
-//! Verdicts of one (check, subject) reach the sink in evaluation-time order: a run
-//! released while another of the same (check, subject) is running waits behind it
+//! Runs of one (check, subject) that overlap reach the sink in evaluation-time order: a
+//! run released while another of the same (check, subject) is running waits behind it
 //! ([`Serial`]), coalescing with any other that arrives meanwhile, and runs at an
 //! evaluation time no older than the one before. Otherwise a slow failing run completing
 //! after a newer passing one would open an incident for a failure already over (a pass
-//! with no incident leaves no row for the incident state to order it by).
+//! with no incident leaves no row for the incident state to order it by). `Serial` holds
+//! only what is running: a trigger older than a run that has already completed (a late
+//! event under `immediate` or `fixed-delay`) still runs at its own, older time.
 //!
 //! # Transient faults
 //! A storage fault that may pass (see [`crate::retry`]) while building a view, handing a
@@ -443,7 +445,10 @@ impl Runner {
                         Err(e) if e.is_transient() => {
                             bus_faults += 1;
                             crate::retry::note_fault("bus", bus_faults, &e);
-                            tokio::time::sleep(crate::retry::pause(bus_faults)).await;
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(crate::retry::pause(bus_faults)) => {}
+                            }
                             continue;
                         }
                         Err(e) => return Err(e.into()),
@@ -516,11 +521,19 @@ impl Runner {
             }
         }
         to_commit.add(acks.committable());
-        to_commit.try_commit(&mut *sub).await?;
-        if !to_commit.is_empty() {
-            // One more try: nothing done is left uncommitted for want of a retry.
-            tokio::time::sleep(crate::retry::MAX_PAUSE).await;
+        for attempt in 1..=4 {
             to_commit.try_commit(&mut *sub).await?;
+            if to_commit.is_empty() {
+                break;
+            }
+            // A few quick tries; what stays uncommitted is delivered again after a restart.
+            tokio::time::sleep(crate::retry::pause(attempt)).await;
+        }
+        if !to_commit.is_empty() {
+            tracing::warn!(
+                "stopping with completed notifications uncommitted (the bus kept \
+                failing): they are delivered again, harmlessly, after a restart"
+            );
         }
         Ok(report)
     }
@@ -870,21 +883,16 @@ impl Serial {
     }
 }
 
-/// Two released runs of one (check, subject) as one: the later evaluation time (with its
-/// stale sources), every trigger's ack.
+/// Two released runs of one (check, subject) as one, `b` released after `a`: the later
+/// evaluation time, every trigger's ack. At one evaluation time the later release's stale
+/// sources hold (watermarks only move forward: a re-armed run released complete after a
+/// stale one is complete).
 fn coalesce(a: Ready, b: Ready) -> Ready {
     let (mut keep, other) = if b.eval_us >= a.eval_us {
         (b, a)
     } else {
         (a, b)
     };
-    if other.eval_us == keep.eval_us {
-        for s in other.stale {
-            if !keep.stale.contains(&s) {
-                keep.stale.push(s);
-            }
-        }
-    }
     keep.first_event_us = keep.first_event_us.min(other.first_event_us);
     keep.acks.extend(other.acks);
     keep.triggers += other.triggers;
@@ -998,6 +1006,24 @@ mod tests {
         assert_eq!((next.eval_us, next.stale.clone()), (30, vec![]));
         assert!(s.done(&rec("a", 30)).is_none());
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn a_complete_release_behind_a_stale_one_at_the_same_time_runs_complete() {
+        let mut s = Serial::default();
+        assert!(s.admit(ready("a", 10, 0)).is_some());
+        // Forced stale at 30 while 10 still runs, then re-armed and released complete.
+        let mut stale = ready("a", 30, 1);
+        stale.stale = vec!["ledger".into()];
+        assert!(s.admit(stale).is_none());
+        let mut rearmed = ready("a", 30, 2);
+        rearmed.acks.clear();
+        assert!(s.admit(rearmed).is_none());
+        let next = s.done(&rec("a", 10)).unwrap();
+        assert_eq!(
+            (next.eval_us, next.stale.clone(), next.acks.clone()),
+            (30, vec![], vec![1])
+        );
     }
 
     #[test]

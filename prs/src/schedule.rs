@@ -163,9 +163,10 @@ impl Scheduler {
 
     /// Re-arms the stale evaluation of `check` (a freshness-aware check) for `subject` at
     /// `eval_us`: a run at that time once every source of the check is complete up to it,
-    /// with no deadline. Nothing if a run of that (check, subject) is pending already (it
-    /// evaluates no earlier, or carries a later follow-up that does). Returns whether it
-    /// was re-armed. `now` is the time of the call (a follow-up's max delay counts from it).
+    /// with no deadline. If a run of that (check, subject) is pending already, it is not
+    /// re-armed apart: the pending run evaluates no earlier, or its follow-up is moved to
+    /// at least `eval_us` (an ordinary follow-up, whose deadline counts from `now`: forced
+    /// stale again, it is re-armed again). Returns whether a re-armed run was added. `now` is the time of the call (a follow-up's max delay counts from it).
     pub fn rearm(
         &mut self,
         check: &str,
@@ -388,6 +389,11 @@ impl Scheduler {
                 let Some(mut p) = self.pending.remove(&key) else {
                     continue;
                 };
+                if p.rearm {
+                    // A re-armed run has no timer: this one outlived the run it was for.
+                    self.pending.insert(key, p);
+                    continue;
+                }
                 let stale = if p.freshness {
                     if let Some(w) = self.waiting.get_mut(&key.0) {
                         w.remove(&(p.eval_us, key.1.clone()));

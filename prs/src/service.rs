@@ -71,6 +71,13 @@ pub fn configure(registry: &mut Registry, prs: &PrsSettings) -> Result<()> {
                 spec.strategy =
                     Strategy::FixedDelay(Duration::from_millis(c.delay_ms.unwrap_or_default()));
             }
+            Some(StrategyName::FreshnessAware)
+                if !matches!(spec.strategy, Strategy::FreshnessAware { .. }) =>
+            {
+                spec.strategy = Strategy::FreshnessAware {
+                    max_delay: default_max,
+                };
+            }
             Some(StrategyName::FreshnessAware) | None => {}
         }
         match (spec.strategy, c.max_delay_ms) {

@@ -437,11 +437,15 @@ async fn webhook_posts_the_notice_json() {
     hook.send(&notice).await.unwrap();
     let resolve = Notice::resolve("net_zero", "t-1", notice.eval_time_us);
     hook.send(&resolve).await.unwrap();
-    let later = Notice {
+    // A redelivery refreshed by a later verdict of the same failing streak...
+    let refreshed = Notice {
         eval_time_us: notice.eval_time_us + 1,
         ..notice.clone()
     };
-    hook.send(&later).await.unwrap();
+    hook.send(&refreshed).await.unwrap();
+    // ...and a trigger of a new streak.
+    let new_streak = refreshed.clone().since(notice.eval_time_us + 1);
+    hook.send(&new_streak).await.unwrap();
     let keys = rx.keys.lock().unwrap().clone();
     let keys: Vec<String> = keys.into_iter().map(|k| k.expect("a key")).collect();
     assert_eq!(keys[0], notice.idempotency_key());
@@ -451,8 +455,12 @@ async fn webhook_posts_the_notice_json() {
         "the key names its incident"
     );
     assert_ne!(keys[2], keys[0], "a resolve is another notice");
-    assert_ne!(keys[3], keys[0], "a later verdict is another notice");
-    assert_ne!(keys[3], keys[2]);
+    assert_eq!(
+        keys[3], keys[0],
+        "a refreshed redelivery of one transition: the same key"
+    );
+    assert_ne!(keys[4], keys[0], "a new streak is another notice");
+    assert_ne!(keys[4], keys[2]);
 }
 
 #[tokio::test]

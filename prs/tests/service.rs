@@ -135,6 +135,16 @@ fn a_max_delay_for_a_check_that_does_not_wait_is_refused() {
         e.contains("[prs.checks.now] max_delay_ms") && e.contains("Immediate"),
         "{e}"
     );
+    // Following the advice works: the config switches the code's strategy.
+    prs.checks.get_mut("now").unwrap().strategy =
+        Some(overseer_prs::config::StrategyName::FreshnessAware);
+    configure(&mut r, &prs).unwrap();
+    assert_eq!(
+        r.get("now").unwrap().strategy,
+        Strategy::FreshnessAware {
+            max_delay: Duration::from_secs(1)
+        }
+    );
 }
 
 #[tokio::test]

@@ -1808,10 +1808,6 @@ mod tests {
         }
     }
 
-    /// Short reads share one read snapshot between writes, and never see less than a
-    /// write completed before they started: while another task keeps reading (and caching
-    /// snapshots), every write is read back at once; reads with no write between them
-    /// share a snapshot; a write leaves none cached (none pins old pages).
     #[test]
     fn an_incident_stored_before_the_delivery_fields_reads_as_told_nothing_and_owed_no_run() {
         let inc = Incident {
@@ -1842,6 +1838,10 @@ mod tests {
         );
     }
 
+    /// Short reads share one read snapshot between writes, and never see less than a
+    /// write completed before they started: while another task keeps reading (and caching
+    /// snapshots), every write is read back at once; reads with no write between them
+    /// share a snapshot; a write leaves none cached (none pins old pages).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn shared_reads_see_every_completed_write() {
         use std::sync::atomic::{AtomicBool, Ordering};

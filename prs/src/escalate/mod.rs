@@ -128,6 +128,12 @@ pub struct Notice {
     pub source: String,
     /// The evaluation time of the verdict, microseconds since the Unix epoch.
     pub eval_time_us: i64,
+    /// The evaluation time at which the state this notice reports began (the failing
+    /// streak of a trigger, the passing one of a resolve): what identifies the transition
+    /// across redeliveries while later verdicts move `eval_time_us`. Equal to
+    /// `eval_time_us` unless set ([`Notice::since`]).
+    #[serde(default)]
+    pub since_us: i64,
     /// Free-form details (message, details, evidence); PagerDuty's `custom_details`.
     pub details: serde_json::Value,
 }
@@ -151,6 +157,7 @@ impl Notice {
             severity,
             source: source_of(check),
             eval_time_us,
+            since_us: eval_time_us,
             details,
         }
     }
@@ -166,20 +173,28 @@ impl Notice {
             severity: Severity::Info,
             source: source_of(check),
             eval_time_us,
+            since_us: eval_time_us,
             details: serde_json::Value::Object(Default::default()),
         }
     }
 
-    /// What identifies this notice across redeliveries: `<dedup_key>:<action>:<eval_time_us>`.
-    /// The outbox delivers at least once; a notice sent again after a crash or a lost
-    /// response carries the same key, a different notice (the other action, or a later
-    /// verdict) a different one. Webhooks send it as the `Idempotency-Key` header.
+    /// The same notice for a state that began at `since_us` ([`Notice::since_us`]).
+    pub fn since(mut self, since_us: i64) -> Notice {
+        self.since_us = since_us;
+        self
+    }
+
+    /// What identifies this notice across redeliveries: `<dedup_key>:<action>:<since_us>`,
+    /// the transition it reports. The outbox delivers at least once; a notice sent again
+    /// after a crash or a lost response carries the same key even if later verdicts of the
+    /// same streak refreshed it; another transition (the other action, or a new streak)
+    /// another key. Webhooks send it as the `Idempotency-Key` header.
     pub fn idempotency_key(&self) -> String {
         format!(
             "{}:{}:{}",
             self.dedup_key,
             self.action.as_str(),
-            self.eval_time_us
+            self.since_us
         )
     }
 
