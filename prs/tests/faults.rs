@@ -31,7 +31,7 @@ use overseer_prs::incident::{Escalator, Routes};
 use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions, Sink};
 use overseer_testkit::faults::{Faults, FaultyCatalog, FaultyStore};
 use overseer_testkit::history::{Changes, write_segment};
-use overseer_testkit::sink::CollectSink;
+use overseer_testkit::sink::{CollectSink, verdicts};
 
 const TRANSFERS: usize = 16;
 const T0: Micros = 1_000_000;
@@ -286,31 +286,6 @@ async fn run_over_history(faults: Arc<Faults>) -> Ended {
         runs: collected.runs(),
         incidents,
     }
-}
-
-fn verdict(r: &RunRecord) -> String {
-    match &r.outcome {
-        Outcome::Pass => "pass".into(),
-        Outcome::Fail { message, .. } => format!("fail: {message}"),
-        other => format!("{other:?}"),
-    }
-}
-
-/// Every (check, subject, evaluation time) → its verdict (the same however often it ran).
-fn verdicts(runs: &[RunRecord]) -> BTreeMap<(String, String, Micros), String> {
-    let mut all = BTreeMap::new();
-    for r in runs {
-        let v = verdict(r);
-        let prev = all.insert((r.check.clone(), r.subject.clone(), r.eval_us), v.clone());
-        assert!(
-            prev.as_ref().is_none_or(|p| *p == v),
-            "{} {} as of {}: {prev:?} then {v}",
-            r.check,
-            r.subject,
-            r.eval_us
-        );
-    }
-    all
 }
 
 /// (check, subject) → (latest evaluation time, its verdict).

@@ -25,9 +25,9 @@ use overseer_dal::store::memory::MemoryStore;
 use overseer_dal::update::{IndexEntry, Micros, UpdateNotification};
 use overseer_protos::views::{Direction, TransferWithLedger};
 use overseer_prs::check::{Registry, Strategy, Verdict};
-use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions};
+use overseer_prs::runner::{RunRecord, Runner, RunnerOptions};
 use overseer_testkit::history::{Changes, write_segment};
-use overseer_testkit::sink::CollectSink;
+use overseer_testkit::sink::{CollectSink, verdicts};
 use overseer_testkit::{Server, unique_name};
 
 const TRANSFERS: usize = 24;
@@ -158,33 +158,6 @@ async fn history(catalog: &DynCatalog, store: &DynStore) -> Vec<Vec<IndexEntry>>
 
 fn notes(entries: &[IndexEntry]) -> Vec<UpdateNotification> {
     entries.iter().map(IndexEntry::notification).collect()
-}
-
-/// A verdict, comparable across instances.
-fn verdict(r: &RunRecord) -> String {
-    match &r.outcome {
-        Outcome::Pass => "pass".into(),
-        Outcome::Fail { message, .. } => format!("fail: {message}"),
-        other => format!("{other:?}"),
-    }
-}
-
-/// Every (check, subject, evaluation time) run → its verdict, which is the same however
-/// often and wherever it ran (the history is all written before the runs).
-fn verdicts(runs: &[RunRecord]) -> BTreeMap<(String, String, Micros), String> {
-    let mut all = BTreeMap::new();
-    for r in runs {
-        let v = verdict(r);
-        let prev = all.insert((r.check.clone(), r.subject.clone(), r.eval_us), v.clone());
-        assert!(
-            prev.as_ref().is_none_or(|p| *p == v),
-            "{} {} as of {}: {prev:?} then {v}",
-            r.check,
-            r.subject,
-            r.eval_us
-        );
-    }
-    all
 }
 
 /// Waits until the runs collected so far include, for every (check, subject) of `want`,
