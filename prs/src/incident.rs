@@ -353,6 +353,13 @@ impl Outbox {
         };
         let notice = self.notice(&held);
         let mut lease = held.sending_until_us;
+        if self.routes.muted.contains(&inc.check) {
+            // Muted (a verdict landed while a notice was in flight before it was muted, or
+            // the two raced): owed nothing, so marked told without being sent.
+            self.release(inc, lease, Some((held.failing, notice.eval_time_us)))
+                .await?;
+            return Ok(Delivery::Done);
+        }
         let sent = {
             let send = policy.send(&notice);
             tokio::pin!(send);

@@ -235,6 +235,15 @@ async fn muted_check_records_but_does_not_page() {
     let inc = cat.incident("nets", "T1").await.unwrap().unwrap();
     assert!(inc.failing, "the verdict is recorded");
     assert_eq!(cat.incidents(true).await.unwrap().len(), 1);
+
+    // A notice owed from before the check was muted (recorded by an unmuted runner) is
+    // marked told, not sent.
+    let (unmuted, _) = escalator(&cat, &pd, &[]);
+    unmuted.apply(&run("nets", "T2", 10, true)).await.unwrap();
+    assert_eq!(cat.unsettled_incidents(10).await.unwrap().len(), 1);
+    assert!(!outbox.drain().await.unwrap());
+    assert!(pd.requests().is_empty(), "{:?}", pd.requests());
+    assert!(cat.unsettled_incidents(10).await.unwrap().is_empty());
 }
 
 // ------------------------------------------------------------- races with a notice in flight
