@@ -32,14 +32,16 @@ fn fails(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// The embedded example over the fixtures, in `dir`, with `extra` appended; ingested.
-fn ingested(dir: &Path, extra: &str) -> PathBuf {
+/// The embedded example over the fixtures, in `dir`, with `prs_keys` added to its `[prs]`
+/// table and `extra` appended; ingested.
+fn ingested(dir: &Path, prs_keys: &str, extra: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let fixtures = root.join("ingestion/tests/fixtures");
     let text = std::fs::read_to_string(root.join("examples/embedded.toml"))
         .unwrap()
         .replace("overseer-data", &dir.join("data").display().to_string())
-        .replace("ingestion/tests/fixtures", &fixtures.display().to_string());
+        .replace("ingestion/tests/fixtures", &fixtures.display().to_string())
+        .replacen("[prs]\n", &format!("[prs]\n{prs_keys}"), 1);
     let p = dir.join("c.toml");
     std::fs::write(&p, format!("{text}\n{extra}")).unwrap();
     ok(&overseer(
@@ -55,7 +57,7 @@ const ALL: [&str; 4] = ["--from", "2024-01-01T00:00:00Z", "--to", "4000000000000
 #[test]
 fn replay_reports_failures_with_evidence_and_its_json_is_byte_identical() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ingested(dir.path(), "");
+    let cfg = ingested(dir.path(), "", "");
     let cfg = cfg.to_str().unwrap();
     let json = |extra: &[&str]| {
         let mut args = vec!["replay", "--config", cfg, "--format", "json"];
@@ -103,6 +105,7 @@ fn shadow_checks_replay_only_when_asked_for() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ingested(
         dir.path(),
+        "",
         "[prs.checks.transfer_nets_to_zero]\nenabled = false\n",
     );
     let cfg = cfg.to_str().unwrap();
@@ -132,7 +135,7 @@ fn shadow_checks_replay_only_when_asked_for() {
 #[test]
 fn bad_input_is_refused_clearly_and_an_empty_window_is_an_empty_report() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = ingested(dir.path(), "");
+    let cfg = ingested(dir.path(), "", "");
     let cfg = cfg.to_str().unwrap();
     let run = |args: &[&str]| {
         let mut all = vec!["replay", "--config", cfg];
@@ -184,8 +187,9 @@ fn escalate_pages_the_replayed_failures_and_only_with_the_flag() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = ingested(
         dir.path(),
+        "default_escalation = \"pd\"\n",
         &format!(
-            "[prs]\ndefault_escalation = \"pd\"\n\n[escalation.pd]\nkind = \"pagerduty\"\n\
+            "[escalation.pd]\nkind = \"pagerduty\"\n\
              routing_key_env = \"REPLAY_PD_KEY\"\nurl = \"{}\"\n",
             pd.url()
         ),
