@@ -362,7 +362,7 @@ impl Runner {
         }
         // Stale runs owed again, as the incident rows keep them (see `crate::incident`).
         let rows = match retrying("select", &shutdown, || async {
-            Ok(catalog.incidents(false).await?)
+            Ok(catalog.rearmed_incidents().await?)
         })
         .await
         {

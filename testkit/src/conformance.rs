@@ -1419,6 +1419,17 @@ pub async fn incident_store_suite(cat: &Arc<dyn IncidentStore>) {
     let failing: Vec<Incident> = all.iter().filter(|i| i.failing).cloned().collect();
     assert!(!failing.is_empty() && failing.len() < all.len());
     assert_eq!(cat.incidents(true).await.unwrap(), failing);
+    let rearmed: Vec<Incident> = all
+        .iter()
+        .filter(|i| i.rearm_eval_us != 0)
+        .cloned()
+        .collect();
+    assert!(!rearmed.is_empty() && rearmed.len() < all.len());
+    assert_eq!(
+        cat.rearmed_incidents().await.unwrap(),
+        rearmed,
+        "the re-armed ones, in order"
+    );
     let unsettled: Vec<Incident> = all.iter().filter(|i| i.unsettled()).cloned().collect();
     assert!(unsettled.len() > 3 && unsettled.len() < all.len());
     assert_eq!(

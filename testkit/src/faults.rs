@@ -295,6 +295,10 @@ impl IncidentStore for FaultyCatalog {
         self.check("incidents")?;
         self.inner.incidents(failing_only).await
     }
+    async fn rearmed_incidents(&self) -> Result<Vec<Incident>> {
+        self.check("rearmed_incidents")?;
+        self.inner.rearmed_incidents().await
+    }
 }
 
 #[async_trait]

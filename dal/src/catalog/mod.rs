@@ -282,6 +282,15 @@ pub trait IncidentStore: Send + Sync + 'static {
 
     /// Every stored incident, or only the failing ones, ordered by (check, subject).
     async fn incidents(&self, failing_only: bool) -> Result<Vec<Incident>>;
+
+    /// Incidents owing a run of a stale evaluation (`rearm_eval_us != 0`), ordered by
+    /// (check, subject): what a starting runner re-arms. The default filters
+    /// [`IncidentStore::incidents`]; a server backend reads an index instead.
+    async fn rearmed_incidents(&self) -> Result<Vec<Incident>> {
+        let mut all = self.incidents(false).await?;
+        all.retain(|i| i.rearm_eval_us != 0);
+        Ok(all)
+    }
 }
 
 /// A small key/value table of runner cursors.

@@ -188,6 +188,14 @@ ALTER TABLE {s}.incidents
     ADD COLUMN rearm_eval_us    BIGINT NOT NULL DEFAULT 0;
 "#,
     ),
+    (
+        5,
+        r#"
+-- the stale evaluations owed a run are few; a starting runner reads them
+CREATE INDEX incidents_rearmed ON {s}.incidents (check_name, subject)
+    WHERE rearm_eval_us <> 0;
+"#,
+    ),
 ];
 
 /// Columns of a snapshot, in the order [`snapshot_from_row`] reads them.
@@ -239,6 +247,7 @@ enum Q {
     IncidentsUnsettled,
     IncidentsAll,
     IncidentsFailing,
+    IncidentsRearmed,
     MetaGet,
     MetaPut,
     SnapshotBefore,
@@ -249,7 +258,7 @@ enum Q {
 }
 
 impl Q {
-    const ALL: [Q; 41] = [
+    const ALL: [Q; 42] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -284,6 +293,7 @@ impl Q {
         Q::IncidentsUnsettled,
         Q::IncidentsAll,
         Q::IncidentsFailing,
+        Q::IncidentsRearmed,
         Q::MetaGet,
         Q::MetaPut,
         Q::SnapshotBefore,
@@ -457,6 +467,10 @@ impl Q {
             Q::IncidentsAll => "SELECT {icols} FROM {s}.incidents ORDER BY check_name, subject",
             Q::IncidentsFailing => {
                 "SELECT {icols} FROM {s}.incidents WHERE failing ORDER BY check_name, subject"
+            }
+            Q::IncidentsRearmed => {
+                "SELECT {icols} FROM {s}.incidents WHERE rearm_eval_us <> 0 \
+                 ORDER BY check_name, subject"
             }
             Q::MetaGet => "SELECT value FROM {s}.meta_kv WHERE name = $1",
             Q::MetaPut => {
@@ -1257,6 +1271,16 @@ impl IncidentStore for PgCatalog {
             .query(c.st(q), &[])
             .await
             .map_err(pg_err("listing incidents"))?;
+        rows.iter().map(incident_from_row).collect()
+    }
+
+    async fn rearmed_incidents(&self) -> Result<Vec<Incident>> {
+        let c = self.shared().await?;
+        let rows = c
+            .client
+            .query(c.st(Q::IncidentsRearmed), &[])
+            .await
+            .map_err(pg_err("listing re-armed incidents"))?;
         rows.iter().map(incident_from_row).collect()
     }
 }
