@@ -46,6 +46,38 @@ use crate::escalate::{Notice, Notifier, Severity};
 use crate::runner::{Outcome, RunRecord, Sink};
 use crate::{Error, Result};
 
+/// Read-modify-write of one incident by compare-and-set: `change` is given the incident
+/// as stored (`None`: never stored) and returns the value to store, or `None` to write
+/// nothing; on a conflict (another writer first) the incident is read again and `change`
+/// asked again. Returns the incident as stored (`updated_us` set, new version), or `None`
+/// if `change` declined.
+async fn update(
+    catalog: &DynCatalog,
+    check: &str,
+    subject: &str,
+    mut change: impl FnMut(Option<Incident>) -> Option<Incident>,
+) -> Result<Option<Incident>> {
+    loop {
+        let Some(mut next) = change(catalog.incident(check, subject).await?) else {
+            return Ok(None);
+        };
+        next.updated_us = now_us();
+        if let Some(version) = catalog.put_incident(&next).await? {
+            next.version = version;
+            return Ok(Some(next));
+        }
+    }
+}
+
+/// A new, never stored incident of `run`'s (check, subject).
+fn new_incident(run: &RunRecord) -> Incident {
+    Incident {
+        check: run.check.clone(),
+        subject: run.subject.clone(),
+        ..Incident::default()
+    }
+}
+
 /// How the verdicts of each check are escalated.
 pub struct Routes {
     /// Policies by name.
@@ -138,16 +170,11 @@ impl Escalator {
             }
         };
         let muted = self.routes.muted.contains(&run.check);
-        loop {
-            let cur = self.catalog.incident(&run.check, &run.subject).await?;
+        let stored = update(&self.catalog, &run.check, &run.subject, |cur| {
             let cur = match cur {
-                None if !failing => return Ok(None),
-                None => Incident {
-                    check: run.check.clone(),
-                    subject: run.subject.clone(),
-                    ..Incident::default()
-                },
-                Some(c) if run.eval_us < c.last_eval_us => return Ok(None),
+                None if !failing => return None,
+                None => new_incident(run),
+                Some(c) if run.eval_us < c.last_eval_us => return None,
                 Some(c) => c,
             };
             let mut next = cur.clone();
@@ -167,61 +194,46 @@ impl Escalator {
                 next.notified_failing = failing;
                 next.notified_eval_us = run.eval_us;
             }
-            next.updated_us = now_us();
-            if let Some(version) = self.catalog.put_incident(&next).await? {
-                next.version = version;
-                if next.unsettled() {
-                    self.wake.notify_one();
-                }
-                return Ok(Some(next));
-            }
-            // Another runner wrote it first: read again and re-apply.
+            Some(next)
+        })
+        .await?;
+        if stored.as_ref().is_some_and(Incident::unsettled) {
+            self.wake.notify_one();
         }
+        Ok(stored)
     }
 }
 
 impl Escalator {
     /// Clears the re-arm `run` (a re-armed run that reached no verdict) was for.
     async fn settle_rearm(&self, run: &RunRecord) -> Result<Option<Incident>> {
-        loop {
-            let Some(mut next) = self.catalog.incident(&run.check, &run.subject).await? else {
-                return Ok(None);
-            };
+        update(&self.catalog, &run.check, &run.subject, |cur| {
+            let mut next = cur?;
             if next.rearm_eval_us == 0 || next.rearm_eval_us > run.eval_us {
-                return Ok(None);
+                return None;
             }
             next.rearm_eval_us = 0;
-            next.updated_us = now_us();
-            if let Some(version) = self.catalog.put_incident(&next).await? {
-                next.version = version;
-                return Ok(Some(next));
-            }
-        }
+            Some(next)
+        })
+        .await
     }
 
     /// Records that `run` (a stale one) is owed again: the incident row keeps the latest
     /// such evaluation time until a verdict at or after it is applied. Nothing if one is
     /// applied already.
     async fn rearm(&self, run: &RunRecord) -> Result<Option<Incident>> {
-        loop {
-            let mut next = match self.catalog.incident(&run.check, &run.subject).await? {
+        update(&self.catalog, &run.check, &run.subject, |cur| {
+            let mut next = match cur {
                 Some(c) if run.eval_us <= c.last_eval_us || run.eval_us <= c.rearm_eval_us => {
-                    return Ok(None);
+                    return None;
                 }
                 Some(c) => c,
-                None => Incident {
-                    check: run.check.clone(),
-                    subject: run.subject.clone(),
-                    ..Incident::default()
-                },
+                None => new_incident(run),
             };
             next.rearm_eval_us = run.eval_us;
-            next.updated_us = now_us();
-            if let Some(version) = self.catalog.put_incident(&next).await? {
-                next.version = version;
-                return Ok(Some(next));
-            }
-        }
+            Some(next)
+        })
+        .await
     }
 }
 
@@ -462,30 +474,26 @@ impl Outbox {
     /// catalog error is logged and the old lease kept: the send goes on, and the next
     /// renewal may succeed.
     async fn renew(&self, inc: &Incident, lease: i64) -> i64 {
-        let renewed = async {
-            loop {
-                let Some(mut cur) = self.catalog.incident(&inc.check, &inc.subject).await? else {
-                    return Ok(lease);
-                };
-                if cur.sending_until_us != lease {
-                    tracing::warn!(check = %inc.check,
-                        "escalation: the delivery lease lapsed during a send; another outbox \
-                         may send this incident's notice too");
-                    return Ok(lease);
-                }
-                let now = now_us();
-                cur.sending_until_us = self.lease_from(now);
-                cur.updated_us = now;
-                if self.catalog.put_incident(&cur).await?.is_some() {
-                    return Ok::<_, Error>(cur.sending_until_us);
-                }
+        let renewed = update(&self.catalog, &inc.check, &inc.subject, |cur| {
+            let mut cur = cur?;
+            if cur.sending_until_us != lease {
+                tracing::warn!(check = %inc.check,
+                    "escalation: the delivery lease lapsed during a send; another outbox \
+                     may send this incident's notice too");
+                return None;
             }
-        };
-        renewed.await.unwrap_or_else(|e| {
-            tracing::warn!(check = %inc.check, error = %e,
-                "escalation: could not renew the delivery lease");
-            lease
+            cur.sending_until_us = self.lease_from(now_us());
+            Some(cur)
         })
+        .await;
+        match renewed {
+            Ok(renewed) => renewed.map_or(lease, |held| held.sending_until_us),
+            Err(e) => {
+                tracing::warn!(check = %inc.check, error = %e,
+                    "escalation: could not renew the delivery lease");
+                lease
+            }
+        }
     }
 
     /// Ends this outbox's delivery (`lease`) of `inc`, recording `told` (what the target
@@ -493,17 +501,14 @@ impl Outbox {
     /// is now: if a verdict changed it meanwhile, the difference is owed and the next
     /// drain sends it.
     async fn release(&self, inc: &Incident, lease: i64, told: Option<(bool, i64)>) -> Result<()> {
-        loop {
-            let Some(cur) = self.catalog.incident(&inc.check, &inc.subject).await? else {
-                return Ok(());
-            };
-            let ours = cur.sending_until_us == lease;
-            if !ours && told.is_none_or(|(_, eval_us)| cur.notified_eval_us > eval_us) {
-                // Our lease lapsed and another outbox has since recorded a newer notice:
-                // that record stands.
-                return Ok(());
+        let released = update(&self.catalog, &inc.check, &inc.subject, |cur| {
+            let mut next = cur?;
+            let ours = next.sending_until_us == lease;
+            if !ours && told.is_none_or(|(_, eval_us)| next.notified_eval_us > eval_us) {
+                // Not ours any more, and nothing to record, or another outbox has since
+                // recorded a newer notice (that record stands).
+                return None;
             }
-            let mut next = cur;
             if let Some((failing, eval_us)) = told {
                 next.notified_failing = failing;
                 next.notified_eval_us = eval_us;
@@ -511,16 +516,17 @@ impl Outbox {
             if ours {
                 next.sending_until_us = 0;
             }
-            next.updated_us = now_us();
-            if self.catalog.put_incident(&next).await?.is_some() {
-                if next.unsettled() {
-                    tracing::info!(check = %inc.check, failing = next.failing,
-                        "escalation: the incident changed while its notice was in flight; \
-                         the notice bringing the target to its state is owed");
-                }
-                return Ok(());
-            }
+            Some(next)
+        })
+        .await?;
+        if let Some(next) = released
+            && next.unsettled()
+        {
+            tracing::info!(check = %inc.check, failing = next.failing,
+                "escalation: the incident changed while its notice was in flight; \
+                 the notice bringing the target to its state is owed");
         }
+        Ok(())
     }
 }
 

@@ -372,7 +372,6 @@ impl Runner {
         let now = Instant::now();
         let rearmed = rows
             .iter()
-            .filter(|i| i.rearm_eval_us != 0)
             .filter(|i| {
                 self.scheduler
                     .rearm(&i.check, &i.subject, i.rearm_eval_us, i.rearm_eval_us, now)
