@@ -227,28 +227,21 @@ async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes()
         let at = now_ms();
         let minor = if fault { 1249 } else { 1250 };
         let n = 2 * i as u32;
-        let events = [
-            (
-                format!("{:024x}", 2 * i + 1),
-                change(
-                    n + 1,
-                    "insert",
-                    &format!("{:024x}", 2 * i + 1),
-                    at,
-                    entry(&id, "acc-d", "debit", 1250),
-                ),
-            ),
-            (
-                format!("{:024x}", 2 * i + 2),
-                change(
-                    n + 2,
-                    "insert",
-                    &format!("{:024x}", 2 * i + 2),
-                    at,
-                    entry(&id, "acc-c", "credit", minor),
-                ),
-            ),
-        ];
+        let events: Vec<(String, Value)> =
+            [(1, "acc-d", "debit", 1250), (2, "acc-c", "credit", minor)]
+                .into_iter()
+                .map(|(k, account, direction, minor)| {
+                    let key = format!("{:024x}", 2 * i + k);
+                    let ev = change(
+                        n + k as u32,
+                        "insert",
+                        &key,
+                        at,
+                        entry(&id, account, direction, minor),
+                    );
+                    (key, ev)
+                })
+                .collect();
         if i < 6 {
             for (key, ev) in &events {
                 produce_ledger(&stack.producer, None, key, ev).await;
@@ -267,13 +260,8 @@ async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes()
         Duration::from_secs(30),
         "every transfer's check goes stale and is re-armed",
         async || {
-            let mut owed = 0;
-            for id in &all {
-                if let Some(inc) = cat.incident(CHECK, id).await.unwrap() {
-                    owed += usize::from(inc.rearm_eval_us != 0 && !inc.failing);
-                }
-            }
-            owed == all.len()
+            count_incidents(cat, &all, |inc| inc.rearm_eval_us != 0 && !inc.failing).await
+                == all.len()
         },
     )
     .await;
@@ -299,13 +287,8 @@ async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes()
         Duration::from_secs(60),
         "every stale check ran again",
         async || {
-            let mut done = 0;
-            for id in &all {
-                if let Some(inc) = cat.incident(CHECK, id).await.unwrap() {
-                    done += usize::from(inc.rearm_eval_us == 0);
-                }
-            }
-            done == all.len() && want.is_subset(&open_keys(pd))
+            count_incidents(cat, &all, |inc| inc.rearm_eval_us == 0).await == all.len()
+                && want.is_subset(&open_keys(pd))
         },
     )
     .await;
@@ -327,6 +310,21 @@ async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes()
         want.len(),
         started.elapsed()
     );
+}
+
+/// How many of `subjects` have an incident of [`CHECK`] for which `pred` holds.
+async fn count_incidents(
+    cat: &overseer_dal::catalog::postgres::PgCatalog,
+    subjects: &[String],
+    pred: impl Fn(&overseer_dal::update::Incident) -> bool,
+) -> usize {
+    let mut n = 0;
+    for id in subjects {
+        if let Some(inc) = cat.incident(CHECK, id).await.unwrap() {
+            n += usize::from(pred(&inc));
+        }
+    }
+    n
 }
 
 /// A followed file whose events arrive out of commit order, by up to its declared bound

@@ -9,6 +9,8 @@
 //! so view builds, shared builds, selection, watermark reads, the feed (the bus) and the
 //! incident writes all meet faults.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,31 +26,13 @@ use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
 use overseer_dal::update::Micros;
-use overseer_protos::views::{Direction, TransferWithLedger};
+use overseer_protos::views::TransferWithLedger;
 use overseer_prs::check::{Registry, Strategy, Verdict};
 use overseer_prs::escalate::{LogNotifier, Notifier, Severity};
 use overseer_prs::incident::{Escalator, Routes};
 use overseer_prs::runner::{Outcome, RunRecord, Runner, RunnerOptions, Sink};
 use overseer_testkit::faults::{Faults, FaultyCatalog, FaultyStore};
-use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::{CollectSink, verdicts};
-
-const TRANSFERS: usize = 16;
-const T0: Micros = 1_000_000;
-
-fn nets_to_zero(v: &TransferWithLedger) -> Verdict {
-    let net: i64 = v
-        .entries
-        .iter()
-        .map(|e| match e.direction() {
-            Direction::Credit => e.amount_minor,
-            _ => -e.amount_minor,
-        })
-        .sum();
-    Verdict::check(net == 0, || {
-        Verdict::fail_with(format!("net {net}"), json!({"entries": v.entries.len()}))
-    })
-}
 
 fn has_entries(v: &TransferWithLedger) -> Verdict {
     Verdict::check(!v.entries.is_empty(), || {
@@ -58,7 +42,7 @@ fn has_entries(v: &TransferWithLedger) -> Verdict {
 
 fn registry() -> Arc<Registry> {
     let mut r = Registry::new();
-    r.check("nets_to_zero", nets_to_zero)
+    r.check("nets_to_zero", common::nets_to_zero)
         .strategy(Strategy::Immediate);
     r.check("has_entries", has_entries)
         .strategy(Strategy::FreshnessAware {
@@ -67,78 +51,12 @@ fn registry() -> Arc<Registry> {
     Arc::new(r)
 }
 
-/// Transfers with entries written in rounds (a segment each): a debit and a credit per
-/// round; in the last round every fourth transfer's first debit grows (it ends unbalanced)
-/// and every fifth transfer's first pair moves to the next transfer.
+/// The joined history of `common`, with both sources complete well past it.
 async fn history(catalog: &DynCatalog, store: &DynStore) {
-    let mut pay = Changes::new("payments");
-    let mut ledger = Changes::new("ledger").refs(&["transfer_id"]);
-    let mut recs = vec![pay.row(
-        "payments.assets",
-        "USD",
-        T0,
-        "r",
-        json!({"symbol": "USD", "decimals": 2}),
-    )];
-    for i in 0..TRANSFERS {
-        let id = format!("T{i:02}");
-        recs.push(pay.row(
-            "payments.transfers",
-            &id,
-            T0 + i as Micros,
-            "c",
-            json!({"id": id, "account_id": "a", "asset": "USD", "amount": "1.00",
-                   "status": "pending", "updated_at": "2024-01-02T03:04:05Z"}),
-        ));
-    }
-    write_segment(&**store, &**catalog, recs, vec![])
-        .await
-        .unwrap();
-    let entry = |id: &str, transfer: &str, direction: &str, minor: i64| {
-        json!({"_id": id, "transfer_id": transfer, "account_id": "a", "asset": "USD",
-               "direction": direction, "amount_minor": {"$numberLong": minor.to_string()},
-               "decimals": 2})
-    };
-    for r in 0..4i64 {
-        let t = T0 + 1_000 * (r + 1);
-        let mut recs = Vec::new();
-        for i in 0..TRANSFERS {
-            let tr = format!("T{i:02}");
-            for (k, dir) in ["debit", "credit"].iter().enumerate() {
-                let id = format!("{tr}-e{r}{k}");
-                let t = t + i as Micros;
-                recs.push(ledger.insert("ledger.entries", &id, t, entry(&id, &tr, dir, r + 1)));
-            }
-            if r == 3 && i % 4 == 0 {
-                recs.push(ledger.update(
-                    "ledger.entries",
-                    &format!("{tr}-e00"),
-                    t + 500 + i as Micros,
-                    json!({"amount_minor": {"$numberLong": "7"}}),
-                    &[],
-                ));
-            }
-            if r == 3 && i % 5 == 0 && i % 4 != 0 {
-                let next = format!("T{:02}", (i + 1) % TRANSFERS);
-                for k in 0..2 {
-                    recs.push(ledger.update(
-                        "ledger.entries",
-                        &format!("{tr}-e0{k}"),
-                        t + 600 + i as Micros,
-                        json!({"transfer_id": next}),
-                        &[],
-                    ));
-                }
-            }
-        }
-        write_segment(&**store, &**catalog, recs, vec![])
-            .await
-            .unwrap();
-    }
-    // Both sources are complete well past the history.
+    common::history(catalog, store).await;
     for source in ["payments", "ledger"] {
         catalog
-            .heartbeat(source, T0 + 60_000_000, T0)
+            .heartbeat(source, common::T0 + 60_000_000, common::T0)
             .await
             .unwrap();
     }
@@ -329,7 +247,7 @@ async fn transient_faults_end_exactly_as_without_them() {
 
     let (want, got) = (verdicts(&clean.runs), verdicts(&faulty.runs));
     let (want_latest, got_latest) = (latest(&want), latest(&got));
-    assert_eq!(want_latest.len(), TRANSFERS * 2, "{want_latest:#?}");
+    assert_eq!(want_latest.len(), common::TRANSFERS * 2, "{want_latest:#?}");
     assert_eq!(
         got_latest, want_latest,
         "every (check, subject) evaluated at the same latest time, with the same verdict"

@@ -7,11 +7,12 @@
 //! kept joins — so the new owner of a partition starts from the catalog, never from the
 //! other instance's memory. The joins have 8–12 members, so they are kept and extended.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use overseer_dal::Dal;
@@ -23,33 +24,14 @@ use overseer_dal::config::KafkaBusConfig;
 use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
 use overseer_dal::update::{IndexEntry, Micros, UpdateNotification};
-use overseer_protos::views::{Direction, TransferWithLedger};
-use overseer_prs::check::{Registry, Strategy, Verdict};
+use overseer_prs::check::{Registry, Strategy};
 use overseer_prs::runner::{RunRecord, Runner, RunnerOptions};
-use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::{CollectSink, verdicts};
 use overseer_testkit::{Server, unique_name};
 
-const TRANSFERS: usize = 24;
-
-/// A transfer's entries net to zero (credits add, debits subtract).
-fn nets_to_zero(v: &TransferWithLedger) -> Verdict {
-    let net: i64 = v
-        .entries
-        .iter()
-        .map(|e| match e.direction() {
-            Direction::Credit => e.amount_minor,
-            _ => -e.amount_minor,
-        })
-        .sum();
-    Verdict::check(net == 0, || {
-        Verdict::fail_with(format!("net {net}"), json!({"entries": v.entries.len()}))
-    })
-}
-
 fn registry() -> Arc<Registry> {
     let mut r = Registry::new();
-    r.check("nets_to_zero", nets_to_zero)
+    r.check("nets_to_zero", common::nets_to_zero)
         .strategy(Strategy::Immediate);
     Arc::new(r)
 }
@@ -64,96 +46,6 @@ fn options() -> RunnerOptions {
         commit_interval: Duration::from_millis(20),
         ..RunnerOptions::default()
     }
-}
-
-/// Transfers with 8–12 entries each, written in rounds (one segment each): entries
-/// appear, some change amount, some move to another transfer; every fourth transfer ends
-/// unbalanced. Returns each round's index entries.
-async fn history(catalog: &DynCatalog, store: &DynStore) -> Vec<Vec<IndexEntry>> {
-    let mut pay = Changes::new("payments");
-    let mut ledger = Changes::new("ledger").refs(&["transfer_id"]);
-    let t0: Micros = 1_000_000;
-    let mut rounds = Vec::new();
-    let mut recs = vec![pay.row(
-        "payments.assets",
-        "USD",
-        t0,
-        "r",
-        json!({"symbol": "USD", "decimals": 2}),
-    )];
-    for i in 0..TRANSFERS {
-        let id = format!("T{i:02}");
-        recs.push(pay.row(
-            "payments.transfers",
-            &id,
-            t0 + i as Micros,
-            "c",
-            json!({"id": id, "account_id": "a", "asset": "USD", "amount": "1.00",
-                   "status": "pending", "updated_at": "2024-01-02T03:04:05Z"}),
-        ));
-    }
-    rounds.push(
-        write_segment(&**store, &**catalog, recs, vec![])
-            .await
-            .unwrap(),
-    );
-    let entry = |id: &str, transfer: &str, direction: &str, minor: i64| {
-        json!({"_id": id, "transfer_id": transfer, "account_id": "a", "asset": "USD",
-               "direction": direction, "amount_minor": {"$numberLong": minor.to_string()},
-               "decimals": 2})
-    };
-    // Rounds of entries: in round r, each transfer gets a debit and a credit of r + 1.
-    for r in 0..6i64 {
-        let mut recs = Vec::new();
-        let t = t0 + 1_000 * (r + 1);
-        for i in 0..TRANSFERS {
-            let tr = format!("T{i:02}");
-            for (k, dir) in ["debit", "credit"].iter().enumerate() {
-                let id = format!("{tr}-e{r}{k}");
-                recs.push(ledger.insert(
-                    "ledger.entries",
-                    &id,
-                    t + i as Micros,
-                    entry(&id, &tr, dir, r + 1),
-                ));
-            }
-        }
-        if r >= 4 {
-            // Changes to earlier entries: every fourth transfer's first debit grows (it
-            // ends unbalanced); the round-0 pair of every fifth transfer (not a fourth)
-            // moves to the next transfer (the pair is balanced: neither verdict changes).
-            for i in 0..TRANSFERS {
-                let tr = format!("T{i:02}");
-                if i % 4 == 0 && r == 4 {
-                    recs.push(ledger.update(
-                        "ledger.entries",
-                        &format!("{tr}-e00"),
-                        t + 500 + i as Micros,
-                        json!({"amount_minor": {"$numberLong": "7"}}),
-                        &[],
-                    ));
-                }
-                if i % 5 == 0 && i % 4 != 0 && r == 5 {
-                    let next = format!("T{:02}", (i + 1) % TRANSFERS);
-                    for k in 0..2 {
-                        recs.push(ledger.update(
-                            "ledger.entries",
-                            &format!("{tr}-e0{k}"),
-                            t + 500 + i as Micros,
-                            json!({"transfer_id": next}),
-                            &[],
-                        ));
-                    }
-                }
-            }
-        }
-        rounds.push(
-            write_segment(&**store, &**catalog, recs, vec![])
-                .await
-                .unwrap(),
-        );
-    }
-    rounds
 }
 
 fn notes(entries: &[IndexEntry]) -> Vec<UpdateNotification> {
@@ -202,7 +94,7 @@ async fn two_instances_and_a_rebalance_give_the_verdicts_of_one() {
     let dir = tempfile::tempdir().unwrap();
     let catalog: DynCatalog = Arc::new(EmbeddedCatalog::open(dir.path().join("c.redb")).unwrap());
     let store: DynStore = Arc::new(MemoryStore::new());
-    let rounds = history(&catalog, &store).await;
+    let rounds = common::history(&catalog, &store).await;
     // A topic per phase, so each phase's group sees only what is published to it.
     let connect = || async {
         let bus: DynBus = Arc::new(
@@ -239,7 +131,7 @@ async fn two_instances_and_a_rebalance_give_the_verdicts_of_one() {
             *t = (*t).max(e.event_time_us);
         }
     }
-    assert_eq!(want.len(), TRANSFERS);
+    assert_eq!(want.len(), common::TRANSFERS);
     let (half, rest) = rounds.split_at(rounds.len() / 2);
 
     // One instance, everything.
@@ -352,7 +244,7 @@ async fn two_instances_and_a_rebalance_give_the_verdicts_of_one() {
         .filter(|(_, v)| v.starts_with("fail"))
         .map(|(s, _)| s.clone())
         .collect();
-    let planted: BTreeSet<String> = (0..TRANSFERS)
+    let planted: BTreeSet<String> = (0..common::TRANSFERS)
         .filter(|i| i % 4 == 0)
         .map(|i| format!("T{i:02}"))
         .collect();
