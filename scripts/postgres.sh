@@ -3,6 +3,9 @@
 # on 127.0.0.1 and a free port, state in DIR; prints PG_PORT, PG_HOST and PG_URL.
 # `postgres.sh stop DIR` stops it. Runs as root by delegating to the postgres user
 # (initdb and the server refuse root).
+# With PG_FAKETIME set (a libfaketime spec such as "-1h"), the server runs on a clock that
+# far from ours, as a database host with a skewed clock would: tests use it to show that
+# freshness follows the server's clock, not ours.
 source "$(dirname "$0")/lib.sh"
 
 BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
@@ -21,7 +24,13 @@ start)
   as_pg "$BIN/initdb" -D "$dir/data" -A trust -U postgres --no-sync >"$dir/initdb.log" 2>&1 \
     || { cat "$dir/initdb.log" >&2; die "initdb failed"; }
   port=$(free_port)
-  as_pg "$BIN/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/server.log" \
+  preload=()
+  if [ -n "${PG_FAKETIME:-}" ]; then
+    lib=$(ls /usr/lib/*/faketime/libfaketime.so.1 2>/dev/null | head -1)
+    [ -n "$lib" ] || die "PG_FAKETIME is set but libfaketime is not installed: run scripts/install-test-deps.sh"
+    preload=(env "LD_PRELOAD=$lib" "FAKETIME=$PG_FAKETIME" FAKETIME_DONT_FAKE_MONOTONIC=1)
+  fi
+  as_pg "${preload[@]}" "$BIN/pg_ctl" -D "$dir/data" -w -t 60 -l "$dir/server.log" \
     -o "-p $port -c listen_addresses=127.0.0.1 -k $dir -c wal_level=logical \
         -c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off \
         -c wal_sender_timeout=10s -c max_connections=200" start >"$dir/pg_ctl.log" 2>&1 \

@@ -36,10 +36,15 @@ const WAIT: Duration = Duration::from_secs(30);
 /// `test` in a child with the connection string in [`URL_VAR`], checks it passed, and
 /// returns `None` (the work is done).
 fn server_url(test: &str) -> Option<String> {
+    server_url_with(test, &[])
+}
+
+/// [`server_url`] with extra environment for the server's start script.
+fn server_url_with(test: &str, env: &[(&str, &str)]) -> Option<String> {
     if let Ok(url) = std::env::var(URL_VAR) {
         return Some(url);
     }
-    let server = Server::start("postgres");
+    let server = Server::start_with("postgres", env);
     let exe = std::env::current_exe().expect("path of this test binary");
     let out = Command::new(exe)
         .args([test, "--exact", "--nocapture", "--test-threads=1"])
@@ -464,6 +469,72 @@ async fn streams_decodes_acks_and_resumes() {
         "watermark {last} is recent"
     );
     assert!(hb.windows(2).all(|w| w[0] <= w[1]), "{hb:?}");
+    src.stop().await;
+}
+
+/// The server's clock, in microseconds since the epoch.
+async fn server_clock(db: &tokio_postgres::Client) -> Micros {
+    db.query_one(
+        "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
+        &[],
+    )
+    .await
+    .expect("read the server's clock")
+    .get(0)
+}
+
+/// A database host whose clock is an hour behind ours (libfaketime under the server): the
+/// commit times and the idle watermark are the server's, never our clock. A source that
+/// heartbeated its own clock while caught up would claim an hour the server has not
+/// reached, and every check reading it would run before its data exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn freshness_follows_the_servers_clock_not_ours() {
+    let Some(url) = server_url_with(
+        "freshness_follows_the_servers_clock_not_ours",
+        &[("PG_FAKETIME", "-1h")],
+    ) else {
+        return;
+    };
+    let db = sql(&url).await;
+    let skew = now_us() - server_clock(&db).await;
+    assert!(
+        (3_500_000_000..3_700_000_000).contains(&skew),
+        "the test server runs an hour behind us: skew {skew} µs"
+    );
+    db.batch_execute(SCHEMA).await.unwrap();
+    let slot = "overseer_skewed";
+    let mut src = start_source(source_config(slot, true), 64);
+    wait_slot_active(&db, slot).await;
+
+    let before = server_clock(&db).await;
+    db.batch_execute("INSERT INTO payments.assets VALUES ('BTC', 8)")
+        .await
+        .unwrap();
+    let after = server_clock(&db).await;
+    let ev = src.events(1).await.remove(0);
+    let commit = ev.commit_time_us.expect("a commit time");
+    assert!(
+        (before..=after).contains(&commit),
+        "commit time {commit} is the server's ({before}..={after})"
+    );
+    src.acks.ack([AckToken::Lsn(ack_of(&ev))]);
+
+    // Idle: heartbeats carry the server's clock, past the commit and never past the
+    // server's present.
+    let heartbeats_before = src.heartbeats.len();
+    let idle_from = server_clock(&db).await;
+    let quiet = src.drain_for(HEARTBEAT * 6).await;
+    assert!(quiet.is_empty(), "no writes, no events: {quiet:#?}");
+    let server_now = server_clock(&db).await;
+    let hb = &src.heartbeats[heartbeats_before..];
+    assert!(hb.len() >= 2, "heartbeats while idle: {hb:?}");
+    let last = *hb.last().unwrap();
+    assert!(
+        last > commit && last >= idle_from - 20_000 && last <= server_now,
+        "idle watermark {last} follows the server's clock ({idle_from}..={server_now}), \
+         not ours ({})",
+        now_us()
+    );
     src.stop().await;
 }
 

@@ -26,6 +26,12 @@ pub fn scripts_dir() -> PathBuf {
 impl Server {
     /// Starts `scripts/{name}.sh start DIR`; panics with the reason if it cannot.
     pub fn start(name: &str) -> Server {
+        Server::start_with(name, &[])
+    }
+
+    /// [`Server::start`] with extra environment for the start script (e.g. `PG_FAKETIME`
+    /// for `postgres`, see `scripts/postgres.sh`).
+    pub fn start_with(name: &str, env: &[(&str, &str)]) -> Server {
         let script = scripts_dir().join(format!("{name}.sh"));
         let dir = tempfile::Builder::new()
             .prefix(&format!("overseer-{name}-"))
@@ -35,6 +41,7 @@ impl Server {
             .arg(&script)
             .arg("start")
             .arg(dir.path())
+            .envs(env.iter().copied())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
