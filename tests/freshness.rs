@@ -24,10 +24,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_testkit::pagerduty::FakePagerDuty;
+use overseer_testkit::{Server, unique_name};
 
 use common::{
-    Overseer, RealStack, change, now_ms, open_keys, produce_ledger, trigger_requests, wait_until,
+    EVENTS_TOPIC, HEARTBEATS_TOPIC, Overseer, RealStack, change, create_topics,
+    ledger_ingest_config, now_ms, open_keys, produce_ledger, producer, trigger_requests,
+    wait_until,
 };
 
 const CHECK: &str = "transfer_nets_to_zero";
@@ -325,6 +329,161 @@ async fn count_incidents(
         }
     }
     n
+}
+
+/// The partitions an `overseer ingest` log says it was assigned last.
+fn assigned(log: &str) -> Option<BTreeSet<i32>> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("partitions assigned"))?;
+    let list = line.split("partitions=[").nth(1)?.split(']').next()?;
+    Some(
+        list.split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect(),
+    )
+}
+
+/// Two `overseer ingest` instances in one consumer group split the ledger's four
+/// partitions. Each knows only its own partitions, so neither alone may claim the topic
+/// complete; each records its claim per partition, and the catalog's watermark for the
+/// ledger is the lowest partition's — here the one whose connector writes 5 s behind.
+/// When one instance stops, the other takes its partitions and the watermark moves on
+/// from the claims recorded. (Before per-lane claims the ledger's watermark never left 0:
+/// each instance held it at what it knew of the partitions it did not read.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_ingest_instances_split_the_ledger_and_its_slowest_partition_holds_it() {
+    let pg = Server::start("postgres");
+    let kafka = Server::start("tansu");
+    let s3 = Server::start("garage");
+    let (url, brokers) = (pg.var("PG_URL"), kafka.var("KAFKA_BROKERS"));
+    let name = "lanes";
+    let schema = unique_name(name);
+    create_topics(
+        brokers,
+        &[
+            ("ledger", PARTITIONS),
+            (HEARTBEATS_TOPIC, 1),
+            (EVENTS_TOPIC, 4),
+        ],
+    )
+    .await;
+    let producer = producer(brokers);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ingest.toml");
+    let text = ledger_ingest_config(&s3, &unique_name(name), &schema, brokers, name);
+    std::fs::write(&cfg, text).unwrap();
+    let cat = PgCatalog::connect(url, &schema).await.unwrap();
+    let env = [
+        ("E2E_CATALOG_URL", url),
+        ("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY")),
+    ];
+    let log = |n: &str| {
+        std::env::temp_dir().join(format!("overseer-lanes-{n}-{}.log", std::process::id()))
+    };
+    let (log_a, log_b) = (log("a"), log("b"));
+    let held = |log: &std::path::Path| assigned(&std::fs::read_to_string(log).unwrap_or_default());
+    let mut a = Overseer::spawn("ingest", &cfg, &env, &log_a);
+    wait_until(
+        &mut a,
+        Duration::from_secs(60),
+        "a holds partitions",
+        async || held(&log_a).is_some_and(|p| !p.is_empty()),
+    )
+    .await;
+    let mut b = Overseer::spawn("ingest", &cfg, &env, &log_b);
+    let all: BTreeSet<i32> = (0..PARTITIONS).collect();
+    wait_until(
+        &mut b,
+        Duration::from_secs(60),
+        "a and b split the partitions",
+        async || match (held(&log_a), held(&log_b)) {
+            (Some(pa), Some(pb)) => {
+                !pa.is_empty() && !pb.is_empty() && pa.is_disjoint(&pb) && &pa | &pb == all
+            }
+            _ => false,
+        },
+    )
+    .await;
+    a.assert_running();
+
+    // Every partition gets an entry committed at `t0`, but the lagging one's connector
+    // writes 5 s behind: its newest entry committed at `t0 - 5 s`.
+    let watermark = async || {
+        cat.source_states()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.source == "ledger-kafka")
+            .map_or(0, |s| s.watermark_us)
+    };
+    let t0 = now_ms();
+    let lag_ms = LAG.as_millis() as i64;
+    for p in 0..PARTITIONS {
+        let at = if p == LAGGING { t0 - lag_ms } else { t0 };
+        let id = format!("{:024x}", p + 1);
+        let ev = change(
+            p as u32 + 1,
+            "insert",
+            &id,
+            at,
+            entry("T1", "acc", "debit", 1),
+        );
+        produce_ledger(&producer, Some(p), &id, &ev).await;
+    }
+    let want = (t0 - lag_ms) * 1000 - 1;
+    wait_until(
+        &mut a,
+        Duration::from_secs(60),
+        "the ledger's watermark moves",
+        async || watermark().await >= want,
+    )
+    .await;
+    let claims = cat.lane_claims("ledger-kafka").await.unwrap();
+    let expect: Vec<(String, i64)> = (0..PARTITIONS)
+        .map(|p| {
+            let at = if p == LAGGING { t0 - lag_ms } else { t0 };
+            (format!("ledger/{p}"), at * 1000 - 1)
+        })
+        .collect();
+    assert_eq!(claims, expect, "each partition claimed by its reader");
+    assert_eq!(
+        watermark().await,
+        want,
+        "the ledger is complete up to its slowest partition, not its fastest"
+    );
+
+    // b stops: a takes every partition and moves the watermark on from the claims.
+    b.stop().await;
+    wait_until(
+        &mut a,
+        Duration::from_secs(60),
+        "a holds every partition",
+        async || held(&log_a).is_some_and(|p| p == all),
+    )
+    .await;
+    let t1 = now_ms();
+    for p in 0..PARTITIONS {
+        let id = format!("{:024x}", 100 + p);
+        let ev = change(
+            100 + p as u32,
+            "insert",
+            &id,
+            t1,
+            entry("T2", "acc", "debit", 1),
+        );
+        produce_ledger(&producer, Some(p), &id, &ev).await;
+    }
+    wait_until(
+        &mut a,
+        Duration::from_secs(60),
+        "the watermark moves past the new entries",
+        async || watermark().await == t1 * 1000 - 1,
+    )
+    .await;
+    a.stop().await;
 }
 
 /// A followed file whose events arrive out of commit order, by up to its declared bound

@@ -225,6 +225,9 @@ pub struct Progress {
     pub checkpoint: String,
     pub watermark_us: Micros,
     pub last_event_us: Micros,
+    /// Claims for lanes the source shares with other instances, recorded as
+    /// [`crate::catalog::SourceProgress::claim_lanes`] does (retiring none); usually empty.
+    pub lanes: Vec<(String, Micros)>,
 }
 
 /// Everything one durable batch adds to the catalog, applied atomically.

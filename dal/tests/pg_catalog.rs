@@ -74,7 +74,8 @@ async fn a_schema_at_migration_1_is_migrated_forward() {
     tokio::spawn(conn);
     client
         .batch_execute(&format!(
-            "DROP TABLE \"{schema}\".incidents, \"{schema}\".meta_kv, \"{schema}\".snapshots; \
+            "DROP TABLE \"{schema}\".incidents, \"{schema}\".meta_kv, \"{schema}\".snapshots, \
+                 \"{schema}\".source_lanes; \
              DELETE FROM \"{schema}\".schema_migrations WHERE version >= 2;"
         ))
         .await
@@ -106,8 +107,13 @@ async fn a_schema_at_migration_1_is_migrated_forward() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(cat.snapshots("m", "r").await.unwrap(), vec![]);
+    cat.heartbeat("src", 10, 1).await.unwrap();
+    cat.claim_lanes("src", &[("t/0".into(), 20)], &[], 2)
+        .await
+        .unwrap();
+    assert_eq!(cat.source_states().await.unwrap()[0].watermark_us, 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,6 +132,7 @@ async fn incidents_stored_before_migration_4_read_as_told_nothing_and_owed_no_ru
                  DROP COLUMN sending_until_us, DROP COLUMN rearm_eval_us; \
              DELETE FROM \"{schema}\".schema_migrations WHERE version >= 4; \
              DROP INDEX IF EXISTS \"{schema}\".incidents_rearmed; \
+             DROP TABLE \"{schema}\".source_lanes; \
              INSERT INTO \"{schema}\".incidents VALUES \
                  ('c', 's', true, true, 30, 20, 'm', '{{}}', 40, 2);"
         ))
@@ -211,12 +218,14 @@ async fn large_commit_uses_the_multi_row_path() {
                     checkpoint: "a".into(),
                     watermark_us: 10,
                     last_event_us: 10,
+                    lanes: vec![("t/0".into(), 30), ("t/1".into(), 12)],
                 },
                 Progress {
                     source: "src0".into(),
                     checkpoint: "b".into(),
                     watermark_us: 5,
                     last_event_us: 20,
+                    lanes: vec![("t/1".into(), 15), ("t/0".into(), 25)],
                 },
             ],
             quarantined: 0,
@@ -242,8 +251,14 @@ async fn large_commit_uses_the_multi_row_path() {
             state[0].watermark_us,
             state[0].last_event_us
         ),
-        ("b", 10, 20),
-        "progress reported twice in one batch folds monotonically"
+        ("b", 15, 20),
+        "progress reported twice in one batch folds monotonically; the source is complete \
+         up to its lowest lane when that is higher than its own record"
+    );
+    assert_eq!(
+        cat.lane_claims("src0").await.unwrap(),
+        vec![("t/0".to_string(), 30), ("t/1".to_string(), 15)],
+        "lane claims in one batch fold monotonically too"
     );
 
     // Masters aggregate the batch: 1000 records, 5 updates each.

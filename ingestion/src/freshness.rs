@@ -14,11 +14,19 @@
 //!   out-of-orderness) and claims `t - 1 - bound`.
 //! - **the minimum over the source's lanes**: one partition behind the others holds the
 //!   source back. A Kafka source declares every partition of its topic, including those
-//!   another instance of its consumer group reads: the catalog keeps one watermark per
-//!   source, so an instance may claim only what it knows of the whole topic. A lane that
-//!   has shown nothing since this process started says nothing, so it holds the watermark
-//!   where the other evidence leaves it (the catalog's stored watermark at start, or
-//!   source-wide heartbeats).
+//!   another instance of its consumer group reads. A lane that has shown nothing since
+//!   this process started says nothing, so it holds this instance's watermark where the
+//!   other evidence leaves it (the catalog's stored watermark at start, or source-wide
+//!   heartbeats).
+//! - **lanes shared across instances** (declared lanes: a Kafka topic's partitions): each
+//!   instance also records a claim per lane in the catalog (`SourceProgress::claim_lanes`;
+//!   moved claims ride with each batch's commit): when its lanes are declared, every
+//!   declared lane at least at its floor, then each lane it reads as it moves. The catalog
+//!   raises the source's watermark to the lowest lane claim, never lowers it. Two
+//!   instances splitting a topic's partitions thus move the source together; a partition
+//!   nobody has read yet holds it at the floor it was declared with; after a rebalance the
+//!   new reader goes on from the lane's recorded claim. Lanes of a topic the source no
+//!   longer reads are retired; a partition this instance does not know of is not.
 //! - **heartbeats from upstream**, for every lane or for the lanes they name: the
 //!   PostgreSQL server's clock sampled with its WAL insert position once the stream has
 //!   reached that position; a connector's heartbeat topic (Debezium `ts_ms`, the MongoDB
@@ -29,7 +37,7 @@
 //!   claims the current time. Off by default.
 //!
 //! [`Freshness`] keeps this per source inside the pipeline; the catalog keeps the highest
-//! watermark ever claimed (it never goes back).
+//! watermark ever claimed, per source and per declared lane (neither goes back).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -92,6 +100,21 @@ pub struct Freshness {
     floor_evidence: Evidence,
     /// The highest watermark recorded in the catalog by this process.
     reported: Micros,
+    /// Per declared lane: the claim recorded in the catalog by this process.
+    lanes_reported: HashMap<Lane, Micros>,
+    /// The declared lanes changed since their claims were last taken: the next
+    /// [`Freshness::take_lane_claims`] names every declared lane.
+    lanes_changed: bool,
+}
+
+/// Lane claims to record in the catalog ([`Freshness::take_lane_claims`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct LaneClaims {
+    /// (lane name, claim); a declared lane with nothing shown here claims the floor.
+    pub claims: Vec<(String, Micros)>,
+    /// The declared lanes changed: `claims` names every one of them, and the lanes of
+    /// streams no longer declared may be retired ([`Freshness::retired`]).
+    pub declared: bool,
 }
 
 impl Freshness {
@@ -109,6 +132,8 @@ impl Freshness {
             floor: stored,
             floor_evidence: Evidence::Stored,
             reported: stored,
+            lanes_reported: HashMap::new(),
+            lanes_changed: false,
         }
     }
 
@@ -141,7 +166,65 @@ impl Freshness {
     /// The lanes the source has (a Kafka source: every partition of its topics). A lane
     /// keeps what it showed before: it remains true whoever reads it now.
     pub fn assign(&mut self, lanes: impl IntoIterator<Item = (Lane, String)>) {
-        self.lanes = Some(lanes.into_iter().collect());
+        let lanes = Some(lanes.into_iter().collect());
+        if lanes != self.lanes {
+            self.lanes = lanes;
+            self.lanes_changed = true;
+        }
+    }
+
+    /// The declared lanes' claims that moved since last taken (all of them after the
+    /// declared lanes changed); empty for a source that declares none. Taken claims count
+    /// as recorded: the caller records them or fails.
+    pub fn take_lane_claims(&mut self) -> LaneClaims {
+        let Some(lanes) = &self.lanes else {
+            return LaneClaims::default();
+        };
+        // No lanes declared is "not known yet" (a Kafka source before it has read its
+        // topics' metadata), never "none left".
+        let declared = std::mem::take(&mut self.lanes_changed) && !lanes.is_empty();
+        let mut claims = Vec::new();
+        for (l, name) in lanes {
+            // What holds for every lane holds for this one.
+            let claim = self
+                .lane_claim(*l)
+                .map_or(self.floor, |(t, _)| t.max(self.floor))
+                .max(0);
+            let recorded = self.lanes_reported.get(l).copied();
+            if declared || recorded.is_none_or(|r| claim > r) {
+                claims.push((name.clone(), claim));
+                self.lanes_reported.insert(*l, claim);
+            }
+        }
+        LaneClaims { claims, declared }
+    }
+
+    /// Of the lanes `stored` for this source, those of a stream it no longer declares
+    /// (a lane's stream is its name before the last `/`: a Kafka topic). Only whole
+    /// streams retire: a partition this instance does not know of (stale metadata, a
+    /// topic grown since) stays, so it keeps holding the watermark. Nothing while no lanes
+    /// are declared.
+    pub fn retired(&self, stored: &[(String, Micros)]) -> Vec<String> {
+        let stream = |name: &str| name.rsplit_once('/').map_or(name, |(s, _)| s).to_owned();
+        let Some(lanes) = self.lanes.as_ref().filter(|l| !l.is_empty()) else {
+            return Vec::new();
+        };
+        let declared: std::collections::BTreeSet<String> =
+            lanes.values().map(|n| stream(n)).collect();
+        stored
+            .iter()
+            .filter(|(n, _)| !declared.contains(&stream(n)))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// [`Freshness::take_lane_claims`] when the declared lanes did not change (the
+    /// claims that ride with a batch's commit); nothing when they did.
+    pub fn take_moved_lane_claims(&mut self) -> Vec<(String, Micros)> {
+        if self.lanes_changed {
+            return Vec::new();
+        }
+        self.take_lane_claims().claims
     }
 
     fn name(&self, l: Lane) -> String {
@@ -355,6 +438,73 @@ mod tests {
         // Declaring no lanes: nothing known beyond the floor.
         f.assign([]);
         assert_eq!(f.watermark(), 50);
+    }
+
+    #[test]
+    fn declared_lanes_are_claimed_for_the_catalog_once_each_time_they_move() {
+        let mut f = Freshness::new(50, 0);
+        assert_eq!(
+            f.take_lane_claims(),
+            LaneClaims::default(),
+            "no lanes declared"
+        );
+        f.observe(0, 1_000);
+        assert_eq!(f.take_moved_lane_claims(), vec![]);
+        f.assign([]);
+        assert_eq!(
+            f.take_lane_claims(),
+            LaneClaims::default(),
+            "lanes not known yet are no declaration"
+        );
+        f.assign(lanes(3));
+        assert_eq!(
+            f.take_moved_lane_claims(),
+            vec![],
+            "a declaration goes on its own"
+        );
+        let claims = |c: &[(&str, Micros)]| {
+            c.iter()
+                .map(|(l, t)| (l.to_string(), *t))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            f.take_lane_claims(),
+            LaneClaims {
+                claims: claims(&[("t/0", 999), ("t/1", 50), ("t/2", 50)]),
+                declared: true,
+            },
+            "every declared lane, at the floor where it showed nothing"
+        );
+        assert_eq!(f.take_lane_claims(), LaneClaims::default(), "nothing moved");
+        f.observe(1, 3_000);
+        f.observe(0, 900);
+        f.complete_up_to(70, Evidence::Heartbeat, None);
+        assert_eq!(
+            f.take_moved_lane_claims(),
+            claims(&[("t/1", 2_999), ("t/2", 70)])
+        );
+        f.assign(lanes(3));
+        assert_eq!(
+            f.take_lane_claims(),
+            LaneClaims::default(),
+            "the same lanes"
+        );
+        f.assign(lanes(2));
+        assert_eq!(
+            f.take_lane_claims(),
+            LaneClaims {
+                claims: claims(&[("t/0", 999), ("t/1", 2_999)]),
+                declared: true,
+            }
+        );
+        let stored = claims(&[("t/0", 1), ("t/7", 1), ("old/0", 1), ("old", 1)]);
+        assert_eq!(
+            f.retired(&stored),
+            vec!["old/0".to_string(), "old".to_string()],
+            "only streams no longer declared retire, not partitions unknown here"
+        );
+        f.assign([]);
+        assert_eq!(f.retired(&stored), Vec::<String>::new());
     }
 
     #[test]

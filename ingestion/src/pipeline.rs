@@ -210,9 +210,18 @@ impl Ingestor {
             resume.as_ref().map_or(0, |s| s.watermark_us),
             cfg.max_out_of_order_ms,
         );
+        // Claims other instances (or this one, before) recorded per lane: the lowest holds
+        // the stored watermark.
+        let lanes = self.storage.catalog.lane_claims(&cfg.name).await?;
+        let lowest = lanes
+            .iter()
+            .min_by_key(|(_, t)| *t)
+            .map(|(l, t)| format!("{l} at {}", fmt_time(*t)));
         tracing::info!(
             source = %cfg.name,
             stored_watermark = %fmt_time(freshness.watermark()),
+            stored_lanes = lanes.len(),
+            lowest_lane = lowest.as_deref().unwrap_or("-"),
             max_out_of_order_ms = cfg.max_out_of_order_ms,
             caught_up_means_now = cfg.caught_up_means_now,
             "watermark from commit times per lane and upstream heartbeats"
@@ -287,6 +296,8 @@ pub(crate) fn batch_from_segment(seg: &overseer_dal::segment::Segment) -> Commit
                     .map(|(_, r)| r.event_time_us)
                     .max()
                     .unwrap_or(c.watermark_us),
+                // Lane claims are evidence kept beside the history, not in it.
+                lanes: Vec::new(),
             })
             .collect(),
         quarantined: 0,
@@ -371,6 +382,7 @@ impl Batcher<'_> {
                     }
                 }
             }
+            let cat = &self.storage.catalog;
             if !events.is_empty() {
                 self.commit_batch(events, started, &mut report, &mut fresh)
                     .await?;
@@ -378,8 +390,24 @@ impl Batcher<'_> {
             // What moved the watermark without events (a heartbeat, a lane declared) is
             // recorded on its own.
             if let Some(wm) = fresh.advance() {
-                let cat = &self.storage.catalog;
                 retry("heartbeat", || cat.heartbeat(self.source, wm, now_us())).await?;
+            }
+            let lanes = fresh.take_lane_claims();
+            let retire = if lanes.declared {
+                let stored = retry("lane_claims", || cat.lane_claims(self.source)).await?;
+                fresh.retired(&stored)
+            } else {
+                Vec::new()
+            };
+            if !retire.is_empty() {
+                tracing::info!(source = self.source, lanes = ?retire,
+                    "retiring the claims of lanes whose topic the source no longer reads");
+            }
+            if !lanes.claims.is_empty() || !retire.is_empty() {
+                retry("claim_lanes", || {
+                    cat.claim_lanes(self.source, &lanes.claims, &retire, now_us())
+                })
+                .await?;
             }
             // Every batch: what holds the watermark is worth seeing most when it does not
             // move.
@@ -545,6 +573,9 @@ impl Batcher<'_> {
                 checkpoint: c,
                 watermark_us,
                 last_event_us: newest_us,
+                // Moved lanes ride with the commit; a change of the declared lanes is
+                // recorded on its own after it.
+                lanes: freshness.take_moved_lane_claims(),
             })
             .into_iter()
             .collect();

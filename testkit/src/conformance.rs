@@ -18,7 +18,7 @@ use std::sync::Arc;
 use overseer_dal::catalog::{Catalog, DynCatalog, IncidentStore, MetaStore, SegmentLedger};
 use overseer_dal::store::{ObjectStore, PutOutcome, list_all};
 use overseer_dal::update::{
-    CommitBatch, Incident, IndexEntry, Op, Progress, RefUpdatesAfter, UpdateLoc,
+    CommitBatch, Incident, IndexEntry, Micros, Op, Progress, RefUpdatesAfter, UpdateLoc,
     UpdateNotification, UpdatesAfter,
 };
 
@@ -226,6 +226,79 @@ pub async fn source_progress_suite(cat: &dyn Catalog) {
         Some(500),
         "never backwards"
     );
+
+    // Lanes shared by several instances: the source is complete up to the lowest claim,
+    // and its watermark rises to it, never falls.
+    let lanes = |c: &[(&str, Micros)]| {
+        c.iter()
+            .map(|(l, w)| (l.to_string(), *w))
+            .collect::<Vec<_>>()
+    };
+    let names = |n: &[&str]| n.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    let wm = async || state(cat.source_states().await.unwrap()).map(|s| s.1);
+    let claim = async |c: &[(&str, Micros)], retire: &[&str], now: Micros| {
+        cat.claim_lanes("progress-suite", &lanes(c), &names(retire), now)
+            .await
+            .unwrap()
+    };
+    claim(&[("t/0", 900), ("t/1", 0)], &[], 3).await;
+    assert_eq!(wm().await, Some(500), "a lane with no claim yet holds it");
+    claim(&[("t/1", 700)], &[], 4).await;
+    assert_eq!(wm().await, Some(700), "the lowest lane");
+    claim(&[("t/1", 600), ("t/0", 800), ("t/0", 850)], &[], 5).await;
+    assert_eq!(
+        cat.lane_claims("progress-suite").await.unwrap(),
+        lanes(&[("t/0", 900), ("t/1", 700)]),
+        "a lane never goes back"
+    );
+    claim(&[("t/1", 1_000), ("t/2", 0), ("u/0", 2_000)], &[], 6).await;
+    assert_eq!(
+        wm().await,
+        Some(700),
+        "a new lane holds the watermark, and does not take it back"
+    );
+    claim(&[], &["t/2", "t/9"], 7).await;
+    assert_eq!(
+        cat.lane_claims("progress-suite").await.unwrap(),
+        lanes(&[("t/0", 900), ("t/1", 1_000), ("u/0", 2_000)]),
+        "retired: the lanes named"
+    );
+    assert_eq!(wm().await, Some(900), "the lowest lane left");
+    cat.heartbeat("progress-suite", 950, 8).await.unwrap();
+    assert_eq!(
+        wm().await,
+        Some(950),
+        "the whole source's record, when higher"
+    );
+    cat.commit(CommitBatch {
+        segment_seq: None,
+        progress: vec![Progress {
+            lanes: lanes(&[("t/0", 1_200), ("t/1", 1_100)]),
+            ..progress("progress-suite", "cp-3", 400)
+        }],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(wm().await, Some(1_100), "lane claims ride with a commit");
+    cat.claim_lanes("lanes-only", &lanes(&[("t/0", 300)]), &[], 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        cat.source_states()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|s| s.source == "lanes-only")
+            .map(|s| s.watermark_us),
+        Some(300),
+        "a source first seen by its lanes is recorded"
+    );
+    assert_eq!(
+        cat.lane_claims("another-source").await.unwrap(),
+        vec![],
+        "lanes are per source"
+    );
 }
 
 /// Opens (or reopens) the catalog under test; the suite drops its handle before reopening.
@@ -267,6 +340,7 @@ fn progress(source: &str, cp: &str, wm: i64) -> Progress {
         checkpoint: cp.into(),
         watermark_us: wm,
         last_event_us: wm,
+        lanes: Vec::new(),
     }
 }
 
@@ -669,7 +743,7 @@ pub async fn catalog_suite(open: OpenCatalog) {
         .collect();
     assert_eq!(
         names,
-        vec!["file", "kafka", "pg", "progress-suite"],
+        vec!["file", "kafka", "lanes-only", "pg", "progress-suite"],
         "progress is kept per reporting source, by name"
     );
 

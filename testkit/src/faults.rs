@@ -275,6 +275,20 @@ impl SourceProgress for FaultyCatalog {
         self.check("heartbeat")?;
         self.inner.heartbeat(source, watermark_us, now_us).await
     }
+    async fn claim_lanes(
+        &self,
+        source: &str,
+        claims: &[(String, Micros)],
+        retire: &[String],
+        now_us: Micros,
+    ) -> Result<()> {
+        self.check("claim_lanes")?;
+        self.inner.claim_lanes(source, claims, retire, now_us).await
+    }
+    async fn lane_claims(&self, source: &str) -> Result<Vec<(String, Micros)>> {
+        self.check("lane_claims")?;
+        self.inner.lane_claims(source).await
+    }
 }
 
 #[async_trait]

@@ -44,9 +44,15 @@ impl Overseer {
     /// `overseer run --config cfg` with `env` set (and the PagerDuty routing key in
     /// `E2E_PD_KEY`).
     pub(crate) fn start_with(cfg: &Path, env: &[(&str, &str)], log: &Path) -> Overseer {
+        Overseer::spawn("run", cfg, env, log)
+    }
+
+    /// `overseer {command} --config cfg` (a command that runs until stopped: `run`,
+    /// `ingest`, `prs`) with `env` set (and the PagerDuty routing key in `E2E_PD_KEY`).
+    pub(crate) fn spawn(command: &str, cfg: &Path, env: &[(&str, &str)], log: &Path) -> Overseer {
         let file = std::fs::File::create(log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_overseer"))
-            .args(["run", "--config"])
+            .args([command, "--config"])
             .arg(cfg)
             .envs(env.iter().copied())
             .env("E2E_PD_KEY", TEST_ROUTING_KEY)
@@ -292,6 +298,51 @@ fn real_config(
     prs: &str,
 ) -> String {
     format!(
+        r#"{storage}
+[prs]
+group = "{name}-prs"
+default_escalation = "pd"
+{prs}
+
+[escalation.pd]
+kind = "pagerduty"
+routing_key_env = "E2E_PD_KEY"
+url = "{pd_url}"
+
+{MODELS}
+[[sources]]
+name = "payments-wal"
+format = "pgoutput"
+[sources.postgres]
+url_env = "E2E_SOURCE_URL"
+slot = "{name}_slot"
+publication = "{name}_pub"
+status_interval_ms = 200
+{ledger}"#,
+        storage = storage_config(s3, prefix, schema, brokers),
+        ledger = ledger_source(brokers, name),
+    )
+}
+
+/// An ingest-only configuration of the real stack: [`real_config`] without the checks,
+/// the escalation and the payments WAL (the ledger topic alone, read by `{name}-ingest`).
+pub(crate) fn ledger_ingest_config(
+    s3: &Server,
+    prefix: &str,
+    schema: &str,
+    brokers: &str,
+    name: &str,
+) -> String {
+    format!(
+        "{}\n{MODELS}\n{}",
+        storage_config(s3, prefix, schema, brokers),
+        ledger_source(brokers, name)
+    )
+}
+
+/// The store, bus, catalog and ingest tables of [`real_config`].
+fn storage_config(s3: &Server, prefix: &str, schema: &str, brokers: &str) -> String {
+    format!(
         r#"
 [store]
 kind = "s3"
@@ -315,27 +366,17 @@ schema = "{schema}"
 batch_max_events = 100
 batch_max_ms = 20
 heartbeat_ms = 200
+"#,
+        bucket = s3.var("S3_BUCKET"),
+        endpoint = s3.var("S3_ENDPOINT"),
+        region = s3.var("S3_REGION"),
+    )
+}
 
-[prs]
-group = "{name}-prs"
-default_escalation = "pd"
-{prs}
-
-[escalation.pd]
-kind = "pagerduty"
-routing_key_env = "E2E_PD_KEY"
-url = "{pd_url}"
-
-{MODELS}
-[[sources]]
-name = "payments-wal"
-format = "pgoutput"
-[sources.postgres]
-url_env = "E2E_SOURCE_URL"
-slot = "{name}_slot"
-publication = "{name}_pub"
-status_interval_ms = 200
-
+/// The ledger topic's source in [`real_config`], read by group `{name}-ingest`.
+fn ledger_source(brokers: &str, name: &str) -> String {
+    format!(
+        r#"
 [[sources]]
 name = "ledger-kafka"
 format = "mongo-change-stream"
@@ -345,10 +386,7 @@ topics = ["ledger"]
 heartbeat_topic = "{HEARTBEATS_TOPIC}"
 group = "{name}-ingest"
 properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
-"#,
-        bucket = s3.var("S3_BUCKET"),
-        endpoint = s3.var("S3_ENDPOINT"),
-        region = s3.var("S3_REGION"),
+"#
     )
 }
 

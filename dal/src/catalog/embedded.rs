@@ -63,6 +63,8 @@ const REF_COUNTS: TableDefinition<(Str, Str, Str), u64> = TableDefinition::new("
 /// ([`UpdateIndex::keep_ref_updates`]); others are derived on each read.
 const REF_KEPT: TableDefinition<(Str, Str), ()> = TableDefinition::new("ref_kept");
 const SOURCES: TableDefinition<Str, &[u8]> = TableDefinition::new("sources");
+/// (source, lane) → the lane's claim ([`SourceProgress::claim_lanes`]).
+const LANES: TableDefinition<(Str, Str), i64> = TableDefinition::new("lanes");
 const SEGMENTS: TableDefinition<u64, u8> = TableDefinition::new("segments");
 const META: TableDefinition<Str, u64> = TableDefinition::new("meta");
 const INCIDENTS: TableDefinition<(Str, Str), &[u8]> = TableDefinition::new("incidents");
@@ -204,6 +206,7 @@ snap_tables! {
     snapshots: SNAPSHOTS: (Str, Str, i64, Str, Str) => &'static [u8],
     late: LATE: (Str, Str) => u64,
     sources: SOURCES: Str => &'static [u8],
+    lanes: LANES: (Str, Str) => i64,
     meta_kv: META_KV: Str => &'static [u8],
 }
 
@@ -349,6 +352,7 @@ impl EmbeddedCatalog {
             tx.open_table(MASTERS).map_err(db_err)?;
             tx.open_table(REFS).map_err(db_err)?;
             tx.open_table(SOURCES).map_err(db_err)?;
+            tx.open_table(LANES).map_err(db_err)?;
             tx.open_table(SEGMENTS).map_err(db_err)?;
             tx.open_table(META).map_err(db_err)?;
             tx.open_table(INCIDENTS).map_err(db_err)?;
@@ -1090,6 +1094,18 @@ impl SegmentLedger for EmbeddedCatalog {
                             .insert(p.source.as_bytes(), encode_state(&st).as_slice())
                             .map_err(db_err)?;
                     }
+                    if batch.progress.iter().any(|p| !p.lanes.is_empty()) {
+                        let mut lanes = tx.open_table(LANES).map_err(db_err)?;
+                        for p in batch.progress.iter().filter(|p| !p.lanes.is_empty()) {
+                            claim_lanes_in(
+                                &mut lanes,
+                                &mut sources,
+                                &p.source,
+                                &p.lanes,
+                                batch.now_us,
+                            )?;
+                        }
+                    }
                     if let Some(seq) = batch.segment_seq {
                         let mut segs = tx.open_table(SEGMENTS).map_err(db_err)?;
                         if batch.entries.is_empty() {
@@ -1374,6 +1390,51 @@ impl UpdateIndex for EmbeddedCatalog {
     }
 }
 
+/// [`SourceProgress::claim_lanes`] within a write transaction (after retiring): raises
+/// each lane's claim, then the source's watermark to its lowest lane.
+fn claim_lanes_in(
+    lanes: &mut redb::Table<(Str, Str), i64>,
+    sources: &mut redb::Table<Str, &[u8]>,
+    source: &str,
+    claims: &[(String, Micros)],
+    now_us: Micros,
+) -> Result<()> {
+    let src = source.as_bytes();
+    for (lane, wm) in claims {
+        let key = (src, lane.as_bytes());
+        let stored = lanes.get(key).map_err(db_err)?.map(|v| v.value());
+        if stored.is_none_or(|s| *wm > s) {
+            lanes.insert(key, *wm).map_err(db_err)?;
+        }
+    }
+    let mut lowest: Option<Micros> = None;
+    for row in lanes.range((src, EMPTY)..).map_err(db_err)? {
+        let (key, wm) = row.map_err(db_err)?;
+        if key.value().0 != src {
+            break;
+        }
+        lowest = Some(lowest.map_or(wm.value(), |l| l.min(wm.value())));
+    }
+    let Some(lowest) = lowest else {
+        return Ok(());
+    };
+    let mut st = match sources.get(src).map_err(db_err)? {
+        Some(v) => decode_state(src, v.value())?,
+        None => SourceState {
+            source: source.to_owned(),
+            ..Default::default()
+        },
+    };
+    if lowest > st.watermark_us || st.updated_us < now_us {
+        st.watermark_us = st.watermark_us.max(lowest);
+        st.updated_us = st.updated_us.max(now_us);
+        sources
+            .insert(src, encode_state(&st).as_slice())
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl SourceProgress for EmbeddedCatalog {
     async fn source_states(&self) -> Result<Vec<SourceState>> {
@@ -1383,6 +1444,52 @@ impl SourceProgress for EmbeddedCatalog {
             for row in t.iter().map_err(db_err)? {
                 let (k, v) = row.map_err(db_err)?;
                 out.push(decode_state(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn claim_lanes(
+        &self,
+        source: &str,
+        claims: &[(String, Micros)],
+        retire: &[String],
+        now_us: Micros,
+    ) -> Result<()> {
+        let source = source.to_owned();
+        let claims = claims.to_vec();
+        let retire = retire.to_vec();
+        let commits = self.commits.clone();
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            {
+                let mut lanes = tx.open_table(LANES).map_err(db_err)?;
+                let mut sources = tx.open_table(SOURCES).map_err(db_err)?;
+                for lane in &retire {
+                    lanes
+                        .remove((source.as_bytes(), lane.as_bytes()))
+                        .map_err(db_err)?;
+                }
+                claim_lanes_in(&mut lanes, &mut sources, &source, &claims, now_us)?;
+            }
+            db.commit(tx)?;
+            Self::signal(&commits);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn lane_claims(&self, source: &str) -> Result<Vec<(String, Micros)>> {
+        self.read(|tx| {
+            let src = source.as_bytes();
+            let mut out = Vec::new();
+            for row in tx.lanes()?.range((src, EMPTY)..).map_err(db_err)? {
+                let (key, wm) = row.map_err(db_err)?;
+                let (s, lane) = key.value();
+                if s != src {
+                    break;
+                }
+                out.push((text(lane)?, wm.value()));
             }
             Ok(out)
         })

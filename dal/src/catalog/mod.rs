@@ -261,6 +261,28 @@ pub trait SourceProgress: Send + Sync + 'static {
 
     /// Moves a source's watermark forward without new events (idle-source heartbeat).
     async fn heartbeat(&self, source: &str, watermark_us: Micros, now_us: Micros) -> Result<()>;
+
+    /// Records claims for lanes of a source that several instances share (a Kafka topic's
+    /// partitions, split across a consumer group): each lane is complete up to its claim,
+    /// whoever read it. A claim lower than the stored one changes nothing (a lane never
+    /// goes back); a lane named twice counts its highest claim. The lanes in `retire` are
+    /// dropped first (a topic left the source's configuration).
+    ///
+    /// A source with lanes is complete up to the lowest of them, and the same write raises
+    /// the source's watermark ([`SourceProgress::source_states`]) to that lowest claim (a
+    /// source not recorded yet is then). It never lowers it: a lane that appears later
+    /// (a topic grew) at an older claim holds the watermark where it is until it passes
+    /// it. Lane claims are evidence, not history: a reindex drops them.
+    async fn claim_lanes(
+        &self,
+        source: &str,
+        claims: &[(String, Micros)],
+        retire: &[String],
+        now_us: Micros,
+    ) -> Result<()>;
+
+    /// A source's lane claims, ordered by lane.
+    async fn lane_claims(&self, source: &str) -> Result<Vec<(String, Micros)>>;
 }
 
 /// The runner's escalation state: one [`Incident`] per (check, subject), by

@@ -9,6 +9,7 @@
 //!  masters(model, record_id PK, update count, first/last event time)
 //!  refs(model, name, value, record_id PK) ─ refs_by_record (model, record_id)
 //!  source_state(source PK, checkpoint, watermark, last event, updated)
+//!  source_lanes(source, lane PK, watermark, updated)
 //!  incidents(check_name, subject PK, verdict and notified state, times, message, details,
 //!            version) ─ incidents_unsettled, incidents_failing (partial indexes)
 //!  meta_kv(name PK, value)
@@ -196,6 +197,20 @@ CREATE INDEX incidents_rearmed ON {s}.incidents (check_name, subject)
     WHERE rearm_eval_us <> 0;
 "#,
     ),
+    (
+        6,
+        r#"
+-- Claims for the lanes of a source that several ingest instances share (a Kafka topic's
+-- partitions across a consumer group): the source is complete up to the lowest.
+CREATE TABLE {s}.source_lanes (
+    source       BYTEA  NOT NULL,
+    lane         BYTEA  NOT NULL,
+    watermark_us BIGINT NOT NULL,
+    updated_us   BIGINT NOT NULL,
+    PRIMARY KEY (source, lane)
+);
+"#,
+    ),
 ];
 
 /// Columns of a snapshot, in the order [`snapshot_from_row`] reads them.
@@ -238,6 +253,10 @@ enum Q {
     WindowAfter,
     SourceStates,
     Heartbeat,
+    ClaimLanes,
+    RetireLanes,
+    FoldLanes,
+    LaneClaims,
     DumpEntries,
     DumpMasters,
     DumpRefs,
@@ -258,7 +277,7 @@ enum Q {
 }
 
 impl Q {
-    const ALL: [Q; 42] = [
+    const ALL: [Q; 46] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -284,6 +303,10 @@ impl Q {
         Q::WindowAfter,
         Q::SourceStates,
         Q::Heartbeat,
+        Q::ClaimLanes,
+        Q::RetireLanes,
+        Q::FoldLanes,
+        Q::LaneClaims,
         Q::DumpEntries,
         Q::DumpMasters,
         Q::DumpRefs,
@@ -426,6 +449,28 @@ impl Q {
             Q::SourceStates => {
                 "SELECT source, checkpoint, watermark_us, last_event_us, updated_us \
                  FROM {s}.source_state ORDER BY source"
+            }
+            Q::ClaimLanes => {
+                "INSERT INTO {s}.source_lanes AS l (source, lane, watermark_us, updated_us) \
+                 SELECT $1::bytea, n, w, $4::int8 FROM UNNEST($2::bytea[], $3::int8[]) AS b(n, w) \
+                 ON CONFLICT (source, lane) DO UPDATE SET \
+                 watermark_us = GREATEST(l.watermark_us, EXCLUDED.watermark_us), \
+                 updated_us = GREATEST(l.updated_us, EXCLUDED.updated_us)"
+            }
+            Q::RetireLanes => {
+                "DELETE FROM {s}.source_lanes WHERE source = $1 AND lane = ANY($2::bytea[])"
+            }
+            // The source is complete up to its lowest lane: its watermark rises to it.
+            Q::FoldLanes => {
+                "INSERT INTO {s}.source_state AS p (source, checkpoint, watermark_us, \
+                 last_event_us, updated_us) SELECT $1::bytea, ''::bytea, min(watermark_us), 0, \
+                 $2::int8 FROM {s}.source_lanes WHERE source = $1 HAVING count(*) > 0 \
+                 ON CONFLICT (source) DO UPDATE SET \
+                 watermark_us = GREATEST(p.watermark_us, EXCLUDED.watermark_us), \
+                 updated_us = GREATEST(p.updated_us, EXCLUDED.updated_us)"
+            }
+            Q::LaneClaims => {
+                "SELECT lane, watermark_us FROM {s}.source_lanes WHERE source = $1 ORDER BY lane"
             }
             // An idle source that never delivered an event still gets a watermark.
             Q::Heartbeat => {
@@ -739,6 +784,28 @@ impl SegmentLedger for PgCatalog {
         let p_cp: Vec<&[u8]> = progress.values().map(|v| v.0.as_bytes()).collect();
         let p_wm: Vec<i64> = progress.values().map(|v| v.1).collect();
         let p_last: Vec<i64> = progress.values().map(|v| v.2).collect();
+        // Lane claims folded per (source, lane) the same way.
+        let mut lanes: BTreeMap<&str, BTreeMap<&[u8], Micros>> = BTreeMap::new();
+        for p in &batch.progress {
+            for (lane, wm) in &p.lanes {
+                let w = lanes
+                    .entry(&p.source)
+                    .or_default()
+                    .entry(lane.as_bytes())
+                    .or_insert(*wm);
+                *w = (*w).max(*wm);
+            }
+        }
+        let lanes: Vec<(&[u8], Vec<&[u8]>, Vec<Micros>)> = lanes
+            .into_iter()
+            .map(|(src, l)| {
+                (
+                    src.as_bytes(),
+                    l.keys().copied().collect(),
+                    l.into_values().collect(),
+                )
+            })
+            .collect();
 
         let mut conn = self.txn().await?;
         let conn = &mut *conn;
@@ -767,6 +834,14 @@ impl SegmentLedger for PgCatalog {
             )
             .await
         };
+        let claim_lanes = async {
+            for (src, names, wms) in &lanes {
+                tx.execute(st(Q::ClaimLanes), &[src, names, wms, &batch.now_us])
+                    .await?;
+                tx.execute(st(Q::FoldLanes), &[src, &batch.now_us]).await?;
+            }
+            Ok(())
+        };
         let segment = async {
             match seq {
                 None => Ok(0),
@@ -781,8 +856,9 @@ impl SegmentLedger for PgCatalog {
                 }
             }
         };
-        let (inserted, _, marked) =
-            futures::try_join!(insert_updates, upsert_progress, segment).map_err(err)?;
+        let (inserted, _, _, marked) =
+            futures::try_join!(insert_updates, upsert_progress, claim_lanes, segment)
+                .map_err(err)?;
 
         let mut new = vec![false; entries.len()];
         for row in &inserted {
@@ -1194,6 +1270,55 @@ impl SourceProgress for PgCatalog {
             .await
             .map_err(pg_err("recording a heartbeat"))?;
         Ok(())
+    }
+
+    async fn claim_lanes(
+        &self,
+        source: &str,
+        claims: &[(String, Micros)],
+        retire: &[String],
+        now_us: Micros,
+    ) -> Result<()> {
+        let c = self.shared().await?;
+        let src = source.as_bytes();
+        let err = pg_err("recording lane claims");
+        if !retire.is_empty() {
+            let gone: Vec<&[u8]> = retire.iter().map(|l| l.as_bytes()).collect();
+            c.client
+                .execute(c.st(Q::RetireLanes), &[&src, &gone])
+                .await
+                .map_err(&err)?;
+        }
+        // Each lane once (its highest claim), in the order commits lock them.
+        let mut folded: BTreeMap<&[u8], Micros> = BTreeMap::new();
+        for (lane, wm) in claims {
+            let w = folded.entry(lane.as_bytes()).or_insert(*wm);
+            *w = (*w).max(*wm);
+        }
+        if !folded.is_empty() {
+            let lanes: Vec<&[u8]> = folded.keys().copied().collect();
+            let wms: Vec<Micros> = folded.into_values().collect();
+            c.client
+                .execute(c.st(Q::ClaimLanes), &[&src, &lanes, &wms, &now_us])
+                .await
+                .map_err(&err)?;
+        }
+        // Also after a retirement alone: the lowest lane may have gone.
+        c.client
+            .execute(c.st(Q::FoldLanes), &[&src, &now_us])
+            .await
+            .map_err(&err)?;
+        Ok(())
+    }
+
+    async fn lane_claims(&self, source: &str) -> Result<Vec<(String, Micros)>> {
+        let c = self.shared().await?;
+        let rows = c
+            .client
+            .query(c.st(Q::LaneClaims), &[&source.as_bytes()])
+            .await
+            .map_err(pg_err("reading lane claims"))?;
+        rows.iter().map(|r| Ok((text(r, 0)?, get(r, 1)?))).collect()
     }
 }
 

@@ -40,10 +40,10 @@
 //! topic. The source declares them ([`SourceMsg::Lanes`]) from the topic's metadata: none
 //! at start, so no event counts before all partitions are known, and again after a
 //! rebalance if the topic grew. A partition this instance does not read (another member of
-//! the group reads it) holds the watermark at what this instance last saw of it: the
-//! catalog keeps one watermark per source, so an instance may claim only what it knows
-//! of the whole topic. With several instances the watermark thus moves only as far as
-//! each one's knowledge (per-partition progress in the catalog would lift that).
+//! the group reads it) holds this instance's own watermark at what it last saw of it; the
+//! pipeline also records a claim per partition in the catalog, and the catalog raises the
+//! source's watermark to the lowest partition's claim, so several instances splitting the
+//! topic move it together.
 //!
 //! Being at the end of a partition says nothing about the connector upstream, so it moves
 //! the watermark only with evidence:
@@ -547,9 +547,9 @@ async fn read(
                             {
                                 tracing::info!(
                                     source = %ctx.name, reads = o.len(), partitions = all.len(),
-                                    "this instance reads some of the partitions: the others \
-                                     hold the watermark at what it last saw of them \
-                                     (upstream heartbeats cover only the partitions read here)"
+                                    "this instance reads some of the partitions: the source's \
+                                     watermark is the lowest of the claims each reader records \
+                                     per partition in the catalog"
                                 );
                             }
                             if let Sent::Stop = send(ctx, consumers, SourceMsg::Lanes(all)).await {
