@@ -205,15 +205,17 @@ impl Freshness {
     /// topic grown since) stays, so it keeps holding the watermark. Nothing while no lanes
     /// are declared.
     pub fn retired(&self, stored: &[(String, Micros)]) -> Vec<String> {
-        let stream = |name: &str| name.rsplit_once('/').map_or(name, |(s, _)| s).to_owned();
+        fn stream(name: &str) -> &str {
+            name.rsplit_once('/').map_or(name, |(s, _)| s)
+        }
         let Some(lanes) = self.lanes.as_ref().filter(|l| !l.is_empty()) else {
             return Vec::new();
         };
-        let declared: std::collections::BTreeSet<String> =
+        let declared: std::collections::BTreeSet<&str> =
             lanes.values().map(|n| stream(n)).collect();
         stored
             .iter()
-            .filter(|(n, _)| !declared.contains(&stream(n)))
+            .filter(|(n, _)| !declared.contains(stream(n)))
             .map(|(n, _)| n.clone())
             .collect()
     }

@@ -785,26 +785,13 @@ impl SegmentLedger for PgCatalog {
         let p_wm: Vec<i64> = progress.values().map(|v| v.1).collect();
         let p_last: Vec<i64> = progress.values().map(|v| v.2).collect();
         // Lane claims folded per (source, lane) the same way.
-        let mut lanes: BTreeMap<&str, BTreeMap<&[u8], Micros>> = BTreeMap::new();
-        for p in &batch.progress {
-            for (lane, wm) in &p.lanes {
-                let w = lanes
-                    .entry(&p.source)
-                    .or_default()
-                    .entry(lane.as_bytes())
-                    .or_insert(*wm);
-                *w = (*w).max(*wm);
-            }
+        let mut by_source: BTreeMap<&str, Vec<&(String, Micros)>> = BTreeMap::new();
+        for p in batch.progress.iter().filter(|p| !p.lanes.is_empty()) {
+            by_source.entry(&p.source).or_default().extend(&p.lanes);
         }
-        let lanes: Vec<(&[u8], Vec<&[u8]>, Vec<Micros>)> = lanes
+        let lanes: Vec<(&[u8], (Vec<&[u8]>, Vec<Micros>))> = by_source
             .into_iter()
-            .map(|(src, l)| {
-                (
-                    src.as_bytes(),
-                    l.keys().copied().collect(),
-                    l.into_values().collect(),
-                )
-            })
+            .map(|(src, claims)| (src.as_bytes(), fold_claims(claims)))
             .collect();
 
         let mut conn = self.txn().await?;
@@ -835,7 +822,7 @@ impl SegmentLedger for PgCatalog {
             .await
         };
         let claim_lanes = async {
-            for (src, names, wms) in &lanes {
+            for (src, (names, wms)) in &lanes {
                 tx.execute(st(Q::ClaimLanes), &[src, names, wms, &batch.now_us])
                     .await?;
                 tx.execute(st(Q::FoldLanes), &[src, &batch.now_us]).await?;
@@ -1289,15 +1276,8 @@ impl SourceProgress for PgCatalog {
                 .await
                 .map_err(&err)?;
         }
-        // Each lane once (its highest claim), in the order commits lock them.
-        let mut folded: BTreeMap<&[u8], Micros> = BTreeMap::new();
-        for (lane, wm) in claims {
-            let w = folded.entry(lane.as_bytes()).or_insert(*wm);
-            *w = (*w).max(*wm);
-        }
-        if !folded.is_empty() {
-            let lanes: Vec<&[u8]> = folded.keys().copied().collect();
-            let wms: Vec<Micros> = folded.into_values().collect();
+        let (lanes, wms) = fold_claims(claims);
+        if !lanes.is_empty() {
             c.client
                 .execute(c.st(Q::ClaimLanes), &[&src, &lanes, &wms, &now_us])
                 .await
@@ -1795,6 +1775,19 @@ fn lock_key(what: &str, schema: &str) -> i64 {
 }
 
 /// Maps a driver error to a catalog error, transient when a retry may succeed.
+/// Lane claims as `ClaimLanes` takes them: each lane once, at its highest claim (an
+/// upsert may touch a row once), in byte order (the order every writer locks them in).
+fn fold_claims<'a>(
+    claims: impl IntoIterator<Item = &'a (String, Micros)>,
+) -> (Vec<&'a [u8]>, Vec<Micros>) {
+    let mut folded: BTreeMap<&[u8], Micros> = BTreeMap::new();
+    for (lane, wm) in claims {
+        let w = folded.entry(lane.as_bytes()).or_insert(*wm);
+        *w = (*w).max(*wm);
+    }
+    folded.into_iter().unzip()
+}
+
 fn pg_err(context: &'static str) -> impl Fn(tokio_postgres::Error) -> Error {
     move |e| {
         let transient = e.is_closed()
