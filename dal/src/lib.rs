@@ -15,6 +15,7 @@
 //! - [`cache`]: the DAL's byte-bounded read cache of decoded update records.
 //! - [`state`]: maintained folds and joins, kept between reads.
 //! - [`snapshot`]: records' folds persisted beside the history.
+//! - [`timeline`]: a replay's records folded through its window in commit order.
 
 pub mod builder;
 pub mod bus;
@@ -29,6 +30,7 @@ pub mod segment;
 pub mod snapshot;
 pub mod state;
 pub mod store;
+pub mod timeline;
 pub mod update;
 pub mod view;
 

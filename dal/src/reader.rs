@@ -52,6 +52,7 @@ use crate::state::{
     StateCache, StateStats,
 };
 use crate::store::DynStore;
+use crate::timeline::{Base, Timeline, TimelineStats};
 use crate::update::{IndexEntry, Micros, UpdateLoc, UpdateRecord};
 use crate::view::map::record_to_message;
 use crate::view::registry::{ViewDef, ViewKind, Views};
@@ -171,6 +172,8 @@ pub struct Dal {
     /// `builders.fingerprint()`, stored with each snapshot.
     fingerprint: u64,
     views: Arc<Views>,
+    /// A replay's records, folded through its window ([`crate::timeline`]).
+    timeline: Option<Arc<Timeline>>,
 }
 
 impl std::fmt::Debug for Dal {
@@ -196,6 +199,7 @@ impl Dal {
             fingerprint: Builders::default().fingerprint(),
             builders: Builders::default(),
             views: Arc::new(Views::builtin()),
+            timeline: None,
         }
     }
 
@@ -214,6 +218,82 @@ impl Dal {
     /// Waits until the snapshots queued so far are written.
     pub async fn flush_snapshots(&self) {
         self.snapshots.flush().await;
+    }
+
+    /// Reads records from `timeline` where it covers them ([`crate::timeline`]): a replay
+    /// advances it through its window ([`Dal::advance_timeline`]).
+    pub fn with_timeline(mut self, timeline: Arc<Timeline>) -> Self {
+        self.timeline = Some(timeline);
+        self
+    }
+
+    /// How the timeline went, if this DAL has one.
+    pub fn timeline_stats(&self) -> Option<TimelineStats> {
+        self.timeline.as_ref().map(|t| t.stats())
+    }
+
+    /// Applies a page of the window (index entries in time-travel order, following those
+    /// applied before) to the timeline, if this DAL has one: each update fetched once and
+    /// folded onto its record's newest version; records new to the timeline start from
+    /// their base. `floor_us`: no read will ask for a time before it. `complete_us`: every
+    /// update committed at or before it has now been applied. On a storage fault the
+    /// timeline is switched off (every read goes to the catalog, as without one) and the
+    /// fault returned.
+    pub async fn advance_timeline(
+        &self,
+        page: &[IndexEntry],
+        floor_us: Micros,
+        complete_us: Micros,
+    ) -> Result<()> {
+        let Some(timeline) = &self.timeline else {
+            return Ok(());
+        };
+        let names = || {
+            page.iter()
+                .map(|e| (e.model.as_str(), e.record_id.as_str(), e.event_time_us))
+        };
+        let reads: Vec<_> = timeline
+            .bases_needed(names())
+            .into_iter()
+            .map(|(model, id, base)| async move {
+                let base = match base {
+                    Base::Empty => Some((Folded::default(), Micros::MIN)),
+                    Base::AsOf(t) => match self.fold_from_history(model, id, t).await {
+                        Ok(fold) => Some((Arc::unwrap_or_clone(fold), t)),
+                        // Its reads take the catalog path, which says what is wrong.
+                        Err(e) => {
+                            tracing::debug!(model, id, error = %e, "a record left out of the timeline");
+                            None
+                        }
+                    },
+                };
+                (model, id, base)
+            })
+            .collect();
+        let bases = futures::stream::iter(reads)
+            .buffered(FETCH_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await;
+        let records = match self.fetch(page).await {
+            Ok(records) => records,
+            Err(e) => {
+                timeline.switch_off();
+                return Err(e);
+            }
+        };
+        timeline.advance(
+            bases,
+            names(),
+            |prev, i| {
+                let mut next = prev.clone();
+                next.state = self.builders.apply(next.state.take(), &records[i])?;
+                next.absorb_entries(std::slice::from_ref(&page[i]));
+                Ok::<_, Error>(next)
+            },
+            floor_us,
+            complete_us,
+        );
+        Ok(())
     }
 
     /// Replaces the read cache with an empty one of `bytes` (0 disables caching).
@@ -338,6 +418,30 @@ impl Dal {
     /// (see [`crate::state`]), else its nearest snapshot before the time folded on (see
     /// [`crate::snapshot`]), else its history up to `as_of_us` folded.
     pub async fn record(&self, model: &str, record_id: &str, as_of_us: Micros) -> Result<RecordAt> {
+        let fold = self.fold_at(model, record_id, as_of_us).await?;
+        Ok(match Arc::try_unwrap(fold) {
+            Ok(fold) => RecordAt::from_fold(model, record_id, as_of_us, fold),
+            Err(fold) => RecordAt::of(model, record_id, as_of_us, &fold),
+        })
+    }
+
+    /// [`Dal::record`]'s fold, shared where it is kept (a view reads it without a copy):
+    /// from the timeline where it covers the record and time, else from the history.
+    async fn fold_at(&self, model: &str, record_id: &str, as_of_us: Micros) -> Result<Arc<Folded>> {
+        if let Some(fold) = (self.timeline.as_ref()).and_then(|t| t.get(model, record_id, as_of_us))
+        {
+            return Ok(fold);
+        }
+        self.fold_from_history(model, record_id, as_of_us).await
+    }
+
+    /// [`Dal::fold_at`] without the timeline.
+    async fn fold_from_history(
+        &self,
+        model: &str,
+        record_id: &str,
+        as_of_us: Micros,
+    ) -> Result<Arc<Folded>> {
         let kept = self.states.get(model, record_id);
         let mut stale = false;
         if let Some(kept) = kept.as_ref().filter(|k| k.time() <= as_of_us) {
@@ -357,7 +461,7 @@ impl Dal {
                     fold
                 };
                 self.states.count(ReadPath::Extended, after.entries.len());
-                return Ok(RecordAt::of(model, record_id, as_of_us, &fold));
+                return Ok(fold);
             }
             stale = true;
         }
@@ -379,7 +483,7 @@ impl Dal {
                             self.snapshots.count_read();
                             self.states
                                 .count(ReadPath::Snapshot, from.after.entries.len());
-                            return Ok(self.keep(model, record_id, as_of_us, fold, stale));
+                            return Ok(self.keep(model, record_id, fold, stale));
                         }
                         Some(Err(e)) => {
                             // Derived data: fold the history and replace it.
@@ -410,7 +514,7 @@ impl Dal {
             },
             entries.len(),
         );
-        Ok(self.keep(model, record_id, as_of_us, fold, stale))
+        Ok(self.keep(model, record_id, fold, stale))
     }
 
     /// A fold read from the catalog (not extended from a kept one) as the record's state,
@@ -419,17 +523,15 @@ impl Dal {
         &self,
         model: &str,
         record_id: &str,
-        as_of_us: Micros,
         fold: Folded,
         replacing_stale: bool,
-    ) -> RecordAt {
-        if !self.states.keeps(fold.n) {
-            return RecordAt::from_fold(model, record_id, as_of_us, fold);
+    ) -> Arc<Folded> {
+        let fold = Arc::new(fold);
+        if self.states.keeps(fold.n) {
+            self.states
+                .put(model, record_id, fold.clone(), replacing_stale);
         }
-        let at = RecordAt::of(model, record_id, as_of_us, &fold);
-        self.states
-            .put(model, record_id, Arc::new(fold), replacing_stale);
-        at
+        fold
     }
 
     /// Folds the updates `entries` (which follow those `fold` holds) into it, and writes
@@ -535,7 +637,7 @@ impl Dal {
         use prost::Message;
         let mut evidence = BTreeSet::new();
         let subject = self
-            .record(def.subject_model(), subject_id, as_of_us)
+            .fold_at(def.subject_model(), subject_id, as_of_us)
             .await?;
         let Some(state) = &subject.state else {
             return Ok(None);
@@ -586,7 +688,7 @@ impl Dal {
                     else {
                         continue;
                     };
-                    let m = self.record(&lookup.model, &id, as_of_us).await?;
+                    let m = self.fold_at(&lookup.model, &id, as_of_us).await?;
                     let Some(st) = &m.state else { continue };
                     let msg =
                         record_to_message(&message_of(&lookup.field), &id, st).map_err(|e| {
@@ -769,21 +871,21 @@ impl Dal {
         // not `Send` for every lifetime, which the runner's spawned tasks need.
         let reads: Vec<_> = ids
             .iter()
-            .map(|id| self.record(&join.model, id, as_of_us))
+            .map(|id| self.fold_at(&join.model, id, as_of_us))
             .collect();
-        let records: Vec<RecordAt> = futures::stream::iter(reads)
+        let records: Vec<Arc<Folded>> = futures::stream::iter(reads)
             .buffered(FETCH_CONCURRENCY)
             .try_collect()
             .await?;
-        records
-            .into_iter()
-            .map(|m| {
+        ids.iter()
+            .zip(records)
+            .map(|(record_id, m)| {
                 let joined = join
                     .keys
                     .iter()
                     .zip(values)
                     .all(|(k, v)| m.refs.get(&k.reference).map(String::as_str) == Some(*v));
-                let last_time_us = m.last_time_us.unwrap_or_default();
+                let last_time_us = m.last.as_ref().map_or(0, |l| l.event_time_us);
                 let member = match (&m.state, joined, &join.aggregate) {
                     (Some(st), true, Some(agg)) => {
                         let value = agg.contribution(st).map_err(|e| {
@@ -793,34 +895,34 @@ impl Dal {
                                     "{}: {} record {:?}: {e}",
                                     join.field.name(),
                                     join.model,
-                                    m.record_id
+                                    record_id
                                 ),
                             )
                         })?;
                         Some(Arc::new(Member::counted(
-                            &m.record_id,
+                            record_id,
                             value,
-                            m.last,
+                            m.evidence().next(),
                             last_time_us,
                         )))
                     }
                     (Some(st), true, None) => {
-                        let msg = record_to_message(&target, &m.record_id, st).map_err(|e| {
+                        let msg = record_to_message(&target, record_id, st).map_err(|e| {
                             Error::view(
                                 def.name(),
-                                format!("{} record {:?}: {e}", join.model, m.record_id),
+                                format!("{} record {record_id:?}: {e}", join.model),
                             )
                         })?;
                         Some(Arc::new(Member::new(
-                            &m.record_id,
+                            record_id,
                             &msg,
-                            m.last,
+                            m.evidence().next(),
                             last_time_us,
                         )))
                     }
                     _ => None,
                 };
-                Ok((m.record_id, member))
+                Ok(((*record_id).to_owned(), member))
             })
             .collect()
     }

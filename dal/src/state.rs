@@ -160,6 +160,14 @@ impl Folded {
         self.n += entries.len() as u64;
     }
 
+    /// The version of the record this is (its newest update folded), as evidence.
+    pub fn evidence(&self) -> impl Iterator<Item = crate::builder::UpdateRef> + '_ {
+        self.last.iter().map(|l| crate::builder::UpdateRef {
+            source: l.source.clone(),
+            position: l.position.clone(),
+        })
+    }
+
     /// The commit time of the last update folded (`Micros::MIN` if none).
     pub fn time(&self) -> Micros {
         self.last.as_ref().map_or(Micros::MIN, |l| l.event_time_us)
@@ -171,7 +179,7 @@ impl Folded {
     }
 
     /// An estimate of the bytes this fold holds.
-    fn weight(&self) -> u64 {
+    pub(crate) fn weight(&self) -> u64 {
         let state = self.state.as_ref().map_or(0, map_bytes);
         let refs: usize = self.refs.iter().map(|(k, v)| 48 + k.len() + v.len()).sum();
         ENTRY_OVERHEAD + (state + refs) as u64

@@ -19,6 +19,7 @@ use overseer_dal::segment::SegmentBuilder;
 use overseer_dal::state::{JoinCache, StateCache};
 use overseer_dal::store::local::LocalStore;
 use overseer_dal::store::{DynStore, ObjectStore, PutOutcome};
+use overseer_dal::timeline::Timeline;
 use overseer_dal::update::{CommitBatch, IndexEntry, Micros, Op, Reference, UpdateRecord};
 use overseer_dal::{Dal, Error};
 use overseer_protos::views::{
@@ -1656,4 +1657,166 @@ async fn a_long_record_reads_from_its_snapshots() {
     assert_eq!(read_outcome(d.record("toys", "x", now).await), want_now);
     let s = d.state_stats();
     assert_eq!((s.snapshots.stale, s.folded), (1, 1), "{s:?}");
+}
+
+// ---- Property: a replay's timeline reads what the history says ----
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// For random histories (written in batches whose commit times also go back, with
+    /// equal commit times, references, and invalid steps such as an update before the
+    /// insert), a window of them read page by page in time-travel order into a timeline,
+    /// as replay does, and probes at random times after each page: a DAL reading from the
+    /// timeline and one folding each read's whole history agree on every record read
+    /// (state, references, count, newest update, or the error) and every view — for
+    /// windows that start before the history and inside it (bases read from the history),
+    /// with runs' floors that drop old versions, and with a budget so small that records
+    /// are evicted and read their base again.
+    #[test]
+    fn timeline_reads_equal_full_fold(
+        writes in proptest::collection::vec(
+            (0usize..3, -4i64..5, step(), proptest::option::of(0u8..3)),
+            1..40,
+        ),
+        window in (0i64..30, 0i64..60),
+        page_size in 1usize..6,
+        lag in 0i64..8,
+        budget in proptest::sample::select(vec![800u64, 1_500, 3_000, 1 << 20]),
+        probes in proptest::collection::vec((0usize..3, -10i64..6), 6),
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut f = Fixture::new();
+            let ids = ["a", "b", "c"];
+            let mut t: Micros = 10;
+            let mut batch = Vec::new();
+            for (i, (rec, dt, s, tag)) in writes.iter().enumerate() {
+                t = (t + dt).max(0);
+                let mut c = step_change(ids[*rec], t, s);
+                if let Some(tag) = tag {
+                    c.refs.push(("tag", format!("v{tag}")));
+                }
+                batch.push(c);
+                if i % 3 == 2 || i + 1 == writes.len() {
+                    f.write(std::mem::take(&mut batch)).await;
+                }
+            }
+            let (from, to) = (window.0, window.0 + window.1);
+            let full = f.dal().with_state_bytes(0).with_snapshot_every(0);
+            let empty_before = f
+                .catalog
+                .updates_in_window(Micros::MIN, from - 1, None, 1)
+                .await
+                .unwrap()
+                .is_empty();
+            let timeline = Arc::new(Timeline::new(budget, empty_before));
+            let replayed = f.dal().with_timeline(timeline.clone());
+            let mut after = None;
+            loop {
+                let page = f.catalog.updates_in_window(from, to, after.take(), page_size).await.unwrap();
+                let last_page = page.len() < page_size;
+                let complete = match page.last() {
+                    Some(l) if !last_page => l.event_time_us - 1,
+                    _ => to,
+                };
+                if let Some(l) = page.last() {
+                    after = Some((l.event_time_us, l.source.clone(), l.position.clone()));
+                }
+                let floor = page.first().map_or(complete, |e| e.event_time_us - lag);
+                replayed.advance_timeline(&page, floor, complete).await.unwrap();
+                prop_assert!(timeline.complete_us() >= complete.min(to));
+                for (r, back) in &probes {
+                    let (id, at) = (ids[*r], complete + back);
+                    prop_assert_eq!(
+                        read_outcome(replayed.record("toys", id, at).await),
+                        read_outcome(full.record("toys", id, at).await),
+                        "record {} as of {} (complete to {})", id, at, complete
+                    );
+                    let view = |d: &Dal| {
+                        let d = d.clone();
+                        async move {
+                            format!("{:?}", d.view::<Toy>(id, at).await.map(|v| v.map(|v| (v.view, v.evidence))).map_err(|e| e.to_string()))
+                        }
+                    };
+                    prop_assert_eq!(view(&replayed).await, view(&full).await);
+                }
+                if last_page {
+                    break;
+                }
+            }
+            let s = timeline.stats();
+            prop_assert!(s.updates_applied <= writes.len() as u64, "{s:?}");
+            Ok(())
+        })?;
+    }
+}
+
+/// A window read into a timeline serves the reads it covers from memory: every update
+/// folded once, no base read when nothing came before the window, and a record's base
+/// read once when something did; reads past what has been read, or before a record's
+/// base, go to the catalog.
+#[tokio::test]
+async fn a_timeline_covers_what_it_has_read() {
+    let mut f = Fixture::new();
+    f.write(vec![
+        insert("toys", "a", 10, json!({"_id": "a", "color": "red"})),
+        insert("toys", "b", 10, json!({"_id": "b", "color": "blue"})),
+        update("toys", "a", 20, json!({"color": "green"})),
+        update("toys", "a", 30, json!({"color": "white"})),
+        update("toys", "b", 40, json!({"color": "black"})),
+    ])
+    .await;
+    let f = &f;
+    let window = |from| async move {
+        let empty_before = empty_before(f, from).await;
+        let timeline = Arc::new(Timeline::new(1 << 20, empty_before));
+        let dal = f.dal().with_timeline(timeline.clone());
+        let page = f
+            .catalog
+            .updates_in_window(from, 100, None, 100)
+            .await
+            .unwrap();
+        dal.advance_timeline(&page, Micros::MIN, 100).await.unwrap();
+        (dal, timeline)
+    };
+    let color = |dal: Dal, id: &'static str, at: Micros| async move {
+        dal.view::<Toy>(id, at).await.unwrap().map(|v| v.view.color)
+    };
+
+    // The whole history: nothing before it, no base read, every read covered.
+    let (dal, timeline) = window(0).await;
+    assert_eq!(color(dal.clone(), "a", 25).await.as_deref(), Some("green"));
+    assert_eq!(color(dal.clone(), "a", 5).await, None);
+    assert_eq!(color(dal.clone(), "b", 45).await.as_deref(), Some("black"));
+    let s = timeline.stats();
+    assert_eq!(
+        (s.updates_applied, s.bases_read, s.reads, s.missed),
+        (5, 0, 3, 0),
+        "{s:?}"
+    );
+    // Past what has been read: the catalog.
+    assert_eq!(color(dal, "a", 500).await.as_deref(), Some("white"));
+    assert_eq!(timeline.stats().missed, 1);
+
+    // From t=20: a's and b's bases are read (as of 20 and 40), the updates after them
+    // applied; a read before a base goes to the catalog.
+    let (dal, timeline) = window(20).await;
+    assert_eq!(color(dal.clone(), "a", 35).await.as_deref(), Some("white"));
+    assert_eq!(color(dal.clone(), "a", 20).await.as_deref(), Some("green"));
+    assert_eq!(color(dal.clone(), "b", 15).await.as_deref(), Some("blue"));
+    let s = timeline.stats();
+    assert_eq!(
+        (s.updates_applied, s.bases_read, s.reads, s.missed),
+        (1, 2, 2, 1),
+        "{s:?}"
+    );
+}
+
+async fn empty_before(f: &Fixture, from: Micros) -> bool {
+    f.catalog
+        .updates_in_window(Micros::MIN, from - 1, None, 1)
+        .await
+        .unwrap()
+        .is_empty()
 }

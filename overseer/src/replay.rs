@@ -61,6 +61,10 @@ pub(crate) struct Args {
     /// escalated).
     #[arg(long)]
     escalate: bool,
+    /// Memory for the window's records, folded once each in commit order and read by the
+    /// runs from there, MiB (0: every run reads its records from the catalog).
+    #[arg(long, value_name = "MIB", default_value_t = overseer_dal::timeline::DEFAULT_TIMELINE_BYTES >> 20)]
+    timeline_mib: u64,
 }
 
 pub(crate) async fn run(args: Args, checks: &crate::engine::Checks) -> Result<()> {
@@ -116,6 +120,7 @@ pub(crate) async fn run(args: Args, checks: &crate::engine::Checks) -> Result<()
 
     let options = ReplayOptions {
         model: args.model.clone(),
+        timeline_bytes: args.timeline_mib.saturating_mul(1 << 20),
         ..ReplayOptions::default()
     };
     let mut bar = Bar::new(window);

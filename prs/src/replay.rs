@@ -1,8 +1,11 @@
 //! Replay: re-runs checks over a past window of history, as live would have run them.
 //!
 //! ```text
-//!  catalog.updates_in_window (pages, time-travel order) ──> selection (same as live)
-//!     ──(check, subject, commit time + grace)──> dedupe ──> run_group (every core, bounded)
+//!  catalog.updates_in_window (pages, time-travel order) ─┬─> the timeline (each update
+//!     │                                                   │   folded once, in order)
+//!     └─> selection (same as live) ──(check, subject, commit time + grace)──> dedupe
+//!     ──> pending until the window is read up to its evaluation time
+//!     ──> run_group (every core, bounded; records read from the timeline)
 //!     ──sorted by (eval time, check, subject)──> Sink (a Report; the escalator with --escalate)
 //! ```
 //!
@@ -24,17 +27,29 @@
 //! with live at every time live evaluated. Triggers at the *same* commit time (e.g. a
 //! transfer and its ledger entries written in one transaction) give one evaluation.
 //!
+//! # The window's records, folded once
+//! Each page is applied to a timeline ([`overseer_dal::timeline`]) before its runs are
+//! selected: every update of the window is fetched and folded once, in commit order, onto
+//! its record's newest version. A run is released once the window has been read up to its
+//! evaluation time (the pages after its trigger, up to the grace), and its views read
+//! their records (subject, join members, lookups) from the timeline: a lookup, not a
+//! catalog read and a fold of the record's history each. What the timeline does not cover
+//! (a time after the window, a record evicted to stay within
+//! [`ReplayOptions::timeline_bytes`]) is read from the catalog, with the same answer.
+//!
 //! # Determinism and memory
 //! The window is read page by page in time-travel order (commit time, source, position),
-//! which the catalog defines independently of how segments were written or listed. A
-//! page's runs are spread over the runtime's workers (every core; runs of checks sharing a
-//! view of one subject at one time build it once, as live does) while the next page is read
-//! and selected, then handed to the sink sorted by (evaluation time, check, subject).
-//! Nothing reads the wall clock except the runner's `RunRecord::finished_us`, which the
-//! [`Report`] leaves out. Memory is bounded by two pages and their runs, plus the dedupe set
-//! of the current commit time, plus the report's failures.
+//! which the catalog defines independently of how segments were written or listed. The
+//! runs released after a page are spread over the runtime's workers (every core; runs of
+//! checks sharing a view of one subject at one time build it once, as live does) while the
+//! next page is read and selected, then handed to the sink sorted by (evaluation time,
+//! check, subject). Nothing reads the wall clock except the runner's
+//! `RunRecord::finished_us`, which the [`Report`] leaves out. Memory is bounded by the
+//! pages and runs of one grace (runs wait for the window to be read up to their evaluation
+//! time), the timeline's budget, the dedupe set of the current commit time, and the
+//! report's failures.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +59,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use overseer_dal::Dal;
+use overseer_dal::timeline::{DEFAULT_TIMELINE_BYTES, Timeline, TimelineStats};
 use overseer_dal::update::Micros;
 
 use crate::check::{CheckSpec, Registry};
@@ -76,16 +92,25 @@ impl Window {
     }
 }
 
+/// Pages whose released runs may be running at once (while the next page is read).
+const PAGES_IN_FLIGHT: usize = 4;
+
+/// Most run groups one task evaluates (one after another).
+const GROUPS_PER_TASK: usize = 64;
+
 /// Settings of a replay.
 #[derive(Clone, Debug)]
 pub struct ReplayOptions {
     /// Index entries read per catalog page (bounds memory).
     pub page: usize,
-    /// Runs evaluated at once, over every core (checks sharing one view of a subject at a
-    /// time count once).
+    /// Tasks evaluating runs at once, over every core (each evaluates a few run groups
+    /// one after another; checks sharing one view of a subject at a time are one group).
     pub concurrency: usize,
     /// Take only the updates of this model from the window (`--model`).
     pub model: Option<String>,
+    /// Budget of the timeline the window's records are read from
+    /// ([`overseer_dal::timeline`]); 0: every read goes to the catalog.
+    pub timeline_bytes: u64,
 }
 
 impl Default for ReplayOptions {
@@ -94,6 +119,7 @@ impl Default for ReplayOptions {
             page: 1000,
             concurrency: 32,
             model: None,
+            timeline_bytes: DEFAULT_TIMELINE_BYTES,
         }
     }
 }
@@ -118,6 +144,8 @@ pub struct ReplaySummary {
     pub triggers: u64,
     /// Distinct (check, subject, evaluation time) runs evaluated.
     pub runs: u64,
+    /// How the timeline the runs read their records from went (`None`: none used).
+    pub timeline: Option<TimelineStats>,
 }
 
 /// Replays the checks of `registry` that `include` admits (shadow checks too) over
@@ -132,8 +160,22 @@ pub async fn replay(
     sink: &dyn Sink,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<ReplaySummary> {
-    // The views registered in code, added to the DAL's (shared by the runs' tasks).
-    let dal = Arc::new(registry.dal_with_views(dal.clone())?);
+    // The views registered in code, added to the DAL's (shared by the runs' tasks), and
+    // the timeline its reads of the window's records come from.
+    let mut dal = registry.dal_with_views(dal.clone())?;
+    if options.timeline_bytes > 0 {
+        // Nothing committed before the window: its records start from nothing.
+        let empty_before = dal
+            .catalog()
+            .updates_in_window(Micros::MIN, window.from_us.saturating_sub(1), None, 1)
+            .await?
+            .is_empty();
+        dal = dal.with_timeline(Arc::new(Timeline::new(
+            options.timeline_bytes,
+            empty_before,
+        )));
+    }
+    let dal = Arc::new(dal);
     let selector = Selector::new(registry, dal.views(), &include)?;
     // Interned names and settings of the replayed checks.
     let specs: BTreeMap<&str, (Arc<str>, &CheckSpec)> = registry
@@ -164,22 +206,46 @@ pub async fn replay(
     let page_size = options.page.max(1);
     let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
     let pool = CheckPool::default();
-    // The previous page's runs, still running while this page is read.
-    let mut in_flight: Option<(JoinSet<Vec<RunRecord>>, Progress)> = None;
+    // Runs selected but not released yet: a run is released once every update committed
+    // up to its evaluation time has been read (and applied to the timeline).
+    let mut pending: BTreeMap<Micros, Vec<Ready>> = BTreeMap::new();
+    // The runs released after the last few pages, still running while the next pages are
+    // read (a page may release none or many: the window is read a grace ahead of the
+    // runs), each with the oldest evaluation time among them; handed over in order.
+    let mut in_flight: VecDeque<(JoinSet<Vec<RunRecord>>, Progress, Micros)> = VecDeque::new();
     loop {
         let page = dal
             .catalog()
             .updates_in_window(window.from_us, window.to_us, after.take(), page_size)
             .await?;
-        let Some(last) = page.last() else { break };
-        after = Some((
-            last.event_time_us,
-            last.source.clone(),
-            last.position.clone(),
-        ));
-        let full = page.len() == page_size;
+        let last_page = page.len() < page_size;
+        if page.is_empty() && pending.is_empty() {
+            break;
+        }
+        // Every update committed up to here has been read: the next page may hold more at
+        // the last commit time of this one.
+        let complete_us = match page.last() {
+            Some(last) if !last_page => last.event_time_us.saturating_sub(1),
+            _ => window.to_us,
+        };
+        if let Some(last) = page.last() {
+            after = Some((
+                last.event_time_us,
+                last.source.clone(),
+                last.position.clone(),
+            ));
+        }
+        // No run reads a time before this: those in flight and pending, and this page's
+        // (evaluated at or after their trigger).
+        let floor_us = (in_flight.iter().map(|(.., oldest)| *oldest))
+            .chain(pending.first_key_value().map(|(eval, _)| *eval))
+            .chain(page.first().map(|e| e.event_time_us))
+            .min()
+            .unwrap_or(complete_us);
+        if let Err(e) = dal.advance_timeline(&page, floor_us, complete_us).await {
+            tracing::warn!(error = %e, "reading a page of the window into the timeline failed");
+        }
 
-        let mut ready = Vec::new();
         for entry in &page {
             if options.model.as_deref().is_some_and(|m| m != entry.model) {
                 continue;
@@ -204,10 +270,11 @@ pub async fn replay(
                     continue;
                 }
                 let grace = spec.grace.as_micros().min(i64::MAX as u128) as i64;
-                ready.push(Ready {
+                let eval_us = entry.event_time_us.saturating_add(grace);
+                pending.entry(eval_us).or_default().push(Ready {
                     check: name.clone(),
                     subject,
-                    eval_us: entry.event_time_us.saturating_add(grace),
+                    eval_us,
                     first_event_us: entry.event_time_us,
                     stale: Vec::new(),
                     acks: Vec::new(),
@@ -216,38 +283,73 @@ pub async fn replay(
             }
         }
 
-        // This page's runs go to the runtime's workers (every core) while the next page is
-        // read and selected; the previous page's are handed over first, in order.
+        // The runs whose evaluation time has been read up to go to the runtime's workers
+        // (every core) while the next page is read and selected; the previous ones are
+        // handed over first, in order.
+        let later = if last_page {
+            BTreeMap::new()
+        } else {
+            pending.split_off(&complete_us.saturating_add(1))
+        };
+        let released = std::mem::replace(&mut pending, later);
+        let oldest = released
+            .first_key_value()
+            .map_or(complete_us, |(eval, _)| *eval);
+        let ready: Vec<Ready> = released.into_values().flatten().collect();
         let groups = share_groups(ready, |name| {
             let spec = specs[name].1;
             (spec.check.clone(), spec.timeout)
         });
         let mut running = JoinSet::new();
-        for group in groups {
+        // A task per few groups (enough tasks to keep every worker busy): a task per group
+        // cost more to spawn than a run read from the timeline costs.
+        let per_task = groups
+            .len()
+            .div_ceil(options.concurrency.max(1) * 4)
+            .clamp(1, GROUPS_PER_TASK);
+        let mut groups = groups.into_iter().peekable();
+        while groups.peek().is_some() {
+            let chunk: Vec<_> = groups.by_ref().take(per_task).collect();
             let (dal, permits, pool) = (dal.clone(), permits.clone(), pool.clone());
             running.spawn(async move {
                 let _permit = permits.acquire_owned().await.expect("never closed");
-                // Storage faults are retried until the runs reach their verdicts.
-                run_group(&dal, &pool, &group, &CancellationToken::new())
-                    .await
-                    .expect("never stopped")
+                let mut out = Vec::with_capacity(chunk.len());
+                for group in &chunk {
+                    // Storage faults are retried until the runs reach their verdicts.
+                    out.extend(
+                        run_group(&dal, &pool, group, &CancellationToken::new())
+                            .await
+                            .expect("never stopped"),
+                    );
+                }
+                out
             });
         }
         prog.updates = summary.updates;
-        // A page's progress is reported once its runs are handed over: one call per page.
-        if let Some((prev, mut at)) = in_flight.replace((running, prog)) {
+        // Progress is reported once per page, as its released runs are handed over.
+        in_flight.push_back((running, prog, oldest));
+        while in_flight.len() > PAGES_IN_FLIGHT || (last_page && !in_flight.is_empty()) {
+            let (prev, mut at, _) = in_flight.pop_front().expect("not empty");
             summary.runs += hand_over(prev, sink).await?;
             at.runs = summary.runs;
             progress(&at);
         }
-        if !full {
+        if last_page {
             break;
         }
     }
-    if let Some((last, mut at)) = in_flight {
-        summary.runs += hand_over(last, sink).await?;
-        at.runs = summary.runs;
-        progress(&at);
+    summary.timeline = dal.timeline_stats();
+    if let Some(stats) = summary.timeline {
+        tracing::info!(
+            reads = stats.reads,
+            missed = stats.missed,
+            updates_applied = stats.updates_applied,
+            bases_read = stats.bases_read,
+            evicted = stats.evicted,
+            unfoldable = stats.unfoldable,
+            peak_mib = stats.peak_bytes >> 20,
+            "the replay's timeline"
+        );
     }
     Ok(summary)
 }

@@ -14,7 +14,7 @@ use overseer_dal::store::DynStore;
 use overseer_dal::store::memory::MemoryStore;
 use overseer_protos::views::Toy;
 use overseer_prs::check::{Registry, Verdict};
-use overseer_prs::replay::{ReplayOptions, ReportSink, Window, replay};
+use overseer_prs::replay::{ReplayOptions, ReplaySummary, ReportSink, Window, replay};
 use overseer_testkit::history::{Changes, write_segment};
 use overseer_testkit::sink::CollectSink;
 
@@ -62,17 +62,26 @@ async fn history() -> (tempfile::TempDir, Dal) {
 }
 
 async fn json_report(dal: &Dal, window: Window, page: usize, all: bool) -> String {
-    let reg = registry();
-    let include = |s: &overseer_prs::check::CheckSpec| all || s.enabled;
-    let sink = ReportSink::new(&reg, include, window, None);
     let options = ReplayOptions {
         page,
         ..ReplayOptions::default()
     };
-    let summary = replay(dal, &reg, include, window, &options, &sink, &mut |_| {})
+    replay_with(dal, window, &options, all).await.0
+}
+
+async fn replay_with(
+    dal: &Dal,
+    window: Window,
+    options: &ReplayOptions,
+    all: bool,
+) -> (String, ReplaySummary) {
+    let reg = registry();
+    let include = |s: &overseer_prs::check::CheckSpec| all || s.enabled;
+    let sink = ReportSink::new(&reg, include, window, None);
+    let summary = replay(dal, &reg, include, window, options, &sink, &mut |_| {})
         .await
         .unwrap();
-    sink.report(&summary).to_json()
+    (sink.report(&summary).to_json(), summary)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,6 +210,90 @@ async fn the_json_report_is_byte_identical_across_replays_and_page_sizes() {
     assert_eq!(one, json_report(&dal, w, 1, true).await);
     assert_eq!(one, json_report(&dal, w, 3, true).await);
     assert!(!one.contains("finished"), "no wall clock in the report");
+}
+
+/// Runs read their records from the timeline the window is read into, and the reports are
+/// those of runs reading every record from the catalog: for windows over the whole history
+/// (nothing before them: no base read), windows starting inside it (the records' bases read
+/// from the history) and ending before runs' evaluation times (read from the catalog), at
+/// every page size, and with a budget that evicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_read_the_timeline_and_report_what_the_catalog_says() {
+    let (_dir, dal) = history().await;
+    for (from, to) in [(0, 100), (20, 100), (22, 40), (26, 33), (0, 27)] {
+        let w = Window::new(from, to).unwrap();
+        let catalog = ReplayOptions {
+            timeline_bytes: 0,
+            ..ReplayOptions::default()
+        };
+        let (expected, summary) = replay_with(&dal, w, &catalog, true).await;
+        assert_eq!(summary.timeline, None);
+        for page in [1, 2, 3, 1000] {
+            for timeline_bytes in [1 << 20, 700] {
+                let options = ReplayOptions {
+                    page,
+                    timeline_bytes,
+                    ..ReplayOptions::default()
+                };
+                let (report, summary) = replay_with(&dal, w, &options, true).await;
+                assert_eq!(
+                    report, expected,
+                    "window {w:?}, page {page}, {timeline_bytes} bytes"
+                );
+                let stats = summary.timeline.unwrap();
+                assert_eq!(
+                    stats.updates_applied + stats.bases_read > 0,
+                    summary.updates > 0
+                );
+                if timeline_bytes > 1000 {
+                    assert!(stats.reads > 0, "window {w:?}, page {page}: {stats:?}");
+                    assert_eq!(stats.bases_read > 0, from > 10, "{w:?}: {stats:?}");
+                }
+            }
+        }
+    }
+}
+
+/// Two updates of one record at one commit time on two pages: a run evaluated at that
+/// time waits for the second page (the first one read does not complete the time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_time_straddling_pages_is_read_whole_before_its_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog: DynCatalog = Arc::new(EmbeddedCatalog::open(dir.path().join("c.redb")).unwrap());
+    let store: DynStore = Arc::new(MemoryStore::new());
+    let mut ch = Changes::new("src");
+    let records = vec![
+        ch.insert("toys", "e", 10, json!({"type": "ok", "color": "blue"})),
+        ch.update("toys", "e", 20, json!({"color": "red"}), &[]),
+        ch.update("toys", "e", 20, json!({"color": "green"}), &[]),
+    ];
+    write_segment(&*store, &*catalog, records, vec![])
+        .await
+        .unwrap();
+    let dal = Dal::new(catalog, store);
+    let mut reg = Registry::new();
+    reg.check("never_red", |v: &Toy| {
+        Verdict::check(v.color != "red", || Verdict::fail("red toy"))
+    })
+    .grace(Duration::ZERO);
+    let w = Window::new(0, 100).unwrap();
+    for page in [1, 2, 1000] {
+        let sink = CollectSink::new();
+        let options = ReplayOptions {
+            page,
+            ..ReplayOptions::default()
+        };
+        let summary = replay(&dal, &reg, |_| true, w, &options, &sink, &mut |_| {})
+            .await
+            .unwrap();
+        let runs: Vec<_> = sink
+            .runs()
+            .into_iter()
+            .map(|r| (r.eval_us, r.outcome.label()))
+            .collect();
+        assert_eq!(runs, [(10, "pass"), (20, "pass")], "page {page}");
+        assert!(summary.timeline.unwrap().reads >= 2);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

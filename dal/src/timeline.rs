@@ -1,0 +1,405 @@
+//! A timeline: the folds of the records a replay's window touches, advanced through the
+//! window in commit order, so a replayed run reads its records from memory.
+//!
+//! Replay reads its window page by page in time-travel order (commit time, source,
+//! position). A DAL with a timeline ([`crate::Dal::with_timeline`]) applies each page to
+//! the folds of the records it names ([`crate::Dal::advance_timeline`]), each update
+//! once, keeping the fold after each update (a *version*) for as long as a run may still
+//! read it. A read of a record as of T ([`crate::Dal::record`], so every view, join member
+//! and lookup) is then the newest version at or before T — no catalog read, no fetch, no
+//! fold — when the timeline *covers* it:
+//!
+//! - every update with commit time ≤ T has been applied: T ≤ [`Timeline::complete_us`],
+//!   which replay raises after each page to just before the page's last commit time (the
+//!   next page may hold more updates at that time) and, after the last page, to the
+//!   window's end; and
+//! - the record's versions reach back to T: its oldest version kept is at or before T.
+//!
+//! Anything else is read as before, from the catalog, with the same answer: a time past
+//! what has been applied (a run evaluated after the window's end), a time before the
+//! record's oldest version kept, a record evicted to stay within the budget, a record
+//! whose history does not fold (its reads give the catalog path's error).
+//!
+//! ```text
+//!  page of the window (time-travel order) ─┬─ records new to the timeline: their base
+//!                                          │    (the fold as of the commit time of their
+//!                                          │    first update here, read once; or empty)
+//!                                          └─ each update fetched once, folded onto the
+//!                                               record's newest version: a new version
+//!  record(m, id, T) ── covered? ── yes: newest version ≤ T (a lookup)
+//!                       └─ no: the catalog path (maintained fold, snapshot, history)
+//! ```
+//!
+//! A record's *base* is its fold as of the commit time of its first update in the window,
+//! read from the history once (it includes every update at that time, so updates at that
+//! time are not applied again). When the history holds nothing before the window
+//! ([`Timeline::new`]'s `empty_before`), a record first seen in the window has no earlier
+//! update, and its base is the empty fold: a replay of the whole history reads no record
+//! from the catalog at all. A record evicted earlier reads its base again.
+//!
+//! Memory: versions at or before [`Timeline::advance`]'s *floor* (the oldest evaluation
+//! time a run may still ask for) are dropped except the newest of them, and when the
+//! versions' estimated bytes pass the budget, the records whose newest version is oldest
+//! are evicted until they are under three quarters of it.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+
+use crate::state::Folded;
+use crate::update::Micros;
+
+/// The default budget of a replay's timeline: 256 MiB.
+pub const DEFAULT_TIMELINE_BYTES: u64 = 256 << 20;
+
+/// Bytes charged per version on top of its fold's estimate: the deque slot, the `Arc`.
+const VERSION_OVERHEAD: u64 = 48;
+
+/// How a timeline went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TimelineStats {
+    /// Record reads served from the timeline.
+    pub reads: u64,
+    /// Record reads it did not cover (read from the catalog instead).
+    pub missed: u64,
+    /// Updates folded into it (each once).
+    pub updates_applied: u64,
+    /// Bases read from the history (records first seen in the window, when the history
+    /// holds updates before it, and records evicted before).
+    pub bases_read: u64,
+    /// Records evicted to stay within the budget.
+    pub evicted: u64,
+    /// Records left to the catalog path because their history does not fold (or their
+    /// base could not be read).
+    pub unfoldable: u64,
+    /// The most bytes its versions held at once (estimated).
+    pub peak_bytes: u64,
+}
+
+/// A record's versions, oldest first: (commit time, the fold after the updates up to it).
+/// The first is the record's base or the newest version at or before the floor.
+struct Versions {
+    list: VecDeque<(Micros, Arc<Folded>)>,
+    /// Updates at or before this time are in the base (read from the history): not applied
+    /// again. `Micros::MIN` for an empty base.
+    based_us: Micros,
+    bytes: u64,
+}
+
+struct Inner {
+    /// By model, then record id: a read looks up borrowed names without allocating.
+    records: HashMap<String, HashMap<String, Versions>>,
+    complete_us: Micros,
+    bytes: u64,
+    /// `bytes` after the last sweep of old versions.
+    swept_bytes: u64,
+    /// Records evicted: their next update reads their base from the history.
+    evicted: HashSet<(String, String)>,
+    /// Records whose history does not fold: always read from the catalog.
+    unfoldable: HashSet<(String, String)>,
+    /// Switched off ([`Timeline::switch_off`]): covers nothing, applies nothing.
+    off: bool,
+}
+
+/// The folds of a replayed window's records: see the module documentation.
+pub struct Timeline {
+    inner: RwLock<Inner>,
+    budget: u64,
+    empty_before: bool,
+    reads: AtomicU64,
+    missed: AtomicU64,
+    updates_applied: AtomicU64,
+    bases_read: AtomicU64,
+    evicted: AtomicU64,
+    unfoldable: AtomicU64,
+    peak_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline")
+            .field("budget", &self.budget)
+            .field("empty_before", &self.empty_before)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// A record's base as read: its fold, and the time up to which it holds its updates.
+pub(crate) type BaseFold = (Folded, Micros);
+
+/// What a record new to the timeline starts from.
+pub(crate) enum Base {
+    /// Nothing before it: the empty fold.
+    Empty,
+    /// Its fold as of this time, read from the history.
+    AsOf(Micros),
+}
+
+impl Timeline {
+    /// An empty timeline covering nothing yet, of about `budget` bytes. `empty_before`:
+    /// the history holds no update before the window, so a record first seen in it starts
+    /// from the empty fold (else its base is read from the history).
+    pub fn new(budget: u64, empty_before: bool) -> Self {
+        Timeline {
+            inner: RwLock::new(Inner {
+                records: HashMap::new(),
+                complete_us: Micros::MIN,
+                bytes: 0,
+                swept_bytes: 0,
+                evicted: HashSet::new(),
+                unfoldable: HashSet::new(),
+                off: false,
+            }),
+            budget,
+            empty_before,
+            reads: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
+            updates_applied: AtomicU64::new(0),
+            bases_read: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            unfoldable: AtomicU64::new(0),
+            peak_bytes: AtomicU64::new(0),
+        }
+    }
+
+    pub fn stats(&self) -> TimelineStats {
+        TimelineStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            missed: self.missed.load(Ordering::Relaxed),
+            updates_applied: self.updates_applied.load(Ordering::Relaxed),
+            bases_read: self.bases_read.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
+            unfoldable: self.unfoldable.load(Ordering::Relaxed),
+            peak_bytes: self.peak_bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Every update with a commit time at or before this has been applied.
+    pub fn complete_us(&self) -> Micros {
+        self.read().complete_us
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // A panic while holding the lock leaves nothing half-done that a read could see
+        // wrongly: versions are whole `Arc`s.
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Covers nothing from now on (a page could not be applied, so the versions would
+    /// miss its updates): every read goes to the catalog.
+    pub fn switch_off(&self) {
+        let mut inner = self.write();
+        inner.off = true;
+        inner.records = HashMap::new();
+        inner.complete_us = Micros::MIN;
+        inner.bytes = 0;
+        tracing::warn!("the replay's timeline is switched off: records are read from the catalog");
+    }
+
+    /// The fold of the record as of `as_of_us` if the timeline covers it.
+    pub(crate) fn get(
+        &self,
+        model: &str,
+        record_id: &str,
+        as_of_us: Micros,
+    ) -> Option<Arc<Folded>> {
+        let found = {
+            let inner = self.read();
+            (as_of_us <= inner.complete_us)
+                .then(|| inner.records.get(model)?.get(record_id))
+                .flatten()
+                .and_then(|v| {
+                    let i = v.list.partition_point(|(t, _)| *t <= as_of_us);
+                    // 0: its oldest version kept is after the time.
+                    i.checked_sub(1).map(|i| v.list[i].1.clone())
+                })
+        };
+        let counter = if found.is_some() {
+            &self.reads
+        } else {
+            &self.missed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// What each record of `names` (model, record id, commit time of its first update in
+    /// the page) that the timeline does not hold yet starts from; records it holds, and
+    /// those left to the catalog, are left out.
+    pub(crate) fn bases_needed<'a>(
+        &self,
+        names: impl IntoIterator<Item = (&'a str, &'a str, Micros)>,
+    ) -> Vec<(&'a str, &'a str, Base)> {
+        let inner = self.read();
+        let mut seen: HashSet<(&str, &str)> = HashSet::new();
+        let mut out = Vec::new();
+        for (model, id, t) in names {
+            let held = inner.records.get(model).is_some_and(|m| m.contains_key(id));
+            if held || !seen.insert((model, id)) {
+                continue;
+            }
+            let key = (model.to_owned(), id.to_owned());
+            if inner.unfoldable.contains(&key) {
+                continue;
+            }
+            let base = if self.empty_before && !inner.evicted.contains(&key) {
+                Base::Empty
+            } else {
+                Base::AsOf(t)
+            };
+            out.push((model, id, base));
+        }
+        out
+    }
+
+    /// Applies a page: `bases` for the records new to the timeline (their fold, and the
+    /// time up to which it already holds their updates; `None`: the base could not be
+    /// read, so the record is left to the catalog), then each update in order with
+    /// `fold(previous version, index in the page)` making its version (an error leaves the
+    /// record to the catalog). Versions at or before `floor_us` are dropped but the newest
+    /// of them; then every update up to `complete_us` counts as applied, and the records
+    /// whose newest version is oldest are evicted while over the budget.
+    pub(crate) fn advance<'a, E>(
+        &self,
+        bases: Vec<(&str, &str, Option<BaseFold>)>,
+        updates: impl IntoIterator<Item = (&'a str, &'a str, Micros)>,
+        mut fold: impl FnMut(&Folded, usize) -> Result<Folded, E>,
+        floor_us: Micros,
+        complete_us: Micros,
+    ) {
+        let mut inner = self.write();
+        let inner = &mut *inner;
+        if inner.off {
+            return;
+        }
+        for (model, id, base) in bases {
+            let key = (model.to_owned(), id.to_owned());
+            match base {
+                None => {
+                    if inner.unfoldable.insert(key) {
+                        self.unfoldable.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Some((fold, based_us)) => {
+                    if based_us != Micros::MIN {
+                        self.bases_read.fetch_add(1, Ordering::Relaxed);
+                    }
+                    inner.evicted.remove(&key);
+                    let bytes = fold.weight() + VERSION_OVERHEAD;
+                    inner.bytes += bytes;
+                    inner.records.entry(key.0).or_default().insert(
+                        key.1,
+                        Versions {
+                            list: VecDeque::from([(based_us, Arc::new(fold))]),
+                            based_us,
+                            bytes,
+                        },
+                    );
+                }
+            }
+        }
+        let mut applied = 0;
+        for (i, (model, id, t)) in updates.into_iter().enumerate() {
+            let Some(v) = inner
+                .records
+                .get_mut(model)
+                .and_then(|m| m.get_mut(id))
+                .filter(|v| t > v.based_us)
+            else {
+                continue;
+            };
+            let newest = &v.list.back().expect("never empty").1;
+            match fold(newest, i) {
+                Ok(next) => {
+                    applied += 1;
+                    // A version followed by one at the same time is never read (a read as
+                    // of that time sees both updates).
+                    if v.list.len() >= 2 && v.list.back().is_some_and(|(b, _)| *b == t) {
+                        let (_, gone) = v.list.pop_back().expect("two or more");
+                        let bytes = gone.weight() + VERSION_OVERHEAD;
+                        v.bytes -= bytes;
+                        inner.bytes -= bytes;
+                    }
+                    let bytes = next.weight() + VERSION_OVERHEAD;
+                    v.list.push_back((t, Arc::new(next)));
+                    v.bytes += bytes;
+                    inner.bytes += bytes;
+                    inner.bytes -= v.drop_before(floor_us);
+                }
+                Err(_) => {
+                    // Its reads go to the catalog, which says what is wrong.
+                    let gone = inner
+                        .records
+                        .get_mut(model)
+                        .and_then(|m| m.remove(id))
+                        .expect("just found");
+                    inner.bytes -= gone.bytes;
+                    inner.unfoldable.insert((model.to_owned(), id.to_owned()));
+                    self.unfoldable.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.updates_applied.fetch_add(applied, Ordering::Relaxed);
+        inner.complete_us = inner.complete_us.max(complete_us);
+        self.peak_bytes.fetch_max(inner.bytes, Ordering::Relaxed);
+        // Records not written since hold versions no run will read: dropped every eighth of
+        // the budget, so memory follows the runs' horizon, not the window.
+        if inner.bytes > inner.swept_bytes + self.budget / 8 {
+            for records in inner.records.values_mut() {
+                for v in records.values_mut() {
+                    inner.bytes -= v.drop_before(floor_us);
+                }
+            }
+            inner.swept_bytes = inner.bytes;
+        }
+        if inner.bytes > self.budget {
+            self.evict(inner);
+        }
+    }
+
+    /// Evicts the records whose newest version is oldest until under three quarters of
+    /// the budget.
+    fn evict(&self, inner: &mut Inner) {
+        let target = self.budget / 4 * 3;
+        let mut newest = Vec::new();
+        for (model, records) in &inner.records {
+            for (id, v) in records {
+                let t = v.list.back().expect("never empty").0;
+                newest.push((t, v.bytes, model.clone(), id.clone()));
+            }
+        }
+        newest.sort_unstable_by_key(|(t, ..)| *t);
+        for (_, bytes, model, id) in newest {
+            if inner.bytes <= target {
+                break;
+            }
+            if let Some(records) = inner.records.get_mut(&model) {
+                records.remove(&id);
+            }
+            inner.bytes -= bytes;
+            inner.evicted.insert((model, id));
+            self.evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        inner.swept_bytes = inner.bytes;
+    }
+}
+
+impl Versions {
+    /// Drops the versions at or before `floor_us` but the newest of them; the bytes freed.
+    fn drop_before(&mut self, floor_us: Micros) -> u64 {
+        let mut freed = 0;
+        while self.list.len() >= 2 && self.list[1].0 <= floor_us {
+            let (_, gone) = self.list.pop_front().expect("two or more");
+            freed += gone.weight() + VERSION_OVERHEAD;
+        }
+        self.bytes -= freed;
+        freed
+    }
+}
