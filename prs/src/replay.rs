@@ -92,8 +92,10 @@ impl Window {
     }
 }
 
-/// Pages whose released runs may be running at once (while the next page is read).
-const PAGES_IN_FLIGHT: usize = 4;
+/// Batches of released runs that may be running at once (while the next page is read).
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Runs per batch (at least: a batch ends with a whole evaluation time).
+const RUNS_PER_BATCH: usize = 8192;
 
 /// Most run groups one task evaluates (one after another).
 const GROUPS_PER_TASK: usize = 64;
@@ -111,6 +113,10 @@ pub struct ReplayOptions {
     /// Budget of the timeline the window's records are read from
     /// ([`overseer_dal::timeline`]); 0: every read goes to the catalog.
     pub timeline_bytes: u64,
+    /// Runs waiting for the window to be read up to their evaluation time, at most (about
+    /// 150 bytes each); past it the oldest go early (reading from the catalog what the
+    /// timeline does not cover yet).
+    pub max_pending_runs: usize,
 }
 
 impl Default for ReplayOptions {
@@ -120,6 +126,7 @@ impl Default for ReplayOptions {
             concurrency: 32,
             model: None,
             timeline_bytes: DEFAULT_TIMELINE_BYTES,
+            max_pending_runs: 500_000,
         }
     }
 }
@@ -209,9 +216,10 @@ pub async fn replay(
     // Runs selected but not released yet: a run is released once every update committed
     // up to its evaluation time has been read (and applied to the timeline).
     let mut pending: BTreeMap<Micros, Vec<Ready>> = BTreeMap::new();
-    // The runs released after the last few pages, still running while the next pages are
-    // read (a page may release none or many: the window is read a grace ahead of the
-    // runs), each with the oldest evaluation time among them; handed over in order.
+    let mut pending_runs = 0;
+    // The last few batches of runs released, still running while the next pages are read
+    // (a page may release none or many: the window is read a grace ahead of the runs),
+    // each with the oldest evaluation time among them; handed over in order.
     let mut in_flight: VecDeque<(JoinSet<Vec<RunRecord>>, Progress, Micros)> = VecDeque::new();
     loop {
         let page = dal
@@ -271,6 +279,7 @@ pub async fn replay(
                 }
                 let grace = spec.grace.as_micros().min(i64::MAX as u128) as i64;
                 let eval_us = entry.event_time_us.saturating_add(grace);
+                pending_runs += 1;
                 pending.entry(eval_us).or_default().push(Ready {
                     check: name.clone(),
                     subject,
@@ -286,57 +295,90 @@ pub async fn replay(
         // The runs whose evaluation time has been read up to go to the runtime's workers
         // (every core) while the next page is read and selected; the previous ones are
         // handed over first, in order.
+        let mut cut = complete_us.saturating_add(1);
+        if pending_runs > options.max_pending_runs {
+            // Too many runs wait for the window to be read up to their time (a grace that
+            // spans much of the window): the oldest go now, and read from the catalog what
+            // the timeline does not cover yet.
+            let mut left = pending_runs;
+            for (eval, runs) in &pending {
+                if left <= options.max_pending_runs / 2 {
+                    break;
+                }
+                left -= runs.len();
+                cut = cut.max(eval.saturating_add(1));
+            }
+        }
         let later = if last_page {
             BTreeMap::new()
         } else {
-            pending.split_off(&complete_us.saturating_add(1))
+            pending.split_off(&cut)
         };
         let released = std::mem::replace(&mut pending, later);
-        let oldest = released
-            .first_key_value()
-            .map_or(complete_us, |(eval, _)| *eval);
-        let ready: Vec<Ready> = released.into_values().flatten().collect();
-        let groups = share_groups(ready, |name| {
-            let spec = specs[name].1;
-            (spec.check.clone(), spec.timeout)
-        });
-        let mut running = JoinSet::new();
-        // A task per few groups (enough tasks to keep every worker busy): a task per group
-        // cost more to spawn than a run read from the timeline costs.
-        let per_task = groups
-            .len()
-            .div_ceil(options.concurrency.max(1) * 4)
-            .clamp(1, GROUPS_PER_TASK);
-        let mut groups = groups.into_iter().peekable();
-        while groups.peek().is_some() {
-            let chunk: Vec<_> = groups.by_ref().take(per_task).collect();
-            let (dal, permits, pool) = (dal.clone(), permits.clone(), pool.clone());
-            running.spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("never closed");
-                let mut out = Vec::with_capacity(chunk.len());
-                for group in &chunk {
-                    // Storage faults are retried until the runs reach their verdicts.
-                    out.extend(
-                        run_group(&dal, &pool, group, &CancellationToken::new())
-                            .await
-                            .expect("never stopped"),
-                    );
-                }
-                out
-            });
+        // In batches of whole evaluation times (runs that share a view stay together), so
+        // the runs evaluated and not yet handed over stay bounded however many are released.
+        let mut batches = vec![Vec::new()];
+        for (_, runs) in released {
+            pending_runs -= runs.len();
+            let batch = batches.last_mut().expect("never empty");
+            batch.extend(runs);
+            if batch.len() >= RUNS_PER_BATCH {
+                batches.push(Vec::new());
+            }
+        }
+        if batches.len() > 1 && batches.last().is_some_and(Vec::is_empty) {
+            batches.pop();
         }
         prog.updates = summary.updates;
-        // Progress is reported once per page, as its released runs are handed over.
-        in_flight.push_back((running, prog, oldest));
-        while in_flight.len() > PAGES_IN_FLIGHT || (last_page && !in_flight.is_empty()) {
-            let (prev, mut at, _) = in_flight.pop_front().expect("not empty");
-            summary.runs += hand_over(prev, sink).await?;
-            at.runs = summary.runs;
-            progress(&at);
+        for ready in batches {
+            let oldest = ready.first().map_or(complete_us, |r| r.eval_us);
+            let groups = share_groups(ready, |name| {
+                let spec = specs[name].1;
+                (spec.check.clone(), spec.timeout)
+            });
+            let mut running = JoinSet::new();
+            // A task per few groups (enough tasks to keep every worker busy): a task per
+            // group cost more to spawn than a run read from the timeline costs.
+            let per_task = groups
+                .len()
+                .div_ceil(options.concurrency.max(1) * 4)
+                .clamp(1, GROUPS_PER_TASK);
+            let mut groups = groups.into_iter().peekable();
+            while groups.peek().is_some() {
+                let chunk: Vec<_> = groups.by_ref().take(per_task).collect();
+                let (dal, permits, pool) = (dal.clone(), permits.clone(), pool.clone());
+                running.spawn(async move {
+                    let _permit = permits.acquire_owned().await.expect("never closed");
+                    let mut out = Vec::with_capacity(chunk.len());
+                    for group in &chunk {
+                        // Storage faults are retried until the runs reach their verdicts.
+                        out.extend(
+                            run_group(&dal, &pool, group, &CancellationToken::new())
+                                .await
+                                .expect("never stopped"),
+                        );
+                    }
+                    out
+                });
+            }
+            // Progress is reported as each batch is handed over: once per page, more
+            // when a page releases many runs.
+            in_flight.push_back((running, prog, oldest));
+            while in_flight.len() > BATCHES_IN_FLIGHT {
+                let (prev, mut at, _) = in_flight.pop_front().expect("not empty");
+                summary.runs += hand_over(prev, sink).await?;
+                at.runs = summary.runs;
+                progress(&at);
+            }
         }
         if last_page {
             break;
         }
+    }
+    while let Some((prev, mut at, _)) = in_flight.pop_front() {
+        summary.runs += hand_over(prev, sink).await?;
+        at.runs = summary.runs;
+        progress(&at);
     }
     summary.timeline = dal.timeline_stats();
     if let Some(stats) = summary.timeline {
