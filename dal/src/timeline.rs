@@ -78,10 +78,11 @@ pub struct TimelineStats {
     pub peak_bytes: u64,
 }
 
-/// A record's versions, oldest first: (commit time, the fold after the updates up to it).
-/// The first is the record's base or the newest version at or before the floor.
+/// A record's versions, oldest first: (commit time, the fold after the updates up to it,
+/// its estimated bytes). The first is the record's base or the newest version at or before
+/// the floor.
 struct Versions {
-    list: VecDeque<(Micros, Arc<Folded>)>,
+    list: VecDeque<(Micros, Arc<Folded>, u64)>,
     /// Updates at or before this time are in the base (read from the history): not applied
     /// again. `Micros::MIN` for an empty base.
     based_us: Micros,
@@ -216,7 +217,7 @@ impl Timeline {
                 .then(|| inner.records.get(model)?.get(record_id))
                 .flatten()
                 .and_then(|v| {
-                    let i = v.list.partition_point(|(t, _)| *t <= as_of_us);
+                    let i = v.list.partition_point(|(t, ..)| *t <= as_of_us);
                     // 0: its oldest version kept is after the time.
                     i.checked_sub(1).map(|i| v.list[i].1.clone())
                 })
@@ -268,83 +269,146 @@ impl Timeline {
     /// whose newest version is oldest are evicted while over the budget.
     pub(crate) fn advance<'a, E>(
         &self,
-        bases: Vec<(&str, &str, Option<BaseFold>)>,
+        bases: Vec<(&'a str, &'a str, Option<BaseFold>)>,
         updates: impl IntoIterator<Item = (&'a str, &'a str, Micros)>,
         mut fold: impl FnMut(&Folded, usize) -> Result<Folded, E>,
         floor_us: Micros,
         complete_us: Micros,
     ) {
-        let mut inner = self.write();
-        let inner = &mut *inner;
-        if inner.off {
-            return;
+        // What the page does to each record is worked out first, holding no lock but a
+        // read lock for a moment (runs go on reading meanwhile; this is the only writer).
+        struct Work {
+            based_us: Micros,
+            /// A record new to the timeline: its base.
+            base: Option<Arc<Folded>>,
+            newest: Arc<Folded>,
+            added: Vec<(Micros, Arc<Folded>, u64)>,
+            failed: bool,
         }
+        let updates: Vec<(&str, &str, Micros)> = updates.into_iter().collect();
+        let mut work: HashMap<(&str, &str), Work> = HashMap::new();
+        let mut unreadable = Vec::new();
         for (model, id, base) in bases {
-            let key = (model.to_owned(), id.to_owned());
             match base {
-                None => {
-                    if inner.unfoldable.insert(key) {
-                        self.unfoldable.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                None => unreadable.push((model, id)),
                 Some((fold, based_us)) => {
-                    if based_us != Micros::MIN {
-                        self.bases_read.fetch_add(1, Ordering::Relaxed);
-                    }
-                    inner.evicted.remove(&key);
-                    let bytes = fold.weight() + VERSION_OVERHEAD;
-                    inner.bytes += bytes;
-                    inner.records.entry(key.0).or_default().insert(
-                        key.1,
-                        Versions {
-                            list: VecDeque::from([(based_us, Arc::new(fold))]),
+                    let base = Arc::new(fold);
+                    work.insert(
+                        (model, id),
+                        Work {
                             based_us,
-                            bytes,
+                            newest: base.clone(),
+                            base: Some(base),
+                            added: Vec::new(),
+                            failed: false,
+                        },
+                    );
+                }
+            }
+        }
+        {
+            let inner = self.read();
+            if inner.off {
+                return;
+            }
+            for &(model, id, _) in &updates {
+                if work.contains_key(&(model, id)) {
+                    continue;
+                }
+                if let Some(v) = inner.records.get(model).and_then(|m| m.get(id)) {
+                    let newest = v.list.back().expect("never empty").1.clone();
+                    work.insert(
+                        (model, id),
+                        Work {
+                            based_us: v.based_us,
+                            base: None,
+                            newest,
+                            added: Vec::new(),
+                            failed: false,
                         },
                     );
                 }
             }
         }
         let mut applied = 0;
-        for (i, (model, id, t)) in updates.into_iter().enumerate() {
-            let Some(v) = inner
-                .records
-                .get_mut(model)
-                .and_then(|m| m.get_mut(id))
-                .filter(|v| t > v.based_us)
+        for (i, &(model, id, t)) in updates.iter().enumerate() {
+            let Some(w) = work
+                .get_mut(&(model, id))
+                .filter(|w| !w.failed && t > w.based_us)
             else {
                 continue;
             };
-            let newest = &v.list.back().expect("never empty").1;
-            match fold(newest, i) {
+            match fold(&w.newest, i) {
                 Ok(next) => {
                     applied += 1;
+                    let next = Arc::new(next);
                     // A version followed by one at the same time is never read (a read as
                     // of that time sees both updates).
-                    if v.list.len() >= 2 && v.list.back().is_some_and(|(b, _)| *b == t) {
-                        let (_, gone) = v.list.pop_back().expect("two or more");
-                        let bytes = gone.weight() + VERSION_OVERHEAD;
-                        v.bytes -= bytes;
-                        inner.bytes -= bytes;
+                    if w.added.last().is_some_and(|(b, ..)| *b == t) {
+                        w.added.pop();
                     }
-                    let bytes = next.weight() + VERSION_OVERHEAD;
-                    v.list.push_back((t, Arc::new(next)));
-                    v.bytes += bytes;
-                    inner.bytes += bytes;
-                    inner.bytes -= v.drop_before(floor_us);
+                    w.added
+                        .push((t, next.clone(), next.weight() + VERSION_OVERHEAD));
+                    w.newest = next;
                 }
-                Err(_) => {
-                    // Its reads go to the catalog, which says what is wrong.
-                    let gone = inner
-                        .records
-                        .get_mut(model)
-                        .and_then(|m| m.remove(id))
-                        .expect("just found");
+                // Its reads go to the catalog, which says what is wrong.
+                Err(_) => w.failed = true,
+            }
+        }
+
+        // Then, under the write lock, versions are moved in.
+        let mut inner = self.write();
+        let inner = &mut *inner;
+        if inner.off {
+            return;
+        }
+        for (model, id) in unreadable {
+            if inner.unfoldable.insert((model.to_owned(), id.to_owned())) {
+                self.unfoldable.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        for ((model, id), w) in work {
+            if w.failed {
+                if let Some(gone) = inner.records.get_mut(model).and_then(|m| m.remove(id)) {
                     inner.bytes -= gone.bytes;
-                    inner.unfoldable.insert((model.to_owned(), id.to_owned()));
+                }
+                if inner.unfoldable.insert((model.to_owned(), id.to_owned())) {
                     self.unfoldable.fetch_add(1, Ordering::Relaxed);
                 }
+                continue;
             }
+            let records = match inner.records.get_mut(model) {
+                Some(records) => records,
+                None => inner.records.entry(model.to_owned()).or_default(),
+            };
+            if let Some(base) = w.base {
+                if w.based_us != Micros::MIN {
+                    self.bases_read.fetch_add(1, Ordering::Relaxed);
+                }
+                inner.evicted.remove(&(model.to_owned(), id.to_owned()));
+                let bytes = base.weight() + VERSION_OVERHEAD;
+                inner.bytes += bytes;
+                records.insert(
+                    id.to_owned(),
+                    Versions {
+                        list: VecDeque::from([(w.based_us, base, bytes)]),
+                        based_us: w.based_us,
+                        bytes,
+                    },
+                );
+            }
+            let v = records.get_mut(id).expect("held or just based");
+            for (t, next, bytes) in w.added {
+                if v.list.len() >= 2 && v.list.back().is_some_and(|(b, ..)| *b == t) {
+                    let (.., gone) = v.list.pop_back().expect("two or more");
+                    v.bytes -= gone;
+                    inner.bytes -= gone;
+                }
+                v.list.push_back((t, next, bytes));
+                v.bytes += bytes;
+                inner.bytes += bytes;
+            }
+            inner.bytes -= v.drop_before(floor_us);
         }
         self.updates_applied.fetch_add(applied, Ordering::Relaxed);
         inner.complete_us = inner.complete_us.max(complete_us);
@@ -396,8 +460,7 @@ impl Versions {
     fn drop_before(&mut self, floor_us: Micros) -> u64 {
         let mut freed = 0;
         while self.list.len() >= 2 && self.list[1].0 <= floor_us {
-            let (_, gone) = self.list.pop_front().expect("two or more");
-            freed += gone.weight() + VERSION_OVERHEAD;
+            freed += self.list.pop_front().expect("two or more").2;
         }
         self.bytes -= freed;
         freed
