@@ -39,7 +39,7 @@
 //!
 //! Memory: versions at or before [`Timeline::advance`]'s *floor* (the oldest evaluation
 //! time a run may still ask for) are dropped except the newest of them, and when the
-//! versions' estimated bytes pass the budget, the records whose newest version is oldest
+//! versions' estimated bytes pass the budget, the records least recently read or written
 //! are evicted until they are under three quarters of it.
 
 use std::collections::VecDeque;
@@ -51,8 +51,9 @@ use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use crate::state::Folded;
 use crate::update::Micros;
 
-/// The default budget of a replay's timeline: 256 MiB.
-pub const DEFAULT_TIMELINE_BYTES: u64 = 256 << 20;
+/// The default budget of a replay's timeline: 128 MiB (estimated; a replay of 1M updates
+/// with it peaks at about 1 GB of RSS, all told).
+pub const DEFAULT_TIMELINE_BYTES: u64 = 128 << 20;
 
 /// Bytes charged per version on top of its fold's estimate: the deque slot, the `Arc`.
 const VERSION_OVERHEAD: u64 = 48;
@@ -87,6 +88,9 @@ struct Versions {
     /// again. `Micros::MIN` for an empty base.
     based_us: Micros,
     bytes: u64,
+    /// The page count when it was last read or written: eviction takes the least recently
+    /// used first (a lookup's record, written once and read by every view, stays).
+    used: AtomicU64,
 }
 
 struct Inner {
@@ -96,10 +100,12 @@ struct Inner {
     bytes: u64,
     /// `bytes` after the last sweep of old versions.
     swept_bytes: u64,
+    /// Pages applied: the clock of [`Versions::used`].
+    pages: u64,
     /// Records evicted: their next update reads their base from the history.
-    evicted: HashSet<(String, String)>,
+    evicted: HashSet<u64>,
     /// Records whose history does not fold: always read from the catalog.
-    unfoldable: HashSet<(String, String)>,
+    unfoldable: HashSet<u64>,
     /// Switched off ([`Timeline::switch_off`]): covers nothing, applies nothing.
     off: bool,
 }
@@ -150,6 +156,7 @@ impl Timeline {
                 complete_us: Micros::MIN,
                 bytes: 0,
                 swept_bytes: 0,
+                pages: 0,
                 evicted: HashSet::new(),
                 unfoldable: HashSet::new(),
                 off: false,
@@ -217,6 +224,9 @@ impl Timeline {
                 .then(|| inner.records.get(model)?.get(record_id))
                 .flatten()
                 .and_then(|v| {
+                    if v.used.load(Ordering::Relaxed) != inner.pages {
+                        v.used.store(inner.pages, Ordering::Relaxed);
+                    }
                     let i = v.list.partition_point(|(t, ..)| *t <= as_of_us);
                     // 0: its oldest version kept is after the time.
                     i.checked_sub(1).map(|i| v.list[i].1.clone())
@@ -246,7 +256,7 @@ impl Timeline {
             if held || !seen.insert((model, id)) {
                 continue;
             }
-            let key = (model.to_owned(), id.to_owned());
+            let key = name_hash(model, id);
             if inner.unfoldable.contains(&key) {
                 continue;
             }
@@ -266,7 +276,7 @@ impl Timeline {
     /// `fold(previous version, index in the page)` making its version (an error leaves the
     /// record to the catalog). Versions at or before `floor_us` are dropped but the newest
     /// of them; then every update up to `complete_us` counts as applied, and the records
-    /// whose newest version is oldest are evicted while over the budget.
+    /// least recently read or written are evicted while over the budget.
     pub(crate) fn advance<'a, E>(
         &self,
         bases: Vec<(&'a str, &'a str, Option<BaseFold>)>,
@@ -362,8 +372,10 @@ impl Timeline {
         if inner.off {
             return;
         }
+        inner.pages += 1;
+        let page_no = inner.pages;
         for (model, id) in unreadable {
-            if inner.unfoldable.insert((model.to_owned(), id.to_owned())) {
+            if inner.unfoldable.insert(name_hash(model, id)) {
                 self.unfoldable.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -372,7 +384,7 @@ impl Timeline {
                 if let Some(gone) = inner.records.get_mut(model).and_then(|m| m.remove(id)) {
                     inner.bytes -= gone.bytes;
                 }
-                if inner.unfoldable.insert((model.to_owned(), id.to_owned())) {
+                if inner.unfoldable.insert(name_hash(model, id)) {
                     self.unfoldable.fetch_add(1, Ordering::Relaxed);
                 }
                 continue;
@@ -385,7 +397,7 @@ impl Timeline {
                 if w.based_us != Micros::MIN {
                     self.bases_read.fetch_add(1, Ordering::Relaxed);
                 }
-                inner.evicted.remove(&(model.to_owned(), id.to_owned()));
+                inner.evicted.remove(&name_hash(model, id));
                 let bytes = base.weight() + VERSION_OVERHEAD;
                 inner.bytes += bytes;
                 records.insert(
@@ -394,10 +406,12 @@ impl Timeline {
                         list: VecDeque::from([(w.based_us, base, bytes)]),
                         based_us: w.based_us,
                         bytes,
+                        used: AtomicU64::new(page_no),
                     },
                 );
             }
             let v = records.get_mut(id).expect("held or just based");
+            *v.used.get_mut() = page_no;
             for (t, next, bytes) in w.added {
                 if v.list.len() >= 2 && v.list.back().is_some_and(|(b, ..)| *b == t) {
                     let (.., gone) = v.list.pop_back().expect("two or more");
@@ -428,19 +442,23 @@ impl Timeline {
         }
     }
 
-    /// Evicts the records whose newest version is oldest until under three quarters of
-    /// the budget.
+    /// Evicts the least recently used records (read or written) until under three
+    /// quarters of the budget.
     fn evict(&self, inner: &mut Inner) {
         let target = self.budget / 4 * 3;
-        let mut newest = Vec::new();
+        let mut lru = Vec::new();
         for (model, records) in &inner.records {
             for (id, v) in records {
-                let t = v.list.back().expect("never empty").0;
-                newest.push((t, v.bytes, model.clone(), id.clone()));
+                lru.push((
+                    v.used.load(Ordering::Relaxed),
+                    v.bytes,
+                    model.clone(),
+                    id.clone(),
+                ));
             }
         }
-        newest.sort_unstable_by_key(|(t, ..)| *t);
-        for (_, bytes, model, id) in newest {
+        lru.sort_unstable_by_key(|(used, ..)| *used);
+        for (_, bytes, model, id) in lru {
             if inner.bytes <= target {
                 break;
             }
@@ -448,11 +466,19 @@ impl Timeline {
                 records.remove(&id);
             }
             inner.bytes -= bytes;
-            inner.evicted.insert((model, id));
+            inner.evicted.insert(name_hash(&model, &id));
             self.evicted.fetch_add(1, Ordering::Relaxed);
         }
         inner.swept_bytes = inner.bytes;
     }
+}
+
+/// A record's name as the evicted and unfoldable sets hold it: 8 bytes, not two strings. Two
+/// names sharing one only cost work: a record taken for evicted reads its base from the
+/// history, one taken for unfoldable is read from the catalog — the same answers.
+fn name_hash(model: &str, id: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x0be5_ee12).hash_one((model, id))
 }
 
 impl Versions {
