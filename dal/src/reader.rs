@@ -236,18 +236,31 @@ impl Dal {
     /// applied before) to the timeline, if this DAL has one: each update fetched once and
     /// folded onto its record's newest version; records new to the timeline start from
     /// their base. `floor_us`: no read will ask for a time before it. `complete_us`: every
-    /// update committed at or before it has now been applied. On a storage fault the
-    /// timeline is switched off (every read goes to the catalog, as without one) and the
-    /// fault returned.
+    /// update committed at or before it has now been applied. When the page's updates
+    /// cannot be fetched, the timeline is switched off (every read goes to the catalog, as
+    /// without one) and the fault returned; a record whose base cannot be read is left to
+    /// the catalog (its reads retry or say what is wrong).
     pub async fn advance_timeline(
         &self,
         page: &[IndexEntry],
         floor_us: Micros,
         complete_us: Micros,
     ) -> Result<()> {
-        let Some(timeline) = &self.timeline else {
+        let Some(timeline) = self.timeline.as_ref().filter(|t| !t.is_off()) else {
             return Ok(());
         };
+        // Only the models the timeline keeps are fetched and folded.
+        let kept: std::borrow::Cow<'_, [IndexEntry]> =
+            if page.iter().all(|e| timeline.keeps(&e.model)) {
+                page.into()
+            } else {
+                (page.iter())
+                    .filter(|e| timeline.keeps(&e.model))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .into()
+            };
+        let page = &*kept;
         let names = || {
             page.iter()
                 .map(|e| (e.model.as_str(), e.record_id.as_str(), e.event_time_us))

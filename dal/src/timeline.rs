@@ -34,8 +34,17 @@
 //! read from the history once (it includes every update at that time, so updates at that
 //! time are not applied again). When the history holds nothing before the window
 //! ([`Timeline::new`]'s `empty_before`), a record first seen in the window has no earlier
-//! update, and its base is the empty fold: a replay of the whole history reads no record
-//! from the catalog at all. A record evicted earlier reads its base again.
+//! update, and its base is the empty fold: no base is read at all. A record evicted
+//! earlier reads its base again. (Reads still go to the catalog for what the timeline does
+//! not cover: runs evaluated after the window, records evicted, records that do not fold.)
+//!
+//! The timeline is the history as it was when each page was read: an update committed
+//! later with a commit time inside the window (a source still catching up) is not in it,
+//! while the catalog path would see it. Replay a window its sources have completed (its
+//! end behind every source's watermark) to have one answer.
+//!
+//! Only the models some replayed check's view reads are kept ([`Timeline::new`]'s
+//! `models`): a narrow replay folds and bases nothing else.
 //!
 //! Memory: versions at or before [`Timeline::advance`]'s *floor* (the oldest evaluation
 //! time a run may still ask for) are dropped except the newest of them, and when the
@@ -115,6 +124,8 @@ pub struct Timeline {
     inner: RwLock<Inner>,
     budget: u64,
     empty_before: bool,
+    /// The models kept (`None`: every model).
+    models: Option<HashSet<String>>,
     reads: AtomicU64,
     missed: AtomicU64,
     updates_applied: AtomicU64,
@@ -163,6 +174,7 @@ impl Timeline {
             }),
             budget,
             empty_before,
+            models: None,
             reads: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             updates_applied: AtomicU64::new(0),
@@ -171,6 +183,23 @@ impl Timeline {
             unfoldable: AtomicU64::new(0),
             peak_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// Keeps only the records of these models (those the replayed checks' views read;
+    /// reads of any other go to the catalog).
+    pub fn of_models(mut self, models: impl IntoIterator<Item = String>) -> Self {
+        self.models = Some(models.into_iter().collect());
+        self
+    }
+
+    /// Whether it keeps the records of `model`.
+    pub(crate) fn keeps(&self, model: &str) -> bool {
+        self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+
+    /// Switched off: covers nothing and takes nothing.
+    pub(crate) fn is_off(&self) -> bool {
+        self.read().off
     }
 
     pub fn stats(&self) -> TimelineStats {
@@ -251,6 +280,9 @@ impl Timeline {
         let inner = self.read();
         let mut seen: HashSet<(&str, &str)> = HashSet::new();
         let mut out = Vec::new();
+        if inner.off {
+            return out;
+        }
         for (model, id, t) in names {
             let held = inner.records.get(model).is_some_and(|m| m.contains_key(id));
             if held || !seen.insert((model, id)) {
@@ -397,7 +429,6 @@ impl Timeline {
                 if w.based_us != Micros::MIN {
                     self.bases_read.fetch_add(1, Ordering::Relaxed);
                 }
-                inner.evicted.remove(&name_hash(model, id));
                 let bytes = base.weight() + VERSION_OVERHEAD;
                 inner.bytes += bytes;
                 records.insert(
@@ -474,8 +505,9 @@ impl Timeline {
 }
 
 /// A record's name as the evicted and unfoldable sets hold it: 8 bytes, not two strings. Two
-/// names sharing one only cost work: a record taken for evicted reads its base from the
-/// history, one taken for unfoldable is read from the catalog — the same answers.
+/// names sharing one only cost work — a record taken for evicted reads its base from the
+/// history, one taken for unfoldable is read from the catalog: the same answers — because
+/// a mark is never removed (a record based again after its eviction keeps it).
 fn name_hash(model: &str, id: &str) -> u64 {
     use std::hash::BuildHasher;
     foldhash::fast::FixedState::with_seed(0x0be5_ee12).hash_one((model, id))

@@ -1811,6 +1811,19 @@ async fn a_timeline_covers_what_it_has_read() {
         (1, 2, 2, 1),
         "{s:?}"
     );
+
+    // A timeline of other models takes nothing of these: their reads go to the catalog.
+    let timeline = Arc::new(Timeline::new(1 << 20, true).of_models(["ledger".to_owned()]));
+    let dal = f.dal().with_timeline(timeline.clone());
+    let page = f
+        .catalog
+        .updates_in_window(0, 100, None, 100)
+        .await
+        .unwrap();
+    dal.advance_timeline(&page, Micros::MIN, 100).await.unwrap();
+    assert_eq!(color(dal, "a", 25).await.as_deref(), Some("green"));
+    let s = timeline.stats();
+    assert_eq!((s.updates_applied, s.reads, s.missed), (0, 0, 1), "{s:?}");
 }
 
 async fn empty_before(f: &Fixture, from: Micros) -> bool {

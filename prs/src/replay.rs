@@ -44,10 +44,11 @@
 //! checks sharing a view of one subject at one time build it once, as live does) while the
 //! next page is read and selected, then handed to the sink sorted by (evaluation time,
 //! check, subject). Nothing reads the wall clock except the runner's
-//! `RunRecord::finished_us`, which the [`Report`] leaves out. Memory is bounded by the
-//! pages and runs of one grace (runs wait for the window to be read up to their evaluation
-//! time), the timeline's budget, the dedupe set of the current commit time, and the
-//! report's failures.
+//! `RunRecord::finished_us`, which the [`Report`] leaves out. Memory is bounded by the runs
+//! waiting for the window to be read up to their evaluation time (one grace of runs, at
+//! most [`ReplayOptions::max_pending_runs`]), a few batches of runs in flight, the
+//! timeline's budget (plus 8 bytes per record evicted), the dedupe set of the current
+//! commit time, and the report's failures.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
@@ -131,7 +132,7 @@ impl Default for ReplayOptions {
     }
 }
 
-/// Where a replay is, after each page (for a progress bar).
+/// Where a replay is, as each batch of runs is handed over (for a progress bar).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Updates read from the window so far (after the `--model` filter).
@@ -157,7 +158,7 @@ pub struct ReplaySummary {
 
 /// Replays the checks of `registry` that `include` admits (shadow checks too) over
 /// `window`: see the module docs. Each run goes to `sink`, in a deterministic order;
-/// `progress` is called after every page.
+/// `progress` is called as each batch of runs is handed over (about once per page).
 pub async fn replay(
     dal: &Dal,
     registry: &Registry,
@@ -167,6 +168,12 @@ pub async fn replay(
     sink: &dyn Sink,
     progress: &mut (dyn FnMut(&Progress) + Send),
 ) -> Result<ReplaySummary> {
+    // Interned names and settings of the replayed checks.
+    let specs: BTreeMap<&str, (Arc<str>, &CheckSpec)> = registry
+        .iter()
+        .filter(|s| include(s))
+        .map(|s| (s.name.as_str(), (Arc::from(s.name.as_str()), s)))
+        .collect();
     // The views registered in code, added to the DAL's (shared by the runs' tasks), and
     // the timeline its reads of the window's records come from.
     let mut dal = registry.dal_with_views(dal.clone())?;
@@ -177,19 +184,25 @@ pub async fn replay(
             .updates_in_window(Micros::MIN, window.from_us.saturating_sub(1), None, 1)
             .await?
             .is_empty();
-        dal = dal.with_timeline(Arc::new(Timeline::new(
-            options.timeline_bytes,
-            empty_before,
-        )));
+        // The models the replayed checks' views read (every model if a check's view is
+        // not a registered one: its function may read anything).
+        let mut models = BTreeSet::new();
+        let mut known = true;
+        for (_, spec) in specs.values() {
+            match dal.views().get(&spec.check.view_name()) {
+                Ok(view) => models.extend(view.models()),
+                Err(_) => known = false,
+            }
+        }
+        let timeline = Timeline::new(options.timeline_bytes, empty_before);
+        dal = dal.with_timeline(Arc::new(if known {
+            timeline.of_models(models)
+        } else {
+            timeline
+        }));
     }
     let dal = Arc::new(dal);
     let selector = Selector::new(registry, dal.views(), &include)?;
-    // Interned names and settings of the replayed checks.
-    let specs: BTreeMap<&str, (Arc<str>, &CheckSpec)> = registry
-        .iter()
-        .filter(|s| include(s))
-        .map(|s| (s.name.as_str(), (Arc::from(s.name.as_str()), s)))
-        .collect();
     // As the runner does: the catalog keeps the reference updates its joins read.
     let mut join_refs = BTreeSet::new();
     for (_, spec) in specs.values() {
