@@ -289,6 +289,18 @@ fn bench(c: &mut Criterion) {
         n / read_t,
         rt_s / read_t,
     );
+    if let Some(t) = summary.timeline {
+        println!(
+            "  timeline       {} record reads from it, {} from the catalog; {} updates folded \
+             into it, {} bases read, {} records evicted, peak {} MiB",
+            t.reads,
+            t.missed,
+            t.updates_applied,
+            t.bases_read,
+            t.evicted,
+            t.peak_bytes >> 20
+        );
+    }
     if let Some(mb) = before_mb {
         println!(
             "  peak RSS (VmHWM) before the whole-window replay {mb:.0} MB (setup: the generated workload included)"
