@@ -43,13 +43,13 @@
 //! while the catalog path would see it. Replay a window its sources have completed (its
 //! end behind every source's watermark) to have one answer.
 //!
-//! Only the models some replayed check's view reads are kept ([`Timeline::new`]'s
-//! `models`): a narrow replay folds and bases nothing else.
+//! Only the models some replayed check's view reads are kept ([`Timeline::of_models`]): a
+//! narrow replay folds and bases nothing else.
 //!
-//! Memory: versions at or before [`Timeline::advance`]'s *floor* (the oldest evaluation
-//! time a run may still ask for) are dropped except the newest of them, and when the
-//! versions' estimated bytes pass the budget, the records least recently read or written
-//! are evicted until they are under three quarters of it.
+//! Memory: versions at or before the *floor* of [`crate::Dal::advance_timeline`] (the
+//! oldest evaluation time a run may still ask for) are dropped except the newest of them,
+//! and when the versions' estimated bytes pass the budget, the records least recently read
+//! or written are evicted until they are under three quarters of it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
