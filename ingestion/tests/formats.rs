@@ -394,6 +394,48 @@ fn overseer_toy_example() {
     );
 }
 
+/// Ids never go through a float: integers past 64 bits and decimals past a double's
+/// precision keep their exact text (two such accounts would otherwise become one record);
+/// a number a double holds exactly reads as that number (`1.10` is `1.1`, as a
+/// PostgreSQL numeric key compares).
+#[test]
+fn numeric_ids_keep_their_exact_text() {
+    let c = consumer("toys");
+    let id = |id: &str, position| {
+        let raw = format!(
+            r#"{{"_id": {id}, "fullDocument": {{"type": "watergun"}}, "clusterTime": 1658224073}}"#
+        );
+        c.decode(&event(raw, position))
+            .unwrap_or_else(|r| panic!("_id {id}: rejected: {r}"))
+            .record_id
+    };
+    let cases = [
+        ("18446744073709551616", "18446744073709551616"),
+        ("18446744073709551617", "18446744073709551617"),
+        ("18446744073709551615", "18446744073709551615"),
+        ("-9223372036854775809", "-9223372036854775809"),
+        (
+            "123456789012345678901234567890",
+            "123456789012345678901234567890",
+        ),
+        ("12345678901234567.1", "12345678901234567.1"),
+        ("12345678901234567.2", "12345678901234567.2"),
+        ("1.10", "1.1"),
+        ("1e3", "1000.0"),
+        ("42", "42"),
+    ];
+    for (i, (given, want)) in cases.iter().enumerate() {
+        assert_eq!(id(given, i + 1), *want, "_id {given}");
+    }
+    // A reference value too: a transfer naming a huge account id joins to that account.
+    let raw =
+        r#"{"_id": 7, "fullDocument": {"type": 18446744073709551617}, "clusterTime": 1658224073}"#;
+    assert_eq!(
+        stripped(c.decode(&event(raw, 99)).unwrap()).refs,
+        vec![("kind".to_owned(), "18446744073709551617".to_owned())]
+    );
+}
+
 /// A delete from Kafka: the value has only the primary key in `before`, the key carries it
 /// too, and the tombstone that follows is quarantined with its reason.
 #[test]

@@ -344,7 +344,7 @@ impl KeyDoc {
         let Some(key) = key.filter(|k| !k.is_empty()) else {
             return KeyDoc::None;
         };
-        match serde_json::from_slice::<Value>(key) {
+        match super::exact::parse(key) {
             Ok(Value::Object(mut m)) => {
                 if m.contains_key("schema") && m.contains_key("payload") {
                     match m.remove("payload") {
@@ -379,7 +379,7 @@ impl KeyDoc {
 /// `"{\"$oid\": \"...\"}"`), read back into the `_id` value it stands for.
 fn mongo_key_id(v: &Value) -> Option<Value> {
     match v {
-        Value::String(s) => match serde_json::from_str::<Value>(s) {
+        Value::String(s) => match super::exact::parse_str(s) {
             Ok(parsed) if !parsed.is_null() => Some(parsed),
             // Not JSON: the string is the id itself.
             _ => Some(Value::String(s.clone())),
@@ -569,7 +569,7 @@ pub fn ext_json_doc<'a>(
 ) -> Result<Option<Cow<'a, State>>, String> {
     let parsed = match obj.get(key) {
         None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => serde_json::from_str::<Value>(s)
+        Some(Value::String(s)) => super::exact::parse_str(s)
             .map_err(|e| json_error(&format!("`{key}` is not valid extended JSON"), &e))?,
         Some(Value::Object(m)) => return Ok(Some(Cow::Borrowed(m))),
         Some(other) => {

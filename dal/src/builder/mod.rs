@@ -56,6 +56,7 @@ use serde_json::{Map, Value};
 use crate::update::UpdateRecord;
 
 pub mod debezium;
+pub mod exact;
 pub mod mongo;
 pub mod path;
 pub mod pgoutput;
@@ -137,7 +138,8 @@ impl BuildError {
 
 /// The version of what the builders do: bump it when a change to any builder folds some
 /// update differently, so snapshots folded before are not used ([`Builders::fingerprint`]).
-pub const FOLD_VERSION: u32 = 2;
+/// 3: numbers a double or a 64-bit integer cannot hold are kept as their text ([`exact`]).
+pub const FOLD_VERSION: u32 = 3;
 
 /// The builders of every format, with what some formats need per source: a
 /// [`ProtobufBuilder`] for each protobuf source. Cheap to clone.
@@ -277,8 +279,10 @@ pub fn describe(v: &Value) -> String {
 
 /// Parses one event as JSON, the reason naming the position and the problem
 /// (`invalid JSON at line L column C: problem`).
+/// Numbers a double or a 64-bit integer cannot hold are read as strings of their exact
+/// text ([`exact`]).
 pub fn parse_json(raw: &[u8]) -> Result<Value, String> {
-    serde_json::from_slice(raw).map_err(|e| json_error("invalid JSON", &e))
+    exact::parse(raw).map_err(|e| json_error("invalid JSON", &e))
 }
 
 /// `"{what} at line L column C: problem"` for a serde_json error.

@@ -528,6 +528,18 @@ mod tests {
         }
     }
 
+    /// A folded state never holds a rounded number: an id or amount past a double's
+    /// precision is kept as its exact text; the rest stay numbers.
+    #[test]
+    fn folded_numbers_are_never_rounded() {
+        let raw = br#"{"_id": 18446744073709551617, "fullDocument": {"amount": 123456789012345678901.10, "fee": 0.10}, "clusterTime": 1}"#;
+        let state = apply_json(None, raw).unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            r#"{"_id":"18446744073709551617","amount":"123456789012345678901.10","fee":0.1}"#
+        );
+    }
+
     /// The Toy example of the Overseer post.
     #[test]
     fn overseer_toy_example() {

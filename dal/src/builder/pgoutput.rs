@@ -125,7 +125,7 @@ pub fn typed(col: &Column, text: &str) -> Result<Value, String> {
                 None => Value::String(text.to_owned()),
             }
         }
-        oid::JSON | oid::JSONB => serde_json::from_str(text).map_err(|_| bad("JSON"))?,
+        oid::JSON | oid::JSONB => super::exact::parse_str(text).map_err(|_| bad("JSON"))?,
         // numeric: the exact decimal as written; everything else as text.
         _ => Value::String(text.to_owned()),
     })
