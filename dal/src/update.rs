@@ -12,6 +12,12 @@ pub use overseer_protos::storage::{
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
 
+/// The event times an update may carry: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999999Z
+/// (the range of `google.protobuf.Timestamp`, and what every time format here can print).
+/// A time outside it is a broken upstream field, not a time: the update is quarantined.
+pub const EVENT_TIME_RANGE: std::ops::RangeInclusive<Micros> =
+    -62_135_596_800_000_000..=253_402_300_799_999_999;
+
 /// Where an update's bytes live: a segment object and the byte range of its record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct UpdateLoc {

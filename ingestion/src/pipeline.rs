@@ -474,6 +474,12 @@ impl Batcher<'_> {
                 self.consumer.decode(&ev).map_err(|r| r.0)
             };
             let verdict = verdict.and_then(|d| {
+                if !overseer_dal::update::EVENT_TIME_RANGE.contains(&d.event_time_us) {
+                    return Err(format!(
+                        "event time {} µs since the epoch is outside years 1 to 9999",
+                        d.event_time_us
+                    ));
+                }
                 let long = std::iter::once(&d.record_id)
                     .chain(d.refs.iter().map(|(_, v)| v))
                     .find(|v| v.len() > MAX_KEY_BYTES);

@@ -426,6 +426,8 @@ async fn malformed_events_are_quarantined_and_hostile_ids_stored_safely() {
         r#"{"operationType": "insert", "ns": {"db": "ledger", "coll": "entries"}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}, "fullDocument": {"transfer_id": "t1"}}"#.to_string(), // no id
         r#"{"operationType": "explode", "ns": {"db": "ledger", "coll": "entries"}, "documentKey": {"_id": "z"}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}}"#.to_string(), // unknown op
         insert_event(&"big".repeat(2000), "t1", 7), // over max_event_bytes = 4096
+        // clusterTime in seconds, past year 9999 (it fits an i64 in microseconds)
+        r#"{"operationType": "insert", "ns": {"db": "ledger", "coll": "entries"}, "documentKey": {"_id": "far"}, "clusterTime": 300000000000, "fullDocument": {"_id": "far"}}"#.to_string(),
     ];
     for (i, b) in bad.iter().enumerate() {
         lines.insert(1 + 2 * i, b.clone());
@@ -459,10 +461,12 @@ async fn malformed_events_are_quarantined_and_hostile_ids_stored_safely() {
         .unwrap();
     assert_eq!(letters.len(), bad.len());
     let reasons: Vec<_> = letters.iter().map(|l| l.reason.as_str()).collect();
-    assert!(
-        reasons.iter().any(|r| r.contains("oversized")),
-        "{reasons:?}"
-    );
+    for why in ["oversized", "outside years 1 to 9999"] {
+        assert!(
+            reasons.iter().any(|r| r.contains(why)),
+            "{why}: {reasons:?}"
+        );
+    }
     for (l, b) in letters.iter().zip(&bad) {
         assert_eq!(l.source, "ledger");
         assert_eq!(l.raw(), b.as_bytes(), "the raw event is kept as received");
