@@ -114,7 +114,9 @@ pub struct EscalationConfig {
     pub url_env: Option<String>,
     /// `critical`, `error`, `warning` or `info` (default `error`).
     pub severity: Option<String>,
-    /// Requests per minute per routing key (PagerDuty allows about 120).
+    /// The most requests sent in any 60 s window, per routing key (at least 2; PagerDuty
+    /// allows about 120, the default for `pagerduty`). A sixth of it may go at once after
+    /// a quiet spell, the rest is spread over the minute.
     pub rate_per_minute: Option<u32>,
     /// Detail fields blanked out of what is sent (e.g. `account_id`).
     #[serde(default)]
@@ -171,6 +173,13 @@ pub fn validate(prs: &PrsSettings, escalation: &BTreeMap<String, EscalationConfi
                 ));
             }
             _ => {}
+        }
+        if let Some(n) = e.rate_per_minute
+            && n < 2
+        {
+            return bad(format!(
+                "{at}.rate_per_minute {n}: at least 2 (one sent at once, one a minute)"
+            ));
         }
         if let Some(sev) = &e.severity
             && !matches!(sev.as_str(), "critical" | "error" | "warning" | "info")

@@ -112,10 +112,7 @@ fn severity(s: Option<&str>) -> Severity {
 pub fn notifier(name: &str, cfg: &EscalationConfig) -> Result<Arc<dyn Notifier>> {
     let rate = |default: Option<RateLimit>| {
         cfg.rate_per_minute
-            .map(|per_minute| RateLimit {
-                per_minute,
-                burst: (per_minute / 6).max(1),
-            })
+            .map(RateLimit::at_most_per_minute)
             .or(default)
     };
     let n: Arc<dyn Notifier> = match cfg.kind {

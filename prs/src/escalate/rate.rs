@@ -56,6 +56,17 @@ impl RateLimit {
         burst: 20,
     };
 
+    /// At most `n` sends in any 60 s window (`n` ≥ 2): a sixth of them (at least one) at
+    /// once, the rest spread over the minute. `at_most_per_minute(120)` is
+    /// [`RateLimit::PAGERDUTY`].
+    pub fn at_most_per_minute(n: u32) -> RateLimit {
+        let burst = (n / 6).max(1);
+        RateLimit {
+            per_minute: n.saturating_sub(burst).max(1),
+            burst,
+        }
+    }
+
     /// The time between two tokens (rounded up to the nanosecond, so never faster than
     /// `per_minute`).
     pub fn interval(&self) -> Duration {
