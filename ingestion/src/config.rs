@@ -186,6 +186,26 @@ pub struct FileSourceConfig {
 }
 
 /// Kafka topics read through a consumer group.
+/// Whether a librdkafka property (any case) can carry a credential: passwords, secrets,
+/// private keys and their passphrases, JAAS and OAUTHBEARER configurations. Such values
+/// never come from the config file and never appear in a message.
+pub fn is_secret_property(key: &str) -> bool {
+    // Not the file locations (`ssl.key.location`, `ssl.keystore.location`): a path is
+    // not a credential.
+    const MARKS: [&str; 8] = [
+        "password",
+        "secret",
+        "jaas",
+        "key.pem",
+        "ssl_key",
+        "passphrase",
+        "oauthbearer.config",
+        "credential",
+    ];
+    let key = key.to_ascii_lowercase();
+    MARKS.iter().any(|m| key.contains(m))
+}
+
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {
@@ -197,9 +217,15 @@ pub struct KafkaSourceConfig {
     /// Where a group with no committed offset starts: `earliest` or `latest`.
     #[serde(default = "default_offset_reset")]
     pub auto_offset_reset: String,
-    /// Extra librdkafka properties (no secrets: use the environment for SASL passwords).
+    /// Extra librdkafka properties. No credentials ([`is_secret_property`]): those go in
+    /// `properties_env`.
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// librdkafka properties whose value is read from an environment variable at start,
+    /// e.g. `{ "sasl.password" = "KAFKA_PASSWORD" }`: the value is never in the config
+    /// file, and never in a message.
+    #[serde(default)]
+    pub properties_env: BTreeMap<String, String>,
     /// The connector's heartbeat topic (Debezium `__debezium-heartbeat.<prefix>` with
     /// `heartbeat.interval.ms` set; the MongoDB connector's `heartbeat.topic.name`,
     /// default `__mongodb_heartbeats`): an idle but healthy connector keeps the watermark
@@ -370,13 +396,10 @@ impl Config {
                         ));
                     }
                 }
-                if let Some(key) = k
-                    .properties
-                    .keys()
-                    .find(|k| k.contains("password") || k.contains("secret"))
-                {
+                if let Some(key) = k.properties.keys().find(|k| is_secret_property(k)) {
                     return bad(format!(
-                        "{at}: kafka.properties.{key}: secrets come from the environment, not the config file"
+                        "{at}: kafka.properties.{key}: credentials come from the environment \
+                         (kafka.properties_env), not the config file"
                     ));
                 }
             }
@@ -513,5 +536,42 @@ mod tests {
             e.contains("heartbeat_topic \"t\" is also in kafka.topics"),
             "{e}"
         );
+    }
+
+    /// Credentials are refused in `properties` whatever their case; `properties_env`
+    /// names where they come from instead.
+    #[test]
+    fn credentials_are_refused_in_kafka_properties() {
+        let kafka = |props: &str| {
+            parse(&format!(
+                "[[sources]]\nname='s'\nformat='debezium-postgres'\n[sources.kafka]\nbrokers='b'\ntopics=['t']\n{props}"
+            ))
+        };
+        for key in [
+            "SASL.PASSWORD",
+            "sasl.password",
+            "ssl.key.pem",
+            "sasl.jaas.config",
+            "sasl.oauthbearer.config",
+            "sasl.oauthbearer.client.secret",
+            "ssl.keystore.password",
+            "Ssl_Key",
+        ] {
+            let e = kafka(&format!("properties = {{ '{key}' = 'x' }}"))
+                .expect_err(key)
+                .to_string();
+            assert!(e.contains(key) && e.contains("from the environment"), "{e}");
+        }
+        for key in [
+            "sasl.mechanism",
+            "sasl.username",
+            "ssl.keystore.location",
+            "security.protocol",
+        ] {
+            kafka(&format!("properties = {{ '{key}' = 'x' }}")).expect(key);
+        }
+        let c = kafka("properties_env = { 'sasl.password' = 'KAFKA_PW' }").unwrap();
+        let k = c.sources[0].kafka.as_ref().unwrap();
+        assert_eq!(k.properties_env["sasl.password"], "KAFKA_PW");
     }
 }

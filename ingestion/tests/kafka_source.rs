@@ -115,6 +115,7 @@ fn start_with(brokers: &str, topic: &str, group: &str, opts: &Opts<'_>) -> Runni
         group: group.to_owned(),
         auto_offset_reset: "earliest".into(),
         properties,
+        properties_env: BTreeMap::new(),
         heartbeat_topic: opts.heartbeat_topic.clone(),
     };
     let source: Box<dyn Source> = Box::new(

@@ -96,6 +96,14 @@ fn secret_envs(cfg: &Config) -> Vec<(String, String)> {
                 format!("sources {:?}: postgres.url_env", s.name),
             ));
         }
+        if let Some(k) = &s.kafka {
+            for (property, var) in &k.properties_env {
+                out.push((
+                    var.clone(),
+                    format!("sources {:?}: kafka.properties_env.{property}", s.name),
+                ));
+            }
+        }
     }
     for (name, e) in &cfg.escalation {
         if let Some(v) = &e.routing_key_env {

@@ -385,7 +385,9 @@ async fn receiver() -> Receiver {
     let app = axum::Router::new().route(
         "/hooks/{token}",
         axum::routing::post(
-            move |headers: axum::http::HeaderMap, axum::Json(body): axum::Json<Value>| {
+            move |axum::extract::Path(token): axum::extract::Path<String>,
+                  headers: axum::http::HeaderMap,
+                  axum::Json(body): axum::Json<Value>| {
                 let (b, k, s) = (b.clone(), k.clone(), s.clone());
                 async move {
                     b.lock().unwrap().push(body);
@@ -394,7 +396,15 @@ async fn receiver() -> Receiver {
                             .get(IDEMPOTENCY_KEY)
                             .map(|v| v.to_str().unwrap().to_owned()),
                     );
-                    axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap()
+                    let status =
+                        axum::http::StatusCode::from_u16(s.load(Ordering::SeqCst)).unwrap();
+                    // A refusal echoes the request, as many servers' error pages do.
+                    let said = if status.is_success() {
+                        String::new()
+                    } else {
+                        format!("Cannot POST /hooks/{token}")
+                    };
+                    (status, said)
                 }
             },
         ),
@@ -485,6 +495,10 @@ async fn webhook_classifies_failures_and_hides_its_url() {
         let err = hook.send(&failing("c", "s")).await.expect_err("refused");
         let (message, got) = escalation(&err);
         assert_eq!(got, transient, "{status}: {message}");
+        assert!(
+            message.contains("Cannot POST"),
+            "the body is shown: {message}"
+        );
         assert!(!message.contains("s3cr3t"), "{message}");
     }
 
@@ -670,6 +684,38 @@ async fn rate_limiter_delivers_300_distinct_notices_within_the_bucket() {
     assert_eq!(at.iter().filter(|t| **t == start).count(), 20);
     assert_eq!(at[299] - start, Duration::from_millis(280 * 600));
     assert_eq!(limited.queued(), 0);
+}
+
+/// `rate_per_minute = n` is the contract: no 60 s window, closed at both ends, carries more
+/// than `n` sends, burst included.
+#[tokio::test(start_paused = true)]
+async fn rate_per_minute_is_the_most_in_any_minute() {
+    assert_eq!(RateLimit::at_most_per_minute(120), RateLimit::PAGERDUTY);
+    for n in [2u32, 7, 120, 500] {
+        let limit = RateLimit::at_most_per_minute(n);
+        assert!(
+            limit.max_in(Duration::from_secs(60)) <= u64::from(n),
+            "{n}: {limit:?}"
+        );
+        let mem = MemoryNotifier::new();
+        let limited = RateLimited::spawn(mem.clone(), limit).unwrap();
+        let notices: Vec<Notice> = (0..n * 3).map(|i| failing("c", &format!("s{i}"))).collect();
+        let results = join_all(notices.iter().map(|x| limited.send(x))).await;
+        assert!(results.iter().all(Result::is_ok));
+        let at: Vec<_> = mem.delivered().iter().map(|a| a.at).collect();
+        assert_eq!(at.len(), notices.len());
+        let minute = Duration::from_secs(60);
+        let busiest = (0..at.len())
+            .map(|i| at[i..].iter().take_while(|t| **t <= at[i] + minute).count())
+            .max()
+            .unwrap();
+        assert!(busiest <= n as usize, "{n}: {busiest} sends in one minute");
+        // And the figure is reached: the limit is the contract, not a guess below it.
+        assert!(
+            busiest + 1 >= n as usize,
+            "{n}: only {busiest} in the busiest minute"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

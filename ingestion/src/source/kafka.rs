@@ -111,11 +111,67 @@ pub struct KafkaSource {
     cfg: KafkaSourceConfig,
     /// The source's format, for reading its connector's heartbeats.
     format: Option<Format>,
+    /// `properties_env`, read: (property, value).
+    secrets: Vec<(String, Secret)>,
+}
+
+/// A value read from the environment for a librdkafka property: shown as `[redacted]`.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+/// What replaces a credential in a message.
+const REDACTED: &str = "[redacted]";
+
+/// Values that must not appear in a message (the values of `properties_env`, and of any
+/// property that looks like a credential), longest first.
+#[derive(Clone, Debug, Default)]
+struct Screen(Arc<[Secret]>);
+
+impl Screen {
+    /// A librdkafka error as text safe to log. A configuration error names the property
+    /// and why it was refused, with the refused value blanked whatever the property
+    /// (librdkafka's own message quotes the value); any other error has every screened
+    /// value blanked.
+    fn error(&self, e: &KafkaError) -> String {
+        match e {
+            KafkaError::ClientConfig(_, desc, key, value) => {
+                let desc = if value.is_empty() {
+                    desc.clone()
+                } else {
+                    desc.replace(value.as_str(), REDACTED)
+                };
+                format!("property {key}: {}", self.text(&desc))
+            }
+            other => self.text(&other.to_string()),
+        }
+    }
+
+    fn text(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for Secret(v) in self.0.iter() {
+            if out.contains(v.as_str()) {
+                out = out.replace(v.as_str(), REDACTED);
+            }
+        }
+        out
+    }
 }
 
 impl KafkaSource {
-    /// Checks the configuration (including every librdkafka property) without connecting.
+    /// Checks the configuration (including every librdkafka property) without connecting;
+    /// `properties_env` is read from this process's environment.
     pub fn new(cfg: KafkaSourceConfig) -> Result<Self> {
+        Self::with_env(cfg, |var| std::env::var(var).ok())
+    }
+
+    /// [`KafkaSource::new`] with `properties_env` read through `env`.
+    pub fn with_env(cfg: KafkaSourceConfig, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
         if cfg.brokers.trim().is_empty() {
             return Err(Error::Config("kafka.brokers is empty".into()));
         }
@@ -149,11 +205,51 @@ impl KafkaSource {
                 )));
             }
         }
-        let src = KafkaSource { cfg, format: None };
+        let mut secrets = Vec::with_capacity(cfg.properties_env.len());
+        for (key, var) in &cfg.properties_env {
+            if cfg.properties.contains_key(key) || RESERVED.iter().any(|(r, _)| r == key) {
+                return Err(Error::Config(format!(
+                    "kafka.properties_env.{key}: the property is also set by kafka.properties \
+                     or by the source itself"
+                )));
+            }
+            let value = env(var).ok_or_else(|| {
+                Error::Config(format!(
+                    "kafka.properties_env.{key}: environment variable {var} is not set"
+                ))
+            })?;
+            secrets.push((key.clone(), Secret(value)));
+        }
+        let src = KafkaSource {
+            cfg,
+            format: None,
+            secrets,
+        };
         src.client_config("check")
             .create_native_config()
-            .map_err(|e| Error::Config(format!("kafka.properties: {e}")))?;
+            .map_err(|e| Error::Config(format!("kafka.properties: {}", src.screen().error(&e))))?;
         Ok(src)
+    }
+
+    /// What this source's messages are screened for: the values read from the
+    /// environment, and those of properties that look like credentials (refused in the
+    /// config file, but screened all the same).
+    fn screen(&self) -> Screen {
+        let mut values: Vec<Secret> = self
+            .secrets
+            .iter()
+            .map(|(_, v)| v.clone())
+            .chain(
+                self.cfg
+                    .properties
+                    .iter()
+                    .filter(|(k, _)| crate::config::is_secret_property(k))
+                    .map(|(_, v)| Secret(v.clone())),
+            )
+            .filter(|Secret(v)| !v.is_empty())
+            .collect();
+        values.sort_by_key(|Secret(v)| std::cmp::Reverse(v.len()));
+        Screen(values.into())
     }
 
     /// Reads `format`'s connector heartbeats from `heartbeat_topic` (see
@@ -191,16 +287,21 @@ impl KafkaSource {
             .set("auto.offset.reset", "latest")
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
+        let screen = self.screen();
         let consumer: StreamConsumer = c.create().map_err(|e| {
             Error::source(
                 source,
-                format!("creating the heartbeat consumer: {e}"),
+                format!("creating the heartbeat consumer: {}", screen.error(&e)),
                 false,
             )
         })?;
-        consumer
-            .subscribe(&[topic])
-            .map_err(|e| Error::source(source, format!("subscribing to {topic}: {e}"), false))?;
+        consumer.subscribe(&[topic]).map_err(|e| {
+            Error::source(
+                source,
+                format!("subscribing to {topic}: {}", screen.error(&e)),
+                false,
+            )
+        })?;
         Ok(Heartbeats {
             consumer,
             format,
@@ -215,6 +316,9 @@ impl KafkaSource {
         c.set("client.id", format!("overseer-{source_name}"))
             .set("auto.commit.interval.ms", "1000");
         for (k, v) in &self.cfg.properties {
+            c.set(k, v);
+        }
+        for (k, Secret(v)) in &self.secrets {
             c.set(k, v);
         }
         c.set("bootstrap.servers", &self.cfg.brokers)
@@ -245,6 +349,8 @@ struct TopicContext {
     /// the group is first joined and between a revocation and the next assignment, when
     /// this consumer's share of its topic is unknown.
     settled: AtomicBool,
+    /// Credentials kept out of what librdkafka's callbacks log.
+    screen: Screen,
 }
 
 impl TopicContext {
@@ -265,7 +371,8 @@ impl TopicContext {
             // Revoked since delivery: its new owner starts from the committed offset and
             // delivers those events again.
             Err(e) => tracing::debug!(
-                source = %self.source, topic = %self.topic, partition, next_offset, error = %e,
+                source = %self.source, topic = %self.topic, partition, next_offset,
+                error = %self.screen.error(&e),
                 "acknowledged offset not stored: partition no longer assigned"
             ),
         }
@@ -279,7 +386,7 @@ impl TopicContext {
             }
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => tracing::warn!(
-                source = %self.source, topic = %self.topic, why, error = %e,
+                source = %self.source, topic = %self.topic, why, error = %self.screen.error(&e),
                 "committing offsets failed; uncommitted events will be delivered again"
             ),
         }
@@ -295,7 +402,12 @@ impl ClientContext for TopicContext {
             Some(RDKafkaErrorCode::PartitionEOF) => {
                 tracing::trace!(source = %self.source, reason, "end of partition");
             }
-            _ => tracing::error!(source = %self.source, error = %error, reason, "librdkafka error"),
+            _ => tracing::error!(
+                source = %self.source,
+                error = %self.screen.error(&error),
+                reason = %self.screen.text(reason),
+                "librdkafka error"
+            ),
         }
     }
 }
@@ -344,7 +456,8 @@ impl ConsumerContext for TopicContext {
                 self.stored.lock().expect("stored offsets lock").clear();
             }
             Rebalance::Error(e) => tracing::warn!(
-                source = %self.source, topic = %self.topic, error = %e, "rebalance failed"
+                source = %self.source, topic = %self.topic, error = %self.screen.error(e),
+                "rebalance failed"
             ),
         }
     }
@@ -353,7 +466,7 @@ impl ConsumerContext for TopicContext {
         match result {
             Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(e) => tracing::warn!(
-                source = %self.source, topic = %self.topic, error = %e,
+                source = %self.source, topic = %self.topic, error = %self.screen.error(&e),
                 "auto-commit failed; retried at the next interval"
             ),
         }
@@ -648,7 +761,8 @@ async fn read(
                 {
                     last_warning.insert(i, now);
                     tracing::warn!(
-                        source = %ctx.name, topic = %consumers[i].context().topic, error = %e,
+                        source = %ctx.name, topic = %consumers[i].context().topic,
+                        error = %consumers[i].context().screen.error(&e),
                         "kafka consumer error"
                     );
                 }
@@ -715,6 +829,7 @@ async fn topic_lanes(consumers: &[Arc<TopicConsumer>]) -> Option<Vec<(Lane, Stri
 impl Source for KafkaSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
         let config = self.client_config(&ctx.name);
+        let screen = self.screen();
         let mut consumers = Vec::with_capacity(self.cfg.topics.len());
         for topic in &self.cfg.topics {
             let context = TopicContext {
@@ -724,11 +839,14 @@ impl Source for KafkaSource {
                 stored: Mutex::new(HashMap::new()),
                 generation: AtomicU64::new(0),
                 settled: AtomicBool::new(false),
+                screen: screen.clone(),
             };
             let consumer: TopicConsumer = config.create_with_context(context).map_err(|e| {
+                let e = screen.error(&e);
                 Error::source(&ctx.name, format!("creating a consumer: {e}"), false)
             })?;
             consumer.subscribe(&[topic]).map_err(|e| {
+                let e = screen.error(&e);
                 Error::source(&ctx.name, format!("subscribing to {topic}: {e}"), false)
             })?;
             consumers.push(Arc::new(consumer));
@@ -775,8 +893,61 @@ mod tests {
             group: "g".into(),
             auto_offset_reset: "earliest".into(),
             properties: BTreeMap::new(),
+            properties_env: BTreeMap::new(),
             heartbeat_topic: None,
         }
+    }
+
+    /// A value read from the environment reaches librdkafka but no message: not in a
+    /// refusal that quotes it, not in the source's Debug.
+    #[test]
+    fn property_values_from_the_environment_stay_out_of_messages() {
+        const SECRET: &str = "hunter2-s3cr3t";
+        let env = |var: &str| (var == "KAFKA_PW").then(|| SECRET.to_owned());
+        let mut c = cfg();
+        c.properties_env
+            .insert("sasl.password".into(), "KAFKA_PW".into());
+        let src = KafkaSource::with_env(c.clone(), env).unwrap();
+        assert!(!format!("{src:?}").contains(SECRET));
+        let native = src
+            .client_config("s")
+            .get("sasl.password")
+            .map(str::to_owned);
+        assert_eq!(native.as_deref(), Some(SECRET));
+
+        // librdkafka refuses the value and quotes it: the message names the property only.
+        let mut bad = cfg();
+        bad.properties_env
+            .insert("sasl.oauthbearer.method".into(), "KAFKA_PW".into());
+        let e = KafkaSource::with_env(bad, env).unwrap_err().to_string();
+        assert!(e.contains("sasl.oauthbearer.method"), "{e}");
+        assert!(!e.contains(SECRET), "{e}");
+
+        // A variable that is not set is named, its absence said.
+        let mut unset = cfg();
+        unset
+            .properties_env
+            .insert("sasl.password".into(), "NOT_SET_ANYWHERE".into());
+        let e = KafkaSource::with_env(unset, env).unwrap_err().to_string();
+        assert!(
+            e.contains("NOT_SET_ANYWHERE") && e.contains("not set"),
+            "{e}"
+        );
+
+        // Other errors: every screened value is blanked.
+        let mut c2 = cfg();
+        c2.properties_env
+            .insert("sasl.password".into(), "KAFKA_PW".into());
+        let src = KafkaSource::with_env(c2, env).unwrap();
+        let text = src
+            .screen()
+            .error(&KafkaError::Global(RDKafkaErrorCode::Authentication));
+        assert!(!text.contains(SECRET));
+        assert_eq!(
+            src.screen()
+                .text(&format!("SASL auth with {SECRET} failed")),
+            "SASL auth with [redacted] failed"
+        );
     }
 
     #[test]

@@ -55,6 +55,64 @@ pub(crate) fn redacted_url(url: &Url) -> String {
     }
 }
 
+/// `text` (say, a refusal's body that echoes the request) with every part of `url` that
+/// can carry a credential replaced by [`super::REDACTED`]: the whole URL, its path, each
+/// path segment and query value of four characters or more (raw and percent-decoded), and
+/// its user and password.
+pub(crate) fn scrub(text: &str, url: &Url) -> String {
+    let mut secrets: Vec<String> = vec![url.as_str().to_owned(), url.path().to_owned()];
+    if let Some(q) = url.query() {
+        secrets.push(q.to_owned());
+    }
+    secrets.extend(url.path_segments().into_iter().flatten().map(str::to_owned));
+    secrets.extend(url.query_pairs().map(|(_, v)| v.into_owned()));
+    secrets.push(url.username().to_owned());
+    secrets.extend(url.password().map(str::to_owned));
+    let decoded: Vec<String> = secrets
+        .iter()
+        .filter_map(|s| percent_decode(s))
+        .filter(|d| !secrets.contains(d))
+        .collect();
+    secrets.extend(decoded);
+    // Longest first: a segment inside the path is then replaced with the path.
+    secrets.retain(|s| s.chars().count() >= 4);
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    let mut out = text.to_owned();
+    for s in &secrets {
+        if out.contains(s.as_str()) {
+            out = out.replace(s.as_str(), super::REDACTED);
+        }
+    }
+    out
+}
+
+/// `s` with `%XX` escapes decoded, if it has any and they decode to UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    if !s.contains('%') {
+        return None;
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Whether a refusal with this status may succeed later: 429 (rate limited), 408
 /// (request timeout) and 5xx.
 pub(crate) fn status_is_transient(status: StatusCode) -> bool {
@@ -105,4 +163,26 @@ pub(crate) async fn body_snippet(mut response: reqwest::Response) -> String {
     }
     body.truncate(BODY_SNIPPET_MAX);
     String::from_utf8_lossy(&body).trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_every_part_of_the_url_that_can_carry_a_token() {
+        let url = Url::parse(
+            "https://bob:hunter22@hooks.example.com/services/T0AB/Xy%2Fsecret99?token=abcd1234&v=1",
+        )
+        .unwrap();
+        let body = "Cannot POST /services/T0AB/Xy%2Fsecret99 (segment Xy/secret99) token abcd1234 \
+                    for bob with hunter22 at https://hooks.example.com/services/T0AB/Xy%2Fsecret99?token=abcd1234&v=1";
+        let out = scrub(body, &url);
+        for secret in ["T0AB", "secret99", "abcd1234", "hunter22", "Xy%2F"] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(out.contains("Cannot POST"), "{out}");
+        // Short fragments are left: they would blank ordinary words.
+        assert!(out.contains("bob"), "{out}");
+    }
 }

@@ -164,8 +164,8 @@ impl PagerDutyNotifier {
         } else {
             body
         };
-        let message =
-            format!("PagerDuty answered {status}: {said}").replace(&self.routing_key, REDACTED);
+        let message = http::scrub(&format!("PagerDuty answered {status}: {said}"), &self.url)
+            .replace(&self.routing_key, REDACTED);
         Err(error(
             &self.policy,
             message,

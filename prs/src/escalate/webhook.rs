@@ -79,7 +79,8 @@ impl WebhookNotifier {
         if status.is_success() {
             return Ok(());
         }
-        let body = http::body_snippet(response).await;
+        // A refusal's body often echoes the path, where webhook tokens live.
+        let body = http::scrub(&http::body_snippet(response).await, &self.url);
         Err(error(
             &self.policy,
             format!("webhook answered {status}: {body}"),
