@@ -101,23 +101,89 @@ pub struct SourceReport {
     pub bytes: u64,
 }
 
-/// Retries a storage operation on transient errors with capped exponential backoff.
-async fn retry<T, F, Fut>(what: &'static str, mut op: F) -> Result<T>
+/// The first pause after a transient storage fault; it doubles up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between two attempts.
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+/// Attempts left to a transient fault once the process is stopping (a pause of at most
+/// [`STOPPING_PAUSE`] each): what is not durable by then is not acknowledged, and the
+/// source delivers it again at the next start.
+const ATTEMPTS_WHEN_STOPPING: u32 = 3;
+const STOPPING_PAUSE: Duration = Duration::from_millis(500);
+
+/// Storage operations of this process waiting out a transient fault now.
+static STALLED_OPS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// One operation counted in [`crate::telemetry::STALLED`] while it lives.
+struct Stalled;
+
+impl Stalled {
+    fn enter() -> Stalled {
+        let n = STALLED_OPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        metrics::gauge!(crate::telemetry::STALLED).set(n as f64);
+        Stalled
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        let n = STALLED_OPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) - 1;
+        metrics::gauge!(crate::telemetry::STALLED).set(n as f64);
+    }
+}
+
+/// Runs a storage operation until it succeeds or fails definitely: a transient fault (a
+/// database restart, a reset connection, an object store's 5xx or timeout) is retried with
+/// capped exponential backoff for as long as it lasts — there is no deadline to give up
+/// at, only `stop`: once the process is stopping, [`ATTEMPTS_WHEN_STOPPING`] more. While
+/// it waits, the operation counts in the `overseer_ingest_stalled` gauge (not ready), and
+/// the first fault of a streak and every tenth are logged.
+async fn retry<T, F, Fut>(what: &'static str, stop: &CancellationToken, mut op: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = overseer_dal::Result<T>>,
 {
-    let mut delay = Duration::from_millis(50);
-    let mut attempt = 0;
+    let mut pause = FIRST_PAUSE;
+    let mut attempt = 0u32;
+    let mut when_stopping = 0u32;
+    let mut stalled: Option<Stalled> = None;
     loop {
         match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) if e.is_transient() && attempt < 10 => {
+            Ok(v) => {
+                if attempt > 0 {
+                    tracing::info!(op = what, attempts = attempt + 1, "storage answered again");
+                }
+                drop(stalled);
+                return Ok(v);
+            }
+            Err(e) if e.is_transient() => {
+                if stop.is_cancelled() {
+                    when_stopping += 1;
+                    if when_stopping > ATTEMPTS_WHEN_STOPPING {
+                        tracing::warn!(op = what, attempt, error = %e,
+                            "stopping during a storage outage: what is not durable is not \
+                             acknowledged, and is read again at the next start");
+                        return Err(e.into());
+                    }
+                }
                 attempt += 1;
+                stalled.get_or_insert_with(Stalled::enter);
                 metrics::counter!(RETRIES, "op" => what).increment(1);
-                tracing::warn!(op = what, attempt, error = %e, "transient storage error; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+                if attempt == 1 || attempt.is_multiple_of(10) {
+                    tracing::warn!(op = what, attempt, error = %e,
+                        "transient storage error; retrying until it passes");
+                } else {
+                    tracing::debug!(op = what, attempt, error = %e, "transient storage error; retrying");
+                }
+                if stop.is_cancelled() {
+                    tokio::time::sleep(pause.min(STOPPING_PAUSE)).await;
+                } else {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                pause = (pause * 2).min(MAX_PAUSE);
             }
             Err(e) => return Err(e.into()),
         }
@@ -142,44 +208,46 @@ impl Ingestor {
 
     /// Finishes what a crash interrupted: indexes pending segments whose object exists,
     /// releases the others, and publishes committed segments not yet announced.
-    pub async fn recover(&self) -> Result<Recovery> {
+    /// Transient storage faults are retried until they pass or `stop` ([`retry`]).
+    pub async fn recover(&self, stop: &CancellationToken) -> Result<Recovery> {
         let (store, catalog, bus) = (
             &self.storage.store,
             &self.storage.catalog,
             &self.storage.bus,
         );
         let mut rec = Recovery::default();
-        for seq in catalog.pending_segments().await? {
+        for seq in retry("pending", stop, || catalog.pending_segments()).await? {
             let key = segment_key(seq);
-            match retry("get", || store.get(&key)).await? {
+            match retry("get", stop, || store.get(&key)).await? {
                 Some(bytes) => {
                     let seg = decode_segment(&bytes, &key)?;
                     let batch = batch_from_segment(&seg);
-                    retry("commit", || catalog.commit(batch.clone())).await?;
+                    retry("commit", stop, || catalog.commit(batch.clone())).await?;
                     rec.indexed += 1;
                 }
                 None => {
-                    catalog.abandon_segment(seq).await?;
+                    retry("abandon", stop, || catalog.abandon_segment(seq)).await?;
                     rec.abandoned += 1;
                 }
             }
         }
-        for seq in catalog.unpublished_segments().await? {
+        for seq in retry("unpublished", stop, || catalog.unpublished_segments()).await? {
             let key = segment_key(seq);
-            let bytes = retry("get", || store.get(&key)).await?.ok_or_else(|| {
-                overseer_dal::Error::Corrupt {
+            let bytes = retry("get", stop, || store.get(&key))
+                .await?
+                .ok_or_else(|| overseer_dal::Error::Corrupt {
                     what: key.clone(),
                     message: "committed segment missing from the object store".into(),
-                }
-            })?;
+                })?;
             let seg = decode_segment(&bytes, &key)?;
             let notes: Vec<_> = seg
                 .records
                 .iter()
                 .map(|(loc, r)| IndexEntry::from_record(r, *loc).notification())
                 .collect();
-            retry("publish", || bus.publish(&notes)).await?;
-            catalog.mark_published(&[seq]).await?;
+            retry("publish", stop, || bus.publish(&notes)).await?;
+            let seqs = [seq];
+            retry("mark_published", stop, || catalog.mark_published(&seqs)).await?;
             rec.republished += 1;
         }
         if rec != Recovery::default() {
@@ -199,10 +267,8 @@ impl Ingestor {
     ) -> Result<SourceReport> {
         let (tx, rx) = mpsc::channel(self.settings.queue_capacity);
         let acks = Acks::new();
-        let resume = self
-            .storage
-            .catalog
-            .source_states()
+        let catalog = &self.storage.catalog;
+        let resume = retry("source_states", &shutdown, || catalog.source_states())
             .await?
             .into_iter()
             .find(|s| s.source == cfg.name);
@@ -212,7 +278,7 @@ impl Ingestor {
         );
         // Claims other instances (or this one, before) recorded per lane: the lowest holds
         // the stored watermark.
-        let lanes = self.storage.catalog.lane_claims(&cfg.name).await?;
+        let lanes = retry("lane_claims", &shutdown, || catalog.lane_claims(&cfg.name)).await?;
         let lowest = lanes
             .iter()
             .min_by_key(|(_, t)| *t)
@@ -255,6 +321,7 @@ impl Ingestor {
             consumer,
             max_event_bytes: cfg.max_event_bytes.unwrap_or(self.settings.max_event_bytes),
             acks,
+            stop: shutdown.clone(),
         };
         let result = batcher.drain(rx, &self.settings, freshness).await;
         if result.is_err() {
@@ -315,6 +382,8 @@ struct Batcher<'a> {
     consumer: Arc<dyn Consumer>,
     max_event_bytes: usize,
     acks: Arc<Acks>,
+    /// The process is stopping: storage faults get a last few attempts ([`retry`]).
+    stop: CancellationToken,
 }
 
 impl Batcher<'_> {
@@ -390,11 +459,15 @@ impl Batcher<'_> {
             // What moved the watermark without events (a heartbeat, a lane declared) is
             // recorded on its own.
             if let Some(wm) = fresh.advance() {
-                retry("heartbeat", || cat.heartbeat(self.source, wm, now_us())).await?;
+                retry("heartbeat", &self.stop, || {
+                    cat.heartbeat(self.source, wm, now_us())
+                })
+                .await?;
             }
             let lanes = fresh.take_lane_claims();
             let retire = if lanes.declared {
-                let stored = retry("lane_claims", || cat.lane_claims(self.source)).await?;
+                let stored =
+                    retry("lane_claims", &self.stop, || cat.lane_claims(self.source)).await?;
                 fresh.retired(&stored)
             } else {
                 Vec::new()
@@ -404,7 +477,7 @@ impl Batcher<'_> {
                     "retiring the claims of lanes whose topic the source no longer reads");
             }
             if !lanes.claims.is_empty() || !retire.is_empty() {
-                retry("claim_lanes", || {
+                retry("claim_lanes", &self.stop, || {
                     cat.claim_lanes(self.source, &lanes.claims, &retire, now_us())
                 })
                 .await?;
@@ -557,7 +630,7 @@ impl Batcher<'_> {
                 .iter()
                 .map(|r| (self.source, r.position.as_str()))
                 .collect();
-            let fresh = retry("filter", || catalog.filter_new(&ids)).await?;
+            let fresh = retry("filter", &self.stop, || catalog.filter_new(&ids)).await?;
             let mut it = fresh.into_iter();
             records.retain(|_| it.next().unwrap_or(true));
         }
@@ -596,12 +669,12 @@ impl Batcher<'_> {
             now_us: received_us,
         };
         if !records.is_empty() || !dead.is_empty() {
-            let seq = retry("reserve", || catalog.reserve_segment()).await?;
+            let seq = retry("reserve", &self.stop, || catalog.reserve_segment()).await?;
             batch.segment_seq = Some(seq);
             if !dead.is_empty() {
                 let key = deadletter_key(seq);
                 let body = deadletter::encode(&dead);
-                retry("put", || store.put_create(&key, body.clone())).await?;
+                retry("put", &self.stop, || store.put_create(&key, body.clone())).await?;
             }
             if !records.is_empty() {
                 let size: usize = records.iter().map(|r| r.raw.len() + 128).sum();
@@ -622,21 +695,31 @@ impl Batcher<'_> {
                 let body: Bytes = seg.finish(footer);
                 bytes_written = body.len();
                 let key = segment_key(seq);
-                let outcome = retry("put", || store.put_create(&key, body.clone())).await?;
+                let outcome =
+                    retry("put", &self.stop, || store.put_create(&key, body.clone())).await?;
                 if outcome == PutOutcome::AlreadyExists {
-                    return Err(Error::Storage(overseer_dal::Error::Corrupt {
-                        what: key,
-                        message: "a segment with this freshly reserved sequence already exists: \
-                                  is another catalog writing to the same object store?"
-                            .into(),
-                    }));
+                    // Our own PUT whose answer was lost (a timeout, then the retry) left
+                    // exactly these bytes; anything else is another writer's.
+                    let there = retry("get", &self.stop, || store.get(&key)).await?;
+                    if there.as_deref() != Some(&body[..]) {
+                        // Not ours: release the sequence, so recovery never indexes the
+                        // other catalog's segment as this one's.
+                        retry("abandon", &self.stop, || catalog.abandon_segment(seq)).await?;
+                        return Err(Error::Storage(overseer_dal::Error::Corrupt {
+                            what: key,
+                            message: "a segment with this freshly reserved sequence already \
+                                      exists with other contents: is another catalog writing \
+                                      to the same object store?"
+                                .into(),
+                        }));
+                    }
                 }
             }
         }
 
         // 4. index atomically, 5. announce, 6. acknowledge
         let seq = batch.segment_seq;
-        let fresh = retry("commit", || catalog.commit(batch.clone())).await?;
+        let fresh = retry("commit", &self.stop, || catalog.commit(batch.clone())).await?;
         let notes: Vec<_> = batch
             .entries
             .iter()
@@ -646,10 +729,13 @@ impl Batcher<'_> {
             .collect();
         if let (Some(seq), false) = (seq, batch.entries.is_empty()) {
             if !notes.is_empty() {
-                retry("publish", || bus.publish(&notes)).await?;
+                retry("publish", &self.stop, || bus.publish(&notes)).await?;
             }
             let seqs = [seq];
-            retry("mark_published", || catalog.mark_published(&seqs)).await?;
+            retry("mark_published", &self.stop, || {
+                catalog.mark_published(&seqs)
+            })
+            .await?;
         }
         self.acks.ack(tokens);
         if !batch.progress.is_empty() {
@@ -676,5 +762,86 @@ impl Batcher<'_> {
         }
         .emit();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blip() -> overseer_dal::Error {
+        overseer_dal::Error::Catalog {
+            message: "connection closed".into(),
+            transient: true,
+            source: None,
+        }
+    }
+
+    /// A database restart of any length is waited out: there is no attempt limit (ten
+    /// attempts, about 21 s, stopped `overseer run` before). Stopping ends the wait.
+    #[tokio::test(start_paused = true)]
+    async fn transient_faults_are_retried_until_they_pass_or_the_process_stops() {
+        let stop = CancellationToken::new();
+        let mut calls = 0u32;
+        let started = tokio::time::Instant::now();
+        let got = retry("commit", &stop, || {
+            calls += 1;
+            let fail = calls <= 200;
+            async move { if fail { Err(blip()) } else { Ok(calls) } }
+        })
+        .await;
+        assert!(matches!(got, Ok(201)), "{got:?}");
+        assert!(
+            started.elapsed() > Duration::from_secs(15 * 60),
+            "an outage of minutes"
+        );
+        assert_eq!(STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        // (One test: the stalled count is the process's, shared by parallel tests.)
+        // Stopping ends the wait after a few attempts; definite errors end it at once.
+        let stop = CancellationToken::new();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut tx = Some(tx);
+        let mut calls = 0u32;
+        let waiting = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let got: Result<()> = retry("put", &stop, || {
+                    calls += 1;
+                    if calls == 5 {
+                        tx.take().map(|tx| tx.send(()));
+                    }
+                    async { Err(blip()) }
+                })
+                .await;
+                (got, calls)
+            }
+        });
+        rx.await.unwrap();
+        assert_eq!(STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let asked = tokio::time::Instant::now();
+        stop.cancel();
+        let (got, calls) = waiting.await.unwrap();
+        assert!(got.is_err_and(|e| e.is_transient()));
+        assert_eq!(
+            calls,
+            5 + 1 + ATTEMPTS_WHEN_STOPPING,
+            "a few more after the stop"
+        );
+        assert!(asked.elapsed() <= STOPPING_PAUSE * ATTEMPTS_WHEN_STOPPING);
+        assert_eq!(STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+        let mut calls = 0;
+        let got: Result<()> = retry("get", &CancellationToken::new(), || {
+            calls += 1;
+            async {
+                Err(overseer_dal::Error::Corrupt {
+                    what: "segments/1".into(),
+                    message: "bad footer".into(),
+                })
+            }
+        })
+        .await;
+        assert!(got.is_err() && calls == 1);
     }
 }

@@ -33,7 +33,7 @@ pub async fn run(
         )));
     }
     let ingestor = Ingestor::new(storage, cfg.ingest.clone());
-    ingestor.recover().await?;
+    ingestor.recover(&shutdown).await?;
     let mut set = JoinSet::new();
     for src in &cfg.sources {
         let consumer = crate::format::build(src, cfg)?;

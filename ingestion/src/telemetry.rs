@@ -26,6 +26,9 @@ pub const WATERMARK_EVIDENCE: &str = "overseer_source_watermark_evidence";
 pub const LANE_NEWEST: &str = "overseer_source_lane_newest_commit_seconds";
 /// Storage operations retried after a transient failure, by operation.
 pub const RETRIES: &str = "overseer_ingest_retries_total";
+/// Storage operations waiting out a transient fault now (0: ingestion is not held up by
+/// storage; above 0: not ready — it retries until the fault passes).
+pub const STALLED: &str = "overseer_ingest_stalled";
 
 /// A batch became durable, indexed and acknowledged.
 #[derive(Debug)]

@@ -515,7 +515,7 @@ async fn recovery_finishes_interrupted_batches() {
 
     let mut sub = bus.subscribe("runner").await.unwrap();
     let ing = Ingestor::new(storage, Default::default());
-    let rec = ing.recover().await.unwrap();
+    let rec = ing.recover(&Default::default()).await.unwrap();
     assert_eq!((rec.indexed, rec.abandoned, rec.republished), (1, 1, 1));
     assert!(catalog.pending_segments().await.unwrap().is_empty());
     assert!(catalog.unpublished_segments().await.unwrap().is_empty());
@@ -526,7 +526,10 @@ async fn recovery_finishes_interrupted_batches() {
         "notifications are not lost"
     );
     // recovering again finds nothing to do
-    assert_eq!(ing.recover().await.unwrap(), Default::default());
+    assert_eq!(
+        ing.recover(&Default::default()).await.unwrap(),
+        Default::default()
+    );
     assert!(
         catalog.reserve_segment().await.unwrap() > s2,
         "no sequence is reused"
@@ -565,7 +568,7 @@ async fn reindex_rebuilds_the_same_catalog() {
         .await
         .unwrap();
     Ingestor::new(storage.clone(), Default::default())
-        .recover()
+        .recover(&Default::default())
         .await
         .unwrap();
     let live_dump = storage.catalog.dump().await.unwrap();
@@ -667,4 +670,138 @@ async fn the_malformed_corpus_is_quarantined_between_good_events() {
             .iter()
             .all(|l| !l.reason.is_empty() && l.source == "ledger")
     );
+}
+
+/// A store whose first `lose` segment PUTs land but answer with a transient error (the
+/// response lost to a timeout): the retried PUT then finds the object there.
+#[derive(Debug)]
+struct LostAnswers {
+    inner: overseer_dal::store::DynStore,
+    lose: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait]
+impl ObjectStore for LostAnswers {
+    async fn put_create(
+        &self,
+        key: &str,
+        bytes: Bytes,
+    ) -> overseer_dal::Result<overseer_dal::store::PutOutcome> {
+        let outcome = self.inner.put_create(key, bytes).await?;
+        let lost = key.starts_with("segments/")
+            && self
+                .lose
+                .fetch_update(
+                    std::sync::atomic::Ordering::SeqCst,
+                    std::sync::atomic::Ordering::SeqCst,
+                    |n| n.checked_sub(1),
+                )
+                .is_ok();
+        if lost {
+            return Err(overseer_dal::Error::Store {
+                message: format!("PUT {key}: timed out (the object landed)"),
+                transient: true,
+                source: None,
+            });
+        }
+        Ok(outcome)
+    }
+    async fn get(&self, key: &str) -> overseer_dal::Result<Option<Bytes>> {
+        self.inner.get(key).await
+    }
+    async fn get_range(&self, key: &str, start: u64, len: u64) -> overseer_dal::Result<Bytes> {
+        self.inner.get_range(key, start, len).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> overseer_dal::Result<Vec<String>> {
+        self.inner.list(prefix, start_after, limit).await
+    }
+    fn describe(&self) -> String {
+        "a store losing PUT answers".into()
+    }
+}
+
+/// A PUT retried after its answer was lost finds its own bytes and goes on (it was taken
+/// for another catalog's segment, and ingestion stopped); a segment with other bytes under
+/// a freshly reserved sequence is refused, and its sequence released so a restart never
+/// indexes it as this catalog's.
+#[tokio::test]
+async fn a_retried_put_is_ours_and_a_foreign_segment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("unused.jsonl");
+    let cfg = config(dir.path(), &file, "");
+    let storage = Storage::open(&cfg).await.unwrap();
+    let lossy = Storage {
+        store: Arc::new(LostAnswers {
+            inner: storage.store.clone(),
+            lose: 2.into(),
+        }),
+        ..storage.clone()
+    };
+    let ing = Ingestor::new(lossy, cfg.ingest.clone());
+    let consumer = overseer_ingestion::format::build(&cfg.sources[0], &cfg).unwrap();
+    let src = Box::new(Replaying {
+        events: events(300),
+        times: 1,
+    });
+    let r = ing
+        .run_source(
+            &cfg.sources[0],
+            consumer.clone(),
+            src,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("lost answers are retried, not taken for a conflict");
+    assert_eq!((r.updates, r.duplicates), (300, 0));
+
+    // Another writer's segment sits where the next reserved sequence points.
+    let next = storage.catalog.reserve_segment().await.unwrap();
+    storage.catalog.abandon_segment(next).await.unwrap();
+    let foreign = {
+        let mut seg = SegmentBuilder::new(next + 1, 256);
+        seg.push(&UpdateRecord {
+            source: "elsewhere".into(),
+            position: "1".into(),
+            model: "ledger.entries".into(),
+            record_id: "x".into(),
+            op: Op::Create as i32,
+            raw: Bytes::from_static(b"{}"),
+            ..Default::default()
+        });
+        seg.finish(Vec::new())
+    };
+    storage
+        .store
+        .put_create(&segment_key(next + 1), foreign)
+        .await
+        .unwrap();
+    let ing = Ingestor::new(storage.clone(), cfg.ingest.clone());
+    let later: Vec<SourceEvent> = events(310).into_iter().skip(300).collect();
+    let e = ing
+        .run_source(
+            &cfg.sources[0],
+            consumer,
+            Box::new(Replaying {
+                events: later,
+                times: 1,
+            }),
+            CancellationToken::new(),
+        )
+        .await
+        .expect_err("another writer's segment is refused");
+    assert!(e.to_string().contains("another catalog"), "{e}");
+    // A restart does not adopt it.
+    let rec = ing.recover(&Default::default()).await.unwrap();
+    assert_eq!(rec.indexed, 0, "{rec:?}");
+    let h = storage
+        .catalog
+        .record_updates("ledger.entries", "x", i64::MAX)
+        .await
+        .unwrap();
+    assert!(h.is_empty(), "the foreign record is not indexed: {h:?}");
 }

@@ -96,7 +96,9 @@ pub(crate) async fn run(
     patience: Duration,
 ) -> Result<Live> {
     let ingestor = Ingestor::new(storage.clone(), cfg.ingest.clone());
-    ingestor.recover().await?;
+    ingestor
+        .recover(&tokio_util::sync::CancellationToken::new())
+        .await?;
 
     // The runner, as `overseer run` wires it, with `notifier` as its escalation policy.
     // The demo and the bench score the payments checks: those are what they register.

@@ -79,7 +79,7 @@ async fn run_live(
     clock: Clock,
 ) -> Vec<RunRecord> {
     let ingestor = Ingestor::new(storage.clone(), cfg.ingest.clone());
-    ingestor.recover().await.unwrap();
+    ingestor.recover(&Default::default()).await.unwrap();
     let dal = overseer_ingestion::dal::dal_over(cfg, storage).unwrap();
     let runner = Runner::new(
         dal,
