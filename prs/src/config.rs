@@ -53,6 +53,9 @@ pub struct PrsSettings {
     /// First start without a saved position: check from the beginning of history (true)
     /// or only what arrives from now on (false).
     pub from_beginning: bool,
+    /// How long a stopping process goes on delivering owed notices, ms (default 10 000):
+    /// what is still owed then is sent by the next start.
+    pub shutdown_timeout_ms: u64,
     /// Per-check settings, by check name.
     pub checks: BTreeMap<String, CheckSettings>,
 }
@@ -68,6 +71,7 @@ impl Default for PrsSettings {
             default_escalation: "log".into(),
             metrics_addr: None,
             from_beginning: false,
+            shutdown_timeout_ms: crate::incident::SHUTDOWN_TIMEOUT.as_millis() as u64,
             checks: BTreeMap::new(),
         }
     }

@@ -135,6 +135,7 @@ impl Escalator {
                 wake,
                 retry_after: Duration::from_secs(5),
                 send_lease: SEND_LEASE,
+                shutdown_timeout: SHUTDOWN_TIMEOUT,
             },
         ))
     }
@@ -267,6 +268,8 @@ pub struct Outbox {
     retry_after: Duration,
     /// How long a delivery is held without renewal ([`SEND_LEASE`] unless set).
     send_lease: Duration,
+    /// How long [`Outbox::run`] goes on delivering once asked to stop.
+    shutdown_timeout: Duration,
 }
 
 /// Incidents handled per catalog read.
@@ -275,6 +278,9 @@ const OUTBOX_PAGE: usize = 256;
 /// How long an outbox holds an incident's delivery without renewing it, by default.
 /// Renewed every third of it while a send lasts (retries and rate limiting included).
 pub const SEND_LEASE: Duration = Duration::from_secs(30);
+
+/// How long an outbox goes on delivering once asked to stop, by default.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What became of one incident's owed notice.
 enum Delivery {
@@ -298,9 +304,43 @@ impl Outbox {
         self
     }
 
-    /// Runs until `shutdown`; delivers what is owed at that point first if it can.
+    /// Sets how long [`Outbox::run`] goes on delivering once asked to stop (default
+    /// [`SHUTDOWN_TIMEOUT`]).
+    pub fn with_shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// Runs until `shutdown`, then delivers what is owed at that point if it can within
+    /// the shutdown timeout ([`Outbox::with_shutdown_timeout`]): a slow or failing target
+    /// (retries, rate limiting) never holds the process for longer. What is still owed
+    /// then stays owed in the catalog and is sent by the next start — a send cut short is
+    /// sent again once its delivery lease lapses, with the same idempotency key.
     /// Catalog errors that may pass are retried; only definite ones end it.
     pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let timeout = self.shutdown_timeout;
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(timeout).await;
+        };
+        tokio::select! {
+            served = self.serve(&shutdown) => served,
+            () = deadline => {
+                let owed = self
+                    .catalog
+                    .unsettled_incidents(OUTBOX_PAGE)
+                    .await
+                    .map(|owed| owed.len().to_string())
+                    .unwrap_or_else(|e| format!("unknown ({e})"));
+                tracing::warn!(?timeout, owed, "escalation outbox: stopped at the shutdown \
+                    timeout; what is still owed stays in the catalog and is sent by the next \
+                    start (a send cut short once its delivery lease lapses)");
+                Ok(())
+            }
+        }
+    }
+
+    async fn serve(&self, shutdown: &CancellationToken) -> Result<()> {
         loop {
             let pause = match self.drain().await {
                 Ok(false) => Duration::from_secs(3600),

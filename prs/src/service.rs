@@ -253,6 +253,7 @@ pub async fn run_routed(
         .map(|s| s.name.clone())
         .collect::<Vec<_>>();
     let (escalator, outbox) = Escalator::new(dal.catalog().clone(), routes, enabled)?;
+    let outbox = outbox.with_shutdown_timeout(Duration::from_millis(cfg.prs.shutdown_timeout_ms));
     let runner = Runner::new(dal, Arc::new(registry), options(cfg))?;
     let outbox_stop = CancellationToken::new();
     let outbox_task = tokio::spawn(outbox.run(outbox_stop.clone()));

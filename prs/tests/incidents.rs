@@ -465,3 +465,44 @@ async fn a_send_longer_than_the_lease_keeps_it_and_a_dead_outboxs_lease_lapses()
     assert!(inc.failing && inc.notified_failing);
     drop(gate);
 }
+
+/// Stopping is bounded: a target that never answers holds the outbox for the shutdown
+/// timeout, not for the retry budget of every notice owed (34 minutes were seen during a
+/// storm). What was owed stays owed and the next start sends it, once.
+#[tokio::test]
+async fn shutdown_is_bounded_and_what_is_owed_is_sent_by_the_next_start() {
+    let pd = FakePagerDuty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(&dir);
+    let gate = Gate::new(pagerduty(&pd));
+    let lease = Duration::from_millis(600);
+    let (esc, outbox) = escalator_to(&cat, gate.clone(), &[]);
+    let outbox = outbox
+        .with_send_lease(lease)
+        .with_shutdown_timeout(Duration::from_millis(300));
+    esc.apply(&run("nets", "T1", 10, true)).await.unwrap();
+    esc.apply(&run("nets", "T2", 10, true)).await.unwrap();
+    gate.hold_next(); // never released: the target hangs
+    let stop = CancellationToken::new();
+    let worker = tokio::spawn(outbox.run(stop.clone()));
+    gate.wait_in_flight().await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), worker)
+        .await
+        .expect("the outbox stops within its shutdown timeout")
+        .unwrap()
+        .unwrap();
+    assert!(pd.requests().is_empty(), "{:?}", actions(&pd));
+
+    // The next start: both owed notices go out, each once (the cut-short send once its
+    // lease lapses).
+    tokio::time::sleep(lease + lease / 2).await;
+    let (_, next) = escalator_to(&cat, pagerduty(&pd), &[]);
+    assert!(!next.drain().await.unwrap(), "everything owed is delivered");
+    assert_eq!(pd.open_incidents().len(), 2);
+    assert_eq!(pd.incidents_opened_total(), 2);
+    for subject in ["T1", "T2"] {
+        let inc = cat.incident("nets", subject).await.unwrap().unwrap();
+        assert!(inc.failing && inc.notified_failing, "{subject}: {inc:?}");
+    }
+}
