@@ -805,3 +805,70 @@ async fn a_retried_put_is_ours_and_a_foreign_segment_is_refused() {
         .unwrap();
     assert!(h.is_empty(), "the foreign record is not indexed: {h:?}");
 }
+
+/// Polls until `id` is indexed (at most 20 s).
+async fn wait_for_record(storage: &Storage, id: &str) {
+    for _ in 0..400 {
+        let h = storage
+            .catalog
+            .record_updates("ledger.entries", id, i64::MAX)
+            .await
+            .unwrap();
+        if !h.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{id} was never ingested");
+}
+
+/// A followed file rotated under the source — truncated in place (`copytruncate`), then
+/// renamed away and created anew — is read from the start of what replaced it: nothing
+/// new is skipped or taken for a redelivery. A file truncated while the source is stopped
+/// is read from its start at the next start.
+#[tokio::test]
+async fn a_rotated_file_is_read_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger.jsonl");
+    let lines = |from: usize, to: usize| -> Vec<String> {
+        (from..to)
+            .map(|i| insert_event(&format!("e{i}"), "t1", 1000 + i as i64))
+            .collect()
+    };
+    write_lines(&file, &lines(0, 50), false);
+    let mut cfg = config(dir.path(), &file, "");
+    cfg.sources[0].file.as_mut().unwrap().follow = true;
+    let storage = Storage::open(&cfg).await.unwrap();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn({
+        let (cfg, storage, stop) = (cfg.clone(), storage.clone(), stop.clone());
+        async move { overseer_ingestion::service::run(&cfg, storage, false, stop).await }
+    });
+    wait_for_record(&storage, "e49").await;
+
+    // copytruncate: the same file, emptied, then shorter lines than before.
+    write_lines(&file, &lines(50, 60), false);
+    wait_for_record(&storage, "e59").await;
+    // create: renamed away, a new file in its place (longer than what was read).
+    std::fs::rename(&file, dir.path().join("ledger.jsonl.1")).unwrap();
+    write_lines(&file, &lines(60, 140), false);
+    wait_for_record(&storage, "e139").await;
+    stop.cancel();
+    let reports = running.await.unwrap().unwrap();
+    assert_eq!(reports["ledger"].updates, 140);
+    assert_eq!(reports["ledger"].duplicates, 0);
+    let state = &storage.catalog.source_states().await.unwrap()[0];
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(
+        state.checkpoint,
+        format!("2:{len}"),
+        "the third generation, read to its end"
+    );
+    drop(storage);
+
+    // Truncated while stopped: the next start reads the new contents from the start.
+    write_lines(&file, &lines(140, 150), false);
+    cfg.sources[0].file.as_mut().unwrap().follow = false;
+    let r = ingest_once(&cfg).await;
+    assert_eq!((r["ledger"].updates, r["ledger"].duplicates), (10, 0));
+}

@@ -5,6 +5,16 @@
 //! checkpoint stored with each batch is the byte offset just past its last event, and a
 //! restarted source resumes there: with the catalog commit being the acknowledgement,
 //! an event is read again only if its batch never became durable.
+//!
+//! **Rotation.** A file that shrinks below the offset read (truncated in place, as
+//! logrotate's `copytruncate` does) or whose path now names another file (renamed away
+//! and created anew) starts a new **generation**, read from its start: positions become
+//! `g<generation>-<offset>` and the checkpoint `<generation>:<offset>`, so the new file's
+//! events are never taken for redeliveries of the old one's. Both are logged. Lines the
+//! writer appended to the old file after the last read and before a `copytruncate` are in
+//! the rotated copy, not here (logrotate's own caveat). A file truncated and refilled past
+//! the offset read between two looks (200 ms while following, or while the source was
+//! stopped) cannot be told from one that grew.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::time::Duration;
@@ -144,6 +154,51 @@ fn next_bson(r: &mut impl BufRead, at: &mut u64, follow: bool) -> std::io::Resul
     })
 }
 
+/// Where the source is in the file: the generation (how many times the file was found
+/// truncated or replaced) and the byte offset in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cursor {
+    generation: u64,
+    offset: u64,
+}
+
+impl Cursor {
+    /// `<offset>` for the first generation (what every checkpoint was before
+    /// generations), `<generation>:<offset>` after.
+    fn parse(checkpoint: &str) -> Option<Cursor> {
+        match checkpoint.split_once(':') {
+            Some((g, o)) => Some(Cursor {
+                generation: g.parse().ok()?,
+                offset: o.parse().ok()?,
+            }),
+            None => Some(Cursor {
+                generation: 0,
+                offset: checkpoint.parse().ok()?,
+            }),
+        }
+    }
+
+    fn checkpoint(&self, end: u64) -> String {
+        match self.generation {
+            0 => end.to_string(),
+            g => format!("{g}:{end}"),
+        }
+    }
+
+    fn position(&self, start: u64) -> String {
+        match self.generation {
+            0 => format!("{start:016}"),
+            g => format!("g{g:08}-{start:016}"),
+        }
+    }
+}
+
+/// The identity of an open file (device and inode).
+fn identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
 #[async_trait]
 impl Source for FileSource {
     async fn run(self: Box<Self>, ctx: SourceContext) -> Result<()> {
@@ -152,20 +207,42 @@ impl Source for FileSource {
             path: path.display().to_string(),
             source: e,
         };
-        let mut offset: u64 = match &ctx.resume {
-            Some(s) if !s.checkpoint.is_empty() => s.checkpoint.parse().map_err(|_| {
-                Error::source(
-                    &ctx.name,
-                    format!("stored checkpoint {:?} is not a byte offset", s.checkpoint),
-                    false,
-                )
-            })?,
-            _ => 0,
+        let mut cursor = match &ctx.resume {
+            Some(s) if !s.checkpoint.is_empty() => {
+                Cursor::parse(&s.checkpoint).ok_or_else(|| {
+                    Error::source(
+                        &ctx.name,
+                        format!(
+                            "stored checkpoint {:?} is not a byte offset (or generation:offset)",
+                            s.checkpoint
+                        ),
+                        false,
+                    )
+                })?
+            }
+            _ => Cursor {
+                generation: 0,
+                offset: 0,
+            },
         };
         let file = std::fs::File::open(&path).map_err(io_err)?;
+        let mut opened = identity(&file.metadata().map_err(io_err)?);
+        let len = file.metadata().map_err(io_err)?.len();
+        if len < cursor.offset {
+            tracing::warn!(source = %ctx.name, path = %path.display(), len,
+                offset = cursor.offset, generation = cursor.generation + 1,
+                "the file is shorter than where the source stopped: truncated or replaced \
+                 while stopped; reading it from its start as a new generation");
+            cursor = Cursor {
+                generation: cursor.generation + 1,
+                offset: 0,
+            };
+        }
+        let mut offset = cursor.offset;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         reader.seek(SeekFrom::Start(offset)).map_err(io_err)?;
-        tracing::info!(source = %ctx.name, path = %path.display(), offset, "file source started");
+        tracing::info!(source = %ctx.name, path = %path.display(), offset,
+            generation = cursor.generation, "file source started");
         loop {
             if ctx.shutdown.is_cancelled() {
                 return Ok(());
@@ -184,10 +261,10 @@ impl Source for FileSource {
                         raw: Bytes::from(bytes),
                         key: None,
                         context: None,
-                        position: format!("{start:016}"),
+                        position: cursor.position(start),
                         commit_time_us: None,
                         ack: Some(AckToken::Offset(end)),
-                        checkpoint: Some(end.to_string()),
+                        checkpoint: Some(cursor.checkpoint(end)),
                         lane: 0,
                     };
                     tokio::select! {
@@ -223,6 +300,25 @@ impl Source for FileSource {
                     tokio::select! {
                         _ = tokio::time::sleep(ctx.heartbeat.min(Duration::from_millis(200))) => {}
                         _ = ctx.shutdown.cancelled() => return Ok(()),
+                    }
+                    // Rotated? (A path missing for now: the writer is between renaming the
+                    // old file and creating the new one; keep the old one meanwhile.)
+                    if let Ok(now) = std::fs::metadata(&path) {
+                        let replaced = identity(&now) != opened;
+                        if replaced || now.len() < offset {
+                            tracing::info!(source = %ctx.name, path = %path.display(),
+                                read = offset, len = now.len(),
+                                generation = cursor.generation + 1,
+                                how = if replaced { "replaced" } else { "truncated" },
+                                "the followed file was rotated; reading it from its start");
+                            if replaced {
+                                let file = std::fs::File::open(&path).map_err(io_err)?;
+                                opened = identity(&file.metadata().map_err(io_err)?);
+                                reader = BufReader::with_capacity(1 << 20, file);
+                            }
+                            cursor.generation += 1;
+                            offset = 0;
+                        }
                     }
                     // Pick up appended bytes: re-seek to drop the reader's EOF state.
                     reader.seek(SeekFrom::Start(offset)).map_err(io_err)?;
