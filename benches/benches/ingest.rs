@@ -71,6 +71,43 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
+    // What reading numbers exactly costs (overseer_dal::builder::exact): the same events
+    // through serde_json alone and through exact::parse, as they are (integers only: a walk
+    // of the parsed document finds no double) and with a decimal field added (each then
+    // takes the string-aware pass over its bytes; none is lossy, so none is re-parsed).
+    let plain: Vec<Vec<u8>> = events.iter().map(|e| e.raw.to_vec()).collect();
+    let decimals: Vec<Vec<u8>> = plain
+        .iter()
+        .map(|raw| {
+            String::from_utf8_lossy(raw)
+                .replace("\"decimals\":8", "\"decimals\":8,\"rate\":1234.56")
+                .into_bytes()
+        })
+        .collect();
+    assert!(decimals.iter().all(|d| d.len() > plain[0].len()));
+    let mut g = c.benchmark_group("json_parse");
+    g.throughput(Throughput::Elements(EVENTS as u64));
+    g.sample_size(20);
+    for (name, set) in [("integers", &plain), ("decimals", &decimals)] {
+        g.bench_function(format!("serde_json/{name}"), |b| {
+            b.iter(|| {
+                set.iter()
+                    .map(|raw| serde_json::from_slice::<serde_json::Value>(raw).unwrap())
+                    .filter(serde_json::Value::is_object)
+                    .count()
+            })
+        });
+        g.bench_function(format!("exact/{name}"), |b| {
+            b.iter(|| {
+                set.iter()
+                    .map(|raw| overseer_dal::builder::exact::parse(raw).unwrap())
+                    .filter(serde_json::Value::is_object)
+                    .count()
+            })
+        });
+    }
+    g.finish();
+
     // The ratio, from interleaved runs so both see the same machine load.
     let (mut p, mut r) = (Vec::new(), Vec::new());
     for _ in 0..5 {

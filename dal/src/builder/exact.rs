@@ -13,23 +13,31 @@
 //! rounded (a check sees a string, as it does for a BSON `$numberDecimal`). A number a
 //! double holds exactly in value (`1.10` is `1.1`, `1e3` is `1000.0`) stays a number.
 //!
-//! Cost: one pass over the bytes that only counts digits; events with a long digit run
-//! (16 or more digits, or 19 for an integer) get a second, string-aware pass, and only
-//! those holding a lossy number are rewritten before parsing.
+//! Cost: serde_json's parse into a `Value`, through a visitor of our own that notes
+//! whether some number was read as a double (every decimal, and every integer past 64
+//! bits); only a document holding one gets a second, string-aware pass over its bytes, and
+//! only one holding a lossy number is parsed again, rewritten. Measured by
+//! `cargo bench -p overseer-benches --bench ingest -- json_parse` (BENCHMARKS.md).
 
-use serde_json::Value;
+use std::cell::Cell;
+
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
 
 /// Parses `raw` as JSON, numbers that would lose information read as strings of their
 /// exact text (module docs). Errors are serde_json's, positions those of `raw`.
 pub fn parse(raw: &[u8]) -> serde_json::Result<Value> {
-    if may_hold_lossy_numbers(raw)
-        && let Some(quoted) = quote_lossy_numbers(raw)
-    {
-        // Positions in an error would be those of the rewritten text: report the
-        // original's instead.
-        return serde_json::from_slice(&quoted).or_else(|_| serde_json::from_slice(raw));
+    let saw_double = Cell::new(false);
+    let mut de = serde_json::Deserializer::from_slice(raw);
+    let value = Noting(&saw_double).deserialize(&mut de)?;
+    de.end()?;
+    if !saw_double.get() {
+        return Ok(value);
     }
-    serde_json::from_slice(raw)
+    match quote_lossy_numbers(raw) {
+        Some(quoted) => serde_json::from_slice(&quoted),
+        None => Ok(value),
+    }
 }
 
 /// [`parse`] of a string.
@@ -37,90 +45,162 @@ pub fn parse_str(text: &str) -> serde_json::Result<Value> {
     parse(text.as_bytes())
 }
 
-/// Whether `raw` has a run of digits (and dots) long enough for a number that a double or
-/// a 64-bit integer cannot hold: 16 significant digits with a dot or an exponent, 19
-/// without. Inside strings too (a cheap over-approximation: no string tracking).
-fn may_hold_lossy_numbers(raw: &[u8]) -> bool {
-    let mut digits = 0u32;
-    let mut dot = false;
-    for &b in raw {
-        match b {
-            b'0'..=b'9' => digits += 1,
-            b'.' => dot = true,
-            _ => {
-                if digits >= 19 || (digits >= 16 && (dot || b == b'e' || b == b'E')) {
-                    return true;
-                }
-                digits = 0;
-                dot = false;
-            }
-        }
+/// Builds a [`Value`] as serde_json's own visitor does, noting whether a number was read
+/// as a double.
+#[derive(Clone, Copy)]
+struct Noting<'a>(&'a Cell<bool>);
+
+impl<'de> DeserializeSeed<'de> for Noting<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
     }
-    digits >= 19 || (digits >= 16 && dot)
 }
 
-/// `raw` with every lossy number token (outside strings) put in quotes; `None` if it has
-/// none.
+impl<'de> Visitor<'de> for Noting<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+        Ok(Value::Bool(b))
+    }
+
+    fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+        Ok(Value::Number(i.into()))
+    }
+
+    fn visit_u64<E>(self, u: u64) -> Result<Value, E> {
+        Ok(Value::Number(u.into()))
+    }
+
+    fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+        self.0.set(true);
+        Ok(Number::from_f64(f).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<Value, E> {
+        Ok(Value::String(s.to_owned()))
+    }
+
+    fn visit_string<E>(self, s: String) -> Result<Value, E> {
+        Ok(Value::String(s))
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut m = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = map.next_value_seed(self)?;
+            m.insert(key, value);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+/// `raw` (valid JSON) with every lossy number token outside strings put in quotes; `None`
+/// if it has none.
 fn quote_lossy_numbers(raw: &[u8]) -> Option<Vec<u8>> {
-    let mut out: Option<Vec<u8>> = None;
-    let mut copied = 0;
+    let mut lossy: Vec<(usize, usize)> = Vec::new();
     let mut i = 0;
+    let mut outside_from = 0;
     while i < raw.len() {
-        match raw[i] {
-            b'"' => {
-                i += 1;
-                while i < raw.len() {
-                    match raw[i] {
-                        b'\\' => i += 2,
-                        b'"' => {
-                            i += 1;
-                            break;
-                        }
-                        _ => i += 1,
-                    }
-                }
+        if raw[i] == b'"' {
+            lossy_tokens(raw, outside_from, i, &mut lossy);
+            // To the closing quote, over escapes.
+            i += 1;
+            while i < raw.len() && raw[i] != b'"' {
+                i += if raw[i] == b'\\' { 2 } else { 1 };
             }
-            b'-' | b'0'..=b'9' => {
-                let start = i;
-                i += 1;
-                while i < raw.len()
-                    && matches!(raw[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
-                {
-                    i += 1;
-                }
-                let token = &raw[start..i];
-                if is_lossy(token) {
-                    let o = out.get_or_insert_with(|| Vec::with_capacity(raw.len() + 16));
-                    o.extend_from_slice(&raw[copied..start]);
-                    o.push(b'"');
-                    o.extend_from_slice(token);
-                    o.push(b'"');
-                    copied = i;
-                }
-            }
-            _ => i += 1,
+            i += 1;
+            outside_from = i;
+        } else {
+            i += 1;
         }
     }
-    let mut o = out?;
-    o.extend_from_slice(&raw[copied..]);
-    Some(o)
+    lossy_tokens(raw, outside_from.min(raw.len()), raw.len(), &mut lossy);
+    if lossy.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(raw.len() + 2 * lossy.len());
+    let mut copied = 0;
+    for (start, end) in lossy {
+        out.extend_from_slice(&raw[copied..start]);
+        out.push(b'"');
+        out.extend_from_slice(&raw[start..end]);
+        out.push(b'"');
+        copied = end;
+    }
+    out.extend_from_slice(&raw[copied..]);
+    Some(out)
+}
+
+/// Appends the ranges of the lossy number tokens in `raw[from..to]` (no string inside).
+fn lossy_tokens(raw: &[u8], from: usize, to: usize, out: &mut Vec<(usize, usize)>) {
+    let mut i = from;
+    while i < to {
+        if matches!(raw[i], b'-' | b'0'..=b'9') {
+            let start = i;
+            i += 1;
+            while i < to && matches!(raw[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                i += 1;
+            }
+            if is_lossy(&raw[start..i]) {
+                out.push((start, i));
+            }
+        } else {
+            i += 1;
+        }
+    }
 }
 
 /// Whether a JSON number token would lose information as serde_json reads it: an integer
 /// outside `i64` and `u64`, or a decimal whose value the nearest double does not equal
 /// digit for digit. Malformed tokens are not (serde_json reports them).
 fn is_lossy(token: &[u8]) -> bool {
+    let mantissa = match token.iter().position(|b| matches!(b, b'e' | b'E')) {
+        Some(at) => &token[..at],
+        None => token,
+    };
+    let digits = mantissa.iter().filter(|b| b.is_ascii_digit()).count();
+    let integer = mantissa.len() == token.len() && !mantissa.contains(&b'.');
+    // The common case, without parsing: an integer of up to 18 digits fits an i64, and a
+    // double holds any 15 significant digits (DBL_DIG).
+    if (integer && digits <= 18) || (!integer && digits <= 15) {
+        return false;
+    }
     let Ok(text) = std::str::from_utf8(token) else {
         return false;
     };
+    if integer {
+        return text.parse::<i64>().is_err() && text.parse::<u64>().is_err();
+    }
     let Some(value) = Decimal::parse(token) else {
         return false;
     };
-    if !token.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
-        return text.parse::<i64>().is_err() && text.parse::<u64>().is_err();
-    }
     if value.digits.len() <= 15 {
-        // A double holds any 15 significant digits (DBL_DIG).
         return false;
     }
     match text.parse::<f64>() {
