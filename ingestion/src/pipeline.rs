@@ -50,6 +50,23 @@ use crate::{Error, Result};
 /// reference index holds a value and an id together).
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// The object naming the catalog an object store belongs to: written once by the first
+/// catalog that ingests into the store, checked by every start after. Two catalogs on one
+/// store would each take the other's segments for their own.
+pub const STORE_CLAIM_KEY: &str = "meta/catalog-id";
+
+/// The catalog's own copy of its id ([`MetaStore`](overseer_dal::catalog::MetaStore) key).
+pub const STORE_CLAIM_META: &str = "store_claim";
+
+/// A new catalog id: 128 random bits, hex.
+fn new_catalog_id() -> String {
+    use std::hash::BuildHasher;
+    let seed = (now_us(), std::process::id());
+    let a = std::hash::RandomState::new().hash_one(seed);
+    let b = std::hash::RandomState::new().hash_one((seed, a));
+    format!("{a:016x}{b:016x}")
+}
+
 /// The three storage seams, opened from config.
 #[derive(Clone)]
 pub struct Storage {
@@ -208,8 +225,10 @@ impl Ingestor {
 
     /// Finishes what a crash interrupted: indexes pending segments whose object exists,
     /// releases the others, and publishes committed segments not yet announced.
-    /// Transient storage faults are retried until they pass or `stop` ([`retry`]).
+    /// Transient storage faults are retried until they pass or `stop` ([`retry`]). First,
+    /// the store is claimed for this catalog ([`Ingestor::claim_store`]).
     pub async fn recover(&self, stop: &CancellationToken) -> Result<Recovery> {
+        self.claim_store(stop).await?;
         let (store, catalog, bus) = (
             &self.storage.store,
             &self.storage.catalog,
@@ -254,6 +273,47 @@ impl Ingestor {
             tracing::info!(?rec, "recovered interrupted batches");
         }
         Ok(rec)
+    }
+
+    /// Claims the object store for this catalog ([`STORE_CLAIM_KEY`]), or refuses a store
+    /// another catalog has claimed: that one's segments would be taken for this one's
+    /// (indexed by recovery, counted as conflicts by every batch). The catalog records its
+    /// id before the store does, so a crash in between leaves a claim to finish, never two.
+    pub async fn claim_store(&self, stop: &CancellationToken) -> Result<()> {
+        let (store, catalog) = (&self.storage.store, &self.storage.catalog);
+        let mine = match retry("get_meta", stop, || catalog.get_meta(STORE_CLAIM_META)).await? {
+            Some(id) => id,
+            None => {
+                let id = new_catalog_id();
+                retry("put_meta", stop, || catalog.put_meta(STORE_CLAIM_META, &id)).await?;
+                id
+            }
+        };
+        let body = Bytes::from(mine.clone().into_bytes());
+        let outcome = retry("claim", stop, || {
+            store.put_create(STORE_CLAIM_KEY, body.clone())
+        })
+        .await?;
+        if outcome == PutOutcome::Created {
+            tracing::info!(store = %store.describe(), catalog = %catalog.describe(), id = %mine,
+                "claimed the object store for this catalog");
+            return Ok(());
+        }
+        let there = retry("get", stop, || store.get(STORE_CLAIM_KEY)).await?;
+        let theirs = there.map(|b| String::from_utf8_lossy(&b).trim().to_owned());
+        if theirs.as_deref() == Some(mine.as_str()) {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "the object store {} belongs to another catalog (its {STORE_CLAIM_KEY} is {}; \
+             this catalog, {}, is {mine}): two catalogs on one store would take each other's \
+             segments. Point this catalog at the store's own catalog, give it a store of its \
+             own, or rebuild this catalog from the store with `overseer reindex` (into an \
+             empty catalog)",
+            store.describe(),
+            theirs.as_deref().unwrap_or("unreadable"),
+            catalog.describe()
+        )))
     }
 
     /// Runs one source until it ends (or `shutdown`), committing its events in batches.

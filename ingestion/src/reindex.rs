@@ -4,7 +4,8 @@
 //! pipeline uses, whose first-commit-wins rule on `(source, position)` makes the result
 //! equal to the live index (a redelivered update that reached a later segment is ignored
 //! in both). Source progress is restored from segment footers. The target catalog must be
-//! empty: reindex never merges into a live index.
+//! empty: reindex never merges into a live index. It takes over the store's claim
+//! ([`crate::pipeline::STORE_CLAIM_KEY`]): the rebuilt catalog is the store's own.
 
 use overseer_dal::catalog::Catalog;
 use overseer_dal::keys::{SEGMENT_PREFIX, parse_segment_key};
@@ -71,6 +72,13 @@ pub async fn reindex(store: &dyn ObjectStore, catalog: &dyn Catalog) -> Result<R
         report.duplicates += fresh.len() as u64 - new;
         catalog.mark_published(&[seq]).await?;
         report.segments += 1;
+    }
+    // The rebuilt catalog is the store's own: it takes the store's claim, if any.
+    if let Some(id) = store.get(crate::pipeline::STORE_CLAIM_KEY).await? {
+        let id = String::from_utf8_lossy(&id).trim().to_owned();
+        catalog
+            .put_meta(crate::pipeline::STORE_CLAIM_META, &id)
+            .await?;
     }
     Ok(report)
 }

@@ -452,7 +452,9 @@ async fn malformed_events_are_quarantined_and_hostile_ids_stored_safely() {
     // every object key stays under its prefix
     for key in list_all(&*storage.store, "").await.unwrap() {
         assert!(
-            key.starts_with("segments/") || key.starts_with("deadletter/"),
+            key.starts_with("segments/")
+                || key.starts_with("deadletter/")
+                || key == overseer_ingestion::pipeline::STORE_CLAIM_KEY,
             "{key}"
         );
     }
@@ -871,4 +873,57 @@ async fn a_rotated_file_is_read_from_its_start() {
     cfg.sources[0].file.as_mut().unwrap().follow = false;
     let r = ingest_once(&cfg).await;
     assert_eq!((r["ledger"].updates, r["ledger"].duplicates), (10, 0));
+}
+
+/// A store belongs to the catalog that first ingested into it: another catalog is refused
+/// at start, before it reads or writes anything, with what to do; a catalog rebuilt from
+/// the store by reindex is the store's own and goes on.
+#[tokio::test]
+async fn a_store_is_claimed_by_one_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger.jsonl");
+    write_lines(
+        &file,
+        &(0..20)
+            .map(|i| insert_event(&format!("e{i}"), "t1", 1000 + i))
+            .collect::<Vec<_>>(),
+        false,
+    );
+    let first = config(dir.path(), &file, "");
+    assert_eq!(ingest_once(&first).await["ledger"].updates, 20);
+
+    // Another catalog, the same store.
+    let mut other = first.clone();
+    other.catalog = overseer_dal::config::CatalogConfig::Embedded {
+        path: dir.path().join("other.redb"),
+    };
+    let storage = Storage::open(&other).await.unwrap();
+    let e =
+        overseer_ingestion::service::run(&other, storage.clone(), true, CancellationToken::new())
+            .await
+            .expect_err("another catalog's store is refused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("belongs to another catalog") && msg.contains("overseer reindex"),
+        "{msg}"
+    );
+    assert!(
+        storage.catalog.source_states().await.unwrap().is_empty(),
+        "nothing was ingested into the other catalog"
+    );
+    drop(storage);
+
+    // Rebuilt from the store, a catalog is the store's own.
+    let mut rebuilt = first.clone();
+    rebuilt.catalog = overseer_dal::config::CatalogConfig::Embedded {
+        path: dir.path().join("rebuilt.redb"),
+    };
+    let storage = Storage::open(&rebuilt).await.unwrap();
+    overseer_ingestion::reindex::reindex(&*storage.store, &*storage.catalog)
+        .await
+        .unwrap();
+    drop(storage);
+    write_lines(&file, &[insert_event("e20", "t1", 1020)], true);
+    let r = ingest_once(&rebuilt).await;
+    assert_eq!((r["ledger"].events, r["ledger"].updates), (1, 1));
 }
