@@ -185,7 +185,6 @@ pub struct FileSourceConfig {
     pub follow: bool,
 }
 
-/// Kafka topics read through a consumer group.
 /// Whether a librdkafka property (any case) can carry a credential: passwords, secrets,
 /// private keys and their passphrases, JAAS and OAUTHBEARER configurations. Such values
 /// never come from the config file and never appear in a message.
@@ -206,6 +205,7 @@ pub fn is_secret_property(key: &str) -> bool {
     MARKS.iter().any(|m| key.contains(m))
 }
 
+/// Kafka topics read through a consumer group.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSourceConfig {

@@ -127,6 +127,9 @@ const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// source delivers it again at the next start.
 const ATTEMPTS_WHEN_STOPPING: u32 = 3;
 const STOPPING_PAUSE: Duration = Duration::from_millis(500);
+/// How long one attempt may still take once the process is stopping (a query on a
+/// half-open connection would otherwise hold the stop for as long as it hangs).
+const STOPPING_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Storage operations of this process waiting out a transient fault now.
 static STALLED_OPS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
@@ -136,16 +139,16 @@ struct Stalled;
 
 impl Stalled {
     fn enter() -> Stalled {
-        let n = STALLED_OPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
-        metrics::gauge!(crate::telemetry::STALLED).set(n as f64);
+        STALLED_OPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        metrics::gauge!(crate::telemetry::STALLED).increment(1.0);
         Stalled
     }
 }
 
 impl Drop for Stalled {
     fn drop(&mut self) {
-        let n = STALLED_OPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) - 1;
-        metrics::gauge!(crate::telemetry::STALLED).set(n as f64);
+        STALLED_OPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        metrics::gauge!(crate::telemetry::STALLED).decrement(1.0);
     }
 }
 
@@ -165,7 +168,23 @@ where
     let mut when_stopping = 0u32;
     let mut stalled: Option<Stalled> = None;
     loop {
-        match op().await {
+        let attempt_result = {
+            let call = op();
+            tokio::pin!(call);
+            tokio::select! {
+                biased;
+                r = &mut call => r,
+                () = stop.cancelled() => match tokio::time::timeout(STOPPING_ATTEMPT, &mut call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(overseer_dal::Error::Store {
+                        message: format!("{what}: no answer within {STOPPING_ATTEMPT:?} while stopping"),
+                        transient: true,
+                        source: None,
+                    }),
+                },
+            }
+        };
+        match attempt_result {
             Ok(v) => {
                 if attempt > 0 {
                     tracing::info!(op = what, attempts = attempt + 1, "storage answered again");
@@ -278,17 +297,16 @@ impl Ingestor {
     /// Claims the object store for this catalog ([`STORE_CLAIM_KEY`]), or refuses a store
     /// another catalog has claimed: that one's segments would be taken for this one's
     /// (indexed by recovery, counted as conflicts by every batch). The catalog records its
-    /// id before the store does, so a crash in between leaves a claim to finish, never two.
+    /// id before the store does (first writer wins, so instances of one catalog starting
+    /// together agree), and a crash in between leaves a claim to finish, never two.
     pub async fn claim_store(&self, stop: &CancellationToken) -> Result<()> {
         let (store, catalog) = (&self.storage.store, &self.storage.catalog);
-        let mine = match retry("get_meta", stop, || catalog.get_meta(STORE_CLAIM_META)).await? {
-            Some(id) => id,
-            None => {
-                let id = new_catalog_id();
-                retry("put_meta", stop, || catalog.put_meta(STORE_CLAIM_META, &id)).await?;
-                id
-            }
-        };
+        // Instances of this catalog starting at once agree on the first id written.
+        let fresh = new_catalog_id();
+        let mine = retry("init_meta", stop, || {
+            catalog.init_meta(STORE_CLAIM_META, &fresh)
+        })
+        .await?;
         let body = Bytes::from(mine.clone().into_bytes());
         let outcome = retry("claim", stop, || {
             store.put_create(STORE_CLAIM_KEY, body.clone())
@@ -447,6 +465,29 @@ struct Batcher<'a> {
 }
 
 impl Batcher<'_> {
+    /// Writes an object under a key of the freshly reserved sequence `seq`. Our own PUT
+    /// whose answer was lost (a timeout, then the retry) finds exactly these bytes there and
+    /// goes on; other bytes are another writer's: the sequence is released, so recovery
+    /// never indexes that object as this catalog's, and the batch fails.
+    async fn put_new(&self, seq: u64, key: String, body: Bytes) -> Result<()> {
+        let (store, catalog) = (&self.storage.store, &self.storage.catalog);
+        let outcome = retry("put", &self.stop, || store.put_create(&key, body.clone())).await?;
+        if outcome == PutOutcome::Created {
+            return Ok(());
+        }
+        let there = retry("get", &self.stop, || store.get(&key)).await?;
+        if there.as_deref() == Some(&body[..]) {
+            return Ok(());
+        }
+        retry("abandon", &self.stop, || catalog.abandon_segment(seq)).await?;
+        Err(Error::Storage(overseer_dal::Error::Corrupt {
+            what: key,
+            message: "an object under this freshly reserved sequence already exists with other \
+                      contents: is another catalog writing to the same object store?"
+                .into(),
+        }))
+    }
+
     async fn drain(
         &self,
         mut rx: mpsc::Receiver<SourceMsg>,
@@ -576,11 +617,7 @@ impl Batcher<'_> {
         report: &mut SourceReport,
         freshness: &mut Freshness,
     ) -> Result<()> {
-        let (store, catalog, bus) = (
-            &self.storage.store,
-            &self.storage.catalog,
-            &self.storage.bus,
-        );
+        let (catalog, bus) = (&self.storage.catalog, &self.storage.bus);
         let received_us = now_us();
         report.events += events.len() as u64;
 
@@ -732,9 +769,8 @@ impl Batcher<'_> {
             let seq = retry("reserve", &self.stop, || catalog.reserve_segment()).await?;
             batch.segment_seq = Some(seq);
             if !dead.is_empty() {
-                let key = deadletter_key(seq);
                 let body = deadletter::encode(&dead);
-                retry("put", &self.stop, || store.put_create(&key, body.clone())).await?;
+                self.put_new(seq, deadletter_key(seq), body).await?;
             }
             if !records.is_empty() {
                 let size: usize = records.iter().map(|r| r.raw.len() + 128).sum();
@@ -754,26 +790,7 @@ impl Batcher<'_> {
                     .collect();
                 let body: Bytes = seg.finish(footer);
                 bytes_written = body.len();
-                let key = segment_key(seq);
-                let outcome =
-                    retry("put", &self.stop, || store.put_create(&key, body.clone())).await?;
-                if outcome == PutOutcome::AlreadyExists {
-                    // Our own PUT whose answer was lost (a timeout, then the retry) left
-                    // exactly these bytes; anything else is another writer's.
-                    let there = retry("get", &self.stop, || store.get(&key)).await?;
-                    if there.as_deref() != Some(&body[..]) {
-                        // Not ours: release the sequence, so recovery never indexes the
-                        // other catalog's segment as this one's.
-                        retry("abandon", &self.stop, || catalog.abandon_segment(seq)).await?;
-                        return Err(Error::Storage(overseer_dal::Error::Corrupt {
-                            what: key,
-                            message: "a segment with this freshly reserved sequence already \
-                                      exists with other contents: is another catalog writing \
-                                      to the same object store?"
-                                .into(),
-                        }));
-                    }
-                }
+                self.put_new(seq, segment_key(seq), body).await?;
             }
         }
 

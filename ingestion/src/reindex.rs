@@ -5,7 +5,8 @@
 //! equal to the live index (a redelivered update that reached a later segment is ignored
 //! in both). Source progress is restored from segment footers. The target catalog must be
 //! empty: reindex never merges into a live index. It takes over the store's claim
-//! ([`crate::pipeline::STORE_CLAIM_KEY`]): the rebuilt catalog is the store's own.
+//! ([`crate::pipeline::STORE_CLAIM_KEY`]): the rebuilt catalog is the store's own, and the
+//! catalog it replaces, if it still exists, must be retired (both now hold the store's id).
 
 use overseer_dal::catalog::Catalog;
 use overseer_dal::keys::{SEGMENT_PREFIX, parse_segment_key};

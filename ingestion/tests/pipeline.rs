@@ -851,13 +851,17 @@ async fn a_rotated_file_is_read_from_its_start() {
     // copytruncate: the same file, emptied, then shorter lines than before.
     write_lines(&file, &lines(50, 60), false);
     wait_for_record(&storage, "e59").await;
-    // create: renamed away, a new file in its place (longer than what was read).
-    std::fs::rename(&file, dir.path().join("ledger.jsonl.1")).unwrap();
+    // create: renamed away, the writer appends to it once more before reopening the path,
+    // then a new file in its place (longer than what was read).
+    let rotated = dir.path().join("ledger.jsonl.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    write_lines(&rotated, &lines(140, 141), true);
     write_lines(&file, &lines(60, 140), false);
     wait_for_record(&storage, "e139").await;
+    wait_for_record(&storage, "e140").await;
     stop.cancel();
     let reports = running.await.unwrap().unwrap();
-    assert_eq!(reports["ledger"].updates, 140);
+    assert_eq!(reports["ledger"].updates, 141);
     assert_eq!(reports["ledger"].duplicates, 0);
     let state = &storage.catalog.source_states().await.unwrap()[0];
     let len = std::fs::metadata(&file).unwrap().len();
@@ -869,15 +873,15 @@ async fn a_rotated_file_is_read_from_its_start() {
     drop(storage);
 
     // Truncated while stopped: the next start reads the new contents from the start.
-    write_lines(&file, &lines(140, 150), false);
+    write_lines(&file, &lines(141, 151), false);
     cfg.sources[0].file.as_mut().unwrap().follow = false;
     let r = ingest_once(&cfg).await;
     assert_eq!((r["ledger"].updates, r["ledger"].duplicates), (10, 0));
 }
 
 /// A store belongs to the catalog that first ingested into it: another catalog is refused
-/// at start, before it reads or writes anything, with what to do; a catalog rebuilt from
-/// the store by reindex is the store's own and goes on.
+/// at start, before it ingests anything, with what to do; a catalog rebuilt from the store
+/// by reindex is the store's own and goes on.
 #[tokio::test]
 async fn a_store_is_claimed_by_one_catalog() {
     let dir = tempfile::tempdir().unwrap();

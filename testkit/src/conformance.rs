@@ -1544,8 +1544,8 @@ pub async fn incident_store_suite(cat: &Arc<dyn IncidentStore>) {
     incident_race(cat).await;
 }
 
-/// [`MetaStore`] on a store with no values yet: absent, round trip, overwrite, hostile
-/// keys and values. Returns the values written, for checking after a restart.
+/// [`MetaStore`] on a store with no values yet: absent, round trip, overwrite, first
+/// value kept by `init_meta`, hostile keys and values. Returns the values written, for checking after a restart.
 pub async fn meta_store_suite(cat: &dyn MetaStore) -> Vec<(String, String)> {
     assert_eq!(cat.get_meta("runner.cursor").await.unwrap(), None);
     cat.put_meta("runner.cursor", "17").await.unwrap();
@@ -1559,7 +1559,14 @@ pub async fn meta_store_suite(cat: &dyn MetaStore) -> Vec<(String, String)> {
         Some("18"),
         "put_meta overwrites"
     );
-    let mut meta = vec![("runner.cursor".to_string(), "18".to_string())];
+    // init_meta: the first value stays, whoever comes later.
+    assert_eq!(cat.init_meta("store_claim", "a").await.unwrap(), "a");
+    assert_eq!(cat.init_meta("store_claim", "b").await.unwrap(), "a");
+    assert_eq!(cat.init_meta("runner.cursor", "0").await.unwrap(), "18");
+    let mut meta = vec![
+        ("runner.cursor".to_string(), "18".to_string()),
+        ("store_claim".to_string(), "a".to_string()),
+    ];
     for (i, h) in hostile_ids().into_iter().enumerate() {
         meta.push((format!("h{i}/{h}"), h.clone()));
         meta.push((h.clone(), format!("{i}:{h}")));

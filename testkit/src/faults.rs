@@ -325,6 +325,10 @@ impl MetaStore for FaultyCatalog {
         self.check("put_meta")?;
         self.inner.put_meta(key, value).await
     }
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String> {
+        self.check("init_meta")?;
+        self.inner.init_meta(key, value).await
+    }
 }
 
 impl Catalog for FaultyCatalog {

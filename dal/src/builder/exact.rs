@@ -304,6 +304,63 @@ mod tests {
         );
     }
 
+    /// Hostile bytes never panic, and whatever serde_json reads, `parse` reads too, equal
+    /// to it except where a number was lossy (then a string that reads back as the same
+    /// double). Mutations of a document full of edge cases, from a fixed seed.
+    #[test]
+    fn arbitrary_bytes_never_panic_and_agree_with_serde_json() {
+        let base: &[u8] = br#"{"a": [1, -0, 18446744073709551617, 1.5e3, "x\"\\", {"b": 0.30000000000000004}], "c": 12345678901234567.1, "d": "\u00e9 18446744073709551617"}"#;
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let alphabet = b"0123456789-+.eE\"\\{}[]:, x";
+        for _ in 0..20_000 {
+            let mut doc = base.to_vec();
+            for _ in 0..(next() % 4 + 1) {
+                let at = (next() as usize) % (doc.len() + 1);
+                match next() % 3 {
+                    0 if at < doc.len() => {
+                        doc.remove(at);
+                    }
+                    1 => doc.insert(at, alphabet[(next() as usize) % alphabet.len()]),
+                    _ => doc.truncate(at),
+                }
+            }
+            let plain = serde_json::from_slice::<Value>(&doc);
+            let exact = parse(&doc);
+            match (plain, exact) {
+                (Ok(p), Ok(e)) => assert!(agree(&p, &e), "{}", String::from_utf8_lossy(&doc)),
+                (Err(_), Err(_)) => {}
+                (p, e) => panic!(
+                    "{}: serde_json {:?}, exact {:?}",
+                    String::from_utf8_lossy(&doc),
+                    p.is_ok(),
+                    e.is_ok()
+                ),
+            }
+        }
+    }
+
+    /// Equal, or `e` holds the exact text where `p` holds its nearest double.
+    fn agree(p: &Value, e: &Value) -> bool {
+        match (p, e) {
+            (Value::Number(n), Value::String(s)) => {
+                s.parse::<f64>().ok() == n.as_f64() && is_lossy(s.as_bytes())
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| agree(x, y))
+            }
+            (Value::Object(a), Value::Object(b)) => {
+                a.len() == b.len() && a.iter().all(|(k, v)| b.get(k).is_some_and(|w| agree(v, w)))
+            }
+            _ => p == e,
+        }
+    }
+
     #[test]
     fn decimals_compare_by_value() {
         let d = |s: &str| Decimal::parse(s.as_bytes()).unwrap();

@@ -1625,6 +1625,31 @@ impl MetaStore for EmbeddedCatalog {
         })
         .await
     }
+
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String> {
+        let (key, value) = (key.to_owned(), value.to_owned());
+        self.blocking(move |db| {
+            let tx = db.begin_write().map_err(db_err)?;
+            let held = {
+                let mut t = tx.open_table(META_KV).map_err(db_err)?;
+                let held = t
+                    .get(key.as_bytes())
+                    .map_err(db_err)?
+                    .map(|v| text(v.value()))
+                    .transpose()?;
+                match held {
+                    Some(held) => held,
+                    None => {
+                        t.insert(key.as_bytes(), value.as_bytes()).map_err(db_err)?;
+                        value
+                    }
+                }
+            };
+            db.commit(tx)?;
+            Ok(held)
+        })
+        .await
+    }
 }
 
 /// [`UpdateIndex::record_updates`] within a read transaction.

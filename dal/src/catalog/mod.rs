@@ -323,6 +323,10 @@ pub trait MetaStore: Send + Sync + 'static {
 
     /// Sets (or overwrites) a value of the runner's key/value table, durably.
     async fn put_meta(&self, key: &str, value: &str) -> Result<()>;
+
+    /// Sets `key` to `value` unless it is set, atomically; returns the value it holds
+    /// after (the first writer's, when several race).
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String>;
 }
 
 /// The catalog seam: the six concerns above, each with its own conformance suite in

@@ -269,6 +269,7 @@ enum Q {
     IncidentsRearmed,
     MetaGet,
     MetaPut,
+    MetaInit,
     SnapshotBefore,
     SnapshotsOf,
     SnapshotClear,
@@ -277,7 +278,7 @@ enum Q {
 }
 
 impl Q {
-    const ALL: [Q; 46] = [
+    const ALL: [Q; 47] = [
         Q::Reserve,
         Q::Pending,
         Q::Abandon,
@@ -319,6 +320,7 @@ impl Q {
         Q::IncidentsRearmed,
         Q::MetaGet,
         Q::MetaPut,
+        Q::MetaInit,
         Q::SnapshotBefore,
         Q::SnapshotsOf,
         Q::SnapshotClear,
@@ -521,6 +523,10 @@ impl Q {
             Q::MetaPut => {
                 "INSERT INTO {s}.meta_kv (name, value) VALUES ($1, $2) \
                  ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            }
+            Q::MetaInit => {
+                "INSERT INTO {s}.meta_kv (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO NOTHING"
             }
             Q::SnapshotBefore => {
                 "SELECT {scols} FROM {s}.snapshots WHERE model = $1 AND record_id = $2 \
@@ -1409,6 +1415,20 @@ impl MetaStore for PgCatalog {
             .await
             .map_err(pg_err("writing a meta value"))?;
         Ok(())
+    }
+
+    async fn init_meta(&self, key: &str, value: &str) -> Result<String> {
+        {
+            let c = self.shared().await?;
+            c.client
+                .execute(c.st(Q::MetaInit), &[&key.as_bytes(), &value.as_bytes()])
+                .await
+                .map_err(pg_err("writing a meta value"))?;
+        }
+        // Rows are never deleted: what is there now is the first writer's.
+        self.get_meta(key).await?.ok_or_else(|| {
+            Error::catalog(format!("meta value {key} vanished after it was written"))
+        })
     }
 }
 

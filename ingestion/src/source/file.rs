@@ -10,11 +10,13 @@
 //! logrotate's `copytruncate` does) or whose path now names another file (renamed away
 //! and created anew) starts a new **generation**, read from its start: positions become
 //! `g<generation>-<offset>` and the checkpoint `<generation>:<offset>`, so the new file's
-//! events are never taken for redeliveries of the old one's. Both are logged. Lines the
-//! writer appended to the old file after the last read and before a `copytruncate` are in
-//! the rotated copy, not here (logrotate's own caveat). A file truncated and refilled past
-//! the offset read between two looks (200 ms while following, or while the source was
-//! stopped) cannot be told from one that grew.
+//! events are never taken for redeliveries of the old one's. Both are logged. A renamed
+//! file is read to its end, and left once it has not grown for a whole pause (200 ms),
+//! so what its writer appended before reopening the path is not lost. Lines appended
+//! after the last read and before a `copytruncate` are in the rotated copy, not here
+//! (logrotate's own caveat). Not detected: a file truncated and refilled past the offset
+//! read between two looks, and a file replaced by a longer one while the source was
+//! stopped (the checkpoint holds no file identity yet): both read on from the offset.
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::time::Duration;
@@ -303,9 +305,13 @@ impl Source for FileSource {
                     }
                     // Rotated? (A path missing for now: the writer is between renaming the
                     // old file and creating the new one; keep the old one meanwhile.)
+                    // A replaced file is left only once it stopped growing for a whole
+                    // pause: what its writer appended before reopening is read first.
+                    let old_grew = reader.get_ref().metadata().map_err(io_err)?.len() > offset;
                     if let Ok(now) = std::fs::metadata(&path) {
-                        let replaced = identity(&now) != opened;
-                        if replaced || now.len() < offset {
+                        let replaced = identity(&now) != opened && !old_grew;
+                        let truncated = identity(&now) == opened && now.len() < offset;
+                        if replaced || truncated {
                             tracing::info!(source = %ctx.name, path = %path.display(),
                                 read = offset, len = now.len(),
                                 generation = cursor.generation + 1,

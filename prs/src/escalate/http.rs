@@ -152,22 +152,60 @@ fn error_chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Up to [`BODY_SNIPPET_MAX`] bytes of the response body, lossily decoded.
-pub(crate) async fn body_snippet(mut response: reqwest::Response) -> String {
+/// Up to [`BODY_READ_MAX`] bytes of a refusal's body are read and scrubbed whole before
+/// it is cut to [`BODY_SNIPPET_MAX`]: a token across the cut would otherwise leave its
+/// first half in the message.
+const BODY_READ_MAX: usize = 64 << 10;
+
+/// The response body, lossily decoded and passed through `clean` (which removes the
+/// secrets it may echo), then cut to [`BODY_SNIPPET_MAX`] bytes at a character boundary.
+pub(crate) async fn body_snippet(
+    mut response: reqwest::Response,
+    clean: impl Fn(&str) -> String,
+) -> String {
     let mut body = Vec::new();
-    while body.len() < BODY_SNIPPET_MAX {
+    while body.len() < BODY_READ_MAX {
         match response.chunk().await {
             Ok(Some(chunk)) => body.extend_from_slice(&chunk),
             Ok(None) | Err(_) => break,
         }
     }
-    body.truncate(BODY_SNIPPET_MAX);
-    String::from_utf8_lossy(&body).trim().to_owned()
+    body.truncate(BODY_READ_MAX);
+    let mut text = clean(String::from_utf8_lossy(&body).trim());
+    if text.len() > BODY_SNIPPET_MAX {
+        let mut cut = BODY_SNIPPET_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A token across the snippet's cut is scrubbed whole, not left half in the message.
+    #[tokio::test]
+    async fn a_body_is_scrubbed_before_it_is_cut() {
+        let url = Url::parse("https://hooks.example.com/hooks/s3cr3t-token-abcdef").unwrap();
+        let page = format!(
+            "{} no route for /hooks/s3cr3t-token-abcdef é",
+            "x".repeat(BODY_SNIPPET_MAX - 20)
+        );
+        let response = reqwest::Response::from(
+            axum::http::Response::builder()
+                .status(404)
+                .body(page)
+                .unwrap(),
+        );
+        let snippet = body_snippet(response, |b| scrub(b, &url)).await;
+        assert!(!snippet.contains("s3cr3t"), "{snippet}");
+        assert!(snippet.len() <= BODY_SNIPPET_MAX + '…'.len_utf8());
+        assert!(snippet.ends_with('…'));
+    }
 
     #[test]
     fn scrub_removes_every_part_of_the_url_that_can_carry_a_token() {

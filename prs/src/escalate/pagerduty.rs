@@ -158,7 +158,10 @@ impl PagerDutyNotifier {
         if status.is_success() {
             return Ok(());
         }
-        let body = http::body_snippet(response).await;
+        let body = http::body_snippet(response, |b| {
+            http::scrub(b, &self.url).replace(&self.routing_key, REDACTED)
+        })
+        .await;
         let said = if status == StatusCode::BAD_REQUEST {
             pagerduty_error(&body)
         } else {

@@ -80,7 +80,7 @@ impl WebhookNotifier {
             return Ok(());
         }
         // A refusal's body often echoes the path, where webhook tokens live.
-        let body = http::scrub(&http::body_snippet(response).await, &self.url);
+        let body = http::body_snippet(response, |b| http::scrub(b, &self.url)).await;
         Err(error(
             &self.policy,
             format!("webhook answered {status}: {body}"),
