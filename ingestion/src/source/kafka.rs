@@ -288,13 +288,18 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false");
         let screen = self.screen();
-        let consumer: StreamConsumer = c.create().map_err(|e| {
-            Error::source(
-                source,
-                format!("creating the heartbeat consumer: {}", screen.error(&e)),
-                false,
-            )
-        })?;
+        let context = HeartbeatContext {
+            source: source.to_owned(),
+            screen: screen.clone(),
+        };
+        let consumer: StreamConsumer<HeartbeatContext> =
+            c.create_with_context(context).map_err(|e| {
+                Error::source(
+                    source,
+                    format!("creating the heartbeat consumer: {}", screen.error(&e)),
+                    false,
+                )
+            })?;
         consumer.subscribe(&[topic]).map_err(|e| {
             Error::source(
                 source,
@@ -392,6 +397,26 @@ impl TopicContext {
         }
     }
 }
+
+/// The heartbeat consumer's callbacks: librdkafka's errors logged screened, like the
+/// topics' ([`TopicContext`]).
+struct HeartbeatContext {
+    source: String,
+    screen: Screen,
+}
+
+impl ClientContext for HeartbeatContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::error!(
+            source = %self.source,
+            error = %self.screen.error(&error),
+            reason = %self.screen.text(reason),
+            "librdkafka error (heartbeat consumer)"
+        );
+    }
+}
+
+impl ConsumerContext for HeartbeatContext {}
 
 impl ClientContext for TopicContext {
     /// librdkafka reports reaching the end of a partition (we ask for it: it is how the
@@ -561,7 +586,7 @@ const LANES_RETRY: Duration = Duration::from_secs(5);
 
 /// The connector's heartbeat topic, as read: its consumer and how to read a heartbeat.
 struct Heartbeats {
-    consumer: StreamConsumer,
+    consumer: StreamConsumer<HeartbeatContext>,
     format: Format,
     topic: String,
 }
@@ -678,7 +703,7 @@ async fn read(
             }
             Some(m) = next_beat(&mut beats) => {
                 let h = heartbeats.expect("a heartbeat stream has its settings");
-                match m.map_err(|e| e.to_string()).and_then(|m| {
+                match m.map_err(|e| h.consumer.context().screen.error(&e)).and_then(|m| {
                     crate::freshness::connector_heartbeat(h.format, m.key(), m.payload())
                 }) {
                     Ok(t) => {
@@ -777,9 +802,7 @@ async fn read(
 
 /// The next message of the heartbeat topic; pending forever without one.
 async fn next_beat<'a>(
-    beats: &mut Option<
-        rdkafka::consumer::MessageStream<'a, rdkafka::consumer::DefaultConsumerContext>,
-    >,
+    beats: &mut Option<rdkafka::consumer::MessageStream<'a, HeartbeatContext>>,
 ) -> Option<KafkaResult<BorrowedMessage<'a>>> {
     match beats {
         Some(s) => s.next().await,
