@@ -139,6 +139,7 @@ path = "{d}/ledger.jsonl"
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let ready = get(&addr, "/ready").unwrap_or_default();
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let status = child.wait().unwrap();
     let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
@@ -147,6 +148,11 @@ path = "{d}/ledger.jsonl"
         "no check-run metrics within 30 s; stderr:\n{stderr}"
     );
     assert!(status.success(), "SIGTERM exits 0: {status:?}\n{stderr}");
+    // Nothing held up by storage: ready.
+    assert!(
+        ready.starts_with("HTTP/1.1 200") && ready.ends_with("ready\n"),
+        "/ready: {ready}"
+    );
     for name in [
         "overseer_check_runs_total",
         "overseer_time_to_detect_seconds",

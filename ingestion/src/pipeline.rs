@@ -134,6 +134,12 @@ const STOPPING_ATTEMPT: Duration = Duration::from_secs(3);
 /// Storage operations of this process waiting out a transient fault now.
 static STALLED_OPS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
 
+/// Storage operations of this process waiting out a transient fault now: 0 when
+/// ingestion is not held up by storage (readiness).
+pub fn stalled_ops() -> i64 {
+    STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// One operation counted in [`crate::telemetry::STALLED`] while it lives.
 struct Stalled;
 

@@ -43,7 +43,8 @@ impl Checks {
     }
 }
 
-/// Serves Prometheus metrics on `[prs] metrics_addr`, if set.
+/// Serves Prometheus metrics (`/metrics`) and readiness (`/ready`) on `[prs] metrics_addr`,
+/// if set. Must be called inside a tokio runtime.
 pub fn serve_metrics(cfg: &Config) -> Result<()> {
     let Some(addr) = &cfg.prs.metrics_addr else {
         return Ok(());
@@ -51,12 +52,54 @@ pub fn serve_metrics(cfg: &Config) -> Result<()> {
     let addr: std::net::SocketAddr = addr
         .parse()
         .with_context(|| format!("prs.metrics_addr {addr:?} is not host:port"))?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std)
         .with_context(|| format!("serving metrics on {addr}"))?;
-    tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics");
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        // Histograms drain their buckets here (what `install` would have spawned).
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let handle = handle.clone();
+                async move { handle.render() }
+            }),
+        )
+        .route("/ready", axum::routing::get(|| async { readiness() }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the metrics endpoint stopped");
+        }
+    });
+    tracing::info!(%addr, "Prometheus metrics at http://{addr}/metrics, readiness at /ready");
     Ok(())
+}
+
+/// `/ready`: 200 unless ingestion is waiting out a storage fault (a database restart, an
+/// object store's 5xx), which it retries for as long as it lasts; 503 meanwhile.
+fn readiness() -> (axum::http::StatusCode, String) {
+    readiness_with(overseer_ingestion::pipeline::stalled_ops())
+}
+
+fn readiness_with(stalled: i64) -> (axum::http::StatusCode, String) {
+    match stalled {
+        0 => (axum::http::StatusCode::OK, "ready\n".into()),
+        n => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {n} storage operations waiting out a transient fault\n"),
+        ),
+    }
 }
 
 /// Where the runner reads notifications: the events topic's consumer group (Kafka bus), or
@@ -161,4 +204,17 @@ pub async fn run(cfg: Config, checks: &Checks, token: CancellationToken) -> Resu
     }
     print_report(&report);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_unless_storage_holds_ingestion_up() {
+        assert_eq!(readiness_with(0).0, axum::http::StatusCode::OK);
+        let (status, body) = readiness_with(2);
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("2 storage operations"), "{body}");
+    }
 }
