@@ -86,20 +86,27 @@ pub fn serve_metrics(cfg: &Config) -> Result<()> {
     Ok(())
 }
 
-/// `/ready`: 200 unless ingestion is waiting out a storage fault (a database restart, an
-/// object store's 5xx), which it retries for as long as it lasts; 503 meanwhile.
+/// `/ready`: 200 unless ingestion or the runner is waiting out a storage fault (a database
+/// restart, an object store's 5xx), which each retries for as long as it lasts; 503
+/// meanwhile.
 fn readiness() -> (axum::http::StatusCode, String) {
-    readiness_with(overseer_ingestion::pipeline::stalled_ops())
+    readiness_with(
+        overseer_ingestion::pipeline::stalled_ops(),
+        overseer_prs::retry::stalled_steps(),
+    )
 }
 
-fn readiness_with(stalled: i64) -> (axum::http::StatusCode, String) {
-    match stalled {
-        0 => (axum::http::StatusCode::OK, "ready\n".into()),
-        n => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {n} storage operations waiting out a transient fault\n"),
-        ),
+fn readiness_with(ingest: i64, runner: i64) -> (axum::http::StatusCode, String) {
+    if ingest == 0 && runner == 0 {
+        return (axum::http::StatusCode::OK, "ready\n".into());
     }
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "not ready: waiting out a transient storage fault ({ingest} ingestion operations, \
+             {runner} runner steps)\n"
+        ),
+    )
 }
 
 /// Where the runner reads notifications: the events topic's consumer group (Kafka bus), or
@@ -212,9 +219,12 @@ mod tests {
 
     #[test]
     fn ready_unless_storage_holds_ingestion_up() {
-        assert_eq!(readiness_with(0).0, axum::http::StatusCode::OK);
-        let (status, body) = readiness_with(2);
+        assert_eq!(readiness_with(0, 0).0, axum::http::StatusCode::OK);
+        let (status, body) = readiness_with(2, 0);
         assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
-        assert!(body.contains("2 storage operations"), "{body}");
+        assert!(body.contains("2 ingestion operations"), "{body}");
+        let (status, body) = readiness_with(0, 1);
+        assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("1 runner steps"), "{body}");
     }
 }

@@ -23,6 +23,34 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(5);
 /// `bus`).
 pub const TRANSIENT_FAULTS: &str = "overseer_runner_transient_faults_total";
 
+/// Runner steps waiting out a transient storage fault now (0: not held up by storage).
+pub const STALLED: &str = "overseer_runner_stalled";
+
+static STALLED_STEPS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Runner steps of this process waiting out a transient storage fault now (readiness).
+pub fn stalled_steps() -> i64 {
+    STALLED_STEPS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// One step counted in [`STALLED`] while it lives.
+struct Stalled;
+
+impl Stalled {
+    fn enter() -> Stalled {
+        STALLED_STEPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        metrics::gauge!(STALLED).increment(1.0);
+        Stalled
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        STALLED_STEPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        metrics::gauge!(STALLED).decrement(1.0);
+    }
+}
+
 /// Whether `e` is a storage fault that may pass on retry. A check's own timeout is not:
 /// it is the check's verdict on itself.
 pub fn is_storage_blip(e: &Error) -> bool {
@@ -60,10 +88,12 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let mut attempt = 0u32;
+    let mut stalled: Option<Stalled> = None;
     loop {
         match op().await {
             Err(e) if is_storage_blip(&e) => {
                 attempt += 1;
+                stalled.get_or_insert_with(Stalled::enter);
                 note_fault(step, attempt, &e);
                 tokio::select! {
                     _ = stop.cancelled() => return None,
@@ -111,13 +141,19 @@ mod tests {
     async fn retries_blips_stops_on_definite_errors_and_on_stop() {
         let stop = CancellationToken::new();
         let mut n = 0;
+        let mut stalled_while_failing = Vec::new();
         let got = retrying("run", &stop, || {
             n += 1;
             let fail = n < 4;
+            // Counted stalled from the first fault of the streak (only this test's retries
+            // run in this process).
+            stalled_while_failing.push(stalled_steps());
             async move { if fail { Err(blip()) } else { Ok(n) } }
         })
         .await;
         assert!(matches!(got, Some(Ok(4))));
+        assert_eq!(stalled_while_failing, [0, 1, 1, 1]);
+        assert_eq!(stalled_steps(), 0, "not stalled once it succeeded");
 
         let got: Option<Result<()>> = retrying("run", &stop, || async {
             Err(Error::Panicked("bug".into()))
