@@ -618,19 +618,24 @@ mod tests {
         let busy = pool.submit(move || {
             let _ = hold.recv();
         });
-        let timeout = Duration::from_millis(50);
+        // Generous: once released, the queued run must get a thread back within it on a
+        // loaded machine; the wait in the queue is longer still.
+        let budget = Duration::from_secs(1);
         let p = pool.clone();
         let queued = tokio::spawn(async move {
-            within(&p, tokio::time::Instant::now(), timeout, async {
+            within(&p, tokio::time::Instant::now(), budget, async {
                 run_function(|| 5).await.map_err(Error::Panicked)
             })
             .await
         });
-        tokio::time::sleep(timeout * 4).await;
+        tokio::time::sleep(budget + budget / 2).await;
         assert!(!queued.is_finished(), "still in the queue");
         release.send(()).unwrap();
         busy.await.unwrap();
         assert_eq!(queued.await.unwrap().unwrap(), 5);
+
+        // Its own work past the budget times out (it can only be later, never sooner).
+        let timeout = Duration::from_millis(50);
 
         let slow = within(&pool, tokio::time::Instant::now(), timeout, async {
             run_function(move || std::thread::sleep(timeout * 4))
