@@ -13,6 +13,9 @@
 //!   every attempt (usable under paused Tokio time).
 //! - [`sink`]: [`sink::CollectSink`], a runner sink that keeps every run record.
 //! - [`pgoutput`]: pgoutput messages encoded the way the walsender does, and samples.
+//! - [`proxy`]: [`proxy::FaultProxy`], an HTTP proxy that injects 503s, 500s (before or
+//!   after the request is applied), cut connections and slow answers into a seeded share
+//!   of requests to a real server (the chaos campaign's object-store faults).
 //! - [`proto`]: a team's `.proto` views compiled at test time (importing
 //!   `overseer/views.proto`), as its build script would.
 
@@ -22,6 +25,7 @@ pub mod history;
 pub mod memory;
 pub mod pagerduty;
 pub mod proto;
+pub mod proxy;
 pub mod servers;
 pub mod sink;
 

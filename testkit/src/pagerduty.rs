@@ -96,7 +96,14 @@ struct Book {
     acknowledges: u64,
     /// Statuses to answer the next requests with, before any validation.
     faults: VecDeque<StatusCode>,
+    /// How long every answer is held back after the request is applied.
+    delay: std::time::Duration,
+    /// Called with every request once it is applied, before it is answered.
+    hook: Option<RequestHook>,
 }
+
+/// See [`FakePagerDuty::on_request`].
+pub type RequestHook = Arc<dyn Fn(&ReceivedRequest) + Send + Sync>;
 
 type Shared = Arc<Mutex<Book>>;
 
@@ -194,6 +201,18 @@ impl FakePagerDuty {
     pub fn fail_next_with(&self, status: StatusCode, n: usize) {
         self.book().faults.extend(std::iter::repeat_n(status, n));
     }
+
+    /// Every request is applied as it arrives but answered only after `delay` (zero: at
+    /// once), as a PagerDuty slower than its client's timeout is.
+    pub fn answer_after(&self, delay: std::time::Duration) {
+        self.book().delay = delay;
+    }
+
+    /// Calls `hook` with every request once it is applied and recorded, before it is
+    /// answered (e.g. to kill the sender between PagerDuty's 202 and its own record).
+    pub fn on_request(&self, hook: impl Fn(&ReceivedRequest) + Send + Sync + 'static) {
+        self.book().hook = Some(Arc::new(hook));
+    }
 }
 
 impl Drop for FakePagerDuty {
@@ -210,27 +229,48 @@ impl std::fmt::Debug for FakePagerDuty {
     }
 }
 
-/// Every request: answer, then record.
+/// Every request: apply and record it, call the hook, then answer (after the delay).
 async fn handle(State(book): State<Shared>, method: Method, uri: Uri, body: Bytes) -> Response {
+    let (status, answer, request, hook, delay) = apply(&book, &method, &uri, &body);
+    if let Some(hook) = hook {
+        hook(&request);
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    (status, axum::Json(answer)).into_response()
+}
+
+type Applied = (
+    StatusCode,
+    Value,
+    ReceivedRequest,
+    Option<RequestHook>,
+    std::time::Duration,
+);
+
+/// Answers and records one request, under the book's lock.
+fn apply(book: &Shared, method: &Method, uri: &Uri, body: &Bytes) -> Applied {
     let mut b = book.lock().unwrap_or_else(PoisonError::into_inner);
     let (status, answer) = if let Some(fault) = b.faults.pop_front() {
         (fault, fault_body(fault))
     } else if method == Method::POST && uri.path() == "/v2/enqueue" {
-        enqueue(&mut b, &body)
+        enqueue(&mut b, body)
     } else {
         (
             StatusCode::NOT_FOUND,
             json!({"status": "not found", "message": "Not Found"}),
         )
     };
-    b.requests.push(ReceivedRequest {
+    let request = ReceivedRequest {
         method: method.to_string(),
         path: uri.path().to_owned(),
-        body: String::from_utf8_lossy(&body).into_owned(),
-        json: serde_json::from_slice(&body).ok(),
+        body: String::from_utf8_lossy(body).into_owned(),
+        json: serde_json::from_slice(body).ok(),
         status: status.as_u16(),
-    });
-    (status, axum::Json(answer)).into_response()
+    };
+    b.requests.push(request.clone());
+    (status, answer, request, b.hook.clone(), b.delay)
 }
 
 fn fault_body(status: StatusCode) -> Value {
