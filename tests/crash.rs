@@ -366,13 +366,9 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     assert!(cat.pending_segments().await.unwrap().is_empty());
 
     // Every update was announced on the events topic (at least once, across the crashes).
-    let bus = KafkaBus::connect(&KafkaBusConfig {
-        brokers: brokers.clone(),
-        topic: "overseer.events".into(),
-        partitions: 4,
-    })
-    .await
-    .unwrap();
+    let bus = KafkaBus::connect(&KafkaBusConfig::new(brokers.clone()))
+        .await
+        .unwrap();
     let mut sub = bus.subscribe("crash-check").await.unwrap();
     let mut announced = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(120);

@@ -132,6 +132,28 @@ pub struct KafkaBusConfig {
     /// Partitions to create the topic with when it does not exist.
     #[serde(default = "default_partitions")]
     pub partitions: i32,
+    /// The consumer group's session timeout: after an instance dies without leaving
+    /// (kill -9, a lost machine), its partitions are handed to the others this long after
+    /// its last heartbeat. librdkafka's default is 45 s; the broker bounds it
+    /// (`group.min.session.timeout.ms`, 6 s by default).
+    #[serde(default = "default_bus_session_timeout_ms")]
+    pub session_timeout_ms: u32,
+}
+
+fn default_bus_session_timeout_ms() -> u32 {
+    10_000
+}
+
+impl KafkaBusConfig {
+    /// The settings for `brokers` with every default.
+    pub fn new(brokers: impl Into<String>) -> KafkaBusConfig {
+        KafkaBusConfig {
+            brokers: brokers.into(),
+            topic: default_events_topic(),
+            partitions: default_partitions(),
+            session_timeout_ms: default_bus_session_timeout_ms(),
+        }
+    }
 }
 
 fn default_events_topic() -> String {

@@ -16,9 +16,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 /// A bus on a fresh topic, and the topic's name.
 async fn connect(tansu: &Server, partitions: i32) -> (KafkaBus, String) {
     let cfg = KafkaBusConfig {
-        brokers: tansu.var("KAFKA_BROKERS").to_owned(),
         topic: unique_name("events"),
         partitions,
+        ..KafkaBusConfig::new(tansu.var("KAFKA_BROKERS"))
     };
     let bus = KafkaBus::connect(&cfg)
         .await

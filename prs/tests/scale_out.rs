@@ -99,9 +99,9 @@ async fn two_instances_and_a_rebalance_give_the_verdicts_of_one() {
     let connect = || async {
         let bus: DynBus = Arc::new(
             KafkaBus::connect(&KafkaBusConfig {
-                brokers: tansu.var("KAFKA_BROKERS").to_owned(),
                 topic: unique_name("scale-out"),
                 partitions: 4,
+                ..KafkaBusConfig::new(tansu.var("KAFKA_BROKERS"))
             })
             .await
             .unwrap(),

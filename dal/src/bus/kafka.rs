@@ -58,6 +58,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct KafkaBus {
     brokers: String,
     topic: String,
+    session_timeout_ms: u32,
     /// Shared by every publisher; librdkafka batches what is enqueued concurrently.
     producer: FutureProducer,
 }
@@ -98,6 +99,7 @@ impl KafkaBus {
         let bus = KafkaBus {
             brokers: cfg.brokers.clone(),
             topic: cfg.topic.clone(),
+            session_timeout_ms: cfg.session_timeout_ms,
             producer,
         };
         bus.wait_for_topic().await?;
@@ -227,6 +229,12 @@ impl Bus for KafkaBus {
             // A new group starts at the beginning of the topic: it sees every
             // notification published after it first joined, and more.
             .set("auto.offset.reset", "earliest")
+            // A dead instance's partitions move to the living this long after it.
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout_ms / 4).max(100).to_string(),
+            )
             // Offsets move only through `commit` (see the module comment).
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", "false")
