@@ -356,6 +356,7 @@ path_style = true
 kind = "kafka"
 brokers = "{brokers}"
 topic = "{EVENTS_TOPIC}"
+session_timeout_ms = 6000
 
 [catalog]
 kind = "postgres"
@@ -449,6 +450,9 @@ pub(crate) struct RealStack {
     pub(crate) client: tokio_postgres::Client,
     pub(crate) producer: FutureProducer,
     pub(crate) cat: PgCatalog,
+    /// `overseer run`'s configuration and the database's URL, to start it again.
+    cfg: PathBuf,
+    url: String,
     /// The ledger connector's heartbeats, while it runs.
     beats: Option<(CancellationToken, JoinHandle<()>)>,
 }
@@ -520,9 +524,17 @@ impl RealStack {
             client,
             producer,
             cat,
+            cfg,
+            url,
             beats: Some((stop, beats)),
         };
         (stack, ov)
+    }
+
+    /// Starts another `overseer run` on this stack, logging to `log` (it does not wait
+    /// for the sources).
+    pub(crate) fn spawn_run(&self, log: &Path) -> Overseer {
+        Overseer::start(&self.cfg, &self.url, &self._s3, log)
     }
 
     /// Stops the connector's heartbeats.

@@ -1,0 +1,632 @@
+//! The reliability campaign (RELIABILITY.md), on real servers: PostgreSQL with logical WAL
+//! (a source and the catalog), the tansu broker, the garage S3 store behind a
+//! fault-injecting proxy, and PagerDuty's local stand-in. Each trial draws every random
+//! choice from one seed and is bounded in time; at its end it checks what the engine
+//! promises and prints a row of RELIABILITY.md's table.
+//!
+//! The short form (these defaults) runs in CI; the long form is the same tests with more
+//! kills, e.g. `CHAOS_KILLS=100 cargo test --release --test chaos -- --nocapture
+//! --test-threads 1`. Knobs: `CHAOS_SEED` (default 14), `CHAOS_KILLS` (kills per trial),
+//! `CHAOS_STORE_FAULTS` (object-store requests with a fault, per mille; default 100).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use overseer_dal::catalog::embedded::EmbeddedCatalog;
+use overseer_dal::catalog::postgres::PgCatalog;
+use overseer_dal::catalog::prelude::*;
+use overseer_dal::config::S3Config;
+use overseer_dal::store::s3::S3Store;
+use overseer_testkit::proxy::FaultProxy;
+use overseer_testkit::{Server, unique_name};
+
+use common::{EVENTS_TOPIC, MODELS, Overseer};
+
+fn knob(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?}: not a number")),
+        Err(_) => default,
+    }
+}
+
+/// A small seeded generator (xorshift64*), so a trial's choices are its seed's.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// Where a trial's process logs go: kept when the trial fails, removed when it passes.
+struct Logs(PathBuf);
+
+impl Logs {
+    fn new(trial: &str) -> Logs {
+        let dir =
+            std::env::temp_dir().join(format!("overseer-chaos-{trial}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Logs(dir)
+    }
+    fn life(&self, n: usize) -> PathBuf {
+        self.0.join(format!("life-{n:04}.log"))
+    }
+}
+
+impl Drop for Logs {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("chaos logs kept in {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Times to resume: the median and the longest.
+fn summary(resumes: &[Duration]) -> String {
+    if resumes.is_empty() {
+        return "-".into();
+    }
+    let mut v = resumes.to_vec();
+    v.sort();
+    format!(
+        "median {:.2} s, max {:.2} s",
+        v[v.len() / 2].as_secs_f64(),
+        v[v.len() - 1].as_secs_f64()
+    )
+}
+
+/// Updates in the catalog (a count, not a dump: polled every 25 ms).
+async fn stored(client: &tokio_postgres::Client, schema: &str) -> i64 {
+    client
+        .query_one(&format!("SELECT count(*) FROM \"{schema}\".updates"), &[])
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or(-1)
+}
+
+/// Writes row changes to `payments.transfers` (inserts, then updates of the same rows;
+/// transactions of 1..=50 rows, seeded) at a steady pace until `stop`, and at least
+/// `min` of them; returns how many each id got.
+async fn write_transfers(
+    url: String,
+    seed: u64,
+    min: usize,
+    stop: Arc<AtomicBool>,
+) -> HashMap<String, usize> {
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut rng = Rng::new(seed);
+    let mut per_id: HashMap<String, usize> = HashMap::new();
+    let mut inserted = 0usize;
+    let mut written = 0usize;
+    while written < min || !stop.load(Ordering::Relaxed) {
+        let n = 1 + rng.below(50) as usize;
+        let mut sql = String::from("BEGIN;");
+        for _ in 0..n {
+            // Two thirds inserts, a third updates of a row already there.
+            if inserted == 0 || rng.below(3) > 0 {
+                let i = inserted;
+                inserted += 1;
+                sql.push_str(&format!(
+                    "INSERT INTO payments.transfers VALUES ('t{i}', 'acc{}', 'USD', {}.{:02}, 'pending', now());",
+                    i % 97,
+                    i % 1000,
+                    i % 100
+                ));
+                *per_id.entry(format!("t{i}")).or_default() += 1;
+            } else {
+                let j = rng.below(inserted as u64);
+                sql.push_str(&format!(
+                    "UPDATE payments.transfers SET status = 's{written}' WHERE id = 't{j}';"
+                ));
+                *per_id.entry(format!("t{j}")).or_default() += 1;
+            }
+            written += 1;
+        }
+        sql.push_str("COMMIT;");
+        client.batch_execute(&sql).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    per_id
+}
+
+/// `overseer ingest` of the payments WAL, its store `s3_endpoint`.
+fn ingest_config(
+    s3: &Server,
+    s3_endpoint: &str,
+    prefix: &str,
+    schema: &str,
+    brokers: &str,
+) -> String {
+    format!(
+        r#"
+[store]
+kind = "s3"
+bucket = "{bucket}"
+prefix = "{prefix}"
+endpoint = "{s3_endpoint}"
+region = "{region}"
+path_style = true
+
+[bus]
+kind = "kafka"
+brokers = "{brokers}"
+topic = "{EVENTS_TOPIC}"
+
+[catalog]
+kind = "postgres"
+url_env = "E2E_CATALOG_URL"
+schema = "{schema}"
+
+[ingest]
+batch_max_events = 100
+batch_max_ms = 20
+heartbeat_ms = 200
+
+{MODELS}
+[[sources]]
+name = "payments-wal"
+format = "pgoutput"
+[sources.postgres]
+url_env = "E2E_SOURCE_URL"
+slot = "chaos_slot"
+publication = "chaos_pub"
+status_interval_ms = 200
+"#,
+        bucket = s3.var("S3_BUCKET"),
+        region = s3.var("S3_REGION"),
+    )
+}
+
+/// Object-store faults on a tenth of the requests (503, 500 before and after the
+/// request is applied, connections cut before and after, 2 s stalls) while `overseer
+/// ingest` of a PostgreSQL WAL under steady writes is killed with SIGKILL at seeded
+/// points. Then: every change stored exactly once, nothing pending, the catalog equal to
+/// a reindex of the store, and each restart resumed storing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn store_faults_and_kill_9_of_ingest() {
+    let seed = knob("CHAOS_SEED", 14);
+    let kills = knob("CHAOS_KILLS", 4) as usize;
+    let per_mille = knob("CHAOS_STORE_FAULTS", 100) as u32;
+    let pg = Server::start("postgres");
+    let kafka = Server::start("tansu");
+    let s3 = Server::start("garage");
+    let url = pg.var("PG_URL").to_owned();
+    let brokers = kafka.var("KAFKA_BROKERS").to_owned();
+    let proxy = FaultProxy::start(s3.var("S3_ENDPOINT"), per_mille, seed)
+        .await
+        .unwrap();
+    let schema = unique_name("chaos");
+    let prefix = unique_name("chaos");
+    let dir = tempfile::tempdir().unwrap();
+    let logs = Logs::new("store");
+
+    let _payments = common::payments_db(&url, "chaos_pub", "chaos_slot").await;
+    common::create_topics(&brokers, &[(EVENTS_TOPIC, 4)]).await;
+    let cfg = dir.path().join("overseer.toml");
+    std::fs::write(
+        &cfg,
+        ingest_config(&s3, &proxy.endpoint(), &prefix, &schema, &brokers),
+    )
+    .unwrap();
+    let env = [
+        ("E2E_CATALOG_URL", url.as_str()),
+        ("E2E_SOURCE_URL", url.as_str()),
+        ("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID")),
+        ("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY")),
+    ];
+    let (counter, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_transfers(url.clone(), seed, 5_000, stop.clone()));
+    let mut rng = Rng::new(seed ^ 0x5eed);
+    let mut resumes = Vec::new();
+    let mut stuck = 0;
+    for k in 0..kills {
+        let at_start = stored(&counter, &schema).await;
+        let started = Instant::now();
+        let mut ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(k));
+        let life = Duration::from_millis(700 + rng.below(2500));
+        let mut resumed = None;
+        while started.elapsed() < life {
+            if resumed.is_none() && stored(&counter, &schema).await > at_start.max(0) {
+                resumed = Some(started.elapsed());
+            }
+            ov.assert_running();
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        ov.child.kill().unwrap(); // SIGKILL
+        ov.child.wait().unwrap();
+        match resumed {
+            Some(d) => resumes.push(d),
+            // Killed before it stored anything: its time to resume is longer than its life.
+            None => stuck += 1,
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let expected = writer.await.unwrap();
+    let total: usize = expected.values().sum();
+
+    // A last life, faults still on, catches up; then a polite stop.
+    let at_start = stored(&counter, &schema).await;
+    let started = Instant::now();
+    let mut ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(kills));
+    let mut resumed = None;
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(180),
+        "the history caught up",
+        async || {
+            let n = stored(&counter, &schema).await;
+            if resumed.is_none() && n > at_start.max(0) {
+                resumed = Some(started.elapsed());
+            }
+            n >= total as i64
+        },
+    )
+    .await;
+    resumes.extend(resumed);
+    ov.stop().await;
+    proxy.set_per_mille(0);
+
+    // Exactly once: the per-record update counts equal what was written.
+    let cat = PgCatalog::connect(&url, &schema).await.unwrap();
+    let dump = cat.dump().await.unwrap();
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for e in &dump.entries {
+        *got.entry(e.record_id.clone()).or_default() += 1;
+    }
+    let lost: usize = expected
+        .iter()
+        .map(|(id, n)| n.saturating_sub(got.get(id).copied().unwrap_or(0)))
+        .sum();
+    let duplicated = dump.entries.len() as i64 + lost as i64 - total as i64;
+    assert_eq!((lost, duplicated), (0, 0), "lost, duplicated of {total}");
+    assert!(cat.pending_segments().await.unwrap().is_empty());
+
+    // The catalog equals a reindex of the object store alone (read past the proxy).
+    let creds = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
+        aws_sdk_s3::config::Credentials::new(
+            s3.var("AWS_ACCESS_KEY_ID"),
+            s3.var("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "chaos",
+        ),
+    );
+    let store = S3Store::connect_with(
+        &S3Config {
+            bucket: s3.var("S3_BUCKET").into(),
+            prefix: prefix.clone(),
+            endpoint: Some(s3.var("S3_ENDPOINT").into()),
+            region: s3.var("S3_REGION").into(),
+            path_style: true,
+        },
+        creds,
+    )
+    .await
+    .unwrap();
+    let fresh = EmbeddedCatalog::open(dir.path().join("reindexed.redb")).unwrap();
+    overseer_ingestion::reindex::reindex(&store, &fresh)
+        .await
+        .unwrap();
+    let re = fresh.dump().await.unwrap();
+    assert!(re == dump, "reindex differs from the live catalog");
+
+    let faults: Vec<String> = proxy
+        .injected()
+        .iter()
+        .map(|(f, n)| format!("{f:?} {n}"))
+        .collect();
+    eprintln!(
+        "| store faults {per_mille}‰ + kill -9 of ingest (seed {seed}) | {kills} kills, {} store requests, {} faults ({}) | {total} changes | lost 0 | duplicated 0 | resume {} ({stuck} lives stored nothing) |",
+        proxy.requests(),
+        proxy.injected_total(),
+        faults.join(", "),
+        summary(&resumes),
+    );
+    assert!(
+        proxy.injected_total() > 0,
+        "the trial injected no fault: {} requests",
+        proxy.requests()
+    );
+}
+
+/// The `[prs]` settings of the paging trial: `transfer_nets_to_zero` alone.
+const PAGING_PRS: &str = r#"grace_ms = 1000
+max_delay_ms = 20000
+
+[prs.checks.entries_match_amount]
+enabled = false
+
+[prs.checks.wallet_balance_matches_entries]
+enabled = false"#;
+
+/// A ledger entry of `transfer`.
+fn entry(transfer: &str, account: &str, direction: &str, minor: i64) -> serde_json::Value {
+    serde_json::json!({"transfer_id": transfer, "account_id": account, "asset": "USD",
+        "direction": direction, "amount_minor": {"$numberLong": minor.to_string()},
+        "decimals": 2})
+}
+
+/// What the paging trial's traffic does to one transfer.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fate {
+    Balanced,
+    /// Unbalanced, and stays so: its incident ends open.
+    Unbalanced,
+    /// Unbalanced, then its credit is fixed: its incident ends resolved.
+    Fixed,
+}
+
+/// The payments traffic of the paging trial: each transfer is inserted pending, gets its
+/// debit and credit entries, then completes (so it is checked with both entries there);
+/// then the fixes. Runs whether or not `overseer run` is up.
+async fn drive_transfers(
+    client: &tokio_postgres::Client,
+    producer: &rdkafka::producer::FutureProducer,
+    fates: &[Fate],
+    pace: Duration,
+) {
+    client
+        .batch_execute("INSERT INTO payments.assets VALUES ('USD', 2)")
+        .await
+        .unwrap();
+    let mut n = 0u32;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    for (i, fate) in fates.iter().enumerate() {
+        let t = format!("T{i}");
+        client
+            .batch_execute(&format!(
+                "INSERT INTO payments.transfers VALUES ('{t}', 'acc-{i}', 'USD', 10.00, 'pending', now())"
+            ))
+            .await
+            .unwrap();
+        let (debit, credit) = (format!("{:024x}", 2 * i), format!("{:024x}", 2 * i + 1));
+        let short = if *fate == Fate::Balanced {
+            0
+        } else {
+            1 + i as i64
+        };
+        let ev = common::change(
+            next(),
+            "insert",
+            &debit,
+            common::now_ms(),
+            entry(&t, "acc-d", "debit", 1000),
+        );
+        common::produce_ledger(producer, None, &debit, &ev).await;
+        let ev = common::change(
+            next(),
+            "insert",
+            &credit,
+            common::now_ms(),
+            entry(&t, "acc-c", "credit", 1000 - short),
+        );
+        common::produce_ledger(producer, None, &credit, &ev).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        client
+            .batch_execute(&format!(
+                "UPDATE payments.transfers SET status = 'completed', updated_at = now() WHERE id = '{t}'"
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(pace).await;
+        // The fix of a transfer three back, if it is to be fixed.
+        if let Some(j) = i.checked_sub(3).filter(|j| fates[*j] == Fate::Fixed) {
+            fix(producer, j, next()).await;
+            tokio::time::sleep(pace).await;
+        }
+    }
+    let tail = fates.len().saturating_sub(3);
+    for (j, fate) in fates.iter().enumerate().skip(tail) {
+        if *fate == Fate::Fixed {
+            fix(producer, j, next()).await;
+            tokio::time::sleep(pace).await;
+        }
+    }
+}
+
+/// Transfer `i`'s credit made whole.
+async fn fix(producer: &rdkafka::producer::FutureProducer, i: usize, n: u32) {
+    let credit = format!("{:024x}", 2 * i + 1);
+    let whole = serde_json::json!({"amount_minor": {"$numberLong": "1000"}});
+    let ev = common::change(n, "update", &credit, common::now_ms(), whole);
+    common::produce_ledger(producer, None, &credit, &ev).await;
+}
+
+/// Waits out a killed instance's Kafka group sessions (6 s in these configurations)
+/// before the next starts. Real Kafka hands a dead member's partitions to the living
+/// when its session expires; tansu 0.6 only when a member joins after that, so the next
+/// instance joins once it has expired (else it may hold no partition until it restarts).
+async fn session_expires() {
+    tokio::time::sleep(Duration::from_secs(8)).await;
+}
+
+/// `overseer run` (ingestion, checks, PagerDuty) killed with SIGKILL while transfers go
+/// unbalanced and are fixed: at seeded points of its life, and, in half of its lives,
+/// 0–3 ms after PagerDuty applied a request (before or after the 202 reaches it, before
+/// it can record the send). Then: every unbalanced transfer has exactly one incident,
+/// opened once; the fixed ones are resolved and the others open; no incident row is left
+/// unsettled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_run_while_paging() {
+    use std::sync::atomic::{AtomicU32, AtomicU64};
+    let seed = knob("CHAOS_SEED", 14);
+    let kills = knob("CHAOS_KILLS", 4) as usize;
+    let transfers = knob("CHAOS_TRANSFERS", 12) as usize;
+    let logs = Logs::new("paging");
+    let (mut stack, first) = common::RealStack::start("chaos", 1, Duration::ZERO, PAGING_PRS).await;
+    drop(first);
+
+    let mut rng = Rng::new(seed ^ 0x9a9e);
+    let fates: Vec<Fate> = (0..transfers)
+        .map(|_| match rng.below(3) {
+            0 => Fate::Balanced,
+            1 => Fate::Unbalanced,
+            _ => Fate::Fixed,
+        })
+        .collect();
+    let key =
+        |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
+    let expect_open: std::collections::BTreeSet<String> = (0..transfers)
+        .filter(|i| fates[*i] == Fate::Unbalanced)
+        .map(key)
+        .collect();
+    let expect_resolved: std::collections::BTreeSet<String> = (0..transfers)
+        .filter(|i| fates[*i] == Fate::Fixed)
+        .map(key)
+        .collect();
+
+    // Kills on PagerDuty's requests: armed per life, the delay drawn per life.
+    let pid = Arc::new(AtomicU32::new(0));
+    let armed = Arc::new(AtomicBool::new(false));
+    let delay_us = Arc::new(AtomicU64::new(0));
+    let on_page_kills = Arc::new(AtomicU64::new(0));
+    {
+        let (pid, armed, delay_us, n) = (
+            pid.clone(),
+            armed.clone(),
+            delay_us.clone(),
+            on_page_kills.clone(),
+        );
+        stack.pd.on_request(move |_| {
+            if armed.swap(false, Ordering::SeqCst) {
+                let (pid, delay) = (pid.load(Ordering::SeqCst), delay_us.load(Ordering::SeqCst));
+                n.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_micros(delay));
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        });
+    }
+
+    // The traffic spans the lives: about 10 s a life, a step per transfer and per fix.
+    let steps = transfers + expect_resolved.len();
+    let pace = (Duration::from_secs(10 * kills as u64) / steps.max(1) as u32)
+        .max(Duration::from_millis(300));
+    let driver = {
+        let (client, producer) = (&stack.client, &stack.producer);
+        let fates = fates.clone();
+        async move { drive_transfers(client, producer, &fates, pace).await }
+    };
+    let lives = async {
+        let mut first_page = Vec::new();
+        for k in 0..kills {
+            session_expires().await;
+            let requests_before = stack.pd.requests().len();
+            let started = Instant::now();
+            let mut ov = stack.spawn_run(&logs.life(k));
+            pid.store(ov.child.id(), Ordering::SeqCst);
+            delay_us.store(rng.below(3000), Ordering::SeqCst);
+            armed.store(rng.below(2) == 0, Ordering::SeqCst);
+            let life = Duration::from_millis(1500 + rng.below(4000));
+            let mut paged = None;
+            while started.elapsed() < life {
+                if ov.child.try_wait().unwrap().is_some() {
+                    break; // killed on a page
+                }
+                if paged.is_none() && stack.pd.requests().len() > requests_before {
+                    paged = Some(started.elapsed());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            armed.store(false, Ordering::SeqCst);
+            let _ = ov.child.kill(); // SIGKILL (a no-op if the hook killed it)
+            ov.child.wait().unwrap();
+            first_page.extend(paged);
+        }
+        first_page
+    };
+    let ((), first_page) = tokio::join!(driver, lives);
+
+    // A last life settles everything owed; then a polite stop.
+    session_expires().await;
+    let requests_before = stack.pd.requests().len();
+    let started = Instant::now();
+    let mut ov = stack.spawn_run(&logs.life(kills));
+    let mut resumed = None;
+    let pd = &stack.pd;
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(120),
+        "PagerDuty holds what the ledger says",
+        async || {
+            if resumed.is_none() && pd.requests().len() > requests_before {
+                resumed = Some(started.elapsed());
+            }
+            let resolved: std::collections::BTreeSet<String> = pd
+                .resolved_incidents()
+                .into_iter()
+                .map(|i| i.dedup_key)
+                .collect();
+            common::open_keys(pd) == expect_open && expect_resolved.is_subset(&resolved)
+        },
+    )
+    .await;
+    // Nothing more is sent once it is settled.
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(60),
+        "every incident row is settled",
+        async || stack.cat.unsettled_incidents(10).await.unwrap().is_empty(),
+    )
+    .await;
+    ov.stop().await;
+    stack.stop_heartbeats().await;
+
+    let pd = &stack.pd;
+    let opened = pd.incidents_opened_total();
+    let doubled = opened as i64 - (expect_open.len() + expect_resolved.len()) as i64;
+    let resolved = pd.resolved_incidents();
+    let resolves_lost = expect_resolved
+        .iter()
+        .filter(|k| !resolved.iter().any(|i| &i.dedup_key == *k))
+        .count();
+    let mut times = first_page.clone();
+    times.extend(resumed);
+    eprintln!(
+        "| kill -9 of run while paging (seed {seed}) | {kills} kills ({} on a PagerDuty request), {transfers} transfers ({} open, {} resolved) | pages doubled {doubled} | resolves lost {resolves_lost} | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
+        on_page_kills.load(Ordering::SeqCst),
+        expect_open.len(),
+        expect_resolved.len(),
+        pd.triggers_deduplicated(),
+        pd.resolves_dropped(),
+        summary(&times),
+    );
+    assert_eq!(doubled, 0, "an incident opened twice: {:#?}", pd.requests());
+    assert_eq!(resolves_lost, 0);
+    assert_eq!(
+        resolved.len(),
+        expect_resolved.len(),
+        "resolved only the fixed: {resolved:#?}"
+    );
+    // Every request was well-formed.
+    for r in pd.requests() {
+        assert_eq!(r.status, 202, "{r:#?}");
+    }
+}
