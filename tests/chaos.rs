@@ -7,7 +7,8 @@
 //! The short form (these defaults) runs in CI; the long form is the same tests with more
 //! kills, e.g. `CHAOS_KILLS=100 cargo test --release --test chaos -- --nocapture
 //! --test-threads 1`. Knobs: `CHAOS_SEED` (default 14), `CHAOS_KILLS` (kills per trial),
-//! `CHAOS_STORE_FAULTS` (object-store requests with a fault, per mille; default 100).
+//! `CHAOS_STORE_FAULTS` (object-store requests with a fault, per mille; default 100),
+//! `CHAOS_KEEP_LOGS` (set: the processes' logs are kept, as when a trial fails).
 
 mod common;
 
@@ -68,7 +69,7 @@ impl Logs {
 
 impl Drop for Logs {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("CHAOS_KEEP_LOGS").is_some() {
             eprintln!("chaos logs kept in {}", self.0.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
@@ -90,59 +91,151 @@ fn summary(resumes: &[Duration]) -> String {
     )
 }
 
-/// Updates in the catalog (a count, not a dump: polled every 25 ms).
-async fn stored(client: &tokio_postgres::Client, schema: &str) -> i64 {
-    client
-        .query_one(&format!("SELECT count(*) FROM \"{schema}\".updates"), &[])
-        .await
-        .map(|r| r.get(0))
-        .unwrap_or(-1)
+/// Counts the updates in the catalog (a count, not a dump: polled every 25 ms), on a
+/// connection of its own that is made again when the database restarts.
+struct Stored {
+    url: String,
+    schema: String,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl Stored {
+    fn new(url: &str, schema: &str) -> Stored {
+        Stored {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+            client: None,
+        }
+    }
+
+    /// Whether an update of record `id` is stored (false while the database does not
+    /// answer).
+    async fn has(&mut self, id: &str) -> bool {
+        let sql = format!(
+            "SELECT count(*) FROM \"{}\".updates WHERE record_id = convert_to($1, 'UTF8')",
+            self.schema
+        );
+        self.query(&sql, id).await > 0
+    }
+
+    /// The count, or -1 while the database does not answer.
+    async fn count(&mut self) -> i64 {
+        let sql = format!("SELECT count(*) FROM \"{}\".updates", self.schema);
+        self.query(&sql, "").await
+    }
+
+    async fn query(&mut self, sql: &str, arg: &str) -> i64 {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+                .await
+                .ok()
+                .map(|(client, conn)| {
+                    tokio::spawn(conn);
+                    client
+                });
+        }
+        let Some(client) = &self.client else {
+            return -1;
+        };
+        let args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            if arg.is_empty() { vec![] } else { vec![&arg] };
+        client
+            .query_one(sql, &args)
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(-1)
+    }
+}
+
+/// Connects, retrying for up to a minute (the database may be restarting).
+async fn connect_retrying(url: &str) -> tokio_postgres::Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+            Ok((client, conn)) => {
+                tokio::spawn(conn);
+                return client;
+            }
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("writer: reconnecting ({e})");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("writer: the database is gone: {e}"),
+        }
+    }
 }
 
 /// Writes row changes to `payments.transfers` (inserts, then updates of the same rows;
-/// transactions of 1..=50 rows, seeded) at a steady pace until `stop`, and at least
-/// `min` of them; returns how many each id got.
+/// transactions of 1..=20 rows, seeded) at about 500 rows a second until `stop`, and at least
+/// `min` of them; returns how many each id got. Rides out a database restart: a
+/// transaction whose COMMIT went unanswered counts if its marker row (in a table the
+/// publication leaves out) is there once the database is back. `rows` follows the rows
+/// inserted so far (`t0`, `t1`, ...).
 async fn write_transfers(
     url: String,
     seed: u64,
     min: usize,
     stop: Arc<AtomicBool>,
+    rows: Arc<std::sync::atomic::AtomicUsize>,
 ) -> HashMap<String, usize> {
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+    let mut client = connect_retrying(&url).await;
+    client
+        .batch_execute("CREATE TABLE chaos_tx (n bigint PRIMARY KEY)")
         .await
         .unwrap();
-    tokio::spawn(conn);
     let mut rng = Rng::new(seed);
     let mut per_id: HashMap<String, usize> = HashMap::new();
     let mut inserted = 0usize;
     let mut written = 0usize;
+    let mut tx = 0u64;
     while written < min || !stop.load(Ordering::Relaxed) {
-        let n = 1 + rng.below(50) as usize;
-        let mut sql = String::from("BEGIN;");
+        tx += 1;
+        let n = 1 + rng.below(20) as usize;
+        let mut sql = format!("BEGIN; INSERT INTO chaos_tx VALUES ({tx});");
+        let mut ids = Vec::with_capacity(n);
+        let mut new_rows = 0;
         for _ in 0..n {
             // Two thirds inserts, a third updates of a row already there.
-            if inserted == 0 || rng.below(3) > 0 {
-                let i = inserted;
-                inserted += 1;
+            if inserted + new_rows == 0 || rng.below(3) > 0 {
+                let i = inserted + new_rows;
+                new_rows += 1;
                 sql.push_str(&format!(
                     "INSERT INTO payments.transfers VALUES ('t{i}', 'acc{}', 'USD', {}.{:02}, 'pending', now());",
                     i % 97,
                     i % 1000,
                     i % 100
                 ));
-                *per_id.entry(format!("t{i}")).or_default() += 1;
+                ids.push(format!("t{i}"));
             } else {
-                let j = rng.below(inserted as u64);
+                let j = rng.below((inserted + new_rows) as u64);
                 sql.push_str(&format!(
-                    "UPDATE payments.transfers SET status = 's{written}' WHERE id = 't{j}';"
+                    "UPDATE payments.transfers SET status = 's{tx}' WHERE id = 't{j}';"
                 ));
-                *per_id.entry(format!("t{j}")).or_default() += 1;
+                ids.push(format!("t{j}"));
             }
-            written += 1;
         }
         sql.push_str("COMMIT;");
-        client.batch_execute(&sql).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        let committed = match client.batch_execute(&sql).await {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("writer: transaction {tx}: {e}");
+                client = connect_retrying(&url).await;
+                client
+                    .query_opt("SELECT 1 FROM chaos_tx WHERE n = $1", &[&(tx as i64)])
+                    .await
+                    .unwrap()
+                    .is_some()
+            }
+        };
+        if committed {
+            inserted += new_rows;
+            rows.store(inserted, Ordering::SeqCst);
+            written += n;
+            for id in ids {
+                *per_id.entry(id).or_default() += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     per_id
 }
@@ -205,7 +298,7 @@ async fn store_faults_and_kill_9_of_ingest() {
     let seed = knob("CHAOS_SEED", 14);
     let kills = knob("CHAOS_KILLS", 4) as usize;
     let per_mille = knob("CHAOS_STORE_FAULTS", 100) as u32;
-    let pg = Server::start("postgres");
+    let pg = Arc::new(Server::start("postgres"));
     let kafka = Server::start("tansu");
     let s3 = Server::start("garage");
     let url = pg.var("PG_URL").to_owned();
@@ -232,24 +325,28 @@ async fn store_faults_and_kill_9_of_ingest() {
         ("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID")),
         ("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY")),
     ];
-    let (counter, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let mut stored = Stored::new(&url, &schema);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_transfers(url.clone(), seed, 5_000, stop.clone()));
+    let rows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn(write_transfers(
+        url.clone(),
+        seed,
+        10_000,
+        stop.clone(),
+        rows.clone(),
+    ));
     let mut rng = Rng::new(seed ^ 0x5eed);
     let mut resumes = Vec::new();
     let mut stuck = 0;
     for k in 0..kills {
-        let at_start = stored(&counter, &schema).await;
+        let at_start = stored.count().await;
         let started = Instant::now();
         let mut ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(k));
         let life = Duration::from_millis(700 + rng.below(2500));
         let mut resumed = None;
         while started.elapsed() < life {
-            if resumed.is_none() && stored(&counter, &schema).await > at_start.max(0) {
+            if resumed.is_none() && stored.count().await > at_start.max(0) {
                 resumed = Some(started.elapsed());
             }
             ov.assert_running();
@@ -263,29 +360,52 @@ async fn store_faults_and_kill_9_of_ingest() {
             None => stuck += 1,
         }
     }
+
+    // A last life, under the writes and the faults: once it stores, PostgreSQL (the
+    // source and the catalog) restarts as in a crash, and it must store again without
+    // a restart of its own.
+    let at_start = stored.count().await;
+    let started = Instant::now();
+    let mut ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(kills));
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(60),
+        "the last life stores",
+        async || stored.count().await > at_start.max(0),
+    )
+    .await;
+    resumes.push(started.elapsed());
+    let restarted = tokio::task::spawn_blocking({
+        let p = pg.clone();
+        move || {
+            p.restart();
+            Instant::now()
+        }
+    })
+    .await
+    .unwrap();
+    // A row the writer inserts after the restart (a transaction in flight at the restart
+    // holds at most 20): stored means the source read the WAL again and the catalog took
+    // a commit.
+    let first_after = format!("t{}", rows.load(Ordering::SeqCst) + 20);
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(60),
+        "ingest stores again after the database restart",
+        async || stored.has(&first_after).await,
+    )
+    .await;
+    let pg_resume = restarted.elapsed();
     stop.store(true, Ordering::Relaxed);
     let expected = writer.await.unwrap();
     let total: usize = expected.values().sum();
-
-    // A last life, faults still on, catches up; then a polite stop.
-    let at_start = stored(&counter, &schema).await;
-    let started = Instant::now();
-    let mut ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(kills));
-    let mut resumed = None;
     common::wait_until(
         &mut ov,
         Duration::from_secs(180),
         "the history caught up",
-        async || {
-            let n = stored(&counter, &schema).await;
-            if resumed.is_none() && n > at_start.max(0) {
-                resumed = Some(started.elapsed());
-            }
-            n >= total as i64
-        },
+        async || stored.count().await >= total as i64,
     )
     .await;
-    resumes.extend(resumed);
     ov.stop().await;
     proxy.set_per_mille(0);
 
@@ -339,11 +459,12 @@ async fn store_faults_and_kill_9_of_ingest() {
         .map(|(f, n)| format!("{f:?} {n}"))
         .collect();
     eprintln!(
-        "| store faults {per_mille}‰ + kill -9 of ingest (seed {seed}) | {kills} kills, {} store requests, {} faults ({}) | {total} changes | lost 0 | duplicated 0 | resume {} ({stuck} lives stored nothing) |",
+        "| store faults {per_mille}‰ + kill -9 of ingest (seed {seed}) | {kills} kills, {} store requests, {} faults ({}) | {total} changes | lost 0 | duplicated 0 | resume {} ({stuck} lives stored nothing) |\n| PostgreSQL (source and catalog) restart under ingest (seed {seed}) | 1 | - | lost 0 | duplicated 0 | resume {:.2} s after the restart |",
         proxy.requests(),
         proxy.injected_total(),
         faults.join(", "),
         summary(&resumes),
+        pg_resume.as_secs_f64(),
     );
     assert!(
         proxy.injected_total() > 0,

@@ -69,6 +69,26 @@ impl Server {
             .unwrap_or_else(|| panic!("start script printed no {key}: {:?}", self.vars))
     }
 
+    /// `scripts/{name}.sh restart DIR`: the server stops at once, as in a crash, and
+    /// starts again with the same state and port (only scripts that offer it:
+    /// `postgres`). Panics with the script's output if it cannot.
+    pub fn restart(&self) {
+        let out = Command::new("bash")
+            .arg(&self.script)
+            .arg("restart")
+            .arg(self.dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.script.display()));
+        assert!(
+            out.status.success(),
+            "{} restart failed ({}):\n{}{}",
+            self.script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// The server's state directory.
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()

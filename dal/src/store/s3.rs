@@ -19,6 +19,7 @@ use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use bytes::Bytes;
+use std::time::Duration;
 
 use super::{ObjectStore, PutOutcome};
 use crate::config::S3Config;
@@ -38,6 +39,9 @@ pub struct S3Store {
     /// For [`ObjectStore::describe`] only.
     endpoint: Option<String>,
 }
+
+/// How long [`S3Store::connect`] asks again while the store answers transiently.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
 
 impl S3Store {
     /// Connects with the default AWS configuration chain and checks the bucket is reachable,
@@ -68,14 +72,31 @@ impl S3Store {
             root,
             endpoint: cfg.endpoint.clone(),
         };
-        store
-            .client
-            .head_bucket()
-            .bucket(&store.bucket)
-            .send()
-            .await
-            .map_err(|e| store.error("HEAD bucket", "", e))?;
-        Ok(store)
+        // A transient answer (a 5xx, a reset, a timeout) is asked again for a while: a
+        // store that is briefly unwell at start is not a reason to stop. A definite one
+        // (no such bucket, bad credentials) is not.
+        let mut pause = Duration::from_millis(100);
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        loop {
+            match store
+                .client
+                .head_bucket()
+                .bucket(&store.bucket)
+                .send()
+                .await
+            {
+                Ok(_) => return Ok(store),
+                Err(e) => {
+                    let e = store.error("HEAD bucket", "", e);
+                    if !e.is_transient() || tokio::time::Instant::now() + pause > deadline {
+                        return Err(e);
+                    }
+                    tracing::warn!(error = %e, retry_in = ?pause, "object store not answering yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// The bucket key of store key `key`.
