@@ -604,13 +604,7 @@ async fn kill_9_of_run_while_paging() {
     drop(first);
 
     let mut rng = Rng::new(seed ^ 0x9a9e);
-    let fates: Vec<Fate> = (0..transfers)
-        .map(|_| match rng.below(3) {
-            0 => Fate::Balanced,
-            1 => Fate::Unbalanced,
-            _ => Fate::Fixed,
-        })
-        .collect();
+    let fates = draw_fates(&mut rng, transfers);
     let key =
         |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
     let expect_open: std::collections::BTreeSet<String> = (0..transfers)
@@ -749,5 +743,114 @@ async fn kill_9_of_run_while_paging() {
     // Every request was well-formed.
     for r in pd.requests() {
         assert_eq!(r.status, 202, "{r:#?}");
+    }
+}
+
+/// The fates of `n` transfers, drawn from `rng`.
+fn draw_fates(rng: &mut Rng, n: usize) -> Vec<Fate> {
+    (0..n)
+        .map(|_| match rng.below(3) {
+            0 => Fate::Balanced,
+            1 => Fate::Unbalanced,
+            _ => Fate::Fixed,
+        })
+        .collect()
+}
+
+/// PagerDuty answering 500 to everything (`CHAOS_PD_OUTAGE_S`, default 15 s; a minute in
+/// the long form), then applying every request but answering only after the client's
+/// 10 s timeout (`CHAOS_PD_SLOW_S`, default 25 s), while transfers go unbalanced and are
+/// fixed under a running `overseer run`. Then, once it is healthy: every transfer still
+/// unbalanced has one open incident, opened once; a fixed one was paged and resolved, or
+/// (fixed before its page could go out) never paged; nothing is owed; and how long that
+/// took after PagerDuty healed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pagerduty_outage_then_slow() {
+    let seed = knob("CHAOS_SEED", 14);
+    let outage = Duration::from_secs(knob("CHAOS_PD_OUTAGE_S", 15));
+    let slow = Duration::from_secs(knob("CHAOS_PD_SLOW_S", 25));
+    let transfers = knob("CHAOS_TRANSFERS", 12) as usize;
+    let (mut stack, mut ov) =
+        common::RealStack::start("pdchaos", 1, Duration::ZERO, PAGING_PRS).await;
+    let mut rng = Rng::new(seed ^ 0x0da9e);
+    let fates = draw_fates(&mut rng, transfers);
+    let key =
+        |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
+    let expect_open: std::collections::BTreeSet<String> = (0..transfers)
+        .filter(|i| fates[*i] == Fate::Unbalanced)
+        .map(key)
+        .collect();
+    let expect_resolved: std::collections::BTreeSet<String> = (0..transfers)
+        .filter(|i| fates[*i] == Fate::Fixed)
+        .map(key)
+        .collect();
+
+    // The traffic spans the outage and the slow spell.
+    let steps = transfers + expect_resolved.len();
+    let pace = ((outage + slow) / steps.max(1) as u32).max(Duration::from_millis(300));
+    stack.pd.fail_all_with(Some(
+        overseer_testkit::pagerduty::StatusCode::INTERNAL_SERVER_ERROR,
+    ));
+    let driver = drive_transfers(&stack.client, &stack.producer, &fates, pace);
+    let spells = async {
+        tokio::time::sleep(outage).await;
+        stack.pd.fail_all_with(None);
+        stack.pd.answer_after(Duration::from_secs(12));
+        tokio::time::sleep(slow).await;
+        stack.pd.answer_after(Duration::ZERO);
+        Instant::now()
+    };
+    let ((), healed) = tokio::join!(driver, spells);
+    ov.assert_running();
+
+    // A transfer fixed before its page could go out is never paged: PagerDuty hears of
+    // the fixed ones either both ways or not at all. Nothing may be owed at the end.
+    let pd = &stack.pd;
+    let cat = &stack.cat;
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(120),
+        "PagerDuty holds what the ledger says, and nothing is owed",
+        async || {
+            common::open_keys(pd) == expect_open
+                && cat.unsettled_incidents(10).await.unwrap().is_empty()
+        },
+    )
+    .await;
+    let caught_up = healed.elapsed();
+    ov.stop().await;
+    stack.stop_heartbeats().await;
+
+    let pd = &stack.pd;
+    let resolved: Vec<String> = pd
+        .resolved_incidents()
+        .into_iter()
+        .map(|i| i.dedup_key)
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = resolved.iter().collect();
+    let doubled = pd.incidents_opened_total() as i64 - (expect_open.len() + unique.len()) as i64
+        + (resolved.len() - unique.len()) as i64;
+    let refused = pd.requests().iter().filter(|r| r.status == 500).count();
+    eprintln!(
+        "| PagerDuty 500 for {} s, then answering after the 10 s timeout for {} s (seed {seed}) | {transfers} transfers ({} open, {} fixed, {} of them paged and resolved), {refused} requests refused | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | all delivered {:.2} s after PagerDuty healed |",
+        outage.as_secs(),
+        slow.as_secs(),
+        expect_open.len(),
+        expect_resolved.len(),
+        unique.len(),
+        pd.triggers_deduplicated(),
+        pd.resolves_dropped(),
+        caught_up.as_secs_f64(),
+    );
+    assert_eq!(doubled, 0, "an incident opened twice: {:#?}", pd.requests());
+    assert!(
+        unique.iter().all(|k| expect_resolved.contains(*k)),
+        "only fixed transfers resolve: {resolved:#?}"
+    );
+    if !expect_open.is_empty() {
+        assert!(refused > 0, "the outage refused nothing");
+    }
+    for r in pd.requests() {
+        assert!(r.status == 202 || r.status == 500, "{r:#?}");
     }
 }

@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{Method, StatusCode, Uri};
+/// The status codes the fake answers with (re-exported for its callers).
+pub use axum::http::StatusCode;
+use axum::http::{Method, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
@@ -96,6 +98,8 @@ struct Book {
     acknowledges: u64,
     /// Statuses to answer the next requests with, before any validation.
     faults: VecDeque<StatusCode>,
+    /// While set, every request is answered with it, unread (an outage).
+    outage: Option<StatusCode>,
     /// How long every answer is held back after the request is applied.
     delay: std::time::Duration,
     /// Called with every request once it is applied, before it is answered.
@@ -202,6 +206,11 @@ impl FakePagerDuty {
         self.book().faults.extend(std::iter::repeat_n(status, n));
     }
 
+    /// From now on every request is answered `status`, unread, until called with `None`.
+    pub fn fail_all_with(&self, status: Option<StatusCode>) {
+        self.book().outage = status;
+    }
+
     /// Every request is applied as it arrives but answered only after `delay` (zero: at
     /// once), as a PagerDuty slower than its client's timeout is.
     pub fn answer_after(&self, delay: std::time::Duration) {
@@ -252,7 +261,7 @@ type Applied = (
 /// Answers and records one request, under the book's lock.
 fn apply(book: &Shared, method: &Method, uri: &Uri, body: &Bytes) -> Applied {
     let mut b = book.lock().unwrap_or_else(PoisonError::into_inner);
-    let (status, answer) = if let Some(fault) = b.faults.pop_front() {
+    let (status, answer) = if let Some(fault) = b.outage.or_else(|| b.faults.pop_front()) {
         (fault, fault_body(fault))
     } else if method == Method::POST && uri.path() == "/v2/enqueue" {
         enqueue(&mut b, body)
