@@ -28,6 +28,7 @@ pub mod pgoutput;
 pub mod reader;
 pub mod segment;
 pub mod snapshot;
+pub mod stall;
 pub mod state;
 pub mod store;
 pub mod timeline;

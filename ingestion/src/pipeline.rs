@@ -132,30 +132,13 @@ const STOPPING_PAUSE: Duration = Duration::from_millis(500);
 const STOPPING_ATTEMPT: Duration = Duration::from_secs(3);
 
 /// Storage operations of this process waiting out a transient fault now.
-static STALLED_OPS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static STALLED_OPS: overseer_dal::stall::Stalls =
+    overseer_dal::stall::Stalls::new(crate::telemetry::STALLED);
 
 /// Storage operations of this process waiting out a transient fault now: 0 when
 /// ingestion is not held up by storage (readiness).
 pub fn stalled_ops() -> i64 {
-    STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// One operation counted in [`crate::telemetry::STALLED`] while it lives.
-struct Stalled;
-
-impl Stalled {
-    fn enter() -> Stalled {
-        STALLED_OPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        metrics::gauge!(crate::telemetry::STALLED).increment(1.0);
-        Stalled
-    }
-}
-
-impl Drop for Stalled {
-    fn drop(&mut self) {
-        STALLED_OPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        metrics::gauge!(crate::telemetry::STALLED).decrement(1.0);
-    }
+    STALLED_OPS.now()
 }
 
 /// Runs a storage operation until it succeeds or fails definitely: a transient fault (a
@@ -172,7 +155,7 @@ where
     let mut pause = FIRST_PAUSE;
     let mut attempt = 0u32;
     let mut when_stopping = 0u32;
-    let mut stalled: Option<Stalled> = None;
+    let mut stalled: Option<overseer_dal::stall::Stalled> = None;
     loop {
         let attempt_result = {
             let call = op();
@@ -209,7 +192,7 @@ where
                     }
                 }
                 attempt += 1;
-                stalled.get_or_insert_with(Stalled::enter);
+                stalled.get_or_insert_with(|| STALLED_OPS.enter());
                 metrics::counter!(RETRIES, "op" => what).increment(1);
                 if attempt == 1 || attempt.is_multiple_of(10) {
                     tracing::warn!(op = what, attempt, error = %e,
@@ -878,7 +861,7 @@ mod tests {
             started.elapsed() > Duration::from_secs(15 * 60),
             "an outage of minutes"
         );
-        assert_eq!(STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(STALLED_OPS.now(), 0);
 
         // (One test: the stalled count is the process's, shared by parallel tests.)
         // Stopping ends the wait after a few attempts; definite errors end it at once.
@@ -901,7 +884,7 @@ mod tests {
             }
         });
         rx.await.unwrap();
-        assert_eq!(STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(STALLED_OPS.now(), 1);
         let asked = tokio::time::Instant::now();
         stop.cancel();
         let (got, calls) = waiting.await.unwrap();
@@ -912,7 +895,7 @@ mod tests {
             "a few more after the stop"
         );
         assert!(asked.elapsed() <= STOPPING_PAUSE * ATTEMPTS_WHEN_STOPPING);
-        assert_eq!(STALLED_OPS.load(std::sync::atomic::Ordering::SeqCst), 0);
+        assert_eq!(STALLED_OPS.now(), 0);
 
         let mut calls = 0;
         let got: Result<()> = retry("get", &CancellationToken::new(), || {

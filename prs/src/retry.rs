@@ -26,29 +26,11 @@ pub const TRANSIENT_FAULTS: &str = "overseer_runner_transient_faults_total";
 /// Runner steps waiting out a transient storage fault now (0: not held up by storage).
 pub const STALLED: &str = "overseer_runner_stalled";
 
-static STALLED_STEPS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+static STALLED_STEPS: overseer_dal::stall::Stalls = overseer_dal::stall::Stalls::new(STALLED);
 
 /// Runner steps of this process waiting out a transient storage fault now (readiness).
 pub fn stalled_steps() -> i64 {
-    STALLED_STEPS.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// One step counted in [`STALLED`] while it lives.
-struct Stalled;
-
-impl Stalled {
-    fn enter() -> Stalled {
-        STALLED_STEPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        metrics::gauge!(STALLED).increment(1.0);
-        Stalled
-    }
-}
-
-impl Drop for Stalled {
-    fn drop(&mut self) {
-        STALLED_STEPS.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        metrics::gauge!(STALLED).decrement(1.0);
-    }
+    STALLED_STEPS.now()
 }
 
 /// Whether `e` is a storage fault that may pass on retry. A check's own timeout is not:
@@ -88,12 +70,12 @@ where
     Fut: Future<Output = Result<T>>,
 {
     let mut attempt = 0u32;
-    let mut stalled: Option<Stalled> = None;
+    let mut stalled: Option<overseer_dal::stall::Stalled> = None;
     loop {
         match op().await {
             Err(e) if is_storage_blip(&e) => {
                 attempt += 1;
-                stalled.get_or_insert_with(Stalled::enter);
+                stalled.get_or_insert_with(|| STALLED_STEPS.enter());
                 note_fault(step, attempt, &e);
                 tokio::select! {
                     _ = stop.cancelled() => return None,
