@@ -167,6 +167,8 @@ impl PagerDutyNotifier {
         } else {
             body
         };
+        // Scrubbed again: `pagerduty_error` reads the body as JSON, and an escaped secret
+        // (`\/`, `\u0041`) the first pass could not see is plain text after it.
         let message = http::scrub(&format!("PagerDuty answered {status}: {said}"), &self.url)
             .replace(&self.routing_key, REDACTED);
         Err(error(
