@@ -66,17 +66,20 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
         ..
     } = &stack;
 
-    // 1. The transfer (with its asset) in one transaction, then its unbalanced entries.
+    // 1. The transfer (with its asset) in one transaction, pending; its unbalanced
+    // entries; then the transfer completes. Only a completed transfer must net to zero,
+    // so the check fails first as of the completion, when both entries are there (had
+    // the transfer been completed first, whether a run as of then saw no entry, one or
+    // both would depend on timing).
     client
         .batch_execute(
             "BEGIN;
              INSERT INTO payments.assets VALUES ('USD', 2);
-             INSERT INTO payments.transfers VALUES ('T1', 'acc-1', 'USD', 12.50, 'completed', now());
+             INSERT INTO payments.transfers VALUES ('T1', 'acc-1', 'USD', 12.50, 'pending', now());
              COMMIT;",
         )
         .await
         .unwrap();
-    let inserted = Instant::now();
     produce(
         producer,
         DEBIT,
@@ -95,6 +98,11 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
         ),
     )
     .await;
+    client
+        .batch_execute("UPDATE payments.transfers SET status = 'completed', updated_at = now() WHERE id = 'T1'")
+        .await
+        .unwrap();
+    let inserted = Instant::now();
 
     // 2. Exactly one incident, about T1, with the evidence.
     wait_until(
@@ -105,7 +113,7 @@ async fn unbalanced_transfer_pages_once_and_the_fix_resolves() {
     )
     .await;
     let detected = inserted.elapsed();
-    eprintln!("time to detect (insert → PagerDuty incident): {detected:?}");
+    eprintln!("time to detect (completion → PagerDuty incident): {detected:?}");
     let open = pd.open_incidents();
     assert_eq!(open.len(), 1, "{open:#?}");
     let inc = &open[0];
