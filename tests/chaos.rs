@@ -37,6 +37,10 @@ fn knob(name: &str, default: u64) -> u64 {
     }
 }
 
+/// The trials run one at a time: each has its own servers and engine, and two at once
+/// on two cores would measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A small seeded generator (xorshift64*), so a trial's choices are its seed's.
 struct Rng(u64);
 
@@ -295,6 +299,7 @@ status_interval_ms = 200
 /// a reindex of the store, and each restart resumed storing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn store_faults_and_kill_9_of_ingest() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let seed = knob("CHAOS_SEED", 14);
     let kills = knob("CHAOS_KILLS", 4) as usize;
     let per_mille = knob("CHAOS_STORE_FAULTS", 100) as u32;
@@ -595,6 +600,7 @@ async fn session_expires() {
 /// unsettled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_run_while_paging() {
+    let _one = ONE_AT_A_TIME.lock().await;
     use std::sync::atomic::{AtomicU32, AtomicU64};
     let seed = knob("CHAOS_SEED", 14);
     let kills = knob("CHAOS_KILLS", 4) as usize;
@@ -766,6 +772,7 @@ fn draw_fates(rng: &mut Rng, n: usize) -> Vec<Fate> {
 /// took after PagerDuty healed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pagerduty_outage_then_slow() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let seed = knob("CHAOS_SEED", 14);
     let outage = Duration::from_secs(knob("CHAOS_PD_OUTAGE_S", 15));
     let slow = Duration::from_secs(knob("CHAOS_PD_SLOW_S", 25));
