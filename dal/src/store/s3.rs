@@ -72,9 +72,10 @@ impl S3Store {
             root,
             endpoint: cfg.endpoint.clone(),
         };
-        // A transient answer (a 5xx, a reset, a timeout) is asked again for a while: a
-        // store that is briefly unwell at start is not a reason to stop. A definite one
-        // (no such bucket, bad credentials) is not.
+        // A store that answers but is unwell (a 5xx, a reset or cut connection, a timeout)
+        // is asked again for a while: that is no reason to stop. Nothing listening at the
+        // endpoint fails at once (most often a wrong endpoint: the operator hears of it
+        // now), as does a definite answer (no such bucket, bad credentials).
         let mut pause = Duration::from_millis(100);
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
         loop {
@@ -87,8 +88,12 @@ impl S3Store {
             {
                 Ok(_) => return Ok(store),
                 Err(e) => {
+                    let refused = refused(&e);
                     let e = store.error("HEAD bucket", "", e);
-                    if !e.is_transient() || tokio::time::Instant::now() + pause > deadline {
+                    if !e.is_transient()
+                        || refused
+                        || tokio::time::Instant::now() + pause > deadline
+                    {
                         return Err(e);
                     }
                     tracing::warn!(error = %e, retry_in = ?pause, "object store not answering yet");
@@ -142,6 +147,20 @@ impl S3Store {
             source: None,
         }
     }
+}
+
+/// Whether `e` is a connection refused: nothing listens at the endpoint.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
 }
 
 fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
