@@ -275,9 +275,6 @@ pub struct Outbox {
 /// Incidents handled per catalog read.
 const OUTBOX_PAGE: usize = 256;
 
-/// Incidents whose notices an outbox sends at once.
-pub const OUTBOX_CONCURRENCY: usize = 16;
-
 /// How long an outbox holds an incident's delivery without renewing it, by default.
 /// Renewed every third of it while a send lasts (retries and rate limiting included).
 pub const SEND_LEASE: Duration = Duration::from_secs(30);
@@ -379,13 +376,8 @@ impl Outbox {
     }
 
     /// Sends every owed notice once; returns whether some are still owed (a transient
-    /// failure, or another outbox holds their delivery). Up to [`OUTBOX_CONCURRENCY`]
-    /// incidents' notices are in flight at once, so a target that is slow or failing for
-    /// one (its retries, its timeouts) does not hold the others; each incident's own
-    /// notices stay one at a time (its delivery lease).
+    /// failure, or another outbox holds their delivery).
     pub async fn drain(&self) -> Result<bool> {
-        use futures::StreamExt;
-        use std::sync::atomic::{AtomicBool, Ordering};
         let mut later = false;
         let mut skip: BTreeSet<(String, String)> = BTreeSet::new();
         loop {
@@ -400,36 +392,11 @@ impl Outbox {
             if todo.is_empty() {
                 return Ok(later);
             }
-            // After an error no new delivery starts; those in flight finish.
-            let failed = AtomicBool::new(false);
-            let failed = &failed;
-            let mut deliveries = futures::stream::iter(todo)
-                .map(|inc| async move {
-                    if failed.load(Ordering::SeqCst) {
-                        return (inc, Ok(Delivery::Later));
-                    }
-                    let delivery = self.deliver(&inc).await;
-                    if delivery.is_err() {
-                        failed.store(true, Ordering::SeqCst);
-                    }
-                    (inc, delivery)
-                })
-                .buffer_unordered(OUTBOX_CONCURRENCY);
-            let mut error = None;
-            while let Some((inc, delivery)) = deliveries.next().await {
-                match delivery {
-                    Ok(Delivery::Done) => {}
-                    Ok(Delivery::Later) => {
-                        later = true;
-                        skip.insert((inc.check, inc.subject));
-                    }
-                    Err(e) => {
-                        error.get_or_insert(e);
-                    }
+            for inc in todo {
+                if let Delivery::Later = self.deliver(&inc).await? {
+                    later = true;
+                    skip.insert((inc.check, inc.subject));
                 }
-            }
-            if let Some(e) = error {
-                return Err(e);
             }
         }
     }
