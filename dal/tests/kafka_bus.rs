@@ -161,3 +161,16 @@ async fn a_malformed_message_is_skipped() {
     assert_eq!(got[0].tag.offset, 2, "after the two skipped messages");
     sub.commit(&[got[0].tag.clone()]).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_session_timeout_out_of_bounds_is_refused() {
+    for ms in [0, 999, 3_600_001] {
+        let err = KafkaBus::connect(&KafkaBusConfig {
+            session_timeout_ms: ms,
+            ..KafkaBusConfig::new("127.0.0.1:1")
+        })
+        .await
+        .expect_err("refused before any broker is asked");
+        assert!(err.to_string().contains("bus.session_timeout_ms"), "{err}");
+    }
+}

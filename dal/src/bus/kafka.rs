@@ -82,6 +82,14 @@ impl KafkaBus {
         if cfg.partitions < 1 {
             return Err(Error::invalid("bus.partitions", "must be at least 1"));
         }
+        // librdkafka's own bounds; a broker may narrow them further
+        // (`group.min.session.timeout.ms`, `group.max.session.timeout.ms`).
+        if !(1_000..=3_600_000).contains(&cfg.session_timeout_ms) {
+            return Err(Error::invalid(
+                "bus.session_timeout_ms",
+                format!("{} is outside 1000..=3600000 (ms)", cfg.session_timeout_ms),
+            ));
+        }
         create_topic(cfg).await?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &cfg.brokers)
