@@ -5,7 +5,7 @@
 //! promises and prints a row of RELIABILITY.md's table.
 //!
 //! The short form (these defaults) runs in CI; the long form is the same tests with more
-//! kills, e.g. `CHAOS_KILLS=100 cargo test --release --test chaos -- --nocapture
+//! kills, e.g. `CHAOS_KILLS=100 cargo test --test chaos -- --nocapture
 //! --test-threads 1`. Knobs: `CHAOS_SEED` (default 14), `CHAOS_KILLS` (kills per trial),
 //! `CHAOS_STORE_FAULTS` (object-store requests with a fault, per mille; default 100),
 //! `CHAOS_KEEP_LOGS` (set: the processes' logs are kept, as when a trial fails).
@@ -18,11 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::catalog::postgres::PgCatalog;
 use overseer_dal::catalog::prelude::*;
-use overseer_dal::config::S3Config;
-use overseer_dal::store::s3::S3Store;
 use overseer_testkit::proxy::FaultProxy;
 use overseer_testkit::{Server, unique_name};
 
@@ -411,8 +408,9 @@ async fn store_faults_and_kill_9_of_ingest() {
         async || stored.count().await >= total as i64,
     )
     .await;
-    ov.stop().await;
+    // The polite stop is not under faults: its last attempts are bounded (see pipeline).
     proxy.set_per_mille(0);
+    ov.stop().await;
 
     // Exactly once: the per-record update counts equal what was written.
     let cat = PgCatalog::connect(&url, &schema).await.unwrap();
@@ -430,33 +428,7 @@ async fn store_faults_and_kill_9_of_ingest() {
     assert!(cat.pending_segments().await.unwrap().is_empty());
 
     // The catalog equals a reindex of the object store alone (read past the proxy).
-    let creds = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
-        aws_sdk_s3::config::Credentials::new(
-            s3.var("AWS_ACCESS_KEY_ID"),
-            s3.var("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "chaos",
-        ),
-    );
-    let store = S3Store::connect_with(
-        &S3Config {
-            bucket: s3.var("S3_BUCKET").into(),
-            prefix: prefix.clone(),
-            endpoint: Some(s3.var("S3_ENDPOINT").into()),
-            region: s3.var("S3_REGION").into(),
-            path_style: true,
-        },
-        creds,
-    )
-    .await
-    .unwrap();
-    let fresh = EmbeddedCatalog::open(dir.path().join("reindexed.redb")).unwrap();
-    overseer_ingestion::reindex::reindex(&store, &fresh)
-        .await
-        .unwrap();
-    let re = fresh.dump().await.unwrap();
-    assert!(re == dump, "reindex differs from the live catalog");
+    common::assert_reindex_equals(&s3, &prefix, dir.path(), &dump).await;
 
     let faults: Vec<String> = proxy
         .injected()
@@ -594,10 +566,9 @@ async fn session_expires() {
 
 /// `overseer run` (ingestion, checks, PagerDuty) killed with SIGKILL while transfers go
 /// unbalanced and are fixed: at seeded points of its life, and, in half of its lives,
-/// 0–3 ms after PagerDuty applied a request (before or after the 202 reaches it, before
-/// it can record the send). Then: every unbalanced transfer has exactly one incident,
-/// opened once; the fixed ones are resolved and the others open; no incident row is left
-/// unsettled.
+/// 0–3 ms after PagerDuty applied a request and before it answers (so it never records
+/// the send). Then: every transfer still unbalanced has exactly one open incident,
+/// opened once; a fixed one was paged and resolved, or never paged; nothing is owed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_run_while_paging() {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -668,8 +639,15 @@ async fn kill_9_of_run_while_paging() {
             let life = Duration::from_millis(1500 + rng.below(4000));
             let mut paged = None;
             while started.elapsed() < life {
-                if ov.child.try_wait().unwrap().is_some() {
-                    break; // killed on a page
+                if let Some(status) = ov.child.try_wait().unwrap() {
+                    // Killed on a page; any other end is the engine's own.
+                    use std::os::unix::process::ExitStatusExt;
+                    assert_eq!(
+                        status.signal(),
+                        Some(9),
+                        "life {k} ended by itself: {status}"
+                    );
+                    break;
                 }
                 if paged.is_none() && stack.pd.requests().len() > requests_before {
                     paged = Some(started.elapsed());
@@ -691,60 +669,51 @@ async fn kill_9_of_run_while_paging() {
     let started = Instant::now();
     let mut ov = stack.spawn_run(&logs.life(kills));
     let mut resumed = None;
+    // A transfer completed and fixed while no instance ran is never paged: PagerDuty
+    // hears of a fixed one both ways or not at all. Nothing may be owed at the end.
     let pd = &stack.pd;
+    let cat = &stack.cat;
     common::wait_until(
         &mut ov,
         Duration::from_secs(120),
-        "PagerDuty holds what the ledger says",
+        "PagerDuty holds what the ledger says, and nothing is owed",
         async || {
             if resumed.is_none() && pd.requests().len() > requests_before {
                 resumed = Some(started.elapsed());
             }
-            let resolved: std::collections::BTreeSet<String> = pd
-                .resolved_incidents()
-                .into_iter()
-                .map(|i| i.dedup_key)
-                .collect();
-            common::open_keys(pd) == expect_open && expect_resolved.is_subset(&resolved)
+            common::open_keys(pd) == expect_open
+                && cat.unsettled_incidents(10).await.unwrap().is_empty()
         },
-    )
-    .await;
-    // Nothing more is sent once it is settled.
-    common::wait_until(
-        &mut ov,
-        Duration::from_secs(60),
-        "every incident row is settled",
-        async || stack.cat.unsettled_incidents(10).await.unwrap().is_empty(),
     )
     .await;
     ov.stop().await;
     stack.stop_heartbeats().await;
 
     let pd = &stack.pd;
-    let opened = pd.incidents_opened_total();
-    let doubled = opened as i64 - (expect_open.len() + expect_resolved.len()) as i64;
-    let resolved = pd.resolved_incidents();
-    let resolves_lost = expect_resolved
-        .iter()
-        .filter(|k| !resolved.iter().any(|i| &i.dedup_key == *k))
-        .count();
+    let resolved: Vec<String> = pd
+        .resolved_incidents()
+        .into_iter()
+        .map(|i| i.dedup_key)
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = resolved.iter().collect();
+    let doubled = pd.incidents_opened_total() as i64 - (expect_open.len() + unique.len()) as i64
+        + (resolved.len() - unique.len()) as i64;
     let mut times = first_page.clone();
     times.extend(resumed);
     eprintln!(
-        "| kill -9 of run while paging (seed {seed}) | {kills} kills ({} on a PagerDuty request), {transfers} transfers ({} open, {} resolved) | pages doubled {doubled} | resolves lost {resolves_lost} | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
+        "| kill -9 of run while paging (seed {seed}) | {kills} kills ({} on a PagerDuty request), {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
         on_page_kills.load(Ordering::SeqCst),
         expect_open.len(),
         expect_resolved.len(),
+        unique.len(),
         pd.triggers_deduplicated(),
         pd.resolves_dropped(),
         summary(&times),
     );
     assert_eq!(doubled, 0, "an incident opened twice: {:#?}", pd.requests());
-    assert_eq!(resolves_lost, 0);
-    assert_eq!(
-        resolved.len(),
-        expect_resolved.len(),
-        "resolved only the fixed: {resolved:#?}"
+    assert!(
+        unique.iter().all(|k| expect_resolved.contains(*k)),
+        "only fixed transfers resolve: {resolved:#?}"
     );
     // Every request was well-formed.
     for r in pd.requests() {

@@ -8,6 +8,8 @@
 //! (the object store), all started by the project's scripts; the test fails with the reason
 //! if they cannot be.
 
+mod common;
+
 use overseer_dal::catalog::prelude::*;
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
@@ -21,10 +23,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 use overseer_dal::bus::Bus;
 use overseer_dal::bus::kafka::KafkaBus;
-use overseer_dal::catalog::embedded::EmbeddedCatalog;
 use overseer_dal::catalog::postgres::PgCatalog;
-use overseer_dal::config::{KafkaBusConfig, S3Config};
-use overseer_dal::store::s3::S3Store;
+use overseer_dal::config::KafkaBusConfig;
 use overseer_testkit::{Server, unique_name};
 
 const PG_CHANGES: usize = 50_000;
@@ -90,16 +90,6 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
         endpoint = s3.var("S3_ENDPOINT"),
         region = s3.var("S3_REGION"),
     )
-}
-
-fn s3_config(s3: &Server, prefix: &str) -> S3Config {
-    S3Config {
-        bucket: s3.var("S3_BUCKET").into(),
-        prefix: prefix.into(),
-        endpoint: Some(s3.var("S3_ENDPOINT").into()),
-        region: s3.var("S3_REGION").into(),
-        path_style: true,
-    }
 }
 
 struct Ingest {
@@ -386,25 +376,7 @@ async fn kill_9_during_streaming_loses_and_duplicates_nothing() {
     );
 
     // The catalog equals a reindex of the object store alone.
-    let creds = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
-        aws_sdk_s3::config::Credentials::new(
-            s3.var("AWS_ACCESS_KEY_ID"),
-            s3.var("AWS_SECRET_ACCESS_KEY"),
-            None,
-            None,
-            "crash-test",
-        ),
-    );
-    let store = S3Store::connect_with(&s3_config(&s3, &prefix), creds)
-        .await
-        .unwrap();
-    let fresh = EmbeddedCatalog::open(dir.path().join("reindexed.redb")).unwrap();
-    overseer_ingestion::reindex::reindex(&store, &fresh)
-        .await
-        .unwrap();
-    let re = fresh.dump().await.unwrap();
-    assert_eq!(re.entries.len(), dump.entries.len());
-    assert!(re == dump, "reindex differs from the live catalog");
+    common::assert_reindex_equals(&s3, &prefix, dir.path(), &dump).await;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     eprintln!(
         "ingest log tail:\n{}",

@@ -218,7 +218,8 @@ impl FakePagerDuty {
     }
 
     /// Calls `hook` with every request once it is applied and recorded, before it is
-    /// answered (e.g. to kill the sender between PagerDuty's 202 and its own record).
+    /// answered; the answer waits for it (e.g. to kill the sender after PagerDuty applied
+    /// its request and before it hears so).
     pub fn on_request(&self, hook: impl Fn(&ReceivedRequest) + Send + Sync + 'static) {
         self.book().hook = Some(Arc::new(hook));
     }

@@ -561,3 +561,44 @@ impl RealStack {
         });
     }
 }
+
+/// Asserts that a `reindex` of the store at `prefix` of `s3` (read directly, not through
+/// any proxy) into a fresh embedded catalog in `dir` equals `live`, the live catalog's
+/// dump.
+pub(crate) async fn assert_reindex_equals(
+    s3: &Server,
+    prefix: &str,
+    dir: &Path,
+    live: &overseer_dal::update::CatalogDump,
+) {
+    use overseer_dal::catalog::prelude::*;
+    let creds = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
+        aws_sdk_s3::config::Credentials::new(
+            s3.var("AWS_ACCESS_KEY_ID"),
+            s3.var("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "reindex-check",
+        ),
+    );
+    let store = overseer_dal::store::s3::S3Store::connect_with(
+        &overseer_dal::config::S3Config {
+            bucket: s3.var("S3_BUCKET").into(),
+            prefix: prefix.into(),
+            endpoint: Some(s3.var("S3_ENDPOINT").into()),
+            region: s3.var("S3_REGION").into(),
+            path_style: true,
+        },
+        creds,
+    )
+    .await
+    .unwrap();
+    let fresh =
+        overseer_dal::catalog::embedded::EmbeddedCatalog::open(dir.join("reindexed.redb")).unwrap();
+    overseer_ingestion::reindex::reindex(&store, &fresh)
+        .await
+        .unwrap();
+    let re = fresh.dump().await.unwrap();
+    assert_eq!(re.entries.len(), live.entries.len());
+    assert!(re == *live, "reindex differs from the live catalog");
+}
