@@ -296,7 +296,10 @@ pub struct Incident {
     pub notified_eval_us: Micros,
     /// While an outbox is delivering this incident's notice, the wall-clock time until which
     /// it holds the delivery (0: nobody does). Other outboxes leave the incident alone until
-    /// then, so one incident's notices reach the target one at a time, in order.
+    /// then, so one incident's notices reach the target one at a time, in order. Non-zero
+    /// and past (a dead outbox's lease, or [`MAYBE_TOLD`] after a failed send), it says a
+    /// notice may have reached the target unrecorded: the incident is owed the notice of
+    /// its current state.
     pub sending_until_us: Micros,
     /// An evaluation at this time ran on sources not yet complete up to it (forced by the
     /// check's max delay: a `stale` verdict) and is owed a run once they are (0: none). A
@@ -317,9 +320,17 @@ pub struct Incident {
     pub version: u64,
 }
 
+/// [`Incident::sending_until_us`] after a send failed: nobody holds the delivery, and the
+/// target may have received the notice.
+pub const MAYBE_TOLD: Micros = 1;
+
 impl Incident {
-    /// Whether a notification is owed: the target was not yet told the latest state.
+    /// Whether a notification is owed: the target was not yet told the latest state, or a
+    /// notice's outcome is unknown (a delivery held or cut short, or one that failed after
+    /// it may have reached the target): then the notice of the current state is sent, to
+    /// be sure. (Without the second, a trigger the target applied but nobody recorded,
+    /// followed by a pass, would read settled and the target would hold the incident open.)
     pub fn unsettled(&self) -> bool {
-        self.failing != self.notified_failing
+        self.failing != self.notified_failing || self.sending_until_us != 0
     }
 }

@@ -40,7 +40,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use overseer_dal::catalog::DynCatalog;
-use overseer_dal::update::{Incident, now_us};
+use overseer_dal::update::{Incident, MAYBE_TOLD, now_us};
 
 use crate::escalate::{Notice, Notifier, Severity};
 use crate::runner::{Outcome, RunRecord, Sink};
@@ -560,7 +560,9 @@ impl Outbox {
                 next.notified_eval_us = eval_us;
             }
             if ours {
-                next.sending_until_us = 0;
+                // Told: nobody holds it. Not told: the send failed, maybe after the target
+                // received it (a timeout), so the current state is owed whatever it is.
+                next.sending_until_us = if told.is_some() { 0 } else { MAYBE_TOLD };
             }
             Some(next)
         })

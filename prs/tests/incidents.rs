@@ -253,6 +253,8 @@ async fn muted_check_records_but_does_not_page() {
 struct Gate {
     inner: Arc<dyn Notifier>,
     hold_next: AtomicBool,
+    /// Holds the next send once the target has it (its answer not yet seen).
+    hold_after_next: AtomicBool,
     arrived: Notify,
     go: Semaphore,
     in_flight: AtomicUsize,
@@ -264,6 +266,7 @@ impl Gate {
         Arc::new(Gate {
             inner,
             hold_next: AtomicBool::new(false),
+            hold_after_next: AtomicBool::new(false),
             arrived: Notify::new(),
             go: Semaphore::new(0),
             in_flight: AtomicUsize::new(0),
@@ -298,6 +301,10 @@ impl Notifier for Gate {
             self.go.acquire().await.unwrap().forget();
         }
         let sent = self.inner.send(notice).await;
+        if self.hold_after_next.swap(false, Ordering::SeqCst) {
+            self.arrived.notify_one();
+            self.go.acquire().await.unwrap().forget();
+        }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         sent
     }
@@ -393,6 +400,74 @@ async fn a_fail_applied_while_the_resolve_is_in_flight_ends_triggered() {
         1,
         "exactly one open incident at PagerDuty"
     );
+}
+
+/// The window review found: PagerDuty applied a trigger the outbox never recorded (it
+/// died before the record), and the failure passed before the trigger was sent again.
+/// The row must not read settled: a resolve goes out once the dead outbox's lease lapses,
+/// or PagerDuty holds the incident open for ever.
+#[tokio::test]
+async fn a_trigger_the_target_got_unrecorded_is_resolved_when_the_failure_passes() {
+    let pd = FakePagerDuty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(&dir);
+    let gate = Gate::new(pagerduty(&pd));
+    let lease = Duration::from_millis(600);
+    let (esc, first) = escalator_to(&cat, gate.clone(), &[]);
+    let first = first.with_send_lease(lease);
+    esc.apply(&run("nets", "T1", 10, true)).await.unwrap();
+    gate.hold_after_next.store(true, Ordering::SeqCst);
+    let worker = tokio::spawn(first.run(CancellationToken::new()));
+    gate.wait_in_flight().await;
+    assert_eq!(pd.open_incidents().len(), 1, "PagerDuty has the trigger");
+    // The outbox dies before it records the send; then the failure passes.
+    worker.abort();
+    let _ = worker.await;
+    esc.apply(&run("nets", "T1", 20, false)).await.unwrap();
+    let inc = cat.incident("nets", "T1").await.unwrap().unwrap();
+    assert!(
+        inc.unsettled(),
+        "a notice of unknown outcome is owed: {inc:?}"
+    );
+
+    tokio::time::sleep(lease + lease / 2).await;
+    let (_, next) = escalator_to(&cat, pagerduty(&pd), &[]);
+    assert!(!next.drain().await.unwrap(), "everything owed is delivered");
+    assert!(pd.open_incidents().is_empty(), "{:?}", actions(&pd));
+    assert_eq!(actions(&pd), ["trigger", "resolve"]);
+    let inc = settled_at(&cat, 20).await;
+    assert!(!inc.failing && !inc.notified_failing, "{inc:?}");
+    drop(gate);
+}
+
+/// The same window through a send that failed after the target may have applied it (a
+/// timeout): the notice of the current state is owed, whatever the state.
+#[tokio::test]
+async fn a_send_that_failed_maybe_told_owes_the_current_state() {
+    let pd = FakePagerDuty::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cat = catalog(&dir);
+    let slow: Arc<dyn Notifier> = Arc::new(
+        PagerDutyNotifier::new(KEY, Some(&pd.url()))
+            .unwrap()
+            .with_timeout(Duration::from_millis(200)),
+    );
+    let (esc, outbox) = escalator_to(&cat, slow, &[]);
+    esc.apply(&run("nets", "T1", 10, true)).await.unwrap();
+    // PagerDuty applies the trigger but answers after the client gave up.
+    pd.answer_after(Duration::from_secs(1));
+    assert!(outbox.drain().await.unwrap(), "the send timed out");
+    assert_eq!(pd.open_incidents().len(), 1);
+    pd.answer_after(Duration::ZERO);
+    // The failure passes before the trigger is sent again.
+    esc.apply(&run("nets", "T1", 20, false)).await.unwrap();
+    assert!(
+        !outbox.drain().await.unwrap(),
+        "everything owed is delivered"
+    );
+    assert!(pd.open_incidents().is_empty(), "{:?}", actions(&pd));
+    assert_eq!(actions(&pd), ["trigger", "resolve"]);
+    assert!(cat.unsettled_incidents(10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@
 //! | `segments` | seq | state (pending / committed / published) |
 //! | `meta` | name | u64 (the segment sequence) |
 //! | `incidents` | (check, subject) | incident (runner escalation state) |
-//! | `incidents_unsettled` | (check, subject) | () while `failing != notified_failing` |
+//! | `incidents_unsettled` | (check, subject) | () while `Incident::unsettled` |
 //! | `incidents_failing` | (check, subject) | () while `failing` |
 //! | `meta_kv` | key | value (runner cursors) |
 //! | `snapshots` | (model, record id, event time, source, position) | snapshot (n, fold, body) |

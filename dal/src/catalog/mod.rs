@@ -30,7 +30,8 @@
 //!                                  │ None: someone else wrote; re-read and decide again
 //! ```
 //! Between a verdict and a successful notification the incident is *unsettled*
-//! (`failing != notified_failing`): [`IncidentStore::unsettled_incidents`] is the outbox a
+//! (`failing != notified_failing`, or a notice of unknown outcome: see
+//! [`Incident::unsettled`]): [`IncidentStore::unsettled_incidents`] is the outbox a
 //! restarted runner drains first. A small key/value table ([`MetaStore::get_meta`]) holds
 //! runner cursors. Neither is part of the index, so [`UpdateIndex::dump`] leaves them out and
 //! `reindex` does not rebuild them.

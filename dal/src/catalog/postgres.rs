@@ -211,6 +211,16 @@ CREATE TABLE {s}.source_lanes (
 );
 "#,
     ),
+    (
+        7,
+        r#"
+-- A notice of unknown outcome (a delivery held or cut short, a send failed after it may
+-- have reached the target) also owes the notice of the incident's current state.
+DROP INDEX IF EXISTS {s}.incidents_unsettled;
+CREATE INDEX incidents_unsettled ON {s}.incidents (check_name, subject)
+    WHERE failing <> notified_failing OR sending_until_us <> 0;
+"#,
+    ),
 ];
 
 /// Columns of a snapshot, in the order [`snapshot_from_row`] reads them.
@@ -508,7 +518,8 @@ impl Q {
                  WHERE check_name = $1 AND subject = $2 AND version = $14 RETURNING version"
             }
             Q::IncidentsUnsettled => {
-                "SELECT {icols} FROM {s}.incidents WHERE failing <> notified_failing \
+                "SELECT {icols} FROM {s}.incidents \
+                 WHERE failing <> notified_failing OR sending_until_us <> 0 \
                  ORDER BY check_name, subject LIMIT $1"
             }
             Q::IncidentsAll => "SELECT {icols} FROM {s}.incidents ORDER BY check_name, subject",
