@@ -33,6 +33,10 @@ pub enum Error {
         message: String,
         transient: bool,
     },
+    /// An escalation target asked to be sent less (HTTP 429): transient, and retried
+    /// after a longer wait than other transient failures ([`crate::escalate::Backoff`]).
+    #[error("escalation {policy}: {message}")]
+    Throttled { policy: String, message: String },
 }
 
 /// Result with the runner's [`Error`].
@@ -44,7 +48,7 @@ impl Error {
         match self {
             Error::Dal(e) => e.is_transient(),
             Error::Escalation { transient, .. } => *transient,
-            Error::TimedOut(_) => true,
+            Error::TimedOut(_) | Error::Throttled { .. } => true,
             Error::Panicked(_)
             | Error::UnknownCheck { .. }
             | Error::Config(_)

@@ -53,6 +53,7 @@ fn escalation(e: &Error) -> (&str, bool) {
         Error::Escalation {
             message, transient, ..
         } => (message.as_str(), *transient),
+        Error::Throttled { message, .. } => (message.as_str(), true),
         other => panic!("expected an escalation error, got {other:?}"),
     }
 }
@@ -178,6 +179,7 @@ async fn transient_errors_without_retry_say_so() {
     let server = fake_pd().await;
     server.fail_next_with_429(1);
     let err = pd(&server).send(&failing("c", "s")).await.expect_err("429");
+    assert!(matches!(err, Error::Throttled { .. }), "{err:?}");
     let (message, transient) = escalation(&err);
     assert!(transient, "{message}");
     assert!(message.contains("429"), "{message}");
@@ -600,6 +602,43 @@ async fn retrying_backs_off_exponentially_with_jitter() {
         );
     }
     assert_eq!(mem.delivered().len(), 1);
+}
+
+/// A target that is down is asked again every few seconds (delivery resumes within 5 s
+/// of its recovery); one that answers 429 is given up to 30 s between attempts.
+#[tokio::test(start_paused = true)]
+async fn retrying_waits_longer_after_a_429_than_after_an_outage() {
+    let no_jitter = Backoff {
+        jitter: 0.0,
+        ..Backoff::default()
+    };
+    let waits = |mem: &MemoryNotifier| -> Vec<u128> {
+        let at: Vec<_> = mem.attempts().iter().map(|a| a.at).collect();
+        at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect()
+    };
+
+    let down = MemoryNotifier::new();
+    down.fail_next(9, true);
+    Retrying::with_backoff(down.clone(), no_jitter.clone())
+        .send(&failing("c", "s"))
+        .await
+        .unwrap();
+    assert_eq!(
+        waits(&down),
+        [200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
+    );
+
+    let hot = MemoryNotifier::new();
+    hot.throttle_next(9);
+    Retrying::with_backoff(hot.clone(), no_jitter)
+        .send(&failing("c", "s"))
+        .await
+        .unwrap();
+    assert_eq!(
+        waits(&hot),
+        [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000]
+    );
+    assert_eq!(hot.delivered().len(), 1);
 }
 
 #[tokio::test(start_paused = true)]

@@ -28,8 +28,16 @@ pub struct MemoryNotifier {
 #[derive(Debug, Default)]
 struct State {
     attempts: Vec<Attempt>,
-    /// Scripted answers for the next attempts: `true` = transient failure.
-    faults: VecDeque<bool>,
+    /// Scripted answers for the next attempts.
+    faults: VecDeque<Fault>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Transient,
+    Definite,
+    /// A 429: [`overseer_prs::Error::Throttled`].
+    Throttled,
 }
 
 impl MemoryNotifier {
@@ -44,9 +52,20 @@ impl MemoryNotifier {
 
     /// The next `n` attempts fail, transiently or definitely.
     pub fn fail_next(&self, n: usize, transient: bool) {
+        let fault = if transient {
+            Fault::Transient
+        } else {
+            Fault::Definite
+        };
+        self.state().faults.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// The next `n` attempts are refused as a 429 would be
+    /// ([`overseer_prs::Error::Throttled`]).
+    pub fn throttle_next(&self, n: usize) {
         self.state()
             .faults
-            .extend(std::iter::repeat_n(transient, n));
+            .extend(std::iter::repeat_n(Fault::Throttled, n));
     }
 
     /// Every attempt, in order.
@@ -77,14 +96,21 @@ impl Notifier for MemoryNotifier {
         });
         match fault {
             None => Ok(()),
-            Some(transient) => Err(overseer_prs::Error::Escalation {
+            Some(Fault::Throttled) => Err(overseer_prs::Error::Throttled {
                 policy: "memory".to_owned(),
-                message: format!(
-                    "scripted {} failure",
-                    if transient { "transient" } else { "definite" }
-                ),
-                transient,
+                message: "scripted 429".to_owned(),
             }),
+            Some(fault) => {
+                let transient = matches!(fault, Fault::Transient);
+                Err(overseer_prs::Error::Escalation {
+                    policy: "memory".to_owned(),
+                    message: format!(
+                        "scripted {} failure",
+                        if transient { "transient" } else { "definite" }
+                    ),
+                    transient,
+                })
+            }
         }
     }
 

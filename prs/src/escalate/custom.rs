@@ -7,7 +7,8 @@ use super::{Notice, Notifier};
 use crate::Result;
 
 /// Delivers notices by calling an async function. Its errors are classified as it says
-/// (build them with [`crate::Error::Escalation`] and the `transient` flag you mean).
+/// (build them with [`crate::Error::Escalation`] and the `transient` flag you mean, or
+/// [`crate::Error::Throttled`] when the target says it is sent too much).
 ///
 /// ```
 /// use overseer_prs::escalate::CustomNotifier;

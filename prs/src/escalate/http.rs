@@ -121,6 +121,20 @@ pub(crate) fn status_is_transient(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
+/// The error for a refusal with `status`: [`Error::Throttled`] for a 429 (the target
+/// asks to be sent less: retried after longer waits), else an escalation error,
+/// transient per [`status_is_transient`].
+pub(crate) fn refusal(policy: &str, status: StatusCode, message: String) -> Error {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        Error::Throttled {
+            policy: policy.to_owned(),
+            message,
+        }
+    } else {
+        error(policy, message, status_is_transient(status))
+    }
+}
+
 /// A request that got no response: timeouts, connection and protocol errors are all
 /// transient (PagerDuty: "Networking Error: retry"); only a request that could not be
 /// built is definite. The URL is stripped from the message.

@@ -22,7 +22,8 @@
 //!
 //! Error classification, from the PagerDuty Events v2 contract, applied to every HTTP
 //! transport: 2xx delivered; 429, 408, 5xx, timeouts and connection errors are
-//! transient; any other status (400 above all) is definite and is never retried.
+//! transient (a 429 as [`crate::Error::Throttled`], retried after longer waits); any
+//! other status (400 above all) is definite and is never retried.
 //!
 //! Secrets (routing keys, webhook URLs, which often embed a token) never appear in
 //! `Debug`, [`Notifier::describe`], logs or error messages.

@@ -19,9 +19,7 @@ use serde_json::{Map, Value, json};
 use super::events::AttemptFinished;
 use super::http::{self, DEFAULT_TIMEOUT};
 use super::webhook::env_problem;
-use super::{
-    Action, Notice, Notifier, REDACTED, error, one_line_summary, truncate_on_char_boundary,
-};
+use super::{Action, Notice, Notifier, REDACTED, one_line_summary, truncate_on_char_boundary};
 use crate::{Error, Result};
 
 /// PagerDuty's Events API v2 endpoint.
@@ -171,11 +169,7 @@ impl PagerDutyNotifier {
         // (`\/`, `\u0041`) the first pass could not see is plain text after it.
         let message = http::scrub(&format!("PagerDuty answered {status}: {said}"), &self.url)
             .replace(&self.routing_key, REDACTED);
-        Err(error(
-            &self.policy,
-            message,
-            http::status_is_transient(status),
-        ))
+        Err(http::refusal(&self.policy, status, message))
     }
 }
 

@@ -339,6 +339,10 @@ fn copy_error(policy: &str, e: &Error) -> Error {
             message,
             transient,
         } => error(policy, message.clone(), *transient),
+        Error::Throttled { policy, message } => Error::Throttled {
+            policy: policy.clone(),
+            message: message.clone(),
+        },
         other => error(policy, other.to_string(), other.is_transient()),
     }
 }

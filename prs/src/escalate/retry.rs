@@ -1,8 +1,8 @@
 //! Retries of transient delivery failures, with capped exponential backoff and jitter.
 //!
 //! PagerDuty asks for exactly this: retry 429, 5xx and network errors "after some time",
-//! with a backoff; never retry a 400. Sleeps use `tokio::time`, so tests run it under
-//! paused time.
+//! with a backoff; never retry a 400. A 429 is given longer waits than an outage (see
+//! [`Backoff`]). Sleeps use `tokio::time`, so tests run it under paused time.
 
 use std::time::Duration;
 
@@ -13,14 +13,23 @@ use super::{Notice, Notifier};
 use crate::{Error, Result};
 
 /// When to retry. The n-th retry waits `initial × multiplier^(n-1)`, capped at
-/// `max_delay`, then shortened by a random fraction of up to `jitter` (so a burst of
-/// failures does not retry in lockstep).
+/// `max_delay` (at `throttled_max_delay` after a 429, [`Error::Throttled`]), then
+/// shortened by a random fraction of up to `jitter` (so a burst of failures does not
+/// retry in lockstep).
+///
+/// The two caps answer two different faults. A target that is down (5xx, timeouts,
+/// refused connections) is asked again every few seconds, so delivery resumes within
+/// `max_delay` of its recovery: behind a rate limiter's worker that is one request per
+/// `max_delay` per routing key, far under any limit. A target that says it is sent too
+/// much (429) is given longer pauses, as PagerDuty asks.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Backoff {
     /// The wait before the first retry.
     pub initial: Duration,
-    /// The longest wait between two attempts.
+    /// The longest wait between two attempts after a failure other than a 429.
     pub max_delay: Duration,
+    /// The longest wait between two attempts after a 429 ([`Error::Throttled`]).
+    pub throttled_max_delay: Duration,
     /// The growth of the wait from one retry to the next.
     pub multiplier: u32,
     /// In [0, 1]: each wait is drawn uniformly from `[(1 - jitter) × d, d]`.
@@ -32,37 +41,49 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
-    /// 200 ms doubling to 30 s, half jitter, at most 20 attempts within 5 minutes
-    /// (PagerDuty suggests backing off "a few minutes" on 429).
+    /// 200 ms doubling to 5 s (to 30 s after a 429), half jitter, retried for up to 5
+    /// minutes (PagerDuty suggests backing off "a few minutes" on 429); at most 100
+    /// attempts.
     fn default() -> Self {
         Backoff {
             initial: Duration::from_millis(200),
-            max_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(5),
+            throttled_max_delay: Duration::from_secs(30),
             multiplier: 2,
             jitter: 0.5,
-            max_attempts: 20,
+            max_attempts: 100,
             max_elapsed: Duration::from_secs(300),
         }
     }
 }
 
 impl Backoff {
-    /// The wait before retry number `retry` (1-based), before jitter.
+    /// The wait before retry number `retry` (1-based), before jitter, after a failure
+    /// other than a 429.
     pub fn delay(&self, retry: u32) -> Duration {
+        self.capped(retry, self.max_delay)
+    }
+
+    /// The wait before retry number `retry` (1-based), before jitter, after `err`.
+    pub fn delay_after(&self, retry: u32, err: &Error) -> Duration {
+        match err {
+            Error::Throttled { .. } => self.capped(retry, self.throttled_max_delay),
+            _ => self.delay(retry),
+        }
+    }
+
+    fn capped(&self, retry: u32, cap: Duration) -> Duration {
         let factor = self
             .multiplier
             .max(1)
             .checked_pow(retry.saturating_sub(1))
             .unwrap_or(u32::MAX);
-        self.initial
-            .checked_mul(factor)
-            .unwrap_or(self.max_delay)
-            .min(self.max_delay)
+        self.initial.checked_mul(factor).unwrap_or(cap).min(cap)
     }
 
-    /// [`Self::delay`] shortened by the jitter.
-    fn jittered(&self, retry: u32) -> Duration {
-        let d = self.delay(retry);
+    /// [`Self::delay_after`] shortened by the jitter.
+    fn jittered(&self, retry: u32, err: &Error) -> Duration {
+        let d = self.delay_after(retry, err);
         let cut = self.jitter.clamp(0.0, 1.0) * fastrand::f64();
         d.mul_f64(1.0 - cut)
     }
@@ -112,7 +133,7 @@ impl<N: Notifier> Notifier for Retrying<N> {
                 Err(e) if !e.is_transient() => return Err(e),
                 Err(e) => e,
             };
-            let delay = self.backoff.jittered(attempt);
+            let delay = self.backoff.jittered(attempt, &err);
             let gave_up = if attempt >= max_attempts {
                 Some(format!("{attempt} attempts"))
             } else if started.elapsed() + delay > self.backoff.max_elapsed {
@@ -130,6 +151,10 @@ impl<N: Notifier> Notifier for Retrying<N> {
                         policy,
                         message: format!("{message} (gave up after {why})"),
                         transient,
+                    },
+                    Error::Throttled { policy, message } => Error::Throttled {
+                        policy,
+                        message: format!("{message} (gave up after {why})"),
                     },
                     other => other,
                 });
@@ -166,11 +191,27 @@ mod tests {
     #[test]
     fn delays_double_to_the_cap() {
         let b = Backoff::default();
-        let got: Vec<_> = (1..=10).map(|n| b.delay(n).as_millis()).collect();
+        let got: Vec<_> = (1..=7).map(|n| b.delay(n).as_millis()).collect();
+        assert_eq!(got, [200, 400, 800, 1600, 3200, 5000, 5000]);
+        assert_eq!(b.delay(200), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_429_doubles_to_the_longer_cap() {
+        let b = Backoff::default();
+        let throttled = Error::Throttled {
+            policy: "pd".into(),
+            message: "429".into(),
+        };
+        let down = crate::escalate::error("pd", "503", true);
+        let got: Vec<_> = (1..=10)
+            .map(|n| b.delay_after(n, &throttled).as_millis())
+            .collect();
         assert_eq!(
             got,
             [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000]
         );
-        assert_eq!(b.delay(200), Duration::from_secs(30));
+        assert_eq!(b.delay_after(200, &throttled), Duration::from_secs(30));
+        assert_eq!(b.delay_after(9, &down), Duration::from_secs(5));
     }
 }

@@ -6,7 +6,7 @@ use reqwest::Url;
 
 use super::events::AttemptFinished;
 use super::http::{self, DEFAULT_TIMEOUT};
-use super::{Notice, Notifier, error};
+use super::{Notice, Notifier};
 use crate::{Error, Result};
 
 /// The header naming a notice's identity (IETF draft `Idempotency-Key`).
@@ -81,10 +81,10 @@ impl WebhookNotifier {
         }
         // A refusal's body often echoes the path, where webhook tokens live.
         let body = http::body_snippet(response, |b| http::scrub(b, &self.url)).await;
-        Err(error(
+        Err(http::refusal(
             &self.policy,
+            status,
             format!("webhook answered {status}: {body}"),
-            http::status_is_transient(status),
         ))
     }
 }
