@@ -571,16 +571,35 @@ async fn session_expires() {
 /// opened once; a fixed one was paged and resolved, or never paged; nothing is owed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_run_while_paging() {
+    kill_9_while_paging("run").await;
+}
+
+/// The same with ingestion in its own process (`overseer ingest`, never killed) and
+/// `overseer prs` (the checks and PagerDuty, fed by the bus's events topic) killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_prs_while_paging() {
+    kill_9_while_paging("prs").await;
+}
+
+/// Kills `killed` (`run` or `prs`; with `prs`, an `overseer ingest` runs throughout).
+async fn kill_9_while_paging(killed: &str) {
     let _one = ONE_AT_A_TIME.lock().await;
     use std::sync::atomic::{AtomicU32, AtomicU64};
     let seed = knob("CHAOS_SEED", 14);
     let kills = knob("CHAOS_KILLS", 4) as usize;
     let transfers = knob("CHAOS_TRANSFERS", 12) as usize;
-    let logs = Logs::new("paging");
+    let logs = Logs::new(&format!("paging-{killed}"));
     let (mut stack, first) = common::RealStack::start("chaos", 1, Duration::ZERO, PAGING_PRS).await;
     drop(first);
+    // The first instance's group sessions expire before ingestion joins (see
+    // `session_expires`).
+    let mut ingest = None;
+    if killed == "prs" {
+        session_expires().await;
+        ingest = Some(stack.spawn("ingest", &logs.0.join("ingest.log")));
+    }
 
-    let mut rng = Rng::new(seed ^ 0x9a9e);
+    let mut rng = Rng::new(seed ^ 0x9a9e ^ u64::from(killed == "prs"));
     let fates = draw_fates(&mut rng, transfers);
     let key =
         |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
@@ -632,7 +651,7 @@ async fn kill_9_of_run_while_paging() {
             session_expires().await;
             let requests_before = stack.pd.requests().len();
             let started = Instant::now();
-            let mut ov = stack.spawn_run(&logs.life(k));
+            let mut ov = stack.spawn(killed, &logs.life(k));
             pid.store(ov.child.id(), Ordering::SeqCst);
             delay_us.store(rng.below(3000), Ordering::SeqCst);
             armed.store(rng.below(2) == 0, Ordering::SeqCst);
@@ -667,7 +686,7 @@ async fn kill_9_of_run_while_paging() {
     session_expires().await;
     let requests_before = stack.pd.requests().len();
     let started = Instant::now();
-    let mut ov = stack.spawn_run(&logs.life(kills));
+    let mut ov = stack.spawn(killed, &logs.life(kills));
     let mut resumed = None;
     // A transfer completed and fixed while no instance ran is never paged: PagerDuty
     // hears of a fixed one both ways or not at all. Nothing may be owed at the end.
@@ -687,6 +706,10 @@ async fn kill_9_of_run_while_paging() {
     )
     .await;
     ov.stop().await;
+    if let Some(ingest) = &mut ingest {
+        ingest.assert_running();
+        ingest.stop().await;
+    }
     stack.stop_heartbeats().await;
 
     let pd = &stack.pd;
@@ -701,7 +724,7 @@ async fn kill_9_of_run_while_paging() {
     let mut times = first_page.clone();
     times.extend(resumed);
     eprintln!(
-        "| kill -9 of run while paging (seed {seed}) | {kills} kills ({} on a PagerDuty request), {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
+        "| kill -9 of {killed} while paging (seed {seed}) | {kills} kills ({} on a PagerDuty request), {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
         on_page_kills.load(Ordering::SeqCst),
         expect_open.len(),
         expect_resolved.len(),

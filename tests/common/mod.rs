@@ -531,10 +531,21 @@ impl RealStack {
         (stack, ov)
     }
 
-    /// Starts another `overseer run` on this stack, logging to `log` (it does not wait
-    /// for the sources).
-    pub(crate) fn spawn_run(&self, log: &Path) -> Overseer {
-        Overseer::start(&self.cfg, &self.url, &self._s3, log)
+    /// Starts `overseer {command}` (`run`, `ingest` or `prs`) on this stack's
+    /// configuration, logging to `log` (it does not wait for the sources).
+    pub(crate) fn spawn(&self, command: &str, log: &Path) -> Overseer {
+        let s3 = &self._s3;
+        Overseer::spawn(
+            command,
+            &self.cfg,
+            &[
+                ("E2E_CATALOG_URL", &self.url),
+                ("E2E_SOURCE_URL", &self.url),
+                ("AWS_ACCESS_KEY_ID", s3.var("AWS_ACCESS_KEY_ID")),
+                ("AWS_SECRET_ACCESS_KEY", s3.var("AWS_SECRET_ACCESS_KEY")),
+            ],
+            log,
+        )
     }
 
     /// Stops the connector's heartbeats.
