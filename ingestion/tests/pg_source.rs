@@ -180,6 +180,25 @@ impl Running {
         out
     }
 
+    /// Waits (up to [`WAIT`]) until at least two heartbeats arrived after the first
+    /// `before` and the last carries a watermark of at least `from`; any event meanwhile
+    /// is a failure (`quiet` says why none is expected). Returns those heartbeats.
+    async fn idle_heartbeats(&mut self, before: usize, from: Micros, quiet: &str) -> Vec<Micros> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let hb = &self.heartbeats[before..];
+            if hb.len() >= 2 && *hb.last().unwrap() >= from {
+                return hb.to_vec();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "heartbeats while idle, within {WAIT:?}: {hb:?}"
+            );
+            let more = self.drain_for(HEARTBEAT).await;
+            assert!(more.is_empty(), "{quiet}: {more:#?}");
+        }
+    }
+
     async fn stop(self) {
         self.shutdown.cancel();
         let res = tokio::time::timeout(WAIT, self.task)
@@ -461,13 +480,15 @@ async fn streams_decodes_acks_and_resumes() {
         quiet.is_empty(),
         "unpublished writes produce no events: {quiet:#?}"
     );
-    let hb = &src.heartbeats[heartbeats_before..];
-    assert!(hb.len() >= 2, "heartbeats while idle: {hb:?}");
+    let hb = src
+        .idle_heartbeats(
+            heartbeats_before,
+            idle_from,
+            "unpublished writes produce no events",
+        )
+        .await;
     let last = *hb.last().unwrap();
-    assert!(
-        last >= idle_from && last <= now_us(),
-        "watermark {last} is recent"
-    );
+    assert!(last <= now_us(), "watermark {last} is recent");
     assert!(hb.windows(2).all(|w| w[0] <= w[1]), "{hb:?}");
     src.stop().await;
 }
@@ -525,9 +546,14 @@ async fn freshness_follows_the_servers_clock_not_ours() {
     let idle_from = server_clock(&db).await;
     let quiet = src.drain_for(HEARTBEAT * 6).await;
     assert!(quiet.is_empty(), "no writes, no events: {quiet:#?}");
+    let hb = src
+        .idle_heartbeats(
+            heartbeats_before,
+            idle_from - 20_000,
+            "no writes, no events",
+        )
+        .await;
     let server_now = server_clock(&db).await;
-    let hb = &src.heartbeats[heartbeats_before..];
-    assert!(hb.len() >= 2, "heartbeats while idle: {hb:?}");
     let last = *hb.last().unwrap();
     assert!(
         last > commit && last >= idle_from - 20_000 && last <= server_now,

@@ -52,14 +52,20 @@ fn registry() -> Arc<Registry> {
 }
 
 /// The joined history of `common`, with both sources complete well past it.
-async fn history(catalog: &DynCatalog, store: &DynStore) {
-    common::history(catalog, store).await;
+/// Returns the number of notifications the history makes (one per indexed update).
+async fn history(catalog: &DynCatalog, store: &DynStore) -> usize {
+    let total = common::history(catalog, store)
+        .await
+        .iter()
+        .map(Vec::len)
+        .sum();
     for source in ["payments", "ledger"] {
         catalog
             .heartbeat(source, common::T0 + 60_000_000, common::T0)
             .await
             .unwrap();
     }
+    total
 }
 
 /// A subscription that records the newest offset the runner commits.
@@ -108,8 +114,9 @@ async fn run_over_history(faults: Arc<Faults>) -> Ended {
     let catalog: DynCatalog =
         Arc::new(EmbeddedCatalog::open(dir.path().join("catalog.redb")).unwrap());
     let store: DynStore = Arc::new(MemoryStore::new());
-    history(&catalog, &store).await;
-    // The last notification, as a second reader of the feed sees it.
+    let total = history(&catalog, &store).await;
+    // The last notification, as a second reader of the feed sees it (read to the end, by
+    // count: a pause between batches is not the end).
     let mut probe = CatalogFeed::open(
         catalog.clone(),
         store.clone(),
@@ -118,14 +125,16 @@ async fn run_over_history(faults: Arc<Faults>) -> Ended {
     )
     .await
     .unwrap();
-    let mut last = -1;
-    loop {
-        let got = tokio::time::timeout(Duration::from_millis(200), probe.recv(4096)).await;
-        match got {
-            Ok(batch) => last = batch.unwrap().last().map_or(last, |d| d.tag.offset),
-            Err(_) => break,
-        }
+    let (mut seen, mut last) = (0, -1);
+    while seen < total {
+        let batch = tokio::time::timeout(Duration::from_secs(30), probe.recv(4096))
+            .await
+            .expect("the probe reads the whole history")
+            .unwrap();
+        seen += batch.len();
+        last = batch.last().map_or(last, |d| d.tag.offset);
     }
+    assert_eq!(seen, total);
     assert!(last > 0);
 
     let (catalog, store) = (
