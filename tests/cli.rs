@@ -2,7 +2,8 @@
 //! ingest → history → reindex → history on a config file, with clear errors for bad input.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 fn overseer(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_overseer"))
@@ -169,6 +170,133 @@ fn ingest_history_and_reindex() {
 }
 
 /// A MongoDB change-stream event (`wallTime` in epoch ms) of `ns`, or of the source's model.
+/// `history`, `view` and `replay` read the embedded catalog while `overseer run` writes
+/// it — two at once, too — and a second writer is refused, naming the file.
+#[test]
+fn readers_work_while_run_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = write_config(dir.path(), "live.redb");
+    let cfg = live.to_str().unwrap();
+    let log_path = dir.path().join("run.log");
+    let mut run = Command::new(env!("CARGO_BIN_EXE_overseer"))
+        .args(["run", "--config", cfg])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let run_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let entry = "65e1f1c0a1b2c3d4e5f64001";
+    let history = [
+        "history",
+        "--config",
+        cfg,
+        "--model",
+        "ledger.entries",
+        "--id",
+        entry,
+        "--json",
+    ];
+    // Each try is a reader beside the writer: until ingestion has stored the record, it
+    // is not there (or the catalog file is not yet).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let o = overseer(&history, dir.path());
+        if o.status.success() {
+            break;
+        }
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("no record") || stderr.contains("no embedded catalog"),
+            "{stderr}"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the entry was not stored within 60 s:\n{}",
+            run_log()
+        );
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "run exited:\n{}",
+            run_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let view = [
+        "view",
+        "--config",
+        cfg,
+        "--model",
+        "ledger.entries",
+        "--id",
+        entry,
+        "--json",
+    ];
+    let replay = [
+        "replay",
+        "--config",
+        cfg,
+        "--format",
+        "json",
+        "--from",
+        "2000-01-01T00:00:00Z",
+        "--to",
+        "4000000000000",
+    ];
+    // All at once, with two of each, while run is up.
+    let outputs: Vec<(String, Output)> = std::thread::scope(|s| {
+        let dir = dir.path();
+        let jobs: Vec<_> = [
+            &history[..],
+            &history[..],
+            &view[..],
+            &view[..],
+            &replay[..],
+        ]
+        .into_iter()
+        .map(|args| s.spawn(move || (args[0].to_owned(), overseer(args, dir))))
+        .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    for (command, o) in &outputs {
+        let out = ok(o);
+        match command.as_str() {
+            "history" => {
+                let first: serde_json::Value =
+                    serde_json::from_str(out.lines().next().unwrap()).unwrap();
+                assert_eq!(first["op"], "create", "{out}");
+            }
+            "view" => {
+                let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+                assert!(v.is_object(), "{out}");
+            }
+            _ => {
+                let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+                assert!(r.is_object(), "{out}");
+            }
+        }
+    }
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "run exited:\n{}",
+        run_log()
+    );
+
+    // One writer at a time.
+    fails(
+        &overseer(&["ingest", "--config", cfg, "--once"], dir.path()),
+        "is written by another process",
+    );
+
+    Command::new("kill")
+        .arg(run.id().to_string())
+        .status()
+        .unwrap();
+    let status = run.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0: {status}\n{}", run_log());
+}
+
 fn change(
     n: u32,
     op: &str,

@@ -273,6 +273,20 @@ pub async fn open_store(cfg: &StoreConfig) -> Result<DynStore> {
     })
 }
 
+/// Opens the configured catalog to read it while another process may write it (`overseer
+/// history`, `view`, `replay` beside `overseer run`): the embedded catalog read-only
+/// ([`crate::catalog::embedded::EmbeddedCatalog::open_reader`]); PostgreSQL as
+/// [`open_catalog`] does (its server serves readers and writers alike).
+pub async fn open_catalog_reader(cfg: &CatalogConfig) -> Result<DynCatalog> {
+    match cfg {
+        #[cfg(feature = "embedded")]
+        CatalogConfig::Embedded { path } => Ok(Arc::new(
+            crate::catalog::embedded::EmbeddedCatalog::open_reader(path)?,
+        )),
+        _ => open_catalog(cfg).await,
+    }
+}
+
 /// Opens the configured catalog (running migrations for PostgreSQL).
 pub async fn open_catalog(cfg: &CatalogConfig) -> Result<DynCatalog> {
     match cfg {

@@ -10,14 +10,30 @@ use overseer_dal::view::Views;
 use crate::config::{Config, DalSettings};
 use crate::{Error, Result};
 
-/// The DAL over `cfg`'s store and catalog, with its builders, views and read cache.
-/// Configuration problems (a descriptor set that cannot be read or holds an ill-defined
-/// view) are reported before any backend is opened.
+/// The DAL over `cfg`'s store and catalog, with its builders, views and read cache, to
+/// read: the catalog opened beside any process that writes it
+/// ([`overseer_dal::config::open_catalog_reader`]). Configuration problems (a descriptor
+/// set that cannot be read or holds an ill-defined view) are reported before any backend
+/// is opened.
 pub async fn open_dal(cfg: &Config) -> Result<Dal> {
+    open(cfg, false).await
+}
+
+/// [`open_dal`] with the catalog opened to be written too (for the embedded catalog: as
+/// its one writer, so it fails while another process writes it).
+pub async fn open_dal_writing(cfg: &Config) -> Result<Dal> {
+    open(cfg, true).await
+}
+
+async fn open(cfg: &Config, write: bool) -> Result<Dal> {
     let views = views(&cfg.dal)?;
     let builders = crate::format::builders(cfg)?;
     let store = overseer_dal::config::open_store(&cfg.store).await?;
-    let catalog = overseer_dal::config::open_catalog(&cfg.catalog).await?;
+    let catalog = if write {
+        overseer_dal::config::open_catalog(&cfg.catalog).await?
+    } else {
+        overseer_dal::config::open_catalog_reader(&cfg.catalog).await?
+    };
     Ok(Dal::new(catalog, store)
         .with_builders(builders)
         .with_views(views)

@@ -186,7 +186,7 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
             json,
         } => {
             let cfg = Config::load(&config)?;
-            let catalog = overseer_dal::config::open_catalog(&cfg.catalog).await?;
+            let catalog = overseer_dal::config::open_catalog_reader(&cfg.catalog).await?;
             let entries = catalog.record_updates(&model, &id, i64::MAX).await?;
             if entries.is_empty() && catalog.master(&model, &id).await?.is_none() {
                 bail!(

@@ -93,7 +93,12 @@ pub(crate) async fn run(args: Args, checks: &crate::engine::Checks) -> Result<()
             names.contains(&s.name)
         }
     };
-    let dal = overseer_ingestion::dal::open_dal(&cfg).await?;
+    // A replay reads beside a running engine; with --escalate it records incidents too.
+    let dal = if args.escalate {
+        overseer_ingestion::dal::open_dal_writing(&cfg).await?
+    } else {
+        overseer_ingestion::dal::open_dal(&cfg).await?
+    };
     let report = Arc::new(ReportSink::new(
         &registry,
         &include,

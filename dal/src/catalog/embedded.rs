@@ -1,8 +1,16 @@
 //! The embedded catalog: one redb file, no server. The default for `overseer demo` and
 //! single-machine use.
 //!
-//! Every [`SegmentLedger::commit`](crate::catalog::SegmentLedger::commit) is one redb write transaction (one fsync: group commit for the
-//! whole batch). Tables, keyed so that each query is one ordered range scan:
+//! Every [`SegmentLedger::commit`](crate::catalog::SegmentLedger::commit) is one redb write transaction (group commit for the
+//! whole batch; redb's two-phase commit, two fsyncs).
+//!
+//! One process writes the file ([`EmbeddedCatalog::open`]); any number of others read it
+//! at the same time ([`EmbeddedCatalog::open_reader`]: `overseer history`, `view` and
+//! `replay` while `overseer run` is up), each seeing the writer's commits up to its
+//! first read. Both use redb's `SingleWriter` mode (byte-range locks, every commit
+//! durable and two-phase, so a reader never sees a half-written one).
+//!
+//! Tables, keyed so that each query is one ordered range scan:
 //!
 //! | table | key | value |
 //! |---|---|---|
@@ -93,15 +101,16 @@ pub struct EmbeddedCatalog {
     /// The read snapshot the short reads share until the next write ([`Snap`]). First:
     /// dropped before the database.
     snap: Arc<SharedSnap>,
-    db: Arc<Database>,
+    db: Arc<Db>,
     path: String,
     /// Bumped after every commit, abandoned segment and heartbeat: see
     /// [`SegmentLedger::commit_signal`].
     commits: Arc<tokio::sync::watch::Sender<u64>>,
     /// Hashes of the (model, record id)s that have or had snapshots: a read of any other
     /// record (most records are short and never get one) skips the snapshot lookup. Exact
-    /// because the file is open in one process at a time (redb locks it) and every snapshot
-    /// is written through a handle of this one; a hash collision only costs a lookup.
+    /// in the writer, through which every snapshot is written; a reader's is the set as of
+    /// its opening (one it misses costs a longer fold, never a different answer); a hash
+    /// collision only costs a lookup.
     snapshotted: Arc<std::sync::RwLock<std::collections::HashSet<u64>>>,
     /// Blocking-pool tasks of this catalog at once ([`BLOCKING_TASKS`]).
     tasks: Arc<tokio::sync::Semaphore>,
@@ -133,14 +142,14 @@ struct SharedSnap {
 /// What a write closure of [`EmbeddedCatalog::blocking`] is given: the database, and the
 /// commit that keeps the shared read snapshot honest.
 struct Writing<'a> {
-    db: &'a Database,
+    db: &'a Db,
     snap: &'a SharedSnap,
 }
 
 impl std::ops::Deref for Writing<'_> {
-    type Target = Database;
+    type Target = Db;
 
-    fn deref(&self) -> &Database {
+    fn deref(&self) -> &Db {
         self.db
     }
 }
@@ -213,7 +222,7 @@ snap_tables! {
 impl SharedSnap {
     /// A snapshot at least as new as every commit completed so far, or seen by an earlier
     /// read.
-    fn get(&self, db: &Database) -> Result<Arc<Snap>> {
+    fn get(&self, db: &Db) -> Result<Arc<Snap>> {
         use std::sync::atomic::Ordering;
         // While a commit is under way it may be published and not yet in `generation`:
         // the read begins a snapshot of its own (`offer` does not share it either).
@@ -313,6 +322,41 @@ fn db_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
     Error::catalog_from(e)
 }
 
+/// The redb file as this process holds it: its one writer, or a reader beside the writer
+/// (another process's `overseer run`, say) that follows its durable commits. Both open it
+/// in redb's `SingleWriter` mode, which locks byte ranges instead of the whole file.
+enum Db {
+    Writer(Database),
+    Reader {
+        db: redb::ReadOnlyDatabase,
+        path: String,
+    },
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+        match self {
+            Db::Writer(db) => db.begin_read(),
+            Db::Reader { db, .. } => db.begin_read(),
+        }
+    }
+
+    /// A write transaction; a reader's is an error naming the file.
+    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        match self {
+            Db::Writer(db) => db.begin_write().map_err(db_err),
+            Db::Reader { path, .. } => Err(Error::catalog(format!(
+                "embedded catalog {path} is open read-only (beside the process that writes \
+                 it): it cannot be written here"
+            ))),
+        }
+    }
+
+    fn is_reader(&self) -> bool {
+        matches!(self, Db::Reader { .. })
+    }
+}
+
 /// A stored key component back as text.
 fn text(b: &[u8]) -> Result<String> {
     String::from_utf8(b.to_vec())
@@ -327,24 +371,40 @@ const MAX_TEXT: &[u8] = b"\xff";
 /// process; past this, pages come from the OS page cache at the cost of a read call.
 const CACHE_BYTES: usize = 256 << 20;
 
+/// A reader's page cache: it reads what one command needs, beside a writer holding its own.
+const READER_CACHE_BYTES: usize = 64 << 20;
+
+/// redb's builder in the mode every process opening a catalog uses: one writer, and any
+/// number of read-only processes beside it.
+fn builder(cache: usize) -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_cache_size(cache)
+        .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+    b
+}
+
 impl EmbeddedCatalog {
-    /// Opens or creates the catalog file at `path` (and its parent directory).
+    /// Opens or creates the catalog file at `path` (and its parent directory), as its one
+    /// writer. Fails, naming the file, while another process writes it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
         }
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| {
-                Error::catalog(format!(
-                    "cannot open embedded catalog {}: {e}",
-                    path.display()
-                ))
-            })?;
+        let db = builder(CACHE_BYTES).create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::catalog(format!(
+                "embedded catalog {} is written by another process (one writer at a time; \
+                 `history`, `view` and `replay` read beside it)",
+                path.display()
+            )),
+            e => Error::catalog(format!(
+                "cannot open embedded catalog {}: {e}",
+                path.display()
+            )),
+        })?;
+        let db = Db::Writer(db);
         // Create every table once so readers never meet a missing one.
-        let tx = db.begin_write().map_err(db_err)?;
+        let tx = db.begin_write()?;
         {
             tx.open_table(UPDATES).map_err(db_err)?;
             tx.open_table(RECORD_IDX).map_err(db_err)?;
@@ -394,6 +454,43 @@ impl EmbeddedCatalog {
         }
         #[allow(clippy::disallowed_methods)] // Opening: no reader or shared snapshot exists yet.
         tx.commit().map_err(db_err)?;
+        Self::with(db, path)
+    }
+
+    /// Opens the catalog file at `path` read-only, beside the process that writes it (an
+    /// `overseer run`, say) or when none does: what `history`, `view` and `replay` use.
+    /// Reads see the writer's commits made before this process's first read (one
+    /// consistent snapshot, held while the catalog is open: a long replay keeps the pages
+    /// it reads from being reused). Writes fail, naming the file, except the two that only
+    /// make later reads cheaper ([`SnapshotStore::put_snapshots`],
+    /// [`UpdateIndex::keep_ref_updates`]), which do nothing.
+    pub fn open_reader(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(Error::catalog(format!(
+                "no embedded catalog at {} (nothing was ingested with this configuration yet?)",
+                path.display()
+            )));
+        }
+        let db = builder(READER_CACHE_BYTES)
+            .open_read_only(path)
+            .map_err(|e| {
+                Error::catalog(format!(
+                    "cannot open embedded catalog {} to read: {e}",
+                    path.display()
+                ))
+            })?;
+        Self::with(
+            Db::Reader {
+                db,
+                path: path.display().to_string(),
+            },
+            path,
+        )
+    }
+
+    /// The catalog over `db`, opened at `path`.
+    fn with(db: Db, path: &Path) -> Result<Self> {
         let mut snapshotted = std::collections::HashSet::new();
         {
             let tx = db.begin_read().map_err(db_err)?;
@@ -885,7 +982,7 @@ fn decode_incident(check: &[u8], subject: &[u8], bytes: &[u8]) -> Result<Inciden
 /// Incidents whose keys are listed in `keys` (an index table over `incidents`), in key
 /// order, at most `limit`.
 fn incidents_by_index(
-    db: &Database,
+    db: &Db,
     keys: TableDefinition<(Str, Str), ()>,
     limit: usize,
 ) -> Result<Vec<Incident>> {
@@ -904,7 +1001,7 @@ fn incidents_by_index(
     Ok(out)
 }
 
-fn segments_in_state(db: &Database, state: u8) -> Result<Vec<u64>> {
+fn segments_in_state(db: &Db, state: u8) -> Result<Vec<u64>> {
     let tx = db.begin_read().map_err(db_err)?;
     let t = tx.open_table(SEGMENTS).map_err(db_err)?;
     let mut out = Vec::new();
@@ -921,7 +1018,7 @@ fn segments_in_state(db: &Database, state: u8) -> Result<Vec<u64>> {
 impl SegmentLedger for EmbeddedCatalog {
     async fn reserve_segment(&self) -> Result<u64> {
         self.blocking(|db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             let seq;
             {
                 let mut meta = tx.open_table(META).map_err(db_err)?;
@@ -949,7 +1046,7 @@ impl SegmentLedger for EmbeddedCatalog {
     async fn abandon_segment(&self, seq: u64) -> Result<()> {
         let commits = self.commits.clone();
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(SEGMENTS).map_err(db_err)?;
                 let state = t.get(seq).map_err(db_err)?.map(|v| v.value());
@@ -968,7 +1065,7 @@ impl SegmentLedger for EmbeddedCatalog {
         let commits = self.commits.clone();
         let new = self
             .blocking(move |db| {
-                let tx = db.begin_write().map_err(db_err)?;
+                let tx = db.begin_write()?;
                 let mut fresh = Vec::with_capacity(batch.entries.len());
                 {
                     let mut updates = tx.open_table(UPDATES).map_err(db_err)?;
@@ -1140,7 +1237,7 @@ impl SegmentLedger for EmbeddedCatalog {
     async fn mark_published(&self, seqs: &[u64]) -> Result<()> {
         let seqs = seqs.to_vec();
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(SEGMENTS).map_err(db_err)?;
                 for s in seqs {
@@ -1275,9 +1372,14 @@ impl UpdateIndex for EmbeddedCatalog {
     }
 
     async fn keep_ref_updates(&self, pairs: &[(String, String)]) -> Result<()> {
+        if self.db.is_reader() {
+            // Reads of pairs not kept derive their lists from the record index: the same
+            // answer, at a higher cost (see the trait).
+            return Ok(());
+        }
         let pairs: BTreeSet<(String, String)> = pairs.iter().cloned().collect();
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             let kept = kept_ref_pairs(&tx)?;
             let mut built = false;
             for (m, n) in &pairs {
@@ -1461,7 +1563,7 @@ impl SourceProgress for EmbeddedCatalog {
         let retire = retire.to_vec();
         let commits = self.commits.clone();
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             {
                 let mut lanes = tx.open_table(LANES).map_err(db_err)?;
                 let mut sources = tx.open_table(SOURCES).map_err(db_err)?;
@@ -1499,7 +1601,7 @@ impl SourceProgress for EmbeddedCatalog {
         let source = source.to_owned();
         let commits = self.commits.clone();
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(SOURCES).map_err(db_err)?;
                 let mut st = match t.get(source.as_bytes()).map_err(db_err)? {
@@ -1543,7 +1645,7 @@ impl IncidentStore for EmbeddedCatalog {
         let mut inc = inc.clone();
         // redb has one writer at a time: the read and the write below are one atomic step.
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(INCIDENTS).map_err(db_err)?;
                 let key = (inc.check.as_bytes(), inc.subject.as_bytes());
@@ -1616,7 +1718,7 @@ impl MetaStore for EmbeddedCatalog {
     async fn put_meta(&self, key: &str, value: &str) -> Result<()> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             tx.open_table(META_KV)
                 .map_err(db_err)?
                 .insert(key.as_bytes(), value.as_bytes())
@@ -1629,7 +1731,7 @@ impl MetaStore for EmbeddedCatalog {
     async fn init_meta(&self, key: &str, value: &str) -> Result<String> {
         let (key, value) = (key.to_owned(), value.to_owned());
         self.blocking(move |db| {
-            let tx = db.begin_write().map_err(db_err)?;
+            let tx = db.begin_write()?;
             let held = {
                 let mut t = tx.open_table(META_KV).map_err(db_err)?;
                 let held = t
@@ -1839,9 +1941,11 @@ impl SnapshotStore for EmbeddedCatalog {
     }
 
     async fn put_snapshots(&self, writes: &[SnapshotWrite]) -> Result<()> {
-        if writes
-            .iter()
-            .all(|w| w.snapshots.is_empty() && w.clear_up_to.is_none())
+        // A reader beside the writer cannot write; snapshots only make reads cheaper.
+        if self.db.is_reader()
+            || writes
+                .iter()
+                .all(|w| w.snapshots.is_empty() && w.clear_up_to.is_none())
         {
             return Ok(());
         }
@@ -1855,10 +1959,9 @@ impl SnapshotStore for EmbeddedCatalog {
         }
         let writes = writes.to_vec();
         self.blocking(move |db| {
-            let mut tx = db.begin_write().map_err(db_err)?;
-            // Derived data: a crash may lose the last writes (readers fold the history
-            // instead); not worth an fsync on the read path.
-            tx.set_durability(redb::Durability::None).map_err(db_err)?;
+            // Durable like every commit: redb's shared-reader mode refuses commits that are
+            // not (readers in other processes follow durable commits only).
+            let tx = db.begin_write()?;
             {
                 let mut t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
                 for w in &writes {
@@ -2049,6 +2152,81 @@ mod tests {
     /// Which records have snapshots is known in memory (the lookup is skipped for the
     /// others), also after the file is opened again; and the `late` table records exactly
     /// the updates at or before their record's newest commit time.
+    /// A reader opens the file while its writer has it open, sees the commits made before
+    /// its first read (one snapshot), refuses writes naming the file, and takes the
+    /// writes that only make reads cheaper as done; a second writer is refused; a reader
+    /// of a missing file says so.
+    #[tokio::test]
+    async fn a_reader_beside_the_writer() {
+        use crate::catalog::UpdateIndex;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        let missing = EmbeddedCatalog::open_reader(&path).err().unwrap();
+        assert!(
+            missing.to_string().contains("no embedded catalog at"),
+            "{missing}"
+        );
+        let writer = EmbeddedCatalog::open(&path).unwrap();
+        writer
+            .commit(CommitBatch {
+                segment_seq: Some(1),
+                entries: vec![entry("1", "a", 10, &[]), entry("2", "a", 20, &[])],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let reader = EmbeddedCatalog::open_reader(&path).unwrap();
+        let seen = reader.record_updates("m", "a", i64::MAX).await.unwrap();
+        assert_eq!(seen.len(), 2);
+        writer
+            .commit(CommitBatch {
+                segment_seq: Some(2),
+                entries: vec![entry("3", "a", 30, &[])],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // One snapshot, as of its first read.
+        assert_eq!(
+            reader.record_updates("m", "a", i64::MAX).await.unwrap(),
+            seen
+        );
+        // A new reader sees the new commit.
+        let later = EmbeddedCatalog::open_reader(&path).unwrap();
+        assert_eq!(
+            later
+                .record_updates("m", "a", i64::MAX)
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+        let refused = reader
+            .commit(CommitBatch {
+                segment_seq: Some(3),
+                entries: vec![entry("4", "a", 40, &[])],
+                ..Default::default()
+            })
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            refused.to_string().contains("is open read-only")
+                && refused.to_string().contains("catalog.redb"),
+            "{refused}"
+        );
+        reader
+            .keep_ref_updates(&[("m".into(), "acc".into())])
+            .await
+            .unwrap();
+        reader.put_snapshots(&[]).await.unwrap();
+        let second = EmbeddedCatalog::open(&path).err().unwrap();
+        assert!(
+            second.to_string().contains("is written by another process"),
+            "{second}"
+        );
+    }
+
     #[tokio::test]
     async fn snapshotted_records_and_late_updates_survive_a_reopen() {
         use crate::update::{Snapshot, SnapshotWrite};
