@@ -371,8 +371,9 @@ const MAX_TEXT: &[u8] = b"\xff";
 /// process; past this, pages come from the OS page cache at the cost of a read call.
 const CACHE_BYTES: usize = 256 << 20;
 
-/// A reader's page cache: it reads what one command needs, beside a writer holding its own.
-const READER_CACHE_BYTES: usize = 64 << 20;
+/// A reader's page cache: as large as the writer's (it fills only with what the command
+/// reads; a replay reads much of the catalog).
+const READER_CACHE_BYTES: usize = CACHE_BYTES;
 
 /// redb's builder in the mode every process opening a catalog uses: one writer, and any
 /// number of read-only processes beside it.
