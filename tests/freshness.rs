@@ -214,6 +214,10 @@ async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes()
     let mut faulty = BTreeSet::new();
     let mut all = Vec::new();
     let mut unread = Vec::new();
+    // The first group's entries all carry the first one's time: the ledger's own events
+    // then never vouch for a time past the first transfer's, however slowly this loop
+    // runs (else, on a slow machine, the early transfers' checks could see fresh data).
+    let mut first_at = None;
     for i in 0..12usize {
         let id = format!("S{i:03}");
         let fault = i % 4 == 3;
@@ -229,6 +233,11 @@ async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes()
             .await
             .unwrap();
         let at = now_ms();
+        let entries_at = if i < 6 {
+            *first_at.get_or_insert(at)
+        } else {
+            at
+        };
         let minor = if fault { 1249 } else { 1250 };
         let n = 2 * i as u32;
         let events: Vec<(String, Value)> =
@@ -240,7 +249,7 @@ async fn a_stopped_connector_makes_checks_stale_and_they_rerun_when_it_resumes()
                         n + k as u32,
                         "insert",
                         &key,
-                        at,
+                        entries_at,
                         entry(&id, account, direction, minor),
                     );
                     (key, ev)

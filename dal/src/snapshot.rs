@@ -14,8 +14,8 @@
 //!
 //! Written by the reader that folds (not by ingestion, which never folds): each time a
 //! fold passes `every` updates since its last snapshot, the state then is queued and
-//! written in the background, several per catalog transaction (the embedded catalog does
-//! not fsync them: they are derived data, and a crash only loses work). Writes never wait
+//! written in the background, several per catalog transaction (derived data: a crash only
+//! loses work; a read-only catalog takes them as done and keeps none). Writes never wait
 //! for a reader and never fail a read; past [`MAX_PENDING_BYTES`] queued they are dropped
 //! (and counted). Nothing is trusted: a snapshot is used only if the record still has
 //! exactly `n` updates at or before it (the count check of [`crate::state`]) and it was

@@ -671,7 +671,7 @@ async fn retrying_gives_up_after_max_attempts_or_max_elapsed() {
     );
     let start = tokio::time::Instant::now();
     by_time.send(&failing("c", "s")).await.unwrap_err();
-    // Waits of 0.2, 0.4, 0.8, 1.6, 3.2 s (6.2 s); the next (6.4 s) would pass 10 s.
+    // Waits of 0.2, 0.4, 0.8, 1.6, 3.2 s (6.2 s); the next (capped at 5 s) would pass 10 s.
     assert_eq!(mem.attempts().len(), 6);
     assert_eq!(start.elapsed(), Duration::from_millis(6200));
 }

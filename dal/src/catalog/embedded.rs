@@ -6,8 +6,8 @@
 //!
 //! One process writes the file ([`EmbeddedCatalog::open`]); any number of others read it
 //! at the same time ([`EmbeddedCatalog::open_reader`]: `overseer history`, `view` and
-//! `replay` while `overseer run` is up), each seeing the writer's commits up to its
-//! first read. Both use redb's `SingleWriter` mode (byte-range locks, every commit
+//! `replay` while `overseer run` is up), each on one snapshot of the writer's commits as
+//! of its opening. Both use redb's `SingleWriter` mode (byte-range locks, every commit
 //! durable and two-phase, so a reader never sees a half-written one).
 //!
 //! Tables, keyed so that each query is one ordered range scan:
@@ -38,6 +38,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -125,8 +126,9 @@ pub struct EmbeddedCatalog {
 /// the shared snapshot, then stops counting. A read shares a snapshot only if no commit was
 /// under way when it started, and only one begun after the current generation was
 /// reached; otherwise it begins its own. So a read sees every commit completed (or seen by any earlier read)
-/// before it started, as its own transaction would: reads never go back in time. The file
-/// is open in one process at a time (redb locks it), so no write goes around this.
+/// before it started, as its own transaction would: reads never go back in time. One
+/// process writes the file (redb locks it), so no write goes around this; a reader in
+/// another process reads one fixed snapshot instead ([`Db::Reader`]).
 /// Dropping the snapshot on a write keeps a reader-less snapshot from pinning old pages
 /// for longer than until the next commit.
 #[derive(Default)]
@@ -224,6 +226,9 @@ impl SharedSnap {
     /// read.
     fn get(&self, db: &Db) -> Result<Arc<Snap>> {
         use std::sync::atomic::Ordering;
+        if let Db::Reader { fixed, .. } = db {
+            return Ok(fixed.clone());
+        }
         // While a commit is under way it may be published and not yet in `generation`:
         // the read begins a snapshot of its own (`offer` does not share it either).
         let quiet = self.committing.load(Ordering::Acquire) == 0;
@@ -239,7 +244,11 @@ impl SharedSnap {
             return Ok(s.clone());
         }
         // Begun after `generation` was read: it sees every commit up to it.
-        let snap = Arc::new(Snap::new(generation, db.begin_read().map_err(db_err)?));
+        let tx = match db {
+            Db::Writer(db) => db.begin_read().map_err(db_err)?,
+            Db::Reader { fixed, .. } => return Ok(fixed.clone()),
+        };
+        let snap = Arc::new(Snap::new(generation, tx));
         self.offer(&snap);
         Ok(snap)
     }
@@ -323,21 +332,42 @@ fn db_err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
 }
 
 /// The redb file as this process holds it: its one writer, or a reader beside the writer
-/// (another process's `overseer run`, say) that follows its durable commits. Both open it
-/// in redb's `SingleWriter` mode, which locks byte ranges instead of the whole file.
+/// (another process's `overseer run`, say). Both open it in redb's `SingleWriter` mode,
+/// which locks byte ranges instead of the whole file.
 enum Db {
     Writer(Database),
+    /// Every read of a reader, short or long, is on one read transaction begun at its
+    /// opening (`fixed`): one consistent snapshot of the writer's durable commits.
     Reader {
-        db: redb::ReadOnlyDatabase,
+        fixed: Arc<Snap>,
         path: String,
+        /// Kept open while its snapshot is read (dropped after it).
+        _db: redb::ReadOnlyDatabase,
     },
 }
 
-impl Db {
-    fn begin_read(&self) -> std::result::Result<redb::ReadTransaction, redb::TransactionError> {
+/// A read transaction: a writer's own, or a reader's one snapshot.
+enum ReadTx {
+    Own(redb::ReadTransaction),
+    Fixed(Arc<Snap>),
+}
+
+impl std::ops::Deref for ReadTx {
+    type Target = redb::ReadTransaction;
+
+    fn deref(&self) -> &redb::ReadTransaction {
         match self {
-            Db::Writer(db) => db.begin_read(),
-            Db::Reader { db, .. } => db.begin_read(),
+            ReadTx::Own(tx) => tx,
+            ReadTx::Fixed(snap) => &snap.tx,
+        }
+    }
+}
+
+impl Db {
+    fn begin_read(&self) -> std::result::Result<ReadTx, redb::TransactionError> {
+        match self {
+            Db::Writer(db) => db.begin_read().map(ReadTx::Own),
+            Db::Reader { fixed, .. } => Ok(ReadTx::Fixed(fixed.clone())),
         }
     }
 
@@ -395,7 +425,7 @@ impl EmbeddedCatalog {
         let db = builder(CACHE_BYTES).create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::catalog(format!(
                 "embedded catalog {} is written by another process (one writer at a time; \
-                 `history`, `view` and `replay` read beside it)",
+                 `history`, `view` and `replay` without `--escalate` read beside it)",
                 path.display()
             )),
             e => Error::catalog(format!(
@@ -460,31 +490,75 @@ impl EmbeddedCatalog {
 
     /// Opens the catalog file at `path` read-only, beside the process that writes it (an
     /// `overseer run`, say) or when none does: what `history`, `view` and `replay` use.
-    /// Reads see the writer's commits made before this process's first read (one
-    /// consistent snapshot, held while the catalog is open: a long replay keeps the pages
-    /// it reads from being reused). Writes fail, naming the file, except the two that only
-    /// make later reads cheaper ([`SnapshotStore::put_snapshots`],
-    /// [`UpdateIndex::keep_ref_updates`]), which do nothing.
+    /// Every read is on one snapshot, the writer's durable commits when it opened: one
+    /// consistent view (held until it is dropped, so a long replay keeps the writer from
+    /// reusing the pages it reads, and the file grows by what is written meanwhile).
+    /// Writes fail, naming the file, except the two that only make later reads cheaper
+    /// ([`SnapshotStore::put_snapshots`], [`UpdateIndex::keep_ref_updates`]), which do
+    /// nothing. A file its writer left needing repair (killed, with no writer since) is
+    /// repaired first, by opening it as the writer for a moment.
     pub fn open_reader(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        if !path.exists() {
-            return Err(Error::catalog(format!(
-                "no embedded catalog at {} (nothing was ingested with this configuration yet?)",
-                path.display()
-            )));
-        }
-        let db = builder(READER_CACHE_BYTES)
-            .open_read_only(path)
-            .map_err(|e| {
-                Error::catalog(format!(
-                    "cannot open embedded catalog {} to read: {e}",
+        let started = std::time::Instant::now();
+        loop {
+            let empty = std::fs::metadata(path).map(|m| m.len() == 0);
+            if !matches!(empty, Ok(false)) {
+                return Err(Error::catalog(format!(
+                    "no embedded catalog at {} yet (nothing was ingested with this \
+                     configuration, or its writer is creating it)",
                     path.display()
-                ))
-            })?;
+                )));
+            }
+            match builder(READER_CACHE_BYTES).open_read_only(path) {
+                Ok(db) => return Self::reader(db, path),
+                Err(redb::DatabaseError::RepairAborted) => {
+                    // No live writer vouches for the file and its last writer did not
+                    // close it: repair it as the next writer would. A writer may be
+                    // starting (and repairing) at this moment: then wait for it.
+                    match Self::open(path) {
+                        Ok(writer) => drop(writer),
+                        Err(e) if started.elapsed() < Duration::from_secs(30) => {
+                            tracing::debug!(error = %e, "waiting to read the embedded catalog");
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Err(e) => {
+                            return Err(Error::catalog(format!(
+                                "cannot open embedded catalog {} to read: it needs the repair \
+                                 its writer's crash left, and repairing it failed: {e}",
+                                path.display()
+                            )));
+                        }
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::catalog(format!(
+                        "cannot open embedded catalog {} to read: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// The reader over `db`: its one snapshot, and the tables the writer creates (a file
+    /// without them is still being created).
+    fn reader(db: redb::ReadOnlyDatabase, path: &Path) -> Result<Self> {
+        let tx = db.begin_read().map_err(db_err)?;
+        match tx.open_table(META) {
+            Ok(_) => {}
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(Error::catalog(format!(
+                    "no embedded catalog at {} yet (its writer is creating it)",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(db_err(e)),
+        }
         Self::with(
             Db::Reader {
-                db,
+                fixed: Arc::new(Snap::new(0, tx)),
                 path: path.display().to_string(),
+                _db: db,
             },
             path,
         )
@@ -493,8 +567,21 @@ impl EmbeddedCatalog {
     /// The catalog over `db`, opened at `path`.
     fn with(db: Db, path: &Path) -> Result<Self> {
         let mut snapshotted = std::collections::HashSet::new();
-        {
-            let tx = db.begin_read().map_err(db_err)?;
+        let tx = db.begin_read().map_err(db_err)?;
+        // A writer dropped snapshots a build that did not track late updates may have made
+        // stale (`open`); a reader cannot, so it leaves them all unread until one has.
+        let covered = tx
+            .open_table(META)
+            .map_err(db_err)?
+            .get(LATE_COVERS)
+            .map_err(db_err)?
+            .map(|v| v.value());
+        let indexed = tx
+            .open_table(UPDATES)
+            .map_err(db_err)?
+            .len()
+            .map_err(db_err)?;
+        if covered == Some(indexed) {
             let t = tx.open_table(SNAPSHOTS).map_err(db_err)?;
             // One seek per record: past its last snapshot to the next record's first.
             let mut next = t.first().map_err(db_err)?.map(|(k, _)| {
@@ -512,6 +599,7 @@ impl EmbeddedCatalog {
                 }
             }
         }
+        drop(tx);
         Ok(EmbeddedCatalog {
             db: Arc::new(db),
             path: path.display().to_string(),
@@ -2131,7 +2219,10 @@ mod tests {
         // The race a reader can lose: it begins its snapshot, a write commits, and only
         // then does it offer the snapshot for sharing. It is not shared.
         let generation = cat.snap.generation.load(Ordering::Acquire);
-        let early = Arc::new(Snap::new(generation, cat.db.begin_read().unwrap()));
+        let Db::Writer(db) = &*cat.db else {
+            panic!("opened as the writer")
+        };
+        let early = Arc::new(Snap::new(generation, db.begin_read().unwrap()));
         inc.version = 301;
         cat.put_incident(&inc).await.unwrap();
         cat.snap.offer(&early);
@@ -2150,9 +2241,6 @@ mod tests {
         assert!(Arc::ptr_eq(&shared, &cat.snap.get(&cat.db).unwrap()));
     }
 
-    /// Which records have snapshots is known in memory (the lookup is skipped for the
-    /// others), also after the file is opened again; and the `late` table records exactly
-    /// the updates at or before their record's newest commit time.
     /// A reader opens the file while its writer has it open, sees the commits made before
     /// its first read (one snapshot), refuses writes naming the file, and takes the
     /// writes that only make reads cheaper as done; a second writer is refused; a reader
@@ -2187,11 +2275,16 @@ mod tests {
             })
             .await
             .unwrap();
-        // One snapshot, as of its first read.
+        // One snapshot, as of its opening, for short reads and long ones alike.
         assert_eq!(
             reader.record_updates("m", "a", i64::MAX).await.unwrap(),
             seen
         );
+        let window = reader
+            .updates_in_window(0, i64::MAX, None, 100)
+            .await
+            .unwrap();
+        assert_eq!(window.len(), 2, "{window:?}");
         // A new reader sees the new commit.
         let later = EmbeddedCatalog::open_reader(&path).unwrap();
         assert_eq!(
@@ -2220,7 +2313,33 @@ mod tests {
             .keep_ref_updates(&[("m".into(), "acc".into())])
             .await
             .unwrap();
-        reader.put_snapshots(&[]).await.unwrap();
+        reader
+            .put_snapshots(&[crate::update::SnapshotWrite {
+                model: "m".into(),
+                record_id: "a".into(),
+                clear_up_to: None,
+                snapshots: vec![crate::update::Snapshot {
+                    model: "m".into(),
+                    record_id: "a".into(),
+                    event_time_us: 20,
+                    source: "s".into(),
+                    position: "2".into(),
+                    n: 2,
+                    fold: 1,
+                    body: b"{}".to_vec(),
+                }],
+            }])
+            .await
+            .unwrap();
+        assert!(
+            writer
+                .record_updates_from_snapshot("m", "a", 100)
+                .await
+                .unwrap()
+                .snapshot
+                .is_none(),
+            "a reader writes no snapshot"
+        );
         let second = EmbeddedCatalog::open(&path).err().unwrap();
         assert!(
             second.to_string().contains("is written by another process"),
@@ -2228,6 +2347,9 @@ mod tests {
         );
     }
 
+    /// Which records have snapshots is known in memory (the lookup is skipped for the
+    /// others), also after the file is opened again; and the `late` table records exactly
+    /// the updates at or before their record's newest commit time.
     #[tokio::test]
     async fn snapshotted_records_and_late_updates_survive_a_reopen() {
         use crate::update::{Snapshot, SnapshotWrite};
