@@ -280,9 +280,16 @@ pub async fn open_store(cfg: &StoreConfig) -> Result<DynStore> {
 pub async fn open_catalog_reader(cfg: &CatalogConfig) -> Result<DynCatalog> {
     match cfg {
         #[cfg(feature = "embedded")]
-        CatalogConfig::Embedded { path } => Ok(Arc::new(
-            crate::catalog::embedded::EmbeddedCatalog::open_reader(path)?,
-        )),
+        CatalogConfig::Embedded { path } => {
+            // Blocking file work (and, after a writer's crash, its repair) off the runtime.
+            let path = path.clone();
+            let reader = tokio::task::spawn_blocking(move || {
+                crate::catalog::embedded::EmbeddedCatalog::open_reader(path)
+            })
+            .await
+            .map_err(|e| Error::catalog(format!("opening the embedded catalog: {e}")))??;
+            Ok(Arc::new(reader))
+        }
         _ => open_catalog(cfg).await,
     }
 }

@@ -244,10 +244,10 @@ impl SharedSnap {
             return Ok(s.clone());
         }
         // Begun after `generation` was read: it sees every commit up to it.
-        let tx = match db {
-            Db::Writer(db) => db.begin_read().map_err(db_err)?,
-            Db::Reader { fixed, .. } => return Ok(fixed.clone()),
+        let Db::Writer(db) = db else {
+            unreachable!("a reader returned its fixed snapshot above")
         };
+        let tx = db.begin_read().map_err(db_err)?;
         let snap = Arc::new(Snap::new(generation, tx));
         self.offer(&snap);
         Ok(snap)
@@ -425,7 +425,8 @@ impl EmbeddedCatalog {
         let db = builder(CACHE_BYTES).create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::catalog(format!(
                 "embedded catalog {} is written by another process (one writer at a time; \
-                 `history`, `view` and `replay` without `--escalate` read beside it)",
+                 `history`, `view` and `replay` without `--escalate` read beside it; a reader \
+                 repairing it after a crash holds it for a moment: try again)",
                 path.display()
             )),
             e => Error::catalog(format!(
@@ -499,36 +500,72 @@ impl EmbeddedCatalog {
     /// repaired first, by opening it as the writer for a moment.
     pub fn open_reader(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let started = std::time::Instant::now();
-        loop {
-            let empty = std::fs::metadata(path).map(|m| m.len() == 0);
-            if !matches!(empty, Ok(false)) {
+        match std::fs::metadata(path) {
+            Ok(m) if m.len() > 0 => {}
+            Ok(_) => {
                 return Err(Error::catalog(format!(
-                    "no embedded catalog at {} yet (nothing was ingested with this \
-                     configuration, or its writer is creating it)",
+                    "no embedded catalog at {} yet (its writer is creating it)",
                     path.display()
                 )));
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::catalog(format!(
+                    "no embedded catalog at {} (nothing was ingested with this configuration \
+                     yet?)",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(Error::io(path.display(), e)),
+        }
+        let started = std::time::Instant::now();
+        let (mut repaired, mut told) = (false, false);
+        loop {
             match builder(READER_CACHE_BYTES).open_read_only(path) {
                 Ok(db) => return Self::reader(db, path),
-                Err(redb::DatabaseError::RepairAborted) => {
+                Err(redb::DatabaseError::RepairAborted) if !repaired => {
                     // No live writer vouches for the file and its last writer did not
-                    // close it: repair it as the next writer would. A writer may be
-                    // starting (and repairing) at this moment: then wait for it.
-                    match Self::open(path) {
-                        Ok(writer) => drop(writer),
-                        Err(e) if started.elapsed() < Duration::from_secs(30) => {
-                            tracing::debug!(error = %e, "waiting to read the embedded catalog");
+                    // close it (killed): repair it as the next writer would, once. A
+                    // writer may be starting, and repairing it, at this moment: then wait.
+                    match builder(CACHE_BYTES).create(path) {
+                        Ok(db) => {
+                            drop(db);
+                            repaired = true;
+                        }
+                        Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                            if started.elapsed() < Duration::from_secs(30) =>
+                        {
+                            if !told {
+                                tracing::info!(
+                                    "{}: its writer is repairing it after a crash; waiting \
+                                     (up to 30 s)",
+                                    path.display()
+                                );
+                                told = true;
+                            }
                             std::thread::sleep(Duration::from_millis(200));
+                        }
+                        Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                            return Err(Error::catalog(format!(
+                                "cannot read embedded catalog {}: its writer was still \
+                                 repairing it after a crash 30 s later; try again",
+                                path.display()
+                            )));
                         }
                         Err(e) => {
                             return Err(Error::catalog(format!(
-                                "cannot open embedded catalog {} to read: it needs the repair \
-                                 its writer's crash left, and repairing it failed: {e}",
+                                "cannot read embedded catalog {}: it needs the repair its \
+                                 writer's crash left, and repairing it failed: {e}",
                                 path.display()
                             )));
                         }
                     }
+                }
+                Err(redb::DatabaseError::RepairAborted) => {
+                    return Err(Error::catalog(format!(
+                        "cannot read embedded catalog {}: it still needs repair after one; \
+                         start its writer (`overseer run` or `ingest`), which repairs it",
+                        path.display()
+                    )));
                 }
                 Err(e) => {
                     return Err(Error::catalog(format!(
@@ -548,7 +585,8 @@ impl EmbeddedCatalog {
             Ok(_) => {}
             Err(redb::TableError::TableDoesNotExist(_)) => {
                 return Err(Error::catalog(format!(
-                    "no embedded catalog at {} yet (its writer is creating it)",
+                    "no embedded catalog at {} yet (its writer is creating it, or it is not \
+                     a catalog)",
                     path.display()
                 )));
             }
@@ -2255,6 +2293,11 @@ mod tests {
             missing.to_string().contains("no embedded catalog at"),
             "{missing}"
         );
+        // Created, not yet written by its writer.
+        std::fs::write(&path, b"").unwrap();
+        let empty = EmbeddedCatalog::open_reader(&path).err().unwrap();
+        assert!(empty.to_string().contains("yet"), "{empty}");
+        std::fs::remove_file(&path).unwrap();
         let writer = EmbeddedCatalog::open(&path).unwrap();
         writer
             .commit(CommitBatch {
@@ -2332,12 +2375,7 @@ mod tests {
             .await
             .unwrap();
         assert!(
-            writer
-                .record_updates_from_snapshot("m", "a", 100)
-                .await
-                .unwrap()
-                .snapshot
-                .is_none(),
+            writer.snapshots("m", "a").await.unwrap().is_empty(),
             "a reader writes no snapshot"
         );
         let second = EmbeddedCatalog::open(&path).err().unwrap();
