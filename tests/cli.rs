@@ -185,17 +185,19 @@ fn readers_work_while_run_is_up() {
         .spawn()
         .unwrap();
     let run_log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    let entry = "65e1f1c0a1b2c3d4e5f64001";
-    let history = [
-        "history",
-        "--config",
-        cfg,
-        "--model",
-        "ledger.entries",
-        "--id",
-        entry,
-        "--json",
-    ];
+    let of_the_entry = |command| {
+        [
+            command,
+            "--config",
+            cfg,
+            "--model",
+            "ledger.entries",
+            "--id",
+            "65e1f1c0a1b2c3d4e5f64001",
+            "--json",
+        ]
+    };
+    let history = of_the_entry("history");
     // Each try is a reader beside the writer: until ingestion has stored the record, it
     // is not there (or the catalog file is not yet).
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -222,16 +224,7 @@ fn readers_work_while_run_is_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    let view = [
-        "view",
-        "--config",
-        cfg,
-        "--model",
-        "ledger.entries",
-        "--id",
-        entry,
-        "--json",
-    ];
+    let view = of_the_entry("view");
     let replay = [
         "replay",
         "--config",

@@ -617,28 +617,22 @@ async fn retrying_waits_longer_after_a_429_than_after_an_outage() {
         at.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect()
     };
 
-    let down = MemoryNotifier::new();
-    down.fail_next(9, true);
-    Retrying::with_backoff(down.clone(), no_jitter.clone())
-        .send(&failing("c", "s"))
-        .await
-        .unwrap();
-    assert_eq!(
-        waits(&down),
-        [200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
-    );
-
-    let hot = MemoryNotifier::new();
-    hot.throttle_next(9);
-    Retrying::with_backoff(hot.clone(), no_jitter)
-        .send(&failing("c", "s"))
-        .await
-        .unwrap();
-    assert_eq!(
-        waits(&hot),
-        [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000]
-    );
-    assert_eq!(hot.delivered().len(), 1);
+    let down = [200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000];
+    let hot = [200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000];
+    for (throttled, want) in [(false, down), (true, hot)] {
+        let mem = MemoryNotifier::new();
+        if throttled {
+            mem.throttle_next(9);
+        } else {
+            mem.fail_next(9, true);
+        }
+        Retrying::with_backoff(mem.clone(), no_jitter.clone())
+            .send(&failing("c", "s"))
+            .await
+            .unwrap();
+        assert_eq!(waits(&mem), want, "throttled: {throttled}");
+        assert_eq!(mem.delivered().len(), 1);
+    }
 }
 
 #[tokio::test(start_paused = true)]

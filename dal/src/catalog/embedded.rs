@@ -2170,6 +2170,26 @@ mod tests {
         }
     }
 
+    /// A snapshot of record `a` of model `m` after its `n`th update (at `time`, source
+    /// `s`, `position`).
+    fn snapshot_of_a(time: i64, position: &str, n: u64) -> crate::update::SnapshotWrite {
+        crate::update::SnapshotWrite {
+            model: "m".into(),
+            record_id: "a".into(),
+            clear_up_to: None,
+            snapshots: vec![crate::update::Snapshot {
+                model: "m".into(),
+                record_id: "a".into(),
+                event_time_us: time,
+                source: "s".into(),
+                position: position.into(),
+                n,
+                fold: 1,
+                body: b"{}".to_vec(),
+            }],
+        }
+    }
+
     #[test]
     fn an_incident_stored_before_the_delivery_fields_reads_as_told_nothing_and_owed_no_run() {
         let inc = Incident {
@@ -2357,21 +2377,7 @@ mod tests {
             .await
             .unwrap();
         reader
-            .put_snapshots(&[crate::update::SnapshotWrite {
-                model: "m".into(),
-                record_id: "a".into(),
-                clear_up_to: None,
-                snapshots: vec![crate::update::Snapshot {
-                    model: "m".into(),
-                    record_id: "a".into(),
-                    event_time_us: 20,
-                    source: "s".into(),
-                    position: "2".into(),
-                    n: 2,
-                    fold: 1,
-                    body: b"{}".to_vec(),
-                }],
-            }])
+            .put_snapshots(&[snapshot_of_a(20, "2", 2)])
             .await
             .unwrap();
         assert!(
@@ -2390,7 +2396,6 @@ mod tests {
     /// the updates at or before their record's newest commit time.
     #[tokio::test]
     async fn snapshotted_records_and_late_updates_survive_a_reopen() {
-        use crate::update::{Snapshot, SnapshotWrite};
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.redb");
         let cat = EmbeddedCatalog::open(&path).unwrap();
@@ -2426,23 +2431,9 @@ mod tests {
             Some(3),
             "same time as the newest: may sort before it"
         );
-        cat.put_snapshots(&[SnapshotWrite {
-            model: "m".into(),
-            record_id: "a".into(),
-            clear_up_to: None,
-            snapshots: vec![Snapshot {
-                model: "m".into(),
-                record_id: "a".into(),
-                event_time_us: 20,
-                source: "s".into(),
-                position: "2".into(),
-                n: 2,
-                fold: 1,
-                body: b"{}".to_vec(),
-            }],
-        }])
-        .await
-        .unwrap();
+        cat.put_snapshots(&[snapshot_of_a(20, "2", 2)])
+            .await
+            .unwrap();
         drop(cat);
         let cat = EmbeddedCatalog::open(&path).unwrap();
         let from = cat
@@ -2481,23 +2472,9 @@ mod tests {
         let cat = EmbeddedCatalog::open(&path).unwrap();
         assert_eq!(cat.snapshots("m", "a").await.unwrap(), vec![]);
         // A snapshot written now survives the next open: the marker holds.
-        cat.put_snapshots(&[SnapshotWrite {
-            model: "m".into(),
-            record_id: "a".into(),
-            clear_up_to: None,
-            snapshots: vec![Snapshot {
-                model: "m".into(),
-                record_id: "a".into(),
-                event_time_us: 30,
-                source: "s".into(),
-                position: "5".into(),
-                n: 5,
-                fold: 1,
-                body: b"{}".to_vec(),
-            }],
-        }])
-        .await
-        .unwrap();
+        cat.put_snapshots(&[snapshot_of_a(30, "5", 5)])
+            .await
+            .unwrap();
         drop(cat);
         let cat = EmbeddedCatalog::open(&path).unwrap();
         assert_eq!(cat.snapshots("m", "a").await.unwrap().len(), 1);
