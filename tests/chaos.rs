@@ -8,6 +8,7 @@
 //! kills, e.g. `CHAOS_KILLS=100 cargo test --test chaos -- --nocapture
 //! --test-threads 1`. Knobs: `CHAOS_SEED` (default 14), `CHAOS_KILLS` (kills per trial),
 //! `CHAOS_STORE_FAULTS` (object-store requests with a fault, per mille; default 100),
+//! `CHAOS_DISK_FULLS` (disks filled without the free-space floor; default 4),
 //! `CHAOS_KEEP_LOGS` (set: the processes' logs are kept, as when a trial fails).
 
 mod common;
@@ -883,4 +884,327 @@ async fn pagerduty_outage_then_slow() {
     for r in pd.requests() {
         assert!(r.status == 202 || r.status == 500, "{r:#?}");
     }
+}
+
+/// A tmpfs of a fixed size mounted on a trial's data directory (needs root or
+/// CAP_SYS_ADMIN, as CI has); unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, mib: u64) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "the disk-full trial mounts a {mib} MiB tmpfs on its data directory (root or \
+             CAP_SYS_ADMIN): mount said {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(dir.to_owned())
+    }
+
+    /// Bytes free.
+    fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.0).unwrap();
+        st.f_bavail * st.f_frsize
+    }
+
+    /// Fills the disk with a ballast file until `leave` bytes are free.
+    fn fill_leaving(&self, leave: u64) -> PathBuf {
+        let ballast = self.0.join("ballast");
+        let _ = std::fs::remove_file(&ballast);
+        let size = self.free().saturating_sub(leave);
+        let f = std::fs::File::create(&ballast).unwrap();
+        // Written, not only sized: tmpfs counts the pages written.
+        let chunk = vec![1u8; 1 << 20];
+        let mut left = size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            std::io::Write::write_all(&mut &f, &chunk[..n]).unwrap();
+            left -= n as u64;
+        }
+        ballast
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// `overseer ingest` of the payments WAL into a local store and an embedded catalog in
+/// `data`, with `[ingest] min_free_mib = min_free_mib` and `/ready` at `metrics`.
+fn disk_config(data: &std::path::Path, min_free_mib: u64, metrics: &str) -> String {
+    format!(
+        r#"
+[store]
+kind = "local"
+path = "{data}/objects"
+
+[catalog]
+kind = "embedded"
+path = "{data}/catalog/catalog.redb"
+
+[ingest]
+batch_max_events = 100
+batch_max_ms = 20
+heartbeat_ms = 200
+min_free_mib = {min_free_mib}
+
+[prs]
+metrics_addr = "{metrics}"
+
+{MODELS}
+[[sources]]
+name = "payments-wal"
+format = "pgoutput"
+[sources.postgres]
+url_env = "E2E_SOURCE_URL"
+slot = "disk_slot"
+publication = "disk_pub"
+status_interval_ms = 200
+"#,
+        data = data.display()
+    )
+}
+
+/// `/ready`'s status line, or "" while nothing answers.
+fn ready(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = write!(
+        s,
+        "GET /ready HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.lines().next().unwrap_or_default().to_owned()
+}
+
+/// The updates an embedded catalog holds, read beside its writer (-1 if it cannot be read
+/// now).
+async fn embedded_count(path: &std::path::Path) -> i64 {
+    match overseer_dal::catalog::embedded::EmbeddedCatalog::open_reader(path) {
+        Ok(c) => c.dump().await.map_or(-1, |d| d.entries.len() as i64),
+        Err(_) => -1,
+    }
+}
+
+/// Whether an update of record `id` is in the embedded catalog, read beside its writer.
+async fn embedded_has(path: &std::path::Path, id: &str) -> bool {
+    let Ok(c) = overseer_dal::catalog::embedded::EmbeddedCatalog::open_reader(path) else {
+        return false;
+    };
+    c.dump()
+        .await
+        .is_ok_and(|d| d.entries.iter().any(|e| e.record_id == id))
+}
+
+/// Disk full on the data directory while `overseer ingest` reads a PostgreSQL WAL under
+/// steady writes into a local store and an embedded catalog, each on a tmpfs of its own
+/// (128 MiB), filled with a ballast file and freed by removing it. First with the
+/// free-space floor (`[ingest] min_free_mib`): ingestion waits, not ready, naming the
+/// directory, and goes on once space is freed, without a restart. Then without the floor,
+/// each disk in turn filled to its last few kilobytes (seeded) while ingestion runs,
+/// `CHAOS_DISK_FULLS` times: a full store's disk is waited out like any transient fault;
+/// a full catalog's disk stops the process with an error naming the file (redb refuses
+/// every write after a failed one), and a start after space is freed repairs it and goes
+/// on. At the end: every change stored exactly once, nothing pending, and the catalog
+/// equal to a reindex of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_full_on_the_data_directory() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let seed = knob("CHAOS_SEED", 14);
+    let pg = Server::start("postgres");
+    let url = pg.var("PG_URL").to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    // The store and the catalog each on a disk of its own (the first fills the store's).
+    let data = dir.path().join("data");
+    let disk = Tmpfs::mount(&data.join("objects"), 128);
+    let catalog_disk = Tmpfs::mount(&data.join("catalog"), 128);
+    let catalog = data.join("catalog/catalog.redb");
+    let logs = Logs::new("disk");
+    let metrics = format!(
+        "127.0.0.1:{}",
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    );
+    let _payments = common::payments_db(&url, "disk_pub", "disk_slot").await;
+    let cfg = dir.path().join("overseer.toml");
+    std::fs::write(&cfg, disk_config(&data, 8, &metrics)).unwrap();
+    let env = [("E2E_SOURCE_URL", url.as_str())];
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let rows = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = tokio::spawn(write_transfers(
+        url.clone(),
+        seed,
+        5_000,
+        stop.clone(),
+        rows.clone(),
+    ));
+
+    // 1. The floor: 8 MiB; 4 MiB above it are left free.
+    let ballast = disk.fill_leaving(12 << 20);
+    let mut ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(0));
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(180),
+        "ingestion waits for space, not ready",
+        async || ready(&metrics).contains("503"),
+    )
+    .await;
+    let log = ov.log();
+    assert!(
+        log.contains("the disk is nearly full") && log.contains(&disk.0.display().to_string()),
+        "the wait names the full directory:\n{log}"
+    );
+    let held = embedded_count(&catalog).await;
+    assert!(held > 0, "stored before the disk filled");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ov.assert_running();
+    assert_eq!(
+        embedded_count(&catalog).await,
+        held,
+        "nothing written while waiting"
+    );
+    std::fs::remove_file(&ballast).unwrap();
+    let freed = Instant::now();
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(60),
+        "ingestion goes on once space is freed",
+        async || embedded_count(&catalog).await > held,
+    )
+    .await;
+    let floor_resume = freed.elapsed();
+    assert!(ready(&metrics).contains("200"), "ready again");
+    ov.stop().await;
+
+    // 2. No floor: the disk filled, while ingestion runs, to its last few kilobytes
+    //    (seeded), `fills` times. Whichever write meets the full disk first — a segment
+    //    (waits) or the catalog's commit (stops) — a start after space is freed goes on.
+    std::fs::write(&cfg, disk_config(&data, 0, &metrics)).unwrap();
+    ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(1));
+    let fills = knob("CHAOS_DISK_FULLS", 4) as usize;
+    let mut rng = Rng::new(seed ^ 0xd15c);
+    let (mut waited, mut stopped) = (0, 0);
+    let mut resumes = Vec::new();
+    for round in 0..fills {
+        // Running and storing before the disk fills.
+        let before = rows.load(Ordering::SeqCst);
+        let id = format!("t{}", before + 20);
+        common::wait_until(
+            &mut ov,
+            Duration::from_secs(60),
+            "ingestion stores before the disk fills",
+            async || embedded_has(&catalog, &id).await,
+        )
+        .await;
+        // The store's disk, then the catalog's, in turn.
+        let full = [&disk, &catalog_disk][round % 2];
+        let ballast = full.fill_leaving(rng.below(256 << 10));
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let exit = loop {
+            if let Some(status) = ov.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if ready(&metrics).contains("503") {
+                break None;
+            }
+            assert!(Instant::now() < deadline, "the full disk was never met");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let log = ov.log();
+        assert!(
+            log.contains("No space left on device"),
+            "the full disk is named:\n{log}"
+        );
+        std::fs::remove_file(&ballast).unwrap();
+        let freed = Instant::now();
+        eprintln!(
+            "fill {round}: {} the {} disk; {:.1} MiB free after the ballast went; catalog \
+             file {:.1} MiB ({:.1} MiB allocated)",
+            if exit.is_some() {
+                "stopped on"
+            } else {
+                "waited for"
+            },
+            ["store's", "catalog's"][round % 2],
+            full.free() as f64 / 1048576.0,
+            std::fs::metadata(&catalog).map_or(0, |m| m.len()) as f64 / 1048576.0,
+            std::fs::metadata(&catalog)
+                .map_or(0, |m| { std::os::unix::fs::MetadataExt::blocks(&m) * 512 })
+                as f64
+                / 1048576.0,
+        );
+        let id = format!("t{}", rows.load(Ordering::SeqCst) + 20);
+        if let Some(status) = exit {
+            assert!(
+                !status.success(),
+                "a stop on a full disk is a failure: {status}"
+            );
+            stopped += 1;
+            ov = Overseer::spawn("ingest", &cfg, &env, &logs.life(2 + round));
+        } else {
+            waited += 1;
+        }
+        common::wait_until(
+            &mut ov,
+            Duration::from_secs(60),
+            "ingestion goes on after the full disk",
+            async || embedded_has(&catalog, &id).await,
+        )
+        .await;
+        resumes.push(freed.elapsed());
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let expected = writer.await.unwrap();
+    let total: usize = expected.values().sum();
+    common::wait_until(
+        &mut ov,
+        Duration::from_secs(180),
+        "the history caught up",
+        async || embedded_count(&catalog).await >= total as i64,
+    )
+    .await;
+    ov.stop().await;
+
+    // Exactly once, nothing pending, the catalog equal to a reindex of the store.
+    let cat = overseer_dal::catalog::embedded::EmbeddedCatalog::open(&catalog).unwrap();
+    let dump = cat.dump().await.unwrap();
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for e in &dump.entries {
+        *got.entry(e.record_id.clone()).or_default() += 1;
+    }
+    let lost: usize = expected
+        .iter()
+        .map(|(id, n)| n.saturating_sub(got.get(id).copied().unwrap_or(0)))
+        .sum();
+    let duplicated = dump.entries.len() as i64 + lost as i64 - total as i64;
+    assert_eq!((lost, duplicated), (0, 0), "lost, duplicated of {total}");
+    assert!(cat.pending_segments().await.unwrap().is_empty());
+    drop(cat);
+    let store = overseer_dal::store::local::LocalStore::open(data.join("objects")).unwrap();
+    common::assert_store_reindexes_to(&store, dir.path(), &dump).await;
+    eprintln!(
+        "| disk full on the data directory (seed {seed}) | 1 with the floor, {fills} without ({waited} waited, {stopped} stopped) | {total} changes | lost 0 | duplicated 0 | after space was freed: {:.2} s (floor), {} (no floor) |",
+        floor_resume.as_secs_f64(),
+        summary(&resumes),
+    );
 }

@@ -64,9 +64,14 @@ impl Error {
             Error::Store { transient, .. }
             | Error::Catalog { transient, .. }
             | Error::Bus { transient, .. } => *transient,
+            // A full disk passes once space is freed; a local write is atomic (a
+            // temporary file linked into place), so writing it again is safe.
             Error::Io { source, .. } => matches!(
                 source.kind(),
-                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::StorageFull
+                    | std::io::ErrorKind::QuotaExceeded
             ),
             Error::Corrupt { .. }
             | Error::Invalid { .. }

@@ -77,6 +77,10 @@ pub struct IngestSettings {
     /// How often sources look for evidence of how far they are complete: the PostgreSQL
     /// probe, the Kafka partitions' ends (see `overseer_ingestion::freshness`).
     pub heartbeat_ms: u64,
+    /// Free space, in MiB, below which ingestion waits (not ready) before writing a batch to
+    /// a local store or embedded catalog, until space is freed: a disk filled to the last
+    /// byte fails the catalog's commit, which stops the process (0: no check).
+    pub min_free_mib: u64,
 }
 
 impl Default for IngestSettings {
@@ -87,6 +91,7 @@ impl Default for IngestSettings {
             max_event_bytes: 1 << 20,
             queue_capacity: 16_384,
             heartbeat_ms: 1000,
+            min_free_mib: 128,
         }
     }
 }

@@ -389,6 +389,7 @@ impl Ingestor {
             max_event_bytes: cfg.max_event_bytes.unwrap_or(self.settings.max_event_bytes),
             acks,
             stop: shutdown.clone(),
+            min_free: self.settings.min_free_mib.saturating_mul(1 << 20),
         };
         let result = batcher.drain(rx, &self.settings, freshness).await;
         if result.is_err() {
@@ -451,9 +452,85 @@ struct Batcher<'a> {
     acks: Arc<Acks>,
     /// The process is stopping: storage faults get a last few attempts ([`retry`]).
     stop: CancellationToken,
+    /// `[ingest] min_free_mib`, in bytes ([`Batcher::wait_for_space`]).
+    min_free: u64,
+}
+
+/// How often a full disk is looked at again ([`Batcher::wait_for_space`]).
+const SPACE_POLL: Duration = Duration::from_millis(250);
+
+/// The first local directory of `storage` (a local store's, an embedded catalog's) with
+/// less than `min_free` bytes free, as the error naming it; `Ok` when every one has enough
+/// (or none is local, or `min_free` is 0). A directory whose free space cannot be read is
+/// passed over: the write itself says what is wrong with it.
+fn low_space(storage: &Storage, min_free: u64) -> std::result::Result<(), overseer_dal::Error> {
+    if min_free == 0 {
+        return Ok(());
+    }
+    let catalog_dir = (storage.catalog.local_file())
+        .and_then(|f| f.parent())
+        .map(|d| match d.as_os_str().is_empty() {
+            true => std::path::Path::new("."),
+            false => d,
+        });
+    for dir in storage.store.local_dir().into_iter().chain(catalog_dir) {
+        let Ok(st) = rustix::fs::statvfs(dir) else {
+            continue;
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < min_free {
+            return Err(overseer_dal::Error::Io {
+                path: dir.display().to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::StorageFull,
+                    format!(
+                        "the disk is nearly full: {:.1} MiB free, below [ingest] min_free_mib = {}",
+                        free as f64 / 1048576.0,
+                        min_free >> 20
+                    ),
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Batcher<'_> {
+    /// Waits, before a batch is written, until the disks of a local store and an embedded
+    /// catalog have `[ingest] min_free_mib` free ([`low_space`]): meanwhile nothing more
+    /// is read from the source (its queue fills), the process is not ready, and a line says
+    /// which directory is full and again every minute. A disk filled to its last byte
+    /// would fail the embedded catalog's commit, which stops the process; a local store's
+    /// full disk alone is retried like any transient fault ([`retry`]).
+    async fn wait_for_space(&self) -> Result<()> {
+        let Err(mut e) = low_space(self.storage, self.min_free) else {
+            return Ok(());
+        };
+        let _stalled = STALLED_OPS.enter();
+        metrics::counter!(RETRIES, "op" => "disk space").increment(1);
+        tracing::warn!(source = self.source, error = %e,
+            "ingestion waits until space is freed (not ready); nothing is lost meanwhile");
+        let mut said = Instant::now();
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => return Err(e.into()),
+                () = tokio::time::sleep(SPACE_POLL) => {}
+            }
+            match low_space(self.storage, self.min_free) {
+                Ok(()) => {
+                    tracing::info!(source = self.source, "disk space freed: ingestion goes on");
+                    return Ok(());
+                }
+                Err(still) => e = still,
+            }
+            if said.elapsed() >= Duration::from_secs(60) {
+                said = Instant::now();
+                tracing::warn!(source = self.source, error = %e,
+                    "ingestion still waits until space is freed (not ready)");
+            }
+        }
+    }
+
     /// Writes an object under a key of the freshly reserved sequence `seq`. Our own PUT
     /// whose answer was lost (a timeout, then the retry) finds exactly these bytes there and
     /// goes on; other bytes are another writer's: the sequence is released, so recovery
@@ -755,6 +832,7 @@ impl Batcher<'_> {
             now_us: received_us,
         };
         if !records.is_empty() || !dead.is_empty() {
+            self.wait_for_space().await?;
             let seq = retry("reserve", &self.stop, || catalog.reserve_segment()).await?;
             batch.segment_seq = Some(seq);
             if !dead.is_empty() {

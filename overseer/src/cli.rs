@@ -168,6 +168,10 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
         Engine::Ingest { config, once } => {
             let cfg = Config::load(&config)?;
             let storage = Storage::open(&cfg).await?;
+            if !once {
+                // `/ready` says whether ingestion waits out a storage fault or a full disk.
+                crate::engine::serve_metrics(&cfg)?;
+            }
             let token = CancellationToken::new();
             cancel_on_signal(token.clone());
             let reports =

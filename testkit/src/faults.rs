@@ -335,6 +335,10 @@ impl Catalog for FaultyCatalog {
     fn describe(&self) -> String {
         format!("{} (with injected faults)", self.inner.describe())
     }
+
+    fn local_file(&self) -> Option<&std::path::Path> {
+        self.inner.local_file()
+    }
 }
 
 /// An object store failing some of its calls ([`Faults`]).
@@ -380,6 +384,10 @@ impl ObjectStore for FaultyStore {
     }
     fn describe(&self) -> String {
         format!("{} (with injected faults)", self.inner.describe())
+    }
+
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        self.inner.local_dir()
     }
 }
 

@@ -582,7 +582,6 @@ pub(crate) async fn assert_reindex_equals(
     dir: &Path,
     live: &overseer_dal::update::CatalogDump,
 ) {
-    use overseer_dal::catalog::prelude::*;
     let creds = aws_config::defaults(aws_config::BehaviorVersion::latest()).credentials_provider(
         aws_sdk_s3::config::Credentials::new(
             s3.var("AWS_ACCESS_KEY_ID"),
@@ -604,9 +603,19 @@ pub(crate) async fn assert_reindex_equals(
     )
     .await
     .unwrap();
+    assert_store_reindexes_to(&store, dir, live).await;
+}
+
+/// A reindex of `store` alone (into a fresh embedded catalog under `dir`) equals `live`.
+pub(crate) async fn assert_store_reindexes_to(
+    store: &dyn overseer_dal::store::ObjectStore,
+    dir: &Path,
+    live: &overseer_dal::update::CatalogDump,
+) {
+    use overseer_dal::catalog::prelude::*;
     let fresh =
         overseer_dal::catalog::embedded::EmbeddedCatalog::open(dir.join("reindexed.redb")).unwrap();
-    overseer_ingestion::reindex::reindex(&store, &fresh)
+    overseer_ingestion::reindex::reindex(store, &fresh)
         .await
         .unwrap();
     let re = fresh.dump().await.unwrap();

@@ -414,26 +414,54 @@ fn builder(cache: usize) -> redb::Builder {
     b
 }
 
+/// The file a reader repairing a catalog (`open_reader`) holds while it does: a writer
+/// starting meanwhile waits for it, for up to [`REPAIR_WAIT`].
+fn repair_marker(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".repairing");
+    name.into()
+}
+
+/// How long a starting writer waits for a reader's repair ([`repair_marker`]).
+const REPAIR_WAIT: Duration = Duration::from_secs(60);
+
 impl EmbeddedCatalog {
     /// Opens or creates the catalog file at `path` (and its parent directory), as its one
-    /// writer. Fails, naming the file, while another process writes it.
+    /// writer. Fails, naming the file, while another process writes it (after waiting, up
+    /// to a minute, for a reader repairing it after a crash).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
         }
-        let db = builder(CACHE_BYTES).create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => Error::catalog(format!(
-                "embedded catalog {} is written by another process (one writer at a time; \
-                 `history`, `view` and `replay` without `--escalate` read beside it; a reader \
-                 repairing it after a crash holds it for a moment: try again)",
-                path.display()
-            )),
-            e => Error::catalog(format!(
-                "cannot open embedded catalog {}: {e}",
-                path.display()
-            )),
-        })?;
+        let marker = repair_marker(path);
+        let started = std::time::Instant::now();
+        let db = loop {
+            match builder(CACHE_BYTES).create(path) {
+                Ok(db) => break db,
+                // A reader repairing the file after a crash holds it for a moment
+                // (`open_reader`): wait for it rather than refuse to start.
+                Err(redb::DatabaseError::DatabaseAlreadyOpen)
+                    if marker.exists() && started.elapsed() < REPAIR_WAIT =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(Error::catalog(format!(
+                        "embedded catalog {} is written by another process (one writer at a \
+                         time; `history`, `view` and `replay` without `--escalate` read beside \
+                         it)",
+                        path.display()
+                    )));
+                }
+                Err(e) => {
+                    return Err(Error::catalog(format!(
+                        "cannot open embedded catalog {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        };
         let db = Db::Writer(db);
         // Create every table once so readers never meet a missing one.
         let tx = db.begin_write()?;
@@ -526,7 +554,13 @@ impl EmbeddedCatalog {
                     // No live writer vouches for the file and its last writer did not
                     // close it (killed): repair it as the next writer would, once. A
                     // writer may be starting, and repairing it, at this moment: then wait.
-                    match builder(CACHE_BYTES).create(path) {
+                    // Said on disk, so a writer starting meanwhile waits for the repair
+                    // instead of refusing to start (`open`).
+                    let marker = repair_marker(path);
+                    let _ = std::fs::write(&marker, std::process::id().to_string());
+                    let opened = builder(CACHE_BYTES).create(path);
+                    let _ = std::fs::remove_file(&marker);
+                    match opened {
                         Ok(db) => {
                             drop(db);
                             repaired = true;
@@ -690,6 +724,46 @@ impl EmbeddedCatalog {
         })
         .await
         .map_err(|e| Error::catalog(format!("catalog task failed: {e}")))?
+        .map_err(|e| self.full_disk(e))
+    }
+
+    /// `e`, said as a full disk naming the file when that is what it is (redb's own text
+    /// is only "I/O error: No space left on device"). Definite: redb refuses every
+    /// operation after a failed write, so the process stops; the next start repairs the
+    /// file, and what was not committed was not acknowledged.
+    fn full_disk(&self, e: Error) -> Error {
+        let Error::Catalog {
+            source: Some(source),
+            ..
+        } = &e
+        else {
+            return e;
+        };
+        let storage = if let Some(s) = source.downcast_ref::<redb::StorageError>() {
+            Some(s)
+        } else if let Some(redb::CommitError::Storage(s)) = source.downcast_ref() {
+            Some(s)
+        } else if let Some(redb::TransactionError::Storage(s)) = source.downcast_ref() {
+            Some(s)
+        } else if let Some(redb::TableError::Storage(s)) = source.downcast_ref() {
+            Some(s)
+        } else {
+            None
+        };
+        let full = matches!(storage, Some(redb::StorageError::Io(io))
+            if matches!(io.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded));
+        if !full {
+            return e;
+        }
+        Error::Catalog {
+            message: format!(
+                "embedded catalog {}: the disk is full ({source}): free space, then start again \
+                 (nothing acknowledged is lost; the start repairs the file)",
+                self.path
+            ),
+            transient: false,
+            source: Some(Box::new(e)),
+        }
     }
 }
 
@@ -2141,6 +2215,10 @@ impl Catalog for EmbeddedCatalog {
     fn describe(&self) -> String {
         format!("embedded catalog {}", self.path)
     }
+
+    fn local_file(&self) -> Option<&std::path::Path> {
+        Some(std::path::Path::new(&self.path))
+    }
 }
 
 #[cfg(test)]
@@ -2389,6 +2467,49 @@ mod tests {
             second.to_string().contains("is written by another process"),
             "{second}"
         );
+    }
+
+    /// A writer starting while a reader repairs the file (it holds the writer's lock for a
+    /// moment, and says so in the repair marker) waits for the repair instead of refusing
+    /// to start; without the marker, a held lock is another writer, refused at once.
+    #[test]
+    fn a_starting_writer_waits_for_a_readers_repair() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.redb");
+        drop(EmbeddedCatalog::open(&path).unwrap());
+        // The repairing reader, as `open_reader` does it: the marker, the file opened as its
+        // writer, both gone when the repair is done.
+        let marker = repair_marker(&path);
+        assert_eq!(marker, dir.path().join("catalog.redb.repairing"));
+        std::fs::write(&marker, b"1").unwrap();
+        let repairing = builder(CACHE_BYTES).create(&path).unwrap();
+        let done = std::thread::spawn({
+            let marker = marker.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(500));
+                drop(repairing);
+                std::fs::remove_file(marker).unwrap();
+            }
+        });
+        let started = std::time::Instant::now();
+        let writer = EmbeddedCatalog::open(&path).unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "it waited for the repair"
+        );
+        done.join().unwrap();
+        // No marker: the lock is another writer's.
+        let started = std::time::Instant::now();
+        let second = EmbeddedCatalog::open(&path).err().unwrap();
+        assert!(
+            second.to_string().contains("is written by another process"),
+            "{second}"
+        );
+        assert!(
+            started.elapsed() < REPAIR_WAIT / 2,
+            "refused, not waited for"
+        );
+        drop(writer);
     }
 
     /// Which records have snapshots is known in memory (the lookup is skipped for the

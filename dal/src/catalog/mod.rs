@@ -338,6 +338,12 @@ pub trait Catalog:
 {
     /// A short human description for logs.
     fn describe(&self) -> String;
+
+    /// The local file holding the catalog, if it is on this machine's disk (what
+    /// ingestion's free-space check watches).
+    fn local_file(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Shared handle to a catalog.

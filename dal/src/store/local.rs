@@ -248,4 +248,8 @@ impl ObjectStore for LocalStore {
     fn describe(&self) -> String {
         format!("local directory {}", self.root.display())
     }
+
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        Some(&self.root)
+    }
 }

@@ -54,6 +54,12 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// A short human description (backend and location) for logs.
     fn describe(&self) -> String;
+
+    /// The local directory holding the objects, if they are on this machine's disk (what
+    /// ingestion's free-space check watches).
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
 }
 
 /// Lists every key under `prefix` by paging through [`ObjectStore::list`].
