@@ -81,6 +81,9 @@ pub struct IngestSettings {
     /// a local store or embedded catalog, until space is freed: a disk filled to the last
     /// byte fails the catalog's commit, which stops the process (0: no check).
     pub min_free_mib: u64,
+    /// Where `overseer ingest` serves Prometheus `/metrics` and `/ready` ("host:port"; none
+    /// if unset). `overseer run` and `prs` serve theirs at `[prs] metrics_addr`.
+    pub metrics_addr: Option<String>,
 }
 
 impl Default for IngestSettings {
@@ -92,6 +95,7 @@ impl Default for IngestSettings {
             queue_capacity: 16_384,
             heartbeat_ms: 1000,
             min_free_mib: 128,
+            metrics_addr: None,
         }
     }
 }

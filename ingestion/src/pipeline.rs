@@ -499,7 +499,8 @@ impl Batcher<'_> {
     /// Waits, before a batch is written, until the disks of a local store and an embedded
     /// catalog have `[ingest] min_free_mib` free ([`low_space`]): meanwhile nothing more
     /// is read from the source (its queue fills), the process is not ready, and a line says
-    /// which directory is full and again every minute. A disk filled to its last byte
+    /// which directory is full and again every minute; a stop meanwhile writes the batch in
+    /// hand (the floor is a reserve) and ends. A disk filled to its last byte
     /// would fail the embedded catalog's commit, which stops the process; a local store's
     /// full disk alone is retried like any transient fault ([`retry`]).
     async fn wait_for_space(&self) -> Result<()> {
@@ -513,7 +514,9 @@ impl Batcher<'_> {
         let mut said = Instant::now();
         loop {
             tokio::select! {
-                () = self.stop.cancelled() => return Err(e.into()),
+                // Stopping: the batch in hand is written from the reserve above the full
+                // disk, as a stop finishes what is in flight.
+                () = self.stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep(SPACE_POLL) => {}
             }
             match low_space(self.storage, self.min_free) {

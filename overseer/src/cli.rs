@@ -170,7 +170,10 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
             let storage = Storage::open(&cfg).await?;
             if !once {
                 // `/ready` says whether ingestion waits out a storage fault or a full disk.
-                crate::engine::serve_metrics(&cfg)?;
+                crate::engine::serve_metrics_at(
+                    cfg.ingestion.ingest.metrics_addr.as_deref(),
+                    "ingest.metrics_addr",
+                )?;
             }
             let token = CancellationToken::new();
             cancel_on_signal(token.clone());

@@ -46,12 +46,17 @@ impl Checks {
 /// Serves Prometheus metrics (`/metrics`) and readiness (`/ready`) on `[prs] metrics_addr`,
 /// if set. Must be called inside a tokio runtime.
 pub fn serve_metrics(cfg: &Config) -> Result<()> {
-    let Some(addr) = &cfg.prs.metrics_addr else {
+    serve_metrics_at(cfg.prs.metrics_addr.as_deref(), "prs.metrics_addr")
+}
+
+/// Serves `/metrics` and `/ready` on `addr` (the setting `key`), if set.
+pub fn serve_metrics_at(addr: Option<&str>, key: &str) -> Result<()> {
+    let Some(addr) = addr else {
         return Ok(());
     };
     let addr: std::net::SocketAddr = addr
         .parse()
-        .with_context(|| format!("prs.metrics_addr {addr:?} is not host:port"))?;
+        .with_context(|| format!("{key} {addr:?} is not host:port"))?;
     let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;

@@ -425,6 +425,18 @@ fn repair_marker(path: &Path) -> std::path::PathBuf {
 /// How long a starting writer waits for a reader's repair ([`repair_marker`]).
 const REPAIR_WAIT: Duration = Duration::from_secs(60);
 
+/// How long a starting writer tries again on a held file whatever the marker says: a
+/// repair that ended just before it looked.
+const REPAIR_GRACE: Duration = Duration::from_secs(1);
+
+/// Whether a reader says it is repairing the file at `path` now: its marker is there and
+/// younger than [`REPAIR_WAIT`] (one left by a reader killed while repairing is not).
+fn repairing(path: &Path) -> bool {
+    std::fs::metadata(repair_marker(path))
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < REPAIR_WAIT))
+}
+
 impl EmbeddedCatalog {
     /// Opens or creates the catalog file at `path` (and its parent directory), as its one
     /// writer. Fails, naming the file, while another process writes it (after waiting, up
@@ -434,17 +446,35 @@ impl EmbeddedCatalog {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
         }
-        let marker = repair_marker(path);
         let started = std::time::Instant::now();
+        let mut told = false;
         let db = loop {
             match builder(CACHE_BYTES).create(path) {
                 Ok(db) => break db,
                 // A reader repairing the file after a crash holds it for a moment
-                // (`open_reader`): wait for it rather than refuse to start.
+                // (`open_reader`): wait for it rather than refuse to start. A short grace
+                // covers a repair that ended (its marker gone) just before this look.
                 Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                    if marker.exists() && started.elapsed() < REPAIR_WAIT =>
+                    if started.elapsed() < REPAIR_GRACE
+                        || (repairing(path) && started.elapsed() < REPAIR_WAIT) =>
                 {
+                    if !told && started.elapsed() >= REPAIR_GRACE {
+                        tracing::info!(
+                            "{}: a reader is repairing it after a crash; waiting (up to {} s)",
+                            path.display(),
+                            REPAIR_WAIT.as_secs()
+                        );
+                        told = true;
+                    }
                     std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if repairing(path) => {
+                    return Err(Error::catalog(format!(
+                        "embedded catalog {}: a reader was still repairing it after a crash \
+                         {} s later; try again",
+                        path.display(),
+                        REPAIR_WAIT.as_secs()
+                    )));
                 }
                 Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                     return Err(Error::catalog(format!(
@@ -555,14 +585,18 @@ impl EmbeddedCatalog {
                     // close it (killed): repair it as the next writer would, once. A
                     // writer may be starting, and repairing it, at this moment: then wait.
                     // Said on disk, so a writer starting meanwhile waits for the repair
-                    // instead of refusing to start (`open`).
+                    // instead of refusing to start (`open`); removed once the file is
+                    // closed again (closing writes and syncs), and only if it is still this
+                    // process's (another reader may have begun a repair of its own).
                     let marker = repair_marker(path);
-                    let _ = std::fs::write(&marker, std::process::id().to_string());
-                    let opened = builder(CACHE_BYTES).create(path);
-                    let _ = std::fs::remove_file(&marker);
+                    let mine = std::process::id().to_string();
+                    let _ = std::fs::write(&marker, &mine);
+                    let opened = builder(CACHE_BYTES).create(path).map(drop);
+                    if std::fs::read_to_string(&marker).is_ok_and(|m| m == mine) {
+                        let _ = std::fs::remove_file(&marker);
+                    }
                     match opened {
-                        Ok(db) => {
-                            drop(db);
+                        Ok(()) => {
                             repaired = true;
                         }
                         Err(redb::DatabaseError::DatabaseAlreadyOpen)
