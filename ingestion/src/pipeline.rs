@@ -499,14 +499,19 @@ impl Batcher<'_> {
     /// Waits, before a batch is written, until the disks of a local store and an embedded
     /// catalog have `[ingest] min_free_mib` free ([`low_space`]): meanwhile nothing more
     /// is read from the source (its queue fills), the process is not ready, and a line says
-    /// which directory is full and again every minute; a stop meanwhile writes the batch in
-    /// hand (the floor is a reserve) and ends. A disk filled to its last byte
+    /// which directory is full and again every minute. Once the process is stopping, what
+    /// is still queued is written while at least half the floor is free (the floor is a
+    /// reserve, and a stop finishes what is in flight); below that the stop ends without
+    /// it (unacknowledged, read again at the next start). A disk filled to its last byte
     /// would fail the embedded catalog's commit, which stops the process; a local store's
     /// full disk alone is retried like any transient fault ([`retry`]).
     async fn wait_for_space(&self) -> Result<()> {
         let Err(mut e) = low_space(self.storage, self.min_free) else {
             return Ok(());
         };
+        if self.stop.is_cancelled() {
+            return self.stopping_space(e);
+        }
         let _stalled = STALLED_OPS.enter();
         metrics::counter!(RETRIES, "op" => "disk space").increment(1);
         tracing::warn!(source = self.source, error = %e,
@@ -514,9 +519,7 @@ impl Batcher<'_> {
         let mut said = Instant::now();
         loop {
             tokio::select! {
-                // Stopping: the batch in hand is written from the reserve above the full
-                // disk, as a stop finishes what is in flight.
-                () = self.stop.cancelled() => return Ok(()),
+                () = self.stop.cancelled() => return self.stopping_space(e),
                 () = tokio::time::sleep(SPACE_POLL) => {}
             }
             match low_space(self.storage, self.min_free) {
@@ -531,6 +534,14 @@ impl Batcher<'_> {
                 tracing::warn!(source = self.source, error = %e,
                     "ingestion still waits until space is freed (not ready)");
             }
+        }
+    }
+
+    /// While stopping below the floor: `Ok` (write) while half of it is free, else `e`.
+    fn stopping_space(&self, e: overseer_dal::Error) -> Result<()> {
+        match low_space(self.storage, self.min_free / 2) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(e.into()),
         }
     }
 

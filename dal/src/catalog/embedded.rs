@@ -414,27 +414,50 @@ fn builder(cache: usize) -> redb::Builder {
     b
 }
 
-/// The file a reader repairing a catalog (`open_reader`) holds while it does: a writer
-/// starting meanwhile waits for it, for up to [`REPAIR_WAIT`].
+/// The file a reader repairing a catalog (`open_reader`) holds while it does, one per
+/// reader (`catalog.redb.repairing.PID.N`): a writer starting meanwhile waits for it, for
+/// up to [`REPAIR_WAIT`].
 fn repair_marker(path: &Path) -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let mut name = path.as_os_str().to_owned();
-    name.push(".repairing");
+    name.push(format!(
+        ".repairing.{}.{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
     name.into()
 }
 
 /// How long a starting writer waits for a reader's repair ([`repair_marker`]).
 const REPAIR_WAIT: Duration = Duration::from_secs(60);
 
-/// How long a starting writer tries again on a held file whatever the marker says: a
+/// How long a starting writer tries again on a held file whatever the markers say: a
 /// repair that ended just before it looked.
 const REPAIR_GRACE: Duration = Duration::from_secs(1);
 
-/// Whether a reader says it is repairing the file at `path` now: its marker is there and
-/// younger than [`REPAIR_WAIT`] (one left by a reader killed while repairing is not).
-fn repairing(path: &Path) -> bool {
-    std::fs::metadata(repair_marker(path))
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < REPAIR_WAIT))
+/// The ages of the markers of readers repairing the file at `path` now (none: no reader
+/// says it is).
+fn repair_markers(path: &Path) -> Vec<Duration> {
+    let (Some(dir), Some(file)) = (path.parent(), path.file_name()) else {
+        return Vec::new();
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = file.to_owned();
+    prefix.push(".repairing.");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|t| t.elapsed().unwrap_or_default())
+        .collect()
 }
 
 impl EmbeddedCatalog {
@@ -447,43 +470,17 @@ impl EmbeddedCatalog {
             std::fs::create_dir_all(parent).map_err(|e| Error::io(parent.display(), e))?;
         }
         let started = std::time::Instant::now();
-        let mut told = false;
+        // Whether a reader said it was repairing the file when this writer first found it
+        // held past the grace (a marker younger than the wait: one left by a reader killed
+        // while repairing is older), judged once; then it waits while markers are there
+        // (and a grace after the last is gone: the file is closed before its marker goes),
+        // for up to the wait.
+        let mut waiting: Option<bool> = None;
+        let mut gone_since: Option<std::time::Instant> = None;
         let db = loop {
             match builder(CACHE_BYTES).create(path) {
                 Ok(db) => break db,
-                // A reader repairing the file after a crash holds it for a moment
-                // (`open_reader`): wait for it rather than refuse to start. A short grace
-                // covers a repair that ended (its marker gone) just before this look.
-                Err(redb::DatabaseError::DatabaseAlreadyOpen)
-                    if started.elapsed() < REPAIR_GRACE
-                        || (repairing(path) && started.elapsed() < REPAIR_WAIT) =>
-                {
-                    if !told && started.elapsed() >= REPAIR_GRACE {
-                        tracing::info!(
-                            "{}: a reader is repairing it after a crash; waiting (up to {} s)",
-                            path.display(),
-                            REPAIR_WAIT.as_secs()
-                        );
-                        told = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if repairing(path) => {
-                    return Err(Error::catalog(format!(
-                        "embedded catalog {}: a reader was still repairing it after a crash \
-                         {} s later; try again",
-                        path.display(),
-                        REPAIR_WAIT.as_secs()
-                    )));
-                }
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                    return Err(Error::catalog(format!(
-                        "embedded catalog {} is written by another process (one writer at a \
-                         time; `history`, `view` and `replay` without `--escalate` read beside \
-                         it)",
-                        path.display()
-                    )));
-                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {}
                 Err(e) => {
                     return Err(Error::catalog(format!(
                         "cannot open embedded catalog {}: {e}",
@@ -491,6 +488,45 @@ impl EmbeddedCatalog {
                     )));
                 }
             }
+            // Held: a short grace covers a repair that ended just before this look.
+            let elapsed = started.elapsed();
+            if elapsed >= REPAIR_GRACE {
+                let markers = repair_markers(path);
+                let repair = *waiting.get_or_insert_with(|| {
+                    let fresh = markers.iter().any(|age| *age < REPAIR_WAIT);
+                    if fresh {
+                        tracing::info!(
+                            "{}: a reader is repairing it after a crash; waiting (up to {} s)",
+                            path.display(),
+                            REPAIR_WAIT.as_secs()
+                        );
+                    }
+                    fresh
+                });
+                if markers.is_empty() {
+                    gone_since.get_or_insert_with(std::time::Instant::now);
+                } else {
+                    gone_since = None;
+                }
+                let after_repair = gone_since.is_some_and(|t| t.elapsed() >= REPAIR_GRACE);
+                if repair && elapsed >= REPAIR_WAIT && !after_repair {
+                    return Err(Error::catalog(format!(
+                        "embedded catalog {}: a reader was still repairing it after a crash \
+                         {} s later; try again",
+                        path.display(),
+                        REPAIR_WAIT.as_secs()
+                    )));
+                }
+                if !repair || after_repair {
+                    return Err(Error::catalog(format!(
+                        "embedded catalog {} is written by another process (one writer at a \
+                         time; `history`, `view` and `replay` without `--escalate` read beside \
+                         it)",
+                        path.display()
+                    )));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
         };
         let db = Db::Writer(db);
         // Create every table once so readers never meet a missing one.
@@ -585,16 +621,12 @@ impl EmbeddedCatalog {
                     // close it (killed): repair it as the next writer would, once. A
                     // writer may be starting, and repairing it, at this moment: then wait.
                     // Said on disk, so a writer starting meanwhile waits for the repair
-                    // instead of refusing to start (`open`); removed once the file is
-                    // closed again (closing writes and syncs), and only if it is still this
-                    // process's (another reader may have begun a repair of its own).
+                    // instead of refusing to start (`open`): a marker of this reader's own,
+                    // removed once the file is closed again (closing writes and syncs).
                     let marker = repair_marker(path);
-                    let mine = std::process::id().to_string();
-                    let _ = std::fs::write(&marker, &mine);
+                    let _ = std::fs::write(&marker, b"");
                     let opened = builder(CACHE_BYTES).create(path).map(drop);
-                    if std::fs::read_to_string(&marker).is_ok_and(|m| m == mine) {
-                        let _ = std::fs::remove_file(&marker);
-                    }
+                    let _ = std::fs::remove_file(&marker);
                     match opened {
                         Ok(()) => {
                             repaired = true;
@@ -2504,35 +2536,49 @@ mod tests {
     }
 
     /// A writer starting while a reader repairs the file (it holds the writer's lock for a
-    /// moment, and says so in the repair marker) waits for the repair instead of refusing
-    /// to start; without the marker, a held lock is another writer, refused at once.
+    /// moment, and says so in its repair marker) waits for the repair instead of refusing
+    /// to start; a held file without a marker, or with only a stale one (a reader killed
+    /// while repairing), is another writer's: refused after the short grace.
     #[test]
     fn a_starting_writer_waits_for_a_readers_repair() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.redb");
         drop(EmbeddedCatalog::open(&path).unwrap());
-        // The repairing reader, as `open_reader` does it: the marker, the file opened as its
-        // writer, both gone when the repair is done.
+        // The repairing reader, as `open_reader` does it: its marker, the file opened as
+        // its writer and closed, then the marker removed — longer than the grace.
         let marker = repair_marker(&path);
-        assert_eq!(marker, dir.path().join("catalog.redb.repairing"));
-        std::fs::write(&marker, b"1").unwrap();
+        assert!(
+            (marker.to_string_lossy()).starts_with(&*path.to_string_lossy())
+                && marker.to_string_lossy().contains(".repairing."),
+            "{}",
+            marker.display()
+        );
+        std::fs::write(&marker, b"").unwrap();
         let repairing = builder(CACHE_BYTES).create(&path).unwrap();
+        let hold = REPAIR_GRACE + Duration::from_millis(500);
         let done = std::thread::spawn({
             let marker = marker.clone();
             move || {
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(hold);
                 drop(repairing);
                 std::fs::remove_file(marker).unwrap();
             }
         });
         let started = std::time::Instant::now();
         let writer = EmbeddedCatalog::open(&path).unwrap();
-        assert!(
-            started.elapsed() >= Duration::from_millis(400),
-            "it waited for the repair"
-        );
+        assert!(started.elapsed() >= hold, "it waited for the repair");
         done.join().unwrap();
         // No marker: the lock is another writer's.
+        let second = EmbeddedCatalog::open(&path).err().unwrap();
+        assert!(
+            second.to_string().contains("is written by another process"),
+            "{second}"
+        );
+        // Only a stale marker (two minutes old): the same.
+        let stale = repair_marker(&path);
+        let f = std::fs::File::create(&stale).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(120))
+            .unwrap();
         let started = std::time::Instant::now();
         let second = EmbeddedCatalog::open(&path).err().unwrap();
         assert!(
