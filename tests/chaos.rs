@@ -149,6 +149,25 @@ impl Stored {
     }
 }
 
+/// Exactly once: the catalog's per-record update counts equal `expected` (what was
+/// written, per record id): nothing lost, nothing duplicated.
+fn assert_exactly_once(
+    expected: &HashMap<String, usize>,
+    dump: &overseer_dal::update::CatalogDump,
+) {
+    let total: usize = expected.values().sum();
+    let mut got: HashMap<String, usize> = HashMap::new();
+    for e in &dump.entries {
+        *got.entry(e.record_id.clone()).or_default() += 1;
+    }
+    let lost: usize = expected
+        .iter()
+        .map(|(id, n)| n.saturating_sub(got.get(id).copied().unwrap_or(0)))
+        .sum();
+    let duplicated = dump.entries.len() as i64 + lost as i64 - total as i64;
+    assert_eq!((lost, duplicated), (0, 0), "lost, duplicated of {total}");
+}
+
 /// Connects, retrying for up to a minute (the database may be restarting).
 async fn connect_retrying(url: &str) -> tokio_postgres::Client {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -416,16 +435,7 @@ async fn store_faults_and_kill_9_of_ingest() {
     // Exactly once: the per-record update counts equal what was written.
     let cat = PgCatalog::connect(&url, &schema).await.unwrap();
     let dump = cat.dump().await.unwrap();
-    let mut got: HashMap<String, usize> = HashMap::new();
-    for e in &dump.entries {
-        *got.entry(e.record_id.clone()).or_default() += 1;
-    }
-    let lost: usize = expected
-        .iter()
-        .map(|(id, n)| n.saturating_sub(got.get(id).copied().unwrap_or(0)))
-        .sum();
-    let duplicated = dump.entries.len() as i64 + lost as i64 - total as i64;
-    assert_eq!((lost, duplicated), (0, 0), "lost, duplicated of {total}");
+    assert_exactly_once(&expected, &dump);
     assert!(cat.pending_segments().await.unwrap().is_empty());
 
     // The catalog equals a reindex of the object store alone (read past the proxy).
@@ -1202,16 +1212,7 @@ async fn disk_full_on_the_data_directory() {
     // Exactly once, nothing pending, the catalog equal to a reindex of the store.
     let cat = overseer_dal::catalog::embedded::EmbeddedCatalog::open(&catalog).unwrap();
     let dump = cat.dump().await.unwrap();
-    let mut got: HashMap<String, usize> = HashMap::new();
-    for e in &dump.entries {
-        *got.entry(e.record_id.clone()).or_default() += 1;
-    }
-    let lost: usize = expected
-        .iter()
-        .map(|(id, n)| n.saturating_sub(got.get(id).copied().unwrap_or(0)))
-        .sum();
-    let duplicated = dump.entries.len() as i64 + lost as i64 - total as i64;
-    assert_eq!((lost, duplicated), (0, 0), "lost, duplicated of {total}");
+    assert_exactly_once(&expected, &dump);
     assert!(cat.pending_segments().await.unwrap().is_empty());
     drop(cat);
     let store = overseer_dal::store::local::LocalStore::open(data.join("objects")).unwrap();
