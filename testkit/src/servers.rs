@@ -71,17 +71,25 @@ impl Server {
 
     /// `scripts/{name}.sh restart DIR`: the server stops at once, as in a crash, and
     /// starts again with the same state and port (only scripts that offer it:
-    /// `postgres`). Panics with the script's output if it cannot.
+    /// `postgres`, and `tansu` started with `TANSU_STORAGE=sqlite`). Panics with the
+    /// script's output if it cannot.
     pub fn restart(&self) {
+        self.run("restart");
+    }
+
+    /// `scripts/{name}.sh COMMAND DIR`, for the commands a script offers beyond
+    /// start and stop (`tansu`'s `crash`, then `restart`). Panics with the script's output
+    /// if it fails.
+    pub fn run(&self, command: &str) {
         let out = Command::new("bash")
             .arg(&self.script)
-            .arg("restart")
+            .arg(command)
             .arg(self.dir.path())
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.script.display()));
         assert!(
             out.status.success(),
-            "{} restart failed ({}):\n{}{}",
+            "{} {command} failed ({}):\n{}{}",
             self.script.display(),
             out.status,
             String::from_utf8_lossy(&out.stdout),
