@@ -35,9 +35,11 @@ use async_trait::async_trait;
 use futures::FutureExt;
 use prost::Message as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -50,6 +52,9 @@ use crate::{Error, Result};
 
 /// Counter: events-topic messages a subscriber skipped because they do not decode.
 pub const BUS_MALFORMED_TOTAL: &str = "overseer_bus_malformed_total";
+
+/// Gauge: events-topic partitions this subscriber's group member holds.
+pub const BUS_PARTITIONS_ASSIGNED: &str = "overseer_bus_partitions_assigned";
 
 /// How long a single broker request (metadata, topic creation) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -102,6 +107,9 @@ impl KafkaBus {
             .set("enable.idempotence", "false")
             .set("max.in.flight.requests.per.connection", "1")
             .set("message.timeout.ms", "60000")
+            // Reconnect within a second of a broker's return (librdkafka backs off up to
+            // 10 s; Kafka's own clients stop at 1 s).
+            .set("reconnect.backoff.max.ms", "1000")
             .create()
             .map_err(|e| bus_error("creating the producer", &e))?;
         let bus = KafkaBus {
@@ -231,7 +239,11 @@ impl Bus for KafkaBus {
     }
 
     async fn subscribe(&self, group: &str) -> Result<Box<dyn Subscription>> {
-        let consumer: StreamConsumer = ClientConfig::new()
+        let context = MemberContext {
+            topic: self.topic.clone(),
+            group: group.to_owned(),
+        };
+        let consumer: StreamConsumer<MemberContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.brokers)
             .set("group.id", group)
             // A new group starts at the beginning of the topic: it sees every
@@ -246,7 +258,8 @@ impl Bus for KafkaBus {
             // Offsets move only through `commit` (see the module comment).
             .set("enable.auto.offset.store", "false")
             .set("enable.auto.commit", "false")
-            .create()
+            .set("reconnect.backoff.max.ms", "1000")
+            .create_with_context(context)
             .map_err(|e| bus_error("creating a consumer", &e))?;
         consumer
             .subscribe(&[&self.topic])
@@ -263,17 +276,53 @@ impl Bus for KafkaBus {
     }
 }
 
+/// Says which partitions a member holds, as the group's rebalances hand them out: an
+/// operator running several `overseer prs` sees which one checks what, and when a dead
+/// instance's partitions moved.
+struct MemberContext {
+    topic: String,
+    group: String,
+}
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let held = |tpl: &TopicPartitionList| -> Vec<i32> {
+            tpl.elements().iter().map(|e| e.partition()).collect()
+        };
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let partitions = held(tpl);
+                metrics::gauge!(BUS_PARTITIONS_ASSIGNED, "group" => self.group.clone())
+                    .set(partitions.len() as f64);
+                tracing::info!(topic = %self.topic, group = %self.group, ?partitions,
+                    "events partitions assigned");
+            }
+            Rebalance::Revoke(tpl) => {
+                let left = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+                metrics::gauge!(BUS_PARTITIONS_ASSIGNED, "group" => self.group.clone())
+                    .set(left as f64);
+                tracing::info!(topic = %self.topic, group = %self.group,
+                    partitions = ?held(tpl), "events partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(topic = %self.topic, group = %self.group,
+                error = %e, "events topic rebalance failed"),
+        }
+    }
+}
+
 /// One group member. Dropping it leaves the group (on a blocking thread: leaving waits for
 /// the coordinator).
 struct KafkaSubscription {
     /// `None` only while being dropped.
-    consumer: Option<Arc<StreamConsumer>>,
+    consumer: Option<Arc<StreamConsumer<MemberContext>>>,
     topic: String,
     group: String,
 }
 
 impl KafkaSubscription {
-    fn consumer(&self) -> &Arc<StreamConsumer> {
+    fn consumer(&self) -> &Arc<StreamConsumer<MemberContext>> {
         self.consumer.as_ref().expect("consumer present until drop")
     }
 
@@ -359,6 +408,13 @@ impl Subscription for KafkaSubscription {
             }
             match consumer.commit_consumer_state(CommitMode::Sync) {
                 Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
+                // The group moved on without this member (a broker restart, a session
+                // that lapsed): its partitions' owners, this member once it has joined
+                // again, see those notifications again (at-least-once).
+                Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::AssignmentLost)) => {
+                    tracing::warn!(%topic, "offsets not committed: the group's assignment was lost; those notifications will be delivered again");
+                    Ok(())
+                }
                 Err(e) => Err(bus_error("committing offsets", &e)),
             }
         })

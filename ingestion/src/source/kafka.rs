@@ -319,7 +319,11 @@ impl KafkaSource {
     fn client_config(&self, source_name: &str) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("client.id", format!("overseer-{source_name}"))
-            .set("auto.commit.interval.ms", "1000");
+            .set("auto.commit.interval.ms", "1000")
+            // librdkafka backs off reconnecting up to 10 s, so a broker back after a
+            // restart waited up to that long for its consumers; Kafka's own clients
+            // stop at 1 s.
+            .set("reconnect.backoff.max.ms", "1000");
         for (k, v) in &self.cfg.properties {
             c.set(k, v);
         }
