@@ -149,13 +149,15 @@ pub fn main_with<E: Subcommand>(
     }
 }
 
-/// Cancels `token` on SIGINT or SIGTERM.
+/// Cancels `token` on SIGINT or SIGTERM. The handlers are in place when this returns (a
+/// signal from then on stops the process cleanly, not by the signal's default action).
 pub fn cancel_on_signal(token: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         tracing::info!("stopping: finishing in-flight batches");
@@ -167,7 +169,11 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
     match cmd {
         Engine::Ingest { config, once } => {
             let cfg = Config::load(&config)?;
-            let storage = Storage::open(&cfg).await?;
+            let token = CancellationToken::new();
+            cancel_on_signal(token.clone());
+            let Some(storage) = crate::engine::open_unless_stopped(&cfg, &token).await? else {
+                return Ok(());
+            };
             if !once {
                 // `/ready` says whether ingestion waits out a storage fault or a full disk.
                 crate::engine::serve_metrics_at(
@@ -175,8 +181,6 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
                     "ingest.metrics_addr",
                 )?;
             }
-            let token = CancellationToken::new();
-            cancel_on_signal(token.clone());
             let reports =
                 overseer_ingestion::service::run(&cfg.ingestion, storage, once, token).await?;
             for (name, r) in reports {

@@ -161,10 +161,27 @@ fn print_report(r: &RunnerReport) {
     );
 }
 
+/// Opens the storage (waiting out a database or store that is down at start), unless a
+/// stop comes first: `None` then.
+pub(crate) async fn open_unless_stopped(
+    cfg: &Config,
+    token: &CancellationToken,
+) -> Result<Option<Storage>> {
+    tokio::select! {
+        storage = Storage::open(cfg) => Ok(Some(storage?)),
+        () = token.cancelled() => {
+            tracing::info!("stopped before the storage was open");
+            Ok(None)
+        }
+    }
+}
+
 /// `overseer prs`: the runner alone, on the events topic.
 pub async fn prs(cfg: Config, checks: &Checks, token: CancellationToken) -> Result<()> {
     crate::validate::ensure_valid(&cfg, checks)?;
-    let storage = Storage::open(&cfg).await?;
+    let Some(storage) = open_unless_stopped(&cfg, &token).await? else {
+        return Ok(());
+    };
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
     let sub = subscription(&cfg, &storage, &dal, false).await?;
     serve_metrics(&cfg)?;
@@ -179,7 +196,9 @@ pub async fn prs(cfg: Config, checks: &Checks, token: CancellationToken) -> Resu
 pub async fn run(cfg: Config, checks: &Checks, token: CancellationToken) -> Result<()> {
     // Before anything is ingested (and acknowledged to a source).
     crate::validate::ensure_valid(&cfg, checks)?;
-    let storage = Storage::open(&cfg).await?;
+    let Some(storage) = open_unless_stopped(&cfg, &token).await? else {
+        return Ok(());
+    };
     serve_metrics(&cfg)?;
     let dal = overseer_ingestion::dal::dal_over(&cfg, &storage)?;
     let registry = checks.registry(&cfg)?;
