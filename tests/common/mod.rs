@@ -269,6 +269,9 @@ pub(crate) fn producer(brokers: &str) -> FutureProducer {
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "0")
         .set("batch.num.messages", "1")
+        // As the MongoDB Kafka connector's (Java) producer: reconnect within a second of
+        // a broker's return.
+        .set("reconnect.backoff.max.ms", "1000")
         .create()
         .unwrap()
 }
@@ -453,6 +456,10 @@ pub(crate) struct RealStack {
     /// `overseer run`'s configuration and the database's URL, to start it again.
     cfg: PathBuf,
     url: String,
+    /// The object store's key prefix.
+    prefix: String,
+    /// The catalog's schema.
+    pub(crate) schema: String,
     /// The ledger connector's heartbeats, while it runs.
     beats: Option<(CancellationToken, JoinHandle<()>)>,
 }
@@ -470,9 +477,21 @@ impl RealStack {
         behind: Duration,
         prs: &str,
     ) -> (RealStack, Overseer) {
+        RealStack::start_with_broker(name, partitions, behind, prs, &[]).await
+    }
+
+    /// [`RealStack::start`] with `broker_env` for `scripts/tansu.sh` (e.g.
+    /// `TANSU_STORAGE=sqlite`, a broker that can be crashed and restarted).
+    pub(crate) async fn start_with_broker(
+        name: &str,
+        partitions: i32,
+        behind: Duration,
+        prs: &str,
+        broker_env: &[(&str, &str)],
+    ) -> (RealStack, Overseer) {
         let started = Instant::now();
         let pg = Server::start("postgres");
-        let kafka = Server::start("tansu");
+        let kafka = Server::start_with("tansu", broker_env);
         let s3 = Server::start("garage");
         let pd = FakePagerDuty::start().await.unwrap();
         let url = pg.var("PG_URL").to_owned();
@@ -500,15 +519,8 @@ impl RealStack {
             stop.clone(),
         );
         let cfg = dir.path().join("overseer.toml");
-        let text = real_config(
-            &s3,
-            &unique_name(name),
-            &schema,
-            &brokers,
-            &pd.url(),
-            name,
-            prs,
-        );
+        let prefix = unique_name(name);
+        let text = real_config(&s3, &prefix, &schema, &brokers, &pd.url(), name, prs);
         std::fs::write(&cfg, text).unwrap();
         let cat = PgCatalog::connect(&url, &schema).await.unwrap();
         let log = std::env::temp_dir().join(format!("overseer-{name}-{}.log", std::process::id()));
@@ -526,6 +538,8 @@ impl RealStack {
             cat,
             cfg,
             url,
+            prefix,
+            schema,
             beats: Some((stop, beats)),
         };
         (stack, ov)
@@ -546,6 +560,29 @@ impl RealStack {
             ],
             log,
         )
+    }
+
+    /// The broker's server (to crash and restart it).
+    pub(crate) fn kafka(&self) -> &Server {
+        &self._kafka
+    }
+
+    /// The broker's address.
+    pub(crate) fn brokers(&self) -> &str {
+        self._kafka.var("KAFKA_BROKERS")
+    }
+
+    /// The payments database's (and the catalog's) URL.
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Asserts that a `reindex` of the object store alone (into a fresh embedded catalog
+    /// in `dir`) equals the live catalog.
+    pub(crate) async fn assert_reindex_equals_catalog(&self, dir: &Path) {
+        use overseer_dal::catalog::prelude::*;
+        let live = self.cat.dump().await.unwrap();
+        assert_reindex_equals(&self._s3, &self.prefix, dir, &live).await;
     }
 
     /// Stops the connector's heartbeats.
