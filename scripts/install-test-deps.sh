@@ -25,19 +25,25 @@ fi
 # (`dynostore` for memory://, `libsql` for sqlite://, which outlives a broker restart) and
 # one fix of ours, scripts/tansu/group-expiry.patch: a group member whose session expires
 # makes the group rebalance, as Kafka does (tansu 0.6 kept the dead member's partitions
-# assigned until another member joined). A marker beside the binary names the build, so a
-# machine with an older tansu rebuilds it once.
-TANSU_BUILD="tansu 0.6.0 +dynostore +libsql +group-expiry-1"
+# assigned until another member joined). A marker beside the binary names the build (with
+# the patch's digest), so a machine with another tansu rebuilds it once.
+cargo_home=${CARGO_HOME:-$HOME/.cargo}
+TANSU_BUILD="tansu 0.6.0 +dynostore +libsql +$(sha256sum "$here/tansu/group-expiry.patch" | cut -c1-16)"
 install_tansu() {
-  local work reg cargo_home=${CARGO_HOME:-$HOME/.cargo}
+  local work reg
   work=$(mktemp -d)
-  # The crates' sources as cargo unpacks them from the registry.
+  # shellcheck disable=SC2064 # $work is expanded now: it is local to this function.
+  trap "rm -rf '$work'" EXIT
+  # The crates' sources as cargo unpacks them from the registry (both pinned: tansu asks
+  # for tansu-broker ^0.6.0, which a later 0.6.x would satisfy).
   mkdir -p "$work/fetch/src"
   echo 'fn main() {}' >"$work/fetch/src/main.rs"
-  printf '[package]\nname = "fetch-tansu"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\ntansu = "=0.6.0"\n' \
+  printf '[package]\nname = "fetch-tansu"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\ntansu = "=0.6.0"\ntansu-broker = "=0.6.0"\n' \
     >"$work/fetch/Cargo.toml"
   cargo fetch --quiet --manifest-path "$work/fetch/Cargo.toml"
-  reg=$(dirname "$(ls -d "$cargo_home"/registry/src/*/tansu-broker-0.6.0 | head -1)")
+  reg=$(ls -d "$cargo_home"/registry/src/*/tansu-broker-0.6.0 2>/dev/null | head -1)
+  [ -n "$reg" ] || { echo "cargo fetch did not unpack tansu-broker 0.6.0 under $cargo_home/registry/src" >&2; exit 1; }
+  reg=$(dirname "$reg")
   cp -r "$reg/tansu-0.6.0" "$work/tansu"
   cp -r "$reg/tansu-broker-0.6.0" "$work/tansu-broker"
   (cd "$work/tansu-broker" && git apply "$here/tansu/group-expiry.patch")
@@ -59,9 +65,9 @@ PY
   cargo install --quiet --force --locked --path "$work/tansu" --features dynostore,libsql \
     --root "$cargo_home"
   echo "$TANSU_BUILD" >"$cargo_home/bin/.tansu-build"
-  rm -rf "$work"
 }
-if [ "$(cat "${CARGO_HOME:-$HOME/.cargo}/bin/.tansu-build" 2>/dev/null)" != "$TANSU_BUILD" ]; then
+if [ ! -x "$cargo_home/bin/tansu" ] \
+  || [ "$(cat "$cargo_home/bin/.tansu-build" 2>/dev/null)" != "$TANSU_BUILD" ]; then
   echo "installing tansu (Kafka-protocol broker; $TANSU_BUILD) ..." >&2
   install_tansu
 fi

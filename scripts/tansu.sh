@@ -10,11 +10,16 @@ source "$(dirname "$0")/lib.sh"
 
 cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || die "usage: $0 start|stop|crash|restart DIR"
+# The broker runs in DIR (its SQLite file is relative to it): make DIR absolute.
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
 
+# The tansu that scripts/install-test-deps.sh built comes first.
 find_tansu() {
+  local built=${CARGO_HOME:-$HOME/.cargo}/bin/tansu
   if [ -n "${TANSU_BIN:-}" ]; then echo "$TANSU_BIN"
+  elif [ -x "$built" ]; then echo "$built"
   elif command -v tansu >/dev/null; then command -v tansu
-  elif [ -x "$HOME/.cargo/bin/tansu" ]; then echo "$HOME/.cargo/bin/tansu"
   else return 1
   fi
 }
@@ -35,8 +40,10 @@ fail() { echo "$*" >&2; echo "--- $dir/broker.log" >&2; tail -n 30 "$dir/broker.
 # launch PORT: starts the broker on PORT with DIR/storage's engine; 0 once it accepts,
 # 2 if it died of a port clash, else fails.
 launch() {
-  local port=$1 T
+  local port=$1 T from
   T=$(find_tansu) || die "tansu is not installed (not on PATH nor in ~/.cargo/bin): run scripts/install-test-deps.sh"
+  # This launch's lines of the log start here (a restart appends to it).
+  from=$(($(stat -c %s "$dir/broker.log" 2>/dev/null || echo 0) + 1))
   # memory:// needs the `dynostore` feature and sqlite:// the `libsql` one (without
   # them tansu exits at once with FeatureNotEnabled): scripts/install-test-deps.sh
   # builds tansu with both.
@@ -54,21 +61,28 @@ launch() {
   rm -f "$dir/tansu.pid"
   # It died (port taken, bad flag, missing feature): the log says why; only a port
   # clash is worth another try.
-  tail -n 5 "$dir/broker.log" | grep -qi "address.*in use" && return 2
-  grep -q FeatureNotEnabled "$dir/broker.log" \
+  tail -c "+$from" "$dir/broker.log" | grep -qi "address.*in use" && return 2
+  tail -c "+$from" "$dir/broker.log" | grep -q FeatureNotEnabled \
     && fail "this tansu lacks a storage feature: run scripts/install-test-deps.sh (it rebuilds tansu)"
   fail "tansu exited"
 }
 
+# SIGKILL, then wait until the process is gone (or a zombie: not ours to reap).
 crash() {
+  local pid
   [ -f "$dir/tansu.pid" ] || return 0
-  kill -9 "$(cat "$dir/tansu.pid")" 2>/dev/null || true
-  kill_pidfile "$dir/tansu.pid"
+  pid=$(cat "$dir/tansu.pid")
+  kill -9 "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do
+    [ -e "/proc/$pid" ] || break
+    [ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" = Z ] && break
+    sleep 0.05
+  done
+  rm -f "$dir/tansu.pid"
 }
 
 case "$cmd" in
 start)
-  mkdir -p "$dir"
   case "${TANSU_STORAGE:-memory}" in
     memory) echo "memory://tansu/" >"$dir/storage" ;;
     sqlite) echo "sqlite://tansu.db" >"$dir/storage" ;;
@@ -94,9 +108,14 @@ restart)
   [ -f "$dir/port" ] || die "$dir holds no broker started by $0"
   grep -q '^sqlite' "$dir/storage" || die "only a broker started with TANSU_STORAGE=sqlite keeps its topics across a restart"
   crash
-  # The port was ours a moment ago; another process taking it meanwhile is a failure.
-  rc=0; launch "$(cat "$dir/port")" || rc=$?
-  [ "$rc" = 0 ] || fail "tansu could not bind its port $(cat "$dir/port") again"
+  # The port was ours a moment ago; another process may hold it for a moment (a
+  # connection being set up from it): try again for a few seconds.
+  for attempt in 1 2 3 4 5; do
+    rc=0; launch "$(cat "$dir/port")" || rc=$?
+    [ "$rc" = 0 ] && exit 0
+    sleep 1
+  done
+  fail "tansu could not bind its port $(cat "$dir/port") again"
   ;;
 stop)
   kill_pidfile "$dir/tansu.pid"
