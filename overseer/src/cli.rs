@@ -151,6 +151,7 @@ pub fn main_with<E: Subcommand>(
 
 /// Cancels `token` on SIGINT or SIGTERM. The handlers are in place when this returns (a
 /// signal from then on stops the process cleanly, not by the signal's default action).
+/// Call it inside the Tokio runtime (it panics outside one).
 pub fn cancel_on_signal(token: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
@@ -172,6 +173,10 @@ async fn run(cmd: Engine, checks: Checks) -> Result<()> {
             let token = CancellationToken::new();
             cancel_on_signal(token.clone());
             let Some(storage) = crate::engine::open_unless_stopped(&cfg, &token).await? else {
+                // `--once` promises a pass over the sources: a stop before it is a failure.
+                if once {
+                    bail!("stopped before the storage was open: nothing was ingested");
+                }
                 return Ok(());
             };
             if !once {
