@@ -597,8 +597,8 @@ async fn session_expires() {
 /// `overseer run` (ingestion, checks, PagerDuty) killed with SIGKILL while transfers go
 /// unbalanced and are fixed: at seeded points of its life; in a quarter of its lives
 /// 0–3 ms after PagerDuty applied a request and before it answers (so it never hears the
-/// 202), in another quarter 0–3 ms after PagerDuty answered (between the 202 and the
-/// outbox's record of it, or just after). Then: every transfer still unbalanced has exactly one open incident,
+/// 202), in another quarter 0–3 ms after PagerDuty applied a request while its answer
+/// goes out (racing the 202, the outbox's record of it, or both). Then: every transfer still unbalanced has exactly one open incident,
 /// opened once; a fixed one was paged and resolved, or never paged; nothing is owed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_run_while_paging() {
@@ -645,22 +645,23 @@ async fn kill_9_while_paging(killed: &str) {
 
     // Kills on PagerDuty's requests, armed per life (the kind and the delay drawn per
     // life): BEFORE_ANSWER holds PagerDuty's answer while the delay passes and the kill
-    // lands (the sender never hears the 202); AFTER_ANSWER lets the answer go and kills
-    // the delay later (the sender has the 202, and may or may not have recorded it).
+    // lands (the sender never hears the 202); RACING_ANSWER lets the answer go at once
+    // and kills the delay after PagerDuty applied the request (the kill lands before the
+    // sender reads the 202, between the 202 and the outbox's record of it, or after).
     const BEFORE_ANSWER: u8 = 1;
-    const AFTER_ANSWER: u8 = 2;
+    const RACING_ANSWER: u8 = 2;
     let pid = Arc::new(AtomicU32::new(0));
     let armed = Arc::new(std::sync::atomic::AtomicU8::new(0));
     let delay_us = Arc::new(AtomicU64::new(0));
     let before_answer_kills = Arc::new(AtomicU64::new(0));
-    let after_answer_kills = Arc::new(AtomicU64::new(0));
+    let racing_answer_kills = Arc::new(AtomicU64::new(0));
     {
         let (pid, armed, delay_us, before, after) = (
             pid.clone(),
             armed.clone(),
             delay_us.clone(),
             before_answer_kills.clone(),
-            after_answer_kills.clone(),
+            racing_answer_kills.clone(),
         );
         stack.pd.on_request(move |_| {
             let kind = armed.swap(0, Ordering::SeqCst);
@@ -676,7 +677,7 @@ async fn kill_9_while_paging(killed: &str) {
                     before.fetch_add(1, Ordering::SeqCst);
                     kill();
                 }
-                AFTER_ANSWER => {
+                RACING_ANSWER => {
                     after.fetch_add(1, Ordering::SeqCst);
                     std::thread::spawn(kill);
                 }
@@ -776,9 +777,9 @@ async fn kill_9_while_paging(killed: &str) {
     let mut times = first_page.clone();
     times.extend(resumed);
     eprintln!(
-        "| kill -9 of {killed} while paging (seed {seed}) | {kills} kills ({} 0–3 ms after PagerDuty applied a request, before it answered; {} 0–3 ms after it answered), {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
+        "| kill -9 of {killed} while paging (seed {seed}) | {kills} kills ({} 0–3 ms after PagerDuty applied a request, holding its answer; {} 0–3 ms after it applied one, racing its answer), {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
         before_answer_kills.load(Ordering::SeqCst),
-        after_answer_kills.load(Ordering::SeqCst),
+        racing_answer_kills.load(Ordering::SeqCst),
         expect_open.len(),
         expect_resolved.len(),
         paged.resolved_keys.len(),
@@ -1429,10 +1430,11 @@ async fn broker_restart_under_ingest_and_prs() {
         let mut resumes = Vec::new();
         for r in 0..restarts {
             tokio::time::sleep(Duration::from_millis(3000 + rng.below(3000))).await;
-            stack.kafka().run("crash");
+            // (The scripts block: off the runtime's workers, so the traffic goes on.)
+            tokio::task::block_in_place(|| stack.kafka().run("crash"));
             let down = Duration::from_millis(500 + rng.below(2500));
             tokio::time::sleep(down).await;
-            stack.kafka().run("restart");
+            tokio::task::block_in_place(|| stack.kafka().run("restart"));
             let back = Instant::now();
             let first_after = fill_id(started.load(Ordering::SeqCst));
             let deadline = back + Duration::from_secs(60);
@@ -1469,8 +1471,24 @@ async fn broker_restart_under_ingest_and_prs() {
     )
     .await;
 
-    // Every change the topic holds, and every payments row change, stored once.
+    // The broker kept every entry it acknowledged (each send above was, or the trial
+    // would have stopped): the filler's and the transfers' debits and credits.
     let (mut expected, repeats) = ledger_topic(stack.brokers());
+    let acknowledged: Vec<String> = (0..started.load(Ordering::SeqCst))
+        .map(fill_id)
+        .chain((0..2 * transfers).map(|j| format!("{j:024x}")))
+        .collect();
+    let missing: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| !expected.contains_key(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the broker lost {} acknowledged entries: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    // Every change the topic holds, and every payments row change, stored once.
     let ledger_changes: usize = expected.values().sum();
     expected.insert("USD".into(), 1);
     for i in 0..transfers {
@@ -1511,8 +1529,13 @@ async fn broker_restart_under_ingest_and_prs() {
 /// The events-topic partitions an `overseer prs` holds by its log (its last "events
 /// partitions assigned" or "revoked" line; `None` before the first).
 fn held_partitions(log: &std::path::Path) -> Option<Vec<i32>> {
+    held_partitions_since(log, 0)
+}
+
+/// [`held_partitions`] by the lines from byte `from` of the log on.
+fn held_partitions_since(log: &std::path::Path, from: usize) -> Option<Vec<i32>> {
     let text = std::fs::read_to_string(log).ok()?;
-    let line = text.lines().rev().find(|l| {
+    let line = text.get(from..)?.lines().rev().find(|l| {
         l.contains("events partitions assigned") || l.contains("events partitions revoked")
     })?;
     if line.contains("revoked") {
@@ -1526,18 +1549,35 @@ fn held_partitions(log: &std::path::Path) -> Option<Vec<i32>> {
     )
 }
 
-/// Waits (up to a minute) until the `overseer prs` logging to `log` holds every
-/// partition of the events topic; how long that took.
-async fn until_holds_all(log: &std::path::Path, what: &str) -> Duration {
+/// Waits (up to a minute) until the `overseer prs` logging to `log` says, after byte
+/// `from` of it, that it holds every partition of the events topic; how long that took.
+async fn until_holds_all(log: &std::path::Path, from: usize, what: &str) -> Duration {
     let started = Instant::now();
     loop {
-        if held_partitions(log).is_some_and(|p| p.len() == 4) {
+        if held_partitions_since(log, from).is_some_and(|p| p.len() == 4) {
             return started.elapsed();
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "{what}: no instance took every partition within 60 s (holds {:?})",
             held_partitions(log)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (up to a minute) until both instances' latest logs say they hold some of the
+/// partitions: the group has split them.
+async fn until_split(logs: [&std::path::Path; 2], what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !logs
+        .iter()
+        .all(|l| held_partitions(l).is_some_and(|p| !p.is_empty() && p.len() < 4))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the two instances never split the partitions ({:?})",
+            logs.map(held_partitions)
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -1570,14 +1610,7 @@ async fn two_prs_one_killed() {
         stack.spawn("prs", &log_of(1, 0)),
     ];
     // Both hold some of the partitions before the traffic starts.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !(0..2).all(|s| held_partitions(&log_of(s, 0)).is_some_and(|p| !p.is_empty())) {
-        assert!(
-            Instant::now() < deadline,
-            "the two instances never split the partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_split([&log_of(0, 0), &log_of(1, 0)], "at the start").await;
 
     let mut rng = Rng::new(seed ^ 0x2b5);
     let fates = draw_fates(&mut rng, transfers);
@@ -1606,10 +1639,12 @@ async fn two_prs_one_killed() {
             tokio::time::sleep(Duration::from_millis(3000 + rng.below(3000))).await;
             let victim = rng.below(2) as usize;
             let survivor = 1 - victim;
+            let survivor_log = log_of(survivor, lives[survivor]);
+            // Only what the survivor logs after the kill says it took the partitions.
+            let from = std::fs::metadata(&survivor_log).unwrap().len() as usize;
             let _ = instances[victim].child.kill(); // SIGKILL
             instances[victim].child.wait().unwrap();
-            let took =
-                until_holds_all(&log_of(survivor, lives[survivor]), &format!("kill {k}")).await;
+            let took = until_holds_all(&survivor_log, from, &format!("kill {k}")).await;
             instances[survivor].assert_running();
             eprintln!(
                 "kill {k}: instance {victim} killed, {survivor} held every partition after {took:?}"
@@ -1618,6 +1653,12 @@ async fn two_prs_one_killed() {
             tokio::time::sleep(Duration::from_millis(1000 + rng.below(2000))).await;
             lives[victim] += 1;
             instances[victim] = stack.spawn("prs", &log_of(victim, lives[victim]));
+            // The replacement has its share before the next kill.
+            until_split(
+                [&log_of(0, lives[0]), &log_of(1, lives[1])],
+                &format!("after kill {k}"),
+            )
+            .await;
         }
         takeovers
     };
