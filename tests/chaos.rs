@@ -1,6 +1,6 @@
 //! The reliability campaign (RELIABILITY.md), on real servers: PostgreSQL with logical WAL
-//! (a source and the catalog), the tansu broker, the garage S3 store behind a
-//! fault-injecting proxy, and PagerDuty's local stand-in. Each trial draws every random
+//! (a source and the catalog), the tansu broker (on SQLite where it is restarted), the
+//! garage S3 store behind a fault-injecting proxy, and PagerDuty's local stand-in. Each trial draws every random
 //! choice from one seed and is bounded in time; at its end it checks what the engine
 //! promises and prints a row of RELIABILITY.md's table.
 //!
@@ -9,7 +9,9 @@
 //! --test-threads 1`. Knobs: `CHAOS_SEED` (default 14), `CHAOS_KILLS` (kills per trial),
 //! `CHAOS_STORE_FAULTS` (object-store requests with a fault, per mille; default 100),
 //! `CHAOS_DISK_FULLS` (disks filled without the free-space floor; default 4),
-//! `CHAOS_KEEP_LOGS` (set: the processes' logs are kept, as when a trial fails).
+//! `CHAOS_BROKER_RESTARTS` (default 3), `CHAOS_PRS_KILLS` (kills of one of two `overseer
+//! prs`; default 2), `CHAOS_KEEP_LOGS` (set: the processes' logs are kept, as when a
+//! trial fails).
 
 mod common;
 
