@@ -633,17 +633,7 @@ async fn kill_9_while_paging(killed: &str) {
     }
 
     let mut rng = Rng::new(seed ^ 0x9a9e ^ u64::from(killed == "prs"));
-    let fates = draw_fates(&mut rng, transfers);
-    let key =
-        |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
-    let expect_open: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Unbalanced)
-        .map(key)
-        .collect();
-    let expect_resolved: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Fixed)
-        .map(key)
-        .collect();
+    let paging = Paging::draw(&mut rng, transfers);
 
     // Kills on PagerDuty's requests, armed per life (the kind and the delay drawn per
     // life): BEFORE_ANSWER holds PagerDuty's answer while the delay passes and the kill
@@ -689,12 +679,10 @@ async fn kill_9_while_paging(killed: &str) {
     }
 
     // The traffic spans the lives: about 10 s a life, a step per transfer and per fix.
-    let steps = transfers + expect_resolved.len();
-    let pace = (Duration::from_secs(10 * kills as u64) / steps.max(1) as u32)
-        .max(Duration::from_millis(300));
+    let pace = paging.pace(Duration::from_secs(10 * kills as u64));
     let driver = {
         let (client, producer) = (&stack.client, &stack.producer);
-        let fates = fates.clone();
+        let fates = paging.fates.clone();
         async move { drive_transfers(client, producer, &fates, pace).await }
     };
     let lives = async {
@@ -748,7 +736,6 @@ async fn kill_9_while_paging(killed: &str) {
     // A transfer completed and fixed while no instance ran is never paged: PagerDuty
     // hears of a fixed one both ways or not at all. Nothing may be owed at the end.
     let pd = &stack.pd;
-    let cat = &stack.cat;
     let last_log = logs.life(kills);
     common::wait_until(
         &mut ov,
@@ -760,9 +747,7 @@ async fn kill_9_while_paging(killed: &str) {
             }
             // Up: it has joined the events topic's group (a stop before that would find
             // nothing to stop cleanly, and show nothing of the last life).
-            held_partitions(&last_log).is_some()
-                && common::open_keys(pd) == expect_open
-                && cat.unsettled_incidents(10).await.unwrap().is_empty()
+            held_partitions(&last_log).is_some() && paging.settled(&stack).await
         },
     )
     .await;
@@ -774,7 +759,7 @@ async fn kill_9_while_paging(killed: &str) {
     stack.stop_heartbeats().await;
 
     let pd = &stack.pd;
-    let paged = Paged::of(pd, &expect_open);
+    let paged = Paged::of(pd, &paging.open);
     let doubled = paged.doubled;
     let mut times = first_page.clone();
     times.extend(resumed);
@@ -782,15 +767,63 @@ async fn kill_9_while_paging(killed: &str) {
         "| kill -9 of {killed} while paging (seed {seed}) | {kills} kills ({} 0–3 ms after PagerDuty applied a request, holding its answer; {} 0–3 ms after it applied one, racing its answer), {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | first page after a restart: {} |",
         before_answer_kills.load(Ordering::SeqCst),
         racing_answer_kills.load(Ordering::SeqCst),
-        expect_open.len(),
-        expect_resolved.len(),
+        paging.open.len(),
+        paging.resolved.len(),
         paged.resolved_keys.len(),
         pd.triggers_deduplicated(),
         pd.resolves_dropped(),
         summary(&times),
     );
-    paged.assert_exact(pd, &expect_resolved);
-    // Every request was well-formed.
+    paged.assert_exact(pd, &paging.resolved);
+    assert_all_accepted(pd);
+}
+
+/// The paging trials' transfers: what happens to each, and what PagerDuty must end with.
+struct Paging {
+    fates: Vec<Fate>,
+    /// Dedup keys of the transfers that stay unbalanced: open at the end, each once.
+    open: std::collections::BTreeSet<String>,
+    /// Dedup keys of the fixed ones: resolved at the end, if they were paged at all.
+    resolved: std::collections::BTreeSet<String>,
+}
+
+impl Paging {
+    /// The fates of `transfers` transfers, drawn from `rng`.
+    fn draw(rng: &mut Rng, transfers: usize) -> Paging {
+        let fates = draw_fates(rng, transfers);
+        let keys = |fate: Fate| {
+            (0..transfers)
+                .filter(|i| fates[*i] == fate)
+                .map(|i| {
+                    overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"))
+                })
+                .collect()
+        };
+        Paging {
+            open: keys(Fate::Unbalanced),
+            resolved: keys(Fate::Fixed),
+            fates,
+        }
+    }
+
+    /// The pause after each step of the traffic (a transfer, a fix) that spreads it over
+    /// `span` (at least 300 ms).
+    fn pace(&self, span: Duration) -> Duration {
+        let steps = self.fates.len() + self.resolved.len();
+        (span / steps.max(1) as u32).max(Duration::from_millis(300))
+    }
+
+    /// PagerDuty holds what the ledger says (the unbalanced transfers open; a transfer
+    /// fixed before its page could go out is never paged, so PagerDuty hears of a fixed
+    /// one both ways or not at all), and nothing is owed.
+    async fn settled(&self, stack: &common::RealStack) -> bool {
+        common::open_keys(&stack.pd) == self.open
+            && stack.cat.unsettled_incidents(10).await.unwrap().is_empty()
+    }
+}
+
+/// Every PagerDuty request was well-formed and accepted.
+fn assert_all_accepted(pd: &overseer_testkit::pagerduty::FakePagerDuty) {
     for r in pd.requests() {
         assert_eq!(r.status, 202, "{r:#?}");
     }
@@ -875,25 +908,14 @@ async fn pagerduty_outage_then_slow() {
     let (mut stack, mut ov) =
         common::RealStack::start("pdchaos", 1, Duration::ZERO, PAGING_PRS).await;
     let mut rng = Rng::new(seed ^ 0x0da9e);
-    let fates = draw_fates(&mut rng, transfers);
-    let key =
-        |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
-    let expect_open: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Unbalanced)
-        .map(key)
-        .collect();
-    let expect_resolved: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Fixed)
-        .map(key)
-        .collect();
+    let paging = Paging::draw(&mut rng, transfers);
 
     // The traffic spans the outage and the slow spell.
-    let steps = transfers + expect_resolved.len();
-    let pace = ((outage + slow) / steps.max(1) as u32).max(Duration::from_millis(300));
+    let pace = paging.pace(outage + slow);
     stack.pd.fail_all_with(Some(
         overseer_testkit::pagerduty::StatusCode::INTERNAL_SERVER_ERROR,
     ));
-    let driver = drive_transfers(&stack.client, &stack.producer, &fates, pace);
+    let driver = drive_transfers(&stack.client, &stack.producer, &paging.fates, pace);
     let spells = async {
         tokio::time::sleep(outage).await;
         stack.pd.fail_all_with(None);
@@ -907,16 +929,11 @@ async fn pagerduty_outage_then_slow() {
 
     // A transfer fixed before its page could go out is never paged: PagerDuty hears of
     // the fixed ones either both ways or not at all. Nothing may be owed at the end.
-    let pd = &stack.pd;
-    let cat = &stack.cat;
     common::wait_until(
         &mut ov,
         Duration::from_secs(120),
         "PagerDuty holds what the ledger says, and nothing is owed",
-        async || {
-            common::open_keys(pd) == expect_open
-                && cat.unsettled_incidents(10).await.unwrap().is_empty()
-        },
+        async || paging.settled(&stack).await,
     )
     .await;
     let caught_up = healed.elapsed();
@@ -924,22 +941,22 @@ async fn pagerduty_outage_then_slow() {
     stack.stop_heartbeats().await;
 
     let pd = &stack.pd;
-    let paged = Paged::of(pd, &expect_open);
+    let paged = Paged::of(pd, &paging.open);
     let doubled = paged.doubled;
     let refused = pd.requests().iter().filter(|r| r.status == 500).count();
     eprintln!(
         "| PagerDuty 500 for {} s, then answering after the 10 s timeout for {} s (seed {seed}) | {transfers} transfers ({} open, {} fixed, {} of them paged and resolved), {refused} requests refused | pages doubled {doubled} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | all delivered {:.2} s after PagerDuty healed |",
         outage.as_secs(),
         slow.as_secs(),
-        expect_open.len(),
-        expect_resolved.len(),
+        paging.open.len(),
+        paging.resolved.len(),
         paged.resolved_keys.len(),
         pd.triggers_deduplicated(),
         pd.resolves_dropped(),
         caught_up.as_secs_f64(),
     );
-    paged.assert_exact(pd, &expect_resolved);
-    if !expect_open.is_empty() {
+    paged.assert_exact(pd, &paging.resolved);
+    if !paging.open.is_empty() {
         assert!(refused > 0, "the outage refused nothing");
     }
     for r in pd.requests() {
@@ -1390,17 +1407,7 @@ async fn broker_restart_under_ingest_and_prs() {
     let mut prs = stack.spawn("prs", &logs.0.join("prs.log"));
 
     let mut rng = Rng::new(seed ^ 0xb40c);
-    let fates = draw_fates(&mut rng, transfers);
-    let key =
-        |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
-    let expect_open: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Unbalanced)
-        .map(key)
-        .collect();
-    let expect_resolved: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Fixed)
-        .map(key)
-        .collect();
+    let paging = Paging::draw(&mut rng, transfers);
     for f in 0..FILLS {
         stack
             .client
@@ -1419,12 +1426,10 @@ async fn broker_restart_under_ingest_and_prs() {
         started.clone(),
     ));
     // The transfers span the restarts: about 8 s each.
-    let steps = transfers + expect_resolved.len();
-    let pace = (Duration::from_secs(8 * restarts as u64) / steps.max(1) as u32)
-        .max(Duration::from_millis(300));
+    let pace = paging.pace(Duration::from_secs(8 * restarts as u64));
     let driver = {
         let (client, producer) = (&stack.client, &stack.producer);
-        let fates = fates.clone();
+        let fates = paging.fates.clone();
         async move { drive_transfers(client, producer, &fates, pace).await }
     };
     let faults = async {
@@ -1460,16 +1465,12 @@ async fn broker_restart_under_ingest_and_prs() {
     filler.await.unwrap();
     ingest.assert_running();
 
-    let pd = &stack.pd;
     let cat = &stack.cat;
     common::wait_until(
         &mut prs,
         Duration::from_secs(120),
         "PagerDuty holds what the ledger says, and nothing is owed",
-        async || {
-            common::open_keys(pd) == expect_open
-                && cat.unsettled_incidents(10).await.unwrap().is_empty()
-        },
+        async || paging.settled(&stack).await,
     )
     .await;
 
@@ -1512,20 +1513,18 @@ async fn broker_restart_under_ingest_and_prs() {
     stack.assert_reindex_equals_catalog(&logs.0).await;
 
     let pd = &stack.pd;
-    let paged = Paged::of(pd, &expect_open);
+    let paged = Paged::of(pd, &paging.open);
     eprintln!(
         "| broker kill -9 and restart under ingest and prs (seed {seed}) | {restarts} restarts; {total} changes ({ledger_changes} on the ledger topic, {repeats} more records there repeating one after a crash; {} filler entries begun); {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | lost 0 | duplicated 0 | pages doubled {} | resolves lost 0 | {} |",
         started.load(Ordering::SeqCst),
-        expect_open.len(),
-        expect_resolved.len(),
+        paging.open.len(),
+        paging.resolved.len(),
         paged.resolved_keys.len(),
         paged.doubled,
         summary(&resumes),
     );
-    paged.assert_exact(pd, &expect_resolved);
-    for r in pd.requests() {
-        assert_eq!(r.status, 202, "{r:#?}");
-    }
+    paged.assert_exact(pd, &paging.resolved);
+    assert_all_accepted(pd);
 }
 
 /// The events-topic partitions an `overseer prs` holds by its log (its last "events
@@ -1615,24 +1614,12 @@ async fn two_prs_one_killed() {
     until_split([&log_of(0, 0), &log_of(1, 0)], "at the start").await;
 
     let mut rng = Rng::new(seed ^ 0x2b5);
-    let fates = draw_fates(&mut rng, transfers);
-    let key =
-        |i: usize| overseer_prs::escalate::dedup_key("transfer_nets_to_zero", &format!("T{i}"));
-    let expect_open: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Unbalanced)
-        .map(key)
-        .collect();
-    let expect_resolved: std::collections::BTreeSet<String> = (0..transfers)
-        .filter(|i| fates[*i] == Fate::Fixed)
-        .map(key)
-        .collect();
+    let paging = Paging::draw(&mut rng, transfers);
     // The transfers span the kills: about 14 s each.
-    let steps = transfers + expect_resolved.len();
-    let pace = (Duration::from_secs(14 * kills as u64) / steps.max(1) as u32)
-        .max(Duration::from_millis(300));
+    let pace = paging.pace(Duration::from_secs(14 * kills as u64));
     let driver = {
         let (client, producer) = (&stack.client, &stack.producer);
-        let fates = fates.clone();
+        let fates = paging.fates.clone();
         async move { drive_transfers(client, producer, &fates, pace).await }
     };
     let faults = async {
@@ -1666,8 +1653,6 @@ async fn two_prs_one_killed() {
     };
     let ((), takeovers) = tokio::join!(driver, faults);
 
-    let pd = &stack.pd;
-    let cat = &stack.cat;
     let [a, b] = &mut instances;
     common::wait_until(
         a,
@@ -1675,8 +1660,7 @@ async fn two_prs_one_killed() {
         "PagerDuty holds what the ledger says, and nothing is owed",
         async || {
             b.assert_running();
-            common::open_keys(pd) == expect_open
-                && cat.unsettled_incidents(10).await.unwrap().is_empty()
+            paging.settled(&stack).await
         },
     )
     .await;
@@ -1688,19 +1672,17 @@ async fn two_prs_one_killed() {
     stack.stop_heartbeats().await;
 
     let pd = &stack.pd;
-    let paged = Paged::of(pd, &expect_open);
+    let paged = Paged::of(pd, &paging.open);
     eprintln!(
         "| two prs in one group, one killed (seed {seed}) | {kills} kills; {transfers} transfers ({} open, {} fixed, {} of them paged and resolved) | pages doubled {} | resolves lost 0 | re-sent triggers {} | resolves re-sent {} | the survivor held every partition: {} |",
-        expect_open.len(),
-        expect_resolved.len(),
+        paging.open.len(),
+        paging.resolved.len(),
         paged.resolved_keys.len(),
         paged.doubled,
         pd.triggers_deduplicated(),
         pd.resolves_dropped(),
         summary(&takeovers),
     );
-    paged.assert_exact(pd, &expect_resolved);
-    for r in pd.requests() {
-        assert_eq!(r.status, 202, "{r:#?}");
-    }
+    paged.assert_exact(pd, &paging.resolved);
+    assert_all_accepted(pd);
 }
